@@ -1,0 +1,43 @@
+"""A line-echo TCP service on asyncio: each line you send comes back, prefixed.
+
+Run it, then reload it under load:
+
+    python examples/echo_asyncio.py --listen 127.0.0.1:8080 &
+    python examples/echo_load.py 127.0.0.1:8080 --seconds 20 &
+    kill -HUP %1        # as often as you like: the load reports 0 failures
+
+Edit ``PREFIX`` between reloads: new connections get the new prefix as soon as the
+new generation is ready.
+"""
+
+from __future__ import annotations
+
+import os
+
+from anyio.abc import SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+import graceful
+
+PREFIX = b"echo: "
+LISTEN = os.environ.get("ECHO_LISTEN", "127.0.0.1:8080").split(",")
+
+
+async def echo(stream: SocketStream) -> None:
+    """Answer every line with PREFIX + line, until the client closes."""
+    lines = BufferedByteReceiveStream(stream)
+    while True:
+        try:
+            line = await lines.receive_until(b"\n", 65536)
+        except Exception:
+            return  # the client went away (EOF, reset, or an over-long line)
+        await stream.send(PREFIX + line + b"\n")
+
+
+@graceful.service(listen=LISTEN, workers=int(os.environ.get("ECHO_WORKERS", "1")), backend="asyncio")
+async def main(ctx: graceful.Context) -> None:
+    await ctx.serve(echo)
+
+
+if __name__ == "__main__":
+    main.run()

@@ -1,0 +1,212 @@
+"""What a worker's entry function is given: its listeners, readiness, and shutdown.
+
+:class:`Context` is for ``async def`` entry points (asyncio or trio, through anyio);
+:class:`SyncContext` offers the same names as blocking calls to a plain ``def``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import SocketStream, TaskGroup
+
+from . import _wire
+from ._listeners import Listener
+
+if TYPE_CHECKING:
+    from anyio.from_thread import BlockingPortal
+
+logger = logging.getLogger("graceful.worker")
+
+#: errno values after which ``accept()`` is retried a little later rather than fatal:
+#: the process or the system ran out of descriptors or memory for a moment.
+_ACCEPT_PRESSURE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+Handler = Callable[[SocketStream], Awaitable[None]]
+
+
+class Context:
+    """The worker's view of the service, for an ``async def`` entry point.
+
+    Attributes:
+        listeners: the listening sockets, in the order of ``listen=``.
+        generation: 1 for the first generation, then one more per reload.
+        worker_id: ``0 .. workers-1`` within the generation.
+    """
+
+    def __init__(
+        self,
+        *,
+        listeners: Sequence[Listener],
+        generation: int,
+        worker_id: int,
+        control: _wire.Connection,
+        default_drain_timeout: float,
+    ) -> None:
+        self.listeners: Sequence[Listener] = tuple(listeners)
+        self.generation = generation
+        self.worker_id = worker_id
+        self._control = control
+        self._default_drain_timeout = default_drain_timeout
+        self._ready_sent = False
+        self._shutdown = anyio.Event()
+        self._shutdown_flag = threading.Event()
+        self._drain_deadline: float | None = None
+
+    # -- readiness and shutdown -----------------------------------------------------
+
+    async def ready(self) -> None:
+        """Tell the supervisor this worker can take traffic. Calling it again does nothing.
+
+        The reload that started this worker's generation completes (and the old
+        generation starts draining) once every worker of the generation is ready.
+        """
+        if not self._ready_sent:
+            self._ready_sent = True
+            _wire.send(self._control, _wire.Ready())
+
+    async def wait_shutdown(self) -> None:
+        """Return once this worker is asked to stop: its generation was replaced by a
+        reload, the service is stopping, or the supervisor is gone."""
+        await self._shutdown.wait()
+
+    @property
+    def shutdown_requested(self) -> bool:
+        """True once :meth:`wait_shutdown` would return at once."""
+        return self._shutdown_flag.is_set()
+
+    @property
+    def drain_deadline(self) -> float | None:
+        """Once shutdown is requested: the :func:`anyio.current_time` by which in-flight
+        work should be done (the supervisor kills the worker soon after). Else None."""
+        return self._drain_deadline
+
+    def _request_shutdown(self, drain_timeout: float) -> None:
+        """Mark shutdown as requested. Must run in the event loop's thread."""
+        if self._shutdown_flag.is_set():
+            return
+        self._drain_deadline = anyio.current_time() + drain_timeout
+        self._shutdown_flag.set()
+        self._shutdown.set()
+
+    async def _follow_control(self) -> None:
+        """Turn the supervisor's messages (and its disappearance) into shutdown requests."""
+        send, receive = anyio.create_memory_object_stream[_wire.Message | _wire.PeerGone](
+            math.inf
+        )
+        async with anyio.create_task_group() as tg, receive:
+            tg.start_soon(_wire.pump, self._control, send)
+            async for message in receive:
+                if isinstance(message, _wire.Shutdown):
+                    self._request_shutdown(message.drain_timeout)
+                elif isinstance(message, _wire.PeerGone):
+                    logger.warning("the supervisor is gone; draining and exiting")
+                    self._request_shutdown(self._default_drain_timeout)
+                    break
+            tg.cancel_scope.cancel()
+
+    # -- the high-level server ------------------------------------------------------
+
+    async def serve(self, handler: Handler) -> None:
+        """Accept connections on every listener and run ``await handler(stream)`` for each.
+
+        Reports ready once it is accepting. When shutdown is requested it stops
+        accepting (a connection the kernel already queued stays in the shared
+        backlog for the next generation; none that this worker accepted is lost),
+        closes this worker's copies of the listeners, and waits for running handlers
+        until the drain deadline, when it cancels the rest and returns.
+
+        An exception from ``handler`` is logged with its traceback and closes only
+        that connection.
+        """
+        async with anyio.create_task_group() as connections:
+            async with anyio.create_task_group() as acceptors:
+                for listener in self.listeners:
+                    acceptors.start_soon(self._accept_loop, listener.socket, connections, handler)
+                await self.ready()
+                await self.wait_shutdown()
+                acceptors.cancel_scope.cancel()
+            for listener in self.listeners:
+                listener.socket.close()
+            if self._drain_deadline is not None:
+                connections.cancel_scope.deadline = self._drain_deadline
+
+    async def _accept_loop(
+        self, listener: socket.socket, connections: TaskGroup, handler: Handler
+    ) -> None:
+        # Cancel-safe accept: the wait is the only cancellation point, and between
+        # accept() and start_soon() nothing awaits, so an accepted connection always
+        # reaches a handler. BlockingIOError means another process took it.
+        while True:
+            await anyio.wait_readable(listener)
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_PRESSURE:
+                    raise
+                logger.warning("accept() failed: %s; retrying in 0.1s", exc.strerror)
+                await anyio.sleep(0.1)
+                continue
+            connections.start_soon(_run_handler, conn, handler)
+
+
+async def _run_handler(conn: socket.socket, handler: Handler) -> None:
+    try:
+        stream = await SocketStream.from_socket(conn)
+    except BaseException:
+        conn.close()
+        raise
+    async with stream:
+        try:
+            await handler(stream)
+        except Exception:
+            logger.exception("connection handler failed")
+
+
+class SyncContext:
+    """The worker's view of the service, for a plain ``def`` entry point.
+
+    Same names as :class:`Context`, as blocking calls that are safe to use from any
+    thread. The listeners are non-blocking sockets; stdlib servers
+    (``socketserver``, ``http.server``, ``wsgiref``) accept on them correctly.
+    """
+
+    def __init__(self, context: Context, portal: BlockingPortal) -> None:
+        self._context = context
+        self._portal = portal
+        self.listeners: Sequence[Listener] = context.listeners
+        self.generation = context.generation
+        self.worker_id = context.worker_id
+
+    def ready(self) -> None:
+        """Tell the supervisor this worker can take traffic. Idempotent."""
+        self._portal.call(self._context.ready)
+
+    def wait_shutdown(self, timeout: float | None = None) -> bool:
+        """Block until this worker is asked to stop, or ``timeout`` seconds pass.
+
+        Returns True if shutdown was requested.
+        """
+        return self._context._shutdown_flag.wait(timeout)
+
+    @property
+    def shutdown_requested(self) -> bool:
+        """True once shutdown was requested."""
+        return self._context.shutdown_requested
+
+    @property
+    def drain_timeout_left(self) -> float | None:
+        """Seconds left to finish in-flight work once shutdown is requested, else None."""
+        deadline = self._context.drain_deadline
+        if deadline is None:
+            return None
+        return max(0.0, deadline - self._portal.call(anyio.current_time))

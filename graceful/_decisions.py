@@ -1,0 +1,489 @@
+"""The supervisor's decisions: a state machine over events, with no I/O.
+
+Theory of operation
+-------------------
+Everything the supervisor learns arrives as an *event*: a signal, a worker's
+control message, a worker's exit, a timer firing. :meth:`Supervision.handle`
+takes one event and the current monotonic time, updates the state, and returns
+the *actions* the supervisor must carry out: spawn a worker, tell one to shut
+down, kill one, start a timer, log a line, exit. The process, pipe, signal and
+timer plumbing lives in ``_supervisor.py`` and does nothing but translate between
+the world and these two vocabularies, so every rule below is testable with plain
+function calls.
+
+The rules:
+
+* A **generation** is the set of ``workers`` processes started together. At most
+  one generation is *serving*, at most one is *starting*; any number may be
+  *retired* (draining, or failed and being cleaned up).
+* A reload starts a new generation. While one is starting, further reload requests
+  are coalesced into a single follow-up, started when the current one ends either
+  way, so that the newest code on disk wins.
+* A starting generation becomes the serving one when every worker has reported
+  ready. Only then is the previous serving generation told to shut down.
+* A starting generation *fails* if a worker exits, reports a failure, or misses
+  ``ready_timeout``. The culprit is killed; its siblings, which may already have
+  accepted connections, are drained like an old generation; the serving generation
+  is untouched. If there is no serving generation (the first start), the
+  supervisor exits with status 1 once everything is reaped.
+* A worker of the serving generation that exits unexpectedly is replaced after an
+  exponential backoff. The backoff resets once a replacement has stayed ready for
+  ``backoff_reset`` seconds.
+* A draining worker that outlives ``drain_timeout`` (plus ``kill_grace`` for its
+  cancelled handlers to clean up) is killed.
+* The first stop request drains every worker; a second kills them all at once. The
+  supervisor exits once no worker is left: 0 if every worker finished on its own,
+  1 if any had to be killed or the first generation failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TypeAlias
+
+# --- events ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    """The supervisor has bound its listeners and starts generation 1."""
+
+
+@dataclass(frozen=True)
+class ReloadRequested:
+    """SIGHUP, or a programmatic reload."""
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    """SIGTERM or SIGINT. The second one means: stop now."""
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    serial: int
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    """The worker reported why it is about to exit."""
+
+    serial: int
+    cause: str
+
+
+@dataclass(frozen=True)
+class WorkerExited:
+    serial: int
+    exitcode: int | None
+
+
+@dataclass(frozen=True)
+class ReadyTimeout:
+    serial: int
+
+
+@dataclass(frozen=True)
+class DrainTimeout:
+    serial: int
+
+
+@dataclass(frozen=True)
+class RestartDue:
+    generation: int
+    worker_id: int
+
+
+Event: TypeAlias = (
+    Start
+    | ReloadRequested
+    | StopRequested
+    | WorkerReady
+    | WorkerFailed
+    | WorkerExited
+    | ReadyTimeout
+    | DrainTimeout
+    | RestartDue
+)
+
+# --- actions -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpawnWorker:
+    serial: int
+    generation: int
+    worker_id: int
+
+
+@dataclass(frozen=True)
+class ShutdownWorker:
+    serial: int
+    drain_timeout: float
+
+
+@dataclass(frozen=True)
+class KillWorker:
+    serial: int
+
+
+@dataclass(frozen=True)
+class StartTimer:
+    delay: float
+    event: Event
+
+
+@dataclass(frozen=True)
+class Log:
+    level: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Exit:
+    code: int
+
+
+Action: TypeAlias = SpawnWorker | ShutdownWorker | KillWorker | StartTimer | Log | Exit
+
+# --- state -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The supervisor's settings, all in seconds except ``workers``."""
+
+    workers: int = 1
+    ready_timeout: float = 30.0
+    drain_timeout: float = 30.0
+    kill_grace: float = 2.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 30.0
+    backoff_reset: float = 10.0
+
+
+class WorkerState(Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+
+
+class Role(Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    RETIRED = "retired"
+
+
+@dataclass
+class Worker:
+    serial: int
+    generation: int
+    worker_id: int
+    state: WorkerState = WorkerState.STARTING
+    ready_at: float | None = None
+    cause: str | None = None
+    killed: bool = False
+
+
+@dataclass
+class Generation:
+    number: int
+    role: Role
+    started_at: float
+    #: worker_id -> serial of the process currently in that slot (absent while a
+    #: crashed worker waits for its replacement)
+    slots: dict[int, int] = field(default_factory=dict)
+    #: worker_id -> consecutive crashes, for the backoff
+    crashes: dict[int, int] = field(default_factory=dict)
+
+
+class Stopping(Enum):
+    NO = "no"
+    DRAINING = "draining"
+    NOW = "now"
+
+
+class Supervision:
+    """The supervisor's state and rules. See the module docstring.
+
+    Call :meth:`handle` with each event in the order it happened; carry out the
+    returned actions in order.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.workers: dict[int, Worker] = {}
+        self.generations: dict[int, Generation] = {}
+        self.serving: int | None = None
+        self.starting: int | None = None
+        self.reload_queued = False
+        self.stopping = Stopping.NO
+        self.exit_code = 0
+        self.exited = False
+        #: one-line outcome of the last reload, for status reporting
+        self.last_reload: str | None = None
+        self._next_serial = 1
+        self._next_generation = 1
+        self._actions: list[Action] = []
+
+    # -- entry point ----------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Apply ``event`` at monotonic time ``now``; return the actions to carry out."""
+        self._actions = []
+        if self.exited:
+            return []
+        match event:
+            case Start():
+                self._start_generation(now)
+            case ReloadRequested():
+                self._on_reload()
+                if self.starting is None and self.stopping is Stopping.NO:
+                    self._start_generation(now)
+            case StopRequested():
+                self._on_stop()
+            case WorkerReady(serial):
+                self._on_ready(serial, now)
+            case WorkerFailed(serial, cause):
+                worker = self.workers.get(serial)
+                if worker is not None:
+                    worker.cause = cause
+            case WorkerExited(serial, exitcode):
+                self._on_exit(serial, exitcode, now)
+            case ReadyTimeout(serial):
+                self._on_ready_timeout(serial, now)
+            case DrainTimeout(serial):
+                self._on_drain_timeout(serial)
+            case RestartDue(generation, worker_id):
+                self._on_restart_due(generation, worker_id)
+        self._maybe_exit()
+        return self._actions
+
+    # -- helpers that emit actions --------------------------------------------------
+
+    def _log(self, level: int, message: str) -> None:
+        self._actions.append(Log(level, message))
+
+    def _spawn(self, generation: Generation, worker_id: int) -> None:
+        serial = self._next_serial
+        self._next_serial += 1
+        self.workers[serial] = Worker(serial, generation.number, worker_id)
+        generation.slots[worker_id] = serial
+        self._actions.append(SpawnWorker(serial, generation.number, worker_id))
+        self._actions.append(StartTimer(self.plan.ready_timeout, ReadyTimeout(serial)))
+
+    def _drain(self, worker: Worker) -> None:
+        if worker.state is WorkerState.DRAINING:
+            return
+        worker.state = WorkerState.DRAINING
+        self._actions.append(ShutdownWorker(worker.serial, self.plan.drain_timeout))
+        self._actions.append(
+            StartTimer(self.plan.drain_timeout + self.plan.kill_grace, DrainTimeout(worker.serial))
+        )
+
+    def _kill(self, worker: Worker) -> None:
+        if worker.killed:
+            return
+        worker.killed = True
+        self._actions.append(KillWorker(worker.serial))
+
+    def _describe(self, worker: Worker) -> str:
+        return f"generation {worker.generation} worker {worker.worker_id}"
+
+    # -- rules ----------------------------------------------------------------------
+
+    def _start_generation(self, now: float) -> None:
+        number = self._next_generation
+        self._next_generation += 1
+        generation = Generation(number, Role.STARTING, started_at=now)
+        self.generations[number] = generation
+        self.starting = number
+        self._log(logging.INFO, f"starting generation {number} ({self.plan.workers} workers)")
+        for worker_id in range(self.plan.workers):
+            self._spawn(generation, worker_id)
+
+    def _on_reload(self) -> None:
+        if self.stopping is not Stopping.NO:
+            self._log(logging.INFO, "reload ignored: the service is stopping")
+        elif self.starting is not None:
+            if not self.reload_queued:
+                self._log(
+                    logging.INFO,
+                    f"reload requested while generation {self.starting} is starting; "
+                    "one more reload will follow it",
+                )
+            self.reload_queued = True
+
+    def _on_ready(self, serial: int, now: float) -> None:
+        worker = self.workers.get(serial)
+        if worker is None or worker.state is not WorkerState.STARTING:
+            return
+        worker.state = WorkerState.READY
+        worker.ready_at = now
+        generation = self.generations[worker.generation]
+        if generation.role is Role.SERVING:
+            self._log(logging.INFO, f"{self._describe(worker)} is back in service")
+        elif generation.role is Role.RETIRED or self.stopping is not Stopping.NO:
+            self._drain(worker)
+        elif all(
+            self.workers[s].state is WorkerState.READY for s in generation.slots.values()
+        ) and len(generation.slots) == self.plan.workers:
+            self._promote(generation, now)
+
+    def _promote(self, generation: Generation, now: float) -> None:
+        previous = self.serving
+        generation.role = Role.SERVING
+        self.serving = generation.number
+        self.starting = None
+        took = now - generation.started_at
+        if previous is None:
+            self._log(logging.INFO, f"generation {generation.number} is serving (ready in {took:.3f}s)")
+        else:
+            self.last_reload = f"generation {generation.number} serving"
+            self._log(
+                logging.INFO,
+                f"generation {generation.number} is serving (ready in {took:.3f}s); "
+                f"draining generation {previous}",
+            )
+            self._retire(self.generations[previous])
+        self._follow_queued_reload(now)
+
+    def _retire(self, generation: Generation) -> None:
+        generation.role = Role.RETIRED
+        for serial in list(generation.slots.values()):
+            worker = self.workers.get(serial)
+            if worker is not None and not worker.killed:
+                self._drain(worker)
+
+    def _follow_queued_reload(self, now: float) -> None:
+        if self.reload_queued and self.stopping is Stopping.NO:
+            self.reload_queued = False
+            self._start_generation(now)
+
+    def _fail_generation(self, generation: Generation, culprit: Worker, cause: str, now: float) -> None:
+        self.starting = None
+        self._kill(culprit)
+        self._retire(generation)
+        if self.serving is None:
+            self._log(logging.ERROR, f"generation {generation.number} failed to start: {cause}")
+            self._begin_stop(Stopping.DRAINING, exit_code=1)
+            return
+        self.last_reload = f"generation {generation.number} failed: {cause}"
+        self._log(
+            logging.ERROR,
+            f"reload failed: generation {generation.number}: {cause}; "
+            f"generation {self.serving} keeps serving",
+        )
+        self._follow_queued_reload(now)
+
+    def _on_exit(self, serial: int, exitcode: int | None, now: float) -> None:
+        worker = self.workers.pop(serial, None)
+        if worker is None:
+            return
+        generation = self.generations[worker.generation]
+        if generation.slots.get(worker.worker_id) == serial:
+            del generation.slots[worker.worker_id]
+        how = worker.cause or _exit_description(exitcode)
+        if worker.state is WorkerState.DRAINING or worker.killed:
+            if worker.state is WorkerState.DRAINING and not worker.killed and exitcode not in (0, None):
+                self._log(logging.WARNING, f"{self._describe(worker)} exited while draining: {how}")
+        elif generation.role is Role.STARTING:
+            when = "before it was ready" if worker.state is WorkerState.STARTING else "after it was ready"
+            cause = f"worker {worker.worker_id} {how} {when}" if worker.cause is None else (
+                f"worker {worker.worker_id}: {how}"
+            )
+            self._fail_generation(generation, worker, cause, now)
+        elif generation.role is Role.SERVING and self.stopping is Stopping.NO:
+            self._schedule_restart(generation, worker, how, now)
+        if not generation.slots and generation.role is Role.RETIRED:
+            del self.generations[generation.number]
+
+    def _schedule_restart(self, generation: Generation, worker: Worker, how: str, now: float) -> None:
+        crashes = generation.crashes.get(worker.worker_id, 0)
+        if worker.ready_at is not None and now - worker.ready_at >= self.plan.backoff_reset:
+            crashes = 0
+        crashes += 1
+        generation.crashes[worker.worker_id] = crashes
+        delay = min(self.plan.backoff_initial * 2 ** (crashes - 1), self.plan.backoff_max)
+        self._log(
+            logging.WARNING,
+            f"{self._describe(worker)} {how}; restarting it in {delay:.1f}s",
+        )
+        self._actions.append(StartTimer(delay, RestartDue(generation.number, worker.worker_id)))
+
+    def _on_ready_timeout(self, serial: int, now: float) -> None:
+        worker = self.workers.get(serial)
+        if worker is None or worker.state is not WorkerState.STARTING or worker.killed:
+            return
+        cause = f"not ready within ready_timeout={self.plan.ready_timeout:g}s"
+        worker.cause = cause
+        generation = self.generations[worker.generation]
+        if generation.role is Role.STARTING:
+            # Failing the generation right away, rather than when the kill lands, keeps
+            # the decision independent of how fast the process dies.
+            self._fail_generation(generation, worker, f"worker {worker.worker_id} {cause}", now)
+        else:
+            self._kill(worker)
+
+    def _on_drain_timeout(self, serial: int) -> None:
+        worker = self.workers.get(serial)
+        if worker is None or worker.state is not WorkerState.DRAINING or worker.killed:
+            return
+        self.exit_code = 1 if self.stopping is not Stopping.NO else self.exit_code
+        self._log(
+            logging.WARNING,
+            f"{self._describe(worker)} did not finish draining within "
+            f"drain_timeout={self.plan.drain_timeout:g}s; killing it",
+        )
+        self._kill(worker)
+
+    def _on_restart_due(self, number: int, worker_id: int) -> None:
+        generation = self.generations.get(number)
+        if (
+            generation is None
+            or generation.role is not Role.SERVING
+            or self.stopping is not Stopping.NO
+            or worker_id in generation.slots
+        ):
+            return
+        self._spawn(generation, worker_id)
+
+    def _on_stop(self) -> None:
+        if self.stopping is Stopping.NO:
+            self._log(
+                logging.INFO,
+                f"stopping: draining {len(self.workers)} workers "
+                f"(up to drain_timeout={self.plan.drain_timeout:g}s)",
+            )
+            self._begin_stop(Stopping.DRAINING, exit_code=0)
+        elif self.stopping is Stopping.DRAINING:
+            self._log(logging.WARNING, f"stopping now: killing {len(self.workers)} workers")
+            self._begin_stop(Stopping.NOW, exit_code=1)
+
+    def _begin_stop(self, mode: Stopping, exit_code: int) -> None:
+        self.stopping = mode
+        self.exit_code = max(self.exit_code, exit_code)
+        self.reload_queued = False
+        self.starting = None
+        for generation in self.generations.values():
+            generation.role = Role.RETIRED
+        for worker in list(self.workers.values()):
+            if mode is Stopping.NOW:
+                self._kill(worker)
+            elif not worker.killed:
+                self._drain(worker)
+
+    def _maybe_exit(self) -> None:
+        if self.stopping is not Stopping.NO and not self.workers and not self.exited:
+            self.exited = True
+            self._actions.append(Exit(self.exit_code))
+
+
+def _exit_description(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "vanished"
+    if exitcode < 0:
+        return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"

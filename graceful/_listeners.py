@@ -1,0 +1,300 @@
+"""Listeners: parsing listen specs, binding them once, and describing them to workers.
+
+The supervisor binds every listener exactly once. All generations of workers share
+the same kernel sockets (and so the same accept queues), which is what lets a
+connection that waits in the backlog during a reload be accepted by whichever
+generation calls ``accept()`` next.
+
+Spec grammar (see :func:`parse_listen_spec`):
+
+* ``":8080"``: every interface (dual-stack IPv6 where the host has it);
+* ``"HOST:PORT"`` and ``"[IPv6]:PORT"``; port ``0`` asks for an ephemeral port;
+* ``"unix:/path/to.sock"`` (``"unix:@name"`` for the Linux abstract namespace);
+* ``"fd:N"``: a listening socket this process inherited as file descriptor ``N``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from ._errors import ConfigError
+
+#: The backlog of every listener graceful binds. A deep queue is what absorbs the
+#: connections that arrive while one generation hands over to the next.
+BACKLOG = socket.SOMAXCONN
+
+
+@dataclass(frozen=True)
+class TCPSpec:
+    """``HOST:PORT``; ``host == ""`` means every interface."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class UnixSpec:
+    """``unix:PATH``; a leading ``@`` names a Linux abstract-namespace socket."""
+
+    path: str
+
+    @property
+    def is_abstract(self) -> bool:
+        return self.path.startswith("@")
+
+
+@dataclass(frozen=True)
+class FdSpec:
+    """``fd:N``: an already-open listening socket inherited by this process."""
+
+    fd: int
+
+
+ParsedSpec: TypeAlias = TCPSpec | UnixSpec | FdSpec
+Address: TypeAlias = "tuple[str, int] | tuple[str, int, int, int] | str"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening socket as a worker sees it.
+
+    Attributes:
+        socket: the worker's own copy of the listening socket, non-blocking.
+            Closing it stops *this* process from accepting; other generations keep
+            their copies.
+        spec: the listen spec it came from, as the user wrote it (for a socket
+            object passed in ``listen=``, a description such as ``"socket:3"``).
+        address: the bound address, as ``socket.getsockname()`` returns it; with
+            port 0 it holds the real port.
+    """
+
+    socket: socket.socket
+    spec: str
+    address: Address
+
+
+def parse_listen_spec(spec: str) -> ParsedSpec:
+    """Parse one listen spec string, without touching the network.
+
+    Raises:
+        ConfigError: naming ``spec`` and what is wrong with it.
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"invalid listen spec {spec!r}: expected a string or a socket")
+    if spec.startswith("unix:"):
+        path = spec[len("unix:") :]
+        if not path or path == "@":
+            raise ConfigError(f"invalid listen spec {spec!r}: the unix socket path is empty")
+        if "\0" in path:
+            raise ConfigError(f"invalid listen spec {spec!r}: the path contains a NUL byte")
+        return UnixSpec(path)
+    if spec.startswith("fd:"):
+        text = spec[len("fd:") :]
+        if not text.isdigit():
+            raise ConfigError(f"invalid listen spec {spec!r}: expected fd:N with N a number")
+        return FdSpec(int(text))
+    if spec.startswith("["):
+        host, sep, rest = spec[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"invalid listen spec {spec!r}: expected [IPv6]:PORT")
+        if not host:
+            raise ConfigError(f"invalid listen spec {spec!r}: the IPv6 address is empty")
+        return TCPSpec(host, _parse_port(spec, rest[1:]))
+    host, sep, port_text = spec.rpartition(":")
+    if not sep:
+        raise ConfigError(
+            f"invalid listen spec {spec!r}: expected HOST:PORT, :PORT, [IPv6]:PORT, "
+            "unix:PATH or fd:N"
+        )
+    if ":" in host:
+        raise ConfigError(
+            f"invalid listen spec {spec!r}: an IPv6 address needs brackets, as in [::1]:8080"
+        )
+    return TCPSpec(host, _parse_port(spec, port_text))
+
+
+def _parse_port(spec: str, text: str) -> int:
+    if not text.isdigit():
+        raise ConfigError(f"invalid listen spec {spec!r}: port {text!r} is not a number")
+    port = int(text)
+    if port > 65535:
+        raise ConfigError(f"invalid listen spec {spec!r}: port {port} is out of range")
+    return port
+
+
+@dataclass
+class BoundListener:
+    """A listener the supervisor holds for the life of the service."""
+
+    socket: socket.socket
+    spec: str
+    address: Address
+    #: (st_dev, st_ino) of a unix socket file this process created, so that it
+    #: removes that file at exit and never a file someone else put there later.
+    owned_path: tuple[str, int, int] | None = None
+
+    def close(self) -> None:
+        """Close the supervisor's copy and remove the unix socket file it created."""
+        self.socket.close()
+        if self.owned_path is None:
+            return
+        path, dev, ino = self.owned_path
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == (dev, ino):
+                os.unlink(path)
+
+
+def bind_listeners(specs: list[str | socket.socket]) -> list[BoundListener]:
+    """Bind (or adopt) every listener, or bind none.
+
+    Raises:
+        ConfigError: naming the first spec that could not be used; every listener
+            bound before it is closed again.
+    """
+    if not specs:
+        raise ConfigError("no listeners: pass at least one listen spec, as in listen=[':8080']")
+    bound: list[BoundListener] = []
+    try:
+        for spec in specs:
+            bound.append(_bind_one(spec))
+    except BaseException:
+        for listener in bound:
+            listener.close()
+        raise
+    return bound
+
+
+def _bind_one(spec: str | socket.socket) -> BoundListener:
+    if isinstance(spec, socket.socket):
+        return _adopt_socket(spec, f"socket:{spec.fileno()}")
+    parsed = parse_listen_spec(spec)
+    if isinstance(parsed, FdSpec):
+        return _adopt_fd(spec, parsed.fd)
+    if isinstance(parsed, UnixSpec):
+        return _bind_unix(spec, parsed)
+    return _bind_tcp(spec, parsed)
+
+
+def _bind_tcp(spec: str, parsed: TCPSpec) -> BoundListener:
+    if parsed.host == "":
+        if socket.has_dualstack_ipv6():
+            family, sockaddr = socket.AF_INET6, ("::", parsed.port)
+        else:
+            family, sockaddr = socket.AF_INET, ("0.0.0.0", parsed.port)
+    else:
+        try:
+            infos = socket.getaddrinfo(
+                parsed.host, parsed.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        except socket.gaierror as exc:
+            raise ConfigError(f"cannot listen on {spec!r}: {exc.strerror}") from None
+        family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # ":PORT" means both stacks; an explicit IPv6 address means only IPv6.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(parsed.host != ""))
+        sock.bind(sockaddr)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {spec!r}: {_describe(exc)}") from None
+    sock.setblocking(False)
+    return BoundListener(sock, spec, sock.getsockname())
+
+
+def _bind_unix(spec: str, parsed: UnixSpec) -> BoundListener:
+    if parsed.is_abstract:
+        address: str = "\0" + parsed.path[1:]
+    else:
+        address = os.path.abspath(parsed.path)
+        _clear_stale_unix_socket(spec, address)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {spec!r}: {_describe(exc)}") from None
+    sock.setblocking(False)
+    owned = None
+    if not parsed.is_abstract:
+        st = os.lstat(address)
+        owned = (address, st.st_dev, st.st_ino)
+    return BoundListener(sock, spec, address, owned_path=owned)
+
+
+def _clear_stale_unix_socket(spec: str, path: str) -> None:
+    """Remove a socket file nobody listens on; refuse anything else at ``path``."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(
+            f"cannot listen on {spec!r}: {path} exists and is not a socket; "
+            "graceful never removes it"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # a stale socket file: nobody accepts on it
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {spec!r}: {_describe(exc)}") from None
+    finally:
+        probe.close()
+    raise ConfigError(f"cannot listen on {spec!r}: another process is listening on {path}")
+
+
+def _adopt_fd(spec: str, fd: int) -> BoundListener:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        raise ConfigError(f"cannot listen on {spec!r}: file descriptor {fd} is not open") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"cannot listen on {spec!r}: file descriptor {fd} is not a socket")
+    return _adopt_socket(socket.socket(fileno=fd), spec)
+
+
+def _adopt_socket(sock: socket.socket, spec: str) -> BoundListener:
+    if sock.type != socket.SOCK_STREAM:
+        raise ConfigError(f"cannot listen on {spec!r}: the socket is not a stream socket")
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        try:
+            sock.listen(BACKLOG)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {spec!r}: {_describe(exc)}") from None
+    sock.setblocking(False)
+    return BoundListener(sock, spec, sock.getsockname())
+
+
+def _describe(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available on this host"
+    return exc.strerror or str(exc)
+
+
+def format_address(address: Address) -> str:
+    """Render a bound address the way a user would type it back as a spec."""
+    if isinstance(address, str):
+        if address.startswith("\0"):
+            return "unix:@" + address[1:]
+        return "unix:" + address
+    host, port = address[0], address[1]
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"

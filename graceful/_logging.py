@@ -1,0 +1,32 @@
+"""Where graceful's log lines go when the application has not configured logging.
+
+The supervisor and the workers log through the ``graceful`` logger. If neither it
+nor the root logger has a handler when a process starts, one line per record goes
+to stderr, prefixed with the process's role, so that a failure is visible without
+any setup. An application that configures logging itself keeps full control.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+logger = logging.getLogger("graceful")
+
+
+def ensure_visible(role: str) -> None:
+    """Send ``graceful`` records to stderr unless the application handles logging.
+
+    ``role`` names this process in every line, e.g. ``"supervisor"`` or
+    ``"gen 3 worker 0"``.
+    """
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(f"graceful[{os.getpid()}] {role}: %(levelname)s %(message)s")
+    )
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)

@@ -1,0 +1,158 @@
+"""The public decorator: ``@graceful.service(...)`` and the :class:`Service` it returns."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Literal, TypeVar, overload
+
+import multiprocess
+
+from ._errors import ConfigError
+
+Backend = Literal["asyncio", "trio"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+_BACKENDS = ("asyncio", "trio")
+
+
+class Service(Generic[F]):
+    """An entry function together with how to supervise it.
+
+    Created by :func:`service`. Calling :meth:`run` in the script's
+    ``if __name__ == "__main__":`` block turns the current process into the
+    supervisor. The wrapped function stays callable as ``service.function``.
+    """
+
+    def __init__(
+        self,
+        function: F,
+        *,
+        listen: Sequence[str | socket.socket],
+        workers: int,
+        ready_timeout: float,
+        drain_timeout: float,
+        backend: Backend,
+    ) -> None:
+        if isinstance(listen, str | socket.socket):
+            raise ConfigError(f"listen={listen!r} must be a list of specs, as in listen=[{listen!r}]")
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ConfigError(f"workers={workers!r} must be a whole number of at least 1")
+        for name, value in (("ready_timeout", ready_timeout), ("drain_timeout", drain_timeout)):
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ConfigError(f"{name}={value!r} must be a number of seconds above 0")
+        if backend not in _BACKENDS:
+            raise ConfigError(f"backend={backend!r} must be one of {', '.join(_BACKENDS)}")
+        self.function = function
+        self.listen = list(listen)
+        self.workers = workers
+        self.ready_timeout = float(ready_timeout)
+        self.drain_timeout = float(drain_timeout)
+        self.backend: Backend = backend
+        self.__doc__ = function.__doc__
+        self.__module__ = function.__module__
+        self.__qualname__ = function.__qualname__
+        self.__name__ = function.__name__
+
+    def __graceful_runnable__(self) -> tuple[F, Backend]:
+        """What a worker runs: the function and its backend (read from fresh code)."""
+        return self.function, self.backend
+
+    def run(self) -> None:
+        """Run the supervisor in this process until it is stopped.
+
+        Binds the listeners, starts generation 1, and then serves reloads (SIGHUP)
+        and a stop (SIGTERM / SIGINT) until every worker has exited.
+
+        Returns after a clean stop. Raises ``SystemExit(2)`` for a configuration
+        error (one line on stderr, nothing spawned) and ``SystemExit(1)`` if the
+        first generation never became ready or a stop had to kill workers.
+        """
+        from ._supervisor import run_supervisor
+
+        if getattr(multiprocess.current_process(), "_inheriting", False):
+            raise ConfigError(
+                f"{self.__qualname__}.run() was called while a worker imported the main "
+                'script: put the call under `if __name__ == "__main__":`'
+            )
+        code = run_supervisor(self, caller=sys._getframe(1))
+        if code:
+            raise SystemExit(code)
+
+    def __repr__(self) -> str:
+        return f"<graceful.Service {self.__module__}:{self.__qualname__} listen={self.listen!r}>"
+
+
+@overload
+def service(
+    *,
+    listen: Sequence[str | socket.socket],
+    workers: int = 1,
+    ready_timeout: float = 30.0,
+    drain_timeout: float = 30.0,
+    backend: Backend = "asyncio",
+) -> Callable[[F], Service[F]]: ...
+
+
+@overload
+def service(
+    function: F,
+    *,
+    listen: Sequence[str | socket.socket],
+    workers: int = 1,
+    ready_timeout: float = 30.0,
+    drain_timeout: float = 30.0,
+    backend: Backend = "asyncio",
+) -> Service[F]: ...
+
+
+def service(
+    function: F | None = None,
+    *,
+    listen: Sequence[str | socket.socket],
+    workers: int = 1,
+    ready_timeout: float = 30.0,
+    drain_timeout: float = 30.0,
+    backend: Backend = "asyncio",
+) -> Service[F] | Callable[[F], Service[F]]:
+    """Declare a zero-downtime service.
+
+    Decorate either ``async def main(ctx: graceful.Context)`` (run on ``backend``,
+    asyncio or trio) or ``def main(ctx: graceful.SyncContext)``. Each worker process
+    of each generation imports the code from disk and calls the function; it must
+    call ``ctx.ready()`` (``ctx.serve()`` does) and return after shutdown is
+    requested.
+
+    Args:
+        listen: listen specs (``":8080"``, ``"HOST:PORT"``, ``"[::1]:PORT"``,
+            ``"unix:/path"``, ``"fd:N"``) or already-bound sockets. Bound once, by
+            the supervisor.
+        workers: processes per generation, all sharing the listeners.
+        ready_timeout: seconds a new generation has to report ready.
+        drain_timeout: seconds an old generation has to finish in-flight work.
+        backend: ``"asyncio"`` or ``"trio"``; ignored for a plain function.
+
+    ``listen``, ``workers`` and the timeouts are fixed when the supervisor starts;
+    a reload runs the new function with the backend the new code names.
+
+    Raises:
+        ConfigError: for a value that can never work, naming it.
+    """
+
+    def decorate(fn: F) -> Service[F]:
+        if not callable(fn):
+            raise ConfigError(f"@graceful.service decorates a function, not {fn!r}")
+        return Service(
+            fn,
+            listen=listen,
+            workers=workers,
+            ready_timeout=ready_timeout,
+            drain_timeout=drain_timeout,
+            backend=backend,
+        )
+
+    if function is not None:
+        return decorate(function)
+    return decorate
+

@@ -1,0 +1,165 @@
+"""The worker side: what runs in each spawned process of a generation.
+
+The spawn context has already imported the user's main script from disk (as
+``__mp_main__``) by the time :func:`worker_main` runs. It then:
+
+1. ignores SIGINT and SIGHUP (shutdown is the supervisor's decision; Ctrl-C in a
+   terminal reaches the whole process group) and turns SIGTERM into a drain;
+2. receives the listeners' descriptors over the fd channel;
+3. looks the entry point up by name in the fresh code;
+4. runs it with a :class:`Context` on the entry's anyio backend, or with a
+   :class:`SyncContext` for a plain function, while a control task follows the
+   supervisor's messages.
+
+A failure before or during the entry function is reported to the supervisor as one
+line (:class:`graceful._wire.Failed`) before the process exits with status 1.
+"""
+
+from __future__ import annotations
+
+import inspect
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.from_thread
+
+from . import _wire
+from ._context import Context, SyncContext
+from ._entry import EntryRef, one_line, resolve_entry
+from ._errors import ConfigError
+from ._listeners import Address, Listener
+from ._logging import ensure_visible, logger
+
+
+@dataclass
+class WorkerBootstrap:
+    """Everything a worker receives from the supervisor in its ``Process`` args.
+
+    Sockets and connections travel as objects so that spawn passes their
+    descriptors to the child; the listeners follow over ``fd_channel``.
+    """
+
+    entry: EntryRef
+    generation: int
+    worker_id: int
+    listeners: list[tuple[str, Address]]
+    fd_channel: socket.socket
+    control: Any  # multiprocess Connection
+    drain_timeout: float
+    backend: str
+    log_level: int
+
+
+@dataclass(frozen=True)
+class Runnable:
+    """The entry function as found in the fresh code, with how to run it."""
+
+    function: Callable[..., Any]
+    backend: str
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.function)
+
+
+def worker_main(boot: WorkerBootstrap) -> None:
+    """The target of every worker process. Exits 0 after a normal return."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # The supervisor blocked these around start(); pending ones are now discarded.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGHUP})
+    ensure_visible(f"gen {boot.generation} worker {boot.worker_id}")
+    if boot.log_level:
+        logger.setLevel(boot.log_level)
+
+    try:
+        fds = _wire.recv_fds(boot.fd_channel)
+    except (OSError, ConnectionError) as exc:
+        _fail(boot, f"could not receive the listeners: {exc}")
+    finally:
+        boot.fd_channel.close()
+    listeners = [
+        Listener(socket.socket(fileno=fd), spec, address)
+        for fd, (spec, address) in zip(fds, boot.listeners, strict=True)
+    ]
+    try:
+        runnable = _find_runnable(boot)
+    except ConfigError as exc:
+        _fail(boot, str(exc))
+
+    context = Context(
+        listeners=listeners,
+        generation=boot.generation,
+        worker_id=boot.worker_id,
+        control=boot.control,
+        default_drain_timeout=boot.drain_timeout,
+    )
+    try:
+        if runnable.is_async:
+            anyio.run(_run_async, runnable.function, context, backend=runnable.backend)
+        else:
+            _run_sync(runnable.function, context)
+    except Exception as exc:
+        _wire.send(boot.control, _wire.Failed(one_line(exc)))
+        raise
+
+
+def _fail(boot: WorkerBootstrap, cause: str) -> Any:
+    logger.error("%s", cause)
+    _wire.send(boot.control, _wire.Failed(cause))
+    sys.exit(1)
+
+
+def _find_runnable(boot: WorkerBootstrap) -> Runnable:
+    target = resolve_entry(boot.entry)
+    describe = getattr(target, "__graceful_runnable__", None)
+    if describe is not None:
+        function, backend = describe()
+        return Runnable(function, backend)
+    if callable(target):
+        return Runnable(target, boot.backend)
+    raise ConfigError(f"entry point {boot.entry} is not callable in the code on disk")
+
+
+async def _run_async(function: Callable[[Context], Any], context: Context) -> None:
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(context._follow_control)
+        tg.start_soon(_drain_on_sigterm, context)
+        try:
+            await function(context)
+        except Exception as exc:
+            failure = exc
+        finally:
+            tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+async def _drain_on_sigterm(context: Context) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            context._request_shutdown(context._default_drain_timeout)
+
+
+def _run_sync(function: Callable[[SyncContext], Any], context: Context) -> None:
+    with anyio.from_thread.start_blocking_portal() as portal:
+        control = portal.start_task_soon(context._follow_control)
+        previous = signal.signal(
+            signal.SIGTERM,
+            lambda *_: portal.start_task_soon(_request_shutdown_soon, context),
+        )
+        try:
+            function(SyncContext(context, portal))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            control.cancel()
+
+
+async def _request_shutdown_soon(context: Context) -> None:
+    context._request_shutdown(context._default_drain_timeout)
