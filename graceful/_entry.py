@@ -114,6 +114,27 @@ def resolve_entry(ref: EntryRef) -> Any:
     return obj
 
 
+def main_script_syntax_error() -> str | None:
+    """If the main script on disk no longer compiles, describe why in one line.
+
+    A worker imports the main script before any graceful code runs in it, so a
+    syntax error there kills the worker without a report. The supervisor calls this
+    to name the cause of such a silent death.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as source:
+            compile(source.read(), path, "exec")
+    except SyntaxError as exc:
+        return one_line(exc)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def one_line(exc: BaseException) -> str:
     """Describe an exception in one line: its type and the first line of its message."""
     if isinstance(exc, SyntaxError):

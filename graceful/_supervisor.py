@@ -44,7 +44,7 @@ from ._decisions import (
     WorkerFailed,
     WorkerReady,
 )
-from ._entry import EntryRef, check_main_guard, entry_ref_for, one_line
+from ._entry import EntryRef, check_main_guard, entry_ref_for, main_script_syntax_error, one_line
 from ._errors import ConfigError
 from ._listeners import BoundListener, bind_listeners, format_address
 from ._logging import ensure_visible, logger
@@ -115,6 +115,8 @@ class Supervisor:
         self.handles: dict[int, WorkerHandle] = {}
         self.events_in, self.events = anyio.create_memory_object_stream[Event](math.inf)
         self._tasks: TaskGroup | None = None
+        #: serials of workers that reported their own failure cause
+        self._reported_cause: set[int] = set()
 
     async def run(self) -> int:
         """Run until the state machine says to exit; return its exit status.
@@ -232,6 +234,7 @@ class Supervisor:
         """Forward the worker's messages, then report its exit once they are all in."""
         send, receive = anyio.create_memory_object_stream[_wire.Message | _wire.PeerGone](math.inf)
         heard_all = anyio.Event()
+        self._reported_cause.discard(handle.serial)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_wire.pump, handle.control, send)
             tasks.start_soon(self._forward, handle.serial, receive, heard_all)
@@ -240,6 +243,11 @@ class Supervisor:
                 await heard_all.wait()
             tasks.cancel_scope.cancel()
         exitcode = self._reap(handle)
+        if exitcode and handle.serial not in self._reported_cause:
+            cause = main_script_syntax_error()
+            if cause is not None:
+                await self.events_in.send(WorkerFailed(handle.serial, cause))
+        self._reported_cause.discard(handle.serial)
         await self.events_in.send(WorkerExited(handle.serial, exitcode))
 
     async def _forward(
@@ -253,6 +261,7 @@ class Supervisor:
                 if isinstance(message, _wire.Ready):
                     await self.events_in.send(WorkerReady(serial))
                 elif isinstance(message, _wire.Failed):
+                    self._reported_cause.add(serial)
                     await self.events_in.send(WorkerFailed(serial, message.cause))
                 elif isinstance(message, _wire.PeerGone):
                     break

@@ -127,13 +127,16 @@ def _find_runnable(boot: WorkerBootstrap) -> Runnable:
 
 
 async def _run_async(function: Callable[[Context], Any], context: Context) -> None:
-    failure: Exception | None = None
+    # The entry's own exception is caught inside the task group and raised after it,
+    # so that it reaches the process as itself (a SystemExit keeps its exit status)
+    # rather than wrapped in an exception group.
+    failure: Exception | SystemExit | None = None
     async with anyio.create_task_group() as tg:
         tg.start_soon(context._follow_control)
         tg.start_soon(_drain_on_sigterm, context)
         try:
             await function(context)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             failure = exc
         finally:
             tg.cancel_scope.cancel()

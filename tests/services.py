@@ -1,0 +1,128 @@
+"""Test services: line-echo servers written to disk, so tests can edit and reload them.
+
+Every service answers each line with ``PREFIX + line``; a line ``sleep S`` is
+answered after S seconds, which lets tests hold a request in flight. Settings come
+from the environment: ``LISTEN`` (comma-separated specs), ``WORKERS``,
+``READY_TIMEOUT``, ``DRAIN_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_SERVICE_ARGS = """\
+    listen=os.environ["LISTEN"].split(","),
+    workers=int(os.environ.get("WORKERS", "1")),
+    ready_timeout=float(os.environ.get("READY_TIMEOUT", "30")),
+    drain_timeout=float(os.environ.get("DRAIN_TIMEOUT", "30")),"""
+
+ASYNC_SERVICE = '''\
+import os
+
+import anyio
+from anyio.abc import SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+import graceful
+{imports}
+PREFIX = {prefix}
+
+
+async def echo(stream: SocketStream) -> None:
+    lines = BufferedByteReceiveStream(stream)
+    while True:
+        try:
+            line = await lines.receive_until(b"\\n", 65536)
+        except Exception:
+            return
+        if line.startswith(b"sleep "):
+            await anyio.sleep(float(line.split()[1]))
+        await stream.send(PREFIX + line + b"\\n")
+
+
+@graceful.service(
+{service_args}
+    backend={backend!r},
+)
+async def main(ctx: graceful.Context) -> None:
+{before_serve}
+    await ctx.serve(echo)
+
+
+if __name__ == "__main__":
+    main.run()
+'''
+
+SYNC_SERVICE = '''\
+import os
+import socketserver
+import threading
+import time
+
+import graceful
+{imports}
+PREFIX = {prefix}
+
+
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            if line.startswith(b"sleep "):
+                time.sleep(float(line.split()[1]))
+            self.wfile.write(PREFIX + line)
+
+
+@graceful.service(
+{service_args}
+)
+def main(ctx: graceful.SyncContext) -> None:
+{before_serve}
+    listener = ctx.listeners[0]
+    server = socketserver.ThreadingTCPServer(listener.address, Echo, bind_and_activate=False)
+    server.socket.close()
+    server.socket = listener.socket
+    server.daemon_threads = False
+    thread = threading.Thread(target=server.serve_forever, kwargs={{"poll_interval": 0.05}})
+    thread.start()
+    ctx.ready()
+    ctx.wait_shutdown()
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+if __name__ == "__main__":
+    main.run()
+'''
+
+KINDS = ("asyncio", "trio", "sync")
+
+
+def service_source(
+    kind: str = "asyncio",
+    *,
+    prefix: str = "v1",
+    before_serve: str = "",
+    prefix_from_module: bool = False,
+) -> str:
+    """Source of a test service. ``kind`` is ``asyncio``, ``trio`` or ``sync``.
+
+    ``before_serve`` is code run in the entry function before it serves (indent it
+    by four spaces); with ``prefix_from_module`` the prefix is imported from
+    ``handlers.py`` beside the script instead of being defined in it.
+    """
+    imports = "from handlers import PREFIX" if prefix_from_module else ""
+    prefix_value = "PREFIX" if prefix_from_module else repr(f"{prefix}: ".encode())
+    template = SYNC_SERVICE if kind == "sync" else ASYNC_SERVICE
+    return template.format(
+        imports=imports,
+        prefix=prefix_value,
+        service_args=_SERVICE_ARGS,
+        backend=kind,
+        before_serve=before_serve or "    pass",
+    )
+
+
+def write_service(path: Path, kind: str = "asyncio", **options: object) -> Path:
+    path.write_text(service_source(kind, **options))  # type: ignore[arg-type]
+    return path

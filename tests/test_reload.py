@@ -1,0 +1,176 @@
+"""Reloads of real supervisors under real load: zero failed requests is the claim."""
+
+from __future__ import annotations
+
+import re
+import signal
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+from echo_load import Load
+from harness import ServiceProcess, running, wait_until
+from services import KINDS, service_source, write_service
+
+RELOADS = 20
+
+
+def reload_and_wait(svc: ServiceProcess, generation: int) -> float:
+    """SIGHUP, then wait until ``generation`` serves; return the seconds it took."""
+    mark = svc.mark()
+    started = time.monotonic()
+    svc.send(signal.SIGHUP)
+    svc.wait_serving(generation, after=mark)
+    return time.monotonic() - started
+
+
+def wait_for_prefix(load: Load, prefix: str, timeout: float = 10.0) -> None:
+    """Wait until the load has been answered by code that uses ``prefix``."""
+    deadline = time.monotonic() + timeout
+    while load.tally.prefixes.get(prefix, 0) == 0:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no answer with prefix {prefix!r}; saw {dict(load.tally.prefixes)}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    ("kind", "workers"), [("asyncio", 1), ("asyncio", 2), ("trio", 1), ("sync", 1)]
+)
+def test_reloads_under_load_lose_no_request(tmp_path: Path, kind: str, workers: int) -> None:
+    script = write_service(tmp_path / "svc.py", kind, prefix="v1")
+    env = {"LISTEN": "127.0.0.1:0", "WORKERS": str(workers)}
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        load = Load(svc.address(), clients=24)
+        load.start()
+        try:
+            wait_for_prefix(load, "v1: ")
+            took = []
+            for generation in range(2, RELOADS + 2):
+                script.write_text(service_source(kind, prefix=f"v{generation}"))
+                took.append(reload_and_wait(svc, generation))
+                wait_for_prefix(load, f"v{generation}: ")
+        finally:
+            tally = load.stop()
+        print(f"{kind} x{workers}: {tally.as_dict()}; median reload {statistics.median(took):.3f}s")
+        assert tally.failed == 0, tally.as_dict()
+        assert tally.ok >= 1000
+        assert all(tally.prefixes[f"v{g}: "] > 0 for g in range(1, RELOADS + 2))
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+def test_edit_of_an_imported_module_is_live_after_reload(tmp_path: Path) -> None:
+    (tmp_path / "handlers.py").write_text('PREFIX = b"one: "\n')
+    script = write_service(tmp_path / "svc.py", "asyncio", prefix_from_module=True)
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        load = Load(svc.address(), clients=4)
+        load.start()
+        try:
+            wait_for_prefix(load, "one: ")
+            (tmp_path / "handlers.py").write_text('PREFIX = b"two: "\n')
+            reload_and_wait(svc, 2)
+            wait_for_prefix(load, "two: ")
+        finally:
+            tally = load.stop()
+        assert tally.failed == 0, tally.as_dict()
+
+
+def test_reload_over_a_unix_socket_loses_no_request(tmp_path: Path) -> None:
+    sock = tmp_path / "echo.sock"
+    script = write_service(tmp_path / "svc.py", "asyncio", prefix="v1")
+    with running(script, env={"LISTEN": f"unix:{sock}"}) as svc:
+        svc.wait_serving(1)
+        assert svc.address() == f"unix:{sock}"
+        load = Load(f"unix:{sock}", clients=20)
+        load.start()
+        try:
+            for generation in range(2, 7):
+                script.write_text(service_source("asyncio", prefix=f"v{generation}"))
+                reload_and_wait(svc, generation)
+                wait_for_prefix(load, f"v{generation}: ")
+        finally:
+            tally = load.stop()
+        assert tally.failed == 0, tally.as_dict()
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+    assert not sock.exists(), "the supervisor removes the socket file it created"
+
+
+BROKEN = {
+    "syntax_error": {"before_serve": "    return (\n"},
+    "raises": {"before_serve": "    raise RuntimeError('boom in new code')"},
+    "exits": {"before_serve": "    raise SystemExit(3)"},
+    "hangs": {"before_serve": "    await anyio.sleep(3600)"},
+    "import_error": {"before_serve": "    import no_such_module_anywhere"},
+}
+EXPECTED_CAUSE = {
+    "syntax_error": r"worker 0: SyntaxError: .* \(\S*svc\.py, line \d+\)",
+    "raises": r"RuntimeError: boom in new code",
+    "exits": r"exited with code 3 before it was ready",
+    "hangs": r"not ready within ready_timeout=2s",
+    "import_error": r"ModuleNotFoundError: No module named 'no_such_module_anywhere'",
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BROKEN))
+def test_failed_reload_keeps_the_old_generation_serving(tmp_path: Path, breakage: str) -> None:
+    script = write_service(tmp_path / "svc.py", "asyncio", prefix="good")
+    with running(script, env={"LISTEN": "127.0.0.1:0", "READY_TIMEOUT": "2"}) as svc:
+        svc.wait_serving(1)
+        load = Load(svc.address(), clients=20)
+        load.start()
+        try:
+            wait_for_prefix(load, "good: ")
+            script.write_text(service_source("asyncio", prefix="bad", **BROKEN[breakage]))
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            failure = svc.wait_for(r"reload failed: generation 2: (.*)", after=mark)
+            assert re.search(EXPECTED_CAUSE[breakage], failure.group(0)), failure.group(0)
+            assert "generation 1 keeps serving" in failure.group(0)
+            served_before = load.tally.ok
+            deadline = time.monotonic() + 10
+            while load.tally.ok < served_before + 200:
+                assert time.monotonic() < deadline, "the old generation stopped answering"
+                time.sleep(0.02)
+            script.write_text(service_source("asyncio", prefix="fixed"))
+            reload_and_wait(svc, 3)
+            wait_for_prefix(load, "fixed: ")
+        finally:
+            tally = load.stop()
+        assert tally.failed == 0, tally.as_dict()
+        assert tally.prefixes.get("bad: ", 0) == 0
+        # the failed worker was reaped and generation 1 drained: only generation 3's
+        # worker and multiprocess's resource tracker remain
+        wait_until(lambda: len(svc.children()) == 2, 10, "only two children left")
+
+
+def test_sighups_during_a_reload_coalesce_into_one_follow_up(tmp_path: Path) -> None:
+    slow = "    await anyio.sleep(1.0)"
+    script = write_service(tmp_path / "svc.py", "asyncio", prefix="v1")
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        load = Load(svc.address(), clients=8)
+        load.start()
+        try:
+            script.write_text(service_source("asyncio", prefix="v2", before_serve=slow))
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            svc.wait_for("starting generation 2", after=mark)
+            for n in (3, 4, 5):
+                script.write_text(service_source("asyncio", prefix=f"v{n}", before_serve=slow))
+                svc.send(signal.SIGHUP)
+            svc.wait_serving(2, after=mark)
+            svc.wait_serving(3, after=mark)
+            # the newest code on disk won
+            wait_for_prefix(load, "v5: ")
+            # no generation was started for the coalesced SIGHUPs: the next one is 4
+            script.write_text(service_source("asyncio", prefix="v6"))
+            reload_and_wait(svc, 4)
+            wait_for_prefix(load, "v6: ")
+        finally:
+            tally = load.stop()
+        assert tally.failed == 0, tally.as_dict()
+        assert svc.output.count("starting generation") == 4
