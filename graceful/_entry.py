@@ -68,7 +68,7 @@ def entry_ref_for(obj: Any, function: Any) -> EntryRef:
             "or defined in a notebook; put it in a .py file and run that"
         )
     found = _walk(module, qualname)
-    if found is not obj:
+    if found is not obj and found is not function:
         raise ConfigError(
             f"cannot run entry point {where}: that name does not lead to the service "
             "in a fresh import (was it renamed or replaced after decoration?)"

@@ -32,16 +32,26 @@ class ServiceProcess:
         env: Mapping[str, str] | None = None,
         args: list[str] | None = None,
         cwd: Path | None = None,
+        module: str | None = None,
+        stdin_script: bool = False,
     ) -> None:
+        """Run ``python script`` (or ``python -m module`` with ``cwd``, or the script
+        fed to ``python -`` on stdin with ``stdin_script``)."""
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT), *filter(None, [full_env.get("PYTHONPATH")])]
         )
         full_env.update(env or {})
         self.script = script
+        if module is not None:
+            command = [sys.executable, "-m", module]
+        elif stdin_script:
+            command = [sys.executable, "-"]
+        else:
+            command = [sys.executable, str(script)]
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), *(args or [])],
-            stdin=subprocess.DEVNULL,
+            [*command, *(args or [])],
+            stdin=script.open("rb") if stdin_script else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=full_env,

@@ -1,7 +1,8 @@
 """Test services: line-echo servers written to disk, so tests can edit and reload them.
 
-Every service answers each line with ``PREFIX + line``; a line ``sleep S`` is
-answered after S seconds, which lets tests hold a request in flight. Settings come
+Every service answers each line with ``PREFIX + line``. A line ``sleep S`` is
+acknowledged at once with ``PREFIX + "sleeping"`` and answered after S seconds,
+so a test knows when a request is in flight in a handler. Settings come
 from the environment: ``LISTEN`` (comma-separated specs), ``WORKERS``,
 ``READY_TIMEOUT``, ``DRAIN_TIMEOUT``.
 """
@@ -36,6 +37,7 @@ async def echo(stream: SocketStream) -> None:
         except Exception:
             return
         if line.startswith(b"sleep "):
+            await stream.send(PREFIX + b"sleeping\\n")
             await anyio.sleep(float(line.split()[1]))
         await stream.send(PREFIX + line + b"\\n")
 
@@ -68,6 +70,7 @@ class Echo(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         for line in self.rfile:
             if line.startswith(b"sleep "):
+                self.wfile.write(PREFIX + b"sleeping\\n")
                 time.sleep(float(line.split()[1]))
             self.wfile.write(PREFIX + line)
 

@@ -1,0 +1,226 @@
+"""Start, stop, crash and hygiene of real supervisors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from harness import ServiceProcess, group_alive, running, wait_until
+from services import write_service
+
+
+def connect(address: str) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def ask(sock: socket.socket, line: str) -> bytes:
+    sock.sendall(line.encode() + b"\n")
+    answer = b""
+    while not answer.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def start_slow_request(sock: socket.socket, seconds: float) -> None:
+    """Send ``sleep seconds`` and return once the handler has acknowledged it."""
+    sock.sendall(f"sleep {seconds}\n".encode())
+    assert read_line(sock).endswith(b": sleeping\n")
+
+
+def read_line(sock: socket.socket) -> bytes:
+    answer = b""
+    while not answer.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def worker_pids(svc: ServiceProcess) -> list[int]:
+    """The supervisor's children that are workers (not multiprocess's resource tracker)."""
+    pids = []
+    for pid in svc.children():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            pids.append(pid)
+    return pids
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "sync"])
+def test_sigterm_drains_in_flight_request_and_exits_zero(tmp_path: Path, kind: str) -> None:
+    script = write_service(tmp_path / "svc.py", kind)
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        with connect(address) as client:
+            assert ask(client, "hello") == b"v1: hello\n"
+            start_slow_request(client, 1)
+            svc.send(signal.SIGTERM)
+            svc.wait_for("stopping: draining")
+            client.settimeout(10)
+            assert client.recv(100) == b"v1: sleep 1\n"
+        assert svc.wait_exit() == 0
+        with pytest.raises(ConnectionRefusedError):
+            connect(address).close()
+        assert group_alive(svc.pid) == []
+
+
+def test_ctrl_c_in_the_terminal_does_not_interrupt_requests(tmp_path: Path) -> None:
+    """SIGINT to the whole process group (what a terminal's Ctrl-C does)."""
+    script = write_service(tmp_path / "svc.py", "asyncio")
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        with connect(svc.address()) as client:
+            assert ask(client, "hi") == b"v1: hi\n"
+            start_slow_request(client, 1)
+            os.killpg(svc.pid, signal.SIGINT)
+            client.settimeout(10)
+            assert client.recv(100) == b"v1: sleep 1\n"
+        assert svc.wait_exit() == 0
+        assert "Traceback" not in svc.output
+        assert "KeyboardInterrupt" not in svc.output
+
+
+def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
+    script = write_service(tmp_path / "svc.py", "asyncio")
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        with connect(svc.address()) as client:
+            start_slow_request(client, 60)
+            svc.send(signal.SIGTERM)
+            svc.wait_for("stopping: draining")
+            started = time.monotonic()
+            svc.send(signal.SIGTERM)
+            code = svc.wait_exit(timeout=10)
+            assert time.monotonic() - started < 5
+        assert code == 1
+        svc.wait_for("stopping now: killing 1 workers")
+        wait_until(lambda: group_alive(svc.pid) == [], 10, "every process of the group to exit")
+
+
+def test_drain_deadline_ends_long_requests_and_the_worker_exits_by_itself(tmp_path: Path) -> None:
+    script = write_service(tmp_path / "svc.py", "asyncio")
+    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "1"}
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        with connect(svc.address()) as client:
+            start_slow_request(client, 60)
+            started = time.monotonic()
+            svc.send(signal.SIGTERM)
+            client.settimeout(10)
+            assert client.recv(100) == b""  # closed by the drain deadline
+            assert 0.8 < time.monotonic() - started < 3
+        assert svc.wait_exit() == 0
+        assert "killing it" not in svc.output
+
+
+def test_a_worker_that_ignores_shutdown_is_killed_after_drain_timeout(tmp_path: Path) -> None:
+    stubborn = (
+        "    await ctx.ready()\n"
+        "    with anyio.CancelScope(shield=True):\n"
+        "        await anyio.sleep(3600)"
+    )
+    script = write_service(tmp_path / "svc.py", "asyncio", before_serve=stubborn)
+    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "0.5"}
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit(timeout=15) == 1
+        svc.wait_for(r"did not finish draining within drain_timeout=0.5s; killing it")
+        wait_until(lambda: group_alive(svc.pid) == [], 10, "every process of the group to exit")
+
+
+def test_a_crashed_worker_is_replaced_with_backoff(tmp_path: Path) -> None:
+    script = write_service(tmp_path / "svc.py", "asyncio")
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        for delay in ("0.1", "0.2"):
+            [pid] = worker_pids(svc)
+            mark = svc.mark()
+            os.kill(pid, signal.SIGKILL)
+            svc.wait_for(rf"generation 1 worker 0 was killed by signal 9; restarting it in {delay}s", after=mark)
+            svc.wait_for("generation 1 worker 0 is back in service", after=mark)
+            with connect(address) as client:
+                assert ask(client, "again") == b"v1: again\n"
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+def test_first_start_failure_exits_nonzero_with_the_cause(tmp_path: Path) -> None:
+    script = write_service(
+        tmp_path / "svc.py", "asyncio", before_serve="    raise RuntimeError('cannot reach the database')"
+    )
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        assert svc.wait_exit() == 1
+        svc.wait_for(r"generation 1 failed to start: worker 0: RuntimeError: cannot reach the database")
+        wait_until(lambda: group_alive(svc.pid) == [], 10, "every process of the group to exit")
+
+
+def test_first_start_that_never_gets_ready_exits_nonzero(tmp_path: Path) -> None:
+    script = write_service(tmp_path / "svc.py", "asyncio", before_serve="    await anyio.sleep(3600)")
+    with running(script, env={"LISTEN": "127.0.0.1:0", "READY_TIMEOUT": "1"}) as svc:
+        assert svc.wait_exit() == 1
+        svc.wait_for(r"generation 1 failed to start: worker 0 not ready within ready_timeout=1s")
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "trio", "sync"])
+def test_workers_drain_and_exit_when_the_supervisor_is_killed(tmp_path: Path, kind: str) -> None:
+    script = write_service(tmp_path / "svc.py", kind)
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        with connect(svc.address()) as client:
+            start_slow_request(client, 0.5)
+            svc.send(signal.SIGKILL)
+            client.settimeout(10)
+            assert client.recv(100) == b"v1: sleep 0.5\n"
+        wait_until(lambda: group_alive(svc.pid) == [], 5, "orphaned workers to exit")
+
+
+def _fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _zombies(pid: int) -> list[int]:
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        stat = Path(f"/proc/{child}/stat").read_text()
+        if stat[stat.rindex(")") + 2] == "Z":
+            found.append(int(child))
+    return found
+
+
+def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> None:
+    script = write_service(tmp_path / "svc.py", "asyncio")
+    with running(script, env={"LISTEN": "127.0.0.1:0", "WORKERS": "2"}) as svc:
+        svc.wait_serving(1)
+        settled = lambda: len(worker_pids(svc)) == 2  # noqa: E731
+
+        def reload(generation: int) -> None:
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            svc.wait_serving(generation, after=mark)
+
+        reload(2)
+        wait_until(settled, 10, "generation 1 to exit")
+        fds, children = _fd_count(svc.pid), len(svc.children())
+        for generation in range(3, 53):
+            reload(generation)
+        wait_until(settled, 10, "old generations to exit")
+        assert _fd_count(svc.pid) == fds
+        assert len(svc.children()) == children
+        assert _zombies(svc.pid) == []
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
