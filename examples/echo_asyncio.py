@@ -34,7 +34,9 @@ async def echo(stream: SocketStream) -> None:
         await stream.send(PREFIX + line + b"\n")
 
 
-@graceful.service(listen=LISTEN, workers=int(os.environ.get("ECHO_WORKERS", "1")), backend="asyncio")
+@graceful.service(
+    listen=LISTEN, workers=int(os.environ.get("ECHO_WORKERS", "1")), backend="asyncio"
+)
 async def main(ctx: graceful.Context) -> None:
     await ctx.serve(echo)
 

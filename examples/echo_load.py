@@ -70,9 +70,7 @@ class Load:
         host, _, port = self.target.rpartition(":")
         return await asyncio.open_connection(host.strip("[]"), int(port))
 
-    async def _request(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bool:
+    async def _request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         self._serial += 1
         payload = f"request {self._serial}".encode()
         started = time.monotonic()
@@ -81,7 +79,9 @@ class Load:
         answer = await reader.readline()
         self.tally.max_latency = max(self.tally.max_latency, time.monotonic() - started)
         if not answer.endswith(b"\n"):
-            self.tally.failures["no answer (connection closed)" if not answer else "short answer"] += 1
+            self.tally.failures[
+                "no answer (connection closed)" if not answer else "short answer"
+            ] += 1
             return False
         prefix, sep, echoed = answer[:-1].rpartition(payload)
         if not sep or echoed:
@@ -134,7 +134,9 @@ class Load:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("target", help="HOST:PORT or unix:PATH")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -148,7 +150,10 @@ def main() -> int:
             time.sleep(min(1.0, deadline - time.monotonic()))
             if not args.json:
                 t = load.tally
-                print(f"ok={t.ok} failed={t.failed} {dict(t.failures)} prefixes={dict(t.prefixes)}", flush=True)
+                print(
+                    f"ok={t.ok} failed={t.failed} {dict(t.failures)} prefixes={dict(t.prefixes)}",
+                    flush=True,
+                )
     except KeyboardInterrupt:
         pass
     tally = load.stop()

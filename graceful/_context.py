@@ -98,9 +98,7 @@ class Context:
 
     async def _follow_control(self) -> None:
         """Turn the supervisor's messages (and its disappearance) into shutdown requests."""
-        send, receive = anyio.create_memory_object_stream[_wire.Message | _wire.PeerGone](
-            math.inf
-        )
+        send, receive = anyio.create_memory_object_stream[_wire.Message | _wire.PeerGone](math.inf)
         async with anyio.create_task_group() as tg, receive:
             tg.start_soon(_wire.pump, self._control, send)
             async for message in receive:

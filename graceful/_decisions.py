@@ -327,9 +327,10 @@ class Supervision:
             self._log(logging.INFO, f"{self._describe(worker)} is back in service")
         elif generation.role is Role.RETIRED or self.stopping is not Stopping.NO:
             self._drain(worker)
-        elif all(
-            self.workers[s].state is WorkerState.READY for s in generation.slots.values()
-        ) and len(generation.slots) == self.plan.workers:
+        elif (
+            all(self.workers[s].state is WorkerState.READY for s in generation.slots.values())
+            and len(generation.slots) == self.plan.workers
+        ):
             self._promote(generation, now)
 
     def _promote(self, generation: Generation, now: float) -> None:
@@ -339,7 +340,9 @@ class Supervision:
         self.starting = None
         took = now - generation.started_at
         if previous is None:
-            self._log(logging.INFO, f"generation {generation.number} is serving (ready in {took:.3f}s)")
+            self._log(
+                logging.INFO, f"generation {generation.number} is serving (ready in {took:.3f}s)"
+            )
         else:
             self.last_reload = f"generation {generation.number} serving"
             self._log(
@@ -352,6 +355,9 @@ class Supervision:
 
     def _retire(self, generation: Generation) -> None:
         generation.role = Role.RETIRED
+        if not generation.slots:
+            self.generations.pop(generation.number, None)
+            return
         for serial in list(generation.slots.values()):
             worker = self.workers.get(serial)
             if worker is not None and not worker.killed:
@@ -362,7 +368,9 @@ class Supervision:
             self.reload_queued = False
             self._start_generation(now)
 
-    def _fail_generation(self, generation: Generation, culprit: Worker, cause: str, now: float) -> None:
+    def _fail_generation(
+        self, generation: Generation, culprit: Worker, cause: str, now: float
+    ) -> None:
         self.starting = None
         self._kill(culprit)
         self._retire(generation)
@@ -386,21 +394,29 @@ class Supervision:
         if generation.slots.get(worker.worker_id) == serial:
             del generation.slots[worker.worker_id]
         how = worker.cause or _exit_description(exitcode)
-        if worker.state is WorkerState.DRAINING or worker.killed:
-            if worker.state is WorkerState.DRAINING and not worker.killed and exitcode not in (0, None):
+        if worker.state is WorkerState.DRAINING:
+            if not worker.killed and exitcode not in (0, None):
                 self._log(logging.WARNING, f"{self._describe(worker)} exited while draining: {how}")
         elif generation.role is Role.STARTING:
-            when = "before it was ready" if worker.state is WorkerState.STARTING else "after it was ready"
-            cause = f"worker {worker.worker_id} {how} {when}" if worker.cause is None else (
-                f"worker {worker.worker_id}: {how}"
+            when = (
+                "before it was ready"
+                if worker.state is WorkerState.STARTING
+                else "after it was ready"
+            )
+            cause = (
+                f"worker {worker.worker_id} {how} {when}"
+                if worker.cause is None
+                else (f"worker {worker.worker_id}: {how}")
             )
             self._fail_generation(generation, worker, cause, now)
         elif generation.role is Role.SERVING and self.stopping is Stopping.NO:
             self._schedule_restart(generation, worker, how, now)
         if not generation.slots and generation.role is Role.RETIRED:
-            del self.generations[generation.number]
+            self.generations.pop(generation.number, None)
 
-    def _schedule_restart(self, generation: Generation, worker: Worker, how: str, now: float) -> None:
+    def _schedule_restart(
+        self, generation: Generation, worker: Worker, how: str, now: float
+    ) -> None:
         crashes = generation.crashes.get(worker.worker_id, 0)
         if worker.ready_at is not None and now - worker.ready_at >= self.plan.backoff_reset:
             crashes = 0
@@ -418,7 +434,7 @@ class Supervision:
         if worker is None or worker.state is not WorkerState.STARTING or worker.killed:
             return
         cause = f"not ready within ready_timeout={self.plan.ready_timeout:g}s"
-        worker.cause = cause
+        worker.cause = worker.cause or cause
         generation = self.generations[worker.generation]
         if generation.role is Role.STARTING:
             # Failing the generation right away, rather than when the kill lands, keeps

@@ -53,7 +53,9 @@ def entry_ref_for(obj: Any, function: Any) -> EntryRef:
     qualname: str = getattr(function, "__qualname__", None) or "?"
     where = f"{module_name}:{qualname}"
     if "<lambda>" in qualname:
-        raise ConfigError(f"cannot run entry point {where}: a lambda has no name a new process can import")
+        raise ConfigError(
+            f"cannot run entry point {where}: a lambda has no name a new process can import"
+        )
     if "<locals>" in qualname:
         raise ConfigError(
             f"cannot run entry point {where}: it is defined inside a function; "

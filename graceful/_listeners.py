@@ -96,7 +96,7 @@ def parse_listen_spec(spec: str) -> ParsedSpec:
         return UnixSpec(path)
     if spec.startswith("fd:"):
         text = spec[len("fd:") :]
-        if not text.isdigit():
+        if not _is_number(text):
             raise ConfigError(f"invalid listen spec {spec!r}: expected fd:N with N a number")
         return FdSpec(int(text))
     if spec.startswith("["):
@@ -119,8 +119,12 @@ def parse_listen_spec(spec: str) -> ParsedSpec:
     return TCPSpec(host, _parse_port(spec, port_text))
 
 
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def _parse_port(spec: str, text: str) -> int:
-    if not text.isdigit():
+    if not _is_number(text):
         raise ConfigError(f"invalid listen spec {spec!r}: port {text!r} is not a number")
     port = int(text)
     if port > 65535:
@@ -183,6 +187,7 @@ def _bind_one(spec: str | socket.socket) -> BoundListener:
 
 
 def _bind_tcp(spec: str, parsed: TCPSpec) -> BoundListener:
+    sockaddr: tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]
     if parsed.host == "":
         if socket.has_dualstack_ipv6():
             family, sockaddr = socket.AF_INET6, ("::", parsed.port)
@@ -263,7 +268,12 @@ def _adopt_fd(spec: str, fd: int) -> BoundListener:
         raise ConfigError(f"cannot listen on {spec!r}: file descriptor {fd} is not open") from None
     if not stat.S_ISSOCK(st.st_mode):
         raise ConfigError(f"cannot listen on {spec!r}: file descriptor {fd} is not a socket")
-    return _adopt_socket(socket.socket(fileno=fd), spec)
+    sock = socket.socket(fileno=fd)
+    try:
+        return _adopt_socket(sock, spec)
+    except ConfigError:
+        sock.detach()  # refusing the fd must not close it
+        raise
 
 
 def _adopt_socket(sock: socket.socket, spec: str) -> BoundListener:

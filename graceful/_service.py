@@ -10,6 +10,7 @@ from typing import Any, Generic, Literal, TypeVar, overload
 import multiprocess
 
 from ._errors import ConfigError
+from ._supervisor import run_supervisor
 
 Backend = Literal["asyncio", "trio"]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,7 +37,9 @@ class Service(Generic[F]):
         backend: Backend,
     ) -> None:
         if isinstance(listen, str | socket.socket):
-            raise ConfigError(f"listen={listen!r} must be a list of specs, as in listen=[{listen!r}]")
+            raise ConfigError(
+                f"listen={listen!r} must be a list of specs, as in listen=[{listen!r}]"
+            )
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ConfigError(f"workers={workers!r} must be a whole number of at least 1")
         for name, value in (("ready_timeout", ready_timeout), ("drain_timeout", drain_timeout)):
@@ -69,8 +72,6 @@ class Service(Generic[F]):
         error (one line on stderr, nothing spawned) and ``SystemExit(1)`` if the
         first generation never became ready or a stop had to kill workers.
         """
-        from ._supervisor import run_supervisor
-
         if getattr(multiprocess.current_process(), "_inheriting", False):
             raise ConfigError(
                 f"{self.__qualname__}.run() was called while a worker imported the main "
@@ -155,4 +156,3 @@ def service(
     if function is not None:
         return decorate(function)
     return decorate
-

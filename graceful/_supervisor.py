@@ -100,7 +100,9 @@ class WorkerHandle:
 class Supervisor:
     """Carries out a :class:`Supervision`'s actions with real processes."""
 
-    def __init__(self, service: Service[Any], entry: EntryRef, listeners: list[BoundListener]) -> None:
+    def __init__(
+        self, service: Service[Any], entry: EntryRef, listeners: list[BoundListener]
+    ) -> None:
         self.service = service
         self.entry = entry
         self.listeners = listeners

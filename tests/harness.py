@@ -79,7 +79,9 @@ class ServiceProcess:
         with self._changed:
             return "\n".join(self.lines)
 
-    def wait_for(self, pattern: str, *, after: int = 0, timeout: float = DEFAULT_WAIT) -> re.Match[str]:
+    def wait_for(
+        self, pattern: str, *, after: int = 0, timeout: float = DEFAULT_WAIT
+    ) -> re.Match[str]:
         """Wait until a log line (from index ``after`` on) matches ``pattern``."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
@@ -104,10 +106,14 @@ class ServiceProcess:
     def address(self, index: int = 0) -> str:
         """The ``index``-th bound address from the 'listening on' log lines."""
         self.wait_for(r"listening on ")
-        found = [m.group(1) for m in (re.search(r"listening on (\S+)", l) for l in self.lines) if m]
+        found = [
+            m.group(1) for m in (re.search(r"listening on (\S+)", line) for line in self.lines) if m
+        ]
         return found[index]
 
-    def wait_serving(self, generation: int, *, after: int = 0, timeout: float = DEFAULT_WAIT) -> None:
+    def wait_serving(
+        self, generation: int, *, after: int = 0, timeout: float = DEFAULT_WAIT
+    ) -> None:
         self.wait_for(rf"generation {generation} is serving", after=after, timeout=timeout)
 
     def send(self, signum: int) -> None:
@@ -117,7 +123,9 @@ class ServiceProcess:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"supervisor still running after {timeout}s:\n{self.output}") from None
+            raise AssertionError(
+                f"supervisor still running after {timeout}s:\n{self.output}"
+            ) from None
         self._reader.join(5)
         return code
 

@@ -17,7 +17,7 @@ _SERVICE_ARGS = """\
     ready_timeout=float(os.environ.get("READY_TIMEOUT", "30")),
     drain_timeout=float(os.environ.get("DRAIN_TIMEOUT", "30")),"""
 
-ASYNC_SERVICE = '''\
+ASYNC_SERVICE = """\
 import os
 
 import anyio
@@ -53,9 +53,9 @@ async def main(ctx: graceful.Context) -> None:
 
 if __name__ == "__main__":
     main.run()
-'''
+"""
 
-SYNC_SERVICE = '''\
+SYNC_SERVICE = """\
 import os
 import socketserver
 import threading
@@ -96,7 +96,7 @@ def main(ctx: graceful.SyncContext) -> None:
 
 if __name__ == "__main__":
     main.run()
-'''
+"""
 
 KINDS = ("asyncio", "trio", "sync")
 

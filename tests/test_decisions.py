@@ -646,11 +646,6 @@ def test_replacement_missing_ready_timeout_is_killed() -> None:
     assert sim.machine.serving == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a replacement killed for missing ready_timeout is never restarted; its slot "
-    "stays empty for good and nothing is logged",
-)
 def test_replacement_missing_ready_timeout_is_restarted_after_a_backoff() -> None:
     sim = Sim()
     first, _ = start_serving(sim)

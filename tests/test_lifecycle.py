@@ -151,7 +151,10 @@ def test_a_crashed_worker_is_replaced_with_backoff(tmp_path: Path) -> None:
             [pid] = worker_pids(svc)
             mark = svc.mark()
             os.kill(pid, signal.SIGKILL)
-            svc.wait_for(rf"generation 1 worker 0 was killed by signal 9; restarting it in {delay}s", after=mark)
+            svc.wait_for(
+                rf"generation 1 worker 0 was killed by signal 9; restarting it in {delay}s",
+                after=mark,
+            )
             svc.wait_for("generation 1 worker 0 is back in service", after=mark)
             with connect(address) as client:
                 assert ask(client, "again") == b"v1: again\n"
@@ -161,16 +164,22 @@ def test_a_crashed_worker_is_replaced_with_backoff(tmp_path: Path) -> None:
 
 def test_first_start_failure_exits_nonzero_with_the_cause(tmp_path: Path) -> None:
     script = write_service(
-        tmp_path / "svc.py", "asyncio", before_serve="    raise RuntimeError('cannot reach the database')"
+        tmp_path / "svc.py",
+        "asyncio",
+        before_serve="    raise RuntimeError('cannot reach the database')",
     )
     with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
         assert svc.wait_exit() == 1
-        svc.wait_for(r"generation 1 failed to start: worker 0: RuntimeError: cannot reach the database")
+        svc.wait_for(
+            r"generation 1 failed to start: worker 0: RuntimeError: cannot reach the database"
+        )
         wait_until(lambda: group_alive(svc.pid) == [], 10, "every process of the group to exit")
 
 
 def test_first_start_that_never_gets_ready_exits_nonzero(tmp_path: Path) -> None:
-    script = write_service(tmp_path / "svc.py", "asyncio", before_serve="    await anyio.sleep(3600)")
+    script = write_service(
+        tmp_path / "svc.py", "asyncio", before_serve="    await anyio.sleep(3600)"
+    )
     with running(script, env={"LISTEN": "127.0.0.1:0", "READY_TIMEOUT": "1"}) as svc:
         assert svc.wait_exit() == 1
         svc.wait_for(r"generation 1 failed to start: worker 0 not ready within ready_timeout=1s")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from echo_load import Load
 from harness import ServiceProcess, running, wait_until
-from services import KINDS, service_source, write_service
+from services import service_source, write_service
 
 RELOADS = 20
 
@@ -30,7 +30,9 @@ def wait_for_prefix(load: Load, prefix: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while load.tally.prefixes.get(prefix, 0) == 0:
         if time.monotonic() > deadline:
-            raise AssertionError(f"no answer with prefix {prefix!r}; saw {dict(load.tally.prefixes)}")
+            raise AssertionError(
+                f"no answer with prefix {prefix!r}; saw {dict(load.tally.prefixes)}"
+            )
         time.sleep(0.02)
 
 
@@ -100,11 +102,11 @@ def test_reload_over_a_unix_socket_loses_no_request(tmp_path: Path) -> None:
 
 
 BROKEN = {
-    "syntax_error": {"before_serve": "    return (\n"},
-    "raises": {"before_serve": "    raise RuntimeError('boom in new code')"},
-    "exits": {"before_serve": "    raise SystemExit(3)"},
-    "hangs": {"before_serve": "    await anyio.sleep(3600)"},
-    "import_error": {"before_serve": "    import no_such_module_anywhere"},
+    "syntax_error": "    return (\n",
+    "raises": "    raise RuntimeError('boom in new code')",
+    "exits": "    raise SystemExit(3)",
+    "hangs": "    await anyio.sleep(3600)",
+    "import_error": "    import no_such_module_anywhere",
 }
 EXPECTED_CAUSE = {
     "syntax_error": r"worker 0: SyntaxError: .* \(\S*svc\.py, line \d+\)",
@@ -124,7 +126,9 @@ def test_failed_reload_keeps_the_old_generation_serving(tmp_path: Path, breakage
         load.start()
         try:
             wait_for_prefix(load, "good: ")
-            script.write_text(service_source("asyncio", prefix="bad", **BROKEN[breakage]))
+            script.write_text(
+                service_source("asyncio", prefix="bad", before_serve=BROKEN[breakage])
+            )
             mark = svc.mark()
             svc.send(signal.SIGHUP)
             failure = svc.wait_for(r"reload failed: generation 2: (.*)", after=mark)

@@ -1,0 +1,82 @@
+"""Each example starts, serves, reloads with edited code, and stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from harness import ROOT, group_alive, running, wait_until
+
+EXAMPLES = ROOT / "examples"
+
+
+def echo(address: str, line: bytes) -> bytes:
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(line + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def http_get(address: str) -> bytes:
+    with urllib.request.urlopen(f"http://{address}/", timeout=10) as response:
+        body: bytes = response.read()
+        return body
+
+
+CASES = {
+    # example: (listen env var, constant to edit, old text, new text, how to ask)
+    "echo_asyncio.py": ("ECHO_LISTEN", 'b"echo: "', 'b"edited: "', "echo"),
+    "echo_trio.py": ("ECHO_LISTEN", 'b"echo (trio): "', 'b"edited: "', "echo"),
+    "echo_sync.py": ("ECHO_LISTEN", 'b"echo (sync): "', 'b"edited: "', "echo"),
+    "http_sync.py": ("HTTP_LISTEN", '"hello from graceful\\n"', '"edited: hi\\n"', "http"),
+}
+
+
+@pytest.mark.parametrize("example", sorted(CASES))
+def test_example_serves_reloads_and_stops(tmp_path: Path, example: str) -> None:
+    env_var, old, new, how = CASES[example]
+    script = tmp_path / example
+    source = (EXAMPLES / example).read_text()
+    assert old in source
+    script.write_text(source)
+    ask = (lambda address: echo(address, b"hi")) if how == "echo" else http_get
+    with running(script, env={env_var: "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        first = ask(address)
+        assert first.endswith(b"\n")
+        assert not first.startswith(b"edited: ")
+        script.write_text(source.replace(old, new))
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        svc.wait_serving(2, after=mark)
+        wait_until(lambda: ask(address).startswith(b"edited: "), 10, "the edited code to answer")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+        wait_until(lambda: group_alive(svc.pid) == [], 10, "every process to exit")
+
+
+def test_demo_reloads_under_load_without_a_failure() -> None:
+    demo = subprocess.run(
+        [sys.executable, str(EXAMPLES / "demo.py"), "--reloads", "3", "--clients", "10"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=str(EXAMPLES),
+        check=False,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "requests failed:    0" in demo.stdout
