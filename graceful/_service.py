@@ -10,7 +10,6 @@ from typing import Any, Generic, Literal, TypeVar, overload
 import multiprocess
 
 from ._errors import ConfigError
-from ._supervisor import run_supervisor
 
 Backend = Literal["asyncio", "trio"]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,6 +71,11 @@ class Service(Generic[F]):
         error (one line on stderr, nothing spawned) and ``SystemExit(1)`` if the
         first generation never became ready or a stop had to kill workers.
         """
+        # Imported here, not at the top: every worker imports this module when it
+        # re-runs the main script, and never needs the supervisor (its state machine
+        # alone costs ~12 ms of import time, paid on every reload).
+        from ._supervisor import run_supervisor  # noqa: PLC0415
+
         if getattr(multiprocess.current_process(), "_inheriting", False):
             raise ConfigError(
                 f"{self.__qualname__}.run() was called while a worker imported the main "

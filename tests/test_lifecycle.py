@@ -74,7 +74,7 @@ def test_sigterm_drains_in_flight_request_and_exits_zero(tmp_path: Path, kind: s
         assert svc.wait_exit() == 0
         with pytest.raises(ConnectionRefusedError):
             connect(address).close()
-        assert group_alive(svc.pid) == []
+        wait_until(lambda: group_alive(svc.pid) == [], 10, "every process of the group to exit")
 
 
 def test_ctrl_c_in_the_terminal_does_not_interrupt_requests(tmp_path: Path) -> None:
