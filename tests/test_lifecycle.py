@@ -205,7 +205,10 @@ def _fd_count(pid: int) -> int:
 def _zombies(pid: int) -> list[int]:
     found = []
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        stat = Path(f"/proc/{child}/stat").read_text()
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except OSError:
+            continue  # reaped in the meantime
         if stat[stat.rindex(")") + 2] == "Z":
             found.append(int(child))
     return found
@@ -215,7 +218,9 @@ def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> Non
     script = write_service(tmp_path / "svc.py", "asyncio")
     with running(script, env={"LISTEN": "127.0.0.1:0", "WORKERS": "2"}) as svc:
         svc.wait_serving(1)
-        settled = lambda: len(worker_pids(svc)) == 2  # noqa: E731
+        # Settled: two workers plus multiprocess's resource tracker, nothing left to
+        # reap. The supervisor closes a worker's fds in the same step as it reaps it.
+        settled = lambda: len(svc.children()) == 3 and not _zombies(svc.pid)  # noqa: E731
 
         def reload(generation: int) -> None:
             mark = svc.mark()
@@ -227,9 +232,9 @@ def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> Non
         fds, children = _fd_count(svc.pid), len(svc.children())
         for generation in range(3, 53):
             reload(generation)
-        wait_until(settled, 10, "old generations to exit")
+        wait_until(settled, 10, "old generations to be reaped")
         assert _fd_count(svc.pid) == fds
         assert len(svc.children()) == children
-        assert _zombies(svc.pid) == []
+        assert len(worker_pids(svc)) == 2
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
