@@ -44,7 +44,14 @@ from ._decisions import (
     WorkerFailed,
     WorkerReady,
 )
-from ._entry import EntryRef, check_main_guard, entry_ref_for, main_script_syntax_error, one_line
+from ._entry import (
+    EntryRef,
+    ReleaseDirectory,
+    check_main_guard,
+    entry_ref_for,
+    main_script_syntax_error,
+    one_line,
+)
 from ._errors import ConfigError
 from ._listeners import BoundListener, bind_listeners, format_address
 from ._logging import ensure_visible, logger
@@ -81,7 +88,7 @@ def run_supervisor(service: Service[Any], caller: types.FrameType | None) -> int
             logger.info(
                 "listening on %s (listen spec %r)", format_address(listener.address), listener.spec
             )
-        supervisor = Supervisor(service, entry, listeners)
+        supervisor = Supervisor(service, entry, listeners, ReleaseDirectory.adopt())
         code = anyio.run(supervisor.run, backend="asyncio")
         logger.info("stopped (exit status %d)", code)
         return code
@@ -101,9 +108,14 @@ class Supervisor:
     """Carries out a :class:`Supervision`'s actions with real processes."""
 
     def __init__(
-        self, service: Service[Any], entry: EntryRef, listeners: list[BoundListener]
+        self,
+        service: Service[Any],
+        entry: EntryRef,
+        listeners: list[BoundListener],
+        release: ReleaseDirectory,
     ) -> None:
         self.service = service
+        self.release = release
         self.entry = entry
         self.listeners = listeners
         self.machine = Supervision(
@@ -205,6 +217,7 @@ class Supervisor:
             args=(boot,),
             name=f"graceful gen {action.generation} worker {action.worker_id}",
         )
+        self.release.enter()
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_DURING_SPAWN)
         try:
             process.start()

@@ -34,6 +34,7 @@ class ServiceProcess:
         cwd: Path | None = None,
         module: str | None = None,
         stdin_script: bool = False,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         """Run ``python script`` (or ``python -m module`` with ``cwd``, or the script
         fed to ``python -`` on stdin with ``stdin_script``)."""
@@ -58,6 +59,7 @@ class ServiceProcess:
             cwd=str(cwd or script.parent),
             start_new_session=True,
             text=True,
+            pass_fds=pass_fds,
         )
         self.pid = self.proc.pid
         self.lines: list[str] = []

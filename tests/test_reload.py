@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
+import socket
 import statistics
 import time
 from pathlib import Path
@@ -178,3 +180,73 @@ def test_sighups_during_a_reload_coalesce_into_one_follow_up(tmp_path: Path) -> 
             tally = load.stop()
         assert tally.failed == 0, tally.as_dict()
         assert svc.output.count("starting generation") == 4
+
+
+def test_reload_on_an_inherited_fd_listener_loses_no_request(tmp_path: Path) -> None:
+    """``fd:N``: the listener was bound by whoever started the supervisor."""
+    with socket.socket() as inherited:
+        inherited.bind(("127.0.0.1", 0))
+        inherited.listen()
+        host, port = inherited.getsockname()
+        fd = inherited.fileno()
+        script = write_service(tmp_path / "svc.py", "asyncio", prefix="v1")
+        with running(script, env={"LISTEN": f"fd:{fd}"}, pass_fds=(fd,)) as svc:
+            svc.wait_serving(1)
+            assert svc.address() == f"{host}:{port}"
+            load = Load(f"{host}:{port}", clients=20)
+            load.start()
+            try:
+                for generation in range(2, 5):
+                    script.write_text(service_source("asyncio", prefix=f"v{generation}"))
+                    reload_and_wait(svc, generation)
+                    wait_for_prefix(load, f"v{generation}: ")
+            finally:
+                tally = load.stop()
+            assert tally.failed == 0, tally.as_dict()
+            svc.send(signal.SIGTERM)
+            assert svc.wait_exit() == 0
+
+
+def _release(root: Path, name: str) -> Path:
+    """A release directory whose answers carry its name in the script and in a module."""
+    release = root / "releases" / name
+    release.mkdir(parents=True)
+    (release / "handlers.py").write_text(f'PREFIX = b"module-{name}: "\n')
+    source = service_source("asyncio", prefix_from_module=True)
+    (release / "svc.py").write_text(
+        source.replace("PREFIX = PREFIX", f'PREFIX = PREFIX + b"script-{name}: "')
+    )
+    return release
+
+
+def _switch(current: Path, release: Path) -> None:
+    """Point ``current`` at ``release`` atomically, as deploy tools do."""
+    staged = current.with_name("current.staged")
+    staged.symlink_to(release.relative_to(current.parent))
+    staged.replace(current)
+
+
+@pytest.mark.parametrize("invocation", ["absolute_path", "relative_in_logical_cwd"])
+def test_symlinked_release_switch_runs_the_new_release(tmp_path: Path, invocation: str) -> None:
+    current = tmp_path / "current"
+    current.symlink_to(_release(tmp_path, "r1").relative_to(tmp_path))
+    script = current / "svc.py" if invocation == "absolute_path" else Path("svc.py")
+    env = {"LISTEN": "127.0.0.1:0", "PWD": str(current)}
+    with running(script, env=env, cwd=current) as svc:
+        svc.wait_serving(1)
+        load = Load(svc.address(), clients=8)
+        load.start()
+        try:
+            wait_for_prefix(load, "module-r1: script-r1: ")
+            _switch(current, _release(tmp_path, "r2"))
+            reload_and_wait(svc, 2)
+            wait_for_prefix(load, "module-r2: script-r2: ")
+            # the first release can go: nothing is pinned to it any more
+            shutil.rmtree(tmp_path / "releases" / "r1")
+            _switch(current, _release(tmp_path, "r3"))
+            reload_and_wait(svc, 3)
+            wait_for_prefix(load, "module-r3: script-r3: ")
+        finally:
+            tally = load.stop()
+        assert tally.failed == 0, tally.as_dict()
+        assert set(tally.prefixes) == {f"module-{r}: script-{r}: " for r in ("r1", "r2", "r3")}
