@@ -23,7 +23,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import anyio.from_thread
@@ -109,7 +109,7 @@ def worker_main(boot: WorkerBootstrap) -> None:
         raise
 
 
-def _fail(boot: WorkerBootstrap, cause: str) -> Any:
+def _fail(boot: WorkerBootstrap, cause: str) -> NoReturn:
     logger.error("%s", cause)
     _wire.send(boot.control, _wire.Failed(cause))
     sys.exit(1)

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -182,3 +183,26 @@ def wait_until(predicate: object, timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def connect(address: str) -> socket.socket:
+    """A client connection to ``HOST:PORT``."""
+    host, _, port = address.rpartition(":")
+    return socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+
+
+def read_line(sock: socket.socket) -> bytes:
+    """Read up to and including the next newline (or until the peer closes)."""
+    answer = b""
+    while not answer.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def ask(sock: socket.socket, line: str) -> bytes:
+    """Send one line, return the one-line answer."""
+    sock.sendall(line.encode() + b"\n")
+    return read_line(sock)

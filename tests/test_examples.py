@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
-from harness import ROOT, group_alive, running, wait_until
+from harness import ROOT, ask, connect, group_alive, running, wait_until
 
 EXAMPLES = ROOT / "examples"
 
 
-def echo(address: str, line: bytes) -> bytes:
-    host, _, port = address.rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(line + b"\n")
-        answer = b""
-        while not answer.endswith(b"\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-        return answer
+def echo(address: str, line: str) -> bytes:
+    with connect(address) as sock:
+        return ask(sock, line)
 
 
 def http_get(address: str) -> bytes:
@@ -51,7 +42,7 @@ def test_example_serves_reloads_and_stops(tmp_path: Path, example: str) -> None:
     source = (EXAMPLES / example).read_text()
     assert old in source
     script.write_text(source)
-    ask = (lambda address: echo(address, b"hi")) if how == "echo" else http_get
+    ask = (lambda address: echo(address, "hi")) if how == "echo" else http_get
     with running(script, env={env_var: "127.0.0.1:0"}) as svc:
         svc.wait_serving(1)
         address = svc.address()

@@ -9,40 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import ServiceProcess, group_alive, running, wait_until
+from harness import ServiceProcess, ask, connect, group_alive, read_line, running, wait_until
 from services import write_service
-
-
-def connect(address: str) -> socket.socket:
-    host, _, port = address.rpartition(":")
-    return socket.create_connection((host, int(port)), timeout=10)
-
-
-def ask(sock: socket.socket, line: str) -> bytes:
-    sock.sendall(line.encode() + b"\n")
-    answer = b""
-    while not answer.endswith(b"\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        answer += chunk
-    return answer
 
 
 def start_slow_request(sock: socket.socket, seconds: float) -> None:
     """Send ``sleep seconds`` and return once the handler has acknowledged it."""
     sock.sendall(f"sleep {seconds}\n".encode())
     assert read_line(sock).endswith(b": sleeping\n")
-
-
-def read_line(sock: socket.socket) -> bytes:
-    answer = b""
-    while not answer.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        answer += chunk
-    return answer
 
 
 def worker_pids(svc: ServiceProcess) -> list[int]:

@@ -27,6 +27,24 @@ def reload_and_wait(svc: ServiceProcess, generation: int) -> float:
     return time.monotonic() - started
 
 
+def reload_under_load(
+    svc: ServiceProcess, script: Path, target: str, generations: range
+) -> dict[str, object]:
+    """Reload into each of ``generations`` (editing the prefix first) under load on
+    ``target``; return the load's tally after checking it lost nothing."""
+    load = Load(target, clients=20)
+    load.start()
+    try:
+        for generation in generations:
+            script.write_text(service_source("asyncio", prefix=f"v{generation}"))
+            reload_and_wait(svc, generation)
+            wait_for_prefix(load, f"v{generation}: ")
+    finally:
+        tally = load.stop()
+    assert tally.failed == 0, tally.as_dict()
+    return tally.as_dict()
+
+
 def wait_for_prefix(load: Load, prefix: str, timeout: float = 10.0) -> None:
     """Wait until the load has been answered by code that uses ``prefix``."""
     deadline = time.monotonic() + timeout
@@ -88,16 +106,7 @@ def test_reload_over_a_unix_socket_loses_no_request(tmp_path: Path) -> None:
     with running(script, env={"LISTEN": f"unix:{sock}"}) as svc:
         svc.wait_serving(1)
         assert svc.address() == f"unix:{sock}"
-        load = Load(f"unix:{sock}", clients=20)
-        load.start()
-        try:
-            for generation in range(2, 7):
-                script.write_text(service_source("asyncio", prefix=f"v{generation}"))
-                reload_and_wait(svc, generation)
-                wait_for_prefix(load, f"v{generation}: ")
-        finally:
-            tally = load.stop()
-        assert tally.failed == 0, tally.as_dict()
+        reload_under_load(svc, script, f"unix:{sock}", range(2, 7))
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
     assert not sock.exists(), "the supervisor removes the socket file it created"
@@ -193,16 +202,7 @@ def test_reload_on_an_inherited_fd_listener_loses_no_request(tmp_path: Path) -> 
         with running(script, env={"LISTEN": f"fd:{fd}"}, pass_fds=(fd,)) as svc:
             svc.wait_serving(1)
             assert svc.address() == f"{host}:{port}"
-            load = Load(f"{host}:{port}", clients=20)
-            load.start()
-            try:
-                for generation in range(2, 5):
-                    script.write_text(service_source("asyncio", prefix=f"v{generation}"))
-                    reload_and_wait(svc, generation)
-                    wait_for_prefix(load, f"v{generation}: ")
-            finally:
-                tally = load.stop()
-            assert tally.failed == 0, tally.as_dict()
+            reload_under_load(svc, script, f"{host}:{port}", range(2, 5))
             svc.send(signal.SIGTERM)
             assert svc.wait_exit() == 0
 
