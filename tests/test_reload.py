@@ -250,3 +250,29 @@ def test_symlinked_release_switch_runs_the_new_release(tmp_path: Path, invocatio
             tally = load.stop()
         assert tally.failed == 0, tally.as_dict()
         assert set(tally.prefixes) == {f"module-{r}: script-{r}: " for r in ("r1", "r2", "r3")}
+
+
+def test_entry_defined_in_an_imported_module_runs_its_edited_body(tmp_path: Path) -> None:
+    """The script only imports the service; the entry's own body changes on disk."""
+    module = tmp_path / "echo_app.py"
+    write_service(module, "asyncio", prefix="body1")
+    script = tmp_path / "run.py"
+    script.write_text("from echo_app import main\n\nif __name__ == '__main__':\n    main.run()\n")
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        load = Load(svc.address(), clients=8)
+        load.start()
+        try:
+            wait_for_prefix(load, "body1: ")
+            # rewrite the entry function itself: it now answers with a new prefix
+            module.write_text(
+                service_source("asyncio", prefix="unused").replace(
+                    "    await ctx.serve(echo)",
+                    '    global PREFIX\n    PREFIX = b"body2: "\n    await ctx.serve(echo)',
+                )
+            )
+            reload_and_wait(svc, 2)
+            wait_for_prefix(load, "body2: ")
+        finally:
+            tally = load.stop()
+        assert tally.failed == 0, tally.as_dict()
