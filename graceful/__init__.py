@@ -6,6 +6,7 @@ fresh from disk. SIGHUP starts a new generation; the old one keeps serving until
 the new one is ready, then drains. See the README for the whole contract.
 """
 
+from ._asgi import serve_asgi
 from ._context import Context, SyncContext
 from ._errors import ConfigError, GracefulError
 from ._listeners import Listener, parse_listen_spec
@@ -19,5 +20,6 @@ __all__ = [
     "Service",
     "SyncContext",
     "parse_listen_spec",
+    "serve_asgi",
     "service",
 ]

@@ -11,8 +11,8 @@ import logging
 import math
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import SocketStream, TaskGroup
@@ -208,3 +208,46 @@ class SyncContext:
         if deadline is None:
             return None
         return max(0.0, deadline - self._portal.call(anyio.current_time))
+
+
+async def run_beside(
+    main: Callable[[], Awaitable[object]], *helpers: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    """Run ``main`` with ``helpers`` as background tasks that end when it returns.
+
+    An exception from ``main`` is raised as itself, not wrapped in an exception
+    group, so that its one-line description names the real cause.
+    """
+    failure: BaseException | None = None
+    async with anyio.create_task_group() as tasks:
+        for helper in helpers:
+            tasks.start_soon(helper)
+        try:
+            await main()
+        except (Exception, SystemExit) as exc:
+            failure = exc
+        finally:
+            tasks.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+async def unwrap_group(main: Callable[[], Awaitable[None]]) -> None:
+    """Await ``main``; if it raises an exception group holding one exception, raise that."""
+    try:
+        await main()
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], Exception | SystemExit):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        else:
+            found.append(exc)
+    return found

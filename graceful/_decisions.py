@@ -136,6 +136,14 @@ class StartTimer:
 
 
 @dataclass(frozen=True)
+class GenerationServing:
+    """Generation ``number`` now serves; ``first`` is True for the service's first one."""
+
+    number: int
+    first: bool
+
+
+@dataclass(frozen=True)
 class Log:
     level: int
     message: str
@@ -146,7 +154,9 @@ class Exit:
     code: int
 
 
-Action: TypeAlias = SpawnWorker | ShutdownWorker | KillWorker | StartTimer | Log | Exit
+Action: TypeAlias = (
+    SpawnWorker | ShutdownWorker | KillWorker | StartTimer | GenerationServing | Log | Exit
+)
 
 # --- state -------------------------------------------------------------------------
 
@@ -339,6 +349,7 @@ class Supervision:
         self.serving = generation.number
         self.starting = None
         took = now - generation.started_at
+        self._actions.append(GenerationServing(generation.number, first=previous is None))
         if previous is None:
             self._log(
                 logging.INFO, f"generation {generation.number} is serving (ready in {took:.3f}s)"

@@ -19,7 +19,7 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import ConfigError
+from ._errors import ConfigError, GracefulError
 
 #: The name under which multiprocess's spawn children import the parent's ``__main__``.
 SPAWNED_MAIN = "__mp_main__"
@@ -140,7 +140,10 @@ def main_script_syntax_error() -> str | None:
 
 
 def one_line(exc: BaseException) -> str:
-    """Describe an exception in one line: its type and the first line of its message."""
+    """Describe an exception in one line: its type and the first line of its message
+    (graceful's own errors are already one line and need no type)."""
+    if isinstance(exc, GracefulError):
+        return str(exc)
     if isinstance(exc, SyntaxError):
         where = f"{exc.filename}, line {exc.lineno}" if exc.filename else f"line {exc.lineno}"
         return f"SyntaxError: {exc.msg} ({where})"

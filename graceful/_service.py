@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -34,6 +35,8 @@ class Service(Generic[F]):
         ready_timeout: float,
         drain_timeout: float,
         backend: Backend,
+        backend_options: dict[str, Any] | None = None,
+        entry_options: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(listen, str | socket.socket):
             raise ConfigError(
@@ -52,6 +55,10 @@ class Service(Generic[F]):
         self.ready_timeout = float(ready_timeout)
         self.drain_timeout = float(drain_timeout)
         self.backend: Backend = backend
+        #: ``anyio.run`` backend options for the workers (asyncio only)
+        self.backend_options = dict(backend_options or {})
+        #: keyword arguments every worker passes to ``function`` after the context
+        self.entry_options = dict(entry_options or {})
         self.__doc__ = function.__doc__
         self.__module__ = function.__module__
         self.__qualname__ = function.__qualname__
@@ -61,11 +68,13 @@ class Service(Generic[F]):
         """What a worker runs: the function and its backend (read from fresh code)."""
         return self.function, self.backend
 
-    def run(self) -> None:
+    def run(self, *, pid_file: str | os.PathLike[str] | None = None) -> None:
         """Run the supervisor in this process until it is stopped.
 
         Binds the listeners, starts generation 1, and then serves reloads (SIGHUP)
-        and a stop (SIGTERM / SIGINT) until every worker has exited.
+        and a stop (SIGTERM / SIGINT) until every worker has exited. With
+        ``pid_file``, the supervisor's PID is written there (atomically) once the
+        first generation is ready, and the file is removed at exit.
 
         Returns after a clean stop. Raises ``SystemExit(2)`` for a configuration
         error (one line on stderr, nothing spawned) and ``SystemExit(1)`` if the
@@ -81,7 +90,7 @@ class Service(Generic[F]):
                 f"{self.__qualname__}.run() was called while a worker imported the main "
                 'script: put the call under `if __name__ == "__main__":`'
             )
-        code = run_supervisor(self, caller=sys._getframe(1))
+        code = run_supervisor(self, caller=sys._getframe(1), pid_file=pid_file)
         if code:
             raise SystemExit(code)
 

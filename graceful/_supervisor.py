@@ -16,6 +16,7 @@ Task layout, all inside one task group whose lifetime is :meth:`Supervisor.run`:
 from __future__ import annotations
 
 import math
+import os
 import signal
 import socket
 import types
@@ -30,6 +31,7 @@ from . import _wire
 from ._decisions import (
     Event,
     Exit,
+    GenerationServing,
     KillWorker,
     Log,
     Plan,
@@ -55,6 +57,7 @@ from ._entry import (
 from ._errors import ConfigError
 from ._listeners import BoundListener, bind_listeners, format_address
 from ._logging import ensure_visible, logger
+from ._pidfile import check_pid_file_location, remove_pid_file, write_pid_file
 from ._worker import WorkerBootstrap, worker_main
 
 if TYPE_CHECKING:
@@ -69,7 +72,11 @@ _BLOCKED_DURING_SPAWN = {signal.SIGINT, signal.SIGHUP}
 _LAST_WORDS_TIMEOUT = 1.0
 
 
-def run_supervisor(service: Service[Any], caller: types.FrameType | None) -> int:
+def run_supervisor(
+    service: Service[Any],
+    caller: types.FrameType | None,
+    pid_file: str | os.PathLike[str] | None = None,
+) -> int:
     """Supervise ``service`` in this process; return the exit status.
 
     Configuration errors are logged as one line and give status 2 before anything
@@ -79,6 +86,8 @@ def run_supervisor(service: Service[Any], caller: types.FrameType | None) -> int
     try:
         entry = entry_ref_for(service, service.function)
         check_main_guard(caller)
+        if pid_file is not None:
+            check_pid_file_location(pid_file)
         listeners = bind_listeners(service.listen)
     except ConfigError as exc:
         logger.error("%s", exc)
@@ -88,13 +97,15 @@ def run_supervisor(service: Service[Any], caller: types.FrameType | None) -> int
             logger.info(
                 "listening on %s (listen spec %r)", format_address(listener.address), listener.spec
             )
-        supervisor = Supervisor(service, entry, listeners, ReleaseDirectory.adopt())
+        supervisor = Supervisor(service, entry, listeners, ReleaseDirectory.adopt(), pid_file)
         code = anyio.run(supervisor.run, backend="asyncio")
         logger.info("stopped (exit status %d)", code)
         return code
     finally:
         for listener in listeners:
             listener.close()
+        if pid_file is not None:
+            remove_pid_file(pid_file)
 
 
 @dataclass
@@ -113,9 +124,11 @@ class Supervisor:
         entry: EntryRef,
         listeners: list[BoundListener],
         release: ReleaseDirectory,
+        pid_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.service = service
         self.release = release
+        self.pid_file = pid_file
         self.entry = entry
         self.listeners = listeners
         self.machine = Supervision(
@@ -158,10 +171,17 @@ class Supervisor:
             event = await self.events.receive()
 
     def _carry_out(
-        self, action: SpawnWorker | ShutdownWorker | KillWorker | StartTimer | Log
+        self,
+        action: SpawnWorker | ShutdownWorker | KillWorker | StartTimer | GenerationServing | Log,
     ) -> None:
         if isinstance(action, Log):
             logger.log(action.level, "%s", action.message)
+        elif isinstance(action, GenerationServing):
+            if action.first and self.pid_file is not None:
+                try:
+                    write_pid_file(self.pid_file)
+                except OSError as exc:
+                    logger.error("cannot write PID file %s: %s", self.pid_file, exc.strerror)
         elif isinstance(action, SpawnWorker):
             self._spawn_worker(action)
         elif isinstance(action, ShutdownWorker):
@@ -211,6 +231,8 @@ class Supervisor:
             drain_timeout=self.service.drain_timeout,
             backend=self.service.backend,
             log_level=logger.getEffectiveLevel(),
+            entry_options=self.service.entry_options,
+            backend_options=self.service.backend_options,
         )
         process = self.spawn.Process(
             target=worker_main,

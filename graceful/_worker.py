@@ -17,6 +17,7 @@ line (:class:`graceful._wire.Failed`) before the process exits with status 1.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import signal
 import socket
@@ -29,7 +30,7 @@ import anyio
 import anyio.from_thread
 
 from . import _wire
-from ._context import Context, SyncContext
+from ._context import Context, SyncContext, run_beside
 from ._entry import EntryRef, one_line, resolve_entry
 from ._errors import ConfigError
 from ._listeners import Address, Listener
@@ -53,6 +54,11 @@ class WorkerBootstrap:
     drain_timeout: float
     backend: str
     log_level: int
+    #: keyword arguments for the entry function (used by library entry points such
+    #: as the ASGI worker; a user's ``@service`` function gets none)
+    entry_options: dict[str, Any]
+    #: passed to ``anyio.run`` as ``backend_options`` (e.g. ``use_uvloop``)
+    backend_options: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class Runnable:
 
     function: Callable[..., Any]
     backend: str
+    options: dict[str, Any]
 
     @property
     def is_async(self) -> bool:
@@ -101,9 +108,16 @@ def worker_main(boot: WorkerBootstrap) -> None:
     )
     try:
         if runnable.is_async:
-            anyio.run(_run_async, runnable.function, context, backend=runnable.backend)
+            entry = functools.partial(runnable.function, **runnable.options)
+            anyio.run(
+                _run_async,
+                entry,
+                context,
+                backend=runnable.backend,
+                backend_options=boot.backend_options if runnable.backend == "asyncio" else None,
+            )
         else:
-            _run_sync(runnable.function, context)
+            _run_sync(functools.partial(runnable.function, **runnable.options), context)
     except Exception as exc:
         _wire.send(boot.control, _wire.Failed(one_line(exc)))
         raise
@@ -120,28 +134,20 @@ def _find_runnable(boot: WorkerBootstrap) -> Runnable:
     describe = getattr(target, "__graceful_runnable__", None)
     if describe is not None:
         function, backend = describe()
-        return Runnable(function, backend)
+        return Runnable(function, backend, boot.entry_options)
     if callable(target):
-        return Runnable(target, boot.backend)
+        return Runnable(target, boot.backend, boot.entry_options)
     raise ConfigError(f"entry point {boot.entry} is not callable in the code on disk")
 
 
 async def _run_async(function: Callable[[Context], Any], context: Context) -> None:
-    # The entry's own exception is caught inside the task group and raised after it,
-    # so that it reaches the process as itself (a SystemExit keeps its exit status)
-    # rather than wrapped in an exception group.
-    failure: Exception | SystemExit | None = None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(context._follow_control)
-        tg.start_soon(_drain_on_sigterm, context)
-        try:
-            await function(context)
-        except (Exception, SystemExit) as exc:
-            failure = exc
-        finally:
-            tg.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
+    # The entry's own exception reaches the process as itself (a SystemExit keeps
+    # its exit status) rather than wrapped in an exception group.
+    await run_beside(
+        lambda: function(context),
+        context._follow_control,
+        lambda: _drain_on_sigterm(context),
+    )
 
 
 async def _drain_on_sigterm(context: Context) -> None:

@@ -1,0 +1,8 @@
+"""``python -m graceful``: the same command line as the ``graceful`` script."""
+
+import sys
+
+from graceful._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""ASGI apps under graceful: ``serve_asgi("pkg.module:app", server="uvicorn" | "hypercorn")``.
+
+The app travels as an import string, so every generation imports it fresh. The
+worker entry :func:`asgi_worker` is a library function: the supervisor names it by
+module and qualified name like any entry, and hands it the app and the server
+options as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Any, Literal
+
+from ._context import Context
+from ._entry import one_line
+from ._errors import ConfigError
+from ._service import Backend, Service
+
+Server = Literal["uvicorn", "hypercorn"]
+_EXTRAS = {
+    "uvicorn": "graceful[uvicorn]",
+    "hypercorn": "graceful[hypercorn]",
+    "trio": "graceful[trio]",
+}
+
+
+def serve_asgi(
+    app: str,
+    *,
+    listen: list[str] | tuple[str, ...] = ("127.0.0.1:8000",),
+    server: Server = "uvicorn",
+    workers: int = 1,
+    ready_timeout: float = 30.0,
+    drain_timeout: float = 30.0,
+    factory: bool = False,
+    backend: Backend = "asyncio",
+    pid_file: str | os.PathLike[str] | None = None,
+    **server_options: Any,
+) -> None:
+    """Serve the ASGI app named by ``app`` (``"pkg.module:attr"``) with zero-downtime
+    reloads, in this process as the supervisor, until it is stopped.
+
+    Each worker imports the app fresh, starts ``server`` on graceful's listeners,
+    and reports ready only after the server accepts and the app's lifespan startup
+    has completed. A lifespan startup failure fails the generation; the previous
+    one keeps serving. On a reload the old generation stops accepting at once and
+    drains its keep-alive connections without losing a request (see the README for
+    each server's exact guarantees).
+
+    Args:
+        app: ``"module:attribute"``; with ``factory=True`` the attribute is called
+            with no arguments to build the app.
+        server: ``"uvicorn"`` (asyncio) or ``"hypercorn"`` (asyncio or trio).
+        backend: ``"asyncio"`` or, with hypercorn, ``"trio"``.
+        server_options: passed to ``uvicorn.Config`` or ``hypercorn.Config`` (they
+            must be picklable). ``listen``/``workers`` replace the servers' own
+            host, port, bind and workers settings.
+
+    Other arguments are those of :func:`graceful.service` and :meth:`Service.run`.
+    Returns after a clean stop; raises ``SystemExit`` as :meth:`Service.run` does.
+    """
+    service = asgi_service(
+        app,
+        listen=list(listen),
+        server=server,
+        workers=workers,
+        ready_timeout=ready_timeout,
+        drain_timeout=drain_timeout,
+        factory=factory,
+        backend=backend,
+        server_options=server_options,
+    )
+    from ._supervisor import run_supervisor  # noqa: PLC0415 - see Service.run
+
+    code = run_supervisor(service, caller=sys._getframe(1), pid_file=pid_file)
+    if code:
+        raise SystemExit(code)
+
+
+def asgi_service(
+    app: str,
+    *,
+    listen: list[str],
+    server: str,
+    workers: int,
+    ready_timeout: float,
+    drain_timeout: float,
+    factory: bool,
+    backend: str,
+    server_options: dict[str, Any],
+) -> Service[Any]:
+    """The :class:`Service` that serves ``app``, after checking everything that can be
+    checked without importing the app.
+
+    Raises:
+        ConfigError: for a malformed app string, an unknown or missing server, a
+            backend the server cannot run on, or an option the server refuses.
+    """
+    module, sep, attribute = app.partition(":")
+    if not sep or not module or not attribute:
+        raise ConfigError(f"app {app!r} must look like 'package.module:attribute'")
+    if server not in ("uvicorn", "hypercorn"):
+        raise ConfigError(f"server={server!r} must be 'uvicorn' or 'hypercorn'")
+    if backend not in ("asyncio", "trio"):
+        raise ConfigError(f"backend={backend!r} must be 'asyncio' or 'trio'")
+    if server == "uvicorn" and backend != "asyncio":
+        raise ConfigError("uvicorn runs on asyncio only; use server='hypercorn' for trio")
+    for needed in (server, backend if backend == "trio" else None):
+        if needed and importlib.util.find_spec(needed) is None:
+            raise ConfigError(f"{needed} is not installed: pip install '{_EXTRAS[needed]}'")
+    backend_options: dict[str, Any] = {}
+    if server == "uvicorn":
+        from ._uvicorn import uvicorn_config  # noqa: PLC0415 - uvicorn is optional
+
+        uvicorn_config(app, drain_timeout, server_options)  # refuses bad options now
+        loop = server_options.get("loop", "auto")
+        uvloop = importlib.util.find_spec("uvloop") is not None
+        if loop == "uvloop" and not uvloop:
+            raise ConfigError("loop='uvloop' needs uvloop: pip install uvloop")
+        if loop in ("auto", "uvloop") and uvloop:
+            backend_options["use_uvloop"] = True
+    else:
+        from ._hypercorn import check_options  # noqa: PLC0415 - hypercorn is optional
+
+        check_options(server_options)
+    return Service(
+        asgi_worker,
+        listen=listen,
+        workers=workers,
+        ready_timeout=ready_timeout,
+        drain_timeout=drain_timeout,
+        backend=backend,  # type: ignore[arg-type]
+        backend_options=backend_options,
+        entry_options={
+            "app": app,
+            "server": server,
+            "factory": factory,
+            "backend": backend,
+            "drain_timeout": drain_timeout,
+            "options": server_options,
+        },
+    )
+
+
+def load_app(app: str, factory: bool) -> Any:
+    """Import ``"module:attribute"`` (fresh in each worker) and return the ASGI app.
+
+    Raises:
+        ConfigError: one line naming the app and the cause.
+    """
+    module_name, _, attribute = app.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot import {module_name!r} for app {app!r}: {one_line(exc)}"
+        ) from exc
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ConfigError(f"app {app!r}: module {module_name!r} has no {attribute!r}") from None
+    if factory:
+        try:
+            target = target()
+        except Exception as exc:
+            raise ConfigError(f"app factory {app!r} failed: {one_line(exc)}") from exc
+    return target
+
+
+async def asgi_worker(
+    context: Context,
+    *,
+    app: str,
+    server: str,
+    factory: bool,
+    backend: str,
+    drain_timeout: float,
+    options: dict[str, Any],
+) -> None:
+    """The worker entry of :func:`serve_asgi`: load the app, serve it, drain, return."""
+    application = load_app(app, factory)
+    if server == "uvicorn":
+        from ._uvicorn import serve_uvicorn  # noqa: PLC0415
+
+        await serve_uvicorn(context, application, drain_timeout, options)
+    else:
+        from ._hypercorn import serve_hypercorn  # noqa: PLC0415
+
+        await serve_hypercorn(context, application, backend, drain_timeout, options)

@@ -1,0 +1,169 @@
+"""The ``graceful`` command line (also ``python -m graceful``).
+
+    graceful serve pkg.module:app --listen 127.0.0.1:8080 [--workers N] ...
+    graceful run pkg.module:main [--pid-file PATH]
+    graceful reload --pid-file PATH
+    graceful stop --pid-file PATH
+
+Usage errors print one line and exit 2; a service that fails to start exits as
+:meth:`graceful.Service.run` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from ._asgi import asgi_service
+from ._entry import one_line
+from ._errors import ConfigError, GracefulError
+from ._logging import ensure_visible, logger
+from ._pidfile import read_pid
+from ._service import Service
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors reduced to one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of at least 1")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="graceful", description="Zero-downtime restarts for Python services.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="serve an ASGI app (uvicorn or hypercorn)")
+    serve.add_argument("app", help="the app as package.module:attribute")
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="SPEC",
+        help="HOST:PORT, :PORT, [IPv6]:PORT, unix:PATH or fd:N; repeatable "
+        "(default 127.0.0.1:8000)",
+    )
+    serve.add_argument("--workers", type=_positive_int, default=1, metavar="N")
+    serve.add_argument("--server", choices=("uvicorn", "hypercorn"), default="uvicorn")
+    serve.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    serve.add_argument("--ready-timeout", type=_positive_float, default=30.0, metavar="S")
+    serve.add_argument("--drain-timeout", type=_positive_float, default=30.0, metavar="S")
+    serve.add_argument("--pid-file", metavar="PATH")
+    serve.add_argument("--factory", action="store_true", help="APP is a factory to call")
+    serve.add_argument(
+        "--app-dir", default=".", metavar="DIR", help="put DIR first on sys.path (default: .)"
+    )
+
+    run = commands.add_parser("run", help="run an @graceful.service entry point")
+    run.add_argument("entry", help="the service as package.module:name")
+    run.add_argument("--pid-file", metavar="PATH")
+    run.add_argument("--app-dir", default=".", metavar="DIR")
+
+    for name, what in (("reload", "reload"), ("stop", "drain and stop")):
+        command = commands.add_parser(name, help=f"{what} the supervisor named by a PID file")
+        command.add_argument("--pid-file", required=True, metavar="PATH")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    ensure_visible("supervisor")
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "run":
+            return _run(args)
+        return _signal(args.pid_file, signal.SIGHUP if args.command == "reload" else signal.SIGTERM)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    except GracefulError as exc:
+        logger.error("%s", exc)
+        return 1
+
+
+def _use_app_dir(app_dir: str) -> None:
+    """Put the app directory first on sys.path, keeping a symlinked ``$PWD`` as it is."""
+    path = os.path.abspath(app_dir)
+    pwd = os.environ.get("PWD")
+    if app_dir == "." and pwd and os.path.isabs(pwd):
+        try:
+            if os.path.samefile(pwd, path):
+                path = pwd
+        except OSError:
+            pass
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _use_app_dir(args.app_dir)
+    service = asgi_service(
+        args.app,
+        listen=args.listen or ["127.0.0.1:8000"],
+        server=args.server,
+        workers=args.workers,
+        ready_timeout=args.ready_timeout,
+        drain_timeout=args.drain_timeout,
+        factory=args.factory,
+        backend=args.backend,
+        server_options={},
+    )
+    return _supervise(service, args.pid_file)
+
+
+def _run(args: argparse.Namespace) -> int:
+    _use_app_dir(args.app_dir)
+    module_name, sep, name = args.entry.partition(":")
+    if not sep or not module_name or not name:
+        raise ConfigError(f"entry {args.entry!r} must look like 'package.module:name'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {one_line(exc)}") from exc
+    target: Any = module
+    for part in name.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ConfigError(f"module {module_name!r} has no {name!r}")
+    if not isinstance(target, Service):
+        raise ConfigError(f"{args.entry} is not a @graceful.service (got {type(target).__name__})")
+    return _supervise(target, args.pid_file)
+
+
+def _supervise(service: Service[Any], pid_file: str | None) -> int:
+    from ._supervisor import run_supervisor  # noqa: PLC0415 - see Service.run
+
+    return run_supervisor(service, caller=sys._getframe(1), pid_file=pid_file)
+
+
+def _signal(pid_file: str, signum: signal.Signals) -> int:
+    pid = read_pid(pid_file)
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        raise GracefulError(f"no process {pid} (stale PID file {pid_file!r})") from None
+    except PermissionError:
+        raise GracefulError(f"not allowed to signal process {pid} from {pid_file!r}") from None
+    return 0

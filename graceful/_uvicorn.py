@@ -1,0 +1,174 @@
+"""uvicorn inside a graceful worker: readiness, keep-alive-aware drain, signals.
+
+Everything here goes through uvicorn's own extension points:
+
+* :class:`GracefulUvicornServer` subclasses ``uvicorn.Server``. It reports ready
+  once ``startup()`` has run the lifespan startup and created the servers on
+  graceful's listeners. It leaves signals to graceful (``capture_signals``), and
+  it is stopped by ``should_exit``, uvicorn's documented programmatic stop.
+* The HTTP protocol classes are passed as ``Config(http=...)``. uvicorn's own
+  ``shutdown()`` closes idle keep-alive connections at once. A client that sends
+  its next request at that moment loses it, which is the loss measured against
+  gunicorn's uvicorn worker. uvicorn's h11 protocol also closes a connection
+  after an in-flight response without saying ``Connection: close``. Our
+  subclasses never close a connection the client may still be using. Once the
+  drain begins, every response that has not started yet carries
+  ``Connection: close``, and the connection closes after it. A connection that
+  stays idle is closed by uvicorn's keep-alive timeout, as it is outside a
+  reload, or when the drain deadline cancels what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.flow_control import CLOSE_HEADER
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ._context import Context, run_beside
+from ._errors import ConfigError
+
+#: uvicorn options that graceful owns: the listeners, the process model, reloading.
+RESERVED_OPTIONS = frozenset(
+    {"host", "port", "uds", "fd", "workers", "reload", "reload_dirs", "app", "factory"}
+)
+
+
+class DrainingH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, made to drain keep-alive connections without losing a
+    request (see the module docstring)."""
+
+    _draining = False
+
+    def shutdown(self) -> None:
+        self._draining = True
+        self._announce_close()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self._draining:
+            self._announce_close()
+
+    def _announce_close(self) -> None:
+        # A response that has not started gets "Connection: close"; h11 then closes
+        # the connection after it. One that already started finishes as keep-alive,
+        # and the next request on the connection is answered with the header.
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and not cycle.response_started
+            and CLOSE_HEADER not in cycle.default_headers
+        ):
+            cycle.default_headers = [*cycle.default_headers, CLOSE_HEADER]
+
+
+def _draining_httptools_protocol() -> type[Any] | None:
+    """The httptools variant, if httptools is installed."""
+    if importlib.util.find_spec("httptools") is None:
+        return None
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # noqa: PLC0415
+
+    class DrainingHttpToolsProtocol(HttpToolsProtocol):
+        """uvicorn's httptools protocol, draining like :class:`DrainingH11Protocol`."""
+
+        _draining = False
+
+        def shutdown(self) -> None:
+            self._draining = True
+            self._announce_close()
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            if self._draining:
+                self._announce_close()
+
+        def _announce_close(self) -> None:
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_started:
+                cycle.keep_alive = False  # adds "connection: close" to the response
+
+    return DrainingHttpToolsProtocol
+
+
+def draining_protocol(http: str) -> type[Any]:
+    """The draining protocol class for uvicorn's ``http`` option ("auto", "h11",
+    "httptools")."""
+    if http == "h11":
+        return DrainingH11Protocol
+    httptools = _draining_httptools_protocol()
+    if http == "httptools":
+        if httptools is None:
+            raise ConfigError("http='httptools' needs httptools: pip install httptools")
+        return httptools
+    if http == "auto":
+        return httptools or DrainingH11Protocol
+    raise ConfigError(f"uvicorn option http={http!r}: graceful supports 'auto', 'h11', 'httptools'")
+
+
+class GracefulUvicornServer(uvicorn.Server):
+    """A ``uvicorn.Server`` that reports readiness to graceful and leaves signals alone."""
+
+    def __init__(self, config: uvicorn.Config, context: Context) -> None:
+        super().__init__(config)
+        self._context = context
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The worker's signals belong to graceful: SIGTERM drains through the
+        # context, SIGINT and SIGHUP are ignored. uvicorn must not install its own.
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            await self._context.ready()
+
+
+def uvicorn_config(app: Any, drain_timeout: float, options: dict[str, Any]) -> uvicorn.Config:
+    """A uvicorn ``Config`` for one worker, with graceful's draining protocol."""
+    clash = sorted(RESERVED_OPTIONS & options.keys())
+    if clash:
+        raise ConfigError(
+            f"uvicorn option {clash[0]!r} is graceful's to set: use listen=, workers= "
+            "and SIGHUP instead"
+        )
+    settings = dict(options)
+    settings["http"] = draining_protocol(settings.get("http", "auto"))
+    settings.setdefault("timeout_graceful_shutdown", drain_timeout)
+    try:
+        return uvicorn.Config(app, **settings)
+    except TypeError as exc:
+        raise ConfigError(f"uvicorn does not accept these options: {exc}") from None
+
+
+async def serve_uvicorn(
+    context: Context, app: Any, drain_timeout: float, options: dict[str, Any]
+) -> None:
+    """Serve ``app`` with uvicorn on the context's listeners until shutdown is requested.
+
+    Raises:
+        ConfigError: if the lifespan startup fails (uvicorn logs the app's error).
+    """
+    config = uvicorn_config(app, drain_timeout, options)
+    server = GracefulUvicornServer(config, context)
+
+    async def stop_on_shutdown() -> None:
+        await context.wait_shutdown()
+        server.should_exit = True
+
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[listener.socket for listener in context.listeners])
+        except SystemExit:
+            if server.started:
+                raise
+            raise ConfigError(
+                "the ASGI app's lifespan startup failed (its error is logged above)"
+            ) from None
+
+    await run_beside(serve, stop_on_shutdown)
