@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--pid-file", metavar="PATH")
     serve.add_argument("--factory", action="store_true", help="APP is a factory to call")
     serve.add_argument(
+        "--no-access-log", action="store_true", help="do not log each request (uvicorn)"
+    )
+    serve.add_argument(
         "--app-dir", default=".", metavar="DIR", help="put DIR first on sys.path (default: .)"
     )
 
@@ -128,7 +131,9 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         factory=args.factory,
         backend=args.backend,
-        server_options={},
+        server_options={"access_log": False}
+        if args.no_access_log and args.server == "uvicorn"
+        else {},
     )
     return _supervise(service, args.pid_file)
 
