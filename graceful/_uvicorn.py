@@ -159,6 +159,11 @@ async def serve_uvicorn(
 
     async def stop_on_shutdown() -> None:
         await context.wait_shutdown()
+        # Stop accepting now rather than at uvicorn's next 0.1 s tick, so that new
+        # connections go to the new generation at once (closing an asyncio Server
+        # again in uvicorn's own shutdown is harmless).
+        for accepting in getattr(server, "servers", []):
+            accepting.close()
         server.should_exit = True
 
     async def serve() -> None:

@@ -68,6 +68,12 @@ class ServiceProcess:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
+    def __enter__(self) -> ServiceProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:

@@ -71,3 +71,36 @@ def test_demo_reloads_under_load_without_a_failure() -> None:
     )
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "requests failed:    0" in demo.stdout
+
+
+ASGI_CASES = {
+    # example module: (extra serve options, constant to edit, old text, new text)
+    "starlette_app": ((), '"hello from graceful + starlette\\n"', '"edited: starlette\\n"'),
+    "trio_hypercorn_app": (
+        ("--server", "hypercorn", "--backend", "trio"),
+        'b"hello from graceful + hypercorn on trio\\n"',
+        'b"edited: trio\\n"',
+    ),
+    "sse_app": ((), 'VERSION = "v1"', 'VERSION = "edited: sse"'),
+}
+
+
+@pytest.mark.parametrize("example", sorted(ASGI_CASES))
+def test_asgi_example_serves_reloads_and_stops(tmp_path: Path, example: str) -> None:
+    options, old, new = ASGI_CASES[example]
+    source = (EXAMPLES / "asgi" / f"{example}.py").read_text()
+    assert old in source
+    (tmp_path / f"{example}.py").write_text(source)
+    args = ["serve", f"{example}:app", "--listen", "127.0.0.1:0", *options]
+    with running(tmp_path / f"{example}.py", module="graceful", args=args, cwd=tmp_path) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        assert not http_get(address).startswith(b"edited: ")
+        (tmp_path / f"{example}.py").write_text(source.replace(old, new))
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        svc.wait_serving(2, after=mark)
+        wait_until(lambda: http_get(address).startswith(b"edited: "), 10, "the edited app")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+        wait_until(lambda: group_alive(svc.pid) == [], 10, "every process to exit")

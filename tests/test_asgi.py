@@ -1,0 +1,345 @@
+"""ASGI apps under ``graceful serve``: reloads under keep-alive load, drains, failures."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from harness import ServiceProcess, connect, running, wait_until
+from http_load import HttpLoad
+
+STARLETTE_APP = """\
+import contextlib
+
+import anyio
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+MESSAGE = {message!r}
+START_UP_SECONDS = {start_up}
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+{lifespan_body}
+    yield
+
+
+async def home(request):
+    return PlainTextResponse(MESSAGE)
+
+
+async def slow(request):
+    await anyio.sleep(float(request.query_params.get("s", "1")))
+    return PlainTextResponse(MESSAGE + " slow")
+
+
+async def events(request):
+    async def stream():
+        for n in range(100_000):
+            yield f"data: {{MESSAGE}} {{n}}\\n\\n"
+            await anyio.sleep(0.1)
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+app = Starlette(
+    routes=[Route("/", home), Route("/slow", slow), Route("/events", events)], lifespan=lifespan
+)
+"""
+
+SERVERS = {
+    "uvicorn": ["--server", "uvicorn"],
+    "hypercorn": ["--server", "hypercorn"],
+    "hypercorn-trio": ["--server", "hypercorn", "--backend", "trio"],
+}
+
+
+def write_app(path: Path, message: str, *, start_up: float = 0.0, fail: bool = False) -> None:
+    body = "    await anyio.sleep(START_UP_SECONDS)"
+    if fail:
+        body += "\n    raise RuntimeError('the database is unreachable')"
+    path.write_text(STARLETTE_APP.format(message=message, start_up=start_up, lifespan_body=body))
+
+
+def serve(tmp_path: Path, *extra: str, drain: float = 30.0) -> ServiceProcess:
+    return ServiceProcess(
+        tmp_path / "app.py",
+        module="graceful",
+        args=["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
+              "--drain-timeout", str(drain), *extra],
+        cwd=tmp_path,
+    )  # fmt: skip
+
+
+def reload(svc: ServiceProcess, generation: int) -> re.Match[str]:
+    mark = svc.mark()
+    svc.send(signal.SIGHUP)
+    return svc.wait_for(
+        rf"generation {generation} is serving \(ready in ([\d.]+)s\)", after=mark, timeout=60
+    )
+
+
+#: The failures hypercorn cannot avoid (see graceful/_hypercorn.py): when its
+#: shutdown trigger fires it closes every connection it considers idle, including
+#: one whose next request has just arrived. The client sees the connection closed
+#: or reset, never a wrong or non-2xx answer.
+HYPERCORN_CLOSES = (
+    "RemoteProtocolError: Server disconnected without sending a response.",
+    "RemoteProtocolError: peer closed connection without sending complete message body",
+    "ReadError: ",
+)
+
+
+def only_hypercorn_closes(failures: dict[str, int]) -> bool:
+    return all(kind.startswith(HYPERCORN_CLOSES) for kind in failures)
+
+
+@pytest.mark.parametrize("server", sorted(SERVERS))
+def test_reloads_under_keep_alive_load_answer_every_request(tmp_path: Path, server: str) -> None:
+    app = tmp_path / "app.py"
+    write_app(app, "v1")
+    # hypercorn on trio can keep an old generation alive until the drain deadline
+    # after rapid reloads; a short deadline keeps the test's final stop quick.
+    svc = serve(tmp_path, *SERVERS[server], drain=5.0)
+    try:
+        svc.wait_serving(1, timeout=60)
+        load = HttpLoad(f"http://{svc.address()}/", clients=50)
+        load.start()
+        try:
+            load.wait_for_body("v1")
+            for generation in range(2, 12):
+                write_app(app, f"v{generation}")
+                reload(svc, generation)
+                load.wait_for_body(f"v{generation}")
+        finally:
+            tally = load.stop()
+        print(f"{server}: {tally.as_dict()}")
+        assert tally.ok > 1000
+        assert all(tally.bodies[f"v{g}"] > 0 for g in range(1, 12))
+        if server == "uvicorn":
+            assert tally.failed == 0, tally.as_dict()
+        else:
+            # Every answer was a 2xx; the only losses are hypercorn's documented
+            # idle-connection closes, at most one per connection per reload.
+            assert only_hypercorn_closes(tally.failures), tally.as_dict()
+            assert tally.failed <= 50 * 10, tally.as_dict()
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+    finally:
+        svc.close()
+
+
+def test_slow_start_app_does_not_stall_requests_during_reload(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    write_app(app, "v1")
+    with running(app, module="graceful", cwd=tmp_path, args=[
+        "serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
+    ]) as svc:  # fmt: skip
+        svc.wait_serving(1)
+        load = HttpLoad(f"http://{svc.address()}/", clients=50)
+        load.start()
+        try:
+            load.wait_for_body("v1")
+            write_app(app, "v2", start_up=3.0)
+            took = float(reload(svc, 2).group(1))
+            load.wait_for_body("v2")
+        finally:
+            tally = load.stop()
+        assert took >= 3.0, "the new generation really took 3 s to start"
+        assert tally.failed == 0, tally.as_dict()
+        # Nobody waited for the start-up: generation 1 answered all along.
+        assert tally.max_latency < 2.0, tally.as_dict()
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "hypercorn"])
+def test_lifespan_startup_failure_keeps_the_old_generation(tmp_path: Path, server: str) -> None:
+    app = tmp_path / "app.py"
+    write_app(app, "good")
+    svc = serve(tmp_path, *SERVERS[server])
+    try:
+        svc.wait_serving(1)
+        load = HttpLoad(f"http://{svc.address()}/", clients=10)
+        load.start()
+        try:
+            load.wait_for_body("good")
+            write_app(app, "bad", fail=True)
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            failure = svc.wait_for(r"reload failed: generation 2: (.*)", after=mark)
+            assert "generation 1 keeps serving" in failure.group(0)
+            served = load.tally.ok
+            wait_until(lambda: load.tally.ok > served + 100, 10, "generation 1 to keep answering")
+            write_app(app, "fixed")
+            reload(svc, 3)
+            load.wait_for_body("fixed")
+        finally:
+            tally = load.stop()
+        assert tally.bodies.get("bad", 0) == 0
+        if server == "uvicorn":
+            assert tally.failed == 0, tally.as_dict()
+        else:
+            assert only_hypercorn_closes(tally.failures), tally.as_dict()
+    finally:
+        svc.close()
+
+
+def http_request(sock: socket.socket, path: str = "/") -> tuple[dict[str, str], bytes]:
+    """One HTTP/1.1 keep-alive request on ``sock``; the response's headers and body."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed before a response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 200"), lines[0]
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers["content-length"])
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed in the middle of a body"
+        body += chunk
+    return headers, body
+
+
+def answer(address: str) -> bytes:
+    """The body of a GET / on a new connection."""
+    with connect(address) as client:
+        return http_request(client)[1]
+
+
+DRAIN_CASES = {
+    "uvicorn-httptools": ("uvicorn", "httptools"),
+    "uvicorn-h11": ("uvicorn", "h11"),
+    "hypercorn": ("hypercorn", None),
+}
+
+
+def serve_asgi_script(tmp_path: Path, case: str) -> Path:
+    """A script that serves app:app with ``graceful.serve_asgi`` (the Python API)."""
+    server, http = DRAIN_CASES[case]
+    options = f", http={http!r}" if http else ""
+    script = tmp_path / "run.py"
+    script.write_text(
+        textwrap.dedent(f"""\
+            import graceful
+
+            if __name__ == "__main__":
+                graceful.serve_asgi(
+                    "app:app", listen=["127.0.0.1:0"], server={server!r}{options}
+                )
+        """)
+    )
+    return script
+
+
+@pytest.mark.parametrize("case", ["uvicorn-h11", "uvicorn-httptools"])
+def test_request_on_an_idle_keep_alive_connection_during_drain_is_answered_with_close(
+    tmp_path: Path, case: str
+) -> None:
+    write_app(tmp_path / "app.py", "old")
+    with running(serve_asgi_script(tmp_path, case)) as svc:
+        svc.wait_serving(1)
+        with connect(svc.address()) as client:
+            headers, body = http_request(client)
+            assert body == b"old"
+            assert headers.get("connection", "") != "close"
+            write_app(tmp_path / "app.py", "new")
+            reload(svc, 2)
+            # The connection belongs to generation 1, which drains once it hears of
+            # generation 2. Until then its answers may keep the connection alive;
+            # from then on the next answer says "Connection: close". The connection
+            # is never closed without such an answer.
+            deadline = time.monotonic() + 10
+            while True:
+                headers, body = http_request(client)
+                assert body == b"old"
+                if headers.get("connection") == "close":
+                    break
+                assert time.monotonic() < deadline, "generation 1 never announced its close"
+            client.settimeout(10)
+            assert client.recv(100) == b""  # closed after that answer, not before
+        wait_until(lambda: answer(svc.address()) == b"new", 10, "generation 2 to answer")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+@pytest.mark.parametrize("case", sorted(DRAIN_CASES))
+def test_response_in_flight_when_the_drain_starts_announces_close(
+    tmp_path: Path, case: str
+) -> None:
+    write_app(tmp_path / "app.py", "old")
+    with running(serve_asgi_script(tmp_path, case)) as svc:
+        svc.wait_serving(1)
+        with connect(svc.address()) as client:
+            client.sendall(b"GET /slow?s=1.5 HTTP/1.1\r\nHost: test\r\n\r\n")
+            write_app(tmp_path / "app.py", "new")
+            reload(svc, 2)
+            client.settimeout(10)
+            data = b""
+            while b"old slow" not in data:
+                chunk = client.recv(4096)
+                assert chunk, f"closed before the answer: {data!r}"
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200")
+            assert b"\r\nconnection: close\r\n" in data.lower()
+            assert client.recv(100) == b""
+
+
+def test_streaming_response_gets_the_drain_deadline_then_closes(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    write_app(app, "old")
+    with serve(tmp_path, drain=2.0) as svc:
+        svc.wait_serving(1)
+        with connect(svc.address()) as stream:
+            stream.sendall(b"GET /events HTTP/1.1\r\nHost: test\r\n\r\n")
+            stream.settimeout(10)
+            received = b""
+            while b"data: old 0" not in received:
+                chunk = stream.recv(4096)
+                assert chunk, f"the stream closed early: {received!r}"
+                received += chunk
+            write_app(app, "new")
+            reload(svc, 2)
+            reloaded_at = time.monotonic()
+            wait_until(lambda: answer(svc.address()) == b"new", 10, "generation 2 to answer")
+            events_after = 0
+            while chunk := stream.recv(4096):
+                events_after += chunk.count(b"data: old")
+            closed_after = time.monotonic() - reloaded_at
+        # The stream stayed with generation 1 until the drain deadline (2 s).
+        assert events_after >= 10
+        assert 1.0 < closed_after < 8.0
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+def test_serve_refuses_a_malformed_app_in_one_line(tmp_path: Path) -> None:
+    with running(
+        tmp_path / "x", module="graceful", cwd=tmp_path, args=["serve", "no_colon"]
+    ) as svc:
+        assert svc.wait_exit() == 2
+        assert svc.lines == [
+            line
+            for line in svc.lines
+            if "app 'no_colon' must look like 'package.module:attribute'" in line
+        ]
+
+
+def test_first_generation_that_cannot_import_the_app_exits_1(tmp_path: Path) -> None:
+    with running(tmp_path / "x", module="graceful", cwd=tmp_path, args=[
+        "serve", "missing_module:app", "--listen", "127.0.0.1:0",
+    ]) as svc:  # fmt: skip
+        assert svc.wait_exit() == 1
+        svc.wait_for(
+            "generation 1 failed to start: worker 0: cannot import 'missing_module' for app "
+            "'missing_module:app': ModuleNotFoundError"
+        )
