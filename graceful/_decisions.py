@@ -144,6 +144,21 @@ class GenerationServing:
 
 
 @dataclass(frozen=True)
+class Announce:
+    """Something a service manager (systemd) should hear of.
+
+    ``phase`` is ``starting`` (generation 1 starts), ``reloading`` (a reload starts),
+    ``ready`` (a generation serves, or a reload ended either way), ``stopping``, or
+    ``status`` (only ``status`` changed). ``extend`` is how long, in seconds, the
+    manager should wait for the next ``ready``.
+    """
+
+    phase: str
+    status: str
+    extend: float | None = None
+
+
+@dataclass(frozen=True)
 class Log:
     level: int
     message: str
@@ -155,7 +170,14 @@ class Exit:
 
 
 Action: TypeAlias = (
-    SpawnWorker | ShutdownWorker | KillWorker | StartTimer | GenerationServing | Log | Exit
+    SpawnWorker
+    | ShutdownWorker
+    | KillWorker
+    | StartTimer
+    | GenerationServing
+    | Announce
+    | Log
+    | Exit
 )
 
 # --- state -------------------------------------------------------------------------
@@ -234,6 +256,8 @@ class Supervision:
         self.exited = False
         #: one-line outcome of the last reload, for status reporting
         self.last_reload: str | None = None
+        #: why the service stops, if not by request
+        self.stop_reason: str | None = None
         self._next_serial = 1
         self._next_generation = 1
         self._actions: list[Action] = []
@@ -302,6 +326,29 @@ class Supervision:
     def _describe(self, worker: Worker) -> str:
         return f"generation {worker.generation} worker {worker.worker_id}"
 
+    def _announce(self, phase: str, extend: float | None = None) -> None:
+        self._actions.append(Announce(phase, self.status(), extend))
+
+    def status(self) -> str:
+        """One line on the service's state, for ``STATUS=``."""
+        if self.stopping is not Stopping.NO:
+            line = f"stopping: {self.stop_reason or f'{len(self.workers)} workers draining'}"
+        elif self.serving is None:
+            line = "starting generation 1"
+        else:
+            generation = self.generations[self.serving]
+            ready = sum(
+                1
+                for serial in generation.slots.values()
+                if self.workers[serial].state is WorkerState.READY
+            )
+            line = f"generation {self.serving} serving, {ready}/{self.plan.workers} workers ready"
+            if self.starting is not None:
+                line += f"; generation {self.starting} starting"
+        if self.last_reload is not None:
+            line += f"; last reload: {self.last_reload}"
+        return line
+
     # -- rules ----------------------------------------------------------------------
 
     def _start_generation(self, now: float) -> None:
@@ -313,6 +360,8 @@ class Supervision:
         self._log(logging.INFO, f"starting generation {number} ({self.plan.workers} workers)")
         for worker_id in range(self.plan.workers):
             self._spawn(generation, worker_id)
+        wait = self.plan.ready_timeout + self.plan.kill_grace
+        self._announce("starting" if self.serving is None else "reloading", extend=wait)
 
     def _on_reload(self) -> None:
         if self.stopping is not Stopping.NO:
@@ -335,6 +384,7 @@ class Supervision:
         generation = self.generations[worker.generation]
         if generation.role is Role.SERVING:
             self._log(logging.INFO, f"{self._describe(worker)} is back in service")
+            self._announce("status")
         elif generation.role is Role.RETIRED or self.stopping is not Stopping.NO:
             self._drain(worker)
         elif (
@@ -355,13 +405,14 @@ class Supervision:
                 logging.INFO, f"generation {generation.number} is serving (ready in {took:.3f}s)"
             )
         else:
-            self.last_reload = f"generation {generation.number} serving"
+            self.last_reload = f"generation {generation.number} serving in {took:.3f}s"
             self._log(
                 logging.INFO,
                 f"generation {generation.number} is serving (ready in {took:.3f}s); "
                 f"draining generation {previous}",
             )
             self._retire(self.generations[previous])
+        self._announce("ready")
         self._follow_queued_reload(now)
 
     def _retire(self, generation: Generation) -> None:
@@ -387,6 +438,7 @@ class Supervision:
         self._retire(generation)
         if self.serving is None:
             self._log(logging.ERROR, f"generation {generation.number} failed to start: {cause}")
+            self.stop_reason = f"generation {generation.number} failed to start: {cause}"
             self._begin_stop(Stopping.DRAINING, exit_code=1)
             return
         self.last_reload = f"generation {generation.number} failed: {cause}"
@@ -395,6 +447,7 @@ class Supervision:
             f"reload failed: generation {generation.number}: {cause}; "
             f"generation {self.serving} keeps serving",
         )
+        self._announce("ready")
         self._follow_queued_reload(now)
 
     def _on_exit(self, serial: int, exitcode: int | None, now: float) -> None:
@@ -439,6 +492,7 @@ class Supervision:
             f"{self._describe(worker)} {how}; restarting it in {delay:.1f}s",
         )
         self._actions.append(StartTimer(delay, RestartDue(generation.number, worker.worker_id)))
+        self._announce("status")
 
     def _on_ready_timeout(self, serial: int, now: float) -> None:
         worker = self.workers.get(serial)
@@ -490,6 +544,7 @@ class Supervision:
             self._begin_stop(Stopping.NOW, exit_code=1)
 
     def _begin_stop(self, mode: Stopping, exit_code: int) -> None:
+        first = self.stopping is Stopping.NO
         self.stopping = mode
         self.exit_code = max(self.exit_code, exit_code)
         self.reload_queued = False
@@ -501,6 +556,8 @@ class Supervision:
                 self._kill(worker)
             elif not worker.killed:
                 self._drain(worker)
+        if first:
+            self._announce("stopping")
 
     def _maybe_exit(self) -> None:
         if self.stopping is not Stopping.NO and not self.workers and not self.exited:

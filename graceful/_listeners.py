@@ -10,7 +10,8 @@ Spec grammar (see :func:`parse_listen_spec`):
 * ``":8080"``: every interface (dual-stack IPv6 where the host has it);
 * ``"HOST:PORT"`` and ``"[IPv6]:PORT"``; port ``0`` asks for an ephemeral port;
 * ``"unix:/path/to.sock"`` (``"unix:@name"`` for the Linux abstract namespace);
-* ``"fd:N"``: a listening socket this process inherited as file descriptor ``N``.
+* ``"fd:N"``: a listening socket this process inherited as file descriptor ``N``;
+* ``"systemd"`` / ``"systemd:NAME"``: sockets passed by systemd socket activation.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from ._errors import ConfigError
+from ._systemd import sockets_named
 
 #: The backlog of every listener graceful binds. A deep queue is what absorbs the
 #: connections that arrive while one generation hands over to the next.
@@ -56,7 +58,15 @@ class FdSpec:
     fd: int
 
 
-ParsedSpec: TypeAlias = TCPSpec | UnixSpec | FdSpec
+@dataclass(frozen=True)
+class SystemdSpec:
+    """``systemd`` (every socket systemd passed) or ``systemd:NAME`` (by
+    ``FileDescriptorName=``)."""
+
+    name: str | None
+
+
+ParsedSpec: TypeAlias = TCPSpec | UnixSpec | FdSpec | SystemdSpec
 Address: TypeAlias = "tuple[str, int] | tuple[str, int, int, int] | str"
 
 
@@ -87,6 +97,13 @@ def parse_listen_spec(spec: str) -> ParsedSpec:
     """
     if not isinstance(spec, str):
         raise ConfigError(f"invalid listen spec {spec!r}: expected a string or a socket")
+    if spec == "systemd":
+        return SystemdSpec(None)
+    if spec.startswith("systemd:"):
+        name = spec[len("systemd:") :]
+        if not name or ":" in name or not name.isprintable():
+            raise ConfigError(f"invalid listen spec {spec!r}: expected systemd:NAME")
+        return SystemdSpec(name)
     if spec.startswith("unix:"):
         path = spec[len("unix:") :]
         if not path or path == "@":
@@ -167,7 +184,7 @@ def bind_listeners(specs: list[str | socket.socket]) -> list[BoundListener]:
     bound: list[BoundListener] = []
     try:
         for spec in specs:
-            bound.append(_bind_one(spec))
+            bound.extend(_bind(spec))
     except BaseException:
         for listener in bound:
             listener.close()
@@ -175,15 +192,20 @@ def bind_listeners(specs: list[str | socket.socket]) -> list[BoundListener]:
     return bound
 
 
-def _bind_one(spec: str | socket.socket) -> BoundListener:
+def _bind(spec: str | socket.socket) -> list[BoundListener]:
     if isinstance(spec, socket.socket):
-        return _adopt_socket(spec, f"socket:{spec.fileno()}")
+        return [_adopt_socket(spec, f"socket:{spec.fileno()}")]
     parsed = parse_listen_spec(spec)
+    if isinstance(parsed, SystemdSpec):
+        return [
+            _adopt_fd(f"systemd:{activated.name}", activated.fd)
+            for activated in sockets_named(parsed.name)
+        ]
     if isinstance(parsed, FdSpec):
-        return _adopt_fd(spec, parsed.fd)
+        return [_adopt_fd(spec, parsed.fd)]
     if isinstance(parsed, UnixSpec):
-        return _bind_unix(spec, parsed)
-    return _bind_tcp(spec, parsed)
+        return [_bind_unix(spec, parsed)]
+    return [_bind_tcp(spec, parsed)]
 
 
 def _bind_tcp(spec: str, parsed: TCPSpec) -> BoundListener:

@@ -15,6 +15,7 @@ Task layout, all inside one task group whose lifetime is :meth:`Supervisor.run`:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -25,10 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import multiprocess
+import multiprocess.resource_tracker
 from anyio.abc import ObjectReceiveStream, TaskGroup, TaskStatus
 
 from . import _wire
 from ._decisions import (
+    Announce,
     Event,
     Exit,
     GenerationServing,
@@ -58,6 +61,7 @@ from ._errors import ConfigError
 from ._listeners import BoundListener, bind_listeners, format_address
 from ._logging import ensure_visible, logger
 from ._pidfile import check_pid_file_location, remove_pid_file, write_pid_file
+from ._systemd import Notifier, monotonic_usec
 from ._worker import WorkerBootstrap, worker_main
 
 if TYPE_CHECKING:
@@ -97,8 +101,19 @@ def run_supervisor(
             logger.info(
                 "listening on %s (listen spec %r)", format_address(listener.address), listener.spec
             )
-        supervisor = Supervisor(service, entry, listeners, ReleaseDirectory.adopt(), pid_file)
-        code = anyio.run(supervisor.run, backend="asyncio")
+        notifier = Notifier.from_environment()
+        supervisor = Supervisor(
+            service,
+            entry,
+            listeners,
+            release=ReleaseDirectory.adopt(),
+            pid_file=pid_file,
+            notifier=notifier,
+        )
+        try:
+            code = anyio.run(supervisor.run, backend="asyncio")
+        finally:
+            notifier.close()
         logger.info("stopped (exit status %d)", code)
         return code
     finally:
@@ -106,6 +121,28 @@ def run_supervisor(
             listener.close()
         if pid_file is not None:
             remove_pid_file(pid_file)
+
+
+def stray_zombies(exclude: set[int | None]) -> list[int]:
+    """This process's children that have exited (zombies), except ``exclude``."""
+    found = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as children:
+                pids = [int(pid) for pid in children.read().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            if pid in exclude:
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    text = stat.read()
+            except OSError:
+                continue
+            if text[text.rindex(")") + 2] == "Z":
+                found.append(pid)
+    return found
 
 
 @dataclass
@@ -123,12 +160,15 @@ class Supervisor:
         service: Service[Any],
         entry: EntryRef,
         listeners: list[BoundListener],
+        *,
         release: ReleaseDirectory,
         pid_file: str | os.PathLike[str] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.service = service
         self.release = release
         self.pid_file = pid_file
+        self.notifier = notifier or Notifier(None)
         self.entry = entry
         self.listeners = listeners
         self.machine = Supervision(
@@ -155,6 +195,8 @@ class Supervisor:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
                 await tasks.start(self._follow_signals)
+                if os.getpid() == 1:
+                    await tasks.start(self._reap_orphans)
                 code = await self._decide(Start())
                 tasks.cancel_scope.cancel()
             return code
@@ -172,10 +214,18 @@ class Supervisor:
 
     def _carry_out(
         self,
-        action: SpawnWorker | ShutdownWorker | KillWorker | StartTimer | GenerationServing | Log,
+        action: SpawnWorker
+        | ShutdownWorker
+        | KillWorker
+        | StartTimer
+        | GenerationServing
+        | Announce
+        | Log,
     ) -> None:
         if isinstance(action, Log):
             logger.log(action.level, "%s", action.message)
+        elif isinstance(action, Announce):
+            self._notify(action)
         elif isinstance(action, GenerationServing):
             if action.first and self.pid_file is not None:
                 try:
@@ -195,6 +245,21 @@ class Supervisor:
         else:
             self._task_group.start_soon(self._timer, action.delay, action.event)
 
+    def _notify(self, announce: Announce) -> None:
+        """Tell systemd (if it listens) what the state machine announced."""
+        fields: dict[str, str | int] = {}
+        if announce.phase == "ready":
+            fields["READY"] = 1
+        elif announce.phase == "reloading":
+            fields["RELOADING"] = 1
+            fields["MONOTONIC_USEC"] = monotonic_usec()
+        elif announce.phase == "stopping":
+            fields["STOPPING"] = 1
+        if announce.extend is not None:
+            fields["EXTEND_TIMEOUT_USEC"] = int(announce.extend * 1_000_000)
+        fields["STATUS"] = announce.status
+        self.notifier.send(**fields)
+
     @property
     def _task_group(self) -> TaskGroup:
         assert self._tasks is not None, "the supervisor is not running"
@@ -211,6 +276,26 @@ class Supervisor:
                     await self.events_in.send(ReloadRequested())
                 else:
                     await self.events_in.send(StopRequested())
+
+    async def _reap_orphans(self, *, task_status: TaskStatus[None]) -> None:
+        """As PID 1 (in a container), reap every child that is not a worker.
+
+        Processes a worker leaves behind are re-parented to PID 1 when the worker
+        exits; without this they would stay zombies for the container's life.
+        Workers themselves are reaped by their watchers, which need their status.
+        """
+        with anyio.open_signal_receiver(signal.SIGCHLD) as signals:
+            task_status.started()
+            self._reap_strays()
+            async for _ in signals:
+                self._reap_strays()
+
+    def _reap_strays(self) -> None:
+        ours = {handle.process.pid for handle in self.handles.values()}
+        tracker = getattr(multiprocess.resource_tracker._resource_tracker, "_pid", None)
+        for pid in stray_zombies(exclude=ours | {tracker}):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
     async def _timer(self, delay: float, event: Event) -> None:
         await anyio.sleep(delay)

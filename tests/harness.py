@@ -36,9 +36,11 @@ class ServiceProcess:
         module: str | None = None,
         stdin_script: bool = False,
         pass_fds: tuple[int, ...] = (),
+        wrapper: tuple[str, ...] = (),
     ) -> None:
         """Run ``python script`` (or ``python -m module`` with ``cwd``, or the script
-        fed to ``python -`` on stdin with ``stdin_script``)."""
+        fed to ``python -`` on stdin with ``stdin_script``), behind the ``wrapper``
+        command if one is given (``systemd-socket-activate ...``, ``unshare ...``)."""
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT), *filter(None, [full_env.get("PYTHONPATH")])]
@@ -52,7 +54,7 @@ class ServiceProcess:
         else:
             command = [sys.executable, str(script)]
         self.proc = subprocess.Popen(
-            [*command, *(args or [])],
+            [*wrapper, *command, *(args or [])],
             stdin=script.open("rb") if stdin_script else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -264,7 +264,7 @@ def test_reload_keeps_old_generation_until_every_new_worker_is_ready() -> None:
     assert spawned(actions) == []
     assert messages(actions) == ["generation 2 is serving (ready in 2.000s); draining generation 1"]
     assert sim.machine.serving == 2
-    assert sim.machine.last_reload == "generation 2 serving"
+    assert sim.machine.last_reload == "generation 2 serving in 2.000s"
 
 
 def test_old_generation_draining_on_its_own_needs_no_further_action() -> None:

@@ -1,0 +1,286 @@
+"""systemd and containers: sd_notify, socket activation, PID-1 reaping."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from harness import ServiceProcess, ask, running, wait_until
+from services import service_source, write_service
+
+EXTEND = "EXTEND_TIMEOUT_USEC=32000000"  # ready_timeout 30 s + 2 s kill grace
+
+
+class NotifySocket:
+    """The datagram socket a service manager would listen on."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address if not address.startswith("@") else "\0" + address[1:])
+        self.sock.settimeout(30)
+        self.address = address
+
+    def next(self) -> str:
+        return self.sock.recv(4096).decode()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+
+def worker_pids(svc: ServiceProcess, parent: int | None = None) -> list[int]:
+    pids = []
+    for pid in (
+        Path(f"/proc/{parent or svc.pid}/task/{parent or svc.pid}/children").read_text().split()
+    ):
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.parametrize("kind", ["path", "abstract"])
+def test_notify_socket_hears_start_reload_failed_reload_and_stop(tmp_path: Path, kind: str) -> None:
+    address = (
+        str(tmp_path / "notify.sock")
+        if kind == "path"
+        else f"@graceful-test-{os.getpid()}-{id(tmp_path)}"
+    )
+    manager = NotifySocket(address)
+    script = write_service(tmp_path / "svc.py", prefix="v1")
+    try:
+        with running(script, env={"LISTEN": "127.0.0.1:0", "NOTIFY_SOCKET": address}) as svc:
+            assert manager.next() == f"{EXTEND}\nSTATUS=starting generation 1"
+            assert manager.next() == "READY=1\nSTATUS=generation 1 serving, 1/1 workers ready"
+            # workers neither see NOTIFY_SOCKET nor can they notify
+            [worker] = worker_pids(svc)
+            assert "NOTIFY_SOCKET" not in environ_of(worker)
+
+            script.write_text(service_source(prefix="v2"))
+            before = time.monotonic_ns() // 1000
+            svc.send(signal.SIGHUP)
+            reloading = manager.next().split("\n")
+            assert reloading[0] == "RELOADING=1"
+            usec = int(reloading[1].removeprefix("MONOTONIC_USEC="))
+            assert before <= usec <= time.monotonic_ns() // 1000
+            assert reloading[2:] == [
+                EXTEND,
+                "STATUS=generation 1 serving, 1/1 workers ready; generation 2 starting",
+            ]
+            ready = manager.next()
+            assert re.fullmatch(
+                r"READY=1\nSTATUS=generation 2 serving, 1/1 workers ready; "
+                r"last reload: generation 2 serving in \d+\.\d{3}s",
+                ready,
+            ), ready
+
+            script.write_text(
+                service_source(prefix="v3", before_serve="    raise RuntimeError('bad config')")
+            )
+            svc.send(signal.SIGHUP)
+            assert manager.next().startswith("RELOADING=1\nMONOTONIC_USEC=")
+            assert manager.next() == (
+                "READY=1\nSTATUS=generation 2 serving, 1/1 workers ready; last reload: "
+                "generation 3 failed: worker 0: RuntimeError: bad config"
+            )
+
+            svc.send(signal.SIGTERM)
+            assert manager.next() == (
+                "STOPPING=1\nSTATUS=stopping: 1 workers draining; last reload: "
+                "generation 3 failed: worker 0: RuntimeError: bad config"
+            )
+            assert svc.wait_exit() == 0
+    finally:
+        manager.close()
+
+
+def test_first_start_failure_is_reported_as_stopping_with_the_cause(tmp_path: Path) -> None:
+    manager = NotifySocket(str(tmp_path / "notify.sock"))
+    script = write_service(tmp_path / "svc.py", before_serve="    raise RuntimeError('no db')")
+    try:
+        env = {"LISTEN": "127.0.0.1:0", "NOTIFY_SOCKET": manager.address}
+        with running(script, env=env) as svc:
+            assert manager.next().endswith("STATUS=starting generation 1")
+            assert manager.next() == (
+                "STOPPING=1\nSTATUS=stopping: generation 1 failed to start: "
+                "worker 0: RuntimeError: no db"
+            )
+            assert svc.wait_exit() == 1
+    finally:
+        manager.close()
+
+
+ACTIVATE = shutil.which("systemd-socket-activate")
+needs_activate = pytest.mark.skipif(
+    ACTIVATE is None, reason="systemd-socket-activate is not installed (Debian package systemd)"
+)
+
+
+def first_connection(path: Path) -> socket.socket:
+    """Connect to an activation socket: systemd-socket-activate starts the service only
+    when the first connection arrives, which then waits in the backlog for it."""
+    wait_until(path.exists, 10, f"{path} to be bound by systemd-socket-activate")
+    client = socket.socket(socket.AF_UNIX)
+    client.settimeout(30)
+    client.connect(str(path))
+    return client
+
+
+def activate(*sockets: str, names: str | None = None) -> tuple[str, ...]:
+    assert ACTIVATE is not None
+    wrapper = [ACTIVATE]
+    for path in sockets:
+        wrapper += ["-l", path]
+    if names:
+        wrapper.append(f"--fdname={names}")
+    return tuple(wrapper)
+
+
+@needs_activate
+def test_socket_activation_serves_and_reloads_on_the_passed_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "web.sock"
+    script = write_service(tmp_path / "svc.py", prefix="v1")
+    with running(
+        script,
+        env={"LISTEN": "systemd"},
+        wrapper=(*activate(str(sock), names="web"), "-E", "LISTEN"),
+    ) as svc:
+        with first_connection(sock) as client:
+            assert ask(client, "hi") == b"v1: hi\n"
+        svc.wait_serving(1)
+        assert svc.address() == f"unix:{sock}"
+        svc.wait_for(r"\(listen spec 'systemd:web'\)")
+        [worker] = worker_pids(svc)
+        leaked = {"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"} & environ_of(worker).keys()
+        assert not leaked
+        script.write_text(service_source(prefix="v2"))
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        svc.wait_serving(2, after=mark)
+
+        def answered_by_new_code() -> bool:
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(sock))
+                return ask(client, "hi") == b"v2: hi\n"
+
+        wait_until(answered_by_new_code, 10, "generation 2 to answer")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+    assert sock.exists(), "a socket systemd passed in belongs to systemd: graceful keeps it"
+
+
+@needs_activate
+def test_listen_fdnames_selects_the_named_socket(tmp_path: Path) -> None:
+    web, admin = tmp_path / "web.sock", tmp_path / "admin.sock"
+    script = write_service(tmp_path / "svc.py", prefix="admin")
+    wrapper = (*activate(str(web), str(admin), names="web:admin"), "-E", "LISTEN")
+    with running(script, env={"LISTEN": "systemd:admin"}, wrapper=wrapper) as svc:
+        with first_connection(admin) as client:
+            assert ask(client, "hi") == b"admin: hi\n"
+        svc.wait_serving(1)
+        listening = [line for line in svc.lines if "listening on" in line]
+        assert len(listening) == 1
+        assert f"unix:{admin} (listen spec 'systemd:admin')" in listening[0]
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+@needs_activate
+def test_a_missing_socket_name_is_a_one_line_startup_error(tmp_path: Path) -> None:
+    script = write_service(tmp_path / "svc.py")
+    wrapper = (*activate(str(tmp_path / "web.sock"), names="web"), "-E", "LISTEN")
+    with running(script, env={"LISTEN": "systemd:nope"}, wrapper=wrapper) as svc:
+        first_connection(tmp_path / "web.sock").close()
+        assert svc.wait_exit() == 2
+        errors = [line for line in svc.lines if "ERROR" in line]
+        assert errors == [errors[0]]
+        assert (
+            "listen spec 'systemd:nope': systemd passed no socket named 'nope' (names passed: web"
+            in errors[0]
+        )
+
+
+def test_a_wrong_listen_pid_is_refused(tmp_path: Path) -> None:
+    script = write_service(tmp_path / "svc.py")
+    with socket.socket() as inherited:
+        inherited.bind(("127.0.0.1", 0))
+        inherited.listen()
+        env = {"LISTEN": "systemd", "LISTEN_FDS": "1", "LISTEN_PID": "1"}
+        with running(script, env=env, pass_fds=(inherited.fileno(),)) as svc:
+            assert svc.wait_exit() == 2
+            svc.wait_for(r"LISTEN_PID='1' does not name this process \(\d+\)")
+        env = {"LISTEN": "systemd"}
+        with running(script, env=env) as svc:
+            assert svc.wait_exit() == 2
+            svc.wait_for("listen spec 'systemd' needs socket activation, but LISTEN_FDS is not set")
+
+
+def _unshare_available() -> str | None:
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return "unshare (util-linux) is not installed"
+    probe = subprocess.run(
+        [unshare, "--fork", "--pid", "--mount-proc", "true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return f"this machine does not allow a new PID namespace: {probe.stderr.strip()}"
+    return None
+
+
+def test_as_pid_1_the_supervisor_reaps_orphans_of_its_workers(tmp_path: Path) -> None:
+    reason = _unshare_available()
+    if reason is not None:
+        print(f"skipped: {reason}")
+        pytest.skip(reason)
+    # The worker starts a shell that backgrounds a sleep and exits at once: the
+    # sleep is re-parented to PID 1 (the supervisor), and becomes its zombie when
+    # it ends unless the supervisor reaps it.
+    orphan_maker = (
+        "    import subprocess\n    subprocess.run(['sh', '-c', 'sleep 2 & exit 0'], check=True)"
+    )
+    script = write_service(tmp_path / "svc.py", before_serve=orphan_maker)
+    wrapper = ("unshare", "--fork", "--pid", "--mount-proc")
+    with running(script, env={"LISTEN": "127.0.0.1:0"}, wrapper=wrapper) as svc:
+        svc.wait_serving(1)
+        [supervisor] = [
+            int(pid) for pid in Path(f"/proc/{svc.pid}/task/{svc.pid}/children").read_text().split()
+        ]
+        assert environ_of(supervisor).get("LISTEN") == "127.0.0.1:0"
+
+        def children() -> dict[int, tuple[str, bytes]]:
+            found = {}
+            for pid in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split():
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                    found[int(pid)] = (
+                        stat[stat.rindex(")") + 2],
+                        Path(f"/proc/{pid}/cmdline").read_bytes(),
+                    )
+                except OSError:
+                    pass
+            return found
+
+        orphans = [pid for pid, (_, cmd) in children().items() if cmd.startswith(b"sleep")]
+        assert orphans, f"the orphan was re-parented to the supervisor: {children()}"
+        wait_until(
+            lambda: not any(pid in children() for pid in orphans), 10, "the orphan to be reaped"
+        )
+        assert all(state != "Z" for state, _ in children().values())
+        os.kill(supervisor, signal.SIGTERM)
+        assert svc.wait_exit() == 0
