@@ -284,3 +284,35 @@ def test_as_pid_1_the_supervisor_reaps_orphans_of_its_workers(tmp_path: Path) ->
         assert all(state != "Z" for state, _ in children().values())
         os.kill(supervisor, signal.SIGTERM)
         assert svc.wait_exit() == 0
+
+
+def test_an_activated_listener_outlives_a_full_restart_of_the_supervisor(tmp_path: Path) -> None:
+    """Like systemd's .socket unit, the test owns the listening socket and passes it
+    in as fd 3 with LISTEN_* set; a connection made while no supervisor runs waits
+    in the socket's queue and is answered by the next supervisor."""
+    script = write_service(tmp_path / "svc.py", prefix="first")
+    with socket.socket(socket.AF_UNIX) as listener:
+        path = tmp_path / "held.sock"
+        listener.bind(str(path))
+        listener.listen(128)
+        fd = listener.fileno()
+        launcher = ("bash", "-c", f'exec 3<&{fd}; LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"')
+        env = {"LISTEN": "systemd"}
+        with running(script, env=env, wrapper=launcher, pass_fds=(fd,)) as svc:
+            svc.wait_serving(1)
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(path))
+                assert ask(client, "one") == b"first: one\n"
+            svc.send(signal.SIGTERM)
+            assert svc.wait_exit() == 0
+        # No supervisor runs now; the connection still succeeds and waits.
+        waiting = socket.socket(socket.AF_UNIX)
+        waiting.settimeout(30)
+        waiting.connect(str(path))
+        waiting.sendall(b"queued\n")
+        script.write_text(service_source(prefix="second"))
+        with running(script, env=env, wrapper=launcher, pass_fds=(fd,)) as svc:
+            assert b"".join(iter(lambda: waiting.recv(1), b"\n")) == b"second: queued"
+            waiting.close()
+            svc.send(signal.SIGTERM)
+            assert svc.wait_exit() == 0
