@@ -35,3 +35,14 @@ def examples(session: nox.Session) -> None:
     """Each example starts, serves, reloads edited code and stops; the demo loses nothing."""
     session.install("-e", ".[test]")
     session.run("pytest", "-n", "auto", "tests/test_examples.py", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """graceful against its peers, one run, about 20 minutes on 2 cores (not part of CI).
+
+    Needs wrk (apt-get install wrk). Writes benchmarks/results/: results.json,
+    results.md and PNG plots. ``nox -s bench -- --quick`` for a short smoke run.
+    """
+    session.install("-e", ".[test]", "gunicorn>=21", "matplotlib>=3.7")
+    session.run("python", "benchmarks/bench.py", *session.posargs)
