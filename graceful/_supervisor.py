@@ -32,12 +32,14 @@ from anyio.abc import ObjectReceiveStream, TaskGroup, TaskStatus
 from . import _wire
 from ._decisions import (
     Announce,
+    DrainTimeout,
     Event,
     Exit,
     GenerationServing,
     KillWorker,
     Log,
     Plan,
+    ReadyTimeout,
     ReloadRequested,
     ShutdownWorker,
     SpawnWorker,
@@ -182,6 +184,8 @@ class Supervisor:
         self.handles: dict[int, WorkerHandle] = {}
         self.events_in, self.events = anyio.create_memory_object_stream[Event](math.inf)
         self._tasks: TaskGroup | None = None
+        #: pending timers by the event they will send
+        self._timers: dict[Event, anyio.CancelScope] = {}
         #: serials of workers that reported their own failure cause
         self._reported_cause: set[int] = set()
 
@@ -211,6 +215,7 @@ class Supervisor:
                     return action.code
                 self._carry_out(action)
             event = await self.events.receive()
+            self._drop_stale_timers(event)
 
     def _carry_out(
         self,
@@ -298,8 +303,26 @@ class Supervisor:
                 os.waitpid(pid, os.WNOHANG)
 
     async def _timer(self, delay: float, event: Event) -> None:
-        await anyio.sleep(delay)
-        await self.events_in.send(event)
+        with anyio.CancelScope() as scope:
+            self._timers[event] = scope
+            try:
+                await anyio.sleep(delay)
+                await self.events_in.send(event)
+            finally:
+                self._timers.pop(event, None)
+
+    def _drop_stale_timers(self, event: Event) -> None:
+        """Cancel the timers that ``event`` made pointless, so that frequent reloads do
+        not pile up sleeping tasks. (The state machine ignores stale timers anyway.)"""
+        stale: list[Event] = []
+        if isinstance(event, WorkerReady):
+            stale = [ReadyTimeout(event.serial)]
+        elif isinstance(event, WorkerExited):
+            stale = [ReadyTimeout(event.serial), DrainTimeout(event.serial)]
+        for timer in stale:
+            scope = self._timers.get(timer)
+            if scope is not None:
+                scope.cancel()
 
     # -- workers --------------------------------------------------------------------
 
