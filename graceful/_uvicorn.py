@@ -16,16 +16,21 @@ Everything here goes through uvicorn's own extension points:
   ``Connection: close``, and the connection closes after it. A connection that
   stays idle is closed by uvicorn's keep-alive timeout, as it is outside a
   reload, or when the drain deadline cancels what is left.
+* The WebSocket protocol classes are passed as ``Config(ws=...)``. uvicorn closes
+  every WebSocket at the start of a drain. Ours stay open until just before the
+  drain deadline and are then closed with code 1012 ("service restart").
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import socket
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import uvicorn
 from uvicorn.protocols.http.flow_control import CLOSE_HEADER
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -110,6 +115,61 @@ def draining_protocol(http: str) -> type[Any]:
     raise ConfigError(f"uvicorn option http={http!r}: graceful supports 'auto', 'h11', 'httptools'")
 
 
+_WS_IMPLEMENTATIONS = {
+    "websockets": (
+        "websockets",
+        "uvicorn.protocols.websockets.websockets_impl",
+        "WebSocketProtocol",
+    ),
+    "websockets-sansio": (
+        "websockets",
+        "uvicorn.protocols.websockets.websockets_sansio_impl",
+        "WebSocketsSansIOProtocol",
+    ),
+    "wsproto": ("wsproto", "uvicorn.protocols.websockets.wsproto_impl", "WSProtocol"),
+}
+
+
+def draining_websocket_protocol(ws: str) -> type[Any] | str:
+    """The WebSocket protocol class for uvicorn's ``ws`` option, made to keep open
+    WebSockets until the drain deadline.
+
+    uvicorn's own ``shutdown()`` closes every WebSocket with code 1012 the moment
+    the drain starts. Ours waits, and :class:`GracefulUvicornServer` closes them
+    (with the same 1012, "service restart") just before the drain deadline.
+    """
+    if ws == "none":
+        return ws
+    if ws == "auto":
+        available = [name for name in ("websockets", "wsproto") if importlib.util.find_spec(name)]
+        if not available:
+            return "none"
+        ws = available[0]
+    if ws not in _WS_IMPLEMENTATIONS:
+        raise ConfigError(
+            f"uvicorn option ws={ws!r}: graceful supports 'auto', 'none', "
+            + ", ".join(repr(name) for name in _WS_IMPLEMENTATIONS)
+        )
+    package, module_name, class_name = _WS_IMPLEMENTATIONS[ws]
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(f"ws={ws!r} needs {package}: pip install {package}")
+    base = getattr(importlib.import_module(module_name), class_name)
+
+    class DrainingWebSocketProtocol(base):  # type: ignore[misc, valid-type]
+        """Keeps the WebSocket through the drain; closed at the deadline."""
+
+        graceful_deferred = False
+
+        def shutdown(self) -> None:
+            self.graceful_deferred = True
+
+        def close_at_deadline(self) -> None:
+            super().shutdown()
+
+    DrainingWebSocketProtocol.__name__ = f"Draining{class_name}"
+    return DrainingWebSocketProtocol
+
+
 class GracefulUvicornServer(uvicorn.Server):
     """A ``uvicorn.Server`` that reports readiness to graceful and leaves signals alone."""
 
@@ -139,6 +199,7 @@ def uvicorn_config(app: Any, drain_timeout: float, options: dict[str, Any]) -> u
         )
     settings = dict(options)
     settings["http"] = draining_protocol(settings.get("http", "auto"))
+    settings["ws"] = draining_websocket_protocol(settings.get("ws", "auto"))
     settings.setdefault("timeout_graceful_shutdown", drain_timeout)
     try:
         return uvicorn.Config(app, **settings)
@@ -165,6 +226,15 @@ async def serve_uvicorn(
         for accepting in getattr(server, "servers", []):
             accepting.close()
         server.should_exit = True
+        # WebSockets get the drain deadline: close them (1012) just before uvicorn's
+        # own graceful-shutdown timeout would cancel their tasks.
+        deadline = context.drain_deadline
+        if deadline is not None:
+            await anyio.sleep_until(deadline - min(1.0, drain_timeout * 0.1))
+        for connection in list(server.server_state.connections):
+            close_at_deadline = getattr(connection, "close_at_deadline", None)
+            if close_at_deadline is not None and getattr(connection, "graceful_deferred", False):
+                close_at_deadline()
 
     async def serve() -> None:
         try:

@@ -7,6 +7,7 @@ import signal
 import socket
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import contextlib
 import anyio
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 MESSAGE = {message!r}
 START_UP_SECONDS = {start_up}
@@ -40,6 +41,15 @@ async def slow(request):
     return PlainTextResponse(MESSAGE + " slow")
 
 
+async def ticks(websocket):
+    await websocket.accept()
+    n = 0
+    while True:
+        await websocket.send_text(f"{{MESSAGE}} {{n}}")
+        n += 1
+        await anyio.sleep(0.1)
+
+
 async def events(request):
     async def stream():
         for n in range(100_000):
@@ -50,7 +60,9 @@ async def events(request):
 
 
 app = Starlette(
-    routes=[Route("/", home), Route("/slow", slow), Route("/events", events)], lifespan=lifespan
+    routes=[Route("/", home), Route("/slow", slow), Route("/events", events),
+            WebSocketRoute("/ws", ticks)],
+    lifespan=lifespan,
 )
 """
 
@@ -343,3 +355,56 @@ def test_first_generation_that_cannot_import_the_app_exits_1(tmp_path: Path) -> 
             "generation 1 failed to start: worker 0: cannot import 'missing_module' for app "
             "'missing_module:app': ModuleNotFoundError"
         )
+
+
+def websocket_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
+    """Read server frames (unmasked, short) as (opcode, payload) until EOF."""
+    buffer = b""
+    while True:
+        while len(buffer) < 2 or len(buffer) < 2 + (buffer[1] & 0x7F):
+            chunk = sock.recv(4096)
+            if not chunk:
+                return
+            buffer += chunk
+        length = buffer[1] & 0x7F
+        assert length < 126, "the test's messages are short"
+        yield buffer[0] & 0x0F, buffer[2 : 2 + length]
+        buffer = buffer[2 + length :]
+
+
+def test_websocket_keeps_the_drain_deadline_then_closes_with_1012(tmp_path: Path) -> None:
+    write_app(tmp_path / "app.py", "old")
+    with serve(tmp_path, drain=2.0) as svc:
+        svc.wait_serving(1)
+        with connect(svc.address()) as ws:
+            ws.settimeout(10)
+            ws.sendall(
+                b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += ws.recv(1)
+            assert head.startswith(b"HTTP/1.1 101")
+            frames = websocket_frames(ws)
+            assert next(frames) == (0x1, b"old 0")
+            write_app(tmp_path / "app.py", "new")
+            reload(svc, 2)
+            reloaded_at = time.monotonic()
+            after_reload = 0
+            for opcode, payload in frames:
+                if opcode == 0x8:  # close
+                    assert int.from_bytes(payload[:2], "big") == 1012
+                    break
+                assert payload.startswith(b"old ")
+                after_reload += 1
+            else:
+                raise AssertionError("the WebSocket ended without a close frame")
+            closed_after = time.monotonic() - reloaded_at
+        # it kept streaming from generation 1 until just before the 2 s deadline
+        assert after_reload >= 10
+        assert 1.0 < closed_after < 4.0
+        wait_until(lambda: answer(svc.address()) == b"new", 10, "generation 2 to answer")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
