@@ -39,7 +39,7 @@ def examples(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """graceful against its peers, one run, about 20 minutes on 2 cores (not part of CI).
+    """graceful against its peers, one run, about 12 minutes on 2 cores (not part of CI).
 
     Needs wrk (apt-get install wrk). Writes benchmarks/results/: results.json,
     results.md and PNG plots. ``nox -s bench -- --quick`` for a short smoke run.

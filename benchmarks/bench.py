@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py [--quick] [--only SCENARIO ...]
 
-Scenarios (each bounded; the whole run takes about 20 minutes on 2 cores, or
+Scenarios (each bounded; the whole run takes about 12 minutes on 2 cores, or
 about 4 with ``--quick``):
 
 1. ``restarts``: the same app under ``wrk -t2 -c50``, with keep-alive and with
