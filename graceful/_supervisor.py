@@ -152,6 +152,8 @@ class WorkerHandle:
     serial: int
     process: Any  # multiprocess SpawnProcess
     control: Any  # multiprocess Connection
+    #: the worker reported why it is exiting (a Failed message)
+    reported_cause: bool = False
 
 
 class Supervisor:
@@ -186,8 +188,6 @@ class Supervisor:
         self._tasks: TaskGroup | None = None
         #: pending timers by the event they will send
         self._timers: dict[Event, anyio.CancelScope] = {}
-        #: serials of workers that reported their own failure cause
-        self._reported_cause: set[int] = set()
 
     async def run(self) -> int:
         """Run until the state machine says to exit; return its exit status.
@@ -379,35 +379,33 @@ class Supervisor:
         """Forward the worker's messages, then report its exit once they are all in."""
         send, receive = anyio.create_memory_object_stream[_wire.Message | _wire.PeerGone](math.inf)
         heard_all = anyio.Event()
-        self._reported_cause.discard(handle.serial)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_wire.pump, handle.control, send)
-            tasks.start_soon(self._forward, handle.serial, receive, heard_all)
+            tasks.start_soon(self._forward, handle, receive, heard_all)
             await anyio.wait_readable(handle.process.sentinel)
             with anyio.move_on_after(_LAST_WORDS_TIMEOUT):
                 await heard_all.wait()
             tasks.cancel_scope.cancel()
         exitcode = self._reap(handle)
-        if exitcode and handle.serial not in self._reported_cause:
+        if exitcode and not handle.reported_cause:
             cause = main_script_syntax_error()
             if cause is not None:
                 await self.events_in.send(WorkerFailed(handle.serial, cause))
-        self._reported_cause.discard(handle.serial)
         await self.events_in.send(WorkerExited(handle.serial, exitcode))
 
     async def _forward(
         self,
-        serial: int,
+        handle: WorkerHandle,
         messages: ObjectReceiveStream[_wire.Message | _wire.PeerGone],
         heard_all: anyio.Event,
     ) -> None:
         async with messages:
             async for message in messages:
                 if isinstance(message, _wire.Ready):
-                    await self.events_in.send(WorkerReady(serial))
+                    await self.events_in.send(WorkerReady(handle.serial))
                 elif isinstance(message, _wire.Failed):
-                    self._reported_cause.add(serial)
-                    await self.events_in.send(WorkerFailed(serial, message.cause))
+                    handle.reported_cause = True
+                    await self.events_in.send(WorkerFailed(handle.serial, message.cause))
                 elif isinstance(message, _wire.PeerGone):
                     break
         heard_all.set()

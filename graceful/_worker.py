@@ -67,7 +67,6 @@ class Runnable:
 
     function: Callable[..., Any]
     backend: str
-    options: dict[str, Any]
 
     @property
     def is_async(self) -> bool:
@@ -107,8 +106,8 @@ def worker_main(boot: WorkerBootstrap) -> None:
         default_drain_timeout=boot.drain_timeout,
     )
     try:
+        entry = functools.partial(runnable.function, **boot.entry_options)
         if runnable.is_async:
-            entry = functools.partial(runnable.function, **runnable.options)
             anyio.run(
                 _run_async,
                 entry,
@@ -117,7 +116,7 @@ def worker_main(boot: WorkerBootstrap) -> None:
                 backend_options=boot.backend_options if runnable.backend == "asyncio" else None,
             )
         else:
-            _run_sync(functools.partial(runnable.function, **runnable.options), context)
+            _run_sync(entry, context)
     except Exception as exc:
         _wire.send(boot.control, _wire.Failed(one_line(exc)))
         raise
@@ -134,9 +133,9 @@ def _find_runnable(boot: WorkerBootstrap) -> Runnable:
     describe = getattr(target, "__graceful_runnable__", None)
     if describe is not None:
         function, backend = describe()
-        return Runnable(function, backend, boot.entry_options)
+        return Runnable(function, backend)
     if callable(target):
-        return Runnable(target, boot.backend, boot.entry_options)
+        return Runnable(target, boot.backend)
     raise ConfigError(f"entry point {boot.entry} is not callable in the code on disk")
 
 
