@@ -11,11 +11,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import sys
 from typing import Any, Literal
 
 from ._context import Context
-from ._entry import one_line
+from ._entry import import_module, one_line, walk
 from ._errors import ConfigError
 from ._service import Backend, Service
 
@@ -62,7 +61,7 @@ def serve_asgi(
     Other arguments are those of :func:`graceful.service` and :meth:`Service.run`.
     Returns after a clean stop; raises ``SystemExit`` as :meth:`Service.run` does.
     """
-    service = asgi_service(
+    asgi_service(
         app,
         listen=list(listen),
         server=server,
@@ -72,12 +71,7 @@ def serve_asgi(
         factory=factory,
         backend=backend,
         server_options=server_options,
-    )
-    from ._supervisor import run_supervisor  # noqa: PLC0415 - see Service.run
-
-    code = run_supervisor(service, caller=sys._getframe(1), pid_file=pid_file)
-    if code:
-        raise SystemExit(code)
+    ).run(pid_file=pid_file)
 
 
 def asgi_service(
@@ -152,17 +146,9 @@ def load_app(app: str, factory: bool) -> Any:
         ConfigError: one line naming the app and the cause.
     """
     module_name, _, attribute = app.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(
-            f"cannot import {module_name!r} for app {app!r}: {one_line(exc)}"
-        ) from exc
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConfigError(f"app {app!r}: module {module_name!r} has no {attribute!r}") from None
+    target = walk(import_module(module_name, f" for app {app!r}"), attribute)
+    if target is None:
+        raise ConfigError(f"app {app!r}: module {module_name!r} has no {attribute!r}")
     if factory:
         try:
             target = target()

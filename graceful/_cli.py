@@ -12,7 +12,6 @@ Usage errors print one line and exit 2; a service that fails to start exits as
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
@@ -20,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from ._asgi import asgi_service
-from ._entry import one_line
+from ._entry import import_module, walk
 from ._errors import ConfigError, GracefulError
 from ._logging import ensure_visible, logger
 from ._pidfile import read_pid
@@ -107,15 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _use_app_dir(app_dir: str) -> None:
-    """Put the app directory first on sys.path, keeping a symlinked ``$PWD`` as it is."""
+    """Put the app directory first on sys.path. (A symlinked ``$PWD`` is restored
+    by the supervisor's ``ReleaseDirectory.adopt``, like any ``sys.path`` entry.)"""
     path = os.path.abspath(app_dir)
-    pwd = os.environ.get("PWD")
-    if app_dir == "." and pwd and os.path.isabs(pwd):
-        try:
-            if os.path.samefile(pwd, path):
-                path = pwd
-        except OSError:
-            pass
     if path not in sys.path:
         sys.path.insert(0, path)
 
@@ -143,15 +136,9 @@ def _run(args: argparse.Namespace) -> int:
     module_name, sep, name = args.entry.partition(":")
     if not sep or not module_name or not name:
         raise ConfigError(f"entry {args.entry!r} must look like 'package.module:name'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(f"cannot import {module_name!r}: {one_line(exc)}") from exc
-    target: Any = module
-    for part in name.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            raise ConfigError(f"module {module_name!r} has no {name!r}")
+    target = walk(import_module(module_name), name)
+    if target is None:
+        raise ConfigError(f"module {module_name!r} has no {name!r}")
     if not isinstance(target, Service):
         raise ConfigError(f"{args.entry} is not a @graceful.service (got {type(target).__name__})")
     return _supervise(target, args.pid_file)

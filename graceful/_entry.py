@@ -71,7 +71,7 @@ def entry_ref_for(obj: Any, function: Any) -> EntryRef:
             f"cannot run entry point {where}: it was typed into a REPL, read from stdin "
             "or defined in a notebook; put it in a .py file and run that"
         )
-    found = _walk(module, qualname)
+    found = walk(module, qualname)
     if found is not obj and found is not function:
         raise ConfigError(
             f"cannot run entry point {where}: that name does not lead to the service "
@@ -88,7 +88,8 @@ def _main_has_source(module: types.ModuleType) -> bool:
     return bool(path) and not str(path).startswith("<")
 
 
-def _walk(root: Any, qualname: str) -> Any:
+def walk(root: Any, qualname: str) -> Any:
+    """Follow the dotted ``qualname`` from ``root``; None if a part is missing."""
     obj = root
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
@@ -108,14 +109,25 @@ def resolve_entry(ref: EntryRef) -> Any:
     if ref.module == "__main__":
         module = sys.modules.get(SPAWNED_MAIN) or sys.modules["__main__"]
     else:
-        try:
-            module = importlib.import_module(ref.module)
-        except Exception as exc:
-            raise ConfigError(f"cannot import {ref.module!r}: {one_line(exc)}") from exc
-    obj = _walk(module, ref.qualname)
+        module = import_module(ref.module)
+    obj = walk(module, ref.qualname)
     if obj is None:
         raise ConfigError(f"entry point {ref} no longer exists in the code on disk")
     return obj
+
+
+def import_module(name: str, purpose: str = "") -> types.ModuleType:
+    """Import module ``name``.
+
+    Raises:
+        ConfigError: ``cannot import 'name'{purpose}: <cause>``, in one line, for any
+            error the import raises (a missing module, a syntax error, an exception
+            at import time).
+    """
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        raise ConfigError(f"cannot import {name!r}{purpose}: {one_line(exc)}") from exc
 
 
 def main_script_syntax_error() -> str | None:
