@@ -44,15 +44,24 @@ RESERVED_OPTIONS = frozenset(
 )
 
 
-class DrainingH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, made to drain keep-alive connections without losing a
-    request (see the module docstring)."""
+class _DrainPolicy:
+    """What both draining HTTP protocols do when uvicorn asks a connection to shut
+    down: keep it open, and make the next response that starts say
+    ``Connection: close``. Each protocol says how, in ``_announce_close``."""
 
     _draining = False
 
     def shutdown(self) -> None:
         self._draining = True
         self._announce_close()
+
+    def _announce_close(self) -> None:
+        raise NotImplementedError
+
+
+class DrainingH11Protocol(_DrainPolicy, H11Protocol):
+    """uvicorn's h11 protocol, made to drain keep-alive connections without losing a
+    request (see the module docstring)."""
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -78,14 +87,8 @@ def _draining_httptools_protocol() -> type[Any] | None:
         return None
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # noqa: PLC0415
 
-    class DrainingHttpToolsProtocol(HttpToolsProtocol):
+    class DrainingHttpToolsProtocol(_DrainPolicy, HttpToolsProtocol):
         """uvicorn's httptools protocol, draining like :class:`DrainingH11Protocol`."""
-
-        _draining = False
-
-        def shutdown(self) -> None:
-            self._draining = True
-            self._announce_close()
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
