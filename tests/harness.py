@@ -147,6 +147,17 @@ class ServiceProcess:
             return [int(pid) for pid in path.read_text().split()]
         return []
 
+    def worker_pids(self) -> list[int]:
+        """The supervisor's children that are workers (not multiprocess's resource tracker)."""
+        pids = []
+        for pid in self.children():
+            try:
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.append(pid)
+            except OSError:
+                continue
+        return pids
+
     def close(self) -> None:
         """Kill the whole process group and reap the supervisor."""
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import ServiceProcess, ask, connect, group_alive, read_line, running, wait_until
+from harness import ask, connect, group_alive, read_line, running, wait_until
 from services import write_service
 
 
@@ -17,19 +17,6 @@ def start_slow_request(sock: socket.socket, seconds: float) -> None:
     """Send ``sleep seconds`` and return once the handler has acknowledged it."""
     sock.sendall(f"sleep {seconds}\n".encode())
     assert read_line(sock).endswith(b": sleeping\n")
-
-
-def worker_pids(svc: ServiceProcess) -> list[int]:
-    """The supervisor's children that are workers (not multiprocess's resource tracker)."""
-    pids = []
-    for pid in svc.children():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"spawn_main" in cmdline:
-            pids.append(pid)
-    return pids
 
 
 @pytest.mark.parametrize("kind", ["asyncio", "sync"])
@@ -122,7 +109,7 @@ def test_a_crashed_worker_is_replaced_with_backoff(tmp_path: Path) -> None:
         svc.wait_serving(1)
         address = svc.address()
         for delay in ("0.1", "0.2"):
-            [pid] = worker_pids(svc)
+            [pid] = svc.worker_pids()
             mark = svc.mark()
             os.kill(pid, signal.SIGKILL)
             svc.wait_for(
@@ -209,6 +196,6 @@ def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> Non
         wait_until(settled, 10, "old generations to be reaped")
         assert _fd_count(svc.pid) == fds
         assert len(svc.children()) == children
-        assert len(worker_pids(svc)) == 2
+        assert len(svc.worker_pids()) == 2
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0

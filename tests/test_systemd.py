@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import ServiceProcess, ask, running, wait_until
+from harness import ask, running, wait_until
 from services import service_source, write_service
 
 EXTEND = "EXTEND_TIMEOUT_USEC=32000000"  # ready_timeout 30 s + 2 s kill grace
@@ -39,19 +39,6 @@ def environ_of(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
 
 
-def worker_pids(svc: ServiceProcess, parent: int | None = None) -> list[int]:
-    pids = []
-    for pid in (
-        Path(f"/proc/{parent or svc.pid}/task/{parent or svc.pid}/children").read_text().split()
-    ):
-        try:
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                pids.append(int(pid))
-        except OSError:
-            pass
-    return pids
-
-
 @pytest.mark.parametrize("kind", ["path", "abstract"])
 def test_notify_socket_hears_start_reload_failed_reload_and_stop(tmp_path: Path, kind: str) -> None:
     address = (
@@ -66,7 +53,7 @@ def test_notify_socket_hears_start_reload_failed_reload_and_stop(tmp_path: Path,
             assert manager.next() == f"{EXTEND}\nSTATUS=starting generation 1"
             assert manager.next() == "READY=1\nSTATUS=generation 1 serving, 1/1 workers ready"
             # workers neither see NOTIFY_SOCKET nor can they notify
-            [worker] = worker_pids(svc)
+            [worker] = svc.worker_pids()
             assert "NOTIFY_SOCKET" not in environ_of(worker)
 
             script.write_text(service_source(prefix="v2"))
@@ -163,7 +150,7 @@ def test_socket_activation_serves_and_reloads_on_the_passed_socket(tmp_path: Pat
         svc.wait_serving(1)
         assert svc.address() == f"unix:{sock}"
         svc.wait_for(r"\(listen spec 'systemd:web'\)")
-        [worker] = worker_pids(svc)
+        [worker] = svc.worker_pids()
         leaked = {"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"} & environ_of(worker).keys()
         assert not leaked
         script.write_text(service_source(prefix="v2"))
