@@ -1,8 +1,11 @@
 """Real supervisors as subprocesses, watched through their log lines.
 
-Each supervisor runs in its own session, so :meth:`ServiceProcess.close` can kill
-the whole process group (supervisor, workers, multiprocess's resource tracker)
-and reap it, even when a test fails half-way.
+Every process a service starts (supervisor, workers, multiprocess's resource
+tracker, anything a worker forks) inherits a marker in its environment, so
+:meth:`ServiceProcess.processes` finds them whatever their process group or
+parent, and :meth:`ServiceProcess.close` kills and reaps them all, even when a
+test fails half-way. (``conftest.py`` makes the test process a child subreaper:
+orphans come back to it, not to init.)
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -46,6 +51,8 @@ class ServiceProcess:
             [str(ROOT), *filter(None, [full_env.get("PYTHONPATH")])]
         )
         full_env.update(env or {})
+        self.marker = f"{_MARKER}={uuid.uuid4().hex}"
+        full_env[_MARKER] = self.marker.partition("=")[2]
         self.script = script
         if module is not None:
             command = [sys.executable, "-m", module]
@@ -158,12 +165,30 @@ class ServiceProcess:
                 continue
         return pids
 
+    def processes(self) -> list[int]:
+        """Every live (not zombie) process this service started, the supervisor
+        included, wherever it now sits in the process tree."""
+        return marked_processes(self.marker)
+
     def close(self) -> None:
-        """Kill the whole process group and reap the supervisor."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
+        """Kill every process of the service (supervisor first, so that it starts
+        nothing new) and reap them."""
+        killed: set[int] = set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGKILL)
+            alive = [pid for pid in self.processes() if pid != self.pid]
+            if not alive and self.proc.poll() is not None:
+                break
+            for pid in alive:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            killed.update(alive)
+            time.sleep(0.02)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
+        reap(killed)
         self._reader.join(5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
@@ -178,21 +203,54 @@ def running(script: Path, **kwargs: object) -> Iterator[ServiceProcess]:
         service.close()
 
 
-def group_alive(pgid: int) -> list[int]:
-    """PIDs still alive (not zombies) in process group ``pgid``."""
-    alive = []
+_MARKER = "GRACEFUL_TEST_SERVICE"
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Live processes whose environment holds ``marker`` (``NAME=value``)."""
+    needle = b"\0" + marker.encode() + b"\0"
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            environ = (entry / "environ").read_bytes()
         except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state != "Z":
-            alive.append(int(entry.name))
-    return alive
+            continue  # gone, or a zombie
+        if needle in b"\0" + environ + b"\0" and is_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter in ``/proc/PID/stat`` (``Z`` for a zombie), or None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2]
+
+
+def is_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    return process_state(pid) not in (None, "Z")
+
+
+def reap(pids: set[int] | list[int], timeout: float = 10.0) -> None:
+    """Wait until none of ``pids`` is alive, reaping those that are (now) children
+    of this process."""
+    pending = set(pids)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid if not is_alive(pid) else 0
+            if done:
+                pending.discard(pid)
+        if pending:
+            time.sleep(0.02)
 
 
 def wait_until(predicate: object, timeout: float, what: str) -> None:
@@ -225,3 +283,59 @@ def ask(sock: socket.socket, line: str) -> bytes:
     """Send one line, return the one-line answer."""
     sock.sendall(line.encode() + b"\n")
     return read_line(sock)
+
+
+#: Runs the rest of its command line in a new user namespace: the process keeps its
+#: user id but loses root's power over other users' files (CAP_FOWNER and the like),
+#: as an ordinary user has none.
+AS_ANOTHER_USER = ("unshare", "--user")
+
+
+def cannot_act_as_another_user() -> str | None:
+    """Why tests cannot set up files of other users and run a service without root's
+    power over them (:data:`AS_ANOTHER_USER`), or None if they can."""
+    if os.geteuid() != 0:
+        return "needs root to give files to other users"
+    if shutil.which("unshare") is None:
+        return "needs unshare (util-linux)"
+    probe = subprocess.run(["unshare", "--user", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        return f"user namespaces are not available: {probe.stderr.decode().strip()}"
+    return None
+
+
+def sticky_directory(tmp_path: Path) -> Path:
+    """A world-writable sticky directory like /tmp, owned by a third user."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, 65533, 65533)
+    shared.chmod(0o1777)
+    tmp_path.chmod(0o755)
+    return shared
+
+
+def listening_inode(address: str) -> int:
+    """The inode of the TCP socket listening on ``HOST:PORT`` (from /proc/net)."""
+    port = int(address.rpartition(":")[2])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], int(fields[9])
+                if state == "0A" and int(local.rpartition(":")[2], 16) == port:
+                    return inode
+    raise AssertionError(f"nothing listens on {address}")
+
+
+def holds_socket(pid: int, inode: int) -> bool:
+    """True if process ``pid`` has a descriptor on the socket with ``inode``."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False  # exited
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                return True
+    return False

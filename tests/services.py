@@ -2,7 +2,9 @@
 
 Every service answers each line with ``PREFIX + line``. A line ``sleep S`` is
 acknowledged at once with ``PREFIX + "sleeping"`` and answered after S seconds,
-so a test knows when a request is in flight in a handler. Settings come
+so a test knows when a request is in flight in a handler. ``on_line`` is code run
+for every line before it is answered (``line`` is the request, ``CTX`` the
+worker's context). Settings come
 from the environment: ``LISTEN`` (comma-separated specs), ``WORKERS``,
 ``READY_TIMEOUT``, ``DRAIN_TIMEOUT``.
 """
@@ -27,6 +29,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 import graceful
 {imports}
 PREFIX = {prefix}
+CTX = None
 
 
 async def echo(stream: SocketStream) -> None:
@@ -36,6 +39,7 @@ async def echo(stream: SocketStream) -> None:
             line = await lines.receive_until(b"\\n", 65536)
         except Exception:
             return
+{on_line}
         if line.startswith(b"sleep "):
             await stream.send(PREFIX + b"sleeping\\n")
             await anyio.sleep(float(line.split()[1]))
@@ -47,12 +51,14 @@ async def echo(stream: SocketStream) -> None:
     backend={backend!r},
 )
 async def main(ctx: graceful.Context) -> None:
+    global CTX
+    CTX = ctx
 {before_serve}
     await ctx.serve(echo)
 
 
 if __name__ == "__main__":
-    main.run()
+    main.run({run_args})
 """
 
 SYNC_SERVICE = """\
@@ -64,21 +70,26 @@ import time
 import graceful
 {imports}
 PREFIX = {prefix}
+CTX = None
 
 
 class Echo(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         for line in self.rfile:
+            line = line.rstrip(b"\\n")
+{on_line}
             if line.startswith(b"sleep "):
                 self.wfile.write(PREFIX + b"sleeping\\n")
                 time.sleep(float(line.split()[1]))
-            self.wfile.write(PREFIX + line)
+            self.wfile.write(PREFIX + line + b"\\n")
 
 
 @graceful.service(
 {service_args}
 )
 def main(ctx: graceful.SyncContext) -> None:
+    global CTX
+    CTX = ctx
 {before_serve}
     listener = ctx.listeners[0]
     server = socketserver.ThreadingTCPServer(listener.address, Echo, bind_and_activate=False)
@@ -95,10 +106,16 @@ def main(ctx: graceful.SyncContext) -> None:
 
 
 if __name__ == "__main__":
-    main.run()
+    main.run({run_args})
 """
 
 KINDS = ("asyncio", "trio", "sync")
+
+
+def wait_for_file(path: Path) -> str:
+    """``before_serve`` code (async kinds) that holds the start-up until ``path``
+    exists: a start-up the test ends when it chooses, not after a fixed time."""
+    return f"    while not os.path.exists({str(path)!r}):\n        await anyio.sleep(0.01)"
 
 
 def service_source(
@@ -106,13 +123,18 @@ def service_source(
     *,
     prefix: str = "v1",
     before_serve: str = "",
+    on_line: str = "",
     prefix_from_module: bool = False,
+    pid_file: Path | None = None,
 ) -> str:
     """Source of a test service. ``kind`` is ``asyncio``, ``trio`` or ``sync``.
 
     ``before_serve`` is code run in the entry function before it serves (indent it
-    by four spaces); with ``prefix_from_module`` the prefix is imported from
-    ``handlers.py`` beside the script instead of being defined in it.
+    by four spaces); ``on_line`` runs in the handler for each request line (indent
+    it by eight spaces for asyncio and trio, twelve for sync); with
+    ``prefix_from_module`` the prefix is imported from ``handlers.py`` beside the
+    script instead of being defined in it; with ``pid_file`` the supervisor writes
+    its PID there.
     """
     imports = "from handlers import PREFIX" if prefix_from_module else ""
     prefix_value = "PREFIX" if prefix_from_module else repr(f"{prefix}: ".encode())
@@ -123,6 +145,8 @@ def service_source(
         service_args=_SERVICE_ARGS,
         backend=kind,
         before_serve=before_serve or "    pass",
+        run_args="" if pid_file is None else f"pid_file={str(pid_file)!r}",
+        on_line=on_line or ("            pass" if kind == "sync" else "        pass"),
     )
 
 

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from harness import ROOT, ask, connect, group_alive, running, wait_until
+from harness import ROOT, ask, connect, running, wait_until
 
 EXAMPLES = ROOT / "examples"
 
@@ -57,7 +57,7 @@ def test_example_serves_reloads_and_stops(tmp_path: Path, example: str) -> None:
         wait_until(lambda: ask(address).startswith(b"edited: "), 10, "the edited code to answer")
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
-        wait_until(lambda: group_alive(svc.pid) == [], 10, "every process to exit")
+        wait_until(lambda: svc.processes() == [], 10, "every process to exit")
 
 
 def test_demo_reloads_under_load_without_a_failure() -> None:
@@ -116,4 +116,4 @@ def test_asgi_example_serves_reloads_and_stops(tmp_path: Path, example: str) -> 
         wait_until(edited, 10, "the edited app")
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
-        wait_until(lambda: group_alive(svc.pid) == [], 10, "every process to exit")
+        wait_until(lambda: svc.processes() == [], 10, "every process to exit")
