@@ -9,6 +9,7 @@ options as keyword arguments.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 from typing import Any, Literal
@@ -16,7 +17,9 @@ from typing import Any, Literal
 from ._context import Context
 from ._entry import import_module, one_line, walk
 from ._errors import ConfigError
-from ._service import Backend, Service
+from ._listeners import parse_listen_spec
+from ._logging import ensure_visible, logger
+from ._service import Backend, Service, check_settings
 
 Server = Literal["uvicorn", "hypercorn"]
 _EXTRAS = {
@@ -59,19 +62,27 @@ def serve_asgi(
             host, port, bind and workers settings.
 
     Other arguments are those of :func:`graceful.service` and :meth:`Service.run`.
-    Returns after a clean stop; raises ``SystemExit`` as :meth:`Service.run` does.
+    Returns after a clean stop; raises ``SystemExit`` as :meth:`Service.run` does,
+    with status 2 and one line on stderr for every argument it can check before
+    starting (the app's module must exist, but is not imported here).
     """
-    asgi_service(
-        app,
-        listen=list(listen),
-        server=server,
-        workers=workers,
-        ready_timeout=ready_timeout,
-        drain_timeout=drain_timeout,
-        factory=factory,
-        backend=backend,
-        server_options=server_options,
-    ).run(pid_file=pid_file)
+    try:
+        service = asgi_service(
+            app,
+            listen=list(listen),
+            server=server,
+            workers=workers,
+            ready_timeout=ready_timeout,
+            drain_timeout=drain_timeout,
+            factory=factory,
+            backend=backend,
+            server_options=server_options,
+        )
+    except ConfigError as exc:
+        ensure_visible("supervisor")
+        logger.error("%s", exc)
+        raise SystemExit(2) from None
+    service.run(pid_file=pid_file)
 
 
 def asgi_service(
@@ -96,6 +107,16 @@ def asgi_service(
     module, sep, attribute = app.partition(":")
     if not sep or not module or not attribute:
         raise ConfigError(f"app {app!r} must look like 'package.module:attribute'")
+    check_settings(
+        listen=listen,
+        workers=workers,
+        ready_timeout=ready_timeout,
+        drain_timeout=drain_timeout,
+        backend=backend,
+    )
+    for spec in listen:
+        if isinstance(spec, str):
+            parse_listen_spec(spec)
     if server not in ("uvicorn", "hypercorn"):
         raise ConfigError(f"server={server!r} must be 'uvicorn' or 'hypercorn'")
     if backend not in ("asyncio", "trio"):
@@ -105,6 +126,11 @@ def asgi_service(
     for needed in (server, backend if backend == "trio" else None):
         if needed and importlib.util.find_spec(needed) is None:
             raise ConfigError(f"{needed} is not installed: pip install '{_EXTRAS[needed]}'")
+    if not module_exists(module):
+        raise ConfigError(
+            f"cannot find module {module!r} for app {app!r} (is the app directory on "
+            "sys.path? see --app-dir)"
+        )
     backend_options: dict[str, Any] = {}
     if server == "uvicorn":
         from ._uvicorn import uvicorn_config  # noqa: PLC0415 - uvicorn is optional
@@ -139,11 +165,42 @@ def asgi_service(
     )
 
 
+def module_exists(name: str) -> bool:
+    """True if module ``name`` can be found, without running any of its code where
+    that can be avoided: the top-level name is looked up by the import system's
+    finders, and submodules in their parent's directories. Only a package whose
+    submodules cannot be found that way (one that computes its ``__path__``) gets
+    its parents imported, as the worker would."""
+    top, _, rest = name.partition(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return False
+    for part in rest.split(".") if rest else []:
+        locations = spec.submodule_search_locations if spec is not None else None
+        spec = (
+            importlib.machinery.PathFinder.find_spec(part, list(locations))
+            if locations is not None
+            else None
+        )
+        if spec is None:
+            break
+    if spec is not None:
+        return True
+    if not rest:
+        return False
+    try:
+        return importlib.util.find_spec(name) is not None
+    except Exception:
+        return False
+
+
 def load_app(app: str, factory: bool) -> Any:
     """Import ``"module:attribute"`` (fresh in each worker) and return the ASGI app.
 
     Raises:
-        ConfigError: one line naming the app and the cause.
+        ConfigError: one line naming the app and the cause, also when what the name
+            leads to (or the factory returns) is not callable.
     """
     module_name, _, attribute = app.partition(":")
     target = walk(import_module(module_name, f" for app {app!r}"), attribute)
@@ -154,6 +211,12 @@ def load_app(app: str, factory: bool) -> Any:
             target = target()
         except Exception as exc:
             raise ConfigError(f"app factory {app!r} failed: {one_line(exc)}") from exc
+    if not callable(target):
+        made = "the factory returned" if factory else "it is"
+        raise ConfigError(
+            f"app {app!r} is not an ASGI application: {made} {type(target).__name__!r}, "
+            "which is not callable"
+        )
     return target
 
 

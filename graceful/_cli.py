@@ -12,6 +12,7 @@ Usage errors print one line and exit 2; a service that fails to start exits as
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -22,7 +23,7 @@ from ._asgi import asgi_service
 from ._entry import import_module, walk
 from ._errors import ConfigError, GracefulError
 from ._logging import ensure_visible, logger
-from ._pidfile import read_pid
+from ._pidfile import signal_supervisor
 from ._service import Service
 
 
@@ -38,6 +39,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds above 0")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
     return value
@@ -151,11 +154,5 @@ def _supervise(service: Service[Any], pid_file: str | None) -> int:
 
 
 def _signal(pid_file: str, signum: signal.Signals) -> int:
-    pid = read_pid(pid_file)
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        raise GracefulError(f"no process {pid} (stale PID file {pid_file!r})") from None
-    except PermissionError:
-        raise GracefulError(f"not allowed to signal process {pid} from {pid_file!r}") from None
+    signal_supervisor(pid_file, signum)
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -47,7 +48,7 @@ class Context:
         listeners: Sequence[Listener],
         generation: int,
         worker_id: int,
-        control: _wire.Connection,
+        control: _wire.ControlChannel,
         default_drain_timeout: float,
     ) -> None:
         self.listeners: Sequence[Listener] = tuple(listeners)
@@ -70,7 +71,7 @@ class Context:
         """
         if not self._ready_sent:
             self._ready_sent = True
-            _wire.send(self._control, _wire.Ready())
+            self._control.send(_wire.Ready())
 
     async def wait_shutdown(self) -> None:
         """Return once this worker is asked to stop: its generation was replaced by a
@@ -98,7 +99,7 @@ class Context:
 
     async def _follow_control(self) -> None:
         """Turn the supervisor's messages (and its disappearance) into shutdown requests."""
-        send, receive = anyio.create_memory_object_stream[_wire.Message | _wire.PeerGone](math.inf)
+        send, receive = anyio.create_memory_object_stream[_wire.Received](math.inf)
         async with anyio.create_task_group() as tg, receive:
             tg.start_soon(_wire.pump, self._control, send)
             async for message in receive:
@@ -106,6 +107,12 @@ class Context:
                     self._request_shutdown(message.drain_timeout)
                 elif isinstance(message, _wire.PeerGone):
                     logger.warning("the supervisor is gone; draining and exiting")
+                    self._request_shutdown(self._default_drain_timeout)
+                    break
+                elif isinstance(message, _wire.ProtocolError):
+                    logger.error(
+                        "unreadable message from the supervisor (%s); draining", message.detail
+                    )
                     self._request_shutdown(self._default_drain_timeout)
                     break
             tg.cancel_scope.cancel()
@@ -142,9 +149,15 @@ class Context:
         # Cancel-safe accept: the wait is the only cancellation point, and between
         # accept() and start_soon() nothing awaits, so an accepted connection always
         # reaches a handler. BlockingIOError means another process took it.
+        # O_NONBLOCK lives on the listener's open file description, shared by every
+        # generation: another one may have cleared it, and a blocking accept() that
+        # loses the race for a connection would stall this worker. Set it again
+        # before each accept (one fcntl when it is already set).
+        fd = listener.fileno()
         while True:
             await anyio.wait_readable(listener)
             try:
+                os.set_blocking(fd, False)
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 continue

@@ -26,12 +26,16 @@ The rules:
   accepted connections, are drained like an old generation; the serving generation
   is untouched. If there is no serving generation (the first start), the
   supervisor exits with status 1 once everything is reaped.
+* A worker that writes anything but a control message on its channel is killed;
+  its exit is then handled like any other.
 * A worker of the serving generation that exits unexpectedly is replaced after an
   exponential backoff. The backoff resets once a replacement has stayed ready for
   ``backoff_reset`` seconds.
 * A draining worker that outlives ``drain_timeout`` (plus ``kill_grace`` for its
   cancelled handlers to clean up) is killed.
-* The first stop request drains every worker; a second kills them all at once. The
+* The first stop request drains every worker and releases the listeners the
+  supervisor bound (new connections are refused, not queued for nobody); a second
+  kills them all at once. The
   supervisor exits once no worker is left: 0 if every worker finished on its own,
   1 if any had to be killed or the first generation failed.
 """
@@ -75,6 +79,15 @@ class WorkerFailed:
 
 
 @dataclass(frozen=True)
+class WorkerMisbehaved:
+    """The worker wrote something on its control channel that is not a control
+    message (``detail`` says what). Nothing more is read from it."""
+
+    serial: int
+    detail: str
+
+
+@dataclass(frozen=True)
 class WorkerExited:
     serial: int
     exitcode: int | None
@@ -102,6 +115,7 @@ Event: TypeAlias = (
     | StopRequested
     | WorkerReady
     | WorkerFailed
+    | WorkerMisbehaved
     | WorkerExited
     | ReadyTimeout
     | DrainTimeout
@@ -127,6 +141,13 @@ class ShutdownWorker:
 @dataclass(frozen=True)
 class KillWorker:
     serial: int
+
+
+@dataclass(frozen=True)
+class StopAccepting:
+    """The service is stopping and no generation will accept again: release the
+    listeners the supervisor bound itself, so that new connections are refused at
+    once instead of waiting in a backlog nobody reads."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +194,7 @@ Action: TypeAlias = (
     SpawnWorker
     | ShutdownWorker
     | KillWorker
+    | StopAccepting
     | StartTimer
     | GenerationServing
     | Announce
@@ -284,6 +306,8 @@ class Supervision:
                 worker = self.workers.get(serial)
                 if worker is not None:
                     worker.cause = cause
+            case WorkerMisbehaved(serial, detail):
+                self._on_misbehaved(serial, detail, now)
             case WorkerExited(serial, exitcode):
                 self._on_exit(serial, exitcode, now)
             case ReadyTimeout(serial):
@@ -494,6 +518,20 @@ class Supervision:
         self._actions.append(StartTimer(delay, RestartDue(generation.number, worker.worker_id)))
         self._announce("status")
 
+    def _on_misbehaved(self, serial: int, detail: str, now: float) -> None:
+        worker = self.workers.get(serial)
+        if worker is None or worker.killed:
+            return
+        problem = f"sent a malformed control message ({detail})"
+        worker.cause = worker.cause or problem
+        self._log(logging.WARNING, f"{self._describe(worker)} {problem}; killing it")
+        generation = self.generations[worker.generation]
+        if generation.role is Role.STARTING:
+            # as for a missed ready_timeout: decided now, not when the kill lands
+            self._fail_generation(generation, worker, f"worker {worker.worker_id}: {problem}", now)
+        else:
+            self._kill(worker)
+
     def _on_ready_timeout(self, serial: int, now: float) -> None:
         worker = self.workers.get(serial)
         if worker is None or worker.state is not WorkerState.STARTING or worker.killed:
@@ -557,6 +595,7 @@ class Supervision:
             elif not worker.killed:
                 self._drain(worker)
         if first:
+            self._actions.append(StopAccepting())
             self._announce("stopping")
 
     def _maybe_exit(self) -> None:

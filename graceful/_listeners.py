@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import socket
 import stat
 from dataclasses import dataclass
@@ -30,6 +31,17 @@ from ._systemd import sockets_named
 #: The backlog of every listener graceful binds. A deep queue is what absorbs the
 #: connections that arrive while one generation hands over to the next.
 BACKLOG = socket.SOMAXCONN
+
+#: The largest descriptor number a listen spec may name (file descriptors are C ints).
+MAX_FD = 2**31 - 1
+
+#: Descriptors the supervisor keeps per live worker (its control channel, its exit
+#: sentinel and pidfd), and the most one start uses on top while it runs.
+_FDS_PER_WORKER = 3
+_FDS_PER_START = 8
+#: What the supervisor and a worker need beyond that: the interpreter, the event
+#: loop, the resource tracker, systemd's socket, a worker's own imports.
+_FDS_SPARE = 24
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,10 @@ def parse_listen_spec(spec: str) -> ParsedSpec:
         text = spec[len("fd:") :]
         if not _is_number(text):
             raise ConfigError(f"invalid listen spec {spec!r}: expected fd:N with N a number")
+        if len(text) > 10 or int(text) > MAX_FD:
+            raise ConfigError(
+                f"invalid listen spec {spec!r}: file descriptor {text} is out of range"
+            )
         return FdSpec(int(text))
     if spec.startswith("["):
         host, sep, rest = spec[1:].partition("]")
@@ -159,6 +175,9 @@ class BoundListener:
     #: (st_dev, st_ino) of a unix socket file this process created, so that it
     #: removes that file at exit and never a file someone else put there later.
     owned_path: tuple[str, int, int] | None = None
+    #: True for a socket this process did not create (``fd:N``, systemd, a socket
+    #: object): its owner may hand it to a successor, so it stays open until exit.
+    adopted: bool = False
 
     def close(self) -> None:
         """Close the supervisor's copy and remove the unix socket file it created."""
@@ -176,20 +195,102 @@ def bind_listeners(specs: list[str | socket.socket]) -> list[BoundListener]:
     """Bind (or adopt) every listener, or bind none.
 
     Raises:
-        ConfigError: naming the first spec that could not be used; every listener
-            bound before it is closed again.
+        ConfigError: naming the first spec that could not be used, or that names the
+            same socket as an earlier one; every listener bound before it is closed
+            again.
     """
     if not specs:
         raise ConfigError("no listeners: pass at least one listen spec, as in listen=[':8080']")
+    _refuse_repeated_specs(specs)
     bound: list[BoundListener] = []
     try:
         for spec in specs:
-            bound.extend(_bind(spec))
+            for listener in _bind_described(spec):
+                _refuse_shared_descriptor(listener, bound)
+                bound.append(listener)
     except BaseException:
         for listener in bound:
             listener.close()
         raise
     return bound
+
+
+def _bind_described(spec: str | socket.socket) -> list[BoundListener]:
+    """:func:`_bind`, with running out of descriptors said in one line."""
+    try:
+        return _bind(spec)
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        raise ConfigError(
+            f"cannot listen on {spec!r}: too many open files (the limit is {soft}; raise it "
+            "with `ulimit -n` or LimitNOFILE=)"
+        ) from None
+
+
+def _refuse_repeated_specs(specs: list[str | socket.socket]) -> None:
+    """Refuse two specs that name the same listener, before anything is bound (a
+    second bind of the same unix path would find the first one listening)."""
+    seen: dict[tuple[object, ...], str | socket.socket] = {}
+    for spec in specs:
+        key: tuple[object, ...] | None
+        if isinstance(spec, socket.socket):
+            key = ("fd", spec.fileno())
+        else:
+            parsed = parse_listen_spec(spec)
+            if isinstance(parsed, UnixSpec):
+                key = ("unix", parsed.path if parsed.is_abstract else os.path.abspath(parsed.path))
+            elif isinstance(parsed, FdSpec):
+                key = ("fd", parsed.fd)
+            elif isinstance(parsed, SystemdSpec):
+                key = ("systemd", parsed.name)
+            else:
+                key = ("tcp", parsed.host, parsed.port) if parsed.port else None
+        if key is None:
+            continue
+        if key in seen:
+            raise ConfigError(
+                f"cannot listen on {spec!r}: the same listener is given more than once "
+                f"(also as {seen[key]!r})"
+            )
+        seen[key] = spec
+
+
+def _refuse_shared_descriptor(listener: BoundListener, earlier: list[BoundListener]) -> None:
+    """Refuse a listener whose descriptor an earlier spec already adopted (``fd:3``
+    beside ``systemd``, say); the duplicate is let go without closing it."""
+    for other in earlier:
+        if other.socket.fileno() == listener.socket.fileno():
+            listener.socket.detach()
+            raise ConfigError(
+                f"cannot listen on {listener.spec!r}: the same listener is given more than "
+                f"once (also as {other.spec!r})"
+            )
+
+
+def check_descriptor_headroom(listeners: int, workers: int) -> None:
+    """Refuse to start when the descriptor limit leaves too little room beside
+    ``listeners`` for ``workers`` per generation (two generations during a reload),
+    in the supervisor or in a worker, which receives every listener too.
+
+    Raises:
+        ConfigError: naming the limit and how to raise it.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = listeners + 3
+    needed = in_use + 2 * workers * _FDS_PER_WORKER + _FDS_PER_START + _FDS_SPARE
+    if needed > soft:
+        raise ConfigError(
+            f"{listeners} listeners leave too few file descriptors for {workers} "
+            f"worker{'s' if workers != 1 else ''} (about {needed} are needed; the limit is "
+            f"{soft}; raise it with `ulimit -n` or LimitNOFILE=)"
+        )
 
 
 def _bind(spec: str | socket.socket) -> list[BoundListener]:
@@ -222,6 +323,12 @@ def _bind_tcp(spec: str, parsed: TCPSpec) -> BoundListener:
             )
         except socket.gaierror as exc:
             raise ConfigError(f"cannot listen on {spec!r}: {exc.strerror}") from None
+        except UnicodeError as exc:
+            # the IDNA codec: an empty label, or one longer than 63 characters
+            reason = str(exc.__cause__ or exc.__context__ or exc)
+            raise ConfigError(
+                f"cannot listen on {spec!r}: {parsed.host!r} is not a valid host name ({reason})"
+            ) from None
         family, _, _, _, sockaddr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -274,7 +381,14 @@ def _clear_stale_unix_socket(spec: str, path: str) -> None:
     try:
         probe.connect(path)
     except ConnectionRefusedError:
-        os.unlink(path)  # a stale socket file: nobody accepts on it
+        try:
+            os.unlink(path)  # a stale socket file: nobody accepts on it
+        except PermissionError:
+            raise ConfigError(
+                f"cannot listen on {spec!r}: {path} is a stale socket owned by another user "
+                f"(uid {st.st_uid}) that this user may not remove; remove it, or listen "
+                "elsewhere"
+            ) from None
         return
     except OSError as exc:
         raise ConfigError(f"cannot listen on {spec!r}: {_describe(exc)}") from None
@@ -299,6 +413,7 @@ def _adopt_fd(spec: str, fd: int) -> BoundListener:
 
 
 def _adopt_socket(sock: socket.socket, spec: str) -> BoundListener:
+    """Use an already-open socket; see :attr:`BoundListener.adopted`."""
     if sock.type != socket.SOCK_STREAM:
         raise ConfigError(f"cannot listen on {spec!r}: the socket is not a stream socket")
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
@@ -307,7 +422,7 @@ def _adopt_socket(sock: socket.socket, spec: str) -> BoundListener:
         except OSError as exc:
             raise ConfigError(f"cannot listen on {spec!r}: {_describe(exc)}") from None
     sock.setblocking(False)
-    return BoundListener(sock, spec, sock.getsockname())
+    return BoundListener(sock, spec, sock.getsockname(), adopted=True)
 
 
 def _describe(exc: OSError) -> str:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
+import types
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, NoReturn, TypeVar, overload
 
 import multiprocess
 
 from ._errors import ConfigError
+from ._logging import ensure_visible, logger
 
 Backend = Literal["asyncio", "trio"]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,17 +41,13 @@ class Service(Generic[F]):
         backend_options: dict[str, Any] | None = None,
         entry_options: dict[str, Any] | None = None,
     ) -> None:
-        if isinstance(listen, str | socket.socket):
-            raise ConfigError(
-                f"listen={listen!r} must be a list of specs, as in listen=[{listen!r}]"
-            )
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise ConfigError(f"workers={workers!r} must be a whole number of at least 1")
-        for name, value in (("ready_timeout", ready_timeout), ("drain_timeout", drain_timeout)):
-            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-                raise ConfigError(f"{name}={value!r} must be a number of seconds above 0")
-        if backend not in _BACKENDS:
-            raise ConfigError(f"backend={backend!r} must be one of {', '.join(_BACKENDS)}")
+        check_settings(
+            listen=listen,
+            workers=workers,
+            ready_timeout=ready_timeout,
+            drain_timeout=drain_timeout,
+            backend=backend,
+        )
         self.function = function
         self.listen = list(listen)
         self.workers = workers
@@ -96,6 +95,48 @@ class Service(Generic[F]):
 
     def __repr__(self) -> str:
         return f"<graceful.Service {self.__module__}:{self.__qualname__} listen={self.listen!r}>"
+
+
+def check_settings(
+    *,
+    listen: object,
+    workers: object,
+    ready_timeout: object,
+    drain_timeout: object,
+    backend: object,
+) -> None:
+    """Refuse a setting of :func:`service` that can never work.
+
+    Raises:
+        ConfigError: naming the first such setting.
+    """
+    if isinstance(listen, str | socket.socket):
+        raise ConfigError(f"listen={listen!r} must be a list of specs, as in listen=[{listen!r}]")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers={workers!r} must be a whole number of at least 1")
+    for name, value in (("ready_timeout", ready_timeout), ("drain_timeout", drain_timeout)):
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or not value > 0
+        ):
+            raise ConfigError(f"{name}={value!r} must be a finite number of seconds above 0")
+    if backend not in _BACKENDS:
+        raise ConfigError(f"backend={backend!r} must be one of {', '.join(_BACKENDS)}")
+
+
+def refuse_in_script(error: ConfigError, frame: types.FrameType | None) -> NoReturn:
+    """Raise ``error`` where a bad argument was given, unless that is the script being
+    run (or its re-import in a worker): there, like every configuration error of
+    the supervisor, it is one line on stderr (with the file and line) and exit
+    status 2, not a traceback."""
+    module = frame.f_globals.get("__name__") if frame is not None else None
+    if frame is None or module not in ("__main__", "__mp_main__"):
+        raise error
+    ensure_visible("supervisor")
+    logger.error("%s (%s, line %d)", error, frame.f_code.co_filename, frame.f_lineno)
+    raise SystemExit(2)
 
 
 @overload
@@ -150,13 +191,32 @@ def service(
     ``listen``, ``workers`` and the timeouts are fixed when the supervisor starts;
     a reload runs the new function with the backend the new code names.
 
+    Arguments are checked here, where they are written. A value that can never work
+    raises :class:`ConfigError`, naming it, so that an importer or a test sees the
+    mistake at its line. In the script being run (``__main__``), the same mistake is
+    one line on stderr and exit status 2, like every configuration error of the
+    supervisor.
+
     Raises:
         ConfigError: for a value that can never work, naming it.
     """
+    caller = sys._getframe(1)
+    try:
+        check_settings(
+            listen=listen,
+            workers=workers,
+            ready_timeout=ready_timeout,
+            drain_timeout=drain_timeout,
+            backend=backend,
+        )
+    except ConfigError as exc:
+        refuse_in_script(exc, caller)
 
     def decorate(fn: F) -> Service[F]:
         if not callable(fn):
-            raise ConfigError(f"@graceful.service decorates a function, not {fn!r}")
+            refuse_in_script(
+                ConfigError(f"@graceful.service decorates a function, not {fn!r}"), caller
+            )
         return Service(
             fn,
             listen=listen,

@@ -1,4 +1,4 @@
-"""The supervisor's edges: signals, worker processes, pipes and timers.
+"""The supervisor's edges: signals, worker processes, control channels and timers.
 
 :class:`graceful._decisions.Supervision` decides; this module only carries its
 actions out and feeds it events. Every input (a signal, a worker's message, a
@@ -8,9 +8,16 @@ one at a time, so the decisions never race each other.
 Task layout, all inside one task group whose lifetime is :meth:`Supervisor.run`:
 
 * one signal task (SIGHUP, SIGTERM, SIGINT);
-* per worker, one watcher that pumps its pipe and waits on its process sentinel;
+* per worker, one watcher that relays its control messages and waits for its exit
+  (see ``_processes.py``), then reaps it;
 * per timer, one sleeping task (stale timers fire harmlessly: the state machine
-  ignores events about workers that are gone).
+  ignores events about workers that are gone);
+* per worker that left processes behind in its process group, one sweeper that
+  gives them ``kill_grace`` seconds after SIGTERM, then SIGKILLs the group.
+
+Nothing a worker does can stop the supervisor: a failure to start it (out of file
+descriptors, say) is a failed start of that worker, a malformed message costs that
+worker, and its exit is noticed whatever its descendants still hold.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,9 +36,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import multiprocess
 import multiprocess.resource_tracker
-from anyio.abc import ObjectReceiveStream, TaskGroup, TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
-from . import _wire
+from . import _processes, _wire
+from ._bytecode import application_roots, bypass_environment, stale_sources
 from ._decisions import (
     Announce,
     DrainTimeout,
@@ -45,10 +55,13 @@ from ._decisions import (
     SpawnWorker,
     Start,
     StartTimer,
+    StopAccepting,
+    Stopping,
     StopRequested,
     Supervision,
     WorkerExited,
     WorkerFailed,
+    WorkerMisbehaved,
     WorkerReady,
 )
 from ._entry import (
@@ -59,10 +72,15 @@ from ._entry import (
     main_script_syntax_error,
     one_line,
 )
-from ._errors import ConfigError
-from ._listeners import BoundListener, bind_listeners, format_address
+from ._errors import ConfigError, GracefulError
+from ._listeners import (
+    BoundListener,
+    bind_listeners,
+    check_descriptor_headroom,
+    format_address,
+)
 from ._logging import ensure_visible, logger
-from ._pidfile import check_pid_file_location, remove_pid_file, write_pid_file
+from ._pidfile import PidFile
 from ._systemd import Notifier, monotonic_usec
 from ._worker import WorkerBootstrap, worker_main
 
@@ -73,9 +91,12 @@ if TYPE_CHECKING:
 #: Ctrl-C reaches the whole foreground process group, and SIGHUP may too.
 _BLOCKED_DURING_SPAWN = {signal.SIGINT, signal.SIGHUP}
 
-#: How long a watcher waits, after a worker process ended, for the last messages it
-#: wrote into its pipe.
-_LAST_WORDS_TIMEOUT = 1.0
+#: The longest start or reload systemd is told to wait for, in seconds (a
+#: ready_timeout of days is allowed, but EXTEND_TIMEOUT_USEC must stay a sane number).
+_MAX_EXTEND = 365 * 24 * 3600.0
+
+#: How many stale source files a warning names before it says "and N more".
+_STALE_FILES_NAMED = 5
 
 
 def run_supervisor(
@@ -89,14 +110,21 @@ def run_supervisor(
     is spawned or left bound.
     """
     ensure_visible("supervisor")
+    claimed: PidFile | None = None
+    listeners: list[BoundListener] = []
     try:
         entry = entry_ref_for(service, service.function)
         check_main_guard(caller)
         if pid_file is not None:
-            check_pid_file_location(pid_file)
+            claimed = PidFile.claim(pid_file)
         listeners = bind_listeners(service.listen)
+        check_descriptor_headroom(len(listeners), service.workers)
     except ConfigError as exc:
         logger.error("%s", exc)
+        for listener in listeners:
+            listener.close()
+        if claimed is not None:
+            claimed.release()
         return 2
     try:
         for listener in listeners:
@@ -109,7 +137,7 @@ def run_supervisor(
             entry,
             listeners,
             release=ReleaseDirectory.adopt(),
-            pid_file=pid_file,
+            pid_file=claimed,
             notifier=notifier,
         )
         try:
@@ -121,39 +149,37 @@ def run_supervisor(
     finally:
         for listener in listeners:
             listener.close()
-        if pid_file is not None:
-            remove_pid_file(pid_file)
-
-
-def stray_zombies(exclude: set[int | None]) -> list[int]:
-    """This process's children that have exited (zombies), except ``exclude``."""
-    found = []
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/children") as children:
-                pids = [int(pid) for pid in children.read().split()]
-        except OSError:
-            continue
-        for pid in pids:
-            if pid in exclude:
-                continue
-            try:
-                with open(f"/proc/{pid}/stat") as stat:
-                    text = stat.read()
-            except OSError:
-                continue
-            if text[text.rindex(")") + 2] == "Z":
-                found.append(pid)
-    return found
+        if claimed is not None:
+            claimed.release()
 
 
 @dataclass
 class WorkerHandle:
     serial: int
+    generation: int
+    worker_id: int
     process: Any  # multiprocess SpawnProcess
-    control: Any  # multiprocess Connection
+    channel: _wire.ControlChannel
+    #: readable once the process has exited; None where pidfds are unavailable
+    pidfd: int | None
     #: the worker reported why it is exiting (a Failed message)
     reported_cause: bool = False
+
+    @property
+    def pid(self) -> int:
+        pid: int = self.process.pid
+        return pid
+
+    def describe(self) -> str:
+        return f"generation {self.generation} worker {self.worker_id}"
+
+    def close(self) -> None:
+        """Release the supervisor's descriptors for a reaped worker."""
+        self.process.close()
+        self.channel.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 class Supervisor:
@@ -166,7 +192,7 @@ class Supervisor:
         listeners: list[BoundListener],
         *,
         release: ReleaseDirectory,
-        pid_file: str | os.PathLike[str] | None = None,
+        pid_file: PidFile | None = None,
         notifier: Notifier | None = None,
     ) -> None:
         self.service = service
@@ -188,12 +214,21 @@ class Supervisor:
         self._tasks: TaskGroup | None = None
         #: pending timers by the event they will send
         self._timers: dict[Event, anyio.CancelScope] = {}
+        #: process groups of reaped workers that still have members, being stopped
+        self._sweeping: set[int] = set()
+        #: generation number -> extra environment for its workers (a bytecode bypass)
+        self._spawn_environment: dict[int, dict[str, str]] = {}
+        #: an empty directory that a bytecode bypass points the cache at
+        self._no_bytecode: str | None = None
+        #: the exit status is at least this (1 once the service had to stop itself)
+        self._exit_at_least = 0
 
     async def run(self) -> int:
         """Run until the state machine says to exit; return its exit status.
 
         Whatever way this ends (even by an exception or cancellation), every worker
-        still alive is killed and reaped before it returns.
+        still alive, and whatever it left in its process group, is killed, and every
+        worker is reaped before it returns.
         """
         try:
             async with anyio.create_task_group() as tasks:
@@ -202,10 +237,13 @@ class Supervisor:
                 if os.getpid() == 1:
                     await tasks.start(self._reap_orphans)
                 code = await self._decide(Start())
+                await self._finish_sweeps()
                 tasks.cancel_scope.cancel()
-            return code
+            return max(code, self._exit_at_least)
         finally:
             self._kill_and_reap_all()
+            if self._no_bytecode is not None:
+                shutil.rmtree(self._no_bytecode, ignore_errors=True)
 
     async def _decide(self, first: Event) -> int:
         event: Event = first
@@ -222,6 +260,7 @@ class Supervisor:
         action: SpawnWorker
         | ShutdownWorker
         | KillWorker
+        | StopAccepting
         | StartTimer
         | GenerationServing
         | Announce
@@ -233,22 +272,35 @@ class Supervisor:
             self._notify(action)
         elif isinstance(action, GenerationServing):
             if action.first and self.pid_file is not None:
-                try:
-                    write_pid_file(self.pid_file)
-                except OSError as exc:
-                    logger.error("cannot write PID file %s: %s", self.pid_file, exc.strerror)
+                self._publish_pid_file(self.pid_file)
         elif isinstance(action, SpawnWorker):
             self._spawn_worker(action)
         elif isinstance(action, ShutdownWorker):
             handle = self.handles.get(action.serial)
             if handle is not None:
-                _wire.send(handle.control, _wire.Shutdown(action.drain_timeout))
+                handle.channel.send(_wire.Shutdown(action.drain_timeout))
         elif isinstance(action, KillWorker):
             handle = self.handles.get(action.serial)
             if handle is not None:
-                handle.process.kill()
+                # Not reaped yet (its watcher does that): its PID and process group
+                # number are still its own.
+                _processes.kill_group_or_process(handle.pid)
+        elif isinstance(action, StopAccepting):
+            for listener in self.listeners:
+                if not listener.adopted:
+                    listener.close()
         else:
             self._task_group.start_soon(self._timer, action.delay, action.event)
+
+    def _publish_pid_file(self, pid_file: PidFile) -> None:
+        try:
+            pid_file.publish()
+        except GracefulError as exc:
+            # Running on without it would leave `graceful stop` and `reload` to
+            # whatever file someone else put there.
+            logger.error("%s; stopping", exc)
+            self._exit_at_least = 1
+            self.events_in.send_nowait(StopRequested())
 
     def _notify(self, announce: Announce) -> None:
         """Tell systemd (if it listens) what the state machine announced."""
@@ -261,7 +313,7 @@ class Supervisor:
         elif announce.phase == "stopping":
             fields["STOPPING"] = 1
         if announce.extend is not None:
-            fields["EXTEND_TIMEOUT_USEC"] = int(announce.extend * 1_000_000)
+            fields["EXTEND_TIMEOUT_USEC"] = int(min(announce.extend, _MAX_EXTEND) * 1_000_000)
         fields["STATUS"] = announce.status
         self.notifier.send(**fields)
 
@@ -269,6 +321,10 @@ class Supervisor:
     def _task_group(self) -> TaskGroup:
         assert self._tasks is not None, "the supervisor is not running"
         return self._tasks
+
+    @property
+    def _stopping_now(self) -> bool:
+        return self.machine.stopping is Stopping.NOW
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -278,9 +334,9 @@ class Supervisor:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     logger.info("SIGHUP: reloading")
-                    await self.events_in.send(ReloadRequested())
+                    self.events_in.send_nowait(ReloadRequested())
                 else:
-                    await self.events_in.send(StopRequested())
+                    self.events_in.send_nowait(StopRequested())
 
     async def _reap_orphans(self, *, task_status: TaskStatus[None]) -> None:
         """As PID 1 (in a container), reap every child that is not a worker.
@@ -296,18 +352,17 @@ class Supervisor:
                 self._reap_strays()
 
     def _reap_strays(self) -> None:
-        ours = {handle.process.pid for handle in self.handles.values()}
+        ours = {handle.pid for handle in self.handles.values()}
         tracker = getattr(multiprocess.resource_tracker._resource_tracker, "_pid", None)
-        for pid in stray_zombies(exclude=ours | {tracker}):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
+        for pid in _processes.stray_zombies(exclude=ours | {tracker}):
+            _processes.reap_zombie(pid)
 
     async def _timer(self, delay: float, event: Event) -> None:
         with anyio.CancelScope() as scope:
             self._timers[event] = scope
             try:
                 await anyio.sleep(delay)
-                await self.events_in.send(event)
+                self.events_in.send_nowait(event)
             finally:
                 self._timers.pop(event, None)
 
@@ -324,103 +379,215 @@ class Supervisor:
             if scope is not None:
                 scope.cancel()
 
-    # -- workers --------------------------------------------------------------------
+    # -- starting workers -----------------------------------------------------------
 
     def _spawn_worker(self, action: SpawnWorker) -> None:
-        control, child_control = self.spawn.Pipe(duplex=True)
-        fd_channel, child_fd_channel = socket.socketpair()
-        boot = WorkerBootstrap(
+        """Start the worker ``action`` names. Any failure, at any step, is reported as
+        that worker failing to start, never raised."""
+        try:
+            handle = self._start_worker(action)
+        except Exception as exc:
+            self.events_in.send_nowait(
+                WorkerFailed(action.serial, f"could not start a worker: {one_line(exc)}")
+            )
+            self.events_in.send_nowait(WorkerExited(action.serial, None))
+            return
+        self.handles[action.serial] = handle
+        self._task_group.start_soon(self._watch, handle)
+
+    def _start_worker(self, action: SpawnWorker) -> WorkerHandle:
+        if action.generation not in self._spawn_environment:
+            self._spawn_environment[action.generation] = self._check_bytecode(action.generation)
+        with contextlib.ExitStack() as on_failure:
+            control, child_control = self.spawn.Pipe(duplex=True)
+            on_failure.callback(control.close)
+            with contextlib.closing(child_control):
+                channel = _wire.ControlChannel(control)
+                on_failure.callback(channel.close)
+                fd_channel, child_fd_channel = socket.socketpair()
+                with fd_channel, child_fd_channel:
+                    process = self.spawn.Process(
+                        target=worker_main,
+                        args=(self._bootstrap(action, child_fd_channel, child_control),),
+                        name=f"graceful gen {action.generation} worker {action.worker_id}",
+                    )
+                    self._start(process, self._spawn_environment[action.generation])
+                    on_failure.callback(self._abandon, process)
+                    pidfd = _processes.open_pidfd(process.pid)
+                    child_fd_channel.close()
+                    # A generation may have made the shared listeners blocking (the flag
+                    # lives on the open file description): hand them over non-blocking.
+                    for listener in self.listeners:
+                        os.set_blocking(listener.socket.fileno(), False)
+                    _wire.send_fds(fd_channel, [lst.socket.fileno() for lst in self.listeners])
+            on_failure.pop_all()
+        return WorkerHandle(
+            action.serial, action.generation, action.worker_id, process, channel, pidfd
+        )
+
+    def _bootstrap(
+        self, action: SpawnWorker, fd_channel: socket.socket, control: Any
+    ) -> WorkerBootstrap:
+        return WorkerBootstrap(
             entry=self.entry,
             generation=action.generation,
             worker_id=action.worker_id,
+            supervisor_pid=os.getpid(),
             listeners=[(listener.spec, listener.address) for listener in self.listeners],
-            fd_channel=child_fd_channel,
-            control=child_control,
+            fd_channel=fd_channel,
+            control=control,
             drain_timeout=self.service.drain_timeout,
+            kill_grace=self.machine.plan.kill_grace,
             backend=self.service.backend,
             log_level=logger.getEffectiveLevel(),
             entry_options=self.service.entry_options,
             backend_options=self.service.backend_options,
         )
-        process = self.spawn.Process(
-            target=worker_main,
-            args=(boot,),
-            name=f"graceful gen {action.generation} worker {action.worker_id}",
-        )
+
+    def _start(self, process: Any, environment: dict[str, str]) -> None:
+        """``process.start()``, with the terminal's signals blocked until the worker
+        has set up its own handlers, and in a process group of its own."""
         self.release.enter()
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_DURING_SPAWN)
+        saved = {name: os.environ.get(name) for name in environment}
+        os.environ.update(environment)
         try:
             process.start()
-        except Exception as exc:
-            control.close()
-            fd_channel.close()
-            self._report_spawn_failure(action.serial, f"could not start a worker: {one_line(exc)}")
-            return
         finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-            child_control.close()
-            child_fd_channel.close()
-        try:
-            _wire.send_fds(fd_channel, [listener.socket.fileno() for listener in self.listeners])
-        except OSError as exc:
-            logger.error("could not send the listeners to a worker: %s", exc)
-            process.kill()
-        finally:
-            fd_channel.close()
-        handle = WorkerHandle(action.serial, process, control)
-        self.handles[action.serial] = handle
-        self._task_group.start_soon(self._watch, handle)
+        # The worker does the same as its first step; whichever runs first wins (this
+        # one fails with EACCES once the child has exec'd).
+        with contextlib.suppress(OSError):
+            os.setpgid(process.pid, process.pid)
 
-    def _report_spawn_failure(self, serial: int, cause: str) -> None:
-        self.events_in.send_nowait(WorkerFailed(serial, cause))
-        self.events_in.send_nowait(WorkerExited(serial, None))
+    def _abandon(self, process: Any) -> None:
+        """Kill and reap a worker whose start failed half-way."""
+        _processes.kill_group_or_process(process.pid)
+        process.join()
+        process.close()
+
+    def _check_bytecode(self, generation: int) -> dict[str, str]:
+        """The extra environment generation ``generation`` needs: a bytecode bypass if
+        the application's directories hold stale bytecode (see ``_bytecode.py``)."""
+        stale = stale_sources(application_roots())
+        if not stale:
+            return {}
+        named = ", ".join(stale[:_STALE_FILES_NAMED])
+        if len(stale) > _STALE_FILES_NAMED:
+            named += f" and {len(stale) - _STALE_FILES_NAMED} more"
+        logger.warning(
+            "stale bytecode: %s changed after its .pyc was written but kept its size and "
+            "modification time (a deploy with rsync -a, tar or cp -p?); generation %d "
+            "compiles from source instead. To stop this, remove the __pycache__ "
+            "directories after such a deploy, or compile with "
+            "`python -m compileall --invalidation-mode checked-hash`",
+            named,
+            generation,
+        )
+        if self._no_bytecode is None:
+            self._no_bytecode = tempfile.mkdtemp(prefix="graceful-no-bytecode-")
+        return bypass_environment(self._no_bytecode)
+
+    # -- watching and reaping workers -----------------------------------------------
 
     async def _watch(self, handle: WorkerHandle) -> None:
-        """Forward the worker's messages, then report its exit once they are all in."""
-        send, receive = anyio.create_memory_object_stream[_wire.Message | _wire.PeerGone](math.inf)
-        heard_all = anyio.Event()
+        """Relay the worker's messages until it exits, then reap it and report its exit
+        once every message it wrote is in."""
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_wire.pump, handle.control, send)
-            tasks.start_soon(self._forward, handle, receive, heard_all)
-            await anyio.wait_readable(handle.process.sentinel)
-            with anyio.move_on_after(_LAST_WORDS_TIMEOUT):
-                await heard_all.wait()
+            tasks.start_soon(self._relay, handle)
+            await self._exit_of(handle)
             tasks.cancel_scope.cancel()
+        # What it wrote before it exited is in the channel's buffer by now.
+        for item in handle.channel.receive_available():
+            self._forward(handle, item)
         exitcode = self._reap(handle)
         if exitcode and not handle.reported_cause:
             cause = main_script_syntax_error()
             if cause is not None:
-                await self.events_in.send(WorkerFailed(handle.serial, cause))
-        await self.events_in.send(WorkerExited(handle.serial, exitcode))
+                self.events_in.send_nowait(WorkerFailed(handle.serial, cause))
+        self.events_in.send_nowait(WorkerExited(handle.serial, exitcode))
 
-    async def _forward(
-        self,
-        handle: WorkerHandle,
-        messages: ObjectReceiveStream[_wire.Message | _wire.PeerGone],
-        heard_all: anyio.Event,
-    ) -> None:
-        async with messages:
-            async for message in messages:
-                if isinstance(message, _wire.Ready):
-                    await self.events_in.send(WorkerReady(handle.serial))
-                elif isinstance(message, _wire.Failed):
-                    handle.reported_cause = True
-                    await self.events_in.send(WorkerFailed(handle.serial, message.cause))
-                elif isinstance(message, _wire.PeerGone):
-                    break
-        heard_all.set()
+    async def _exit_of(self, handle: WorkerHandle) -> None:
+        if handle.pidfd is not None:
+            await anyio.wait_readable(handle.pidfd)
+            return
+        while not _processes.has_exited(handle.pid):
+            await anyio.sleep(_processes.EXIT_POLL_INTERVAL)
+
+    async def _relay(self, handle: WorkerHandle) -> None:
+        while True:
+            await anyio.wait_readable(handle.channel.fileno())
+            for item in handle.channel.receive_available():
+                self._forward(handle, item)
+                if isinstance(item, _wire.PeerGone | _wire.ProtocolError):
+                    return
+
+    def _forward(self, handle: WorkerHandle, item: _wire.Received) -> None:
+        if isinstance(item, _wire.Ready):
+            self.events_in.send_nowait(WorkerReady(handle.serial))
+        elif isinstance(item, _wire.Failed):
+            handle.reported_cause = True
+            self.events_in.send_nowait(WorkerFailed(handle.serial, item.cause))
+        elif isinstance(item, _wire.ProtocolError):
+            self.events_in.send_nowait(WorkerMisbehaved(handle.serial, item.detail))
 
     def _reap(self, handle: WorkerHandle) -> int | None:
-        handle.process.join(timeout=5)
+        """Reap an exited worker, and start stopping what it left in its group."""
+        pgid = handle.pid
+        own_group = _processes.leads_own_group(pgid)
+        if own_group:
+            # Safe while the worker is an unreaped zombie: its number is not reused.
+            _processes.signal_group(pgid, signal.SIGTERM)
         exitcode: int | None = handle.process.exitcode
-        handle.control.close()
-        if exitcode is not None:
-            handle.process.close()
+        if exitcode is None:  # it has exited, so this does not wait
+            handle.process.join()
+            exitcode = handle.process.exitcode
+        handle.close()
         self.handles.pop(handle.serial, None)
+        if own_group and _processes.signal_group(pgid, 0):
+            left = _processes.group_members(pgid)
+            logger.warning(
+                "%s left %d process%s behind in its process group (%s); sent SIGTERM, "
+                "SIGKILL in %gs",
+                handle.describe(),
+                len(left),
+                "" if len(left) == 1 else "es",
+                ", ".join(map(str, left)),
+                self.machine.plan.kill_grace,
+            )
+            self._sweeping.add(pgid)
+            self._task_group.start_soon(self._sweep, pgid)
         return exitcode
+
+    async def _sweep(self, pgid: int) -> None:
+        """Give what a worker left behind ``kill_grace`` seconds after SIGTERM, then
+        SIGKILL its process group. (The group's number cannot be reused while any
+        member is alive; it is checked right before the signal.)"""
+        try:
+            with anyio.move_on_after(self.machine.plan.kill_grace):
+                while _processes.signal_group(pgid, 0) and not self._stopping_now:
+                    await anyio.sleep(0.05)
+            _processes.signal_group(pgid, signal.SIGKILL)
+        finally:
+            self._sweeping.discard(pgid)
+
+    async def _finish_sweeps(self) -> None:
+        """Before exiting, let the sweepers finish (each within ``kill_grace``)."""
+        with anyio.move_on_after(self.machine.plan.kill_grace + 1):
+            while self._sweeping and not self._stopping_now:
+                await anyio.sleep(0.05)
 
     def _kill_and_reap_all(self) -> None:
         for handle in list(self.handles.values()):
-            handle.process.kill()
+            _processes.kill_group_or_process(handle.pid)
+        for pgid in list(self._sweeping):
+            _processes.signal_group(pgid, signal.SIGKILL)
         for handle in list(self.handles.values()):
-            self._reap(handle)
+            handle.process.join()
+            handle.close()
+        self.handles.clear()

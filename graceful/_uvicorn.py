@@ -223,11 +223,15 @@ async def serve_uvicorn(
 
     async def stop_on_shutdown() -> None:
         await context.wait_shutdown()
-        # Stop accepting now rather than at uvicorn's next 0.1 s tick, so that new
-        # connections go to the new generation at once (closing an asyncio Server
-        # again in uvicorn's own shutdown is harmless).
+        # Stop accepting and start the drain now rather than at uvicorn's next 0.1 s
+        # tick, so that new connections go to the new generation at once and every
+        # response that starts from now on announces its close. (uvicorn's own
+        # shutdown does both again; closing a server and our protocols' shutdown()
+        # are idempotent.)
         for accepting in getattr(server, "servers", []):
             accepting.close()
+        for connection in list(server.server_state.connections):
+            connection.shutdown()
         server.should_exit = True
         # WebSockets get the drain deadline: close them (1012) just before uvicorn's
         # own graceful-shutdown timeout would cancel their tasks.

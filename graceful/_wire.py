@@ -2,28 +2,40 @@
 
 Two channels connect them:
 
-* a ``multiprocessing.Pipe`` for control messages, small tuples in both directions
-  (worker to supervisor: :class:`Ready`, :class:`Failed`; supervisor to worker:
-  :class:`Shutdown`), bridged into anyio memory object streams by :func:`pump`;
+* a control channel for small messages in both directions (worker to supervisor:
+  :class:`Ready`, :class:`Failed`; supervisor to worker: :class:`Shutdown`). It is
+  a ``multiprocessing.Pipe(duplex=True)`` (a unix stream socketpair), on which each
+  message is one line of JSON. Each side reads it without blocking, so a peer that
+  writes half a message, garbage, or an endless line cannot stall the reader: the
+  reader sees a :class:`ProtocolError` at worst. Nothing received is unpickled.
+  :func:`pump` bridges a channel into an anyio memory object stream.
 * a ``socket.socketpair()`` that carries the listeners' file descriptors once, at
   start, with ``socket.send_fds`` (at most :data:`MAX_FDS_PER_MESSAGE` per message).
-
-Messages stay far below a pipe buffer, so a readable pipe always holds a whole
-message and ``recv()`` after ``wait_readable()`` never blocks for long.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import socket
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
 import anyio
-from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 #: SCM_MAX_FD on Linux: one ``sendmsg`` carries at most this many descriptors.
 MAX_FDS_PER_MESSAGE = 253
+
+#: The longest control message either side accepts, newline included. A ``Failed``
+#: cause is cut to fit.
+MAX_MESSAGE_BYTES = 4096
+
+
+#: What the start of every message looks like: ``[`` and printable ASCII.
+_MESSAGE_START = re.compile(rb"(\[[\x20-\x7e]*)?")
 
 
 @dataclass(frozen=True)
@@ -47,73 +59,163 @@ class Shutdown:
 
 @dataclass(frozen=True)
 class PeerGone:
-    """The pipe reached end-of-file: the other process is gone (a worker treats a
+    """The channel reached end-of-file: the other process is gone (a worker treats a
     gone supervisor as Shutdown)."""
 
 
+@dataclass(frozen=True)
+class ProtocolError:
+    """The peer sent something that is not a control message (``detail`` says what).
+    Nothing more is read from that peer."""
+
+    detail: str
+
+
 Message: TypeAlias = Ready | Failed | Shutdown
+Received: TypeAlias = Message | PeerGone | ProtocolError
 
 
 class Connection(Protocol):
-    """The part of ``multiprocess.connection.Connection`` the wire uses."""
+    """The part of ``multiprocess.connection.Connection`` a channel is made from."""
 
-    def send(self, obj: Any) -> None: ...
-    def recv(self) -> Any: ...
     def fileno(self) -> int: ...
-    def poll(self, timeout: float | None = ...) -> bool: ...
     def close(self) -> None: ...
 
 
-def encode(message: Message) -> tuple[Any, ...]:
-    """Turn a message into the plain tuple that travels on the pipe."""
+def encode(message: Message) -> bytes:
+    """One message as the line of JSON that travels on the channel."""
+    fields: list[Any]
     if isinstance(message, Ready):
-        return ("ready",)
-    if isinstance(message, Failed):
-        return ("failed", message.cause)
-    return ("shutdown", message.drain_timeout)
+        fields = ["ready"]
+    elif isinstance(message, Failed):
+        # At most 6 bytes per character once escaped: 600 fit in MAX_MESSAGE_BYTES.
+        cause = message.cause if len(message.cause) <= 600 else message.cause[:597] + "..."
+        fields = ["failed", cause]
+    else:
+        fields = ["shutdown", message.drain_timeout]
+    return json.dumps(fields, ensure_ascii=True).encode("ascii") + b"\n"
 
 
-def decode(raw: Any) -> Message:
-    """Turn a received tuple back into a message.
+def decode(line: bytes) -> Message:
+    """Turn one received line (without its newline) back into a message.
 
     Raises:
-        ValueError: if ``raw`` is not a message of this protocol.
+        ValueError: if ``line`` is not a message of this protocol (the text says why).
     """
-    if isinstance(raw, tuple) and raw:
-        kind = raw[0]
-        if kind == "ready" and len(raw) == 1:
-            return Ready()
-        if kind == "failed" and len(raw) == 2 and isinstance(raw[1], str):
-            return Failed(raw[1])
-        if kind == "shutdown" and len(raw) == 2 and isinstance(raw[1], int | float):
-            return Shutdown(float(raw[1]))
-    raise ValueError(f"not a graceful control message: {raw!r}")
-
-
-def send(conn: Connection, message: Message) -> bool:
-    """Send ``message``; return False if the other side is already gone."""
     try:
-        conn.send(encode(message))
-    except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
-        return False
-    return True
+        fields = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"not JSON: {_preview(line)}") from None
+    if isinstance(fields, list) and fields:
+        kind = fields[0]
+        if kind == "ready" and len(fields) == 1:
+            return Ready()
+        if kind == "failed" and len(fields) == 2 and isinstance(fields[1], str):
+            return Failed(fields[1])
+        if (
+            kind == "shutdown"
+            and len(fields) == 2
+            and isinstance(fields[1], int | float)
+            and not isinstance(fields[1], bool)
+            and math.isfinite(fields[1])
+            and fields[1] >= 0
+        ):
+            return Shutdown(float(fields[1]))
+    raise ValueError(f"unknown message {_preview(line)}")
 
 
-async def pump(conn: Connection, into: ObjectSendStream[Message | PeerGone]) -> None:
-    """Forward every message arriving on ``conn`` into ``into`` until end-of-file.
+def _preview(data: bytes) -> str:
+    return repr(data[:40]) + ("..." if len(data) > 40 else "")
 
-    The only cancellation point is the wait for the pipe to become readable, so a
-    cancelled pump never loses a message it had started to read. At end-of-file it
-    sends :class:`PeerGone` and returns.
+
+class ControlChannel:
+    """One end of the control channel.
+
+    Made from a ``multiprocess`` Pipe end, whose descriptor it takes over. Sending
+    blocks (messages are tiny); receiving never does.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self._socket = socket.socket(fileno=os.dup(connection.fileno()))
+        connection.close()
+        self._buffer = b""
+        self._finished = False
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def send(self, message: Message) -> bool:
+        """Send ``message``; return False if the other side is already gone."""
+        try:
+            self._socket.sendall(encode(message))
+        except OSError:
+            return False
+        return True
+
+    def receive_available(self) -> list[Received]:
+        """Everything that has arrived, without waiting for more.
+
+        The list ends with :class:`PeerGone` at end-of-file, or with
+        :class:`ProtocolError` when the peer broke the protocol; after either, this
+        always returns an empty list.
+        """
+        received: list[Received] = []
+        while not self._finished:
+            try:
+                data = self._socket.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._finished = True
+                received.append(PeerGone())
+                break
+            self._buffer += data
+            received.extend(self._split_lines())
+        return received
+
+    def _split_lines(self) -> list[Received]:
+        found: list[Received] = []
+        while not self._finished:
+            line, newline, rest = self._buffer.partition(b"\n")
+            if not newline:
+                # Every message is a JSON list in printable ASCII: a partial line that
+                # is anything else will never become one.
+                if len(self._buffer) >= MAX_MESSAGE_BYTES:
+                    found.append(self._broken(f"a line longer than {MAX_MESSAGE_BYTES} bytes"))
+                elif not _MESSAGE_START.fullmatch(self._buffer):
+                    found.append(self._broken(f"not a message: {_preview(self._buffer)}"))
+                break
+            self._buffer = rest
+            try:
+                found.append(decode(line))
+            except ValueError as exc:
+                found.append(self._broken(str(exc)))
+        return found
+
+    def _broken(self, detail: str) -> ProtocolError:
+        self._finished = True
+        self._buffer = b""
+        return ProtocolError(detail)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+async def pump(channel: ControlChannel, into: MemoryObjectSendStream[Received]) -> None:
+    """Forward everything arriving on ``channel`` into ``into`` (an unbounded stream)
+    until end-of-file or a protocol error, which it forwards too.
+
+    The only cancellation point is the wait for the channel to become readable, so a
+    cancelled pump never loses a message it had read.
     """
     while True:
-        await anyio.wait_readable(conn.fileno())
-        try:
-            raw = conn.recv()
-        except (EOFError, OSError):
-            await into.send(PeerGone())
-            return
-        await into.send(decode(raw))
+        await anyio.wait_readable(channel.fileno())
+        for item in channel.receive_available():
+            into.send_nowait(item)
+            if isinstance(item, PeerGone | ProtocolError):
+                return
 
 
 def send_fds(channel: socket.socket, fds: list[int]) -> None:
@@ -131,7 +233,8 @@ def recv_fds(channel: socket.socket) -> list[int]:
     """Receive the descriptors :func:`send_fds` sent, each set non-inheritable.
 
     Raises:
-        ConnectionError: if the channel closes before every descriptor arrived.
+        ConnectionError: if the channel closes before every descriptor arrived, or
+            this process had no room for them (its descriptor limit).
     """
     header = b""
     while len(header) < 4:
@@ -142,11 +245,16 @@ def recv_fds(channel: socket.socket) -> list[int]:
     expected = int.from_bytes(header, "big")
     fds: list[int] = []
     while len(fds) < expected:
-        data, received, _flags, _addr = socket.recv_fds(channel, 1, MAX_FDS_PER_MESSAGE)
-        if not data:
-            raise ConnectionError(f"received {len(fds)} of {expected} listener fds")
+        data, received, flags, _addr = socket.recv_fds(channel, 1, MAX_FDS_PER_MESSAGE)
         for fd in received:
             # recv_fds ignores MSG_CMSG_CLOEXEC on 3.11: set it ourselves.
             os.set_inheritable(fd, False)
         fds.extend(received)
+        if flags & socket.MSG_CTRUNC:
+            raise ConnectionError(
+                f"received {len(fds)} of {expected} listener fds: this process's "
+                "file descriptor limit is too low"
+            )
+        if not data:
+            raise ConnectionError(f"received {len(fds)} of {expected} listener fds")
     return fds

@@ -3,25 +3,38 @@
 The spawn context has already imported the user's main script from disk (as
 ``__mp_main__``) by the time :func:`worker_main` runs. It then:
 
-1. ignores SIGINT and SIGHUP (shutdown is the supervisor's decision; Ctrl-C in a
-   terminal reaches the whole process group) and turns SIGTERM into a drain;
-2. receives the listeners' descriptors over the fd channel;
-3. looks the entry point up by name in the fresh code;
-4. runs it with a :class:`Context` on the entry's anyio backend, or with a
+1. makes itself the leader of a process group of its own, so that whatever it
+   starts can be stopped with it (see ``_processes.py``);
+2. ignores SIGINT and SIGHUP (shutdown is the supervisor's decision; Ctrl-C in a
+   terminal reaches the whole process group), and SIGTTIN and SIGTTOU (it is not
+   in the terminal's foreground group), and turns SIGTERM into a drain;
+3. starts a watch on its supervisor: if the supervisor dies, the event loop hears
+   of it and drains, and if the loop is blocked, the watch ends the worker (and its
+   process group) ``drain_timeout + kill_grace`` seconds later all the same;
+4. receives the listeners' descriptors over the fd channel;
+5. looks the entry point up by name in the fresh code;
+6. runs it with a :class:`Context` on the entry's anyio backend, or with a
    :class:`SyncContext` for a plain function, while a control task follows the
    supervisor's messages.
 
 A failure before or during the entry function is reported to the supervisor as one
 line (:class:`graceful._wire.Failed`) before the process exits with status 1.
+graceful's own errors (:class:`ConfigError`, such as an app that cannot be
+imported) are one line on stderr too; anything else also leaves its traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import os
+import select
 import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -48,10 +61,13 @@ class WorkerBootstrap:
     entry: EntryRef
     generation: int
     worker_id: int
+    supervisor_pid: int
     listeners: list[tuple[str, Address]]
     fd_channel: socket.socket
     control: Any  # multiprocess Connection
     drain_timeout: float
+    #: how long after its drain deadline the supervisor would kill a worker
+    kill_grace: float
     backend: str
     log_level: int
     #: keyword arguments for the entry function (used by library entry points such
@@ -75,18 +91,22 @@ class Runnable:
 
 def worker_main(boot: WorkerBootstrap) -> None:
     """The target of every worker process. Exits 0 after a normal return."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    with contextlib.suppress(OSError):  # the supervisor may have done it already
+        os.setpgid(0, 0)
+    for ignored in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(ignored, signal.SIG_IGN)
     # The supervisor blocked these around start(); pending ones are now discarded.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGHUP})
     ensure_visible(f"gen {boot.generation} worker {boot.worker_id}")
     if boot.log_level:
         logger.setLevel(boot.log_level)
+    control = _wire.ControlChannel(boot.control)
+    exit_when_orphaned(boot.supervisor_pid, boot.drain_timeout + boot.kill_grace)
 
     try:
         fds = _wire.recv_fds(boot.fd_channel)
     except (OSError, ConnectionError) as exc:
-        _fail(boot, f"could not receive the listeners: {exc}")
+        _fail(control, f"could not receive the listeners: {exc}")
     finally:
         boot.fd_channel.close()
     listeners = [
@@ -96,13 +116,13 @@ def worker_main(boot: WorkerBootstrap) -> None:
     try:
         runnable = _find_runnable(boot)
     except ConfigError as exc:
-        _fail(boot, str(exc))
+        _fail(control, str(exc))
 
     context = Context(
         listeners=listeners,
         generation=boot.generation,
         worker_id=boot.worker_id,
-        control=boot.control,
+        control=control,
         default_drain_timeout=boot.drain_timeout,
     )
     try:
@@ -117,15 +137,56 @@ def worker_main(boot: WorkerBootstrap) -> None:
             )
         else:
             _run_sync(entry, context)
+    except ConfigError as exc:
+        _fail(control, str(exc))
     except Exception as exc:
-        _wire.send(boot.control, _wire.Failed(one_line(exc)))
+        control.send(_wire.Failed(one_line(exc)))
         raise
 
 
-def _fail(boot: WorkerBootstrap, cause: str) -> NoReturn:
+def _fail(control: _wire.ControlChannel, cause: str) -> NoReturn:
     logger.error("%s", cause)
-    _wire.send(boot.control, _wire.Failed(cause))
+    control.send(_wire.Failed(cause))
     sys.exit(1)
+
+
+def exit_when_orphaned(supervisor_pid: int, grace: float) -> None:
+    """Make sure this worker and its process group end within ``grace`` seconds of
+    the death of its supervisor, whatever the event loop is doing.
+
+    A daemon thread waits for the supervisor's exit (on a pidfd, or by polling the
+    parent PID where pidfds are unavailable), sleeps ``grace`` seconds, then kills
+    the worker's process group. Normally the worker has long gone by then: its event
+    loop sees the control channel close and drains within ``drain_timeout``.
+    """
+    pidfd = None
+    with contextlib.suppress(AttributeError, OSError):
+        pidfd = os.pidfd_open(supervisor_pid)
+    # If the supervisor died before that, its PID may name another process already;
+    # then this process has been re-parented, which the check below sees.
+
+    def watch() -> None:
+        if pidfd is not None and os.getppid() == supervisor_pid:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            while not poller.poll():
+                pass
+        else:
+            while os.getppid() == supervisor_pid:
+                time.sleep(0.2)
+        time.sleep(grace)
+        # No logging module here: the blocked main thread may hold its lock.
+        with contextlib.suppress(OSError):
+            os.write(
+                2,
+                f"graceful[{os.getpid()}]: ERROR the supervisor is gone and this worker did "
+                f"not exit within {grace:g}s; killing it\n".encode(),
+            )
+        if os.getpgrp() == os.getpid():
+            os.killpg(0, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="graceful orphan watch", daemon=True).start()
 
 
 def _find_runnable(boot: WorkerBootstrap) -> Runnable:

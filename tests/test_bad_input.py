@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 from pathlib import Path
 
 import pytest
-from harness import ServiceProcess, group_alive, running, wait_until
+from harness import (
+    AS_ANOTHER_USER,
+    ServiceProcess,
+    cannot_act_as_another_user,
+    running,
+    sticky_directory,
+    wait_until,
+)
 from services import service_source, write_service
 
 
@@ -20,7 +28,7 @@ def assert_refused(svc: ServiceProcess, *expected: str) -> None:
         assert text in errors[0], svc.output
     assert "Traceback" not in svc.output
     assert "starting generation" not in svc.output
-    wait_until(lambda: group_alive(svc.pid) == [], 5, "nothing left running")
+    wait_until(lambda: svc.processes() == [], 5, "nothing left running")
 
 
 @pytest.mark.parametrize(
@@ -138,3 +146,103 @@ def test_python_dash_m_package_module_runs_and_reloads(tmp_path: Path) -> None:
         wait_until(answered_by_new_code, 10, "an answer from the reloaded code")
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("a" * 64 + ".example:80", "label"),
+        ("..:8000", "cannot listen on '..:8000'"),
+        ("fd:99999999999999999999", "out of range"),
+    ],
+)
+def test_a_spec_the_resolver_or_the_kernel_cannot_take_is_one_line(
+    tmp_path: Path, spec: str, why: str
+) -> None:
+    script = write_service(tmp_path / "svc.py")
+    with running(script, env={"LISTEN": spec}) as svc:
+        assert_refused(svc, repr(spec), why)
+
+
+def test_the_same_inherited_descriptor_twice_is_refused(tmp_path: Path) -> None:
+    with socket.socket() as inherited:
+        inherited.bind(("127.0.0.1", 0))
+        inherited.listen()
+        fd = inherited.fileno()
+        script = write_service(tmp_path / "svc.py")
+        env = {"LISTEN": f"fd:{fd},fd:{fd}"}
+        with running(script, env=env, pass_fds=(fd,)) as svc:
+            assert_refused(svc, f"'fd:{fd}'", "more than once")
+
+
+def test_the_same_address_twice_is_refused(tmp_path: Path) -> None:
+    sock = tmp_path / "twice.sock"
+    script = write_service(tmp_path / "svc.py")
+    with running(script, env={"LISTEN": f"unix:{sock},unix:{sock}"}) as svc:
+        assert_refused(svc, f"'unix:{sock}'", "more than once")
+    assert not sock.exists()
+
+
+def test_a_stale_socket_file_of_another_user_is_refused_and_kept(tmp_path: Path) -> None:
+    """In a sticky directory (like /tmp), a socket file left by another user cannot be
+    removed by us: say so in one line, and leave it alone."""
+    why_not = cannot_act_as_another_user()
+    if why_not:
+        pytest.skip(why_not)
+    shared = sticky_directory(tmp_path)
+    path = shared / "app.sock"
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(path))
+    os.chown(path, 65534, 65534)
+    path.chmod(0o777)  # anyone may connect: the probe finds nobody listening
+    script = write_service(tmp_path / "svc.py")
+    env = {"LISTEN": f"unix:{path}"}
+    with running(script, env=env, wrapper=AS_ANOTHER_USER) as svc:
+        assert_refused(svc, f"'unix:{path}'", "owned by another user")
+    assert path.is_socket()
+
+
+SERVICE_ARGUMENTS = {
+    "workers=0": ("workers=0", "workers=0 must be a whole number of at least 1"),
+    "backend": ("backend='tornado'", "backend='tornado' must be one of asyncio, trio"),
+    "ready_timeout=inf": ("ready_timeout=float('inf')", "ready_timeout=inf must be a finite"),
+    "drain_timeout=nan": ("drain_timeout=float('nan')", "drain_timeout=nan must be a finite"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SERVICE_ARGUMENTS))
+def test_a_bad_argument_to_the_decorator_is_one_line(tmp_path: Path, case: str) -> None:
+    argument, message = SERVICE_ARGUMENTS[case]
+    script = tmp_path / "svc.py"
+    script.write_text(
+        "import graceful\n\n"
+        f"@graceful.service(listen=['127.0.0.1:0'], {argument})\n"
+        "async def main(ctx):\n"
+        "    await ctx.serve(lambda stream: stream.aclose())\n\n"
+        "if __name__ == '__main__':\n"
+        "    main.run()\n"
+    )
+    with running(script) as svc:
+        assert_refused(svc, message)
+        assert f"{script}, line 3" in svc.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nosuchmod:app"], "cannot find module 'nosuchmod'"),
+        (["nosuchpkg.app:app"], "cannot find module 'nosuchpkg.app'"),
+        (["app:app", "--ready-timeout", "inf"], "'inf' must be a finite number of seconds"),
+        (["app:app", "--drain-timeout", "nan"], "'nan' must be a finite number of seconds"),
+    ],
+)
+def test_graceful_serve_checks_what_it_can_before_spawning(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "app.py").write_text("async def app(scope, receive, send): ...\n")
+    full = ["serve", *args, "--listen", "127.0.0.1:0"]
+    with running(tmp_path / "x", module="graceful", args=full, cwd=tmp_path) as svc:
+        assert svc.wait_exit() == 2, svc.output
+        assert len(svc.lines) == 1, svc.output
+        assert message in svc.lines[0]
+        wait_until(lambda: svc.processes() == [], 5, "nothing left running")

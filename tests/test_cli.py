@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from harness import ROOT, running, wait_until
-from services import service_source
+from services import service_source, wait_for_file
 
 
 def graceful(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -74,16 +74,17 @@ def test_run_writes_the_pid_file_once_ready_and_obeys_reload_and_stop(tmp_path: 
     package = tmp_path / "shop"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    slow_start = "    await anyio.sleep(1.0)"
-    (package / "svc.py").write_text(service_source(prefix="one", before_serve=slow_start))
+    gate = tmp_path / "ready-now"
+    (package / "svc.py").write_text(service_source(prefix="one", before_serve=wait_for_file(gate)))
     pid_file = tmp_path / "run" / "shop.pid"
     pid_file.parent.mkdir()
     env = {"LISTEN": "127.0.0.1:0"}
     args = ["run", "shop.svc:main", "--pid-file", str(pid_file)]
     with running(tmp_path / "x", module="graceful", args=args, cwd=tmp_path, env=env) as svc:
         svc.wait_for("starting generation 1")
-        # generation 1 is still in its one-second start-up: no PID file yet
+        # generation 1 is still starting (it waits for the gate): no PID file yet
         assert not pid_file.exists()
+        gate.touch()
         svc.wait_serving(1)
         wait_until(pid_file.exists, 5, "the PID file")
         assert pid_file.read_text() == f"{svc.pid}\n"

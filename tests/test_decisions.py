@@ -26,10 +26,12 @@ from graceful._decisions import (
     SpawnWorker,
     Start,
     StartTimer,
+    StopAccepting,
     StopRequested,
     Supervision,
     WorkerExited,
     WorkerFailed,
+    WorkerMisbehaved,
     WorkerReady,
 )
 
@@ -881,3 +883,72 @@ def test_events_after_exit_return_no_actions() -> None:
     ]
     for event in late:
         assert sim.send(event) == [], event
+
+
+# --- a worker that breaks the control protocol -------------------------------------------
+
+
+def test_serving_worker_that_misbehaves_is_killed_then_restarted_with_its_cause() -> None:
+    sim = Sim()
+    first, second = start_serving(sim)
+
+    actions = sim.send(WorkerMisbehaved(first, "not JSON: b'junk'"))
+
+    assert killed(actions) == {first}
+    assert messages(actions, logging.WARNING) == [
+        "generation 1 worker 0 sent a malformed control message (not JSON: b'junk'); killing it"
+    ]
+    actions = sim.send(WorkerExited(first, -9))
+    assert timers(actions, RestartDue) == [(0.1, RestartDue(1, 0))]
+    assert messages(actions, logging.WARNING) == [
+        "generation 1 worker 0 sent a malformed control message (not JSON: b'junk'); "
+        "restarting it in 0.1s"
+    ]
+    assert second not in killed(actions)
+    assert sim.machine.serving == 1
+
+
+def test_starting_worker_that_misbehaves_fails_the_reload_with_that_cause() -> None:
+    sim = Sim()
+    start_serving(sim)
+    culprit, sibling = reload(sim)
+
+    actions = sim.send(WorkerMisbehaved(culprit, "a line longer than 4096 bytes"))
+
+    assert killed(actions) == {culprit}
+    assert shut_down(actions) == {sibling}
+    assert messages(actions, logging.ERROR) == [
+        "reload failed: generation 2: worker 0: sent a malformed control message (a line "
+        "longer than 4096 bytes); generation 1 keeps serving"
+    ]
+    assert sim.machine.serving == 1
+
+
+def test_misbehaving_twice_or_after_a_kill_asks_for_nothing_more() -> None:
+    sim = Sim()
+    first, _ = start_serving(sim)
+    sim.send(WorkerMisbehaved(first, "junk"))
+
+    assert sim.send(WorkerMisbehaved(first, "more junk")) == []
+    sim.send(WorkerExited(first, -9))
+    assert sim.send(WorkerMisbehaved(first, "from beyond")) == []
+
+
+def test_the_first_stop_releases_the_listeners_once() -> None:
+    sim = Sim()
+    start_serving(sim)
+
+    first = sim.send(StopRequested())
+    second = sim.send(StopRequested())
+
+    assert of_type(first, StopAccepting) == [StopAccepting()]
+    assert of_type(second, StopAccepting) == []
+
+
+def test_a_first_generation_that_fails_releases_the_listeners() -> None:
+    sim = Sim()
+    culprit, _ = spawned(sim.send(Start()))
+
+    actions = sim.send(WorkerExited(culprit, 1))
+
+    assert of_type(actions, StopAccepting) == [StopAccepting()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import shutil
 import signal
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 from echo_load import Load
 from harness import ServiceProcess, running, wait_until
-from services import service_source, write_service
+from services import service_source, wait_for_file, write_service
 
 RELOADS = 20
 
@@ -163,7 +165,8 @@ def test_failed_reload_keeps_the_old_generation_serving(tmp_path: Path, breakage
 
 
 def test_sighups_during_a_reload_coalesce_into_one_follow_up(tmp_path: Path) -> None:
-    slow = "    await anyio.sleep(1.0)"
+    gate = tmp_path / "start-now"
+    slow = wait_for_file(gate)
     script = write_service(tmp_path / "svc.py", "asyncio", prefix="v1")
     with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
         svc.wait_serving(1)
@@ -176,7 +179,11 @@ def test_sighups_during_a_reload_coalesce_into_one_follow_up(tmp_path: Path) -> 
             svc.wait_for("starting generation 2", after=mark)
             for n in (3, 4, 5):
                 script.write_text(service_source("asyncio", prefix=f"v{n}", before_serve=slow))
+                heard = svc.mark()
                 svc.send(signal.SIGHUP)
+                svc.wait_for("SIGHUP: reloading", after=heard)
+            # generation 2 was still starting (it waits for the gate) all along
+            gate.touch()
             svc.wait_serving(2, after=mark)
             svc.wait_serving(3, after=mark)
             # the newest code on disk won
@@ -276,3 +283,43 @@ def test_entry_defined_in_an_imported_module_runs_its_edited_body(tmp_path: Path
         finally:
             tally = load.stop()
         assert tally.failed == 0, tally.as_dict()
+
+
+def test_a_deploy_that_keeps_size_and_mtime_does_not_serve_stale_bytecode(tmp_path: Path) -> None:
+    """``rsync -a`` and ``tar`` keep a file's modification time. A new ``handlers.py``
+    of the same size then matches the header of the old ``.pyc``, and Python would
+    load the old code. The supervisor notices and the new generation runs the new
+    source, with a warning that names the file."""
+    handlers = tmp_path / "handlers.py"
+    handlers.write_text('PREFIX = b"one: "\n')
+    script = write_service(tmp_path / "svc.py", "asyncio", prefix_from_module=True)
+    # bytecode caching on, as on a production host (the test machines turn it off)
+    env = {"LISTEN": "127.0.0.1:0", "PYTHONDONTWRITEBYTECODE": ""}
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        cached = Path(importlib.util.cache_from_source(str(handlers)))
+        wait_until(cached.exists, 10, "the bytecode of handlers.py")
+        with socket.create_connection(_host_port(svc.address()), timeout=10) as client:
+            client.sendall(b"hi\n")
+            assert client.recv(100) == b"one: hi\n"
+        # the deploy: same size, same modification time, new content
+        before = handlers.stat()
+        staged = tmp_path / "handlers.py.staged"
+        staged.write_text('PREFIX = b"two: "\n')
+        os.utime(staged, ns=(before.st_atime_ns, before.st_mtime_ns))
+        staged.replace(handlers)
+        assert handlers.stat().st_size == before.st_size
+        reload_and_wait(svc, 2)
+
+        def answered_by_new_code() -> bool:
+            with socket.create_connection(_host_port(svc.address()), timeout=10) as client:
+                client.sendall(b"hi\n")
+                return client.recv(100) == b"two: hi\n"
+
+        wait_until(answered_by_new_code, 10, "an answer from the new handlers.py")
+        svc.wait_for(rf"stale bytecode.*{re.escape(str(handlers))}")
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)

@@ -1,0 +1,123 @@
+"""Worker processes as the kernel sees them: exit notification, process groups, reaping.
+
+Each worker runs in a process group of its own, whose number is the worker's PID.
+Whatever the worker starts (a ``fork()``, a ``subprocess`` with inherited
+descriptors, a helper daemon that does not call ``setsid()``) stays in that group,
+so the supervisor can stop it with the worker.
+
+A worker's exit is noticed through a pidfd, which becomes readable when the process
+exits, whoever still holds its pipes. (multiprocess's ``sentinel`` is a pipe that
+any child of the worker inherits, so it can stay open long after the worker has
+gone.) Where pidfds are not available, the exit is polled with
+``waitid(WNOWAIT)``, which does not reap.
+
+Group numbers are only safe to signal while they cannot be reused. A group's
+number is its leader's PID; the kernel does not reuse it while the leader is an
+unreaped zombie or while any member is alive. The supervisor therefore signals a
+worker's group before it reaps the worker, and afterwards only while members
+remain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+#: How often an exit is polled for where pidfds are not available, in seconds.
+EXIT_POLL_INTERVAL = 0.05
+
+
+def open_pidfd(pid: int) -> int | None:
+    """A pidfd for child ``pid`` (readable once it has exited), or None where the
+    kernel or a sandbox refuses one."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+    os.set_inheritable(fd, False)
+    return fd
+
+
+def has_exited(pid: int) -> bool:
+    """True once child ``pid`` has exited, without reaping it."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def leads_own_group(pid: int) -> bool:
+    """True if ``pid`` (alive or an unreaped zombie) leads a process group of its own."""
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+def signal_group(pgid: int, signum: int) -> bool:
+    """Send ``signum`` to process group ``pgid``; False if the group is empty."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a member changed its user: it exists, but is not ours to signal
+    return True
+
+
+def group_members(pgid: int) -> list[int]:
+    """PIDs of the live (not zombie) processes in process group ``pgid``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                text = file.read()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+def stray_zombies(exclude: set[int | None]) -> list[int]:
+    """This process's children that have exited (zombies), except ``exclude``."""
+    found = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as children:
+                pids = [int(pid) for pid in children.read().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            if pid in exclude:
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    text = stat.read()
+            except OSError:
+                continue
+            if text[text.rindex(")") + 2] == "Z":
+                found.append(pid)
+    return found
+
+
+def reap_zombie(pid: int) -> None:
+    """Reap ``pid`` if it is a child of this process that has exited."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def kill_group_or_process(pid: int) -> None:
+    """SIGKILL ``pid`` and, if it leads its own process group, everything in it.
+
+    Only for a child that has not been reaped yet (so that ``pid`` cannot have been
+    reused)."""
+    if leads_own_group(pid):
+        signal_group(pid, signal.SIGKILL)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,494 @@
+"""Workers and environments that try to break the supervisor.
+
+A worker that forks, that lies on its control pipe, that blocks its event loop or
+makes the shared listener blocking; a supervisor that runs out of descriptors or is
+killed. Each test starts a real supervisor and checks that the damage stays with
+the process that caused it.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from echo_load import Load
+from harness import (
+    ServiceProcess,
+    ask,
+    connect,
+    holds_socket,
+    is_alive,
+    process_state,
+    read_line,
+    reap,
+    running,
+    wait_until,
+)
+from services import service_source, write_service
+
+
+def reload(svc: ServiceProcess, generation: int) -> None:
+    mark = svc.mark()
+    svc.send(signal.SIGHUP)
+    svc.wait_serving(generation, after=mark)
+
+
+def wait_for_prefix(load: Load, prefix: str, timeout: float = 15.0) -> None:
+    wait_until(lambda: load.tally.prefixes.get(prefix, 0) > 0, timeout, f"an answer {prefix!r}")
+
+
+def answers_of(load: Load, more: int, timeout: float = 15.0) -> None:
+    """Wait until the load has had ``more`` successful answers from now on."""
+    start = load.tally.ok
+    wait_until(lambda: load.tally.ok >= start + more, timeout, f"{more} more answers")
+
+
+# -- a worker that leaves a process behind ---------------------------------------------
+
+
+def leaves_a_child(how: str) -> str:
+    """Code for the entry: start a long-lived child that inherits the worker's
+    descriptors, and record its PID in the file named by $LEFT_BEHIND."""
+    if how == "fork":
+        start = "pid = os.fork()\n    if pid == 0:\n        time.sleep(3600)\n        os._exit(0)\n"
+    else:
+        start = "pid = subprocess.Popen(['sleep', '3600'], close_fds=False).pid\n"
+    return (
+        "    import subprocess, time\n"
+        f"    {start}"
+        "    with open(os.environ['LEFT_BEHIND'], 'a') as record:\n"
+        "        record.write(f'{pid}\\n')\n"
+    )
+
+
+def left_behind(record: Path) -> list[int]:
+    wait_until(record.exists, 15, "the worker to record its child")
+    return [int(pid) for pid in record.read_text().split()]
+
+
+@pytest.mark.parametrize("how", ["fork", "subprocess"])
+def test_a_worker_whose_child_outlives_it_is_reaped_after_a_reload(
+    tmp_path: Path, how: str
+) -> None:
+    record = tmp_path / "children"
+    script = write_service(tmp_path / "svc.py", prefix="v1", before_serve=leaves_a_child(how))
+    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "2", "LEFT_BEHIND": str(record)}
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        [old_worker] = svc.worker_pids()
+        [child] = left_behind(record)
+        load = Load(svc.address(), clients=8)
+        load.start()
+        try:
+            wait_for_prefix(load, "v1: ")
+            script.write_text(service_source(prefix="v2"))
+            reload(svc, 2)
+            wait_for_prefix(load, "v2: ")
+            # The old worker drains and exits; its child still holds the worker's
+            # descriptors, but the supervisor notices the exit and reaps it.
+            wait_until(
+                lambda: process_state(old_worker) is None, 15, "generation 1's worker to be reaped"
+            )
+            # What the worker left in its process group is stopped with it.
+            wait_until(lambda: not is_alive(child), 15, "the worker's child to be stopped")
+            answers_of(load, 100)
+        finally:
+            tally = load.stop()
+        reap([child])
+        assert tally.failed == 0, tally.as_dict()
+        svc.wait_for(r"generation 1 worker 0 left \d+ process(es)? behind")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit(timeout=20) == 0
+
+
+@pytest.mark.parametrize("how", ["fork", "subprocess"])
+def test_a_stop_finishes_within_its_deadlines_when_a_worker_left_a_child(
+    tmp_path: Path, how: str
+) -> None:
+    record = tmp_path / "children"
+    script = write_service(tmp_path / "svc.py", before_serve=leaves_a_child(how))
+    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "2", "LEFT_BEHIND": str(record)}
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        [child] = left_behind(record)
+        with connect(svc.address()) as client:
+            assert ask(client, "hi") == b"v1: hi\n"
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit(timeout=20) == 0
+        wait_until(lambda: not is_alive(child), 10, "the worker's child to be stopped")
+        reap([child])
+        assert svc.processes() == []
+
+
+# -- running out of file descriptors ---------------------------------------------------
+
+
+def test_running_out_of_descriptors_at_a_reload_fails_only_the_reload(tmp_path: Path) -> None:
+    script = write_service(tmp_path / "svc.py", prefix="v1")
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        load = Load(svc.address(), clients=8)
+        load.start()
+        try:
+            wait_for_prefix(load, "v1: ")
+            limits = resource.prlimit(svc.pid, resource.RLIMIT_NOFILE)
+            in_use = len(os.listdir(f"/proc/{svc.pid}/fd"))
+            # one descriptor left: the reload cannot even make its pipes
+            resource.prlimit(svc.pid, resource.RLIMIT_NOFILE, (in_use + 1, limits[1]))
+            script.write_text(service_source(prefix="v2"))
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            failure = svc.wait_for(r"reload failed: generation 2: .*", after=mark).group(0)
+            assert "Too many open files" in failure, failure
+            assert "generation 1 keeps serving" in failure
+            answers_of(load, 200)
+            resource.prlimit(svc.pid, resource.RLIMIT_NOFILE, limits)
+            reload(svc, 3)
+            wait_for_prefix(load, "v2: ")
+        finally:
+            tally = load.stop()
+        assert tally.failed == 0, tally.as_dict()
+        assert "Traceback" not in svc.output
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+#: runs the rest of its command line with at most 64 open descriptors
+WITH_64_FDS = (
+    sys.executable,
+    "-c",
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+)
+
+
+@pytest.mark.parametrize(
+    ("listeners", "why"),
+    [(80, "too many open files"), (50, "leave too few file descriptors")],
+)
+def test_more_listeners_than_the_descriptor_limit_allows_is_refused_at_start(
+    tmp_path: Path, listeners: int, why: str
+) -> None:
+    script = write_service(tmp_path / "svc.py")
+    env = {"LISTEN": ",".join(["127.0.0.1:0"] * listeners)}
+    with running(script, env=env, wrapper=WITH_64_FDS) as svc:
+        assert svc.wait_exit() == 2, svc.output
+        errors = [line for line in svc.lines if "ERROR" in line]
+        assert len(errors) == 1, svc.output
+        assert why in errors[0]
+        assert "limit is 64" in errors[0]
+        assert "Traceback" not in svc.output
+        assert "starting generation" not in svc.output
+
+
+# -- a worker that lies on its control pipe --------------------------------------------
+
+#: bytes a worker writes on its control pipe that are not a control message
+LIES = {
+    # a well-framed multiprocess message holding a pickle that is not ours
+    "pickle": "(lambda p: len(p).to_bytes(4, 'big') + p)(__import__('pickle').dumps(('bogus',)))",
+    "junk": "b'\\x00\\xff not a message at all\\n'",
+    "endless": "b'[' * 100_000",
+}
+
+
+def lie_on_line(kind: str, record: Path) -> str:
+    """Handler code: on the request ``lie``, record this worker's PID, then write a lie
+    to the supervisor."""
+    return (
+        "        if line == b'lie':\n"
+        f"            with open({str(record)!r}, 'w') as record:\n"
+        "                record.write(str(os.getpid()))\n"
+        f"            os.write(CTX._control.fileno(), {LIES[kind]})\n"
+    )
+
+
+def answered_by(address: str, prefix: bytes) -> bool:
+    with connect(address) as client:
+        return ask(client, "hi").startswith(prefix)
+
+
+@pytest.mark.parametrize("kind", sorted(LIES))
+def test_a_worker_that_lies_on_its_pipe_costs_only_that_worker(tmp_path: Path, kind: str) -> None:
+    record = tmp_path / "liar"
+    script = write_service(tmp_path / "svc.py", prefix="v1", on_line=lie_on_line(kind, record))
+    with running(script, env={"LISTEN": "127.0.0.1:0", "WORKERS": "2"}) as svc:
+        svc.wait_serving(1)
+        workers = set(svc.worker_pids())
+        mark = svc.mark()
+        with connect(svc.address()) as client:
+            client.sendall(b"lie\n")
+            wait_until(record.exists, 10, "the liar to record its PID")
+            liar = int(record.read_text())
+        svc.wait_for(
+            r"generation 1 worker \d sent a malformed control message .*; killing it", after=mark
+        )
+        svc.wait_for(r"generation 1 worker \d is back in service", after=mark)
+        [honest] = workers - {liar}
+        assert is_alive(honest), "the other worker was not touched"
+        assert liar not in svc.worker_pids()
+        # the supervisor still works
+        script.write_text(service_source(prefix="v2"))
+        reload(svc, 2)
+        wait_until(lambda: answered_by(svc.address(), b"v2: "), 10, "generation 2 to answer")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+        assert "Traceback" not in svc.output
+
+
+def test_a_half_written_message_does_not_stall_the_supervisor(tmp_path: Path) -> None:
+    half = "        if line == b'lie':\n            os.write(CTX._control.fileno(), b'[')\n"
+    script = write_service(tmp_path / "svc.py", prefix="v1", on_line=half)
+    with running(script, env={"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "2"}) as svc:
+        svc.wait_serving(1)
+        with connect(svc.address()) as client:
+            assert ask(client, "lie") == b"v1: lie\n"
+        script.write_text(service_source(prefix="v2"))
+        reload(svc, 2)
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+def test_a_new_generation_that_lies_before_it_is_ready_fails_the_reload(tmp_path: Path) -> None:
+    script = write_service(tmp_path / "svc.py", prefix="good")
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        load = Load(svc.address(), clients=8)
+        load.start()
+        try:
+            wait_for_prefix(load, "good: ")
+            # it lies, then waits: it never accepts a connection, so none is lost
+            lie = f"    os.write(ctx._control.fileno(), {LIES['junk']})\n    await anyio.sleep(60)"
+            script.write_text(service_source(prefix="bad", before_serve=lie))
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            failure = svc.wait_for(r"reload failed: generation 2: .*", after=mark).group(0)
+            assert "sent a malformed control message" in failure
+            assert "generation 1 keeps serving" in failure
+            answers_of(load, 100)
+        finally:
+            tally = load.stop()
+        assert tally.failed == 0, tally.as_dict()
+        assert tally.prefixes.get("bad: ", 0) == 0
+
+
+# -- a worker whose event loop is blocked when its supervisor dies ---------------------
+
+BLOCKS = {
+    "asyncio": (
+        "        if line == b'block':\n"
+        "            await stream.send(PREFIX + b'blocking\\n')\n"
+        "            __import__('time').sleep(3600)\n"
+    ),
+    "sync": (
+        "            if line == b'block':\n"
+        "                self.wfile.write(PREFIX + b'blocking\\n')\n"
+        "                time.sleep(3600)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCKS))
+def test_a_blocked_worker_is_gone_soon_after_its_supervisor_is_killed(
+    tmp_path: Path, kind: str
+) -> None:
+    script = write_service(tmp_path / "svc.py", kind, on_line=BLOCKS[kind])
+    with running(script, env={"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "1"}) as svc:
+        svc.wait_serving(1)
+        host, _, port = svc.address().rpartition(":")
+        [worker] = svc.worker_pids()
+        with connect(svc.address()) as client:
+            client.sendall(b"block\n")
+            assert read_line(client) == b"v1: blocking\n"
+            svc.send(signal.SIGKILL)
+            # drain_timeout (1 s) plus the worker's own kill grace (2 s), with room to spare
+            wait_until(lambda: not is_alive(worker), 15, "the orphaned worker to exit")
+        reap([worker])
+        # the port is free for the next supervisor
+        with socket.socket() as successor:
+            successor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            successor.bind((host, int(port)))
+            successor.listen()
+
+
+# -- a listener made blocking by one generation ----------------------------------------
+
+
+def test_the_supervisor_hands_a_new_generation_non_blocking_listeners(tmp_path: Path) -> None:
+    make_blocking = "    ctx.listeners[0].socket.setblocking(True)"
+    script = write_service(tmp_path / "svc.py", prefix="v1", before_serve=make_blocking)
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        with connect(svc.address()) as client:
+            assert ask(client, "hi") == b"v1: hi\n"
+        # generation 2 records the flag as it received the listener, before serving
+        record = (
+            "    global BLOCKING\n    BLOCKING = os.get_blocking(ctx.listeners[0].socket.fileno())"
+        )
+        report = "        if line == b'blocking?':\n            line = repr(BLOCKING).encode()\n"
+        script.write_text(
+            service_source(prefix="v2", before_serve=record, on_line=report).replace(
+                "CTX = None", "CTX = None\nBLOCKING = None"
+            )
+        )
+        reload(svc, 2)
+        answers: list[bytes] = []
+
+        def generation_2_answers() -> bool:
+            with connect(svc.address()) as client:
+                answers.append(ask(client, "blocking?"))
+            return answers[-1].startswith(b"v2: ")
+
+        wait_until(generation_2_answers, 10, "generation 2 to answer")
+        assert answers[-1] == b"v2: False\n"
+
+
+def in_accept(pid: int) -> bool:
+    """True if ``pid``'s main thread is blocked in the kernel's accept()."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text() == "inet_csk_accept"
+    except OSError:
+        return False
+
+
+def test_a_listener_made_blocking_by_another_generation_does_not_stall_a_worker(
+    tmp_path: Path,
+) -> None:
+    script = write_service(tmp_path / "svc.py", prefix="v1")
+    env = {"LISTEN": "127.0.0.1:0", "WORKERS": "2", "DRAIN_TIMEOUT": "3"}
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        generation_1 = svc.worker_pids()
+        # Generation 2 makes the shared listener blocking, then takes a while to start.
+        started = tmp_path / "started"
+        blocking_start = (
+            "    ctx.listeners[0].socket.setblocking(True)\n"
+            f"    open({str(started)!r}, 'w').close()\n"
+            "    await anyio.sleep(3)"
+        )
+        script.write_text(service_source(prefix="v2", before_serve=blocking_start))
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        wait_until(started.exists, 15, "generation 2 to make the listener blocking")
+        # Both workers of generation 1 wake up for each new connection; the one that
+        # loses the race for it must not then block in accept().
+        stuck = []
+        for _ in range(100):
+            with connect(address) as client:
+                assert ask(client, "hi") == b"v1: hi\n"
+            stuck = [pid for pid in generation_1 if in_accept(pid)]
+            if stuck:
+                break
+        # With no more traffic, generation 1 drains and exits by itself once
+        # generation 2 serves.
+        svc.wait_serving(2, after=mark)
+        wait_until(
+            lambda: not any(is_alive(pid) for pid in generation_1), 20, "generation 1 to exit"
+        )
+        assert "did not finish draining" not in svc.output
+        assert stuck == [], "a worker blocked in accept()"
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+# -- new connections during a stop -----------------------------------------------------
+
+
+def refused(address: str) -> bool:
+    try:
+        connect(address).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_a_connection_made_during_a_stop_is_refused_at_once(tmp_path: Path) -> None:
+    script = write_service(tmp_path / "svc.py")
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        with connect(address) as busy:
+            busy.sendall(b"sleep 3\n")
+            assert read_line(busy) == b"v1: sleeping\n"
+            svc.send(signal.SIGTERM)
+            svc.wait_for("stopping: draining")
+            # Nothing will accept a new connection any more: it is refused, rather
+            # than left waiting in the backlog to be reset when the supervisor exits.
+            wait_until(lambda: refused(address), 10, "new connections to be refused")
+            busy.settimeout(15)
+            assert read_line(busy) == b"v1: sleep 3\n"
+        assert svc.wait_exit() == 0
+
+
+def test_a_connection_made_during_a_stop_waits_on_an_inherited_listener(tmp_path: Path) -> None:
+    """``fd:N`` belongs to whoever started the supervisor (systemd, a wrapper): it
+    stays open, so a connection made during the stop waits for the next supervisor."""
+    with socket.socket() as inherited:
+        inherited.bind(("127.0.0.1", 0))
+        inherited.listen()
+        host, port = inherited.getsockname()
+        fd = inherited.fileno()
+        script = write_service(tmp_path / "svc.py")
+        env = {"LISTEN": f"fd:{fd}"}
+        with running(script, env=env, pass_fds=(fd,)) as first:
+            first.wait_serving(1)
+            [worker] = first.worker_pids()
+            with connect(f"{host}:{port}") as busy:
+                busy.sendall(b"sleep 1\n")
+                assert read_line(busy) == b"v1: sleeping\n"
+                first.send(signal.SIGTERM)
+                # once the draining worker has closed its copy, nothing of this
+                # supervisor accepts any more
+                inode = os.fstat(fd).st_ino
+                wait_until(
+                    lambda: not holds_socket(worker, inode), 10, "the worker to stop accepting"
+                )
+                waiting = connect(f"{host}:{port}")
+                busy.settimeout(15)
+                assert read_line(busy) == b"v1: sleep 1\n"
+            assert first.wait_exit() == 0
+        script.write_text(service_source(prefix="next"))
+        with running(script, env=env, pass_fds=(fd,)) as second:
+            second.wait_serving(1)
+            waiting.settimeout(15)
+            assert ask(waiting, "hi") == b"next: hi\n"
+            waiting.close()
+            second.send(signal.SIGTERM)
+            assert second.wait_exit() == 0
+
+
+# -- an ASGI app that is not callable ----------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["42", "object()"])
+def test_a_reload_to_an_app_that_is_not_callable_fails(tmp_path: Path, value: str) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] == 'http':\n"
+        "        headers = [(b'content-length', b'2')]\n"
+        "        await send({'type': 'http.response.start', 'status': 200, 'headers': headers})\n"
+        "        await send({'type': 'http.response.body', 'body': b'v1'})\n"
+    )
+    args = ["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log"]
+    with running(app, module="graceful", args=args, cwd=tmp_path) as svc:
+        svc.wait_serving(1)
+        app.write_text(f"app = {value}\n")
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        failure = svc.wait_for(r"reload failed: generation 2: .*", after=mark).group(0)
+        assert "is not an ASGI application" in failure, failure
+        assert "generation 1 keeps serving" in failure
+        with connect(svc.address()) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            response = b""
+            while not response.endswith(b"v1") and (chunk := client.recv(1000)):
+                response += chunk
+            assert response.startswith(b"HTTP/1.1 200"), response
+            assert response.endswith(b"v1"), response

@@ -1,0 +1,153 @@
+"""PID files: the CLI signals only a graceful supervisor, and a supervisor never
+runs without the PID file it was asked to write."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import (
+    AS_ANOTHER_USER,
+    ROOT,
+    cannot_act_as_another_user,
+    is_alive,
+    running,
+    sticky_directory,
+    wait_until,
+)
+from services import write_service
+
+
+def graceful(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "graceful", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert result.returncode == code, result
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def bystander() -> Iterator[subprocess.Popen[bytes]]:
+    """A process of this user that is not a graceful supervisor."""
+    process = subprocess.Popen(["sleep", "60"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize("command", ["stop", "reload"])
+def test_a_pid_file_naming_another_process_is_refused(
+    tmp_path: Path, bystander: subprocess.Popen[bytes], command: str
+) -> None:
+    pid_file = tmp_path / "app.pid"
+    pid_file.write_text(f"{bystander.pid}\n")
+    line = one_error_line(graceful(command, "--pid-file", str(pid_file)))
+    assert f"process {bystander.pid} is not a graceful supervisor" in line
+    assert is_alive(bystander.pid)
+    assert bystander.poll() is None
+
+
+def test_the_pid_file_of_a_running_supervisor_is_obeyed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(tmp_path / "svc.py", pid_file=pid_file)
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        wait_until(pid_file.exists, 10, "the PID file")
+        mark = svc.mark()
+        assert graceful("reload", "--pid-file", str(pid_file)).returncode == 0
+        svc.wait_serving(2, after=mark)
+        assert graceful("stop", "--pid-file", str(pid_file)).returncode == 0
+        assert svc.wait_exit() == 0
+    assert not pid_file.exists()
+    # once it has exited, the same file is stale
+    pid_file.write_text(f"{svc.pid}\n")
+    line = one_error_line(graceful("stop", "--pid-file", str(pid_file)))
+    assert "stale PID file" in line
+
+
+def test_a_supervisor_killed_without_cleanup_leaves_a_pid_file_the_cli_calls_stale(
+    tmp_path: Path,
+) -> None:
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(tmp_path / "svc.py", pid_file=pid_file)
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        wait_until(pid_file.exists, 10, "the PID file")
+        svc.send(signal.SIGKILL)
+        svc.wait_exit()
+    assert pid_file.exists()
+    line = one_error_line(graceful("reload", "--pid-file", str(pid_file)))
+    assert "stale PID file" in line
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"99999999999999999999999999\n", "does not hold a PID"),
+        (b"\xff\xfe\x00garbage\n", "does not hold a PID"),
+        (b"", "does not hold a PID"),
+        (b"-5\n", "does not hold a PID"),
+    ],
+)
+def test_a_pid_file_holding_garbage_is_one_line(tmp_path: Path, content: bytes, why: str) -> None:
+    pid_file = tmp_path / "app.pid"
+    pid_file.write_bytes(content)
+    assert why in one_error_line(graceful("stop", "--pid-file", str(pid_file)))
+
+
+def test_a_pid_file_that_is_a_device_or_a_fifo_is_refused_without_reading_it(
+    tmp_path: Path,
+) -> None:
+    assert "not a regular file" in one_error_line(graceful("stop", "--pid-file", "/dev/zero"))
+    fifo = tmp_path / "app.pid"
+    os.mkfifo(fifo)
+    assert "not a regular file" in one_error_line(graceful("reload", "--pid-file", str(fifo)))
+
+
+def test_a_pid_file_planted_by_another_user_stops_the_supervisor_from_starting(
+    tmp_path: Path, bystander: subprocess.Popen[bytes]
+) -> None:
+    """Another local user creates the PID file first, naming a process of ours. The
+    supervisor (without root's power over other users' files, as any normal user)
+    cannot replace it, so it refuses to start instead of running without it."""
+    why_not = cannot_act_as_another_user()
+    if why_not:
+        pytest.skip(why_not)
+    shared = sticky_directory(tmp_path)
+    pid_file = shared / "app.pid"
+    pid_file.write_text(f"{bystander.pid}\n")
+    os.chown(pid_file, 65534, 65534)
+    pid_file.chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
+    script = write_service(tmp_path / "svc.py", pid_file=pid_file)
+    with running(script, env={"LISTEN": "127.0.0.1:0"}, wrapper=AS_ANOTHER_USER) as svc:
+        assert svc.wait_exit() == 2, svc.output
+        errors = [line for line in svc.lines if "ERROR" in line]
+        assert len(errors) == 1, svc.output
+        assert str(pid_file) in errors[0]
+        assert "starting generation" not in svc.output
+    assert pid_file.read_text() == f"{bystander.pid}\n"
+    # and the operator's stop does not kill the bystander either
+    line = one_error_line(graceful("stop", "--pid-file", str(pid_file)))
+    assert "is not a graceful supervisor" in line
+    assert bystander.poll() is None
