@@ -10,15 +10,23 @@ The one thing such a deploy cannot keep is the file's change time (ctime), which
 the kernel sets whenever a file is written or renamed into place. A source whose
 ``.pyc`` header matches but whose ctime is later than the ``.pyc`` was written is
 therefore suspect. :func:`stale_sources` finds them in the application's own
-directories. The supervisor then starts that generation with the bytecode cache
-out of the way (:func:`bypass_environment`), so it compiles from source, and
-says which files it found.
+directories. The supervisor names them, and :func:`recompile` writes their
+bytecode again from the source, as Python itself does for bytecode it knows to be
+out of date (atomically, in the same place, with the same header rules), so that
+the new generation and every later one import the new code. Where that is not
+possible (a read-only tree, another user's files), the supervisor starts the
+generation with the bytecode cache out of the way (:func:`bypass_environment`),
+so it compiles everything from source.
+
+A suspect that did not really change (a ``chmod`` or ``chown`` after the bytecode
+was written) is recompiled too: harmless, and it is not suspect again.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import py_compile
 import stat
 import sys
 from collections.abc import Iterable, Iterator
@@ -65,6 +73,22 @@ def stale_sources(roots: Iterable[str], budget: int = FILE_BUDGET) -> list[str]:
         if _bytecode_is_stale(source):
             found.append(source)
     return found
+
+
+def recompile(sources: Iterable[str]) -> dict[str, str]:
+    """Write the bytecode of each of ``sources`` again from the source; return why,
+    for each one that could not be."""
+    failed = {}
+    for source in sources:
+        try:
+            py_compile.compile(
+                source, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP
+            )
+        except py_compile.PyCompileError as exc:
+            failed[source] = exc.exc_type_name  # a syntax error: the worker will name it
+        except OSError as exc:
+            failed[source] = exc.strerror or str(exc)
+    return failed
 
 
 def bypass_environment(empty_directory: str) -> dict[str, str]:

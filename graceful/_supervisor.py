@@ -39,7 +39,7 @@ import multiprocess.resource_tracker
 from anyio.abc import TaskGroup, TaskStatus
 
 from . import _processes, _wire
-from ._bytecode import application_roots, bypass_environment, stale_sources
+from ._bytecode import application_roots, bypass_environment, recompile, stale_sources
 from ._decisions import (
     Announce,
     DrainTimeout,
@@ -472,23 +472,33 @@ class Supervisor:
         process.close()
 
     def _check_bytecode(self, generation: int) -> dict[str, str]:
-        """The extra environment generation ``generation`` needs: a bytecode bypass if
-        the application's directories hold stale bytecode (see ``_bytecode.py``)."""
+        """The extra environment generation ``generation`` needs. Stale bytecode in
+        the application's directories (see ``_bytecode.py``) is recompiled from the
+        source; where it cannot be, the generation bypasses the bytecode cache."""
         stale = stale_sources(application_roots())
         if not stale:
             return {}
         named = ", ".join(stale[:_STALE_FILES_NAMED])
         if len(stale) > _STALE_FILES_NAMED:
             named += f" and {len(stale) - _STALE_FILES_NAMED} more"
+        failed = recompile(stale)
+        if failed:
+            reasons = ", ".join(f"{path} ({why})" for path, why in failed.items())
+            what = (
+                f"could not recompile {reasons}, so generation {generation} compiles "
+                "everything from source"
+            )
+        else:
+            what = "recompiled it"
         logger.warning(
             "stale bytecode: %s changed after its .pyc was written but kept its size and "
-            "modification time (a deploy with rsync -a, tar or cp -p?); generation %d "
-            "compiles from source instead. To stop this, remove the __pycache__ "
-            "directories after such a deploy, or compile with "
-            "`python -m compileall --invalidation-mode checked-hash`",
+            "modification time (a deploy with rsync -a, tar or cp -p?); %s. See the README "
+            "on stale bytecode to avoid this",
             named,
-            generation,
+            what,
         )
+        if not failed:
+            return {}
         if self._no_bytecode is None:
             self._no_bytecode = tempfile.mkdtemp(prefix="graceful-no-bytecode-")
         return bypass_environment(self._no_bytecode)

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 from echo_load import Load
-from harness import ServiceProcess, running, wait_until
+from harness import (
+    AS_ANOTHER_USER,
+    ServiceProcess,
+    cannot_act_as_another_user,
+    running,
+    wait_until,
+)
 from services import service_source, wait_for_file, write_service
 
 RELOADS = 20
@@ -285,11 +291,26 @@ def test_entry_defined_in_an_imported_module_runs_its_edited_body(tmp_path: Path
         assert tally.failed == 0, tally.as_dict()
 
 
+def _deploy_keeping_size_and_mtime(module: Path, source: str) -> None:
+    """What ``rsync -a`` or ``tar`` do: new content, the old size and mtime."""
+    before = module.stat()
+    staged = module.with_name(module.name + ".staged")
+    staged.write_text(source)
+    assert staged.stat().st_size == before.st_size
+    os.utime(staged, ns=(before.st_atime_ns, before.st_mtime_ns))
+    staged.replace(module)
+
+
+def _answers(address: str, expected: bytes) -> bool:
+    with socket.create_connection(_host_port(address), timeout=10) as client:
+        client.sendall(b"hi\n")
+        return client.recv(100) == expected
+
+
 def test_a_deploy_that_keeps_size_and_mtime_does_not_serve_stale_bytecode(tmp_path: Path) -> None:
     """``rsync -a`` and ``tar`` keep a file's modification time. A new ``handlers.py``
     of the same size then matches the header of the old ``.pyc``, and Python would
-    load the old code. The supervisor notices and the new generation runs the new
-    source, with a warning that names the file."""
+    load the old code. The supervisor notices, recompiles it, and says so."""
     handlers = tmp_path / "handlers.py"
     handlers.write_text('PREFIX = b"one: "\n')
     script = write_service(tmp_path / "svc.py", "asyncio", prefix_from_module=True)
@@ -299,25 +320,41 @@ def test_a_deploy_that_keeps_size_and_mtime_does_not_serve_stale_bytecode(tmp_pa
         svc.wait_serving(1)
         cached = Path(importlib.util.cache_from_source(str(handlers)))
         wait_until(cached.exists, 10, "the bytecode of handlers.py")
-        with socket.create_connection(_host_port(svc.address()), timeout=10) as client:
-            client.sendall(b"hi\n")
-            assert client.recv(100) == b"one: hi\n"
-        # the deploy: same size, same modification time, new content
-        before = handlers.stat()
-        staged = tmp_path / "handlers.py.staged"
-        staged.write_text('PREFIX = b"two: "\n')
-        os.utime(staged, ns=(before.st_atime_ns, before.st_mtime_ns))
-        staged.replace(handlers)
-        assert handlers.stat().st_size == before.st_size
+        assert _answers(svc.address(), b"one: hi\n")
+        _deploy_keeping_size_and_mtime(handlers, 'PREFIX = b"two: "\n')
         reload_and_wait(svc, 2)
+        wait_until(lambda: _answers(svc.address(), b"two: hi\n"), 10, "the new handlers.py")
+        svc.wait_for(rf"stale bytecode: {re.escape(str(handlers))} changed .*; recompiled it")
+        # the bytecode is right again: the next reload has nothing to say about it
+        reload_and_wait(svc, 3)
+        wait_until(lambda: _answers(svc.address(), b"two: hi\n"), 10, "generation 3")
+        assert svc.output.count("stale bytecode:") == 1
 
-        def answered_by_new_code() -> bool:
-            with socket.create_connection(_host_port(svc.address()), timeout=10) as client:
-                client.sendall(b"hi\n")
-                return client.recv(100) == b"two: hi\n"
 
-        wait_until(answered_by_new_code, 10, "an answer from the new handlers.py")
-        svc.wait_for(rf"stale bytecode.*{re.escape(str(handlers))}")
+def test_stale_bytecode_that_cannot_be_rewritten_is_bypassed(tmp_path: Path) -> None:
+    """The same deploy, but the supervisor may not write the ``__pycache__`` (another
+    user's, as a read-only release would be): the new generation compiles from
+    source instead."""
+    why_not = cannot_act_as_another_user()
+    if why_not:
+        pytest.skip(why_not)
+    handlers = tmp_path / "handlers.py"
+    handlers.write_text('PREFIX = b"one: "\n')
+    script = write_service(tmp_path / "svc.py", "asyncio", prefix_from_module=True)
+    env = {"LISTEN": "127.0.0.1:0", "PYTHONDONTWRITEBYTECODE": ""}
+    with running(script, env=env, wrapper=AS_ANOTHER_USER) as svc:
+        svc.wait_serving(1)
+        cached = Path(importlib.util.cache_from_source(str(handlers)))
+        wait_until(cached.exists, 10, "the bytecode of handlers.py")
+        for path in (cached.parent, *cached.parent.iterdir()):
+            os.chown(path, 65533, 65533)
+        _deploy_keeping_size_and_mtime(handlers, 'PREFIX = b"two: "\n')
+        reload_and_wait(svc, 2)
+        wait_until(lambda: _answers(svc.address(), b"two: hi\n"), 10, "the new handlers.py")
+        svc.wait_for(
+            rf"stale bytecode: {re.escape(str(handlers))} changed .*; could not recompile "
+            r".*, so generation 2 compiles everything from source"
+        )
 
 
 def _host_port(address: str) -> tuple[str, int]:
