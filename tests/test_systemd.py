@@ -119,10 +119,18 @@ needs_activate = pytest.mark.skipif(
 def first_connection(path: Path) -> socket.socket:
     """Connect to an activation socket: systemd-socket-activate starts the service only
     when the first connection arrives, which then waits in the backlog for it."""
-    wait_until(path.exists, 10, f"{path} to be bound by systemd-socket-activate")
     client = socket.socket(socket.AF_UNIX)
     client.settimeout(30)
-    client.connect(str(path))
+
+    def connected() -> bool:
+        # the file appears at bind(), a moment before listen()
+        try:
+            client.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        return True
+
+    wait_until(connected, 10, f"{path} to be listened on by systemd-socket-activate")
     return client
 
 
