@@ -110,6 +110,25 @@ def run_supervisor(
     is spawned or left bound.
     """
     ensure_visible("supervisor")
+    # A reload requested before the supervisor listens for it, or after it has
+    # stopped, has nothing to reload: ignored, rather than its default action
+    # killing the process (and leaving the PID file behind). It stays ignored when
+    # this returns. SIGTERM and SIGINT are ignored from the end of the supervisor's
+    # loop to the end of its clean-up, then restored.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stop_handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _supervise(service, caller, pid_file)
+    finally:
+        for signum, handler in stop_handlers.items():
+            signal.signal(signum, handler)
+
+
+def _supervise(
+    service: Service[Any],
+    caller: types.FrameType | None,
+    pid_file: str | os.PathLike[str] | None,
+) -> int:
     claimed: PidFile | None = None
     listeners: list[BoundListener] = []
     try:
@@ -329,14 +348,27 @@ class Supervisor:
     # -- inputs ---------------------------------------------------------------------
 
     async def _follow_signals(self, *, task_status: TaskStatus[None]) -> None:
-        with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-            task_status.started()
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    logger.info("SIGHUP: reloading")
-                    self.events_in.send_nowait(ReloadRequested())
-                else:
-                    self.events_in.send_nowait(StopRequested())
+        stops = {signal.SIGTERM, signal.SIGINT}
+        try:
+            with anyio.open_signal_receiver(signal.SIGHUP, *stops) as signals:
+                try:
+                    task_status.started()
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            logger.info("SIGHUP: reloading")
+                            self.events_in.send_nowait(ReloadRequested())
+                        else:
+                            self.events_in.send_nowait(StopRequested())
+                finally:
+                    # The receiver resets these to their default actions (which kill,
+                    # or raise KeyboardInterrupt) as it closes. Once the supervisor
+                    # stops listening, a reload has nothing to reload and the stop is
+                    # already under way: hold them until they are ignored.
+                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, *stops})
+        finally:
+            for signum in (signal.SIGHUP, *stops):
+                signal.signal(signum, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, *stops})
 
     async def _reap_orphans(self, *, task_status: TaskStatus[None]) -> None:
         """As PID 1 (in a container), reap every child that is not a worker.
@@ -513,7 +545,7 @@ class Supervisor:
             await self._exit_of(handle)
             tasks.cancel_scope.cancel()
         # What it wrote before it exited is in the channel's buffer by now.
-        for item in handle.channel.receive_available():
+        for item in handle.channel.receive_all_available():
             self._forward(handle, item)
         exitcode = self._reap(handle)
         if exitcode and not handle.reported_cause:

@@ -72,9 +72,12 @@ class Notifier:
         """Send one message, ``KEY=VALUE`` per line, in the order given."""
         if self._socket is None or self._address is None:
             return
-        message = "\n".join(f"{key}={value}" for key, value in fields.items())
+        # A value is one line: a newline in it would smuggle in a field of its own.
+        message = "\n".join(
+            f"{key}={str(value).replace(chr(10), ' ')}" for key, value in fields.items()
+        )
         try:
-            self._socket.sendto(message.encode(), self._address)
+            self._socket.sendto(message.encode("utf-8", "backslashreplace"), self._address)
         except OSError as exc:
             if not self._warned:
                 self._warned = True

@@ -33,6 +33,14 @@ MAX_FDS_PER_MESSAGE = 253
 #: cause is cut to fit.
 MAX_MESSAGE_BYTES = 4096
 
+#: The most messages one side accepts from the other over the channel's life. A
+#: worker sends two or three (Ready, perhaps Failed); anything near this is a flood.
+MAX_MESSAGES = 256
+
+#: The most bytes read per call, so that a peer writing as fast as it can never keeps
+#: the reader from its other work.
+_READ_SIZE = 16384
+
 
 #: What the start of every message looks like: ``[`` and printable ASCII.
 _MESSAGE_START = re.compile(rb"(\[[\x20-\x7e]*)?")
@@ -111,7 +119,7 @@ def decode(line: bytes) -> Message:
         if kind == "ready" and len(fields) == 1:
             return Ready()
         if kind == "failed" and len(fields) == 2 and isinstance(fields[1], str):
-            return Failed(fields[1])
+            return Failed(printable(fields[1]))
         if (
             kind == "shutdown"
             and len(fields) == 2
@@ -128,6 +136,13 @@ def _preview(data: bytes) -> str:
     return repr(data[:40]) + ("..." if len(data) > 40 else "")
 
 
+def printable(text: str) -> str:
+    """``text`` made safe for one log line and an sd_notify field: control characters
+    become spaces, and what UTF-8 cannot encode (lone surrogates) is escaped."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(" " if ord(char) < 32 or ord(char) == 127 else char for char in text)
+
+
 class ControlChannel:
     """One end of the control channel.
 
@@ -140,6 +155,7 @@ class ControlChannel:
         connection.close()
         self._buffer = b""
         self._finished = False
+        self._messages = 0
 
     def fileno(self) -> int:
         return self._socket.fileno()
@@ -153,45 +169,53 @@ class ControlChannel:
         return True
 
     def receive_available(self) -> list[Received]:
-        """Everything that has arrived, without waiting for more.
+        """What has arrived, without waiting for more, reading at most one bounded
+        chunk (call again while the channel stays readable).
 
         The list ends with :class:`PeerGone` at end-of-file, or with
-        :class:`ProtocolError` when the peer broke the protocol; after either, this
-        always returns an empty list.
+        :class:`ProtocolError` when the peer broke the protocol (including sending
+        more than :data:`MAX_MESSAGES` messages); after either, this always returns
+        an empty list.
         """
+        if self._finished:
+            return []
+        try:
+            data = self._socket.recv(_READ_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            self._finished = True
+            return [PeerGone()]
+        self._buffer += data
+        return self._split_lines()
+
+    def receive_all_available(self) -> list[Received]:
+        """:meth:`receive_available` until nothing more is there (for the last words
+        of a peer that has exited: what it wrote is bounded by the socket buffer)."""
         received: list[Received] = []
-        while not self._finished:
-            try:
-                data = self._socket.recv(65536, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                data = b""
-            if not data:
-                self._finished = True
-                received.append(PeerGone())
-                break
-            self._buffer += data
-            received.extend(self._split_lines())
+        while more := self.receive_available():
+            received.extend(more)
         return received
 
     def _split_lines(self) -> list[Received]:
+        *lines, self._buffer = self._buffer.split(b"\n")
         found: list[Received] = []
-        while not self._finished:
-            line, newline, rest = self._buffer.partition(b"\n")
-            if not newline:
-                # Every message is a JSON list in printable ASCII: a partial line that
-                # is anything else will never become one.
-                if len(self._buffer) >= MAX_MESSAGE_BYTES:
-                    found.append(self._broken(f"a line longer than {MAX_MESSAGE_BYTES} bytes"))
-                elif not _MESSAGE_START.fullmatch(self._buffer):
-                    found.append(self._broken(f"not a message: {_preview(self._buffer)}"))
-                break
-            self._buffer = rest
+        for line in lines:
+            self._messages += 1
+            if self._messages > MAX_MESSAGES:
+                return [*found, self._broken(f"more than {MAX_MESSAGES} messages")]
             try:
                 found.append(decode(line))
             except ValueError as exc:
-                found.append(self._broken(str(exc)))
+                return [*found, self._broken(str(exc))]
+        # Every message is a JSON list in printable ASCII: a partial line that is
+        # anything else will never become one.
+        if len(self._buffer) >= MAX_MESSAGE_BYTES:
+            found.append(self._broken(f"a line longer than {MAX_MESSAGE_BYTES} bytes"))
+        elif not _MESSAGE_START.fullmatch(self._buffer):
+            found.append(self._broken(f"not a message: {_preview(self._buffer)}"))
         return found
 
     def _broken(self, detail: str) -> ProtocolError:

@@ -242,6 +242,35 @@ def test_a_worker_that_lies_on_its_pipe_costs_only_that_worker(tmp_path: Path, k
         assert "Traceback" not in svc.output
 
 
+def test_a_worker_that_floods_its_pipe_with_valid_messages_costs_only_that_worker(
+    tmp_path: Path,
+) -> None:
+    record = tmp_path / "liar"
+    flood = (
+        "        if line == b'flood':\n"
+        f"            with open({str(record)!r}, 'w') as record:\n"
+        "                record.write(str(os.getpid()))\n"
+        "            def flood():\n"
+        "                while True:\n"
+        "                    os.write(CTX._control.fileno(), b'[\"ready\"]\\n' * 1000)\n"
+        "            __import__('threading').Thread(target=flood, daemon=True).start()\n"
+    )
+    script = write_service(tmp_path / "svc.py", prefix="v1", on_line=flood)
+    with running(script, env={"LISTEN": "127.0.0.1:0", "WORKERS": "2"}) as svc:
+        svc.wait_serving(1)
+        mark = svc.mark()
+        with connect(svc.address()) as client:
+            client.sendall(b"flood\n")
+            wait_until(record.exists, 10, "the flood to start")
+        svc.wait_for(r"sent a malformed control message \(more than 256 messages\)", after=mark)
+        svc.wait_for(r"generation 1 worker \d is back in service", after=mark)
+        # the supervisor still answers its signals
+        script.write_text(service_source(prefix="v2"))
+        reload(svc, 2)
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
 def test_a_half_written_message_does_not_stall_the_supervisor(tmp_path: Path) -> None:
     half = "        if line == b'lie':\n            os.write(CTX._control.fileno(), b'[')\n"
     script = write_service(tmp_path / "svc.py", prefix="v1", on_line=half)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -202,3 +203,21 @@ def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> Non
         assert len(svc.worker_pids()) == 2
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
+
+
+def test_reload_requests_racing_a_stop_do_not_kill_the_supervisor(tmp_path: Path) -> None:
+    """SIGHUPs keep arriving while the service stops, until after it has stopped (a
+    deploy script that reloads while another stops): the stop still ends cleanly."""
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(tmp_path / "svc.py", pid_file=pid_file)
+    with running(script, env={"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "1"}) as svc:
+        svc.wait_serving(1)
+        wait_until(pid_file.exists, 10, "the PID file")
+        svc.send(signal.SIGTERM)
+        while svc.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                svc.send(signal.SIGHUP)
+            time.sleep(0.001)  # pacing only: leave the log reader thread some time
+        assert svc.wait_exit() == 0
+        svc.wait_for(r"stopped \(exit status 0\)")
+    assert not pid_file.exists()

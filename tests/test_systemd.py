@@ -94,6 +94,61 @@ def test_notify_socket_hears_start_reload_failed_reload_and_stop(tmp_path: Path,
         manager.close()
 
 
+#: ways a new generation's failure cause could break the one line systemd gets:
+#: entry code, and what the cause must show
+FAILURE_CAUSES = {
+    # an honest error naming a file whose name is not UTF-8
+    "non_utf8_filename": (
+        "    raise RuntimeError('cannot read ' + os.fsdecode(b'/srv/conf\\xff.toml'))",
+        r"RuntimeError: cannot read /srv/conf\udcff.toml",
+    ),
+    # an error message of several lines: only the first is the cause
+    "multiline_message": (
+        "    raise RuntimeError('bad config\\nMAINPID=1\\nSTOPPING=1')",
+        "RuntimeError: bad config",
+    ),
+    # a worker that writes its own failure message, with newlines and a lone surrogate
+    "crafted_message": (
+        '    os.write(ctx._control.fileno(), b\'["failed", "x\\\\nMAINPID=1\\\\ud800"]\\n\')\n'
+        "    raise SystemExit(1)",
+        r"x MAINPID=1\ud800",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILURE_CAUSES))
+def test_a_failure_cause_reaches_systemd_as_one_safe_line(tmp_path: Path, case: str) -> None:
+    failing, shown = FAILURE_CAUSES[case]
+    manager = NotifySocket(str(tmp_path / "notify.sock"))
+    script = write_service(tmp_path / "svc.py", prefix="v1")
+    try:
+        env = {"LISTEN": "127.0.0.1:0", "NOTIFY_SOCKET": manager.address}
+        with running(script, env=env) as svc:
+            manager.next()
+            assert manager.next().startswith("READY=1")
+            script.write_text(service_source(prefix="v2", before_serve=failing))
+            svc.send(signal.SIGHUP)
+            assert manager.next().startswith("RELOADING=1")
+            fields = manager.next().split("\n")
+            assert fields[0] == "READY=1"
+            assert len(fields) == 2, fields
+            assert fields[1].endswith(shown), fields
+            failure = svc.wait_for("reload failed: generation 2").string
+            assert shown in failure
+            # the supervisor is fine and the old generation still serves
+            with socket.create_connection(svc_address(svc), timeout=10) as client:
+                assert ask(client, "hi") == b"v1: hi\n"
+            svc.send(signal.SIGTERM)
+            assert svc.wait_exit() == 0
+    finally:
+        manager.close()
+
+
+def svc_address(svc: object) -> tuple[str, int]:
+    host, _, port = svc.address().rpartition(":")  # type: ignore[attr-defined]
+    return host, int(port)
+
+
 def test_first_start_failure_is_reported_as_stopping_with_the_cause(tmp_path: Path) -> None:
     manager = NotifySocket(str(tmp_path / "notify.sock"))
     script = write_service(tmp_path / "svc.py", before_serve="    raise RuntimeError('no db')")
