@@ -166,32 +166,46 @@ def asgi_service(
 
 
 def module_exists(name: str) -> bool:
-    """True if module ``name`` can be found, without running any of its code where
-    that can be avoided: the top-level name is looked up by the import system's
-    finders, and submodules in their parent's directories. Only a package whose
-    submodules cannot be found that way (one that computes its ``__path__``) gets
-    its parents imported, as the worker would."""
+    """True if module ``name`` can be found, without running any of its code or its
+    packages': the top-level name is looked up by the import system's finders, and
+    each submodule in its parent package's directories.
+
+    A package whose ``__init__`` computes its ``__path__`` (``pkgutil.extend_path``)
+    may hold submodules elsewhere: for such a package only, the lookup imports it, as
+    a worker would.
+
+    Raises:
+        ConfigError: if importing such a package fails.
+    """
     top, _, rest = name.partition(".")
     try:
         spec = importlib.util.find_spec(top)
     except (ImportError, ValueError):
         return False
+    parent = top
     for part in rest.split(".") if rest else []:
-        locations = spec.submodule_search_locations if spec is not None else None
-        spec = (
-            importlib.machinery.PathFinder.find_spec(part, list(locations))
-            if locations is not None
-            else None
+        if spec is None or spec.submodule_search_locations is None:
+            return False
+        found = importlib.machinery.PathFinder.find_spec(
+            part, list(spec.submodule_search_locations)
         )
-        if spec is None:
-            break
-    if spec is not None:
-        return True
-    if not rest:
+        if found is None and _computes_its_path(spec):
+            try:
+                found = importlib.util.find_spec(f"{parent}.{part}")
+            except Exception as exc:
+                raise ConfigError(f"cannot import {parent!r}: {one_line(exc)}") from exc
+        spec, parent = found, f"{parent}.{part}"
+    return spec is not None
+
+
+def _computes_its_path(spec: importlib.machinery.ModuleSpec) -> bool:
+    origin = spec.origin
+    if not origin or not origin.endswith("__init__.py"):
         return False
     try:
-        return importlib.util.find_spec(name) is not None
-    except Exception:
+        with open(origin, encoding="utf-8", errors="replace") as file:
+            return "__path__" in file.read()
+    except OSError:
         return False
 
 

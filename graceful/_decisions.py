@@ -32,7 +32,9 @@ The rules:
   exponential backoff. The backoff resets once a replacement has stayed ready for
   ``backoff_reset`` seconds.
 * A draining worker that outlives ``drain_timeout`` (plus ``kill_grace`` for its
-  cancelled handlers to clean up) is killed.
+  cancelled handlers to clean up) is killed. When the service stops, a worker that
+  never became ready is not waited for that long: it gets ``kill_grace`` to stop,
+  then it is killed, without making the exit status 1.
 * The first stop request drains every worker and releases the listeners the
   supervisor bound (new connections are refused, not queued for nobody); a second
   kills them all at once. The
@@ -239,6 +241,9 @@ class Worker:
     ready_at: float | None = None
     cause: str | None = None
     killed: bool = False
+    #: told to stop while still starting (by a stop of the service): it gets only
+    #: ``kill_grace`` to finish
+    abandoned: bool = False
 
 
 @dataclass
@@ -332,8 +337,17 @@ class Supervision:
         self._actions.append(SpawnWorker(serial, generation.number, worker_id))
         self._actions.append(StartTimer(self.plan.ready_timeout, ReadyTimeout(serial)))
 
-    def _drain(self, worker: Worker) -> None:
+    def _drain(self, worker: Worker, *, stopping: bool = False) -> None:
         if worker.state is WorkerState.DRAINING:
+            return
+        if stopping and worker.ready_at is None:
+            # A worker that never became ready when the service stops: its start is
+            # abandoned. It has promised nothing, but it holds the listeners, so it
+            # gets kill_grace rather than drain_timeout to let go of them.
+            worker.state = WorkerState.DRAINING
+            worker.abandoned = True
+            self._actions.append(ShutdownWorker(worker.serial, self.plan.kill_grace))
+            self._actions.append(StartTimer(2 * self.plan.kill_grace, DrainTimeout(worker.serial)))
             return
         worker.state = WorkerState.DRAINING
         self._actions.append(ShutdownWorker(worker.serial, self.plan.drain_timeout))
@@ -550,6 +564,13 @@ class Supervision:
         worker = self.workers.get(serial)
         if worker is None or worker.state is not WorkerState.DRAINING or worker.killed:
             return
+        if worker.abandoned:
+            self._log(
+                logging.INFO,
+                f"{self._describe(worker)} was still starting when the service stopped; killing it",
+            )
+            self._kill(worker)
+            return
         self.exit_code = 1 if self.stopping is not Stopping.NO else self.exit_code
         self._log(
             logging.WARNING,
@@ -593,7 +614,7 @@ class Supervision:
             if mode is Stopping.NOW:
                 self._kill(worker)
             elif not worker.killed:
-                self._drain(worker)
+                self._drain(worker, stopping=True)
         if first:
             self._actions.append(StopAccepting())
             self._announce("stopping")

@@ -127,7 +127,7 @@ def parse_listen_spec(spec: str) -> ParsedSpec:
         text = spec[len("fd:") :]
         if not _is_number(text):
             raise ConfigError(f"invalid listen spec {spec!r}: expected fd:N with N a number")
-        if len(text) > 10 or int(text) > MAX_FD:
+        if len(text.lstrip("0")) > 10 or int(text) > MAX_FD:
             raise ConfigError(
                 f"invalid listen spec {spec!r}: file descriptor {text} is out of range"
             )
@@ -158,7 +158,9 @@ def _is_number(text: str) -> bool:
 
 def _parse_port(spec: str, text: str) -> int:
     if not _is_number(text):
-        raise ConfigError(f"invalid listen spec {spec!r}: port {text!r} is not a number")
+        raise ConfigError(f"invalid listen spec {spec!r}: port {text[:20]!r} is not a number")
+    if len(text.lstrip("0")) > 5:
+        raise ConfigError(f"invalid listen spec {spec[:40]!r}: the port is out of range")
     port = int(text)
     if port > 65535:
         raise ConfigError(f"invalid listen spec {spec!r}: port {port} is out of range")

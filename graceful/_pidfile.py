@@ -2,20 +2,24 @@
 
 The file holds the supervisor's PID and a newline, nothing else, so that
 ``kill -HUP "$(cat app.pid)"`` keeps working. What makes it trustworthy is a lock:
-the supervisor holds a POSIX record lock (``fcntl(F_SETLK)``) on the file for as
-long as it runs, and the kernel drops the lock when the process dies, however it
-dies. A client asks the kernel who holds the lock (``F_GETLK``) and signals only if
-that process is the PID the file names. A file someone else wrote, a stale file
-whose PID now belongs to an unrelated process, a device or a FIFO: none of them is
-held by the process it names, so none of them gets a signal.
+the supervisor holds a POSIX record lock (``fcntl(F_SETLK)``) on one byte of the
+file, at an offset of its own (:data:`MARK_OFFSET`, which no ordinary file
+reaches), for as long as it runs; the kernel drops the lock when the process dies,
+however it dies. A client asks the kernel who holds that byte and the next one
+(``F_GETLK``) and signals only if the process holding the mark, and nothing
+beyond it, is the PID the file names. A file someone else wrote, another
+program's PID file (locked whole, so the byte after the mark is held too), a stale
+file whose PID now belongs to an unrelated process, a device or a FIFO: none of
+them passes, so none of them gets a signal.
 
-The supervisor claims the path before it binds anything: a path it could not
-replace later (another user's file in a sticky directory such as ``/tmp``, a live
-supervisor's file, a file that is not a PID file) makes it refuse to start. It
-writes and locks a hidden staged file in the same directory, and renames it into
-place once the first generation is ready, so that a PID file always names a
-supervisor that was serving. At exit it removes the file only if it is still the
-one it locked.
+The supervisor claims the path before it binds anything: it refuses to start if
+the path is held by a running supervisor (or one still starting), names a live
+process that is not a graceful supervisor, is not a regular file holding a PID, or
+cannot be replaced (another user's file in a sticky directory such as ``/tmp``). A
+stale PID file is removed. The supervisor writes and marks a hidden staged file
+beside it (``.NAME.graceful-staged``), and renames it into place once the first
+generation is ready, so that a PID file always names a supervisor that was
+serving. At exit it removes the file only if it is still the one it marked.
 
 POSIX locks vanish when their owner closes *any* descriptor of the file, so the
 supervisor never opens its PID file a second time.
@@ -30,7 +34,6 @@ import os
 import signal
 import stat
 import struct
-import tempfile
 
 from ._errors import ConfigError, GracefulError
 
@@ -40,14 +43,15 @@ _MAX_PID_FILE_BYTES = 64
 _PID_MAX = 4_194_304
 #: ``struct flock`` on Linux: l_type, l_whence, l_start, l_len, l_pid (and padding).
 _FLOCK = struct.Struct("hhqqi4x")
+#: The byte of the PID file whose lock marks a graceful supervisor ("grace" in ASCII).
+MARK_OFFSET = 0x6772616365
 
 
 class PidFile:
     """The supervisor's PID file, claimed at start and published once it serves."""
 
-    def __init__(self, path: str, directory: str, fd: int, staged: str) -> None:
+    def __init__(self, path: str, fd: int, staged: str) -> None:
         self.path = path
-        self._directory = directory
         self._fd: int | None = fd
         self._staged: str | None = staged
 
@@ -55,40 +59,34 @@ class PidFile:
     def claim(cls, path: str | os.PathLike[str]) -> PidFile:
         """Check that ``path`` can become this supervisor's PID file, and stage it.
 
-        A stale PID file (one that no running supervisor holds) is removed now.
+        A stale PID file (one that names no live process) is removed now, and so is
+        a staged file that a killed supervisor left.
 
         Raises:
-            ConfigError: the directory is missing or not writable, ``path`` is a
-                directory or not a PID file, a running supervisor holds it, or it is
-                another user's file that this user may not replace.
+            ConfigError: see the module docstring; one line naming the path.
         """
         text = os.fspath(path)
         absolute = os.path.abspath(text)
-        directory = os.path.dirname(absolute)
+        directory, name = os.path.split(absolute)
         if os.path.isdir(absolute):
             raise ConfigError(f"--pid-file {text!r} is a directory")
         if not os.path.isdir(directory):
             raise ConfigError(f"--pid-file {text!r}: directory {directory} does not exist")
         if not os.access(directory, os.W_OK):
             raise ConfigError(f"--pid-file {text!r}: directory {directory} is not writable")
-        _remove_stale(text, absolute)
+        _make_room(text, absolute)
+        staged = os.path.join(directory, f".{name}.graceful-staged")
+        fd = _create_staged(text, staged)
         try:
-            fd, staged = tempfile.mkstemp(prefix=".graceful-pid-", dir=directory)
-        except OSError as exc:
-            raise ConfigError(
-                f"--pid-file {text!r}: cannot write in {directory}: {exc.strerror}"
-            ) from None
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, MARK_OFFSET, os.SEEK_SET)
             os.write(fd, f"{os.getpid()}\n".encode())
             os.fchmod(fd, 0o644)
-            os.set_inheritable(fd, False)
         except OSError as exc:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(staged)
             raise ConfigError(f"--pid-file {text!r}: cannot prepare it: {exc.strerror}") from None
-        return cls(absolute, directory, fd, staged)
+        return cls(absolute, fd, staged)
 
     def publish(self) -> None:
         """Move the staged file into place (atomically).
@@ -107,7 +105,7 @@ class PidFile:
 
     def release(self) -> None:
         """Remove the PID file (or the staged one) if it is still the one this process
-        locked, and drop the lock."""
+        marked, and drop the mark."""
         if self._fd is None:
             return
         with contextlib.suppress(OSError):
@@ -120,14 +118,47 @@ class PidFile:
         self._fd = None
 
 
-def _remove_stale(text: str, path: str) -> None:
+def _create_staged(text: str, staged: str) -> int:
+    """Create the staged file, after removing one a killed supervisor left.
+
+    Raises:
+        ConfigError: if another supervisor is starting with the same PID file.
+    """
+    for _ in range(2):
+        try:
+            return os.open(
+                staged, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ConfigError(
+                f"--pid-file {text!r}: cannot write {staged}: {exc.strerror}"
+            ) from None
+        with contextlib.suppress(OSError):
+            fd = os.open(staged, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                holder = graceful_holder(fd)
+            finally:
+                os.close(fd)
+            if holder is not None:
+                raise ConfigError(
+                    f"--pid-file {text!r}: another supervisor (PID {holder}) is starting "
+                    "with this PID file"
+                )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)  # left by a supervisor that was killed while starting
+    raise ConfigError(f"--pid-file {text!r}: cannot create {staged}: it keeps reappearing")
+
+
+def _make_room(text: str, path: str) -> None:
     """Make room at ``path``: nothing there, or a stale PID file, which is removed.
 
     Raises:
         ConfigError: for anything else at ``path``.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -140,15 +171,21 @@ def _remove_stale(text: str, path: str) -> None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"--pid-file {text!r} is not a regular file")
-        if _parse_pid(os.read(fd, _MAX_PID_FILE_BYTES)) is None:
+        pid = _parse_pid(os.read(fd, _MAX_PID_FILE_BYTES))
+        if pid is None:
             raise ConfigError(
                 f"--pid-file {text!r} exists and does not hold a PID; graceful never overwrites it"
             )
-        holder = lock_holder(fd)
+        holder = graceful_holder(fd)
     finally:
         os.close(fd)
     if holder is not None:
         raise ConfigError(f"--pid-file {text!r} belongs to a running supervisor (PID {holder})")
+    if pid != os.getpid() and _is_alive(pid):
+        raise ConfigError(
+            f"--pid-file {text!r} names process {pid}, which is running and is not a graceful "
+            "supervisor; if the file is stale, remove it"
+        )
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -160,6 +197,16 @@ def _remove_stale(text: str, path: str) -> None:
         ) from None
 
 
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _parse_pid(data: bytes) -> int | None:
     text = data.strip()
     if not text or len(text) > 7 or not text.isdigit():
@@ -168,12 +215,21 @@ def _parse_pid(data: bytes) -> int | None:
     return pid if 0 < pid <= _PID_MAX else None
 
 
-def lock_holder(fd: int) -> int | None:
-    """The PID of the process holding a POSIX lock on the file open as ``fd``, or None."""
-    query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+def _lock_holder(fd: int, start: int) -> int | None:
+    """The PID of the process holding a POSIX lock on byte ``start`` of ``fd``'s file."""
+    query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, 1, 0)
     answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
     lock_type, _, _, _, pid = _FLOCK.unpack(answer)
     return None if lock_type == fcntl.F_UNLCK else int(pid)
+
+
+def graceful_holder(fd: int) -> int | None:
+    """The PID of the graceful supervisor that marked the file open as ``fd`` (see the
+    module docstring), or None."""
+    holder = _lock_holder(fd, MARK_OFFSET)
+    if holder is None or _lock_holder(fd, MARK_OFFSET + 1) == holder:
+        return None  # unmarked, or locked whole by some other program
+    return holder
 
 
 def supervisor_pidfd(path: str | os.PathLike[str]) -> tuple[int, int | None]:
@@ -204,13 +260,17 @@ def supervisor_pidfd(path: str | os.PathLike[str]) -> tuple[int, int | None]:
         if pid is None:
             raise GracefulError(f"PID file {text!r} does not hold a PID: {data[:40]!r}")
         pidfd = _open_pidfd(pid, text)
-        holder = lock_holder(fd)
+        holder = graceful_holder(fd)
     finally:
         os.close(fd)
     if holder != pid:
         if pidfd is not None:
             os.close(pidfd)
-        held = "no supervisor holds the file" if holder is None else f"PID {holder} holds it"
+        held = (
+            "no graceful supervisor holds the file"
+            if holder is None
+            else f"the supervisor holding it is PID {holder}"
+        )
         raise GracefulError(
             f"process {pid} is not a graceful supervisor ({held}): refusing to signal it "
             f"(stale PID file {text!r}?)"

@@ -83,6 +83,14 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def describe_pids(pids: list[int] | None) -> str:
+    """``1 process (4242)``, ``2 processes (4242, 4243)``, or ``processes`` if unknown."""
+    if pids is None:
+        return "processes"
+    listed = ", ".join(map(str, pids))
+    return f"{len(pids)} process{'' if len(pids) == 1 else 'es'} ({listed})"
+
+
 def stray_zombies(exclude: set[int | None]) -> list[int]:
     """This process's children that have exited (zombies), except ``exclude``."""
     found = []

@@ -110,20 +110,38 @@ def check_settings(
     Raises:
         ConfigError: naming the first such setting.
     """
+    if listen is None:
+        raise ConfigError("@graceful.service needs listen=[...], as in listen=[':8080']")
     if isinstance(listen, str | socket.socket):
         raise ConfigError(f"listen={listen!r} must be a list of specs, as in listen=[{listen!r}]")
+    if not isinstance(listen, list | tuple) or not all(
+        isinstance(spec, str | socket.socket) for spec in listen
+    ):
+        raise ConfigError(
+            f"listen={_short(listen)} must be a list of listen specs (strings) or sockets, "
+            "as in listen=[':8080']"
+        )
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ConfigError(f"workers={workers!r} must be a whole number of at least 1")
+        raise ConfigError(f"workers={_short(workers)} must be a whole number of at least 1")
     for name, value in (("ready_timeout", ready_timeout), ("drain_timeout", drain_timeout)):
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-            or not value > 0
-        ):
-            raise ConfigError(f"{name}={value!r} must be a finite number of seconds above 0")
+        if not _is_seconds(value):
+            raise ConfigError(f"{name}={_short(value)} must be a finite number of seconds above 0")
     if backend not in _BACKENDS:
         raise ConfigError(f"backend={backend!r} must be one of {', '.join(_BACKENDS)}")
+
+
+def _is_seconds(value: object) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value) and value > 0
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def refuse_in_script(error: ConfigError, frame: types.FrameType | None) -> NoReturn:
@@ -165,7 +183,7 @@ def service(
 def service(
     function: F | None = None,
     *,
-    listen: Sequence[str | socket.socket],
+    listen: Sequence[str | socket.socket] | None = None,
     workers: int = 1,
     ready_timeout: float = 30.0,
     drain_timeout: float = 30.0,
@@ -217,6 +235,7 @@ def service(
             refuse_in_script(
                 ConfigError(f"@graceful.service decorates a function, not {fn!r}"), caller
             )
+        assert listen is not None  # checked above
         return Service(
             fn,
             listen=listen,

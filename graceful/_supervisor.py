@@ -25,10 +25,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,7 +37,7 @@ import multiprocess.resource_tracker
 from anyio.abc import TaskGroup, TaskStatus
 
 from . import _processes, _wire
-from ._bytecode import application_roots, bypass_environment, recompile, stale_sources
+from ._bytecode import BytecodeCheck, application_roots, bypass_environment, recompile
 from ._decisions import (
     Announce,
     DrainTimeout,
@@ -80,6 +78,7 @@ from ._listeners import (
     format_address,
 )
 from ._logging import ensure_visible, logger
+from ._orphan_guard import OrphanGuard
 from ._pidfile import PidFile
 from ._systemd import Notifier, monotonic_usec
 from ._worker import WorkerBootstrap, worker_main
@@ -237,10 +236,12 @@ class Supervisor:
         self._sweeping: set[int] = set()
         #: generation number -> extra environment for its workers (a bytecode bypass)
         self._spawn_environment: dict[int, dict[str, str]] = {}
-        #: an empty directory that a bytecode bypass points the cache at
-        self._no_bytecode: str | None = None
+        self._bytecode = BytecodeCheck()
+        self._budget_warned = False
         #: the exit status is at least this (1 once the service had to stop itself)
         self._exit_at_least = 0
+        #: stops the workers if this process dies (see ``_orphan_guard.py``)
+        self._guard: OrphanGuard | None = None
 
     async def run(self) -> int:
         """Run until the state machine says to exit; return its exit status.
@@ -249,6 +250,9 @@ class Supervisor:
         still alive, and whatever it left in its process group, is killed, and every
         worker is reaped before it returns.
         """
+        self._guard = OrphanGuard.start(self.service.drain_timeout, self.machine.plan.kill_grace)
+        if self._guard is None:
+            logger.debug("no orphan guard: pidfds are not available")
         try:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
@@ -261,8 +265,8 @@ class Supervisor:
             return max(code, self._exit_at_least)
         finally:
             self._kill_and_reap_all()
-            if self._no_bytecode is not None:
-                shutil.rmtree(self._no_bytecode, ignore_errors=True)
+            if self._guard is not None:
+                self._guard.close()
 
     async def _decide(self, first: Event) -> int:
         event: Event = first
@@ -385,8 +389,9 @@ class Supervisor:
 
     def _reap_strays(self) -> None:
         ours = {handle.pid for handle in self.handles.values()}
-        tracker = getattr(multiprocess.resource_tracker._resource_tracker, "_pid", None)
-        for pid in _processes.stray_zombies(exclude=ours | {tracker}):
+        tracker: int | None = getattr(multiprocess.resource_tracker._resource_tracker, "_pid", None)
+        guard = self._guard.pid if self._guard is not None else None
+        for pid in _processes.stray_zombies(exclude={*ours, tracker, guard}):
             _processes.reap_zombie(pid)
 
     async def _timer(self, delay: float, event: Event) -> None:
@@ -446,6 +451,8 @@ class Supervisor:
                     self._start(process, self._spawn_environment[action.generation])
                     on_failure.callback(self._abandon, process)
                     pidfd = _processes.open_pidfd(process.pid)
+                    if pidfd is not None and self._guard is not None:
+                        self._guard.watch(process.pid, pidfd)
                     child_fd_channel.close()
                     # A generation may have made the shared listeners blocking (the flag
                     # lives on the open file description): hand them over non-blocking.
@@ -507,7 +514,15 @@ class Supervisor:
         """The extra environment generation ``generation`` needs. Stale bytecode in
         the application's directories (see ``_bytecode.py``) is recompiled from the
         source; where it cannot be, the generation bypasses the bytecode cache."""
-        stale = stale_sources(application_roots())
+        roots = application_roots()
+        stale = self._bytecode.stale_sources(roots)
+        if self._bytecode.budget_exhausted and not self._budget_warned:
+            self._budget_warned = True
+            logger.warning(
+                "stale bytecode: only the first %d .py files under %s were checked",
+                self._bytecode.budget,
+                ", ".join(roots),
+            )
         if not stale:
             return {}
         named = ", ".join(stale[:_STALE_FILES_NAMED])
@@ -529,30 +544,43 @@ class Supervisor:
             named,
             what,
         )
-        if not failed:
-            return {}
-        if self._no_bytecode is None:
-            self._no_bytecode = tempfile.mkdtemp(prefix="graceful-no-bytecode-")
-        return bypass_environment(self._no_bytecode)
+        return bypass_environment() if failed else {}
 
     # -- watching and reaping workers -----------------------------------------------
 
     async def _watch(self, handle: WorkerHandle) -> None:
         """Relay the worker's messages until it exits, then reap it and report its exit
-        once every message it wrote is in."""
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._relay, handle)
-            await self._exit_of(handle)
-            tasks.cancel_scope.cancel()
-        # What it wrote before it exited is in the channel's buffer by now.
-        for item in handle.channel.receive_all_available():
-            self._forward(handle, item)
-        exitcode = self._reap(handle)
+        once every message it wrote is in. Whatever goes wrong here costs this worker,
+        never the supervisor."""
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._relay, handle)
+                await self._exit_of(handle)
+                tasks.cancel_scope.cancel()
+            # What it wrote before it exited is in the channel's buffer by now.
+            for item in handle.channel.receive_all_available():
+                self._forward(handle, item)
+            exitcode = self._reap(handle)
+        except Exception:
+            logger.exception("could not watch %s; killing it", handle.describe())
+            exitcode = self._abandon_watch(handle)
         if exitcode and not handle.reported_cause:
             cause = main_script_syntax_error()
             if cause is not None:
                 self.events_in.send_nowait(WorkerFailed(handle.serial, cause))
         self.events_in.send_nowait(WorkerExited(handle.serial, exitcode))
+
+    def _abandon_watch(self, handle: WorkerHandle) -> int | None:
+        with contextlib.suppress(Exception):
+            if handle.serial in self.handles:
+                _processes.kill_group_or_process(handle.pid)
+                handle.process.join()
+        exitcode: int | None = None
+        with contextlib.suppress(Exception):
+            exitcode = handle.process.exitcode
+            handle.close()
+        self.handles.pop(handle.serial, None)
+        return exitcode
 
     async def _exit_of(self, handle: WorkerHandle) -> None:
         if handle.pidfd is not None:
@@ -592,18 +620,19 @@ class Supervisor:
         handle.close()
         self.handles.pop(handle.serial, None)
         if own_group and _processes.signal_group(pgid, 0):
-            left = _processes.group_members(pgid)
-            logger.warning(
-                "%s left %d process%s behind in its process group (%s); sent SIGTERM, "
-                "SIGKILL in %gs",
-                handle.describe(),
-                len(left),
-                "" if len(left) == 1 else "es",
-                ", ".join(map(str, left)),
-                self.machine.plan.kill_grace,
-            )
-            self._sweeping.add(pgid)
-            self._task_group.start_soon(self._sweep, pgid)
+            try:
+                left: list[int] | None = _processes.group_members(pgid)
+            except OSError:
+                left = None  # cannot look (out of descriptors?): sweep all the same
+            if left != []:  # [] means only zombies are left, which their parents reap
+                logger.warning(
+                    "%s left %s behind in its process group; sent SIGTERM, SIGKILL in %gs",
+                    handle.describe(),
+                    _processes.describe_pids(left),
+                    self.machine.plan.kill_grace,
+                )
+                self._sweeping.add(pgid)
+                self._task_group.start_soon(self._sweep, pgid)
         return exitcode
 
     async def _sweep(self, pgid: int) -> None:

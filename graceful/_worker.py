@@ -8,9 +8,8 @@ The spawn context has already imported the user's main script from disk (as
 2. ignores SIGINT and SIGHUP (shutdown is the supervisor's decision; Ctrl-C in a
    terminal reaches the whole process group), and SIGTTIN and SIGTTOU (it is not
    in the terminal's foreground group), and turns SIGTERM into a drain;
-3. starts a watch on its supervisor: if the supervisor dies, the event loop hears
-   of it and drains, and if the loop is blocked, the watch ends the worker (and its
-   process group) ``drain_timeout + kill_grace`` seconds later all the same;
+3. names the processes that importing the main script started, if any: they
+   were started before the worker had a process group of its own;
 4. receives the listeners' descriptors over the fd channel;
 5. looks the entry point up by name in the fresh code;
 6. runs it with a :class:`Context` on the entry's anyio backend, or with a
@@ -29,12 +28,9 @@ import contextlib
 import functools
 import inspect
 import os
-import select
 import signal
 import socket
 import sys
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -100,8 +96,8 @@ def worker_main(boot: WorkerBootstrap) -> None:
     ensure_visible(f"gen {boot.generation} worker {boot.worker_id}")
     if boot.log_level:
         logger.setLevel(boot.log_level)
+    _warn_about_children_started_at_import()
     control = _wire.ControlChannel(boot.control)
-    exit_when_orphaned(boot.supervisor_pid, boot.drain_timeout + boot.kill_grace)
 
     try:
         fds = _wire.recv_fds(boot.fd_channel)
@@ -144,49 +140,30 @@ def worker_main(boot: WorkerBootstrap) -> None:
         raise
 
 
+def _warn_about_children_started_at_import() -> None:
+    """Processes the main script started while this worker imported it were started
+    before the worker had a process group of its own: say that they are not stopped
+    with it."""
+    children = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as listing:
+                children += listing.read().split()
+    if children:
+        logger.warning(
+            "importing the main script started process%s %s, outside this worker's "
+            "process group: graceful will not stop %s with the worker (start helpers from "
+            "the entry function instead)",
+            "es" if len(children) > 1 else "",
+            ", ".join(children),
+            "them" if len(children) > 1 else "it",
+        )
+
+
 def _fail(control: _wire.ControlChannel, cause: str) -> NoReturn:
     logger.error("%s", cause)
     control.send(_wire.Failed(cause))
     sys.exit(1)
-
-
-def exit_when_orphaned(supervisor_pid: int, grace: float) -> None:
-    """Make sure this worker and its process group end within ``grace`` seconds of
-    the death of its supervisor, whatever the event loop is doing.
-
-    A daemon thread waits for the supervisor's exit (on a pidfd, or by polling the
-    parent PID where pidfds are unavailable), sleeps ``grace`` seconds, then kills
-    the worker's process group. Normally the worker has long gone by then: its event
-    loop sees the control channel close and drains within ``drain_timeout``.
-    """
-    pidfd = None
-    with contextlib.suppress(AttributeError, OSError):
-        pidfd = os.pidfd_open(supervisor_pid)
-    # If the supervisor died before that, its PID may name another process already;
-    # then this process has been re-parented, which the check below sees.
-
-    def watch() -> None:
-        if pidfd is not None and os.getppid() == supervisor_pid:
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            while not poller.poll():
-                pass
-        else:
-            while os.getppid() == supervisor_pid:
-                time.sleep(0.2)
-        time.sleep(grace)
-        # No logging module here: the blocked main thread may hold its lock.
-        with contextlib.suppress(OSError):
-            os.write(
-                2,
-                f"graceful[{os.getpid()}]: ERROR the supervisor is gone and this worker did "
-                f"not exit within {grace:g}s; killing it\n".encode(),
-            )
-        if os.getpgrp() == os.getpid():
-            os.killpg(0, signal.SIGKILL)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="graceful orphan watch", daemon=True).start()
 
 
 def _find_runnable(boot: WorkerBootstrap) -> Runnable:

@@ -154,6 +154,7 @@ def test_python_dash_m_package_module_runs_and_reloads(tmp_path: Path) -> None:
         ("a" * 64 + ".example:80", "label"),
         ("..:8000", "cannot listen on '..:8000'"),
         ("fd:99999999999999999999", "out of range"),
+        ("127.0.0.1:" + "9" * 5000, "out of range"),
     ],
 )
 def test_a_spec_the_resolver_or_the_kernel_cannot_take_is_one_line(
@@ -161,7 +162,7 @@ def test_a_spec_the_resolver_or_the_kernel_cannot_take_is_one_line(
 ) -> None:
     script = write_service(tmp_path / "svc.py")
     with running(script, env={"LISTEN": spec}) as svc:
-        assert_refused(svc, repr(spec), why)
+        assert_refused(svc, "'" + spec[:30], why)
 
 
 def test_the_same_inherited_descriptor_twice_is_refused(tmp_path: Path) -> None:
@@ -204,6 +205,9 @@ def test_a_stale_socket_file_of_another_user_is_refused_and_kept(tmp_path: Path)
 
 SERVICE_ARGUMENTS = {
     "workers=0": ("workers=0", "workers=0 must be a whole number of at least 1"),
+    "listen=None": ("listen=None", "needs listen=[...]"),
+    "listen=8080": ("listen=8080", "listen=8080 must be a list of listen specs"),
+    "huge timeout": ("ready_timeout=10**400", "must be a finite number of seconds above 0"),
     "backend": ("backend='tornado'", "backend='tornado' must be one of asyncio, trio"),
     "ready_timeout=inf": ("ready_timeout=float('inf')", "ready_timeout=inf must be a finite"),
     "drain_timeout=nan": ("drain_timeout=float('nan')", "drain_timeout=nan must be a finite"),
@@ -214,9 +218,10 @@ SERVICE_ARGUMENTS = {
 def test_a_bad_argument_to_the_decorator_is_one_line(tmp_path: Path, case: str) -> None:
     argument, message = SERVICE_ARGUMENTS[case]
     script = tmp_path / "svc.py"
+    listen = "" if argument.startswith("listen=") else "listen=['127.0.0.1:0'], "
     script.write_text(
         "import graceful\n\n"
-        f"@graceful.service(listen=['127.0.0.1:0'], {argument})\n"
+        f"@graceful.service({listen}{argument})\n"
         "async def main(ctx):\n"
         "    await ctx.serve(lambda stream: stream.aclose())\n\n"
         "if __name__ == '__main__':\n"
@@ -225,6 +230,34 @@ def test_a_bad_argument_to_the_decorator_is_one_line(tmp_path: Path, case: str) 
     with running(script) as svc:
         assert_refused(svc, message)
         assert f"{script}, line 3" in svc.output
+
+
+def test_the_decorator_without_arguments_is_one_line(tmp_path: Path) -> None:
+    script = tmp_path / "svc.py"
+    script.write_text(
+        "import graceful\n\n"
+        "@graceful.service\n"
+        "async def main(ctx):\n"
+        "    await ctx.serve(lambda stream: stream.aclose())\n\n"
+        "if __name__ == '__main__':\n"
+        "    main.run()\n"
+    )
+    with running(script) as svc:
+        assert_refused(svc, "@graceful.service needs listen=[...]", f"{script}, line 3")
+
+
+def test_serve_finds_an_app_module_without_running_its_package(tmp_path: Path) -> None:
+    package = tmp_path / "pkgx"
+    package.mkdir()
+    ran = tmp_path / "ran"
+    (package / "__init__.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    args = ["serve", "pkgx.missing:app", "--listen", "127.0.0.1:0"]
+    with running(tmp_path / "x", module="graceful", args=args, cwd=tmp_path) as svc:
+        assert svc.wait_exit() == 2, svc.output
+        assert svc.lines == [
+            line for line in svc.lines if "cannot find module 'pkgx.missing'" in line
+        ]
+    assert not ran.exists(), "the supervisor ran pkgx/__init__.py"
 
 
 @pytest.mark.parametrize(

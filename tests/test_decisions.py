@@ -737,9 +737,11 @@ def test_stop_drains_every_worker_including_starting_ones() -> None:
 
     everyone = set(serving) | set(starting)
     assert shut_down(actions) == everyone
-    assert all(a.drain_timeout == 3.0 for a in of_type(actions, ShutdownWorker))
-    assert {event.serial for _, event in timers(actions, DrainTimeout)} == everyone
-    assert {delay for delay, _ in timers(actions, DrainTimeout)} == {4.0}
+    # the serving ones get drain_timeout; the ones still starting only kill_grace
+    drains = {a.serial: a.drain_timeout for a in of_type(actions, ShutdownWorker)}
+    assert drains == {**dict.fromkeys(serving, 3.0), **dict.fromkeys(starting, 1.0)}
+    kills = {event.serial: delay for delay, event in timers(actions, DrainTimeout)}
+    assert kills == {**dict.fromkeys(serving, 4.0), **dict.fromkeys(starting, 2.0)}
     assert killed(actions) == set()
     assert spawned(actions) == []
     assert exits(actions) == []
@@ -952,3 +954,25 @@ def test_a_first_generation_that_fails_releases_the_listeners() -> None:
     actions = sim.send(WorkerExited(culprit, 1))
 
     assert of_type(actions, StopAccepting) == [StopAccepting()]
+
+
+def test_a_worker_still_starting_at_stop_is_killed_after_kill_grace_without_failing_the_stop() -> (
+    None
+):
+    sim = Sim()
+    serving = start_serving(sim)
+    [starting, _] = reload(sim)
+    sim.send(StopRequested())
+    sim.send_all(WorkerExited(serial, 0) for serial in serving)
+    sim.clock.advance(2.0)
+
+    actions = sim.send(DrainTimeout(starting))
+
+    assert killed(actions) == {starting}
+    assert messages(actions, logging.INFO) == [
+        "generation 2 worker 0 was still starting when the service stopped; killing it"
+    ]
+    assert messages(actions, logging.WARNING) == []
+    sim.send(WorkerExited(starting, -9))
+    sim.send(DrainTimeout(starting + 1))
+    assert exits(sim.send(WorkerExited(starting + 1, -9))) == [0]

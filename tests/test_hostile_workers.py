@@ -30,7 +30,7 @@ from harness import (
     running,
     wait_until,
 )
-from services import service_source, write_service
+from services import service_source, wait_for_file, write_service
 
 
 def reload(svc: ServiceProcess, generation: int) -> None:
@@ -102,7 +102,7 @@ def test_a_worker_whose_child_outlives_it_is_reaped_after_a_reload(
             tally = load.stop()
         reap([child])
         assert tally.failed == 0, tally.as_dict()
-        svc.wait_for(r"generation 1 worker 0 left \d+ process(es)? behind")
+        svc.wait_for(r"generation 1 worker 0 left \d+ process(es)? \([\d, ]+\) behind")
         svc.send(signal.SIGTERM)
         assert svc.wait_exit(timeout=20) == 0
 
@@ -154,6 +154,40 @@ def test_running_out_of_descriptors_at_a_reload_fails_only_the_reload(tmp_path: 
         finally:
             tally = load.stop()
         assert tally.failed == 0, tally.as_dict()
+        assert "Traceback" not in svc.output
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+def test_a_worker_dying_while_the_supervisor_has_no_descriptor_left_costs_nothing_more(
+    tmp_path: Path,
+) -> None:
+    """The worker left a child behind, and the supervisor cannot open anything at
+    the moment the worker dies: it still reaps it, sweeps the child, and restarts the
+    worker once descriptors are available again."""
+    record = tmp_path / "children"
+    ignores_sigterm = leaves_a_child("fork").replace(
+        "    if pid == 0:\n",
+        "    if pid == 0:\n        signal.signal(signal.SIGTERM, signal.SIG_IGN)\n",
+    )
+    script = write_service(
+        tmp_path / "svc.py", before_serve="    import signal\n" + ignores_sigterm
+    )
+    env = {"LISTEN": "127.0.0.1:0", "LEFT_BEHIND": str(record)}
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        [worker] = svc.worker_pids()
+        [child] = left_behind(record)
+        limits = resource.prlimit(svc.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(svc.pid, resource.RLIMIT_NOFILE, (5, limits[1]))
+        mark = svc.mark()
+        os.kill(worker, signal.SIGKILL)
+        svc.wait_for(r"generation 1 worker 0 left processes behind", after=mark)
+        wait_until(lambda: not is_alive(child), 15, "the child to be stopped")
+        svc.wait_for(r"could not start a worker: .*Too many open files", after=mark)
+        resource.prlimit(svc.pid, resource.RLIMIT_NOFILE, limits)
+        svc.wait_for("generation 1 worker 0 is back in service", after=mark)
+        reap([child])
         assert "Traceback" not in svc.output
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
@@ -315,6 +349,13 @@ BLOCKS = {
         "            await stream.send(PREFIX + b'blocking\\n')\n"
         "            __import__('time').sleep(3600)\n"
     ),
+    # a catastrophic regular expression: C code that never releases the GIL, so no
+    # other thread of the worker runs either
+    "asyncio-gil": (
+        "        if line == b'block':\n"
+        "            await stream.send(PREFIX + b'blocking\\n')\n"
+        "            __import__('re').match(r'(a+)+$', 'a' * 64 + 'b')\n"
+    ),
     "sync": (
         "            if line == b'block':\n"
         "                self.wfile.write(PREFIX + b'blocking\\n')\n"
@@ -327,7 +368,7 @@ BLOCKS = {
 def test_a_blocked_worker_is_gone_soon_after_its_supervisor_is_killed(
     tmp_path: Path, kind: str
 ) -> None:
-    script = write_service(tmp_path / "svc.py", kind, on_line=BLOCKS[kind])
+    script = write_service(tmp_path / "svc.py", kind.partition("-")[0], on_line=BLOCKS[kind])
     with running(script, env={"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "1"}) as svc:
         svc.wait_serving(1)
         host, _, port = svc.address().rpartition(":")
@@ -344,6 +385,49 @@ def test_a_blocked_worker_is_gone_soon_after_its_supervisor_is_killed(
             successor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             successor.bind((host, int(port)))
             successor.listen()
+
+
+def test_what_an_orphaned_worker_left_behind_is_stopped_and_releases_the_port(
+    tmp_path: Path,
+) -> None:
+    """A worker forks a child that inherits the listener and ignores SIGTERM, then the
+    supervisor is killed: the worker drains and exits, and its guard stops the child,
+    so the port is free again."""
+    record = tmp_path / "children"
+    script = write_service(tmp_path / "svc.py", before_serve=leaves_a_child("fork"))
+    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "1", "LEFT_BEHIND": str(record)}
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        host, _, port = svc.address().rpartition(":")
+        [worker] = svc.worker_pids()
+        [child] = left_behind(record)
+        svc.send(signal.SIGKILL)
+        wait_until(lambda: not is_alive(worker), 15, "the orphaned worker to exit")
+        wait_until(lambda: not is_alive(child), 15, "what it left behind to be stopped")
+        reap([worker, child])
+        with socket.socket() as successor:
+            successor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            successor.bind((host, int(port)))
+            successor.listen()
+
+
+def test_a_process_started_while_a_worker_imports_the_script_is_named(tmp_path: Path) -> None:
+    script = write_service(tmp_path / "svc.py")
+    script.write_text(
+        script.read_text().replace(
+            "CTX = None",
+            "CTX = None\n"
+            "if __name__ == '__mp_main__':\n"
+            "    import subprocess\n"
+            "    HELPER = subprocess.Popen(['sleep', '60'])\n",
+        )
+    )
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        svc.wait_for(
+            r"importing the main script started process \d+, outside this worker's process "
+            r"group: graceful will not stop it with the worker"
+        )
 
 
 # -- a listener made blocking by one generation ----------------------------------------
@@ -462,6 +546,27 @@ def test_a_connection_made_during_a_stop_is_refused_at_once(tmp_path: Path) -> N
             busy.settimeout(15)
             assert read_line(busy) == b"v1: sleep 3\n"
         assert svc.wait_exit() == 0
+
+
+def test_a_stop_during_a_slow_start_refuses_new_connections_and_ends_cleanly(
+    tmp_path: Path,
+) -> None:
+    gate = tmp_path / "never"
+    script = write_service(tmp_path / "svc.py", prefix="v1")
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        # generation 2 holds the listeners and will not be ready before the stop
+        script.write_text(service_source(prefix="v2", before_serve=wait_for_file(gate)))
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        svc.wait_for("starting generation 2", after=mark)
+        svc.send(signal.SIGTERM)
+        svc.wait_for("stopping: draining")
+        wait_until(lambda: refused(address), 15, "new connections to be refused")
+        assert svc.wait_exit() == 0
+        svc.wait_for("generation 2 worker 0 was still starting when the service stopped")
+        assert "did not finish draining" not in svc.output
 
 
 def test_a_connection_made_during_a_stop_waits_on_an_inherited_listener(tmp_path: Path) -> None:

@@ -183,9 +183,10 @@ def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> Non
     script = write_service(tmp_path / "svc.py", "asyncio")
     with running(script, env={"LISTEN": "127.0.0.1:0", "WORKERS": "2"}) as svc:
         svc.wait_serving(1)
-        # Settled: two workers plus multiprocess's resource tracker, nothing left to
-        # reap. The supervisor closes a worker's fds in the same step as it reaps it.
-        settled = lambda: len(svc.children()) == 3 and not _zombies(svc.pid)  # noqa: E731
+        # Settled: two workers, multiprocess's resource tracker and the orphan guard,
+        # nothing left to reap. The supervisor closes a worker's fds in the same step
+        # as it reaps it.
+        settled = lambda: len(svc.children()) == 4 and not _zombies(svc.pid)  # noqa: E731
 
         def reload(generation: int) -> None:
             mark = svc.mark()

@@ -21,7 +21,7 @@ from harness import (
     sticky_directory,
     wait_until,
 )
-from services import write_service
+from services import wait_for_file, write_service
 
 
 def graceful(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -151,3 +151,81 @@ def test_a_pid_file_planted_by_another_user_stops_the_supervisor_from_starting(
     line = one_error_line(graceful("stop", "--pid-file", str(pid_file)))
     assert "is not a graceful supervisor" in line
     assert bystander.poll() is None
+
+
+OTHER_DAEMON = """\
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.lockf(fd, fcntl.LOCK_EX)  # the whole file, as daemons do
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_locked_pid_file_of_another_program_is_refused(tmp_path: Path) -> None:
+    pid_file = tmp_path / "daemon.pid"
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", OTHER_DAEMON, str(pid_file)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert daemon.stdout is not None
+        assert daemon.stdout.readline() == "ready\n"
+        for command in ("reload", "stop"):
+            line = one_error_line(graceful(command, "--pid-file", str(pid_file)))
+            assert f"process {daemon.pid} is not a graceful supervisor" in line
+        assert daemon.poll() is None
+        # and a supervisor will not take that file over either
+        script = write_service(tmp_path / "svc.py", pid_file=pid_file)
+        with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+            assert svc.wait_exit() == 2, svc.output
+            assert f"names process {daemon.pid}, which is running" in svc.output
+        assert pid_file.read_text() == f"{daemon.pid}\n"
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
+def test_a_second_supervisor_on_the_same_pid_file_is_refused_while_the_first_starts(
+    tmp_path: Path,
+) -> None:
+    pid_file = tmp_path / "svc.pid"
+    gate = tmp_path / "start-now"
+    first_script = write_service(
+        tmp_path / "first.py", pid_file=pid_file, before_serve=wait_for_file(gate)
+    )
+    second_script = write_service(tmp_path / "second.py", pid_file=pid_file)
+    with running(first_script, env={"LISTEN": "127.0.0.1:0"}) as first:
+        first.wait_for("starting generation 1")
+        with running(second_script, env={"LISTEN": "127.0.0.1:0"}) as second:
+            assert second.wait_exit() == 2, second.output
+            assert f"another supervisor (PID {first.pid}) is starting" in second.output
+        gate.touch()
+        first.wait_serving(1)
+        wait_until(pid_file.exists, 10, "the PID file")
+        with running(second_script, env={"LISTEN": "127.0.0.1:0"}) as second:
+            assert second.wait_exit() == 2, second.output
+            assert f"belongs to a running supervisor (PID {first.pid})" in second.output
+        assert pid_file.read_text() == f"{first.pid}\n"
+        assert graceful("stop", "--pid-file", str(pid_file)).returncode == 0
+        assert first.wait_exit() == 0
+    assert list(tmp_path.glob(".*")) == []
+
+
+def test_a_supervisor_killed_while_starting_leaves_nothing_that_blocks_the_next(
+    tmp_path: Path,
+) -> None:
+    pid_file = tmp_path / "svc.pid"
+    gate = tmp_path / "start-now"
+    script = write_service(tmp_path / "svc.py", pid_file=pid_file, before_serve=wait_for_file(gate))
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_for("starting generation 1")
+        svc.send(signal.SIGKILL)
+        svc.wait_exit()
+    gate.touch()
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        wait_until(pid_file.exists, 10, "the PID file")
+        assert graceful("stop", "--pid-file", str(pid_file)).returncode == 0
+        assert svc.wait_exit() == 0
+    assert list(tmp_path.glob(".*")) == []

@@ -166,8 +166,8 @@ def test_failed_reload_keeps_the_old_generation_serving(tmp_path: Path, breakage
         assert tally.failed == 0, tally.as_dict()
         assert tally.prefixes.get("bad: ", 0) == 0
         # the failed worker was reaped and generation 1 drained: only generation 3's
-        # worker and multiprocess's resource tracker remain
-        wait_until(lambda: len(svc.children()) == 2, 10, "only two children left")
+        # worker, multiprocess's resource tracker and the orphan guard remain
+        wait_until(lambda: len(svc.children()) == 3, 10, "only three children left")
 
 
 def test_sighups_during_a_reload_coalesce_into_one_follow_up(tmp_path: Path) -> None:

@@ -327,12 +327,14 @@ def test_as_pid_1_the_supervisor_reaps_orphans_of_its_workers(tmp_path: Path) ->
             return found
 
         def orphans() -> list[int]:
-            # neither a worker nor multiprocess's resource tracker: the re-parented
-            # child of the worker's shell (it may not have exec'd sleep yet)
+            # neither a worker nor multiprocess's resource tracker nor the orphan guard:
+            # the re-parented child of the worker's shell (it may not have exec'd sleep)
             return [
                 pid
                 for pid, (_, cmd) in children().items()
-                if b"spawn_main" not in cmd and b"resource_tracker" not in cmd
+                if not any(
+                    mark in cmd for mark in (b"spawn_main", b"resource_tracker", b"_orphan_guard")
+                )
             ]
 
         wait_until(lambda: bool(orphans()), 10, "the orphan to be re-parented to the supervisor")

@@ -1,0 +1,64 @@
+"""The stale-bytecode check on real files: what it flags, what it leaves alone, its
+budget. (Reloads that serve the right code despite stale bytecode are in
+``test_reload.py``.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import py_compile
+from pathlib import Path
+
+from graceful._bytecode import BytecodeCheck
+
+
+def compiled(path: Path, source: str) -> Path:
+    path.write_text(source)
+    py_compile.compile(str(path), doraise=True)
+    return Path(importlib.util.cache_from_source(str(path)))
+
+
+def redeploy(path: Path, source: str) -> None:
+    """New content, old size and mtime, new ctime (rsync -a, tar)."""
+    before = path.stat()
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(source)
+    os.utime(staged, ns=(before.st_atime_ns, before.st_mtime_ns))
+    staged.replace(path)
+
+
+def test_a_changed_source_with_its_old_size_and_mtime_is_stale(tmp_path: Path) -> None:
+    module = tmp_path / "handlers.py"
+    compiled(module, 'PREFIX = b"one: "\n')
+    redeploy(module, 'PREFIX = b"two: "\n')
+    assert BytecodeCheck().stale_sources([str(tmp_path)]) == [str(module)]
+
+
+def test_a_source_whose_metadata_alone_changed_is_not_stale(tmp_path: Path) -> None:
+    module = tmp_path / "handlers.py"
+    compiled(module, 'PREFIX = b"one: "\n')
+    module.chmod(0o600)  # ctime moves on, the content does not
+    redeploy(tmp_path / "handlers.py", 'PREFIX = b"one: "\n')  # the same release again
+    check = BytecodeCheck()
+    assert check.stale_sources([str(tmp_path)]) == []
+    assert check.stale_sources([str(tmp_path)]) == []  # remembered, not compiled again
+
+
+def test_an_edited_source_with_a_new_mtime_is_left_to_python(tmp_path: Path) -> None:
+    module = tmp_path / "handlers.py"
+    compiled(module, 'PREFIX = b"one: "\n')
+    module.write_text('PREFIX = b"two!: "\n')  # new size: Python sees it by itself
+    assert BytecodeCheck().stale_sources([str(tmp_path)]) == []
+
+
+def test_the_check_stops_at_its_budget_and_says_so(tmp_path: Path) -> None:
+    for n in range(5):
+        compiled(tmp_path / f"m{n}.py", f"X = {n}\n")
+    for n in range(5):
+        redeploy(tmp_path / f"m{n}.py", f"X = {n + 5}\n")
+    check = BytecodeCheck(budget=3)
+    assert len(check.stale_sources([str(tmp_path)])) == 3
+    assert check.budget_exhausted
+    check = BytecodeCheck(budget=5)
+    assert len(check.stale_sources([str(tmp_path)])) == 5
+    assert not check.budget_exhausted
