@@ -54,13 +54,24 @@ def answers_of(load: Load, more: int, timeout: float = 15.0) -> None:
 
 def leaves_a_child(how: str) -> str:
     """Code for the entry: start a long-lived child that inherits the worker's
-    descriptors, and record its PID in the file named by $LEFT_BEHIND."""
+    descriptors and ignores SIGTERM, and record its PID in the file named by
+    $LEFT_BEHIND."""
     if how == "fork":
-        start = "pid = os.fork()\n    if pid == 0:\n        time.sleep(3600)\n        os._exit(0)\n"
+        start = (
+            "pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "        time.sleep(3600)\n"
+            "        os._exit(0)\n"
+        )
     else:
-        start = "pid = subprocess.Popen(['sleep', '3600'], close_fds=False).pid\n"
+        start = (
+            "pid = subprocess.Popen(\n"
+            "        ['sh', '-c', 'trap \"\" TERM; exec sleep 3600'], close_fds=False\n"
+            "    ).pid\n"
+        )
     return (
-        "    import subprocess, time\n"
+        "    import signal, subprocess, time\n"
         f"    {start}"
         "    with open(os.environ['LEFT_BEHIND'], 'a') as record:\n"
         "        record.write(f'{pid}\\n')\n"
@@ -102,7 +113,7 @@ def test_a_worker_whose_child_outlives_it_is_reaped_after_a_reload(
             tally = load.stop()
         reap([child])
         assert tally.failed == 0, tally.as_dict()
-        svc.wait_for(r"generation 1 worker 0 left \d+ process(es)? \([\d, ]+\) behind")
+        svc.wait_for(rf"generation 1 worker 0 left 1 process \({child}\) behind")
         svc.send(signal.SIGTERM)
         assert svc.wait_exit(timeout=20) == 0
 
@@ -166,13 +177,7 @@ def test_a_worker_dying_while_the_supervisor_has_no_descriptor_left_costs_nothin
     the moment the worker dies: it still reaps it, sweeps the child, and restarts the
     worker once descriptors are available again."""
     record = tmp_path / "children"
-    ignores_sigterm = leaves_a_child("fork").replace(
-        "    if pid == 0:\n",
-        "    if pid == 0:\n        signal.signal(signal.SIGTERM, signal.SIG_IGN)\n",
-    )
-    script = write_service(
-        tmp_path / "svc.py", before_serve="    import signal\n" + ignores_sigterm
-    )
+    script = write_service(tmp_path / "svc.py", before_serve=leaves_a_child("fork"))
     env = {"LISTEN": "127.0.0.1:0", "LEFT_BEHIND": str(record)}
     with running(script, env=env) as svc:
         svc.wait_serving(1)
