@@ -1,27 +1,33 @@
 """What happens to the workers of a supervisor that dies: the orphan guard.
 
 Normally a worker hears of its supervisor's death within milliseconds (its control
-channel reaches end-of-file), stops accepting, drains, and exits. Two things can
+channel reaches end-of-file), stops accepting, drains, and exits. Three things can
 defeat that: an event loop that never runs again (a handler stuck in a blocking
 call, or in C code that holds the GIL, where not even another thread of the worker
-can run), and the processes a worker started, which no supervisor is left to stop
-when the worker exits.
+can run), a worker still importing the main script, and the processes a worker
+started, which no supervisor is left to stop when the worker exits.
 
 So each supervisor starts one guard: a small separate interpreter (``python -I -S``
 running this file, which imports nothing but the standard library; about 6 MB). It
 holds none of the service's descriptors and sits in a process group of its own.
 The supervisor hands it a pidfd for each worker it starts, over a socket pair
-(:class:`OrphanGuard`). The guard waits for that socket to reach end-of-file:
+(:class:`OrphanGuard`), and starts a new guard if this one dies. The guard waits
+for that socket to reach end-of-file:
 
-* after a clean stop every worker has exited and been reaped: the guard exits;
+* after a clean stop every worker has exited: the guard exits;
 * after the supervisor died, each worker still alive gets ``drain_timeout +
-  kill_grace`` seconds to exit by itself. The process group of a worker that is
-  still alive then is SIGKILLed. What a worker left in its group when it exited
-  gets SIGTERM, and SIGKILL ``kill_grace`` seconds later.
+  kill_grace`` seconds to exit by itself, then it is SIGKILLed (through its pidfd,
+  so even a worker that has no process group of its own yet is reached), with its
+  process group if it leads one. What a worker left in its group, whether it
+  exited just now or in the ``kill_grace`` seconds before the supervisor died (when
+  the supervisor was still sweeping it), gets SIGTERM, then SIGKILL ``kill_grace``
+  seconds later.
 
-A worker's pidfd names that process and no other, and its process group number
-cannot be reused while the worker is alive or a member remains; the guard checks
-right before each signal. Where pidfds are not available there is no guard.
+A group's number can be reused once its leader has been reaped and its last member
+has gone, so the guard never signals a group by its number alone. It lists the
+group's members in ``/proc``, keeps those that started before the worker exited
+(a process that reused the number started later), opens a pidfd for each, checks
+that it is still the process it listed, and signals that pidfd.
 """
 
 from __future__ import annotations
@@ -31,9 +37,12 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
 
 # --- the supervisor's side --------------------------------------------------------------
 
@@ -44,11 +53,14 @@ class OrphanGuard:
     def __init__(self, process: subprocess.Popen[bytes], channel: socket.socket) -> None:
         self._process = process
         self._channel = channel
+        self.pidfd: int | None = _pidfd(process.pid)
 
     @classmethod
     def start(cls, drain_timeout: float, kill_grace: float) -> OrphanGuard | None:
-        """Start the guard, or return None where it cannot work (no pidfds, or no
+        """Start a guard, or return None where it cannot work (no pidfds, or no
         source to run)."""
+        import subprocess  # noqa: PLC0415 - the guard itself does not need it
+
         program = _own_program()
         if program is None or not hasattr(os, "pidfd_open"):
             return None
@@ -79,14 +91,25 @@ class OrphanGuard:
         with contextlib.suppress(OSError):
             socket.send_fds(self._channel, [str(pid).encode()], [pidfd])
 
+    def reap(self) -> int | None:
+        """Reap a guard that has exited on its own; its exit status."""
+        self._close_descriptors()
+        return self._process.wait()
+
     def close(self, timeout: float = 2.0) -> None:
         """Let the guard go (every worker has been reaped) and reap it."""
-        self._channel.close()
+        self._close_descriptors()
         try:
             self._process.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except Exception:
             self._process.kill()
             self._process.wait()
+
+    def _close_descriptors(self) -> None:
+        self._channel.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 def _own_program() -> list[str] | None:
@@ -103,25 +126,43 @@ def _own_program() -> list[str] | None:
     return None if source is None else ["-c", source]
 
 
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
 # --- the guard's side (runs in its own interpreter) -------------------------------------
 
-_POLL_INTERVAL = 0.05
+
+class _Worker:
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        #: when it was seen to exit (boot-time clock ticks), or None while alive
+        self.exited_at: int | None = None
 
 
 def _run_guard(channel: socket.socket, drain_timeout: float, kill_grace: float) -> None:
     for ignored in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(ignored, signal.SIG_IGN)
-    workers: dict[int, int] = {}  # pidfd -> pid
+    alive: dict[int, _Worker] = {}  # by pidfd
+    exited: list[_Worker] = []  # while the supervisor may still be sweeping their groups
     while True:
         poller = select.poll()
         poller.register(channel, select.POLLIN)
-        for pidfd in workers:
+        for pidfd in alive:
             poller.register(pidfd, select.POLLIN)
-        ready = {fd for fd, _ in poller.poll()}
-        for pidfd in ready & workers.keys():
-            # exited while the supervisor lives: the supervisor takes care of it
-            del workers[pidfd]
+        ready = {fd for fd, _ in poller.poll(int(kill_grace * 1000) + 1000)}
+        now = _ticks()
+        for pidfd in ready & alive.keys():
+            worker = alive.pop(pidfd)
+            worker.exited_at = now
             os.close(pidfd)
+            exited.append(worker)
+        horizon = now - int((kill_grace + 1) * _TICKS_PER_SECOND)
+        exited = [worker for worker in exited if worker.exited_at and worker.exited_at > horizon]
         if channel.fileno() in ready:
             try:
                 data, fds, _, _ = socket.recv_fds(channel, 32, 1)
@@ -130,50 +171,118 @@ def _run_guard(channel: socket.socket, drain_timeout: float, kill_grace: float) 
             if not data:
                 break  # the supervisor is gone
             for pidfd in fds:
-                workers[pidfd] = int(data)
-    _outlive_the_supervisor(workers, drain_timeout, kill_grace)
+                alive[pidfd] = _Worker(int(data), pidfd)
+    _outlive_the_supervisor(list(alive.values()), exited, drain_timeout, kill_grace)
 
 
 def _outlive_the_supervisor(
-    workers: dict[int, int], drain_timeout: float, kill_grace: float
+    alive: list[_Worker], exited: list[_Worker], drain_timeout: float, kill_grace: float
 ) -> None:
     deadline = time.monotonic() + drain_timeout + kill_grace
-    sweeps: dict[int, float] = {}  # process group -> when to SIGKILL it
-    while workers or sweeps:
+    sweeps: list[tuple[float, list[int]]] = []  # (when to SIGKILL, pidfds of leftovers)
+    for worker in exited:
+        sweeps.append(_start_sweep(worker, kill_grace))
+    while alive or sweeps:
+        poller = select.poll()
+        for worker in alive:
+            poller.register(worker.pidfd, select.POLLIN)
+        wait = min([deadline, *(when for when, _ in sweeps)]) - time.monotonic()
+        ready = {fd for fd, _ in poller.poll(max(0, int(wait * 1000)) + 1)}
         now = time.monotonic()
-        for pidfd, pid in list(workers.items()):
-            if select.select([pidfd], [], [], 0)[0]:
-                del workers[pidfd]
-                os.close(pidfd)
-                if _signal_group(pid, signal.SIGTERM):
-                    sweeps[pid] = now + kill_grace
+        for worker in list(alive):
+            if worker.pidfd in ready:
+                worker.exited_at = _ticks()
+                alive.remove(worker)
+                sweeps.append(_start_sweep(worker, kill_grace))
+                os.close(worker.pidfd)
             elif now >= deadline:
                 _say(
-                    f"the supervisor is gone and worker {pid} did not exit within "
+                    f"the supervisor is gone and worker {worker.pid} did not exit within "
                     f"{drain_timeout + kill_grace:g}s; killing it"
                 )
-                _signal_group(pid, signal.SIGKILL)  # alive: its group is its own
-                del workers[pidfd]
-                os.close(pidfd)
-        for pgid, when in list(sweeps.items()):
-            if not _signal_group(pgid, 0):
-                del sweeps[pgid]
-            elif now >= when:
-                _say(f"worker {pgid} left processes behind; killing them")
-                _signal_group(pgid, signal.SIGKILL)
-                del sweeps[pgid]
-        time.sleep(_POLL_INTERVAL)
+                if _leads_group(worker.pid):  # alive: the number is its own
+                    _signal_group(worker.pid, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(worker.pidfd, signal.SIGKILL)
+                alive.remove(worker)
+                os.close(worker.pidfd)
+        for sweep in list(sweeps):
+            when, pidfds = sweep
+            if now >= when or not any(_is_alive(pidfd) for pidfd in pidfds):
+                for pidfd in pidfds:
+                    if _is_alive(pidfd):
+                        _say("a worker left processes behind; killing them")
+                        with contextlib.suppress(OSError):
+                            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    os.close(pidfd)
+                sweeps.remove(sweep)
 
 
-def _signal_group(pgid: int, signum: int) -> bool:
-    """Signal process group ``pgid``; False if it has no member."""
+def _start_sweep(worker: _Worker, kill_grace: float) -> tuple[float, list[int]]:
+    """SIGTERM what ``worker`` (exited) left in its process group."""
+    pidfds = _leftovers(worker.pid, worker.exited_at or _ticks())
+    for pidfd in pidfds:
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+    return time.monotonic() + kill_grace, pidfds
+
+
+def _leftovers(pgid: int, exited_at: int) -> list[int]:
+    """Pidfds for the live members of group ``pgid`` that started before ``exited_at``
+    (boot-time clock ticks): what the worker left, never a process that reused the
+    number later."""
+    pidfds = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        identity = _identity(int(entry))
+        if identity is None or identity[0] != pgid or identity[1] >= exited_at:
+            continue
+        pidfd = _pidfd(int(entry))
+        if pidfd is None:
+            continue
+        if _identity(int(entry)) != identity:  # not the process listed any more
+            os.close(pidfd)
+            continue
+        pidfds.append(pidfd)
+    return pidfds
+
+
+def _identity(pid: int) -> tuple[int, int] | None:
+    """Process group and start time (boot-time clock ticks) of live process ``pid``."""
     try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as file:
+            text = file.read()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[2]), int(fields[19])
+
+
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def _ticks() -> int:
+    """Now, on the clock /proc's start times use (boot time, in clock ticks)."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS_PER_SECOND)
+
+
+def _is_alive(pidfd: int) -> bool:
+    return not select.select([pidfd], [], [], 0)[0]
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signum)
 
 
 def _say(text: str) -> None:

@@ -34,6 +34,7 @@ import os
 import signal
 import stat
 import struct
+import tempfile
 
 from ._errors import ConfigError, GracefulError
 
@@ -76,16 +77,7 @@ class PidFile:
             raise ConfigError(f"--pid-file {text!r}: directory {directory} is not writable")
         _make_room(text, absolute)
         staged = os.path.join(directory, f".{name}.graceful-staged")
-        fd = _create_staged(text, staged)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, MARK_OFFSET, os.SEEK_SET)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            os.fchmod(fd, 0o644)
-        except OSError as exc:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(staged)
-            raise ConfigError(f"--pid-file {text!r}: cannot prepare it: {exc.strerror}") from None
+        fd = _stage(text, directory, staged)
         return cls(absolute, fd, staged)
 
     def publish(self) -> None:
@@ -95,9 +87,14 @@ class PidFile:
             GracefulError: if it cannot (someone put a file there meanwhile that this
                 user may not replace, say).
         """
-        if self._staged is None:
+        if self._staged is None or self._fd is None:
             return
         try:
+            mine, there = os.fstat(self._fd), os.lstat(self._staged)
+            if (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino):
+                raise GracefulError(
+                    f"cannot write PID file {self.path}: its staged file was replaced"
+                )
             os.replace(self._staged, self.path)
         except OSError as exc:
             raise GracefulError(f"cannot write PID file {self.path}: {exc.strerror}") from None
@@ -118,37 +115,75 @@ class PidFile:
         self._fd = None
 
 
-def _create_staged(text: str, staged: str) -> int:
-    """Create the staged file, after removing one a killed supervisor left.
+def _stage(text: str, directory: str, staged: str) -> int:
+    """Create the staged file, already marked and holding this PID, under its name.
+
+    The file is written and marked under a random name first, then linked to the
+    staged name: another supervisor never sees the staged name unmarked. A staged
+    file a killed supervisor left (unmarked) is removed.
 
     Raises:
-        ConfigError: if another supervisor is starting with the same PID file.
+        ConfigError: if another supervisor is starting with the same PID file, or
+            the directory cannot be written.
     """
-    for _ in range(2):
-        try:
-            return os.open(
-                staged, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise ConfigError(
-                f"--pid-file {text!r}: cannot write {staged}: {exc.strerror}"
-            ) from None
-        with contextlib.suppress(OSError):
-            fd = os.open(staged, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fd, scratch = tempfile.mkstemp(prefix=".graceful-pid-", dir=directory)
+    except OSError as exc:
+        raise ConfigError(
+            f"--pid-file {text!r}: cannot write in {directory}: {exc.strerror}"
+        ) from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, MARK_OFFSET, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fchmod(fd, 0o644)
+        for _ in range(2):
             try:
-                holder = graceful_holder(fd)
-            finally:
-                os.close(fd)
-            if holder is not None:
-                raise ConfigError(
-                    f"--pid-file {text!r}: another supervisor (PID {holder}) is starting "
-                    "with this PID file"
-                )
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staged)  # left by a supervisor that was killed while starting
-    raise ConfigError(f"--pid-file {text!r}: cannot create {staged}: it keeps reappearing")
+                os.link(scratch, staged)
+                return fd
+            except FileExistsError:
+                _remove_stale_staged(text, staged)
+        raise ConfigError(f"--pid-file {text!r}: {staged} keeps reappearing")
+    except OSError as exc:
+        os.close(fd)
+        raise ConfigError(f"--pid-file {text!r}: cannot prepare it: {exc.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(scratch)
+
+
+def _remove_stale_staged(text: str, staged: str) -> None:
+    """Remove a staged file nobody marks (a killed supervisor's).
+
+    Raises:
+        ConfigError: if a live supervisor marks it, or it may not be removed.
+    """
+    try:
+        fd = os.open(staged, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"--pid-file {text!r}: cannot read {staged}: {exc.strerror}") from None
+    try:
+        holder = graceful_holder(fd)
+        owner = os.fstat(fd).st_uid
+    finally:
+        os.close(fd)
+    if holder is not None:
+        raise ConfigError(
+            f"--pid-file {text!r}: another supervisor (PID {holder}) is starting with this PID file"
+        )
+    try:
+        os.unlink(staged)  # left by a supervisor that was killed while starting
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError(
+            f"--pid-file {text!r}: cannot remove the stale {staged} (owned by uid {owner}): "
+            f"{exc.strerror}"
+        ) from None
 
 
 def _make_room(text: str, path: str) -> None:

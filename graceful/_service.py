@@ -78,6 +78,12 @@ class Service(Generic[F]):
         Returns after a clean stop. Raises ``SystemExit(2)`` for a configuration
         error (one line on stderr, nothing spawned) and ``SystemExit(1)`` if the
         first generation never became ready or a stop had to kill workers.
+
+        Signals: from the call on, SIGHUP is ignored except while the supervisor
+        listens for it (a reload with nothing to reload must not kill the process),
+        and it stays ignored when this returns. SIGTERM and SIGINT are the
+        supervisor's while it runs, ignored during its final clean-up, and restored
+        to their previous handlers before this returns.
         """
         # Imported here, not at the top: every worker imports this module when it
         # re-runs the main script, and never needs the supervisor (its state machine

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.to_thread
 import multiprocess
 import multiprocess.resource_tracker
 from anyio.abc import TaskGroup, TaskStatus
@@ -234,8 +235,13 @@ class Supervisor:
         self._timers: dict[Event, anyio.CancelScope] = {}
         #: process groups of reaped workers that still have members, being stopped
         self._sweeping: set[int] = set()
-        #: generation number -> extra environment for its workers (a bytecode bypass)
-        self._spawn_environment: dict[int, dict[str, str]] = {}
+        #: the bytecode check under way, shared by the spawns waiting for it
+        self._bytecode_check: anyio.Event | None = None
+        self._bytecode_environment: dict[str, str] = {}
+        #: workers whose start waits for the bytecode check
+        self._spawning: set[int] = set()
+        #: those of them told to shut down or die meanwhile: they are not started
+        self._called_off: set[int] = set()
         self._bytecode = BytecodeCheck()
         self._budget_warned = False
         #: the exit status is at least this (1 once the service had to stop itself)
@@ -257,6 +263,7 @@ class Supervisor:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
                 await tasks.start(self._follow_signals)
+                tasks.start_soon(self._keep_guard)
                 if os.getpid() == 1:
                     await tasks.start(self._reap_orphans)
                 code = await self._decide(Start())
@@ -297,14 +304,20 @@ class Supervisor:
             if action.first and self.pid_file is not None:
                 self._publish_pid_file(self.pid_file)
         elif isinstance(action, SpawnWorker):
-            self._spawn_worker(action)
+            self._spawning.add(action.serial)
+            self._task_group.start_soon(self._spawn_worker, action)
         elif isinstance(action, ShutdownWorker):
             handle = self.handles.get(action.serial)
             if handle is not None:
                 handle.channel.send(_wire.Shutdown(action.drain_timeout))
+            elif action.serial in self._spawning:
+                self._called_off.add(action.serial)
         elif isinstance(action, KillWorker):
             handle = self.handles.get(action.serial)
-            if handle is not None:
+            if handle is None:
+                if action.serial in self._spawning:
+                    self._called_off.add(action.serial)
+            else:
                 # Not reaped yet (its watcher does that): its PID and process group
                 # number are still its own.
                 _processes.kill_group_or_process(handle.pid)
@@ -374,6 +387,25 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, *stops})
 
+    async def _keep_guard(self) -> None:
+        """Start a new orphan guard whenever the current one dies (someone killed it),
+        and hand it every live worker."""
+        while self._guard is not None and self._guard.pidfd is not None:
+            await anyio.wait_readable(self._guard.pidfd)
+            pid, status = self._guard.pid, self._guard.reap()
+            self._guard = OrphanGuard.start(
+                self.service.drain_timeout, self.machine.plan.kill_grace
+            )
+            logger.warning(
+                "the orphan guard (PID %d) exited with status %s; %s",
+                pid,
+                status,
+                "started a new one" if self._guard is not None else "could not start a new one",
+            )
+            for handle in self.handles.values():
+                if self._guard is not None and handle.pidfd is not None:
+                    self._guard.watch(handle.pid, handle.pidfd)
+
     async def _reap_orphans(self, *, task_status: TaskStatus[None]) -> None:
         """As PID 1 (in a container), reap every child that is not a worker.
 
@@ -418,11 +450,21 @@ class Supervisor:
 
     # -- starting workers -----------------------------------------------------------
 
-    def _spawn_worker(self, action: SpawnWorker) -> None:
-        """Start the worker ``action`` names. Any failure, at any step, is reported as
-        that worker failing to start, never raised."""
+    async def _spawn_worker(self, action: SpawnWorker) -> None:
+        """Start the worker ``action`` names, once the application's bytecode has
+        been checked. Any failure, at any step, is reported as that worker failing
+        to start, never raised. A worker called off meanwhile (a stop) is not
+        started: it is reported as exited."""
         try:
-            handle = self._start_worker(action)
+            environment = await self._check_bytecode_once(action.generation)
+        finally:
+            self._spawning.discard(action.serial)
+        if action.serial in self._called_off:
+            self._called_off.discard(action.serial)
+            self.events_in.send_nowait(WorkerExited(action.serial, None))
+            return
+        try:
+            handle = self._start_worker(action, environment)
         except Exception as exc:
             self.events_in.send_nowait(
                 WorkerFailed(action.serial, f"could not start a worker: {one_line(exc)}")
@@ -432,9 +474,27 @@ class Supervisor:
         self.handles[action.serial] = handle
         self._task_group.start_soon(self._watch, handle)
 
-    def _start_worker(self, action: SpawnWorker) -> WorkerHandle:
-        if action.generation not in self._spawn_environment:
-            self._spawn_environment[action.generation] = self._check_bytecode(action.generation)
+    async def _check_bytecode_once(self, generation: int) -> dict[str, str]:
+        """The bytecode check (in a thread: it may compile files), run once for the
+        spawns that wait for it together (a generation's workers), and again for
+        later ones (a replacement after a crash)."""
+        if self._bytecode_check is not None:
+            await self._bytecode_check.wait()
+            return self._bytecode_environment
+        self._bytecode_check = done = anyio.Event()
+        try:
+            self._bytecode_environment = await anyio.to_thread.run_sync(
+                self._check_bytecode_in_thread, generation
+            )
+        except Exception:
+            logger.exception("could not check the application's bytecode")
+            self._bytecode_environment = {}
+        finally:
+            self._bytecode_check = None
+            done.set()
+        return self._bytecode_environment
+
+    def _start_worker(self, action: SpawnWorker, environment: dict[str, str]) -> WorkerHandle:
         with contextlib.ExitStack() as on_failure:
             control, child_control = self.spawn.Pipe(duplex=True)
             on_failure.callback(control.close)
@@ -448,7 +508,7 @@ class Supervisor:
                         args=(self._bootstrap(action, child_fd_channel, child_control),),
                         name=f"graceful gen {action.generation} worker {action.worker_id}",
                     )
-                    self._start(process, self._spawn_environment[action.generation])
+                    self._start(process, environment)
                     on_failure.callback(self._abandon, process)
                     pidfd = _processes.open_pidfd(process.pid)
                     if pidfd is not None and self._guard is not None:
@@ -509,6 +569,12 @@ class Supervisor:
         _processes.kill_group_or_process(process.pid)
         process.join()
         process.close()
+
+    def _check_bytecode_in_thread(self, generation: int) -> dict[str, str]:
+        # Signals are the main thread's: once the supervisor stops listening, their
+        # default actions are back for a moment, and this thread must not take one.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+        return self._check_bytecode(generation)
 
     def _check_bytecode(self, generation: int) -> dict[str, str]:
         """The extra environment generation ``generation`` needs. Stale bytecode in

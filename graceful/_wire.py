@@ -108,28 +108,34 @@ def decode(line: bytes) -> Message:
     """Turn one received line (without its newline) back into a message.
 
     Raises:
-        ValueError: if ``line`` is not a message of this protocol (the text says why).
+        ValueError: if ``line`` is not a message of this protocol (the text says why),
+            whatever the JSON holds (a number too large for a float, lists nested too
+            deep to parse).
     """
     try:
         fields = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError(f"not JSON: {_preview(line)}") from None
+    except RecursionError:
+        raise ValueError(f"nested too deep: {_preview(line)}") from None
     if isinstance(fields, list) and fields:
         kind = fields[0]
         if kind == "ready" and len(fields) == 1:
             return Ready()
         if kind == "failed" and len(fields) == 2 and isinstance(fields[1], str):
             return Failed(printable(fields[1]))
-        if (
-            kind == "shutdown"
-            and len(fields) == 2
-            and isinstance(fields[1], int | float)
-            and not isinstance(fields[1], bool)
-            and math.isfinite(fields[1])
-            and fields[1] >= 0
-        ):
+        if kind == "shutdown" and len(fields) == 2 and _is_seconds(fields[1]):
             return Shutdown(float(fields[1]))
     raise ValueError(f"unknown message {_preview(line)}")
+
+
+def _is_seconds(value: object) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value) and value >= 0
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _preview(data: bytes) -> str:

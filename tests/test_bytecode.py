@@ -9,7 +9,7 @@ import os
 import py_compile
 from pathlib import Path
 
-from graceful._bytecode import BytecodeCheck
+from graceful._bytecode import BytecodeCheck, recompile
 
 
 def compiled(path: Path, source: str) -> Path:
@@ -62,3 +62,32 @@ def test_the_check_stops_at_its_budget_and_says_so(tmp_path: Path) -> None:
     check = BytecodeCheck(budget=5)
     assert len(check.stale_sources([str(tmp_path)])) == 5
     assert not check.budget_exhausted
+
+
+def test_bytecode_restored_after_the_deploy_is_caught_at_the_next_check(tmp_path: Path) -> None:
+    """The deploy keeps size and mtime, then a CI cache puts the old ``__pycache__``
+    back: the .pyc is newer than the source's ctime, but the source is not the file
+    the previous check saw."""
+    module = tmp_path / "handlers.py"
+    cached = compiled(module, 'PREFIX = b"one: "\n')
+    check = BytecodeCheck()
+    assert check.stale_sources([str(tmp_path)]) == []
+    saved = cached.read_bytes()
+    redeploy(module, 'PREFIX = b"two: "\n')
+    cached.write_bytes(saved)  # restored from a cache, after the deploy
+    assert cached.stat().st_mtime_ns > module.stat().st_ctime_ns
+    assert check.stale_sources([str(tmp_path)]) == [str(module)]
+
+
+def test_unchecked_hash_bytecode_of_an_edited_source_is_stale(tmp_path: Path) -> None:
+    module = tmp_path / "handlers.py"
+    module.write_text('PREFIX = b"one: "\n')
+    py_compile.compile(
+        str(module), doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH
+    )
+    check = BytecodeCheck()
+    assert check.stale_sources([str(tmp_path)]) == []
+    module.write_text('PREFIX = b"two!: "\n')  # a plain edit: Python never looks
+    assert check.stale_sources([str(tmp_path)]) == [str(module)]
+    assert recompile([str(module)]) == {}
+    assert check.stale_sources([str(tmp_path)]) == []

@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -234,6 +235,9 @@ LIES = {
     "pickle": "(lambda p: len(p).to_bytes(4, 'big') + p)(__import__('pickle').dumps(('bogus',)))",
     "junk": "b'\\x00\\xff not a message at all\\n'",
     "endless": "b'[' * 100_000",
+    # JSON that parses, or nearly: a number too large for a float, lists nested deeply
+    "overflow": "b'[\"shutdown\", 1' + b'0' * 400 + b']\\n'",
+    "deep": "b'[' * 3000 + b'\\n'",
 }
 
 
@@ -416,6 +420,80 @@ def test_what_an_orphaned_worker_left_behind_is_stopped_and_releases_the_port(
             successor.listen()
 
 
+def test_a_worker_hung_while_importing_is_gone_soon_after_its_supervisor_is_killed(
+    tmp_path: Path,
+) -> None:
+    """A worker stuck in the import of the main script (no process group of its own
+    yet, no graceful code running in it) when the supervisor is killed."""
+    script = write_service(tmp_path / "svc.py", prefix="v1")
+    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "1"}
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        host, _, port = svc.address().rpartition(":")
+        hangs = service_source(prefix="v2").replace(
+            "CTX = None",
+            "CTX = None\nif __name__ == '__mp_main__':\n    __import__('time').sleep(3600)",
+        )
+        script.write_text(hangs)
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        svc.wait_for("starting generation 2", after=mark)
+        wait_until(lambda: len(svc.worker_pids()) == 2, 10, "generation 2's worker")
+        workers = svc.worker_pids()
+        svc.send(signal.SIGKILL)
+        wait_until(lambda: not any(is_alive(pid) for pid in workers), 15, "both workers to be gone")
+        reap(workers)
+        with socket.socket() as successor:
+            successor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            successor.bind((host, int(port)))
+            successor.listen()
+
+
+def test_what_a_worker_left_is_stopped_even_if_the_supervisor_dies_while_sweeping_it(
+    tmp_path: Path,
+) -> None:
+    record = tmp_path / "children"
+    script = write_service(tmp_path / "svc.py", prefix="v1", before_serve=leaves_a_child("fork"))
+    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "1", "LEFT_BEHIND": str(record)}
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        [child] = left_behind(record)
+        script.write_text(service_source(prefix="v2"))
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        # the supervisor starts its 2 s sweep of the child, and dies in the middle of it
+        svc.wait_for(rf"generation 1 worker 0 left 1 process \({child}\) behind", after=mark)
+        svc.send(signal.SIGKILL)
+        wait_until(lambda: not is_alive(child), 15, "the child to be stopped")
+        reap([child])
+
+
+def test_a_killed_orphan_guard_is_replaced(tmp_path: Path) -> None:
+    script = write_service(tmp_path / "svc.py", on_line=BLOCKS["asyncio-gil"])
+    with running(script, env={"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "1"}) as svc:
+        svc.wait_serving(1)
+        [guard] = guards_of(svc)
+        os.kill(guard, signal.SIGKILL)
+        svc.wait_for(rf"the orphan guard \(PID {guard}\) exited .*; started a new one")
+        wait_until(lambda: len(guards_of(svc)) == 1, 10, "the new guard")
+        # and the new guard does its job
+        [worker] = svc.worker_pids()
+        with connect(svc.address()) as client:
+            client.sendall(b"block\n")
+            assert read_line(client) == b"v1: blocking\n"
+            svc.send(signal.SIGKILL)
+            wait_until(lambda: not is_alive(worker), 15, "the stuck worker to be killed")
+        reap([worker])
+
+
+def guards_of(svc: ServiceProcess) -> list[int]:
+    return [
+        pid
+        for pid in svc.children()
+        if b"_orphan_guard" in Path(f"/proc/{pid}/cmdline").read_bytes() and is_alive(pid)
+    ]
+
+
 def test_a_process_started_while_a_worker_imports_the_script_is_named(tmp_path: Path) -> None:
     script = write_service(tmp_path / "svc.py")
     script.write_text(
@@ -566,6 +644,7 @@ def test_a_stop_during_a_slow_start_refuses_new_connections_and_ends_cleanly(
         mark = svc.mark()
         svc.send(signal.SIGHUP)
         svc.wait_for("starting generation 2", after=mark)
+        wait_until(lambda: len(svc.worker_pids()) == 2, 10, "generation 2's worker")
         svc.send(signal.SIGTERM)
         svc.wait_for("stopping: draining")
         wait_until(lambda: refused(address), 15, "new connections to be refused")
@@ -640,3 +719,22 @@ def test_a_reload_to_an_app_that_is_not_callable_fails(tmp_path: Path, value: st
                 response += chunk
             assert response.startswith(b"HTTP/1.1 200"), response
             assert response.endswith(b"v1"), response
+
+
+def test_the_guard_signals_only_group_members_that_started_before_the_worker_exited() -> None:
+    """A process that reuses a dead worker's number as its own group (a new session
+    leader, once the worker has been reaped) started after the worker exited; the
+    guard's selection leaves it alone."""
+    from graceful import _orphan_guard  # noqa: PLC0415 - the guard's own helpers
+
+    before = _orphan_guard._ticks()
+    newcomer = subprocess.Popen(["sleep", "30"], process_group=0)
+    try:
+        wait_until(lambda: _orphan_guard._identity(newcomer.pid) is not None, 10, "sleep")
+        after = _orphan_guard._ticks() + 1
+        assert _orphan_guard._leftovers(newcomer.pid, exited_at=before) == []
+        [pidfd] = _orphan_guard._leftovers(newcomer.pid, exited_at=after)
+        os.close(pidfd)
+    finally:
+        newcomer.kill()
+        newcomer.wait()

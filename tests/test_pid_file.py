@@ -229,3 +229,22 @@ def test_a_supervisor_killed_while_starting_leaves_nothing_that_blocks_the_next(
         assert graceful("stop", "--pid-file", str(pid_file)).returncode == 0
         assert svc.wait_exit() == 0
     assert list(tmp_path.glob(".*")) == []
+
+
+def test_a_stale_staged_file_of_another_user_is_one_line(tmp_path: Path) -> None:
+    why_not = cannot_act_as_another_user()
+    if why_not:
+        pytest.skip(why_not)
+    shared = sticky_directory(tmp_path)
+    pid_file = shared / "app.pid"
+    planted = shared / ".app.pid.graceful-staged"
+    planted.write_text("")
+    os.chown(planted, 65534, 65534)
+    script = write_service(tmp_path / "svc.py", pid_file=pid_file)
+    with running(script, env={"LISTEN": "127.0.0.1:0"}, wrapper=AS_ANOTHER_USER) as svc:
+        assert svc.wait_exit() == 2, svc.output
+        errors = [line for line in svc.lines if "ERROR" in line]
+        assert len(errors) == 1, svc.output
+        assert "cannot remove the stale" in errors[0]
+        assert "Traceback" not in svc.output
+    assert planted.exists()

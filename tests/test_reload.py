@@ -331,6 +331,26 @@ def test_a_deploy_that_keeps_size_and_mtime_does_not_serve_stale_bytecode(tmp_pa
         assert svc.output.count("stale bytecode:") == 1
 
 
+def test_a_worker_restarted_after_such_a_deploy_runs_the_new_code(tmp_path: Path) -> None:
+    """No reload: the deploy happens, then a worker crashes; its replacement imports
+    from disk, and must not get the stale bytecode either."""
+    handlers = tmp_path / "handlers.py"
+    handlers.write_text('PREFIX = b"one: "\n')
+    script = write_service(tmp_path / "svc.py", "asyncio", prefix_from_module=True)
+    env = {"LISTEN": "127.0.0.1:0", "PYTHONDONTWRITEBYTECODE": ""}
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        cached = Path(importlib.util.cache_from_source(str(handlers)))
+        wait_until(cached.exists, 10, "the bytecode of handlers.py")
+        _deploy_keeping_size_and_mtime(handlers, 'PREFIX = b"two: "\n')
+        mark = svc.mark()
+        [worker] = svc.worker_pids()
+        os.kill(worker, signal.SIGKILL)
+        svc.wait_for("generation 1 worker 0 is back in service", after=mark)
+        wait_until(lambda: _answers(svc.address(), b"two: hi\n"), 10, "the new handlers.py")
+        svc.wait_for(rf"stale bytecode: {re.escape(str(handlers))} changed", after=mark)
+
+
 def test_stale_bytecode_that_cannot_be_rewritten_is_bypassed(tmp_path: Path) -> None:
     """The same deploy, but the supervisor may not write the ``__pycache__`` (another
     user's, as a read-only release would be): the new generation compiles from
