@@ -253,6 +253,20 @@ def reap(pids: set[int] | list[int], timeout: float = 10.0) -> None:
             time.sleep(0.02)
 
 
+def graceful_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m graceful ARGS`` to completion (within 60 s); its result."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "graceful", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
+
+
 def wait_until(predicate: object, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

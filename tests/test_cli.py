@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from harness import ROOT, running, wait_until
+from harness import graceful_cli, running, wait_until
 from services import service_source, wait_for_file
-
-
-def graceful(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "graceful", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=cwd,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize(
@@ -47,7 +33,7 @@ def graceful(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 def test_usage_errors_exit_2_with_one_line(
     tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
-    result = graceful(*args, cwd=tmp_path)
+    result = graceful_cli(*args, cwd=tmp_path)
     assert result.returncode == 2, result
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert len(lines) == 1, lines
@@ -55,19 +41,19 @@ def test_usage_errors_exit_2_with_one_line(
 
 
 def test_reload_and_stop_report_a_missing_or_stale_pid_file(tmp_path: Path) -> None:
-    missing = graceful("reload", "--pid-file", str(tmp_path / "nope.pid"))
+    missing = graceful_cli("reload", "--pid-file", str(tmp_path / "nope.pid"))
     assert missing.returncode == 1
     assert "no PID file at" in missing.stderr
     stale = tmp_path / "stale.pid"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale.write_text(f"{dead.pid}\n")
-    result = graceful("stop", "--pid-file", str(stale))
+    result = graceful_cli("stop", "--pid-file", str(stale))
     assert result.returncode == 1
     assert f"no process {dead.pid} (stale PID file" in result.stderr
     garbage = tmp_path / "garbage.pid"
     garbage.write_text("hello\n")
-    assert "does not hold a PID" in graceful("stop", "--pid-file", str(garbage)).stderr
+    assert "does not hold a PID" in graceful_cli("stop", "--pid-file", str(garbage)).stderr
 
 
 def test_run_writes_the_pid_file_once_ready_and_obeys_reload_and_stop(tmp_path: Path) -> None:
@@ -90,9 +76,9 @@ def test_run_writes_the_pid_file_once_ready_and_obeys_reload_and_stop(tmp_path: 
         assert pid_file.read_text() == f"{svc.pid}\n"
         (package / "svc.py").write_text(service_source(prefix="two"))
         mark = svc.mark()
-        assert graceful("reload", "--pid-file", str(pid_file)).returncode == 0
+        assert graceful_cli("reload", "--pid-file", str(pid_file)).returncode == 0
         svc.wait_serving(2, after=mark)
-        assert graceful("stop", "--pid-file", str(pid_file)).returncode == 0
+        assert graceful_cli("stop", "--pid-file", str(pid_file)).returncode == 0
         assert svc.wait_exit() == 0
     assert not pid_file.exists()
     assert list(pid_file.parent.iterdir()) == []  # no temporary file left behind
@@ -100,14 +86,14 @@ def test_run_writes_the_pid_file_once_ready_and_obeys_reload_and_stop(tmp_path: 
 
 def test_run_refuses_what_is_not_a_service(tmp_path: Path) -> None:
     (tmp_path / "plain.py").write_text("def main(ctx):\n    pass\n")
-    result = graceful("run", "plain:main", cwd=tmp_path)
+    result = graceful_cli("run", "plain:main", cwd=tmp_path)
     assert result.returncode == 2
     assert "plain:main is not a @graceful.service (got function)" in result.stderr
 
 
 def test_pid_file_in_a_missing_directory_is_refused_before_starting(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text("async def app(scope, receive, send): ...\n")
-    result = graceful(
+    result = graceful_cli(
         "serve", "app:app", "--listen", "127.0.0.1:0", "--pid-file", str(tmp_path / "no" / "x.pid"),
         cwd=tmp_path,
     )  # fmt: skip

@@ -34,6 +34,15 @@ from harness import (
 from services import service_source, wait_for_file, write_service
 
 
+def assert_port_is_free(host: str, port: str) -> None:
+    """A successor supervisor can bind the old one's port (SO_REUSEADDR, as graceful
+    binds): nothing listens on it any more."""
+    with socket.socket() as successor:
+        successor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        successor.bind((host, int(port)))
+        successor.listen()
+
+
 def reload(svc: ServiceProcess, generation: int) -> None:
     mark = svc.mark()
     svc.send(signal.SIGHUP)
@@ -389,11 +398,7 @@ def test_a_blocked_worker_is_gone_soon_after_its_supervisor_is_killed(
             # drain_timeout (1 s) plus the worker's own kill grace (2 s), with room to spare
             wait_until(lambda: not is_alive(worker), 15, "the orphaned worker to exit")
         reap([worker])
-        # the port is free for the next supervisor
-        with socket.socket() as successor:
-            successor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            successor.bind((host, int(port)))
-            successor.listen()
+        assert_port_is_free(host, port)
 
 
 def test_what_an_orphaned_worker_left_behind_is_stopped_and_releases_the_port(
@@ -414,10 +419,7 @@ def test_what_an_orphaned_worker_left_behind_is_stopped_and_releases_the_port(
         wait_until(lambda: not is_alive(worker), 15, "the orphaned worker to exit")
         wait_until(lambda: not is_alive(child), 15, "what it left behind to be stopped")
         reap([worker, child])
-        with socket.socket() as successor:
-            successor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            successor.bind((host, int(port)))
-            successor.listen()
+        assert_port_is_free(host, port)
 
 
 def test_a_worker_hung_while_importing_is_gone_soon_after_its_supervisor_is_killed(
@@ -443,10 +445,7 @@ def test_a_worker_hung_while_importing_is_gone_soon_after_its_supervisor_is_kill
         svc.send(signal.SIGKILL)
         wait_until(lambda: not any(is_alive(pid) for pid in workers), 15, "both workers to be gone")
         reap(workers)
-        with socket.socket() as successor:
-            successor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            successor.bind((host, int(port)))
-            successor.listen()
+        assert_port_is_free(host, port)
 
 
 def test_what_a_worker_left_is_stopped_even_if_the_supervisor_dies_while_sweeping_it(

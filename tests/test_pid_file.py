@@ -14,27 +14,14 @@ from pathlib import Path
 import pytest
 from harness import (
     AS_ANOTHER_USER,
-    ROOT,
     cannot_act_as_another_user,
+    graceful_cli,
     is_alive,
     running,
     sticky_directory,
     wait_until,
 )
 from services import wait_for_file, write_service
-
-
-def graceful(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "graceful", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        cwd=cwd,
-        check=False,
-    )
 
 
 def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
@@ -62,7 +49,7 @@ def test_a_pid_file_naming_another_process_is_refused(
 ) -> None:
     pid_file = tmp_path / "app.pid"
     pid_file.write_text(f"{bystander.pid}\n")
-    line = one_error_line(graceful(command, "--pid-file", str(pid_file)))
+    line = one_error_line(graceful_cli(command, "--pid-file", str(pid_file)))
     assert f"process {bystander.pid} is not a graceful supervisor" in line
     assert is_alive(bystander.pid)
     assert bystander.poll() is None
@@ -75,14 +62,14 @@ def test_the_pid_file_of_a_running_supervisor_is_obeyed(tmp_path: Path) -> None:
         svc.wait_serving(1)
         wait_until(pid_file.exists, 10, "the PID file")
         mark = svc.mark()
-        assert graceful("reload", "--pid-file", str(pid_file)).returncode == 0
+        assert graceful_cli("reload", "--pid-file", str(pid_file)).returncode == 0
         svc.wait_serving(2, after=mark)
-        assert graceful("stop", "--pid-file", str(pid_file)).returncode == 0
+        assert graceful_cli("stop", "--pid-file", str(pid_file)).returncode == 0
         assert svc.wait_exit() == 0
     assert not pid_file.exists()
     # once it has exited, the same file is stale
     pid_file.write_text(f"{svc.pid}\n")
-    line = one_error_line(graceful("stop", "--pid-file", str(pid_file)))
+    line = one_error_line(graceful_cli("stop", "--pid-file", str(pid_file)))
     assert "stale PID file" in line
 
 
@@ -97,7 +84,7 @@ def test_a_supervisor_killed_without_cleanup_leaves_a_pid_file_the_cli_calls_sta
         svc.send(signal.SIGKILL)
         svc.wait_exit()
     assert pid_file.exists()
-    line = one_error_line(graceful("reload", "--pid-file", str(pid_file)))
+    line = one_error_line(graceful_cli("reload", "--pid-file", str(pid_file)))
     assert "stale PID file" in line
 
 
@@ -113,16 +100,16 @@ def test_a_supervisor_killed_without_cleanup_leaves_a_pid_file_the_cli_calls_sta
 def test_a_pid_file_holding_garbage_is_one_line(tmp_path: Path, content: bytes, why: str) -> None:
     pid_file = tmp_path / "app.pid"
     pid_file.write_bytes(content)
-    assert why in one_error_line(graceful("stop", "--pid-file", str(pid_file)))
+    assert why in one_error_line(graceful_cli("stop", "--pid-file", str(pid_file)))
 
 
 def test_a_pid_file_that_is_a_device_or_a_fifo_is_refused_without_reading_it(
     tmp_path: Path,
 ) -> None:
-    assert "not a regular file" in one_error_line(graceful("stop", "--pid-file", "/dev/zero"))
+    assert "not a regular file" in one_error_line(graceful_cli("stop", "--pid-file", "/dev/zero"))
     fifo = tmp_path / "app.pid"
     os.mkfifo(fifo)
-    assert "not a regular file" in one_error_line(graceful("reload", "--pid-file", str(fifo)))
+    assert "not a regular file" in one_error_line(graceful_cli("reload", "--pid-file", str(fifo)))
 
 
 def test_a_pid_file_planted_by_another_user_stops_the_supervisor_from_starting(
@@ -148,7 +135,7 @@ def test_a_pid_file_planted_by_another_user_stops_the_supervisor_from_starting(
         assert "starting generation" not in svc.output
     assert pid_file.read_text() == f"{bystander.pid}\n"
     # and the operator's stop does not kill the bystander either
-    line = one_error_line(graceful("stop", "--pid-file", str(pid_file)))
+    line = one_error_line(graceful_cli("stop", "--pid-file", str(pid_file)))
     assert "is not a graceful supervisor" in line
     assert bystander.poll() is None
 
@@ -172,7 +159,7 @@ def test_the_locked_pid_file_of_another_program_is_refused(tmp_path: Path) -> No
         assert daemon.stdout is not None
         assert daemon.stdout.readline() == "ready\n"
         for command in ("reload", "stop"):
-            line = one_error_line(graceful(command, "--pid-file", str(pid_file)))
+            line = one_error_line(graceful_cli(command, "--pid-file", str(pid_file)))
             assert f"process {daemon.pid} is not a graceful supervisor" in line
         assert daemon.poll() is None
         # and a supervisor will not take that file over either
@@ -207,7 +194,7 @@ def test_a_second_supervisor_on_the_same_pid_file_is_refused_while_the_first_sta
             assert second.wait_exit() == 2, second.output
             assert f"belongs to a running supervisor (PID {first.pid})" in second.output
         assert pid_file.read_text() == f"{first.pid}\n"
-        assert graceful("stop", "--pid-file", str(pid_file)).returncode == 0
+        assert graceful_cli("stop", "--pid-file", str(pid_file)).returncode == 0
         assert first.wait_exit() == 0
     assert list(tmp_path.glob(".*")) == []
 
@@ -226,7 +213,7 @@ def test_a_supervisor_killed_while_starting_leaves_nothing_that_blocks_the_next(
     with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
         svc.wait_serving(1)
         wait_until(pid_file.exists, 10, "the PID file")
-        assert graceful("stop", "--pid-file", str(pid_file)).returncode == 0
+        assert graceful_cli("stop", "--pid-file", str(pid_file)).returncode == 0
         assert svc.wait_exit() == 0
     assert list(tmp_path.glob(".*")) == []
 

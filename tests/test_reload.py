@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import socket
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -307,19 +309,29 @@ def _answers(address: str, expected: bytes) -> bool:
         return client.recv(100) == expected
 
 
+@contextlib.contextmanager
+def _serving_cached_handlers(
+    tmp_path: Path, wrapper: tuple[str, ...] = ()
+) -> Iterator[tuple[ServiceProcess, Path]]:
+    """A service whose answers come from ``handlers.py`` ("one: "), with bytecode
+    caching on, as on a production host (the test machines turn it off), once that
+    module's bytecode has been written."""
+    handlers = tmp_path / "handlers.py"
+    handlers.write_text('PREFIX = b"one: "\n')
+    script = write_service(tmp_path / "svc.py", "asyncio", prefix_from_module=True)
+    env = {"LISTEN": "127.0.0.1:0", "PYTHONDONTWRITEBYTECODE": ""}
+    with running(script, env=env, wrapper=wrapper) as svc:
+        svc.wait_serving(1)
+        cached = Path(importlib.util.cache_from_source(str(handlers)))
+        wait_until(cached.exists, 10, "the bytecode of handlers.py")
+        yield svc, handlers
+
+
 def test_a_deploy_that_keeps_size_and_mtime_does_not_serve_stale_bytecode(tmp_path: Path) -> None:
     """``rsync -a`` and ``tar`` keep a file's modification time. A new ``handlers.py``
     of the same size then matches the header of the old ``.pyc``, and Python would
     load the old code. The supervisor notices, recompiles it, and says so."""
-    handlers = tmp_path / "handlers.py"
-    handlers.write_text('PREFIX = b"one: "\n')
-    script = write_service(tmp_path / "svc.py", "asyncio", prefix_from_module=True)
-    # bytecode caching on, as on a production host (the test machines turn it off)
-    env = {"LISTEN": "127.0.0.1:0", "PYTHONDONTWRITEBYTECODE": ""}
-    with running(script, env=env) as svc:
-        svc.wait_serving(1)
-        cached = Path(importlib.util.cache_from_source(str(handlers)))
-        wait_until(cached.exists, 10, "the bytecode of handlers.py")
+    with _serving_cached_handlers(tmp_path) as (svc, handlers):
         assert _answers(svc.address(), b"one: hi\n")
         _deploy_keeping_size_and_mtime(handlers, 'PREFIX = b"two: "\n')
         reload_and_wait(svc, 2)
@@ -334,14 +346,7 @@ def test_a_deploy_that_keeps_size_and_mtime_does_not_serve_stale_bytecode(tmp_pa
 def test_a_worker_restarted_after_such_a_deploy_runs_the_new_code(tmp_path: Path) -> None:
     """No reload: the deploy happens, then a worker crashes; its replacement imports
     from disk, and must not get the stale bytecode either."""
-    handlers = tmp_path / "handlers.py"
-    handlers.write_text('PREFIX = b"one: "\n')
-    script = write_service(tmp_path / "svc.py", "asyncio", prefix_from_module=True)
-    env = {"LISTEN": "127.0.0.1:0", "PYTHONDONTWRITEBYTECODE": ""}
-    with running(script, env=env) as svc:
-        svc.wait_serving(1)
-        cached = Path(importlib.util.cache_from_source(str(handlers)))
-        wait_until(cached.exists, 10, "the bytecode of handlers.py")
+    with _serving_cached_handlers(tmp_path) as (svc, handlers):
         _deploy_keeping_size_and_mtime(handlers, 'PREFIX = b"two: "\n')
         mark = svc.mark()
         [worker] = svc.worker_pids()
@@ -358,14 +363,8 @@ def test_stale_bytecode_that_cannot_be_rewritten_is_bypassed(tmp_path: Path) -> 
     why_not = cannot_act_as_another_user()
     if why_not:
         pytest.skip(why_not)
-    handlers = tmp_path / "handlers.py"
-    handlers.write_text('PREFIX = b"one: "\n')
-    script = write_service(tmp_path / "svc.py", "asyncio", prefix_from_module=True)
-    env = {"LISTEN": "127.0.0.1:0", "PYTHONDONTWRITEBYTECODE": ""}
-    with running(script, env=env, wrapper=AS_ANOTHER_USER) as svc:
-        svc.wait_serving(1)
+    with _serving_cached_handlers(tmp_path, wrapper=AS_ANOTHER_USER) as (svc, handlers):
         cached = Path(importlib.util.cache_from_source(str(handlers)))
-        wait_until(cached.exists, 10, "the bytecode of handlers.py")
         for path in (cached.parent, *cached.parent.iterdir()):
             os.chown(path, 65533, 65533)
         _deploy_keeping_size_and_mtime(handlers, 'PREFIX = b"two: "\n')
