@@ -38,6 +38,30 @@ def examples(session: nox.Session) -> None:
 
 
 @nox.session
+def uvicorn_suite(session: nox.Session) -> None:
+    """uvicorn's own protocol and server tests against graceful's protocol classes.
+
+    Downloads the source release of the installed uvicorn and fails on any test
+    that deviates without being listed, with its reason, in
+    tests/peers/uvicorn_deviations.toml.
+    """
+    session.install("-e", ".[test]")
+    version = session.run(
+        "python", "-c", "import importlib.metadata as m; print(m.version('uvicorn'))", silent=True
+    )
+    assert isinstance(version, str)
+    session.install(
+        f"uvicorn[standard]=={version.strip()}",
+        "pytest-mock",
+        "trustme",
+        "cryptography",
+        "a2wsgi",
+        "httpx2",
+    )
+    session.run("python", "tests/peers/run_uvicorn_suite.py", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """graceful against its peers, one run, about 12 minutes on 2 cores (not part of CI).
 

@@ -23,6 +23,7 @@ Everything here goes through uvicorn's own extension points:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import importlib.util
@@ -30,7 +31,6 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-import anyio
 import uvicorn
 from uvicorn.protocols.http.flow_control import CLOSE_HEADER
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -47,9 +47,14 @@ RESERVED_OPTIONS = frozenset(
 class _DrainPolicy:
     """What both draining HTTP protocols do when uvicorn asks a connection to shut
     down: keep it open, and make the next response that starts say
-    ``Connection: close``. Each protocol says how, in ``_announce_close``."""
+    ``Connection: close``. Each protocol says how, in ``_announce_close``.
+
+    A connection upgraded to a WebSocket during the drain missed uvicorn's call to
+    ``shutdown()`` on every connection: its WebSocket protocol is told as it takes
+    over, so it too is closed at the drain deadline (its handshake goes on)."""
 
     _draining = False
+    transport: asyncio.Transport
 
     def shutdown(self) -> None:
         self._draining = True
@@ -57,6 +62,12 @@ class _DrainPolicy:
 
     def _announce_close(self) -> None:
         raise NotImplementedError
+
+    def _shut_down_upgraded(self) -> None:
+        if self._draining:
+            upgraded: Any = self.transport.get_protocol()
+            if upgraded is not self:
+                getattr(upgraded, "keep_until_deadline", upgraded.shutdown)()
 
 
 class DrainingH11Protocol(_DrainPolicy, H11Protocol):
@@ -67,6 +78,10 @@ class DrainingH11Protocol(_DrainPolicy, H11Protocol):
         super().handle_events()
         if self._draining:
             self._announce_close()
+
+    def handle_websocket_upgrade(self, event: Any) -> None:
+        super().handle_websocket_upgrade(event)
+        self._shut_down_upgraded()
 
     def _announce_close(self) -> None:
         # A response that has not started gets "Connection: close"; h11 then closes
@@ -94,6 +109,10 @@ def _draining_httptools_protocol() -> type[Any] | None:
             super().on_headers_complete()
             if self._draining:
                 self._announce_close()
+
+        def handle_websocket_upgrade(self) -> None:
+            super().handle_websocket_upgrade()
+            self._shut_down_upgraded()
 
         def _announce_close(self) -> None:
             cycle = self.cycle
@@ -137,14 +156,25 @@ def draining_websocket_protocol(ws: str) -> type[Any] | str:
     """The WebSocket protocol class for uvicorn's ``ws`` option, made to keep open
     WebSockets until the drain deadline.
 
-    uvicorn's own ``shutdown()`` closes every WebSocket with code 1012 the moment
-    the drain starts. Ours waits, and :class:`GracefulUvicornServer` closes them
-    (with the same 1012, "service restart") just before the drain deadline.
+    uvicorn's own ``shutdown()`` closes every open WebSocket with code 1012 the
+    moment the drain starts. Ours keeps an open one until just before the drain
+    deadline (``timeout_graceful_shutdown``, which graceful sets to
+    ``drain_timeout``), then closes it the same way (1012, "service restart"). What
+    is not open is shut down as uvicorn does at once: a handshake still pending is
+    answered 500, a connection already closing is closed. Without a deadline
+    (``timeout_graceful_shutdown=None``, a plain ``uvicorn.Server``) nothing is kept.
+
+    ``"auto"`` picks what uvicorn's own ``auto`` picks: websockets' sans-I/O
+    implementation if websockets is installed, else wsproto.
     """
     if ws == "none":
         return ws
     if ws == "auto":
-        available = [name for name in ("websockets", "wsproto") if importlib.util.find_spec(name)]
+        available = [
+            name
+            for name, package in (("websockets-sansio", "websockets"), ("wsproto", "wsproto"))
+            if importlib.util.find_spec(package)
+        ]
         if not available:
             return "none"
         ws = available[0]
@@ -159,18 +189,48 @@ def draining_websocket_protocol(ws: str) -> type[Any] | str:
     base = getattr(importlib.import_module(module_name), class_name)
 
     class DrainingWebSocketProtocol(base):  # type: ignore[misc, valid-type]
-        """Keeps the WebSocket through the drain; closed at the deadline."""
+        """Keeps an open WebSocket through the drain; closes it at the deadline."""
 
-        graceful_deferred = False
+        _graceful_close: asyncio.TimerHandle | None = None
 
         def shutdown(self) -> None:
-            self.graceful_deferred = True
+            if _websocket_is_open(self):
+                self.keep_until_deadline()
+            else:
+                super().shutdown()
 
-        def close_at_deadline(self) -> None:
-            super().shutdown()
+        def keep_until_deadline(self) -> None:
+            """Shut this connection down just before the drain deadline (an open
+            WebSocket is closed with 1012), whatever its state now; at once if there
+            is no deadline."""
+            timeout = self.config.timeout_graceful_shutdown
+            if timeout is None:
+                super().shutdown()
+            elif self._graceful_close is None:
+                delay = max(0.0, timeout - min(1.0, timeout * 0.1))
+                self._graceful_close = asyncio.get_running_loop().call_later(
+                    delay, self._close_at_deadline
+                )
+
+        def _close_at_deadline(self) -> None:
+            if not self.transport.is_closing():
+                super().shutdown()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._graceful_close is not None:
+                self._graceful_close.cancel()
+            super().connection_lost(exc)
 
     DrainingWebSocketProtocol.__name__ = f"Draining{class_name}"
+    DrainingWebSocketProtocol.__qualname__ = f"Draining{class_name}"
     return DrainingWebSocketProtocol
+
+
+def _websocket_is_open(protocol: Any) -> bool:
+    """True once the handshake is complete and no close frame has been sent."""
+    if hasattr(protocol, "handshake_complete"):  # wsproto, websockets-sansio
+        return bool(protocol.handshake_complete) and not protocol.close_sent
+    return bool(getattr(protocol, "open", False))  # legacy websockets
 
 
 class GracefulUvicornServer(uvicorn.Server):
@@ -227,21 +287,12 @@ async def serve_uvicorn(
         # tick, so that new connections go to the new generation at once and every
         # response that starts from now on announces its close. (uvicorn's own
         # shutdown does both again; closing a server and our protocols' shutdown()
-        # are idempotent.)
+        # are idempotent.) Open WebSockets close themselves at the drain deadline.
         for accepting in getattr(server, "servers", []):
             accepting.close()
         for connection in list(server.server_state.connections):
             connection.shutdown()
         server.should_exit = True
-        # WebSockets get the drain deadline: close them (1012) just before uvicorn's
-        # own graceful-shutdown timeout would cancel their tasks.
-        deadline = context.drain_deadline
-        if deadline is not None:
-            await anyio.sleep_until(deadline - min(1.0, drain_timeout * 0.1))
-        for connection in list(server.server_state.connections):
-            close_at_deadline = getattr(connection, "close_at_deadline", None)
-            if close_at_deadline is not None and getattr(connection, "graceful_deferred", False):
-                close_at_deadline()
 
     async def serve() -> None:
         try:
