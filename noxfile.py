@@ -37,6 +37,28 @@ def examples(session: nox.Session) -> None:
     session.run("pytest", "-n", "auto", "tests/test_examples.py", *session.posargs)
 
 
+#: The server versions graceful supports, as pyproject.toml bounds them: the oldest
+#: and the newest are tested by the ``servers`` session.
+SERVER_VERSIONS = {
+    "oldest": ["uvicorn==0.35.0", "hypercorn==0.16.0"],
+    "newest": ["uvicorn>=0.35,<0.55", "hypercorn>=0.16,<0.19"],
+}
+
+
+@nox.session
+@nox.parametrize("servers", list(SERVER_VERSIONS))
+def servers(session: nox.Session, servers: str) -> None:
+    """The server tests and the hook contract against the oldest and the newest
+    uvicorn and hypercorn that pyproject.toml allows."""
+    session.install("-e", ".[test]")
+    session.install("--upgrade", *SERVER_VERSIONS[servers])
+    session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
+    session.run(
+        "pytest", "-n", "auto", "tests/test_hooks.py", "tests/test_asgi.py",
+        "tests/test_examples.py", *session.posargs,
+    )  # fmt: skip
+
+
 @nox.session
 def uvicorn_suite(session: nox.Session) -> None:
     """uvicorn's own protocol and server tests against graceful's protocol classes.

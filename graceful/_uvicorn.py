@@ -1,24 +1,32 @@
 """uvicorn inside a graceful worker: readiness, keep-alive-aware drain, signals.
 
-Everything here goes through uvicorn's own extension points:
+Of what this uses, only some is uvicorn's documented API: ``Config`` and its
+options (``timeout_graceful_shutdown`` among them), ``Server`` and ``serve()``.
+The rest is uvicorn's internals, listed with the reason for each in
+``_hooks.py`` and checked by ``tests/test_hooks.py`` against the oldest and the
+newest uvicorn that ``pyproject.toml`` allows (``nox -s servers``); uvicorn's own
+protocol tests run against these classes too (``nox -s uvicorn_suite``).
 
 * :class:`GracefulUvicornServer` subclasses ``uvicorn.Server``. It reports ready
-  once ``startup()`` has run the lifespan startup and created the servers on
-  graceful's listeners. It leaves signals to graceful (``capture_signals``), and
-  it is stopped by ``should_exit``, uvicorn's documented programmatic stop.
-* The HTTP protocol classes are passed as ``Config(http=...)``. uvicorn's own
-  ``shutdown()`` closes idle keep-alive connections at once. A client that sends
-  its next request at that moment loses it, which is the loss measured against
-  gunicorn's uvicorn worker. uvicorn's h11 protocol also closes a connection
-  after an in-flight response without saying ``Connection: close``. Our
-  subclasses never close a connection the client may still be using. Once the
+  once ``startup()`` (internal) has run the lifespan startup and created the
+  servers on graceful's listeners. It leaves signals to graceful by overriding
+  ``capture_signals`` (internal), and it is stopped by ``should_exit`` (internal,
+  though widely used as uvicorn's programmatic stop).
+* The HTTP protocol classes (subclasses of uvicorn's internal h11 and httptools
+  protocols) are passed as ``Config(http=...)``, which accepts a class. uvicorn's
+  own ``shutdown()`` closes idle keep-alive connections at once. A client that
+  sends its next request at that moment loses it, which is the loss measured
+  against gunicorn's uvicorn worker. uvicorn's h11 protocol also closes a
+  connection after an in-flight response without saying ``Connection: close``.
+  Our subclasses never close a connection the client may still be using. Once the
   drain begins, every response that has not started yet carries
   ``Connection: close``, and the connection closes after it. A connection that
   stays idle is closed by uvicorn's keep-alive timeout, as it is outside a
   reload, or when the drain deadline cancels what is left.
-* The WebSocket protocol classes are passed as ``Config(ws=...)``. uvicorn closes
-  every WebSocket at the start of a drain. Ours stay open until just before the
-  drain deadline and are then closed with code 1012 ("service restart").
+* The WebSocket protocol classes (subclasses of uvicorn's internal ones) are
+  passed as ``Config(ws=...)``. uvicorn closes every WebSocket at the start of a
+  drain. Ours stay open until just before the drain deadline and are then closed
+  with code 1012 ("service restart").
 """
 
 from __future__ import annotations
@@ -47,7 +55,13 @@ RESERVED_OPTIONS = frozenset(
 class _DrainPolicy:
     """What both draining HTTP protocols do when uvicorn asks a connection to shut
     down: keep it open, and make the next response that starts say
-    ``Connection: close``. Each protocol says how, in ``_announce_close``.
+    ``Connection: close``.
+
+    A response that has not started gets the header in its cycle's default headers
+    (a list of its own: uvicorn shares the original with every connection), and both
+    protocols then close the connection after it. One that already started finishes
+    as keep-alive, and the next request on the connection is answered with the
+    header.
 
     A connection upgraded to a WebSocket during the drain missed uvicorn's call to
     ``shutdown()`` on every connection: its WebSocket protocol is told as it takes
@@ -55,13 +69,20 @@ class _DrainPolicy:
 
     _draining = False
     transport: asyncio.Transport
+    cycle: Any
 
     def shutdown(self) -> None:
         self._draining = True
         self._announce_close()
 
     def _announce_close(self) -> None:
-        raise NotImplementedError
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and not cycle.response_started
+            and CLOSE_HEADER not in cycle.default_headers
+        ):
+            cycle.default_headers = [*cycle.default_headers, CLOSE_HEADER]
 
     def _shut_down_upgraded(self) -> None:
         if self._draining:
@@ -83,18 +104,6 @@ class DrainingH11Protocol(_DrainPolicy, H11Protocol):
         super().handle_websocket_upgrade(event)
         self._shut_down_upgraded()
 
-    def _announce_close(self) -> None:
-        # A response that has not started gets "Connection: close"; h11 then closes
-        # the connection after it. One that already started finishes as keep-alive,
-        # and the next request on the connection is answered with the header.
-        cycle = self.cycle
-        if (
-            cycle is not None
-            and not cycle.response_started
-            and CLOSE_HEADER not in cycle.default_headers
-        ):
-            cycle.default_headers = [*cycle.default_headers, CLOSE_HEADER]
-
 
 def _draining_httptools_protocol() -> type[Any] | None:
     """The httptools variant, if httptools is installed."""
@@ -113,11 +122,6 @@ def _draining_httptools_protocol() -> type[Any] | None:
         def handle_websocket_upgrade(self) -> None:
             super().handle_websocket_upgrade()
             self._shut_down_upgraded()
-
-        def _announce_close(self) -> None:
-            cycle = self.cycle
-            if cycle is not None and not cycle.response_started:
-                cycle.keep_alive = False  # adds "connection: close" to the response
 
     return DrainingHttpToolsProtocol
 
@@ -171,9 +175,7 @@ def draining_websocket_protocol(ws: str) -> type[Any] | str:
         return ws
     if ws == "auto":
         available = [
-            name
-            for name, package in (("websockets-sansio", "websockets"), ("wsproto", "wsproto"))
-            if importlib.util.find_spec(package)
+            name for name in ("websockets-sansio", "websockets", "wsproto") if _can_use(name)
         ]
         if not available:
             return "none"
@@ -186,6 +188,8 @@ def draining_websocket_protocol(ws: str) -> type[Any] | str:
     package, module_name, class_name = _WS_IMPLEMENTATIONS[ws]
     if importlib.util.find_spec(package) is None:
         raise ConfigError(f"ws={ws!r} needs {package}: pip install {package}")
+    if importlib.util.find_spec(module_name) is None:
+        raise ConfigError(f"ws={ws!r} needs a newer uvicorn (this one is {uvicorn.__version__})")
     base = getattr(importlib.import_module(module_name), class_name)
 
     class DrainingWebSocketProtocol(base):  # type: ignore[misc, valid-type]
@@ -224,6 +228,15 @@ def draining_websocket_protocol(ws: str) -> type[Any] | str:
     DrainingWebSocketProtocol.__name__ = f"Draining{class_name}"
     DrainingWebSocketProtocol.__qualname__ = f"Draining{class_name}"
     return DrainingWebSocketProtocol
+
+
+def _can_use(ws: str) -> bool:
+    """True if both uvicorn's module for ``ws`` and the library it needs are there."""
+    package, module_name, _ = _WS_IMPLEMENTATIONS[ws]
+    return (
+        importlib.util.find_spec(package) is not None
+        and importlib.util.find_spec(module_name) is not None
+    )
 
 
 def _websocket_is_open(protocol: Any) -> bool:
