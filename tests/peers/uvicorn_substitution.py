@@ -35,6 +35,7 @@ def graceful_class(cls: Any) -> Any:
     to them carries the name of the class it stands in for.
     """
     name = getattr(cls, "__name__", "")
+    ours: Any
     if name in HTTP:
         ours = draining_protocol(HTTP[name])
     elif name in WEBSOCKETS:
