@@ -123,6 +123,14 @@ class Load:
         self._thread = threading.Thread(target=lambda: asyncio.run(self.run()), daemon=True)
         self._thread.start()
 
+    def __enter__(self) -> Load:
+        """Start the load in a background thread; it stops when the block ends."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def stop(self, timeout: float = 30.0) -> Tally:
         """Stop every client after its current request; return the tally."""
         self._stopping.set()

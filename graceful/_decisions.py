@@ -356,7 +356,8 @@ class Supervision:
         )
 
     def _kill(self, worker: Worker) -> None:
-        if worker.killed:
+        if worker.killed or worker.serial not in self.workers:
+            # already killed, or already exited: there is nothing left to kill
             return
         worker.killed = True
         self._actions.append(KillWorker(worker.serial))

@@ -267,7 +267,7 @@ def graceful_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedPro
     )
 
 
-def wait_until(predicate: object, timeout: float, what: str) -> None:
+def poll_until(predicate: object, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():  # type: ignore[operator]

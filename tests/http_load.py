@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
+from harness import poll_until
 
 
 @dataclass
@@ -74,6 +75,14 @@ class HttpLoad:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
         self._thread.start()
 
+    def __enter__(self) -> HttpLoad:
+        """Start the load in a background thread; it stops when the block ends."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def stop(self, timeout: float = 30.0) -> HttpTally:
         self._stopping.set()
         if self._thread is not None:
@@ -83,8 +92,8 @@ class HttpLoad:
         return self.tally
 
     def wait_for_body(self, body: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.tally.bodies.get(body, 0) == 0:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no response {body!r}; saw {dict(self.tally.bodies)}")
-            time.sleep(0.02)
+        poll_until(
+            lambda: self.tally.bodies.get(body, 0) > 0,
+            timeout,
+            f"a response {body!r} (saw {dict(self.tally.bodies)})",
+        )

@@ -16,8 +16,8 @@ from harness import (
     connect,
     holds_socket,
     listening_inode,
+    poll_until,
     running,
-    wait_until,
 )
 from http_load import HttpLoad
 
@@ -142,16 +142,13 @@ def test_reloads_under_keep_alive_load_answer_every_request(tmp_path: Path, serv
     svc = serve(tmp_path, *SERVERS[server], drain=5.0)
     try:
         svc.wait_serving(1, timeout=60)
-        load = HttpLoad(f"http://{svc.address()}/", clients=50)
-        load.start()
-        try:
+        with HttpLoad(f"http://{svc.address()}/", clients=50) as load:
             load.wait_for_body("v1")
             for generation in range(2, 12):
                 write_app(app, f"v{generation}")
                 reload(svc, generation)
                 load.wait_for_body(f"v{generation}")
-        finally:
-            tally = load.stop()
+        tally = load.tally
         print(f"{server}: {tally.as_dict()}")
         assert tally.ok > 1000
         assert all(tally.bodies[f"v{g}"] > 0 for g in range(1, 12))
@@ -176,9 +173,7 @@ def test_slow_start_app_does_not_stall_requests_during_reload(tmp_path: Path) ->
         "serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
     ]) as svc:  # fmt: skip
         svc.wait_serving(1)
-        load = HttpLoad(f"http://{svc.address()}/", clients=50)
-        load.start()
-        try:
+        with HttpLoad(f"http://{svc.address()}/", clients=50) as load:
             load.wait_for_body("v1")
             write_app(app, "v2", gate=gate)
             mark = svc.mark()
@@ -187,13 +182,12 @@ def test_slow_start_app_does_not_stall_requests_during_reload(tmp_path: Path) ->
             # Generation 2's start-up lasts until the test opens the gate. Meanwhile
             # generation 1 keeps answering: nobody waits for the start-up.
             answered = load.tally.ok
-            wait_until(lambda: load.tally.ok >= answered + 500, 30, "answers during the start-up")
+            poll_until(lambda: load.tally.ok >= answered + 500, 30, "answers during the start-up")
             assert "generation 2 is serving" not in svc.output
             gate.touch()
             svc.wait_serving(2, after=mark)
             load.wait_for_body("v2")
-        finally:
-            tally = load.stop()
+        tally = load.tally
         assert tally.failed == 0, tally.as_dict()
         assert set(tally.bodies) == {"v1", "v2"}
 
@@ -205,9 +199,7 @@ def test_lifespan_startup_failure_keeps_the_old_generation(tmp_path: Path, serve
     svc = serve(tmp_path, *SERVERS[server])
     try:
         svc.wait_serving(1)
-        load = HttpLoad(f"http://{svc.address()}/", clients=10)
-        load.start()
-        try:
+        with HttpLoad(f"http://{svc.address()}/", clients=10) as load:
             load.wait_for_body("good")
             write_app(app, "bad", fail=True)
             mark = svc.mark()
@@ -215,12 +207,11 @@ def test_lifespan_startup_failure_keeps_the_old_generation(tmp_path: Path, serve
             failure = svc.wait_for(r"reload failed: generation 2: (.*)", after=mark)
             assert "generation 1 keeps serving" in failure.group(0)
             served = load.tally.ok
-            wait_until(lambda: load.tally.ok > served + 100, 10, "generation 1 to keep answering")
+            poll_until(lambda: load.tally.ok > served + 100, 10, "generation 1 to keep answering")
             write_app(app, "fixed")
             reload(svc, 3)
             load.wait_for_body("fixed")
-        finally:
-            tally = load.stop()
+        tally = load.tally
         assert tally.bodies.get("bad", 0) == 0
         if server == "uvicorn":
             assert tally.failed == 0, tally.as_dict()
@@ -307,7 +298,7 @@ def test_request_on_an_idle_keep_alive_connection_during_drain_is_answered_with_
                 assert time.monotonic() < deadline, "generation 1 never announced its close"
             client.settimeout(10)
             assert client.recv(100) == b""  # closed after that answer, not before
-        wait_until(lambda: answer(svc.address()) == b"new", 10, "generation 2 to answer")
+        poll_until(lambda: answer(svc.address()) == b"new", 10, "generation 2 to answer")
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
 
@@ -328,7 +319,7 @@ def test_response_in_flight_when_the_drain_starts_announces_close(
             reload(svc, 2)
             # The response is still held. It starts only once generation 1 has begun
             # its drain (it let go of the listener in the same step).
-            wait_until(lambda: not holds_socket(old_worker, listener), 10, "generation 1 to drain")
+            poll_until(lambda: not holds_socket(old_worker, listener), 10, "generation 1 to drain")
             gate.touch()
             client.settimeout(10)
             data = b""
@@ -357,7 +348,7 @@ def test_streaming_response_gets_the_drain_deadline_then_closes(tmp_path: Path) 
             write_app(app, "new")
             reload(svc, 2)
             reloaded_at = time.monotonic()
-            wait_until(lambda: answer(svc.address()) == b"new", 10, "generation 2 to answer")
+            poll_until(lambda: answer(svc.address()) == b"new", 10, "generation 2 to answer")
             events_after = 0
             while chunk := stream.recv(4096):
                 events_after += chunk.count(b"data: old")
@@ -376,11 +367,8 @@ def test_serve_refuses_a_malformed_app_in_one_line(tmp_path: Path) -> None:
         tmp_path / "x", module="graceful", cwd=tmp_path, args=["serve", "no_colon"]
     ) as svc:
         assert svc.wait_exit() == 2
-        assert svc.lines == [
-            line
-            for line in svc.lines
-            if "app 'no_colon' must look like 'package.module:attribute'" in line
-        ]
+        [line] = svc.lines
+        assert "app 'no_colon' must look like 'package.module:attribute'" in line
 
 
 def test_first_generation_whose_app_raises_at_import_exits_1(tmp_path: Path) -> None:
@@ -475,7 +463,7 @@ def test_websocket_keeps_the_drain_deadline_then_closes_with_1012(tmp_path: Path
         assert code == 1012
         assert after_reload >= 1
         assert closed_after > 1.0
-        wait_until(lambda: answer(svc.address()) == b"new", 10, "generation 2 to answer")
+        poll_until(lambda: answer(svc.address()) == b"new", 10, "generation 2 to answer")
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
 
@@ -496,7 +484,7 @@ def test_a_websocket_opened_on_a_draining_keep_alive_connection_closes_with_1012
             assert http_request(sock)[1] == b"old"
             write_app(tmp_path / "app.py", "new")
             reload(svc, 2)
-            wait_until(lambda: not holds_socket(old_worker, listener), 10, "generation 1 to drain")
+            poll_until(lambda: not holds_socket(old_worker, listener), 10, "generation 1 to drain")
             frames = open_websocket(sock)
             since = time.monotonic()
             _, code = frames_until_close(frames, since)

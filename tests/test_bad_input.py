@@ -12,9 +12,9 @@ from harness import (
     AS_ANOTHER_USER,
     ServiceProcess,
     cannot_act_as_another_user,
+    poll_until,
     running,
     sticky_directory,
-    wait_until,
 )
 from services import service_source, write_service
 
@@ -28,7 +28,7 @@ def assert_refused(svc: ServiceProcess, *expected: str) -> None:
         assert text in errors[0], svc.output
     assert "Traceback" not in svc.output
     assert "starting generation" not in svc.output
-    wait_until(lambda: svc.processes() == [], 5, "nothing left running")
+    poll_until(lambda: svc.processes() == [], 5, "nothing left running")
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_python_dash_m_package_module_runs_and_reloads(tmp_path: Path) -> None:
                 client.sendall(b"hi\n")
                 return client.recv(100) == b"m2: hi\n"
 
-        wait_until(answered_by_new_code, 10, "an answer from the reloaded code")
+        poll_until(answered_by_new_code, 10, "an answer from the reloaded code")
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
 
@@ -278,4 +278,4 @@ def test_graceful_serve_checks_what_it_can_before_spawning(
         assert svc.wait_exit() == 2, svc.output
         assert len(svc.lines) == 1, svc.output
         assert message in svc.lines[0]
-        wait_until(lambda: svc.processes() == [], 5, "nothing left running")
+        poll_until(lambda: svc.processes() == [], 5, "nothing left running")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import graceful_cli, running, wait_until
+from harness import graceful_cli, poll_until, running
 from services import service_source, wait_for_file
 
 
@@ -72,7 +72,7 @@ def test_run_writes_the_pid_file_once_ready_and_obeys_reload_and_stop(tmp_path: 
         assert not pid_file.exists()
         gate.touch()
         svc.wait_serving(1)
-        wait_until(pid_file.exists, 5, "the PID file")
+        poll_until(pid_file.exists, 5, "the PID file")
         assert pid_file.read_text() == f"{svc.pid}\n"
         (package / "svc.py").write_text(service_source(prefix="two"))
         mark = svc.mark()

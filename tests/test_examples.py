@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from harness import ROOT, ask, connect, running, wait_until
+from harness import ROOT, ask, connect, poll_until, running
 
 EXAMPLES = ROOT / "examples"
 
@@ -54,10 +54,10 @@ def test_example_serves_reloads_and_stops(tmp_path: Path, example: str) -> None:
         mark = svc.mark()
         svc.send(signal.SIGHUP)
         svc.wait_serving(2, after=mark)
-        wait_until(lambda: ask(address).startswith(b"edited: "), 10, "the edited code to answer")
+        poll_until(lambda: ask(address).startswith(b"edited: "), 10, "the edited code to answer")
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
-        wait_until(lambda: svc.processes() == [], 10, "every process to exit")
+        poll_until(lambda: svc.processes() == [], 10, "every process to exit")
 
 
 def test_demo_reloads_under_load_without_a_failure() -> None:
@@ -113,7 +113,7 @@ def test_asgi_example_serves_reloads_and_stops(tmp_path: Path, example: str) -> 
                     raise
                 return False
 
-        wait_until(edited, 10, "the edited app")
+        poll_until(edited, 10, "the edited app")
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
-        wait_until(lambda: svc.processes() == [], 10, "every process to exit")
+        poll_until(lambda: svc.processes() == [], 10, "every process to exit")

@@ -25,11 +25,11 @@ from harness import (
     connect,
     holds_socket,
     is_alive,
+    poll_until,
     process_state,
     read_line,
     reap,
     running,
-    wait_until,
 )
 from services import service_source, wait_for_file, write_service
 
@@ -50,13 +50,13 @@ def reload(svc: ServiceProcess, generation: int) -> None:
 
 
 def wait_for_prefix(load: Load, prefix: str, timeout: float = 15.0) -> None:
-    wait_until(lambda: load.tally.prefixes.get(prefix, 0) > 0, timeout, f"an answer {prefix!r}")
+    poll_until(lambda: load.tally.prefixes.get(prefix, 0) > 0, timeout, f"an answer {prefix!r}")
 
 
 def answers_of(load: Load, more: int, timeout: float = 15.0) -> None:
     """Wait until the load has had ``more`` successful answers from now on."""
     start = load.tally.ok
-    wait_until(lambda: load.tally.ok >= start + more, timeout, f"{more} more answers")
+    poll_until(lambda: load.tally.ok >= start + more, timeout, f"{more} more answers")
 
 
 # -- a worker that leaves a process behind ---------------------------------------------
@@ -89,7 +89,7 @@ def leaves_a_child(how: str) -> str:
 
 
 def left_behind(record: Path) -> list[int]:
-    wait_until(record.exists, 15, "the worker to record its child")
+    poll_until(record.exists, 15, "the worker to record its child")
     return [int(pid) for pid in record.read_text().split()]
 
 
@@ -104,23 +104,20 @@ def test_a_worker_whose_child_outlives_it_is_reaped_after_a_reload(
         svc.wait_serving(1)
         [old_worker] = svc.worker_pids()
         [child] = left_behind(record)
-        load = Load(svc.address(), clients=8)
-        load.start()
-        try:
+        with Load(svc.address(), clients=8) as load:
             wait_for_prefix(load, "v1: ")
             script.write_text(service_source(prefix="v2"))
             reload(svc, 2)
             wait_for_prefix(load, "v2: ")
             # The old worker drains and exits; its child still holds the worker's
             # descriptors, but the supervisor notices the exit and reaps it.
-            wait_until(
+            poll_until(
                 lambda: process_state(old_worker) is None, 15, "generation 1's worker to be reaped"
             )
             # What the worker left in its process group is stopped with it.
-            wait_until(lambda: not is_alive(child), 15, "the worker's child to be stopped")
+            poll_until(lambda: not is_alive(child), 15, "the worker's child to be stopped")
             answers_of(load, 100)
-        finally:
-            tally = load.stop()
+        tally = load.tally
         reap([child])
         assert tally.failed == 0, tally.as_dict()
         svc.wait_for(rf"generation 1 worker 0 left 1 process \({child}\) behind")
@@ -142,7 +139,7 @@ def test_a_stop_finishes_within_its_deadlines_when_a_worker_left_a_child(
             assert ask(client, "hi") == b"v1: hi\n"
         svc.send(signal.SIGTERM)
         assert svc.wait_exit(timeout=20) == 0
-        wait_until(lambda: not is_alive(child), 10, "the worker's child to be stopped")
+        poll_until(lambda: not is_alive(child), 10, "the worker's child to be stopped")
         reap([child])
         assert svc.processes() == []
 
@@ -154,9 +151,7 @@ def test_running_out_of_descriptors_at_a_reload_fails_only_the_reload(tmp_path: 
     script = write_service(tmp_path / "svc.py", prefix="v1")
     with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
         svc.wait_serving(1)
-        load = Load(svc.address(), clients=8)
-        load.start()
-        try:
+        with Load(svc.address(), clients=8) as load:
             wait_for_prefix(load, "v1: ")
             limits = resource.prlimit(svc.pid, resource.RLIMIT_NOFILE)
             in_use = len(os.listdir(f"/proc/{svc.pid}/fd"))
@@ -172,8 +167,7 @@ def test_running_out_of_descriptors_at_a_reload_fails_only_the_reload(tmp_path: 
             resource.prlimit(svc.pid, resource.RLIMIT_NOFILE, limits)
             reload(svc, 3)
             wait_for_prefix(load, "v2: ")
-        finally:
-            tally = load.stop()
+        tally = load.tally
         assert tally.failed == 0, tally.as_dict()
         assert "Traceback" not in svc.output
         svc.send(signal.SIGTERM)
@@ -198,7 +192,7 @@ def test_a_worker_dying_while_the_supervisor_has_no_descriptor_left_costs_nothin
         mark = svc.mark()
         os.kill(worker, signal.SIGKILL)
         svc.wait_for(r"generation 1 worker 0 left processes behind", after=mark)
-        wait_until(lambda: not is_alive(child), 15, "the child to be stopped")
+        poll_until(lambda: not is_alive(child), 15, "the child to be stopped")
         svc.wait_for(r"could not start a worker: .*Too many open files", after=mark)
         resource.prlimit(svc.pid, resource.RLIMIT_NOFILE, limits)
         svc.wait_for("generation 1 worker 0 is back in service", after=mark)
@@ -276,7 +270,7 @@ def test_a_worker_that_lies_on_its_pipe_costs_only_that_worker(tmp_path: Path, k
         mark = svc.mark()
         with connect(svc.address()) as client:
             client.sendall(b"lie\n")
-            wait_until(record.exists, 10, "the liar to record its PID")
+            poll_until(record.exists, 10, "the liar to record its PID")
             liar = int(record.read_text())
         svc.wait_for(
             r"generation 1 worker \d sent a malformed control message .*; killing it", after=mark
@@ -288,7 +282,7 @@ def test_a_worker_that_lies_on_its_pipe_costs_only_that_worker(tmp_path: Path, k
         # the supervisor still works
         script.write_text(service_source(prefix="v2"))
         reload(svc, 2)
-        wait_until(lambda: answered_by(svc.address(), b"v2: "), 10, "generation 2 to answer")
+        poll_until(lambda: answered_by(svc.address(), b"v2: "), 10, "generation 2 to answer")
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
         assert "Traceback" not in svc.output
@@ -313,7 +307,7 @@ def test_a_worker_that_floods_its_pipe_with_valid_messages_costs_only_that_worke
         mark = svc.mark()
         with connect(svc.address()) as client:
             client.sendall(b"flood\n")
-            wait_until(record.exists, 10, "the flood to start")
+            poll_until(record.exists, 10, "the flood to start")
         svc.wait_for(r"sent a malformed control message \(more than 256 messages\)", after=mark)
         svc.wait_for(r"generation 1 worker \d is back in service", after=mark)
         # the supervisor still answers its signals
@@ -340,9 +334,7 @@ def test_a_new_generation_that_lies_before_it_is_ready_fails_the_reload(tmp_path
     script = write_service(tmp_path / "svc.py", prefix="good")
     with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
         svc.wait_serving(1)
-        load = Load(svc.address(), clients=8)
-        load.start()
-        try:
+        with Load(svc.address(), clients=8) as load:
             wait_for_prefix(load, "good: ")
             # it lies, then waits: it never accepts a connection, so none is lost
             lie = f"    os.write(ctx._control.fileno(), {LIES['junk']})\n    await anyio.sleep(60)"
@@ -353,8 +345,7 @@ def test_a_new_generation_that_lies_before_it_is_ready_fails_the_reload(tmp_path
             assert "sent a malformed control message" in failure
             assert "generation 1 keeps serving" in failure
             answers_of(load, 100)
-        finally:
-            tally = load.stop()
+        tally = load.tally
         assert tally.failed == 0, tally.as_dict()
         assert tally.prefixes.get("bad: ", 0) == 0
 
@@ -396,7 +387,7 @@ def test_a_blocked_worker_is_gone_soon_after_its_supervisor_is_killed(
             assert read_line(client) == b"v1: blocking\n"
             svc.send(signal.SIGKILL)
             # drain_timeout (1 s) plus the worker's own kill grace (2 s), with room to spare
-            wait_until(lambda: not is_alive(worker), 15, "the orphaned worker to exit")
+            poll_until(lambda: not is_alive(worker), 15, "the orphaned worker to exit")
         reap([worker])
         assert_port_is_free(host, port)
 
@@ -416,8 +407,8 @@ def test_what_an_orphaned_worker_left_behind_is_stopped_and_releases_the_port(
         [worker] = svc.worker_pids()
         [child] = left_behind(record)
         svc.send(signal.SIGKILL)
-        wait_until(lambda: not is_alive(worker), 15, "the orphaned worker to exit")
-        wait_until(lambda: not is_alive(child), 15, "what it left behind to be stopped")
+        poll_until(lambda: not is_alive(worker), 15, "the orphaned worker to exit")
+        poll_until(lambda: not is_alive(child), 15, "what it left behind to be stopped")
         reap([worker, child])
         assert_port_is_free(host, port)
 
@@ -440,10 +431,10 @@ def test_a_worker_hung_while_importing_is_gone_soon_after_its_supervisor_is_kill
         mark = svc.mark()
         svc.send(signal.SIGHUP)
         svc.wait_for("starting generation 2", after=mark)
-        wait_until(lambda: len(svc.worker_pids()) == 2, 10, "generation 2's worker")
+        poll_until(lambda: len(svc.worker_pids()) == 2, 10, "generation 2's worker")
         workers = svc.worker_pids()
         svc.send(signal.SIGKILL)
-        wait_until(lambda: not any(is_alive(pid) for pid in workers), 15, "both workers to be gone")
+        poll_until(lambda: not any(is_alive(pid) for pid in workers), 15, "both workers to be gone")
         reap(workers)
         assert_port_is_free(host, port)
 
@@ -463,7 +454,7 @@ def test_what_a_worker_left_is_stopped_even_if_the_supervisor_dies_while_sweepin
         # the supervisor starts its 2 s sweep of the child, and dies in the middle of it
         svc.wait_for(rf"generation 1 worker 0 left 1 process \({child}\) behind", after=mark)
         svc.send(signal.SIGKILL)
-        wait_until(lambda: not is_alive(child), 15, "the child to be stopped")
+        poll_until(lambda: not is_alive(child), 15, "the child to be stopped")
         reap([child])
 
 
@@ -474,14 +465,14 @@ def test_a_killed_orphan_guard_is_replaced(tmp_path: Path) -> None:
         [guard] = guards_of(svc)
         os.kill(guard, signal.SIGKILL)
         svc.wait_for(rf"the orphan guard \(PID {guard}\) exited .*; started a new one")
-        wait_until(lambda: len(guards_of(svc)) == 1, 10, "the new guard")
+        poll_until(lambda: len(guards_of(svc)) == 1, 10, "the new guard")
         # and the new guard does its job
         [worker] = svc.worker_pids()
         with connect(svc.address()) as client:
             client.sendall(b"block\n")
             assert read_line(client) == b"v1: blocking\n"
             svc.send(signal.SIGKILL)
-            wait_until(lambda: not is_alive(worker), 15, "the stuck worker to be killed")
+            poll_until(lambda: not is_alive(worker), 15, "the stuck worker to be killed")
         reap([worker])
 
 
@@ -540,7 +531,7 @@ def test_the_supervisor_hands_a_new_generation_non_blocking_listeners(tmp_path: 
                 answers.append(ask(client, "blocking?"))
             return answers[-1].startswith(b"v2: ")
 
-        wait_until(generation_2_answers, 10, "generation 2 to answer")
+        poll_until(generation_2_answers, 10, "generation 2 to answer")
         assert answers[-1] == b"v2: False\n"
 
 
@@ -572,7 +563,7 @@ def test_a_listener_made_blocking_by_another_generation_does_not_stall_a_worker(
         script.write_text(service_source(prefix="v2", before_serve=blocking_start))
         mark = svc.mark()
         svc.send(signal.SIGHUP)
-        wait_until(started.exists, 15, "generation 2 to make the listener blocking")
+        poll_until(started.exists, 15, "generation 2 to make the listener blocking")
         # Both workers of generation 1 wake up for each new connection; the one that
         # loses the race for it must not then block in accept().
         stuck = []
@@ -581,7 +572,7 @@ def test_a_listener_made_blocking_by_another_generation_does_not_stall_a_worker(
                 assert ask(client, "hi") == b"v1: hi\n"
             # Let both workers settle: back in their event loop's wait, or stuck.
             with contextlib.suppress(AssertionError):
-                wait_until(
+                poll_until(
                     lambda: all(waits_in(pid) for pid in generation_1),
                     2,
                     "both workers to wait in the kernel",
@@ -592,7 +583,7 @@ def test_a_listener_made_blocking_by_another_generation_does_not_stall_a_worker(
         # With no more traffic, generation 1 drains and exits by itself once
         # generation 2 serves.
         svc.wait_serving(2, after=mark)
-        wait_until(
+        poll_until(
             lambda: not any(is_alive(pid) for pid in generation_1), 20, "generation 1 to exit"
         )
         assert "did not finish draining" not in svc.output
@@ -624,7 +615,7 @@ def test_a_connection_made_during_a_stop_is_refused_at_once(tmp_path: Path) -> N
             svc.wait_for("stopping: draining")
             # Nothing will accept a new connection any more: it is refused, rather
             # than left waiting in the backlog to be reset when the supervisor exits.
-            wait_until(lambda: refused(address), 10, "new connections to be refused")
+            poll_until(lambda: refused(address), 10, "new connections to be refused")
             busy.settimeout(15)
             assert read_line(busy) == b"v1: sleep 3\n"
         assert svc.wait_exit() == 0
@@ -643,10 +634,10 @@ def test_a_stop_during_a_slow_start_refuses_new_connections_and_ends_cleanly(
         mark = svc.mark()
         svc.send(signal.SIGHUP)
         svc.wait_for("starting generation 2", after=mark)
-        wait_until(lambda: len(svc.worker_pids()) == 2, 10, "generation 2's worker")
+        poll_until(lambda: len(svc.worker_pids()) == 2, 10, "generation 2's worker")
         svc.send(signal.SIGTERM)
         svc.wait_for("stopping: draining")
-        wait_until(lambda: refused(address), 15, "new connections to be refused")
+        poll_until(lambda: refused(address), 15, "new connections to be refused")
         assert svc.wait_exit() == 0
         svc.wait_for("generation 2 worker 0 was still starting when the service stopped")
         assert "did not finish draining" not in svc.output
@@ -672,7 +663,7 @@ def test_a_connection_made_during_a_stop_waits_on_an_inherited_listener(tmp_path
                 # once the draining worker has closed its copy, nothing of this
                 # supervisor accepts any more
                 inode = os.fstat(fd).st_ino
-                wait_until(
+                poll_until(
                     lambda: not holds_socket(worker, inode), 10, "the worker to stop accepting"
                 )
                 waiting = connect(f"{host}:{port}")
@@ -729,7 +720,7 @@ def test_the_guard_signals_only_group_members_that_started_before_the_worker_exi
     before = _orphan_guard._ticks()
     newcomer = subprocess.Popen(["sleep", "30"], process_group=0)
     try:
-        wait_until(lambda: _orphan_guard._identity(newcomer.pid) is not None, 10, "sleep")
+        poll_until(lambda: _orphan_guard._identity(newcomer.pid) is not None, 10, "sleep")
         after = _orphan_guard._ticks() + 1
         assert _orphan_guard._leftovers(newcomer.pid, exited_at=before) == []
         [pidfd] = _orphan_guard._leftovers(newcomer.pid, exited_at=after)

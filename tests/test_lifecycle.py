@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import ask, connect, read_line, running, wait_until
+from harness import ask, connect, poll_until, read_line, running
 from services import write_service
 
 
@@ -36,7 +36,7 @@ def test_sigterm_drains_in_flight_request_and_exits_zero(tmp_path: Path, kind: s
         assert svc.wait_exit() == 0
         with pytest.raises(ConnectionRefusedError):
             connect(address).close()
-        wait_until(lambda: svc.processes() == [], 10, "every process of the group to exit")
+        poll_until(lambda: svc.processes() == [], 10, "every process of the group to exit")
 
 
 def test_ctrl_c_in_the_terminal_does_not_interrupt_requests(tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
             assert client.recv(100) == b""
         assert code == 1
         svc.wait_for("stopping now: killing 1 workers")
-        wait_until(lambda: svc.processes() == [], 10, "every process of the group to exit")
+        poll_until(lambda: svc.processes() == [], 10, "every process of the group to exit")
 
 
 def test_drain_deadline_ends_long_requests_and_the_worker_exits_by_itself(tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ def test_a_worker_that_ignores_shutdown_is_killed_after_drain_timeout(tmp_path: 
         svc.send(signal.SIGTERM)
         assert svc.wait_exit(timeout=15) == 1
         svc.wait_for(r"did not finish draining within drain_timeout=0.5s; killing it")
-        wait_until(lambda: svc.processes() == [], 10, "every process of the group to exit")
+        poll_until(lambda: svc.processes() == [], 10, "every process of the group to exit")
 
 
 def test_a_crashed_worker_is_replaced_with_backoff(tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_first_start_failure_exits_nonzero_with_the_cause(tmp_path: Path) -> Non
         svc.wait_for(
             r"generation 1 failed to start: worker 0: RuntimeError: cannot reach the database"
         )
-        wait_until(lambda: svc.processes() == [], 10, "every process of the group to exit")
+        poll_until(lambda: svc.processes() == [], 10, "every process of the group to exit")
 
 
 def test_first_start_that_never_gets_ready_exits_nonzero(tmp_path: Path) -> None:
@@ -160,7 +160,7 @@ def test_workers_drain_and_exit_when_the_supervisor_is_killed(tmp_path: Path, ki
             svc.send(signal.SIGKILL)
             client.settimeout(10)
             assert client.recv(100) == b"v1: sleep 0.5\n"
-        wait_until(lambda: svc.processes() == [], 5, "orphaned workers to exit")
+        poll_until(lambda: svc.processes() == [], 5, "orphaned workers to exit")
 
 
 def _fd_count(pid: int) -> int:
@@ -194,11 +194,11 @@ def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> Non
             svc.wait_serving(generation, after=mark)
 
         reload(2)
-        wait_until(settled, 10, "generation 1 to exit")
+        poll_until(settled, 10, "generation 1 to exit")
         fds, children = _fd_count(svc.pid), len(svc.children())
         for generation in range(3, 53):
             reload(generation)
-        wait_until(settled, 10, "old generations to be reaped")
+        poll_until(settled, 10, "old generations to be reaped")
         assert _fd_count(svc.pid) == fds
         assert len(svc.children()) == children
         assert len(svc.worker_pids()) == 2
@@ -213,7 +213,7 @@ def test_reload_requests_racing_a_stop_do_not_kill_the_supervisor(tmp_path: Path
     script = write_service(tmp_path / "svc.py", pid_file=pid_file)
     with running(script, env={"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "1"}) as svc:
         svc.wait_serving(1)
-        wait_until(pid_file.exists, 10, "the PID file")
+        poll_until(pid_file.exists, 10, "the PID file")
         svc.send(signal.SIGTERM)
         while svc.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):

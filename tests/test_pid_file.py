@@ -17,9 +17,9 @@ from harness import (
     cannot_act_as_another_user,
     graceful_cli,
     is_alive,
+    poll_until,
     running,
     sticky_directory,
-    wait_until,
 )
 from services import wait_for_file, write_service
 
@@ -60,7 +60,7 @@ def test_the_pid_file_of_a_running_supervisor_is_obeyed(tmp_path: Path) -> None:
     script = write_service(tmp_path / "svc.py", pid_file=pid_file)
     with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
         svc.wait_serving(1)
-        wait_until(pid_file.exists, 10, "the PID file")
+        poll_until(pid_file.exists, 10, "the PID file")
         mark = svc.mark()
         assert graceful_cli("reload", "--pid-file", str(pid_file)).returncode == 0
         svc.wait_serving(2, after=mark)
@@ -80,7 +80,7 @@ def test_a_supervisor_killed_without_cleanup_leaves_a_pid_file_the_cli_calls_sta
     script = write_service(tmp_path / "svc.py", pid_file=pid_file)
     with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
         svc.wait_serving(1)
-        wait_until(pid_file.exists, 10, "the PID file")
+        poll_until(pid_file.exists, 10, "the PID file")
         svc.send(signal.SIGKILL)
         svc.wait_exit()
     assert pid_file.exists()
@@ -189,7 +189,7 @@ def test_a_second_supervisor_on_the_same_pid_file_is_refused_while_the_first_sta
             assert f"another supervisor (PID {first.pid}) is starting" in second.output
         gate.touch()
         first.wait_serving(1)
-        wait_until(pid_file.exists, 10, "the PID file")
+        poll_until(pid_file.exists, 10, "the PID file")
         with running(second_script, env={"LISTEN": "127.0.0.1:0"}) as second:
             assert second.wait_exit() == 2, second.output
             assert f"belongs to a running supervisor (PID {first.pid})" in second.output
@@ -212,7 +212,7 @@ def test_a_supervisor_killed_while_starting_leaves_nothing_that_blocks_the_next(
     gate.touch()
     with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
         svc.wait_serving(1)
-        wait_until(pid_file.exists, 10, "the PID file")
+        poll_until(pid_file.exists, 10, "the PID file")
         assert graceful_cli("stop", "--pid-file", str(pid_file)).returncode == 0
         assert svc.wait_exit() == 0
     assert list(tmp_path.glob(".*")) == []

@@ -20,8 +20,8 @@ from harness import (
     AS_ANOTHER_USER,
     ServiceProcess,
     cannot_act_as_another_user,
+    poll_until,
     running,
-    wait_until,
 )
 from services import service_source, wait_for_file, write_service
 
@@ -42,15 +42,12 @@ def reload_under_load(
 ) -> dict[str, object]:
     """Reload into each of ``generations`` (editing the prefix first) under load on
     ``target``; return the load's tally after checking it lost nothing."""
-    load = Load(target, clients=20)
-    load.start()
-    try:
+    with Load(target, clients=20) as load:
         for generation in generations:
             script.write_text(service_source("asyncio", prefix=f"v{generation}"))
             reload_and_wait(svc, generation)
             wait_for_prefix(load, f"v{generation}: ")
-    finally:
-        tally = load.stop()
+    tally = load.tally
     assert tally.failed == 0, tally.as_dict()
     return tally.as_dict()
 
@@ -74,17 +71,14 @@ def test_reloads_under_load_lose_no_request(tmp_path: Path, kind: str, workers: 
     env = {"LISTEN": "127.0.0.1:0", "WORKERS": str(workers)}
     with running(script, env=env) as svc:
         svc.wait_serving(1)
-        load = Load(svc.address(), clients=24)
-        load.start()
-        try:
+        with Load(svc.address(), clients=24) as load:
             wait_for_prefix(load, "v1: ")
             took = []
             for generation in range(2, RELOADS + 2):
                 script.write_text(service_source(kind, prefix=f"v{generation}"))
                 took.append(reload_and_wait(svc, generation))
                 wait_for_prefix(load, f"v{generation}: ")
-        finally:
-            tally = load.stop()
+        tally = load.tally
         print(f"{kind} x{workers}: {tally.as_dict()}; median reload {statistics.median(took):.3f}s")
         assert tally.failed == 0, tally.as_dict()
         assert tally.ok >= 1000
@@ -98,15 +92,12 @@ def test_edit_of_an_imported_module_is_live_after_reload(tmp_path: Path) -> None
     script = write_service(tmp_path / "svc.py", "asyncio", prefix_from_module=True)
     with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
         svc.wait_serving(1)
-        load = Load(svc.address(), clients=4)
-        load.start()
-        try:
+        with Load(svc.address(), clients=4) as load:
             wait_for_prefix(load, "one: ")
             (tmp_path / "handlers.py").write_text('PREFIX = b"two: "\n')
             reload_and_wait(svc, 2)
             wait_for_prefix(load, "two: ")
-        finally:
-            tally = load.stop()
+        tally = load.tally
         assert tally.failed == 0, tally.as_dict()
 
 
@@ -143,9 +134,7 @@ def test_failed_reload_keeps_the_old_generation_serving(tmp_path: Path, breakage
     script = write_service(tmp_path / "svc.py", "asyncio", prefix="good")
     with running(script, env={"LISTEN": "127.0.0.1:0", "READY_TIMEOUT": "2"}) as svc:
         svc.wait_serving(1)
-        load = Load(svc.address(), clients=20)
-        load.start()
-        try:
+        with Load(svc.address(), clients=20) as load:
             wait_for_prefix(load, "good: ")
             script.write_text(
                 service_source("asyncio", prefix="bad", before_serve=BROKEN[breakage])
@@ -163,13 +152,12 @@ def test_failed_reload_keeps_the_old_generation_serving(tmp_path: Path, breakage
             script.write_text(service_source("asyncio", prefix="fixed"))
             reload_and_wait(svc, 3)
             wait_for_prefix(load, "fixed: ")
-        finally:
-            tally = load.stop()
+        tally = load.tally
         assert tally.failed == 0, tally.as_dict()
         assert tally.prefixes.get("bad: ", 0) == 0
         # the failed worker was reaped and generation 1 drained: only generation 3's
         # worker, multiprocess's resource tracker and the orphan guard remain
-        wait_until(lambda: len(svc.children()) == 3, 10, "only three children left")
+        poll_until(lambda: len(svc.children()) == 3, 10, "only three children left")
 
 
 def test_sighups_during_a_reload_coalesce_into_one_follow_up(tmp_path: Path) -> None:
@@ -178,9 +166,7 @@ def test_sighups_during_a_reload_coalesce_into_one_follow_up(tmp_path: Path) -> 
     script = write_service(tmp_path / "svc.py", "asyncio", prefix="v1")
     with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
         svc.wait_serving(1)
-        load = Load(svc.address(), clients=8)
-        load.start()
-        try:
+        with Load(svc.address(), clients=8) as load:
             script.write_text(service_source("asyncio", prefix="v2", before_serve=slow))
             mark = svc.mark()
             svc.send(signal.SIGHUP)
@@ -200,8 +186,7 @@ def test_sighups_during_a_reload_coalesce_into_one_follow_up(tmp_path: Path) -> 
             script.write_text(service_source("asyncio", prefix="v6"))
             reload_and_wait(svc, 4)
             wait_for_prefix(load, "v6: ")
-        finally:
-            tally = load.stop()
+        tally = load.tally
         assert tally.failed == 0, tally.as_dict()
         assert svc.output.count("starting generation") == 4
 
@@ -249,9 +234,7 @@ def test_symlinked_release_switch_runs_the_new_release(tmp_path: Path, invocatio
     env = {"LISTEN": "127.0.0.1:0", "PWD": str(current)}
     with running(script, env=env, cwd=current) as svc:
         svc.wait_serving(1)
-        load = Load(svc.address(), clients=8)
-        load.start()
-        try:
+        with Load(svc.address(), clients=8) as load:
             wait_for_prefix(load, "module-r1: script-r1: ")
             _switch(current, _release(tmp_path, "r2"))
             reload_and_wait(svc, 2)
@@ -261,8 +244,7 @@ def test_symlinked_release_switch_runs_the_new_release(tmp_path: Path, invocatio
             _switch(current, _release(tmp_path, "r3"))
             reload_and_wait(svc, 3)
             wait_for_prefix(load, "module-r3: script-r3: ")
-        finally:
-            tally = load.stop()
+        tally = load.tally
         assert tally.failed == 0, tally.as_dict()
         assert set(tally.prefixes) == {f"module-{r}: script-{r}: " for r in ("r1", "r2", "r3")}
 
@@ -275,9 +257,7 @@ def test_entry_defined_in_an_imported_module_runs_its_edited_body(tmp_path: Path
     script.write_text("from echo_app import main\n\nif __name__ == '__main__':\n    main.run()\n")
     with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
         svc.wait_serving(1)
-        load = Load(svc.address(), clients=8)
-        load.start()
-        try:
+        with Load(svc.address(), clients=8) as load:
             wait_for_prefix(load, "body1: ")
             # rewrite the entry function itself: it now answers with a new prefix
             module.write_text(
@@ -288,8 +268,7 @@ def test_entry_defined_in_an_imported_module_runs_its_edited_body(tmp_path: Path
             )
             reload_and_wait(svc, 2)
             wait_for_prefix(load, "body2: ")
-        finally:
-            tally = load.stop()
+        tally = load.tally
         assert tally.failed == 0, tally.as_dict()
 
 
@@ -323,7 +302,7 @@ def _serving_cached_handlers(
     with running(script, env=env, wrapper=wrapper) as svc:
         svc.wait_serving(1)
         cached = Path(importlib.util.cache_from_source(str(handlers)))
-        wait_until(cached.exists, 10, "the bytecode of handlers.py")
+        poll_until(cached.exists, 10, "the bytecode of handlers.py")
         yield svc, handlers
 
 
@@ -335,11 +314,11 @@ def test_a_deploy_that_keeps_size_and_mtime_does_not_serve_stale_bytecode(tmp_pa
         assert _answers(svc.address(), b"one: hi\n")
         _deploy_keeping_size_and_mtime(handlers, 'PREFIX = b"two: "\n')
         reload_and_wait(svc, 2)
-        wait_until(lambda: _answers(svc.address(), b"two: hi\n"), 10, "the new handlers.py")
+        poll_until(lambda: _answers(svc.address(), b"two: hi\n"), 10, "the new handlers.py")
         svc.wait_for(rf"stale bytecode: {re.escape(str(handlers))} changed .*; recompiled it")
         # the bytecode is right again: the next reload has nothing to say about it
         reload_and_wait(svc, 3)
-        wait_until(lambda: _answers(svc.address(), b"two: hi\n"), 10, "generation 3")
+        poll_until(lambda: _answers(svc.address(), b"two: hi\n"), 10, "generation 3")
         assert svc.output.count("stale bytecode:") == 1
 
 
@@ -352,7 +331,7 @@ def test_a_worker_restarted_after_such_a_deploy_runs_the_new_code(tmp_path: Path
         [worker] = svc.worker_pids()
         os.kill(worker, signal.SIGKILL)
         svc.wait_for("generation 1 worker 0 is back in service", after=mark)
-        wait_until(lambda: _answers(svc.address(), b"two: hi\n"), 10, "the new handlers.py")
+        poll_until(lambda: _answers(svc.address(), b"two: hi\n"), 10, "the new handlers.py")
         svc.wait_for(rf"stale bytecode: {re.escape(str(handlers))} changed", after=mark)
 
 
@@ -369,7 +348,7 @@ def test_stale_bytecode_that_cannot_be_rewritten_is_bypassed(tmp_path: Path) -> 
             os.chown(path, 65533, 65533)
         _deploy_keeping_size_and_mtime(handlers, 'PREFIX = b"two: "\n')
         reload_and_wait(svc, 2)
-        wait_until(lambda: _answers(svc.address(), b"two: hi\n"), 10, "the new handlers.py")
+        poll_until(lambda: _answers(svc.address(), b"two: hi\n"), 10, "the new handlers.py")
         svc.wait_for(
             rf"stale bytecode: {re.escape(str(handlers))} changed .*; could not recompile "
             r".*, so generation 2 compiles everything from source"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import ask, running, wait_until
+from harness import ask, poll_until, running
 from services import service_source, write_service
 
 EXTEND = "EXTEND_TIMEOUT_USEC=32000000"  # ready_timeout 30 s + 2 s kill grace
@@ -185,7 +185,7 @@ def first_connection(path: Path) -> socket.socket:
             return False
         return True
 
-    wait_until(connected, 10, f"{path} to be listened on by systemd-socket-activate")
+    poll_until(connected, 10, f"{path} to be listened on by systemd-socket-activate")
     return client
 
 
@@ -226,7 +226,7 @@ def test_socket_activation_serves_and_reloads_on_the_passed_socket(tmp_path: Pat
                 client.connect(str(sock))
                 return ask(client, "hi") == b"v2: hi\n"
 
-        wait_until(answered_by_new_code, 10, "generation 2 to answer")
+        poll_until(answered_by_new_code, 10, "generation 2 to answer")
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
     assert sock.exists(), "a socket systemd passed in belongs to systemd: graceful keeps it"
@@ -337,9 +337,9 @@ def test_as_pid_1_the_supervisor_reaps_orphans_of_its_workers(tmp_path: Path) ->
                 )
             ]
 
-        wait_until(lambda: bool(orphans()), 10, "the orphan to be re-parented to the supervisor")
+        poll_until(lambda: bool(orphans()), 10, "the orphan to be re-parented to the supervisor")
         found = orphans()
-        wait_until(
+        poll_until(
             lambda: not any(pid in children() for pid in found), 10, "the orphan to be reaped"
         )
         assert all(state != "Z" for state, _ in children().values())
