@@ -90,5 +90,5 @@ def bench(session: nox.Session) -> None:
     Needs wrk (apt-get install wrk). Writes benchmarks/results/: results.json,
     results.md and PNG plots. ``nox -s bench -- --quick`` for a short smoke run.
     """
-    session.install("-e", ".[test]", "gunicorn>=21", "matplotlib>=3.7")
+    session.install("-e", ".[test]", "gunicorn>=21", "granian>=2", "matplotlib>=3.7")
     session.run("python", "benchmarks/bench.py", *session.posargs)

@@ -210,6 +210,7 @@ def overhead(pairs: int, seconds: float, idle_seconds: float) -> dict[str, Any]:
                 shutil.rmtree(workdir, ignore_errors=True)
         runs.append(rps)
         ratios.append(rps[contenders.GracefulUvicorn.name] / rps[PlainUvicorn.name])
+    two_workers = throughput_side_by_side(contenders.TWO_WORKERS, pairs, seconds)
     workdir = fresh_workdir()
     contender = contenders.GracefulUvicorn(workdir)
     try:
@@ -227,10 +228,40 @@ def overhead(pairs: int, seconds: float, idle_seconds: float) -> dict[str, Any]:
         "throughput_ratio_median": round(statistics.median(ratios), 3),
         "throughput_ratios": [round(r, 3) for r in ratios],
         "runs_requests_per_s": runs,
+        "two_workers": two_workers,
         "supervisor_idle_seconds": idle_seconds,
         "supervisor_idle_cpu_s": round(cpu, 3),
         "supervisor_rss_kib": rss,
     }
+
+
+def throughput_side_by_side(
+    kinds: list[type[contenders.Contender]], rounds: int, seconds: float
+) -> dict[str, Any]:
+    """Requests per second of each of ``kinds``, one after the other in each round,
+    and each one's median ratio to the first kind's in the same round."""
+    runs: list[dict[str, float]] = []
+    for _ in range(rounds):
+        rps = {}
+        for kind in kinds:
+            workdir = fresh_workdir()
+            contender = kind(workdir)
+            port = free_port()
+            try:
+                contender.start(port)
+                rps[kind.name] = wrk.finish(
+                    wrk.start(f"http://127.0.0.1:{port}/", seconds), seconds + 60
+                ).requests_per_s
+            finally:
+                contender.stop()
+                shutil.rmtree(workdir, ignore_errors=True)
+        runs.append(rps)
+    first = kinds[0].name
+    ratios = {
+        kind.name: round(statistics.median(run[kind.name] / run[first] for run in runs), 3)
+        for kind in kinds
+    }
+    return {"runs_requests_per_s": runs, "median_ratio_to_first": ratios}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -459,6 +490,21 @@ def markdown(results: dict[str, Any]) -> str:
                 f"over {len(over['throughput_ratios'])} paired runs ({', '.join(map(str, over['throughput_ratios']))}).", "",
                 f"Supervisor while idle for {over['supervisor_idle_seconds']:g} s: {over['supervisor_idle_cpu_s']} s of CPU, "
                 f"RSS {over['supervisor_rss_kib'] / 1024:.1f} MiB.", ""]  # fmt: skip
+        if two := over.get("two_workers"):
+            names = list(two["median_ratio_to_first"])
+            out += ["Two workers each, no reloads, the three run one after the other in each round "
+                    f"(requests/s; ratio to {names[0]}, median of {len(two['runs_requests_per_s'])} rounds):", "",
+                    "| " + " | ".join(["round", *names]) + " |", "|" + "---|" * (len(names) + 1)]  # fmt: skip
+            for n, run in enumerate(two["runs_requests_per_s"], 1):
+                out.append(
+                    "| " + " | ".join([str(n), *(f"{run[name]:,.0f}" for name in names)]) + " |"
+                )
+            out.append(
+                "| ratio | "
+                + " | ".join(f"**{two['median_ratio_to_first'][name]}**" for name in names)
+                + " |"
+            )
+            out.append("")
     if scale := results.get("scale"):
         out += ["## Scale", ""]
         for key, label in (("listeners", "listeners"), ("workers", "workers per generation")):

@@ -111,6 +111,13 @@ class GracefulUvicorn(Contender):
                 "--listen", f"127.0.0.1:{port}", "--no-access-log"]  # fmt: skip
 
 
+class GracefulUvicorn2(GracefulUvicorn):
+    name = "graceful serve (uvicorn), 2 workers"
+
+    def command(self, port: int) -> list[str]:
+        return [*super().command(port), "--workers", "2"]
+
+
 class GracefulHypercorn(GracefulUvicorn):
     name = "graceful serve (hypercorn)"
     server = "hypercorn"
@@ -138,6 +145,27 @@ class GunicornSync(Contender):
     def command(self, port: int) -> list[str]:
         return [str(BIN / "gunicorn"), "bench_wsgi:app", "-b", f"127.0.0.1:{port}", "-w", "1",
                 "--graceful-timeout", "30"]  # fmt: skip
+
+
+class UvicornWorkers(Contender):
+    """uvicorn's own supervisor. Since 0.51, SIGHUP restarts its workers one at a
+    time, each new one checked before the next old one is stopped."""
+
+    name = "uvicorn --workers 2"
+
+    def command(self, port: int) -> list[str]:
+        return [str(BIN / "uvicorn"), "bench_app:app", "--host", "127.0.0.1", "--port", str(port),
+                "--workers", "2", "--no-access-log"]  # fmt: skip
+
+
+class Granian(Contender):
+    """Granian (Rust). SIGHUP respawns its workers."""
+
+    name = "granian --workers 2"
+
+    def command(self, port: int) -> list[str]:
+        return [str(BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1",
+                "--port", str(port), "--workers", "2", "bench_app:app"]  # fmt: skip
 
 
 class NaiveUvicorn(Contender):
@@ -181,7 +209,13 @@ ALL: list[type[Contender]] = [
     ReuseportUvicorn,
     GunicornUvicorn,
     GunicornSync,
+    UvicornWorkers,
+    Granian,
     GracefulUvicorn,
+    GracefulUvicorn2,
     GracefulHypercorn,
     GracefulRaw,
 ]
+
+#: what a Python user would pick to run 2 workers, compared without restarts
+TWO_WORKERS: list[type[Contender]] = [GracefulUvicorn2, UvicornWorkers, Granian]
