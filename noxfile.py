@@ -26,7 +26,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package, the tests and the examples."""
-    session.install("-e", ".[test]", "mypy>=1.10", "nox", "matplotlib>=3.8")
+    session.install("-e", ".[test]", "mypy>=1.10", "types-psutil", "nox", "matplotlib>=3.8")
     session.run("mypy")
 
 
