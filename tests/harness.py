@@ -1,256 +1,61 @@
-"""Real supervisors as subprocesses, watched through their log lines.
+"""Test-only helpers around :mod:`graceful.testing`.
 
-Every process a service starts (supervisor, workers, multiprocess's resource
-tracker, anything a worker forks) inherits a marker in its environment, so
-:meth:`ServiceProcess.processes` finds them whatever their process group or
-parent, and :meth:`ServiceProcess.close` kills and reaps them all, even when a
-test fails half-way. (``conftest.py`` makes the test process a child subreaper:
-orphans come back to it, not to init.)
+The service harness itself (:class:`ServiceProcess`, :func:`running`,
+:func:`poll_until`, the process helpers) is public in :mod:`graceful.testing` and
+re-exported here, so tests import everything from one place. ``conftest.py`` makes
+the test process a child subreaper: orphans of the services a test starts come
+back to it, not to init, and :func:`reap` collects them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
-import uuid
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import psutil
+
+from graceful.testing import (
+    DEFAULT_WAIT,
+    ServiceProcess,
+    children_of,
+    is_alive,
+    is_worker,
+    marked_processes,
+    poll_until,
+    process_state,
+    reap,
+    running,
+    zombie_children,
+)
+
+__all__ = [
+    "AS_ANOTHER_USER",
+    "DEFAULT_WAIT",
+    "ROOT",
+    "ServiceProcess",
+    "ask",
+    "cannot_act_as_another_user",
+    "children_of",
+    "connect",
+    "graceful_cli",
+    "holds_listener",
+    "is_alive",
+    "is_worker",
+    "marked_processes",
+    "poll_until",
+    "process_state",
+    "read_line",
+    "reap",
+    "running",
+    "sticky_directory",
+    "zombie_children",
+]
+
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WAIT = 30.0
-
-
-class ServiceProcess:
-    """A supervisor started with ``python script`` in a fresh process group."""
-
-    def __init__(
-        self,
-        script: Path,
-        *,
-        env: Mapping[str, str] | None = None,
-        args: list[str] | None = None,
-        cwd: Path | None = None,
-        module: str | None = None,
-        stdin_script: bool = False,
-        pass_fds: tuple[int, ...] = (),
-        wrapper: tuple[str, ...] = (),
-    ) -> None:
-        """Run ``python script`` (or ``python -m module`` with ``cwd``, or the script
-        fed to ``python -`` on stdin with ``stdin_script``), behind the ``wrapper``
-        command if one is given (``systemd-socket-activate ...``, ``unshare ...``)."""
-        full_env = dict(os.environ)
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT), *filter(None, [full_env.get("PYTHONPATH")])]
-        )
-        full_env.update(env or {})
-        self.marker = f"{_MARKER}={uuid.uuid4().hex}"
-        full_env[_MARKER] = self.marker.partition("=")[2]
-        self.script = script
-        if module is not None:
-            command = [sys.executable, "-m", module]
-        elif stdin_script:
-            command = [sys.executable, "-"]
-        else:
-            command = [sys.executable, str(script)]
-        self.proc = subprocess.Popen(
-            [*wrapper, *command, *(args or [])],
-            stdin=script.open("rb") if stdin_script else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            cwd=str(cwd or script.parent),
-            start_new_session=True,
-            text=True,
-            pass_fds=pass_fds,
-        )
-        self.pid = self.proc.pid
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def __enter__(self) -> ServiceProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    @property
-    def output(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    def wait_for(
-        self, pattern: str, *, after: int = 0, timeout: float = DEFAULT_WAIT
-    ) -> re.Match[str]:
-        """Wait until a log line (from index ``after`` on) matches ``pattern``."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines[after:]:
-                    match = regex.search(line)
-                    if match:
-                        return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(
-                        f"no log line matched {pattern!r} within {timeout}s; output:\n{self.output}"
-                    )
-                self._changed.wait(min(remaining, 0.2))
-
-    def mark(self) -> int:
-        """The index of the next log line, for ``wait_for(after=...)``."""
-        with self._changed:
-            return len(self.lines)
-
-    def address(self, index: int = 0) -> str:
-        """The ``index``-th bound address from the 'listening on' log lines."""
-        self.wait_for(r"listening on ")
-        found = [
-            m.group(1) for m in (re.search(r"listening on (\S+)", line) for line in self.lines) if m
-        ]
-        return found[index]
-
-    def wait_serving(
-        self, generation: int, *, after: int = 0, timeout: float = DEFAULT_WAIT
-    ) -> None:
-        self.wait_for(rf"generation {generation} is serving", after=after, timeout=timeout)
-
-    def send(self, signum: int) -> None:
-        os.kill(self.pid, signum)
-
-    def wait_exit(self, timeout: float = DEFAULT_WAIT) -> int:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"supervisor still running after {timeout}s:\n{self.output}"
-            ) from None
-        self._reader.join(5)
-        return code
-
-    def children(self) -> list[int]:
-        """PIDs of the supervisor's direct children."""
-        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        with contextlib.suppress(OSError):
-            return [int(pid) for pid in path.read_text().split()]
-        return []
-
-    def worker_pids(self) -> list[int]:
-        """The supervisor's children that are workers (not multiprocess's resource tracker)."""
-        pids = []
-        for pid in self.children():
-            try:
-                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    pids.append(pid)
-            except OSError:
-                continue
-        return pids
-
-    def processes(self) -> list[int]:
-        """Every live (not zombie) process this service started, the supervisor
-        included, wherever it now sits in the process tree."""
-        return marked_processes(self.marker)
-
-    def close(self) -> None:
-        """Kill every process of the service (supervisor first, so that it starts
-        nothing new) and reap them."""
-        killed: set[int] = set()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self.pid, signal.SIGKILL)
-            alive = [pid for pid in self.processes() if pid != self.pid]
-            if not alive and self.proc.poll() is not None:
-                break
-            for pid in alive:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            killed.update(alive)
-            time.sleep(0.02)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-        reap(killed)
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-@contextlib.contextmanager
-def running(script: Path, **kwargs: object) -> Iterator[ServiceProcess]:
-    service = ServiceProcess(script, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield service
-    finally:
-        service.close()
-
-
-_MARKER = "GRACEFUL_TEST_SERVICE"
-
-
-def marked_processes(marker: str) -> list[int]:
-    """Live processes whose environment holds ``marker`` (``NAME=value``)."""
-    needle = b"\0" + marker.encode() + b"\0"
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue  # gone, or a zombie
-        if needle in b"\0" + environ + b"\0" and is_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-def process_state(pid: int) -> str | None:
-    """The state letter in ``/proc/PID/stat`` (``Z`` for a zombie), or None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2]
-
-
-def is_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    return process_state(pid) not in (None, "Z")
-
-
-def reap(pids: set[int] | list[int], timeout: float = 10.0) -> None:
-    """Wait until none of ``pids`` is alive, reaping those that are (now) children
-    of this process."""
-    pending = set(pids)
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for pid in list(pending):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid if not is_alive(pid) else 0
-            if done:
-                pending.discard(pid)
-        if pending:
-            time.sleep(0.02)
 
 
 def graceful_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -265,15 +70,6 @@ def graceful_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedPro
         cwd=cwd,
         check=False,
     )
-
-
-def poll_until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def connect(address: str) -> socket.socket:
@@ -328,28 +124,15 @@ def sticky_directory(tmp_path: Path) -> Path:
     return shared
 
 
-def listening_inode(address: str) -> int:
-    """The inode of the TCP socket listening on ``HOST:PORT`` (from /proc/net)."""
+def holds_listener(pid: int, address: str) -> bool:
+    """True if process ``pid`` has a descriptor on a TCP socket listening on the
+    port of ``HOST:PORT`` (False once it has exited)."""
     port = int(address.rpartition(":")[2])
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                local, state, inode = fields[1], fields[3], int(fields[9])
-                if state == "0A" and int(local.rpartition(":")[2], 16) == port:
-                    return inode
-    raise AssertionError(f"nothing listens on {address}")
-
-
-def holds_socket(pid: int, inode: int) -> bool:
-    """True if process ``pid`` has a descriptor on the socket with ``inode``."""
     try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False  # exited
-    for fd in fds:
-        with contextlib.suppress(OSError):  # closed meanwhile
-            if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
-                return True
-    return False
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.NoSuchProcess:
+        return False
+    return any(
+        conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+        for conn in connections
+    )

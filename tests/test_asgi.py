@@ -14,8 +14,7 @@ import pytest
 from harness import (
     ServiceProcess,
     connect,
-    holds_socket,
-    listening_inode,
+    holds_listener,
     poll_until,
     running,
 )
@@ -311,7 +310,7 @@ def test_response_in_flight_when_the_drain_starts_announces_close(
     with running(serve_asgi_script(tmp_path, case)) as svc:
         svc.wait_serving(1)
         [old_worker] = svc.worker_pids()
-        listener = listening_inode(svc.address())
+        listener = svc.address()
         with connect(svc.address()) as client:
             gate = tmp_path / "answer-now"
             client.sendall(f"GET /hold?until={gate} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
@@ -319,7 +318,9 @@ def test_response_in_flight_when_the_drain_starts_announces_close(
             reload(svc, 2)
             # The response is still held. It starts only once generation 1 has begun
             # its drain (it let go of the listener in the same step).
-            poll_until(lambda: not holds_socket(old_worker, listener), 10, "generation 1 to drain")
+            poll_until(
+                lambda: not holds_listener(old_worker, listener), 10, "generation 1 to drain"
+            )
             gate.touch()
             client.settimeout(10)
             data = b""
@@ -478,13 +479,15 @@ def test_a_websocket_opened_on_a_draining_keep_alive_connection_closes_with_1012
     with serve_with_options(tmp_path, drain=2.0, ws=ws) as svc:
         svc.wait_serving(1)
         [old_worker] = svc.worker_pids()
-        listener = listening_inode(svc.address())
+        listener = svc.address()
         with connect(svc.address()) as sock:
             sock.settimeout(10)
             assert http_request(sock)[1] == b"old"
             write_app(tmp_path / "app.py", "new")
             reload(svc, 2)
-            poll_until(lambda: not holds_socket(old_worker, listener), 10, "generation 1 to drain")
+            poll_until(
+                lambda: not holds_listener(old_worker, listener), 10, "generation 1 to drain"
+            )
             frames = open_websocket(sock)
             since = time.monotonic()
             _, code = frames_until_close(frames, since)

@@ -17,13 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from echo_load import Load
 from harness import (
     ServiceProcess,
     ask,
     connect,
-    holds_socket,
+    holds_listener,
     is_alive,
     poll_until,
     process_state,
@@ -154,7 +155,7 @@ def test_running_out_of_descriptors_at_a_reload_fails_only_the_reload(tmp_path: 
         with Load(svc.address(), clients=8) as load:
             wait_for_prefix(load, "v1: ")
             limits = resource.prlimit(svc.pid, resource.RLIMIT_NOFILE)
-            in_use = len(os.listdir(f"/proc/{svc.pid}/fd"))
+            in_use = psutil.Process(svc.pid).num_fds()
             # one descriptor left: the reload cannot even make its pipes
             resource.prlimit(svc.pid, resource.RLIMIT_NOFILE, (in_use + 1, limits[1]))
             script.write_text(service_source(prefix="v2"))
@@ -477,11 +478,15 @@ def test_a_killed_orphan_guard_is_replaced(tmp_path: Path) -> None:
 
 
 def guards_of(svc: ServiceProcess) -> list[int]:
-    return [
-        pid
-        for pid in svc.children()
-        if b"_orphan_guard" in Path(f"/proc/{pid}/cmdline").read_bytes() and is_alive(pid)
-    ]
+    """The supervisor's live children that are orphan guards."""
+    return [pid for pid in svc.children() if is_alive(pid) and _runs_orphan_guard(pid)]
+
+
+def _runs_orphan_guard(pid: int) -> bool:
+    try:
+        return any("_orphan_guard" in arg for arg in psutil.Process(pid).cmdline())
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_a_process_started_while_a_worker_imports_the_script_is_named(tmp_path: Path) -> None:
@@ -538,6 +543,9 @@ def test_the_supervisor_hands_a_new_generation_non_blocking_listeners(tmp_path: 
 def waits_in(pid: int) -> str:
     """Where ``pid``'s main thread sleeps in the kernel (``do_epoll_wait`` for an idle
     event loop, ``inet_csk_accept`` for a blocking accept()), or "" if it runs."""
+    # Read from /proc on purpose: the kernel function a process sleeps in is the
+    # very thing this test looks at, and psutil does not expose it (its status()
+    # says only "sleeping", which an idle event loop is too).
     try:
         return Path(f"/proc/{pid}/wchan").read_text()
     except OSError:
@@ -662,9 +670,10 @@ def test_a_connection_made_during_a_stop_waits_on_an_inherited_listener(tmp_path
                 first.send(signal.SIGTERM)
                 # once the draining worker has closed its copy, nothing of this
                 # supervisor accepts any more
-                inode = os.fstat(fd).st_ino
                 poll_until(
-                    lambda: not holds_socket(worker, inode), 10, "the worker to stop accepting"
+                    lambda: not holds_listener(worker, f"{host}:{port}"),
+                    10,
+                    "the worker to stop accepting",
                 )
                 waiting = connect(f"{host}:{port}")
                 busy.settimeout(15)

@@ -9,8 +9,9 @@ import socket
 import time
 from pathlib import Path
 
+import psutil
 import pytest
-from harness import ask, connect, poll_until, read_line, running
+from harness import ask, connect, poll_until, read_line, running, zombie_children
 from services import write_service
 
 
@@ -163,22 +164,6 @@ def test_workers_drain_and_exit_when_the_supervisor_is_killed(tmp_path: Path, ki
         poll_until(lambda: svc.processes() == [], 5, "orphaned workers to exit")
 
 
-def _fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def _zombies(pid: int) -> list[int]:
-    found = []
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        try:
-            stat = Path(f"/proc/{child}/stat").read_text()
-        except OSError:
-            continue  # reaped in the meantime
-        if stat[stat.rindex(")") + 2] == "Z":
-            found.append(int(child))
-    return found
-
-
 def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> None:
     script = write_service(tmp_path / "svc.py", "asyncio")
     with running(script, env={"LISTEN": "127.0.0.1:0", "WORKERS": "2"}) as svc:
@@ -186,7 +171,7 @@ def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> Non
         # Settled: two workers, multiprocess's resource tracker and the orphan guard,
         # nothing left to reap. The supervisor closes a worker's fds in the same step
         # as it reaps it.
-        settled = lambda: len(svc.children()) == 4 and not _zombies(svc.pid)  # noqa: E731
+        settled = lambda: len(svc.children()) == 4 and not zombie_children(svc.pid)  # noqa: E731
 
         def reload(generation: int) -> None:
             mark = svc.mark()
@@ -195,11 +180,11 @@ def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> Non
 
         reload(2)
         poll_until(settled, 10, "generation 1 to exit")
-        fds, children = _fd_count(svc.pid), len(svc.children())
+        fds, children = psutil.Process(svc.pid).num_fds(), len(svc.children())
         for generation in range(3, 53):
             reload(generation)
         poll_until(settled, 10, "old generations to be reaped")
-        assert _fd_count(svc.pid) == fds
+        assert psutil.Process(svc.pid).num_fds() == fds
         assert len(svc.children()) == children
         assert len(svc.worker_pids()) == 2
         svc.send(signal.SIGTERM)

@@ -11,8 +11,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
-from harness import ask, poll_until, running
+from harness import ask, children_of, poll_until, running
 from services import service_source, write_service
 
 EXTEND = "EXTEND_TIMEOUT_USEC=32000000"  # ready_timeout 30 s + 2 s kill grace
@@ -35,8 +36,8 @@ class NotifySocket:
 
 
 def environ_of(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    environ: dict[str, str] = psutil.Process(pid).environ()
+    return environ
 
 
 @pytest.mark.parametrize("kind", ["path", "abstract"])
@@ -308,22 +309,20 @@ def test_as_pid_1_the_supervisor_reaps_orphans_of_its_workers(tmp_path: Path) ->
     wrapper = ("unshare", "--fork", "--pid", "--mount-proc")
     with running(script, env={"LISTEN": "127.0.0.1:0"}, wrapper=wrapper) as svc:
         svc.wait_serving(1)
-        [supervisor] = [
-            int(pid) for pid in Path(f"/proc/{svc.pid}/task/{svc.pid}/children").read_text().split()
-        ]
+        [supervisor] = children_of(svc.pid)
         assert environ_of(supervisor).get("LISTEN") == "127.0.0.1:0"
 
-        def children() -> dict[int, tuple[str, bytes]]:
-            found = {}
-            for pid in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split():
+        def children() -> dict[int, tuple[str, str]]:
+            """The supervisor's children: their state and command line."""
+            found: dict[int, tuple[str, str]] = {}
+            for pid in children_of(supervisor):
                 try:
-                    stat = Path(f"/proc/{pid}/stat").read_text()
-                    found[int(pid)] = (
-                        stat[stat.rindex(")") + 2],
-                        Path(f"/proc/{pid}/cmdline").read_bytes(),
-                    )
-                except OSError:
-                    pass
+                    process = psutil.Process(pid)
+                    found[pid] = (process.status(), " ".join(process.cmdline()))
+                except psutil.ZombieProcess:
+                    found[pid] = (psutil.STATUS_ZOMBIE, "")
+                except psutil.NoSuchProcess:
+                    pass  # reaped meanwhile
             return found
 
         def orphans() -> list[int]:
@@ -333,7 +332,7 @@ def test_as_pid_1_the_supervisor_reaps_orphans_of_its_workers(tmp_path: Path) ->
                 pid
                 for pid, (_, cmd) in children().items()
                 if not any(
-                    mark in cmd for mark in (b"spawn_main", b"resource_tracker", b"_orphan_guard")
+                    mark in cmd for mark in ("spawn_main", "resource_tracker", "_orphan_guard")
                 )
             ]
 
@@ -342,7 +341,7 @@ def test_as_pid_1_the_supervisor_reaps_orphans_of_its_workers(tmp_path: Path) ->
         poll_until(
             lambda: not any(pid in children() for pid in found), 10, "the orphan to be reaped"
         )
-        assert all(state != "Z" for state, _ in children().values())
+        assert all(state != psutil.STATUS_ZOMBIE for state, _ in children().values())
         os.kill(supervisor, signal.SIGTERM)
         assert svc.wait_exit() == 0
 
