@@ -124,12 +124,14 @@ class ServiceProcess:
         self.marker = f"{MARKER_VARIABLE}={token}"
         full_env[MARKER_VARIABLE] = token
         self.script = script
+        # absolute, as the service runs in ``cwd``; symlinks kept, as a user's are
+        absolute = Path(os.path.abspath(script))
         if module is not None:
             command = [sys.executable, "-m", module]
         elif stdin_script:
             command = [sys.executable, "-"]
         else:
-            command = [sys.executable, str(script)]
+            command = [sys.executable, str(absolute)]
         self._on_line = on_line
         #: every log line so far, without newlines; read it under :meth:`mark`'s
         #: guarantees or through :attr:`output`
@@ -143,7 +145,7 @@ class ServiceProcess:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=full_env,
-                cwd=str(cwd or script.parent),
+                cwd=str(cwd or absolute.parent),
                 start_new_session=True,
                 text=True,
                 pass_fds=tuple(pass_fds),
