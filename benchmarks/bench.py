@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import math
 import os
 import platform
-import re
 import resource
 import shutil
 import signal
@@ -38,12 +38,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import multiprocess
+import psutil
+
+from graceful.testing import ServiceProcess, is_alive, poll_until, running, zombie_children
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -123,6 +126,9 @@ def bare_spawn_times(workdir: Path, n: int) -> list[float]:
         started = time.perf_counter()
         process = ctx.Process(target=_import_app_and_report, args=(child, str(workdir)))
         process.start()
+        if not parent.poll(60):
+            process.kill()
+            raise RuntimeError("a bare spawn did not report within 60 s")
         parent.recv()
         times.append(time.perf_counter() - started)
         process.join()
@@ -146,8 +152,13 @@ def reload_latency(reloads: int) -> dict[str, Any]:
             app.write_text(source.replace('VERSION = "v0000"', f'VERSION = "{version}"'))
             started = time.monotonic()
             contender.restart()
-            while version.encode() not in _get(port):
-                pass
+            # polled back to back (interval=0): the figure is the latency itself
+            poll_until(
+                lambda: version.encode() in _get(port),  # noqa: B023 (called at once)
+                60,
+                f"the answer from {version}",
+                interval=0,
+            )
             first_answer.append(time.monotonic() - started)
             time.sleep(0.3)  # let the old generation finish before the next reload
     finally:
@@ -164,11 +175,14 @@ def reload_latency(reloads: int) -> dict[str, Any]:
 
 
 def _get(port: int) -> bytes:
+    """One answer on a new connection, as far as it arrived within 2 s; b"" if the
+    connection failed."""
     try:
         with socket.create_connection(("127.0.0.1", port), 2) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
             data = b""
-            while chunk := s.recv(4096):
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and (chunk := s.recv(4096)):
                 data += chunk
             return data
     except OSError:
@@ -265,79 +279,64 @@ def throughput_side_by_side(
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User and system CPU time of process ``pid`` (not of its children)."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    rss: int = psutil.Process(pid).memory_info().rss
+    return rss // 1024
 
 
 def _fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    fds: int = psutil.Process(pid).num_fds()
+    return fds
 
 
 # -- scenario 5: scale -------------------------------------------------------------------------
 
+#: Seconds to wait for a generation to serve (1,000 listeners, 8 workers).
+STARTUP_WAIT = 120.0
 
-class LoggedSupervisor:
-    """The raw service as a supervisor whose log lines the benchmark reads."""
 
-    def __init__(self, env: dict[str, str], command: list[str] | None = None) -> None:
-        self.workdir = fresh_workdir()
-        full_env = {**os.environ, "PYTHONPATH": str(contenders.ROOT), **env}
-        self.process = subprocess.Popen(
-            command or [sys.executable, "raw_http_service.py"],
-            cwd=self.workdir,
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.lines: list[str] = []
-        self.changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+@contextlib.contextmanager
+def logged_supervisor(
+    env: dict[str, str], serve_args: list[str] | None = None
+) -> Iterator[ServiceProcess]:
+    """The raw service (or ``graceful SERVE_ARGS``) as a supervisor whose log lines the
+    benchmark reads, in a fresh copy of the apps; killed with all its processes on
+    the way out."""
+    workdir = fresh_workdir()
+    try:
+        with running(
+            workdir / "raw_http_service.py",
+            env=env,
+            module="graceful" if serve_args else None,
+            args=serve_args,
+            cwd=workdir,
+        ) as supervisor:
+            supervisor.wait_serving(1, timeout=STARTUP_WAIT)
+            yield supervisor
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self.changed:
-                self.lines.append(line)
-                self.changed.notify_all()
 
-    def wait_for(self, pattern: str, after: int = 0, timeout: float = 120) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while time.monotonic() < deadline:
-                for line in self.lines[after:]:
-                    if match := re.search(pattern, line):
-                        return match
-                self.changed.wait(0.2)
-        raise RuntimeError(f"no {pattern!r} in:\n{''.join(self.lines[-20:])}")
-
-    def reload(self, generation: int) -> float:
-        with self.changed:
-            mark = len(self.lines)
-        self.process.send_signal(signal.SIGHUP)
-        took = self.wait_for(rf"generation {generation} is serving \(ready in ([\d.]+)s\)", mark)
-        return float(took.group(1))
-
-    def stop(self) -> None:
-        contenders._stop(self.process)  # type: ignore[arg-type]
-        shutil.rmtree(self.workdir, ignore_errors=True)
+def reload(supervisor: ServiceProcess, generation: int) -> float:
+    """SIGHUP, then the seconds the supervisor reports ``generation`` took to be ready."""
+    mark = supervisor.mark()
+    supervisor.send(signal.SIGHUP)
+    took = supervisor.wait_for(
+        rf"generation {generation} is serving \(ready in ([\d.]+)s\)",
+        after=mark,
+        timeout=STARTUP_WAIT,
+    )
+    return float(took.group(1))
 
 
 def reload_times(env: dict[str, str], reloads: int) -> dict[str, float]:
-    supervisor = LoggedSupervisor(env)
-    try:
-        supervisor.wait_for("generation 1 is serving")
-        took = [supervisor.reload(generation) for generation in range(2, reloads + 2)]
-    finally:
-        supervisor.stop()
+    with logged_supervisor(env) as supervisor:
+        took = [reload(supervisor, generation) for generation in range(2, reloads + 2)]
     return _summary(took)
 
 
@@ -373,65 +372,45 @@ def scale_idle_connections(counts: list[int]) -> list[dict[str, Any]]:
     rows = []
     for n in counts:
         port = free_port()
-        command = [str(contenders.BIN / "graceful"), "serve", "bench_app:app", "--listen",
-                   f"127.0.0.1:{port}", "--no-access-log"]  # fmt: skip
-        supervisor = LoggedSupervisor({}, command)
+        serve = ["serve", "bench_app:app", "--listen", f"127.0.0.1:{port}", "--no-access-log"]
         loop = asyncio.new_event_loop()
         try:
-            supervisor.wait_for("generation 1 is serving")
-            writers = loop.run_until_complete(_open_idle(port, n))
-            old = [pid for pid in _children(supervisor.process.pid) if _is_worker(pid)]
-            started = time.monotonic()
-            took = supervisor.reload(2)
-            while any(Path(f"/proc/{pid}").exists() and not _is_zombie(pid) for pid in old):
-                time.sleep(0.05)
-            drained = time.monotonic() - started
-            for writer in writers:
-                writer.close()
-            rows.append({"idle_connections": n, "reload_ms": round(took * 1000, 1),
-                         "old_generation_gone_after_ms": round(drained * 1000, 1)})  # fmt: skip
+            with logged_supervisor({}, serve) as supervisor:
+                writers = loop.run_until_complete(asyncio.wait_for(_open_idle(port, n), 120))
+                old = supervisor.worker_pids()
+                started = time.monotonic()
+                took = reload(supervisor, 2)
+                poll_until(
+                    lambda: not any(is_alive(pid) for pid in old),  # noqa: B023 (called at once)
+                    120,
+                    f"the old generation to exit with {n} idle connections",
+                )
+                drained = time.monotonic() - started
+                for writer in writers:
+                    writer.close()
         finally:
-            supervisor.stop()
             loop.close()
+        rows.append({"idle_connections": n, "reload_ms": round(took * 1000, 1),
+                     "old_generation_gone_after_ms": round(drained * 1000, 1)})  # fmt: skip
     return rows
 
 
-def _children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def _is_worker(pid: int) -> bool:
-    try:
-        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return text[text.rindex(")") + 2] == "Z"
-
-
 def many_reloads(total: int, every: int) -> list[dict[str, Any]]:
-    supervisor = LoggedSupervisor({"LISTEN": "127.0.0.1:0"})
     samples = []
-    try:
-        supervisor.wait_for("generation 1 is serving")
-        pid = supervisor.process.pid
+    with logged_supervisor({"LISTEN": "127.0.0.1:0"}) as supervisor:
+        pid = supervisor.pid
         samples.append({"reloads": 0, "fds": _fd_count(pid), "rss_kib": _rss_kib(pid)})
         for n in range(1, total + 1):
-            supervisor.reload(n + 1)
+            reload(supervisor, n + 1)
             if n % every == 0:
                 # let the previous generation finish before sampling
-                deadline = time.monotonic() + 10
-                while len(_children(pid)) > 2 and time.monotonic() < deadline:
-                    time.sleep(0.02)
+                poll_until(
+                    lambda: len(supervisor.worker_pids()) == 1 and not zombie_children(pid),
+                    10,
+                    "the previous generation to exit and be reaped",
+                    interval=0.02,
+                )
                 samples.append({"reloads": n, "fds": _fd_count(pid), "rss_kib": _rss_kib(pid)})
-    finally:
-        supervisor.stop()
     return samples
 
 
@@ -439,7 +418,7 @@ def many_reloads(total: int, every: int) -> list[dict[str, Any]]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = "?"
+    cpu = "?"  # psutil does not name the CPU model; /proc/cpuinfo does
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()

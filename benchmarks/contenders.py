@@ -27,7 +27,8 @@ def answering_pid(port: int, timeout: float = 1.0) -> int | None:
         s.settimeout(timeout)
         s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
         data = b""
-        while chunk := s.recv(4096):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (chunk := s.recv(4096)):
             data += chunk
         for line in data.split(b"\r\n"):
             if line.lower().startswith(b"x-pid:"):
@@ -92,6 +93,8 @@ class Contender:
 
 
 def _stop(process: subprocess.Popen[bytes], grace: float = 40.0) -> None:
+    """SIGTERM to the process group, SIGKILL after ``grace`` seconds; raises
+    subprocess.TimeoutExpired if the process has not exited 10 s after that."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
@@ -99,7 +102,7 @@ def _stop(process: subprocess.Popen[bytes], grace: float = 40.0) -> None:
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        process.wait(10)
 
 
 class GracefulUvicorn(Contender):
