@@ -133,8 +133,8 @@ class ServiceProcess:
         else:
             command = [sys.executable, str(absolute)]
         self._on_line = on_line
-        #: every log line so far, without newlines; read it under :meth:`mark`'s
-        #: guarantees or through :attr:`output`
+        #: every log line so far, without its newline, in order; the reader thread
+        #: only ever appends to it
         self.lines: list[str] = []
         self._changed = threading.Condition()
         stdin = script.open("rb") if stdin_script else None
