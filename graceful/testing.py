@@ -103,7 +103,9 @@ class ServiceProcess:
         on_line: Callable[[str], None] | None = None,
     ) -> None:
         """Start ``python script ARGS`` now, in ``cwd`` (default: the script's
-        directory), and return without waiting for anything.
+        directory), and return without waiting for anything. A relative ``script``
+        is relative to ``cwd`` if that is given, else to this process's working
+        directory.
 
         ``module`` runs ``python -m module ARGS`` instead (``script`` then only sets
         the default ``cwd``); ``stdin_script`` feeds the script to ``python -`` on
@@ -124,14 +126,17 @@ class ServiceProcess:
         self.marker = f"{MARKER_VARIABLE}={token}"
         full_env[MARKER_VARIABLE] = token
         self.script = script
-        # absolute, as the service runs in ``cwd``; symlinks kept, as a user's are
-        absolute = Path(os.path.abspath(script))
+        if cwd is None:
+            # the service runs in the script's directory: name the script absolutely
+            # (keeping symlinks, as a user's command line does)
+            script = Path(os.path.abspath(script))
+            cwd = script.parent
         if module is not None:
             command = [sys.executable, "-m", module]
         elif stdin_script:
             command = [sys.executable, "-"]
         else:
-            command = [sys.executable, str(absolute)]
+            command = [sys.executable, str(script)]
         self._on_line = on_line
         #: every log line so far, without its newline, in order; the reader thread
         #: only ever appends to it
@@ -145,7 +150,7 @@ class ServiceProcess:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=full_env,
-                cwd=str(cwd or absolute.parent),
+                cwd=str(cwd),
                 start_new_session=True,
                 text=True,
                 pass_fds=tuple(pass_fds),
