@@ -15,8 +15,8 @@ import os
 from typing import Any, Literal
 
 from ._context import Context
-from ._entry import import_module, one_line, walk
-from ._errors import ConfigError
+from ._entry import import_module, walk
+from ._errors import ConfigError, one_line
 from ._listeners import parse_listen_spec
 from ._logging import ensure_visible, logger
 from ._service import Backend, Service, check_settings

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import socket
-import threading
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import SocketStream, TaskGroup
 
 from . import _wire
 from ._listeners import Listener
+from ._shutdown import ShutdownRequest
 
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal
@@ -49,17 +48,14 @@ class Context:
         generation: int,
         worker_id: int,
         control: _wire.ControlChannel,
-        default_drain_timeout: float,
+        shutdown: ShutdownRequest,
     ) -> None:
         self.listeners: Sequence[Listener] = tuple(listeners)
         self.generation = generation
         self.worker_id = worker_id
         self._control = control
-        self._default_drain_timeout = default_drain_timeout
         self._ready_sent = False
-        self._shutdown = anyio.Event()
-        self._shutdown_flag = threading.Event()
-        self._drain_deadline: float | None = None
+        self._shutdown = shutdown
 
     # -- readiness and shutdown -----------------------------------------------------
 
@@ -81,41 +77,13 @@ class Context:
     @property
     def shutdown_requested(self) -> bool:
         """True once :meth:`wait_shutdown` would return at once."""
-        return self._shutdown_flag.is_set()
+        return self._shutdown.requested
 
     @property
     def drain_deadline(self) -> float | None:
         """Once shutdown is requested: the :func:`anyio.current_time` by which in-flight
         work should be done (the supervisor kills the worker soon after). Else None."""
-        return self._drain_deadline
-
-    def _request_shutdown(self, drain_timeout: float) -> None:
-        """Mark shutdown as requested. Must run in the event loop's thread."""
-        if self._shutdown_flag.is_set():
-            return
-        self._drain_deadline = anyio.current_time() + drain_timeout
-        self._shutdown_flag.set()
-        self._shutdown.set()
-
-    async def _follow_control(self) -> None:
-        """Turn the supervisor's messages (and its disappearance) into shutdown requests."""
-        send, receive = anyio.create_memory_object_stream[_wire.Received](math.inf)
-        async with anyio.create_task_group() as tg, receive:
-            tg.start_soon(_wire.pump, self._control, send)
-            async for message in receive:
-                if isinstance(message, _wire.Shutdown):
-                    self._request_shutdown(message.drain_timeout)
-                elif isinstance(message, _wire.PeerGone):
-                    logger.warning("the supervisor is gone; draining and exiting")
-                    self._request_shutdown(self._default_drain_timeout)
-                    break
-                elif isinstance(message, _wire.ProtocolError):
-                    logger.error(
-                        "unreadable message from the supervisor (%s); draining", message.detail
-                    )
-                    self._request_shutdown(self._default_drain_timeout)
-                    break
-            tg.cancel_scope.cancel()
+        return self._shutdown.deadline
 
     # -- the high-level server ------------------------------------------------------
 
@@ -140,8 +108,8 @@ class Context:
                 acceptors.cancel_scope.cancel()
             for listener in self.listeners:
                 listener.socket.close()
-            if self._drain_deadline is not None:
-                connections.cancel_scope.deadline = self._drain_deadline
+            if self.drain_deadline is not None:
+                connections.cancel_scope.deadline = self.drain_deadline
 
     async def _accept_loop(
         self, listener: socket.socket, connections: TaskGroup, handler: Handler
@@ -191,9 +159,10 @@ class SyncContext:
     (``socketserver``, ``http.server``, ``wsgiref``) accept on them correctly.
     """
 
-    def __init__(self, context: Context, portal: BlockingPortal) -> None:
+    def __init__(self, context: Context, portal: BlockingPortal, shutdown: ShutdownRequest) -> None:
         self._context = context
         self._portal = portal
+        self._shutdown = shutdown
         self.listeners: Sequence[Listener] = context.listeners
         self.generation = context.generation
         self.worker_id = context.worker_id
@@ -207,7 +176,7 @@ class SyncContext:
 
         Returns True if shutdown was requested.
         """
-        return self._context._shutdown_flag.wait(timeout)
+        return self._shutdown.wait_blocking(timeout)
 
     @property
     def shutdown_requested(self) -> bool:
@@ -221,46 +190,3 @@ class SyncContext:
         if deadline is None:
             return None
         return max(0.0, deadline - self._portal.call(anyio.current_time))
-
-
-async def run_beside(
-    main: Callable[[], Awaitable[object]], *helpers: Callable[[], Coroutine[Any, Any, None]]
-) -> None:
-    """Run ``main`` with ``helpers`` as background tasks that end when it returns.
-
-    An exception from ``main`` is raised as itself, not wrapped in an exception
-    group, so that its one-line description names the real cause.
-    """
-    failure: BaseException | None = None
-    async with anyio.create_task_group() as tasks:
-        for helper in helpers:
-            tasks.start_soon(helper)
-        try:
-            await main()
-        except (Exception, SystemExit) as exc:
-            failure = exc
-        finally:
-            tasks.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-
-
-async def unwrap_group(main: Callable[[], Awaitable[None]]) -> None:
-    """Await ``main``; if it raises an exception group holding one exception, raise that."""
-    try:
-        await main()
-    except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        if len(leaves) == 1 and isinstance(leaves[0], Exception | SystemExit):
-            raise leaves[0] from None
-        raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            found.extend(_leaves(exc))
-        else:
-            found.append(exc)
-    return found

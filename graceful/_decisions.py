@@ -3,13 +3,69 @@
 Theory of operation
 -------------------
 Everything the supervisor learns arrives as an *event*: a signal, a worker's
-control message, a worker's exit, a timer firing. :meth:`Supervision.handle`
+control message, a worker's exit, a timer firing. :meth:`SupervisorStateMachine.handle`
 takes one event and the current monotonic time, updates the state, and returns
 the *actions* the supervisor must carry out: spawn a worker, tell one to shut
 down, kill one, start a timer, log a line, exit. The process, pipe, signal and
-timer plumbing lives in ``_supervisor.py`` and does nothing but translate between
-the world and these two vocabularies, so every rule below is testable with plain
-function calls.
+timer plumbing lives in ``_supervisor_loop.py`` and does nothing but translate
+between the world and these two vocabularies, so every rule below is testable with
+plain function calls.
+
+States
+------
+The state is held once: each worker's :class:`WorkerState` and each generation's
+:class:`Role`. Which generation serves and which starts are read from the roles,
+never stored beside them.
+
+=========================  ===============================================  ====================
+worker state               entered when                                     left when
+=========================  ===============================================  ====================
+``STARTING``               spawned                                          ready, told to stop,
+                                                                            or exited
+``READY``                  it reported ready                                told to drain, or
+                                                                            exited
+``DRAINING``               told to shut down (its generation retired, or    exited (it is then
+                           the service stops)                               forgotten)
+=========================  ===============================================  ====================
+
+=========================  ===============================================  ====================
+generation role            entered when                                     left when
+=========================  ===============================================  ====================
+``STARTING`` (at most 1)   started by ``Start`` or a reload                 promoted, or failed
+``SERVING`` (at most 1)    every one of its workers is ready                replaced by the next
+                                                                            one, or the stop
+``RETIRED``                replaced, failed, or the service stops           its last worker
+                                                                            exited (forgotten)
+=========================  ===============================================  ====================
+
+Events
+------
+======================  ==========================================================
+event                   effect
+======================  ==========================================================
+``Start``               generation 1 starts
+``ReloadRequested``     a generation starts; while one is starting, one follow-up
+                        is queued; while stopping, ignored
+``WorkerReady``         a starting generation is promoted once all its workers are
+                        ready; a replacement rejoins its serving generation; a
+                        worker of a retired generation is drained at once
+``WorkerFailed``        the cause is kept for the worker's exit
+``WorkerMisbehaved``    the worker is killed (and a starting generation fails)
+``WorkerExited``        a starting generation fails; a serving worker is restarted
+                        after a backoff; a draining one is forgotten
+``ReadyTimeout``        a starting generation fails; a late replacement is killed
+``DrainTimeout``        the worker is killed
+``RestartDue``          the empty slot of the serving generation is filled
+``StopRequested``       first: every worker drains and the listeners are released;
+                        second: every worker is killed
+======================  ==========================================================
+
+Invariants (checked by ``tests/test_decisions_properties.py`` over random event
+sequences): at most one generation serves and at most one starts; each slot
+names a live worker of its generation; neither a generation's serving nor its
+starting workers outnumber ``workers``; a worker is told to shut down at most
+once and killed at most once, and never after its exit; nothing is spawned once
+the service stops; ``Exit`` comes once, and only when no worker is left.
 
 The rules:
 
@@ -166,17 +222,27 @@ class GenerationServing:
     first: bool
 
 
+class Phase(Enum):
+    """What an :class:`Announce` tells a service manager."""
+
+    #: generation 1 starts
+    STARTING = "starting"
+    #: a reload starts
+    RELOADING = "reloading"
+    #: a generation serves, or a reload ended either way
+    READY = "ready"
+    STOPPING = "stopping"
+    #: only the status line changed
+    STATUS = "status"
+
+
 @dataclass(frozen=True)
 class Announce:
-    """Something a service manager (systemd) should hear of.
+    """Something a service manager (systemd) should hear of: ``phase``, a one-line
+    ``status``, and ``extend``, how long in seconds the manager should wait for the
+    next :attr:`Phase.READY`."""
 
-    ``phase`` is ``starting`` (generation 1 starts), ``reloading`` (a reload starts),
-    ``ready`` (a generation serves, or a reload ended either way), ``stopping``, or
-    ``status`` (only ``status`` changed). ``extend`` is how long, in seconds, the
-    manager should wait for the next ``ready``.
-    """
-
-    phase: str
+    phase: Phase
     status: str
     extend: float | None = None
 
@@ -208,7 +274,7 @@ Action: TypeAlias = (
 
 
 @dataclass(frozen=True)
-class Plan:
+class Settings:
     """The supervisor's settings, all in seconds except ``workers``."""
 
     workers: int = 1
@@ -264,19 +330,19 @@ class Stopping(Enum):
     NOW = "now"
 
 
-class Supervision:
+class SupervisorStateMachine:
     """The supervisor's state and rules. See the module docstring.
 
     Call :meth:`handle` with each event in the order it happened; carry out the
     returned actions in order.
     """
 
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        #: live workers by serial (a worker is forgotten once it has exited)
         self.workers: dict[int, Worker] = {}
+        #: generations by number, until they are retired and empty
         self.generations: dict[int, Generation] = {}
-        self.serving: int | None = None
-        self.starting: int | None = None
         self.reload_queued = False
         self.stopping = Stopping.NO
         self.exit_code = 0
@@ -288,6 +354,22 @@ class Supervision:
         self._next_serial = 1
         self._next_generation = 1
         self._actions: list[Action] = []
+
+    @property
+    def serving(self) -> int | None:
+        """The number of the generation that serves, if any."""
+        return self._with_role(Role.SERVING)
+
+    @property
+    def starting(self) -> int | None:
+        """The number of the generation that is starting, if any."""
+        return self._with_role(Role.STARTING)
+
+    def _with_role(self, role: Role) -> int | None:
+        for generation in self.generations.values():
+            if generation.role is role:
+                return generation.number
+        return None
 
     # -- entry point ----------------------------------------------------------------
 
@@ -308,9 +390,7 @@ class Supervision:
             case WorkerReady(serial):
                 self._on_ready(serial, now)
             case WorkerFailed(serial, cause):
-                worker = self.workers.get(serial)
-                if worker is not None:
-                    worker.cause = cause
+                self._on_failed(serial, cause)
             case WorkerMisbehaved(serial, detail):
                 self._on_misbehaved(serial, detail, now)
             case WorkerExited(serial, exitcode):
@@ -335,7 +415,7 @@ class Supervision:
         self.workers[serial] = Worker(serial, generation.number, worker_id)
         generation.slots[worker_id] = serial
         self._actions.append(SpawnWorker(serial, generation.number, worker_id))
-        self._actions.append(StartTimer(self.plan.ready_timeout, ReadyTimeout(serial)))
+        self._actions.append(StartTimer(self.settings.ready_timeout, ReadyTimeout(serial)))
 
     def _drain(self, worker: Worker, *, stopping: bool = False) -> None:
         if worker.state is WorkerState.DRAINING:
@@ -346,13 +426,17 @@ class Supervision:
             # gets kill_grace rather than drain_timeout to let go of them.
             worker.state = WorkerState.DRAINING
             worker.abandoned = True
-            self._actions.append(ShutdownWorker(worker.serial, self.plan.kill_grace))
-            self._actions.append(StartTimer(2 * self.plan.kill_grace, DrainTimeout(worker.serial)))
+            self._actions.append(ShutdownWorker(worker.serial, self.settings.kill_grace))
+            self._actions.append(
+                StartTimer(2 * self.settings.kill_grace, DrainTimeout(worker.serial))
+            )
             return
         worker.state = WorkerState.DRAINING
-        self._actions.append(ShutdownWorker(worker.serial, self.plan.drain_timeout))
+        self._actions.append(ShutdownWorker(worker.serial, self.settings.drain_timeout))
         self._actions.append(
-            StartTimer(self.plan.drain_timeout + self.plan.kill_grace, DrainTimeout(worker.serial))
+            StartTimer(
+                self.settings.drain_timeout + self.settings.kill_grace, DrainTimeout(worker.serial)
+            )
         )
 
     def _kill(self, worker: Worker) -> None:
@@ -365,7 +449,7 @@ class Supervision:
     def _describe(self, worker: Worker) -> str:
         return f"generation {worker.generation} worker {worker.worker_id}"
 
-    def _announce(self, phase: str, extend: float | None = None) -> None:
+    def _announce(self, phase: Phase, extend: float | None = None) -> None:
         self._actions.append(Announce(phase, self.status(), extend))
 
     def status(self) -> str:
@@ -381,7 +465,9 @@ class Supervision:
                 for serial in generation.slots.values()
                 if self.workers[serial].state is WorkerState.READY
             )
-            line = f"generation {self.serving} serving, {ready}/{self.plan.workers} workers ready"
+            line = (
+                f"generation {self.serving} serving, {ready}/{self.settings.workers} workers ready"
+            )
             if self.starting is not None:
                 line += f"; generation {self.starting} starting"
         if self.last_reload is not None:
@@ -395,12 +481,11 @@ class Supervision:
         self._next_generation += 1
         generation = Generation(number, Role.STARTING, started_at=now)
         self.generations[number] = generation
-        self.starting = number
-        self._log(logging.INFO, f"starting generation {number} ({self.plan.workers} workers)")
-        for worker_id in range(self.plan.workers):
+        self._log(logging.INFO, f"starting generation {number} ({self.settings.workers} workers)")
+        for worker_id in range(self.settings.workers):
             self._spawn(generation, worker_id)
-        wait = self.plan.ready_timeout + self.plan.kill_grace
-        self._announce("starting" if self.serving is None else "reloading", extend=wait)
+        wait = self.settings.ready_timeout + self.settings.kill_grace
+        self._announce(Phase.STARTING if self.serving is None else Phase.RELOADING, extend=wait)
 
     def _on_reload(self) -> None:
         if self.stopping is not Stopping.NO:
@@ -416,27 +501,29 @@ class Supervision:
 
     def _on_ready(self, serial: int, now: float) -> None:
         worker = self.workers.get(serial)
-        if worker is None or worker.state is not WorkerState.STARTING:
+        if worker is None or worker.state is not WorkerState.STARTING or worker.killed:
+            # a worker being killed (it missed ready_timeout) is not revived by a late
+            # report: its kill is already on its way
             return
         worker.state = WorkerState.READY
         worker.ready_at = now
         generation = self.generations[worker.generation]
         if generation.role is Role.SERVING:
             self._log(logging.INFO, f"{self._describe(worker)} is back in service")
-            self._announce("status")
+            self._announce(Phase.STATUS)
         elif generation.role is Role.RETIRED or self.stopping is not Stopping.NO:
             self._drain(worker)
         elif (
             all(self.workers[s].state is WorkerState.READY for s in generation.slots.values())
-            and len(generation.slots) == self.plan.workers
+            and len(generation.slots) == self.settings.workers
         ):
             self._promote(generation, now)
 
     def _promote(self, generation: Generation, now: float) -> None:
         previous = self.serving
+        if previous is not None:
+            self.generations[previous].role = Role.RETIRED  # drained below
         generation.role = Role.SERVING
-        self.serving = generation.number
-        self.starting = None
         took = now - generation.started_at
         self._actions.append(GenerationServing(generation.number, first=previous is None))
         if previous is None:
@@ -451,7 +538,7 @@ class Supervision:
                 f"draining generation {previous}",
             )
             self._retire(self.generations[previous])
-        self._announce("ready")
+        self._announce(Phase.READY)
         self._follow_queued_reload(now)
 
     def _retire(self, generation: Generation) -> None:
@@ -472,7 +559,6 @@ class Supervision:
     def _fail_generation(
         self, generation: Generation, culprit: Worker, cause: str, now: float
     ) -> None:
-        self.starting = None
         self._kill(culprit)
         self._retire(generation)
         if self.serving is None:
@@ -486,7 +572,7 @@ class Supervision:
             f"reload failed: generation {generation.number}: {cause}; "
             f"generation {self.serving} keeps serving",
         )
-        self._announce("ready")
+        self._announce(Phase.READY)
         self._follow_queued_reload(now)
 
     def _on_exit(self, serial: int, exitcode: int | None, now: float) -> None:
@@ -521,17 +607,23 @@ class Supervision:
         self, generation: Generation, worker: Worker, how: str, now: float
     ) -> None:
         crashes = generation.crashes.get(worker.worker_id, 0)
-        if worker.ready_at is not None and now - worker.ready_at >= self.plan.backoff_reset:
+        if worker.ready_at is not None and now - worker.ready_at >= self.settings.backoff_reset:
             crashes = 0
         crashes += 1
         generation.crashes[worker.worker_id] = crashes
-        delay = min(self.plan.backoff_initial * 2 ** (crashes - 1), self.plan.backoff_max)
+        delay = min(self.settings.backoff_initial * 2 ** (crashes - 1), self.settings.backoff_max)
         self._log(
             logging.WARNING,
             f"{self._describe(worker)} {how}; restarting it in {delay:.1f}s",
         )
         self._actions.append(StartTimer(delay, RestartDue(generation.number, worker.worker_id)))
-        self._announce("status")
+        self._announce(Phase.STATUS)
+
+    def _on_failed(self, serial: int, cause: str) -> None:
+        worker = self.workers.get(serial)
+        if worker is not None:
+            # reported just before the worker exits: its exit is described by it
+            worker.cause = cause
 
     def _on_misbehaved(self, serial: int, detail: str, now: float) -> None:
         worker = self.workers.get(serial)
@@ -551,7 +643,7 @@ class Supervision:
         worker = self.workers.get(serial)
         if worker is None or worker.state is not WorkerState.STARTING or worker.killed:
             return
-        cause = f"not ready within ready_timeout={self.plan.ready_timeout:g}s"
+        cause = f"not ready within ready_timeout={self.settings.ready_timeout:g}s"
         worker.cause = worker.cause or cause
         generation = self.generations[worker.generation]
         if generation.role is Role.STARTING:
@@ -576,7 +668,7 @@ class Supervision:
         self._log(
             logging.WARNING,
             f"{self._describe(worker)} did not finish draining within "
-            f"drain_timeout={self.plan.drain_timeout:g}s; killing it",
+            f"drain_timeout={self.settings.drain_timeout:g}s; killing it",
         )
         self._kill(worker)
 
@@ -596,7 +688,7 @@ class Supervision:
             self._log(
                 logging.INFO,
                 f"stopping: draining {len(self.workers)} workers "
-                f"(up to drain_timeout={self.plan.drain_timeout:g}s)",
+                f"(up to drain_timeout={self.settings.drain_timeout:g}s)",
             )
             self._begin_stop(Stopping.DRAINING, exit_code=0)
         elif self.stopping is Stopping.DRAINING:
@@ -608,7 +700,6 @@ class Supervision:
         self.stopping = mode
         self.exit_code = max(self.exit_code, exit_code)
         self.reload_queued = False
-        self.starting = None
         for generation in self.generations.values():
             generation.role = Role.RETIRED
         for worker in list(self.workers.values()):
@@ -618,7 +709,7 @@ class Supervision:
                 self._drain(worker, stopping=True)
         if first:
             self._actions.append(StopAccepting())
-            self._announce("stopping")
+            self._announce(Phase.STOPPING)
 
     def _maybe_exit(self) -> None:
         if self.stopping is not Stopping.NO and not self.workers and not self.exited:

@@ -33,8 +33,9 @@ import anyio
 from hypercorn.config import Config
 from hypercorn.logging import Logger
 
-from ._context import Context, run_beside, unwrap_group
+from ._context import Context
 from ._errors import ConfigError
+from ._tasks import run_beside, unwrap_group
 
 #: hypercorn settings that graceful owns.
 RESERVED_OPTIONS = frozenset({"bind", "insecure_bind", "quic_bind", "workers", "use_reloader"})

@@ -29,9 +29,14 @@ import stat
 import time
 from dataclasses import dataclass
 
+from ._decisions import Announce, Phase
 from ._errors import ConfigError
 
 logger = logging.getLogger("graceful")
+
+#: The longest start or reload systemd is told to wait for, in seconds (a
+#: ready_timeout of days is allowed, but EXTEND_TIMEOUT_USEC must stay a sane number).
+_MAX_EXTEND = 365 * 24 * 3600.0
 
 #: SD_LISTEN_FDS_START: the first descriptor systemd passes.
 LISTEN_FDS_START = 3
@@ -83,10 +88,31 @@ class Notifier:
                 self._warned = True
                 logger.warning("cannot notify systemd at %s: %s", self._address, exc.strerror)
 
+    def announce(self, announce: Announce) -> None:
+        """Send what the supervisor's state machine announced (see the module
+        docstring for the fields)."""
+        self.send(**notification(announce))
+
     def close(self) -> None:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+
+def notification(announce: Announce) -> dict[str, str | int]:
+    """The sd_notify fields for ``announce``, in the order they are sent."""
+    fields: dict[str, str | int] = {}
+    if announce.phase is Phase.READY:
+        fields["READY"] = 1
+    elif announce.phase is Phase.RELOADING:
+        fields["RELOADING"] = 1
+        fields["MONOTONIC_USEC"] = monotonic_usec()
+    elif announce.phase is Phase.STOPPING:
+        fields["STOPPING"] = 1
+    if announce.extend is not None:
+        fields["EXTEND_TIMEOUT_USEC"] = int(min(announce.extend, _MAX_EXTEND) * 1_000_000)
+    fields["STATUS"] = announce.status
+    return fields
 
 
 def monotonic_usec() -> int:

@@ -43,8 +43,9 @@ import uvicorn
 from uvicorn.protocols.http.flow_control import CLOSE_HEADER
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ._context import Context, run_beside
+from ._context import Context
 from ._errors import ConfigError
+from ._tasks import run_beside
 
 #: uvicorn options that graceful owns: the listeners, the process model, reloading.
 RESERVED_OPTIONS = frozenset(

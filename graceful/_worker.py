@@ -39,11 +39,26 @@ import anyio
 import anyio.from_thread
 
 from . import _wire
-from ._context import Context, SyncContext, run_beside
-from ._entry import EntryRef, one_line, resolve_entry
-from ._errors import ConfigError
+from ._context import Context, SyncContext
+from ._entry import EntryRef, resolve_entry
+from ._errors import ConfigError, one_line
 from ._listeners import Address, Listener
 from ._logging import ensure_visible, logger
+from ._shutdown import ShutdownRequest, drain_on_sigterm, follow_supervisor
+from ._tasks import run_beside
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How every worker of the service runs, whatever its generation."""
+
+    drain_timeout: float
+    backend: str
+    #: keyword arguments for the entry function (used by library entry points such
+    #: as the ASGI worker; a user's ``@service`` function gets none)
+    entry_options: dict[str, Any]
+    #: passed to ``anyio.run`` as ``backend_options`` (e.g. ``use_uvloop``)
+    backend_options: dict[str, Any]
 
 
 @dataclass
@@ -61,16 +76,8 @@ class WorkerBootstrap:
     listeners: list[tuple[str, Address]]
     fd_channel: socket.socket
     control: Any  # multiprocess Connection
-    drain_timeout: float
-    #: how long after its drain deadline the supervisor would kill a worker
-    kill_grace: float
-    backend: str
+    options: WorkerOptions
     log_level: int
-    #: keyword arguments for the entry function (used by library entry points such
-    #: as the ASGI worker; a user's ``@service`` function gets none)
-    entry_options: dict[str, Any]
-    #: passed to ``anyio.run`` as ``backend_options`` (e.g. ``use_uvloop``)
-    backend_options: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -114,25 +121,29 @@ def worker_main(boot: WorkerBootstrap) -> None:
     except ConfigError as exc:
         _fail(control, str(exc))
 
+    options = boot.options
+    shutdown = ShutdownRequest(options.drain_timeout)
     context = Context(
         listeners=listeners,
         generation=boot.generation,
         worker_id=boot.worker_id,
         control=control,
-        default_drain_timeout=boot.drain_timeout,
+        shutdown=shutdown,
     )
     try:
-        entry = functools.partial(runnable.function, **boot.entry_options)
+        entry = functools.partial(runnable.function, **options.entry_options)
         if runnable.is_async:
             anyio.run(
                 _run_async,
                 entry,
                 context,
+                control,
+                shutdown,
                 backend=runnable.backend,
-                backend_options=boot.backend_options if runnable.backend == "asyncio" else None,
+                backend_options=options.backend_options if runnable.backend == "asyncio" else None,
             )
         else:
-            _run_sync(entry, context)
+            _run_sync(entry, context, control, shutdown)
     except ConfigError as exc:
         _fail(control, str(exc))
     except Exception as exc:
@@ -173,39 +184,42 @@ def _find_runnable(boot: WorkerBootstrap) -> Runnable:
         function, backend = describe()
         return Runnable(function, backend)
     if callable(target):
-        return Runnable(target, boot.backend)
+        return Runnable(target, boot.options.backend)
     raise ConfigError(f"entry point {boot.entry} is not callable in the code on disk")
 
 
-async def _run_async(function: Callable[[Context], Any], context: Context) -> None:
+async def _run_async(
+    function: Callable[[Context], Any],
+    context: Context,
+    control: _wire.ControlChannel,
+    shutdown: ShutdownRequest,
+) -> None:
     # The entry's own exception reaches the process as itself (a SystemExit keeps
     # its exit status) rather than wrapped in an exception group.
     await run_beside(
         lambda: function(context),
-        context._follow_control,
-        lambda: _drain_on_sigterm(context),
+        lambda: follow_supervisor(control, shutdown),
+        lambda: drain_on_sigterm(shutdown),
     )
 
 
-async def _drain_on_sigterm(context: Context) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-        async for _ in signals:
-            context._request_shutdown(context._default_drain_timeout)
-
-
-def _run_sync(function: Callable[[SyncContext], Any], context: Context) -> None:
+def _run_sync(
+    function: Callable[[SyncContext], Any],
+    context: Context,
+    control: _wire.ControlChannel,
+    shutdown: ShutdownRequest,
+) -> None:
     with anyio.from_thread.start_blocking_portal() as portal:
-        control = portal.start_task_soon(context._follow_control)
+        following = portal.start_task_soon(follow_supervisor, control, shutdown)
         previous = signal.signal(
-            signal.SIGTERM,
-            lambda *_: portal.start_task_soon(_request_shutdown_soon, context),
+            signal.SIGTERM, lambda *_: portal.start_task_soon(_request_soon, shutdown)
         )
         try:
-            function(SyncContext(context, portal))
+            function(SyncContext(context, portal, shutdown))
         finally:
             signal.signal(signal.SIGTERM, previous)
-            control.cancel()
+            following.cancel()
 
 
-async def _request_shutdown_soon(context: Context) -> None:
-    context._request_shutdown(context._default_drain_timeout)
+async def _request_soon(shutdown: ShutdownRequest) -> None:
+    shutdown.request()

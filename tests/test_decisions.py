@@ -1,6 +1,6 @@
 """The supervisor's decisions, event by event: no processes, no sleeping.
 
-Every test drives :class:`graceful._decisions.Supervision` with events and an
+Every test drives :class:`graceful._decisions.SupervisorStateMachine` with events and an
 explicit, hand-advanced clock, and checks the actions it asks for.
 """
 
@@ -18,17 +18,17 @@ from graceful._decisions import (
     Exit,
     KillWorker,
     Log,
-    Plan,
     ReadyTimeout,
     ReloadRequested,
     RestartDue,
+    Settings,
     ShutdownWorker,
     SpawnWorker,
     Start,
     StartTimer,
     StopAccepting,
     StopRequested,
-    Supervision,
+    SupervisorStateMachine,
     WorkerExited,
     WorkerFailed,
     WorkerMisbehaved,
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-PLAN = Plan(
+SETTINGS = Settings(
     workers=2,
     ready_timeout=5.0,
     drain_timeout=3.0,
@@ -64,12 +64,12 @@ class Clock:
 
 
 class Sim:
-    """A :class:`Supervision` and the clock its events are stamped with."""
+    """A :class:`SupervisorStateMachine` and the clock its events are stamped with."""
 
-    def __init__(self, plan: Plan = PLAN) -> None:
-        self.plan = plan
+    def __init__(self, settings: Settings = SETTINGS) -> None:
+        self.settings = settings
         self.clock = Clock()
-        self.machine = Supervision(plan)
+        self.machine = SupervisorStateMachine(settings)
 
     def send(self, event: Event) -> list[Action]:
         return self.machine.handle(event, self.clock.now)
@@ -177,7 +177,7 @@ def fail_starting_worker(sim: Sim, serial: int, mode: FailureMode) -> list[Actio
         return sim.send_all(
             [WorkerFailed(serial, "ImportError: no module named 'app'"), WorkerExited(serial, 1)]
         )
-    sim.clock.advance(sim.plan.ready_timeout)
+    sim.clock.advance(sim.settings.ready_timeout)
     return sim.send(ReadyTimeout(serial))
 
 
@@ -189,7 +189,7 @@ def culprit_still_runs(mode: FailureMode) -> bool:
 
 
 def test_start_spawns_one_worker_per_slot_each_with_a_ready_timeout_timer() -> None:
-    sim = Sim(Plan(workers=3, ready_timeout=7.0))
+    sim = Sim(Settings(workers=3, ready_timeout=7.0))
     actions = sim.send(Start())
 
     spawns = of_type(actions, SpawnWorker)
@@ -388,7 +388,7 @@ def test_reload_after_the_previous_one_finished_starts_a_generation_at_once() ->
 def test_failing_reload_kills_only_the_culprit_drains_siblings_and_keeps_serving(
     mode: FailureMode,
 ) -> None:
-    sim = Sim(Plan(workers=3, ready_timeout=5.0, drain_timeout=3.0, kill_grace=1.0))
+    sim = Sim(Settings(workers=3, ready_timeout=5.0, drain_timeout=3.0, kill_grace=1.0))
     old = start_serving(sim)
     culprit, ready_sibling, starting_sibling = reload(sim)
     sim.send(WorkerReady(ready_sibling))
@@ -504,7 +504,7 @@ def test_first_generation_failing_exits_1_only_after_every_worker_exited(
 
 
 def test_first_generation_of_one_worker_exits_1_as_soon_as_that_worker_exited() -> None:
-    sim = Sim(Plan(workers=1))
+    sim = Sim(Settings(workers=1))
     (serial,) = spawned(sim.send(Start()))
 
     actions = sim.send(WorkerExited(serial, 1))
@@ -587,7 +587,7 @@ def test_repeated_crashes_double_the_backoff_up_to_backoff_max() -> None:
 
 
 def test_backoff_max_caps_even_the_first_delay() -> None:
-    sim = Sim(Plan(workers=1, backoff_initial=5.0, backoff_max=2.0))
+    sim = Sim(Settings(workers=1, backoff_initial=5.0, backoff_max=2.0))
     (serial,) = start_serving(sim)
 
     assert crash_loop(sim, serial, 0, ready_for=1.0, times=2) == [2.0, 2.0]
@@ -842,7 +842,7 @@ def test_restart_due_while_stopping_spawns_nothing() -> None:
 
 
 def test_stop_with_no_worker_left_exits_0_at_once() -> None:
-    sim = Sim(Plan(workers=1))
+    sim = Sim(Settings(workers=1))
     (serial,) = start_serving(sim)
     sim.send(WorkerExited(serial, 1))  # waits for its restart
 
@@ -865,7 +865,7 @@ def test_stop_during_first_start_drains_and_exits_0() -> None:
 
 
 def test_events_after_exit_return_no_actions() -> None:
-    sim = Sim(Plan(workers=1))
+    sim = Sim(Settings(workers=1))
     (serial,) = start_serving(sim)
     sim.send(StopRequested())
     assert sim.send(WorkerExited(serial, 0)) == [Exit(0)]

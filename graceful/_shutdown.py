@@ -1,0 +1,97 @@
+"""A worker's shutdown request: who may ask for it, and what the asking sets.
+
+A worker is asked to stop by the supervisor's ``Shutdown`` message (with the drain
+time it is given), by the supervisor's disappearance or an unreadable message from
+it, or by a SIGTERM sent to the worker itself (the last three with the service's
+``drain_timeout``). The first request wins; later ones change nothing.
+
+:class:`ShutdownRequest` holds the request for the worker's :class:`Context`, as an
+anyio event for the event loop and a thread-safe flag for synchronous code.
+:func:`follow_supervisor` and :func:`drain_on_sigterm` are the tasks that make the
+requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+
+import anyio
+
+from . import _wire
+
+logger = logging.getLogger("graceful.worker")
+
+
+class ShutdownRequest:
+    """Whether, and by when, this worker was asked to stop."""
+
+    def __init__(self, default_drain_timeout: float) -> None:
+        #: the drain time of a request that names none (a SIGTERM, a lost supervisor)
+        self.default_drain_timeout = default_drain_timeout
+        self._event = anyio.Event()
+        self._flag = threading.Event()
+        self._deadline: float | None = None
+
+    def request(self, drain_timeout: float | None = None) -> None:
+        """Ask this worker to stop within ``drain_timeout`` seconds (the default if
+        None). Must run in the event loop's thread. Only the first request counts."""
+        if self._flag.is_set():
+            return
+        if drain_timeout is None:
+            drain_timeout = self.default_drain_timeout
+        self._deadline = anyio.current_time() + drain_timeout
+        self._flag.set()
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        """True once a request was made (safe from any thread)."""
+        return self._flag.is_set()
+
+    @property
+    def deadline(self) -> float | None:
+        """The :func:`anyio.current_time` by which draining should be done, once
+        requested; else None."""
+        return self._deadline
+
+    async def wait(self) -> None:
+        """Return once a request was made."""
+        await self._event.wait()
+
+    def wait_blocking(self, timeout: float | None = None) -> bool:
+        """From a thread: block until a request is made or ``timeout`` seconds pass;
+        True if it was made."""
+        return self._flag.wait(timeout)
+
+
+async def follow_supervisor(control: _wire.ControlChannel, shutdown: ShutdownRequest) -> None:
+    """Turn the supervisor's messages, and its disappearance, into shutdown requests.
+    Returns once the supervisor is gone or unreadable."""
+    send, receive = anyio.create_memory_object_stream[_wire.Received](math.inf)
+    async with anyio.create_task_group() as tasks, receive:
+        tasks.start_soon(_wire.pump, control, send)
+        async for message in receive:
+            if isinstance(message, _wire.Shutdown):
+                shutdown.request(message.drain_timeout)
+            elif isinstance(message, _wire.PeerGone):
+                logger.warning("the supervisor is gone; draining and exiting")
+                shutdown.request()
+                break
+            elif isinstance(message, _wire.ProtocolError):
+                logger.error(
+                    "unreadable message from the supervisor (%s); draining", message.detail
+                )
+                shutdown.request()
+                break
+        tasks.cancel_scope.cancel()
+
+
+async def drain_on_sigterm(shutdown: ShutdownRequest) -> None:
+    """Turn every SIGTERM this worker receives into a shutdown request (an async
+    entry point's worker; a synchronous one installs a plain handler instead)."""
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            shutdown.request()

@@ -1,0 +1,334 @@
+"""Starting worker processes: the spawn, its process group, and the listeners' hand-over.
+
+:class:`ProcessFactory` is the seam between the supervisor's loop and the kernel:
+the loop asks it for a started :class:`WorkerProcess` and from then on only uses
+that protocol (its control channel, its exit descriptor, kill, reap). The real
+factory, :class:`SpawningFactory`, starts each worker through multiprocess's
+*spawn* context, so every generation imports the user's code fresh from disk;
+tests give the loop a factory of stand-ins instead (``tests/test_supervisor_loop.py``).
+
+Starting a worker, step by step (any failure at any step is raised as one
+exception, and whatever was already open or started is closed, killed and reaped):
+
+1. a duplex ``Pipe`` for the control channel and a ``socketpair`` for the
+   listeners' descriptors;
+2. ``Process.start()`` with SIGINT and SIGHUP blocked (the worker unblocks them
+   once its own handlers are set), the extra environment of this generation, in
+   the release directory, then the worker made the leader of its own process
+   group;
+3. a pidfd for it, so that its exit is noticed whatever its children hold;
+4. the listeners sent over the socketpair (``socket.send_fds``), non-blocking.
+
+Before a batch of spawns, :class:`BytecodeGate` checks the application's
+bytecode once (see ``_bytecode.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import anyio.to_thread
+import multiprocess
+
+from . import _processes, _wire
+from ._bytecode import BytecodeCheck, application_roots, bypass_environment, recompile
+from ._decisions import SpawnWorker
+from ._entry import EntryRef
+from ._listeners import BoundListener
+from ._logging import logger
+from ._release import ReleaseDirectory
+from ._worker import WorkerBootstrap, WorkerOptions, worker_main
+
+#: Signals a worker must not receive between fork and its own setup: the terminal's
+#: Ctrl-C reaches the whole foreground process group, and SIGHUP may too.
+_BLOCKED_DURING_SPAWN = {signal.SIGINT, signal.SIGHUP}
+
+#: How many stale source files a warning names before it says "and N more".
+_STALE_FILES_NAMED = 5
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """A worker's end: its exit status (negative for a signal, None if unknown), and
+    the live processes it left in its process group, which has been sent SIGTERM
+    (``left_in_group`` is its number, or None when it left nothing)."""
+
+    exitcode: int | None
+    left_in_group: int | None = None
+    #: their PIDs, or None if they could not be listed
+    left_pids: list[int] | None = None
+
+
+class WorkerProcess(Protocol):
+    """One started worker, as the supervisor's loop uses it."""
+
+    serial: int
+    generation: int
+    worker_id: int
+    #: the worker's messages, and the supervisor's to it
+    channel: _wire.ControlChannel
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def exit_fd(self) -> int | None:
+        """A descriptor that becomes readable once the process has exited (a pidfd),
+        or None if there is none: then :meth:`has_exited` is polled."""
+
+    def has_exited(self) -> bool:
+        """True once the process has exited, without reaping it."""
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its process group. Only before :meth:`reap`."""
+
+    def reap(self) -> Reaped:
+        """Once it has exited: collect its status, send SIGTERM to what it left in its
+        process group, and release the supervisor's descriptors for it."""
+
+    def abandon(self) -> int | None:
+        """Kill, wait for and release a worker whatever state it is in; its exit
+        status if known. For when watching it failed."""
+
+
+class ProcessFactory(Protocol):
+    """Starts workers for the supervisor's loop."""
+
+    def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
+        """Start the worker ``spawn`` describes, with ``environment`` added to its
+        environment, and hand it the listeners. Raises on any failure, having
+        cleaned up whatever it had started."""
+
+
+@dataclass
+class SpawnedWorker:
+    """A worker started by :class:`SpawningFactory`."""
+
+    serial: int
+    generation: int
+    worker_id: int
+    process: Any  # multiprocess SpawnProcess
+    channel: _wire.ControlChannel
+    #: readable once the process has exited; None where pidfds are unavailable
+    pidfd: int | None
+
+    @property
+    def pid(self) -> int:
+        pid: int = self.process.pid
+        return pid
+
+    @property
+    def exit_fd(self) -> int | None:
+        return self.pidfd
+
+    def has_exited(self) -> bool:
+        return _processes.has_exited(self.pid)
+
+    def kill(self) -> None:
+        # Not reaped yet (its watcher does that): its PID and process group number
+        # are still its own.
+        _processes.kill_group_or_process(self.pid)
+
+    def reap(self) -> Reaped:
+        pgid = self.pid
+        own_group = _processes.leads_own_group(pgid)
+        if own_group:
+            # Safe while the worker is an unreaped zombie: its number is not reused.
+            _processes.signal_group(pgid, signal.SIGTERM)
+        exitcode: int | None = self.process.exitcode
+        if exitcode is None:  # it has exited, so this does not wait
+            self.process.join()
+            exitcode = self.process.exitcode
+        self._close()
+        if not own_group or not _processes.signal_group(pgid, 0):
+            return Reaped(exitcode)
+        try:
+            left: list[int] | None = _processes.group_members(pgid)
+        except OSError:
+            left = None  # cannot look (out of descriptors?): sweep all the same
+        if left == []:  # only zombies are left, which their parents reap
+            return Reaped(exitcode)
+        return Reaped(exitcode, pgid, left)
+
+    def abandon(self) -> int | None:
+        with contextlib.suppress(Exception):
+            if self.process.exitcode is None:
+                self.kill()
+            self.process.join()
+        exitcode: int | None = None
+        with contextlib.suppress(Exception):
+            exitcode = self.process.exitcode
+            self._close()
+        return exitcode
+
+    def _close(self) -> None:
+        self.process.close()
+        self.channel.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+class SpawningFactory:
+    """Starts workers with multiprocess's spawn context (see the module docstring)."""
+
+    def __init__(
+        self,
+        entry: EntryRef,
+        listeners: list[BoundListener],
+        options: WorkerOptions,
+        release: ReleaseDirectory,
+    ) -> None:
+        self.entry = entry
+        self.listeners = listeners
+        self.options = options
+        self.release = release
+        self._context = multiprocess.get_context("spawn")
+
+    def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> SpawnedWorker:
+        with contextlib.ExitStack() as on_failure:
+            control, child_control = self._context.Pipe(duplex=True)
+            on_failure.callback(control.close)
+            with contextlib.closing(child_control):
+                channel = _wire.ControlChannel(control)
+                on_failure.callback(channel.close)
+                fd_channel, child_fd_channel = socket.socketpair()
+                with fd_channel, child_fd_channel:
+                    process = self._context.Process(
+                        target=worker_main,
+                        args=(self._bootstrap(spawn, child_fd_channel, child_control),),
+                        name=f"graceful gen {spawn.generation} worker {spawn.worker_id}",
+                    )
+                    self._start(process, environment)
+                    on_failure.callback(_kill_and_reap, process)
+                    pidfd = _processes.open_pidfd(process.pid)
+                    child_fd_channel.close()
+                    # A generation may have made the shared listeners blocking (the flag
+                    # lives on the open file description): hand them over non-blocking.
+                    for listener in self.listeners:
+                        os.set_blocking(listener.socket.fileno(), False)
+                    _wire.send_fds(fd_channel, [lst.socket.fileno() for lst in self.listeners])
+            on_failure.pop_all()
+        return SpawnedWorker(
+            spawn.serial, spawn.generation, spawn.worker_id, process, channel, pidfd
+        )
+
+    def _bootstrap(
+        self, spawn: SpawnWorker, fd_channel: socket.socket, control: Any
+    ) -> WorkerBootstrap:
+        return WorkerBootstrap(
+            entry=self.entry,
+            generation=spawn.generation,
+            worker_id=spawn.worker_id,
+            supervisor_pid=os.getpid(),
+            listeners=[(listener.spec, listener.address) for listener in self.listeners],
+            fd_channel=fd_channel,
+            control=control,
+            options=self.options,
+            log_level=logger.getEffectiveLevel(),
+        )
+
+    def _start(self, process: Any, environment: dict[str, str]) -> None:
+        """``process.start()``, with the terminal's signals blocked until the worker
+        has set up its own handlers, and in a process group of its own."""
+        self.release.enter()
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_DURING_SPAWN)
+        saved = {name: os.environ.get(name) for name in environment}
+        os.environ.update(environment)
+        try:
+            process.start()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        # The worker does the same as its first step; whichever runs first wins (this
+        # one fails with EACCES once the child has exec'd).
+        with contextlib.suppress(OSError):
+            os.setpgid(process.pid, process.pid)
+
+
+def _kill_and_reap(process: Any) -> None:
+    """Kill and reap a worker whose start failed half-way."""
+    _processes.kill_group_or_process(process.pid)
+    process.join()
+    process.close()
+
+
+class BytecodeGate:
+    """The stale-bytecode check that spawns wait for: run once (in a thread: it may
+    compile files) for the spawns that wait together (a generation's workers), and
+    again for later ones (a replacement after a crash)."""
+
+    def __init__(self) -> None:
+        self._check = BytecodeCheck()
+        self._running: anyio.Event | None = None
+        self._environment: dict[str, str] = {}
+        self._budget_warned = False
+
+    async def environment_for(self, generation: int) -> dict[str, str]:
+        """The extra environment generation ``generation``'s workers need: empty, or
+        a bytecode bypass where stale bytecode could not be recompiled. Never raises."""
+        if self._running is not None:
+            await self._running.wait()
+            return self._environment
+        self._running = done = anyio.Event()
+        try:
+            self._environment = await anyio.to_thread.run_sync(self._in_thread, generation)
+        except Exception:
+            logger.exception("could not check the application's bytecode")
+            self._environment = {}
+        finally:
+            self._running = None
+            done.set()
+        return self._environment
+
+    def _in_thread(self, generation: int) -> dict[str, str]:
+        # Signals are the main thread's: once the supervisor stops listening, their
+        # default actions are back for a moment, and this thread must not take one.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+        return self.check(generation)
+
+    def check(self, generation: int) -> dict[str, str]:
+        """Check now, in this thread: stale bytecode in the application's directories
+        is recompiled from the source, or, where it cannot be, the generation bypasses
+        the bytecode cache. Returns the extra environment, and warns once per check."""
+        roots = application_roots()
+        stale = self._check.stale_sources(roots)
+        if self._check.budget_exhausted and not self._budget_warned:
+            self._budget_warned = True
+            logger.warning(
+                "stale bytecode: only the first %d .py files under %s were checked",
+                self._check.budget,
+                ", ".join(roots),
+            )
+        if not stale:
+            return {}
+        named = ", ".join(stale[:_STALE_FILES_NAMED])
+        if len(stale) > _STALE_FILES_NAMED:
+            named += f" and {len(stale) - _STALE_FILES_NAMED} more"
+        failed = recompile(stale)
+        if failed:
+            reasons = ", ".join(f"{path} ({why})" for path, why in failed.items())
+            what = (
+                f"could not recompile {reasons}, so generation {generation} compiles "
+                "everything from source"
+            )
+        else:
+            what = "recompiled it"
+        logger.warning(
+            "stale bytecode: %s changed after its .pyc was written but kept its size and "
+            "modification time (a deploy with rsync -a, tar or cp -p?); %s. See the README "
+            "on stale bytecode to avoid this",
+            named,
+            what,
+        )
+        return bypass_environment() if failed else {}

@@ -1,0 +1,325 @@
+"""The supervisor's event loop: events in, the state machine's actions carried out.
+
+:class:`graceful._decisions.SupervisorStateMachine` decides; :class:`SupervisorLoop`
+only feeds it events and carries out its actions. Every input (a signal, a
+worker's message, a worker's exit, a timer) is funnelled into one memory object
+stream and handled one at a time, so the decisions never race each other.
+
+Task layout, all inside one task group whose lifetime is :meth:`SupervisorLoop.run`:
+
+* one signal task (SIGHUP, SIGTERM, SIGINT);
+* per worker, one spawn task (it waits for the bytecode check, then asks the
+  :class:`~graceful._spawner.ProcessFactory`), then one watcher
+  (``_watcher.py``) that relays its messages, reaps it and reports its exit;
+* per timer, one sleeping task (stale timers fire harmlessly: the state machine
+  ignores events about workers that are gone);
+* one task that restarts the orphan guard (``_orphan_guard.py``) if it dies, and,
+  as PID 1, one that reaps the orphans re-parented to it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections.abc import Callable
+
+import anyio
+import multiprocess.resource_tracker
+from anyio.abc import TaskGroup, TaskStatus
+
+from . import _processes, _wire
+from ._decisions import (
+    Action,
+    Announce,
+    DrainTimeout,
+    Event,
+    Exit,
+    GenerationServing,
+    KillWorker,
+    Log,
+    ReadyTimeout,
+    ReloadRequested,
+    Settings,
+    ShutdownWorker,
+    SpawnWorker,
+    Start,
+    StartTimer,
+    StopAccepting,
+    Stopping,
+    StopRequested,
+    SupervisorStateMachine,
+    WorkerExited,
+    WorkerFailed,
+    WorkerReady,
+)
+from ._errors import GracefulError, one_line
+from ._listeners import BoundListener
+from ._logging import logger
+from ._orphan_guard import OrphanGuard
+from ._pidfile import PidFile
+from ._spawner import BytecodeGate, ProcessFactory, WorkerProcess
+from ._systemd import Notifier
+from ._watcher import Watcher
+
+
+class SupervisorLoop:
+    """Runs the supervisor: a :class:`SupervisorStateMachine` and the processes,
+    signals and timers it decides about.
+
+    Args:
+        settings: the state machine's settings.
+        factory: starts the workers (the seam to the kernel).
+        listeners: released at the stop, those this process bound itself.
+        bytecode: the stale-bytecode check spawns wait for; None for none.
+        pid_file: published once generation 1 serves.
+        notifier: told what the state machine announces.
+        start_guard: starts an orphan guard (None where it cannot run); None for no
+            guard.
+        follow_signals: turn SIGHUP into a reload and SIGTERM and SIGINT into stops
+            (and leave them ignored afterwards). Off only for tests in a shared
+            process, which send their events through :attr:`events_in`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        factory: ProcessFactory,
+        *,
+        listeners: list[BoundListener] | None = None,
+        bytecode: BytecodeGate | None = None,
+        pid_file: PidFile | None = None,
+        notifier: Notifier | None = None,
+        start_guard: Callable[[], OrphanGuard | None] | None = None,
+        follow_signals: bool = True,
+    ) -> None:
+        self.machine = SupervisorStateMachine(settings)
+        self.factory = factory
+        self.listeners = listeners or []
+        self.bytecode = bytecode
+        self.pid_file = pid_file
+        self.notifier = notifier or Notifier(None)
+        self._start_guard = start_guard
+        self._follow_signals_too = follow_signals
+        self.events_in, self._events = anyio.create_memory_object_stream[Event](math.inf)
+        self.watcher = Watcher(self.events_in, settings.kill_grace, self._stopping_now)
+        self._tasks: TaskGroup | None = None
+        #: pending timers by the event they will send
+        self._timers: dict[Event, anyio.CancelScope] = {}
+        #: workers whose start waits for the bytecode check
+        self._spawning: set[int] = set()
+        #: those of them told to shut down or die meanwhile: they are not started
+        self._called_off: set[int] = set()
+        #: the exit status is at least this (1 once the service had to stop itself)
+        self._exit_at_least = 0
+        #: stops the workers if this process dies (see ``_orphan_guard.py``)
+        self._guard: OrphanGuard | None = None
+
+    async def run(self) -> int:
+        """Run until the state machine says to exit; return its exit status.
+
+        Whatever way this ends (even by an exception or cancellation), every worker
+        still alive, and whatever it left in its process group, is killed, and every
+        worker is reaped before it returns.
+        """
+        if self._start_guard is not None:
+            self._guard = self._start_guard()
+            if self._guard is None:
+                logger.debug("no orphan guard: pidfds are not available")
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                if self._follow_signals_too:
+                    await tasks.start(self._follow_signals)
+                tasks.start_soon(self._keep_guard)
+                if os.getpid() == 1:
+                    await tasks.start(self._reap_orphans)
+                code = await self._decide(Start())
+                await self.watcher.finish_sweeps()
+                tasks.cancel_scope.cancel()
+            return max(code, self._exit_at_least)
+        finally:
+            self.watcher.kill_and_reap_all()
+            if self._guard is not None:
+                self._guard.close()
+
+    async def _decide(self, first: Event) -> int:
+        event: Event = first
+        while True:
+            for action in self.machine.handle(event, anyio.current_time()):
+                if isinstance(action, Exit):
+                    return action.code
+                self._carry_out(action)
+            event = await self._events.receive()
+            self._drop_stale_timers(event)
+
+    def _carry_out(self, action: Action) -> None:
+        match action:
+            case Log(level, message):
+                logger.log(level, "%s", message)
+            case GenerationServing(_, first):
+                if first and self.pid_file is not None:
+                    self._publish_pid_file(self.pid_file)
+            case SpawnWorker():
+                self._spawning.add(action.serial)
+                self._task_group.start_soon(self._spawn_worker, action)
+            case ShutdownWorker(serial, drain_timeout):
+                worker = self.watcher.live.get(serial)
+                if worker is not None:
+                    worker.channel.send(_wire.Shutdown(drain_timeout))
+                elif serial in self._spawning:
+                    self._called_off.add(serial)
+            case KillWorker(serial):
+                worker = self.watcher.live.get(serial)
+                if worker is not None:
+                    worker.kill()
+                elif serial in self._spawning:
+                    self._called_off.add(serial)
+            case StopAccepting():
+                for listener in self.listeners:
+                    if not listener.adopted:
+                        listener.close()
+            case StartTimer(delay, event):
+                self._task_group.start_soon(self._timer, delay, event)
+            case Announce():
+                self.notifier.announce(action)
+
+    def _publish_pid_file(self, pid_file: PidFile) -> None:
+        try:
+            pid_file.publish()
+        except GracefulError as exc:
+            # Running on without it would leave `graceful stop` and `reload` to
+            # whatever file someone else put there.
+            logger.error("%s; stopping", exc)
+            self._exit_at_least = 1
+            self.events_in.send_nowait(StopRequested())
+
+    @property
+    def _task_group(self) -> TaskGroup:
+        assert self._tasks is not None, "the supervisor is not running"
+        return self._tasks
+
+    def _stopping_now(self) -> bool:
+        return self.machine.stopping is Stopping.NOW
+
+    # -- inputs ---------------------------------------------------------------------
+
+    async def _follow_signals(self, *, task_status: TaskStatus[None]) -> None:
+        stops = {signal.SIGTERM, signal.SIGINT}
+        try:
+            with anyio.open_signal_receiver(signal.SIGHUP, *stops) as signals:
+                try:
+                    task_status.started()
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            logger.info("SIGHUP: reloading")
+                            self.events_in.send_nowait(ReloadRequested())
+                        else:
+                            self.events_in.send_nowait(StopRequested())
+                finally:
+                    # The receiver resets these to their default actions (which kill,
+                    # or raise KeyboardInterrupt) as it closes. Once the supervisor
+                    # stops listening, a reload has nothing to reload and the stop is
+                    # already under way: hold them until they are ignored.
+                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, *stops})
+        finally:
+            for signum in (signal.SIGHUP, *stops):
+                signal.signal(signum, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, *stops})
+
+    async def _keep_guard(self) -> None:
+        """Start a new orphan guard whenever the current one dies (someone killed it),
+        and hand it every live worker."""
+        while (
+            self._start_guard is not None
+            and self._guard is not None
+            and self._guard.pidfd is not None
+        ):
+            await anyio.wait_readable(self._guard.pidfd)
+            pid, status = self._guard.pid, self._guard.reap()
+            self._guard = self._start_guard()
+            logger.warning(
+                "the orphan guard (PID %d) exited with status %s; %s",
+                pid,
+                status,
+                "started a new one" if self._guard is not None else "could not start a new one",
+            )
+            for worker in self.watcher.live.values():
+                self._guard_watch(worker)
+
+    def _guard_watch(self, worker: WorkerProcess) -> None:
+        if self._guard is not None and worker.exit_fd is not None:
+            self._guard.watch(worker.pid, worker.exit_fd)
+
+    async def _reap_orphans(self, *, task_status: TaskStatus[None]) -> None:
+        """As PID 1 (in a container), reap every child that is not a worker.
+
+        Processes a worker leaves behind are re-parented to PID 1 when the worker
+        exits; without this they would stay zombies for the container's life.
+        Workers themselves are reaped by their watchers, which need their status.
+        """
+        with anyio.open_signal_receiver(signal.SIGCHLD) as signals:
+            task_status.started()
+            self._reap_strays()
+            async for _ in signals:
+                self._reap_strays()
+
+    def _reap_strays(self) -> None:
+        ours = {worker.pid for worker in self.watcher.live.values()}
+        tracker: int | None = getattr(multiprocess.resource_tracker._resource_tracker, "_pid", None)
+        guard = self._guard.pid if self._guard is not None else None
+        for pid in _processes.stray_zombies(exclude={*ours, tracker, guard}):
+            _processes.reap_zombie(pid)
+
+    async def _timer(self, delay: float, event: Event) -> None:
+        with anyio.CancelScope() as scope:
+            self._timers[event] = scope
+            try:
+                await anyio.sleep(delay)
+                self.events_in.send_nowait(event)
+            finally:
+                self._timers.pop(event, None)
+
+    def _drop_stale_timers(self, event: Event) -> None:
+        """Cancel the timers that ``event`` made pointless, so that frequent reloads do
+        not pile up sleeping tasks. (The state machine ignores stale timers anyway.)"""
+        stale: list[Event] = []
+        if isinstance(event, WorkerReady):
+            stale = [ReadyTimeout(event.serial)]
+        elif isinstance(event, WorkerExited):
+            stale = [ReadyTimeout(event.serial), DrainTimeout(event.serial)]
+        for timer in stale:
+            scope = self._timers.get(timer)
+            if scope is not None:
+                scope.cancel()
+
+    # -- starting workers -----------------------------------------------------------
+
+    async def _spawn_worker(self, spawn: SpawnWorker) -> None:
+        """Start the worker ``spawn`` names, once the application's bytecode has been
+        checked. Any failure, at any step, is reported as that worker failing to
+        start, never raised. A worker called off meanwhile (a stop) is not started:
+        it is reported as exited."""
+        try:
+            environment = (
+                await self.bytecode.environment_for(spawn.generation)
+                if self.bytecode is not None
+                else {}
+            )
+        finally:
+            self._spawning.discard(spawn.serial)
+        if spawn.serial in self._called_off:
+            self._called_off.discard(spawn.serial)
+            self.events_in.send_nowait(WorkerExited(spawn.serial, None))
+            return
+        try:
+            worker = self.factory.start(spawn, environment)
+        except Exception as exc:
+            self.events_in.send_nowait(
+                WorkerFailed(spawn.serial, f"could not start a worker: {one_line(exc)}")
+            )
+            self.events_in.send_nowait(WorkerExited(spawn.serial, None))
+            return
+        self._guard_watch(worker)
+        self.watcher.live[worker.serial] = worker
+        self._task_group.start_soon(self.watcher.watch, worker, self._task_group)

@@ -1,0 +1,223 @@
+"""The supervisor's state machine against random event sequences (Hypothesis stateful).
+
+The test plays the world the supervisor lives in: workers that report ready (more
+than once, if they lie), fail, misbehave and exit in any order, timers that fire
+late or out of order, signals at any moment. After every step it checks the
+invariants in the docstring of ``graceful/_decisions.py`` against its own record of
+which processes exist, and at the end it drives every run to a stop and checks
+that the supervisor exits once no process is left.
+"""
+
+from __future__ import annotations
+
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from graceful._decisions import (
+    Action,
+    Event,
+    Exit,
+    GenerationServing,
+    KillWorker,
+    ReloadRequested,
+    Role,
+    Settings,
+    ShutdownWorker,
+    SpawnWorker,
+    Start,
+    StartTimer,
+    Stopping,
+    StopRequested,
+    SupervisorStateMachine,
+    WorkerExited,
+    WorkerFailed,
+    WorkerMisbehaved,
+    WorkerReady,
+    WorkerState,
+)
+
+
+class SupervisorWorld(RuleBasedStateMachine):
+    """The supervisor's state machine, and a record of the processes it started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.machine: SupervisorStateMachine | None = None
+        self.now = 0.0
+        #: spawned and not yet exited
+        self.alive: set[int] = set()
+        self.ever_spawned: set[int] = set()
+        self.told_to_shut_down: set[int] = set()
+        self.killed: set[int] = set()
+        #: events of timers started and not yet fired
+        self.timers: list[Event] = []
+        self.exit_codes: list[int] = []
+
+    # -- driving the machine --------------------------------------------------------
+
+    @property
+    def sm(self) -> SupervisorStateMachine:
+        assert self.machine is not None
+        return self.machine
+
+    def send(self, event: Event) -> list[Action]:
+        before_exit = bool(self.exit_codes)
+        actions = self.sm.handle(event, self.now)
+        if before_exit:
+            assert actions == [], f"{event} after Exit gave {actions}"
+        for action in actions:
+            self.check_action(action)
+        return actions
+
+    def check_action(self, action: Action) -> None:
+        match action:
+            case SpawnWorker(serial, generation, worker_id):
+                assert serial not in self.ever_spawned, f"serial {serial} spawned twice"
+                assert self.sm.stopping is Stopping.NO, "spawned while stopping"
+                role = self.sm.generations[generation].role
+                assert role in (Role.STARTING, Role.SERVING), f"spawned into a {role} generation"
+                assert 0 <= worker_id < self.sm.settings.workers
+                self.ever_spawned.add(serial)
+                self.alive.add(serial)
+            case ShutdownWorker(serial, _):
+                assert serial in self.alive, f"shutdown sent to {serial}, which has exited"
+                assert serial not in self.told_to_shut_down, f"{serial} told to shut down twice"
+                assert serial not in self.killed, f"{serial} told to shut down after its kill"
+                self.told_to_shut_down.add(serial)
+            case KillWorker(serial):
+                assert serial in self.alive, f"kill sent to {serial}, which has exited"
+                assert serial not in self.killed, f"{serial} killed twice"
+                self.killed.add(serial)
+            case StartTimer(_, event):
+                self.timers.append(event)
+            case GenerationServing(number, _):
+                promoted = self.sm.generations[number]
+                assert promoted.role is Role.SERVING
+                assert len(promoted.slots) == self.sm.settings.workers
+                assert all(
+                    self.sm.workers[s].state is WorkerState.READY for s in promoted.slots.values()
+                )
+            case Exit(code):
+                assert not self.alive, f"exit while {sorted(self.alive)} still run"
+                assert not self.exit_codes, "Exit twice"
+                assert code in (0, 1)
+                self.exit_codes.append(code)
+            case _:
+                pass
+
+    # -- the world ------------------------------------------------------------------
+
+    @initialize(workers=st.integers(min_value=1, max_value=3))
+    def start(self, workers: int) -> None:
+        self.machine = SupervisorStateMachine(
+            Settings(workers=workers, ready_timeout=5.0, drain_timeout=3.0, kill_grace=1.0)
+        )
+        self.send(Start())
+
+    @rule()
+    def reload(self) -> None:
+        self.send(ReloadRequested())
+
+    @rule()
+    def stop(self) -> None:
+        self.send(StopRequested())
+
+    @rule(data=st.data())
+    @precondition(lambda self: bool(self.alive))
+    def worker_reports_ready(self, data: st.DataObject) -> None:
+        self.send(WorkerReady(data.draw(st.sampled_from(sorted(self.alive)))))
+
+    @rule(data=st.data())
+    @precondition(lambda self: bool(self.alive))
+    def worker_reports_failure(self, data: st.DataObject) -> None:
+        self.send(WorkerFailed(data.draw(st.sampled_from(sorted(self.alive))), "boom"))
+
+    @rule(data=st.data())
+    @precondition(lambda self: bool(self.alive))
+    def worker_misbehaves(self, data: st.DataObject) -> None:
+        self.send(WorkerMisbehaved(data.draw(st.sampled_from(sorted(self.alive))), "junk"))
+
+    @rule(data=st.data(), exitcode=st.sampled_from([0, 1, -9, -15, None]))
+    @precondition(lambda self: bool(self.alive))
+    def worker_exits(self, data: st.DataObject, exitcode: int | None) -> None:
+        serial = data.draw(st.sampled_from(sorted(self.alive)))
+        self.alive.discard(serial)
+        self.send(WorkerExited(serial, exitcode))
+
+    @rule(data=st.data())
+    @precondition(lambda self: bool(self.timers))
+    def a_timer_fires(self, data: st.DataObject) -> None:
+        # in any order: the loop delivers timers late when it is busy
+        event = self.timers.pop(data.draw(st.integers(0, len(self.timers) - 1)))
+        self.send(event)
+
+    @rule(seconds=st.sampled_from([0.1, 1.0, 20.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+
+    # -- invariants -----------------------------------------------------------------
+
+    @invariant()
+    def one_serving_and_one_starting_at_most(self) -> None:
+        if self.machine is None:
+            return
+        roles = [g.role for g in self.sm.generations.values()]
+        assert roles.count(Role.SERVING) <= 1
+        assert roles.count(Role.STARTING) <= 1
+
+    @invariant()
+    def the_machine_knows_exactly_the_live_processes(self) -> None:
+        if self.machine is None:
+            return
+        assert set(self.sm.workers) == self.alive
+
+    @invariant()
+    def slots_name_live_workers_of_their_generation(self) -> None:
+        if self.machine is None:
+            return
+        for generation in self.sm.generations.values():
+            for worker_id, serial in generation.slots.items():
+                worker = self.sm.workers[serial]
+                assert (worker.generation, worker.worker_id) == (generation.number, worker_id)
+
+    @invariant()
+    def no_generation_holds_more_than_workers_listening_processes(self) -> None:
+        if self.machine is None:
+            return
+        for generation in self.sm.generations.values():
+            holding = [
+                w
+                for w in self.sm.workers.values()
+                if w.generation == generation.number and w.state is not WorkerState.DRAINING
+            ]
+            assert len(holding) <= self.sm.settings.workers
+
+    @invariant()
+    def a_stopped_service_with_no_process_left_has_exited(self) -> None:
+        if self.machine is None:
+            return
+        if self.sm.stopping is not Stopping.NO and not self.alive:
+            assert self.exit_codes, "stopping, nothing left, and no Exit"
+
+    def teardown(self) -> None:
+        """Stop, let every process exit, and expect exactly one Exit."""
+        if self.machine is None:
+            return
+        self.send(StopRequested())
+        for serial in sorted(self.alive):
+            self.alive.discard(serial)
+            self.send(WorkerExited(serial, 0))
+        assert len(self.exit_codes) == 1
+
+
+SupervisorWorld.TestCase.settings = hypothesis_settings(
+    max_examples=300, stateful_step_count=40, deadline=None
+)
+test_supervisor_state_machine = SupervisorWorld.TestCase

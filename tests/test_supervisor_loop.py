@@ -1,0 +1,298 @@
+"""The supervisor's loop through its process seam: stand-in workers, no processes.
+
+:class:`graceful._supervisor_loop.SupervisorLoop` asks a
+:class:`graceful._spawner.ProcessFactory` for workers and from then on uses only
+their control channel, exit descriptor, kill and reap. Here the factory hands out
+stand-ins whose channel is a real socketpair and whose exit descriptor is a real
+pipe, each driven by a small script, so that the loop's own edges (a factory that
+raises, last words before an exit, a watcher that fails, a stop while spawns
+wait) are checked exactly, in milliseconds. The integration tests do the same with
+real processes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import anyio
+import pytest
+
+from graceful import _wire
+from graceful._decisions import ReloadRequested, Settings, SpawnWorker, StopRequested
+from graceful._spawner import Reaped
+from graceful._supervisor_loop import SupervisorLoop
+
+Script = Callable[["StandIn"], Coroutine[Any, Any, None]]
+
+
+class StandIn:
+    """A worker without a process: a control channel, an exit pipe, a script."""
+
+    def __init__(self, spawn: SpawnWorker) -> None:
+        self.serial = spawn.serial
+        self.generation = spawn.generation
+        self.worker_id = spawn.worker_id
+        ours, theirs = socket.socketpair()
+        self.channel = _wire.ControlChannel(ours)
+        #: the worker's own end
+        self.peer = _wire.ControlChannel(theirs)
+        self._exit_read, self._exit_write = os.pipe()
+        self.exitcode: int | None = None
+        self.exited = False
+        self.killed = False
+        self.reaped = False
+        self.fail_to_reap = False
+
+    @property
+    def pid(self) -> int:
+        return 4_000_000 + self.serial  # never a real process: nothing signals it
+
+    @property
+    def exit_fd(self) -> int | None:
+        return self._exit_read
+
+    def has_exited(self) -> bool:
+        return self.exited
+
+    def exit(self, code: int) -> None:
+        if self.exited:
+            return
+        self.exited, self.exitcode = True, code
+        self.peer.close()
+        os.write(self._exit_write, b"x")
+
+    def kill(self) -> None:
+        self.killed = True
+        self.exit(-9)
+
+    def reap(self) -> Reaped:
+        assert self.exited, "reaped before it exited"
+        if self.fail_to_reap:
+            raise OSError(errno.EIO, "injected")
+        self._release()
+        return Reaped(self.exitcode)
+
+    def abandon(self) -> int | None:
+        self.exit(-9)
+        self._release()
+        return self.exitcode
+
+    def _release(self) -> None:
+        if not self.reaped:
+            self.reaped = True
+            self.channel.close()
+            os.close(self._exit_read)
+            os.close(self._exit_write)
+
+    # -- what scripts do --------------------------------------------------------------
+
+    def send(self, message: _wire.Message) -> None:
+        self.peer.send(message)
+
+    async def shutdown_asked(self) -> None:
+        while True:
+            await anyio.wait_readable(self.peer.fileno())
+            received = self.peer.receive_available()
+            if any(isinstance(item, _wire.Shutdown) for item in received):
+                return
+            if any(isinstance(item, _wire.PeerGone) for item in received):
+                return
+
+
+class StandInFactory:
+    """Starts stand-ins, each running the script ``scripts(spawn)`` chooses."""
+
+    def __init__(self, scripts: Callable[[SpawnWorker], Script | Exception]) -> None:
+        self.scripts = scripts
+        self.started: list[StandIn] = []
+        self.tasks: anyio.abc.TaskGroup | None = None
+
+    def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> StandIn:
+        script = self.scripts(spawn)
+        if isinstance(script, Exception):
+            raise script
+        worker = StandIn(spawn)
+        self.started.append(worker)
+        assert self.tasks is not None
+        self.tasks.start_soon(script, worker)
+        return worker
+
+
+async def serve_until_shutdown(worker: StandIn) -> None:
+    worker.send(_wire.Ready())
+    await worker.shutdown_asked()
+    worker.exit(0)
+
+
+def run(loop: SupervisorLoop, factory: StandInFactory, drive: Callable[[], Awaitable[None]]) -> int:
+    """Run ``loop`` with ``drive`` beside it; return the loop's exit status."""
+
+    async def main() -> int:
+        code = -1
+        async with anyio.create_task_group() as tasks:
+            factory.tasks = tasks
+
+            async def supervise() -> None:
+                nonlocal code
+                code = await loop.run()
+                tasks.cancel_scope.cancel()
+
+            with anyio.fail_after(20):
+                tasks.start_soon(supervise)
+                await drive()
+                await anyio.sleep_forever()
+        return code
+
+    return anyio.run(main)
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await anyio.sleep(0.005)
+
+
+def make_loop(factory: StandInFactory, workers: int = 2) -> SupervisorLoop:
+    return SupervisorLoop(
+        Settings(workers=workers, ready_timeout=5.0, drain_timeout=5.0, kill_grace=0.5),
+        factory,
+        follow_signals=False,
+    )
+
+
+def test_a_generation_serves_and_stops_cleanly() -> None:
+    factory = StandInFactory(lambda spawn: serve_until_shutdown)
+    loop = make_loop(factory)
+
+    async def drive() -> None:
+        await until(lambda: loop.machine.serving == 1)
+        loop.events_in.send_nowait(StopRequested())
+
+    assert run(loop, factory, drive) == 0
+    assert [w.generation for w in factory.started] == [1, 1]
+    assert all(w.reaped and not w.killed and w.exitcode == 0 for w in factory.started)
+    assert loop.watcher.live == {}
+
+
+def test_a_factory_that_fails_is_a_failed_reload_and_the_old_generation_serves(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def scripts(spawn: SpawnWorker) -> Script | Exception:
+        if spawn.generation == 2 and spawn.worker_id == 1:
+            return OSError(errno.EMFILE, "Too many open files")
+        return serve_until_shutdown
+
+    factory = StandInFactory(scripts)
+    loop = make_loop(factory)
+
+    async def drive() -> None:
+        await until(lambda: loop.machine.serving == 1)
+        loop.events_in.send_nowait(ReloadRequested())
+        await until(lambda: loop.machine.last_reload is not None)
+        assert loop.machine.serving == 1
+        loop.events_in.send_nowait(StopRequested())
+
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        assert run(loop, factory, drive) == 0
+    assert loop.machine.last_reload == (
+        "generation 2 failed: worker 1: could not start a worker: "
+        "OSError: [Errno 24] Too many open files"
+    )
+    # generation 2's worker that did start was drained, not killed
+    [sibling] = [w for w in factory.started if w.generation == 2]
+    assert sibling.exitcode == 0
+    assert not sibling.killed
+    assert all(w.reaped for w in factory.started)
+
+
+def test_a_cause_written_just_before_the_exit_names_the_failure() -> None:
+    async def crash(worker: StandIn) -> None:
+        worker.send(_wire.Failed("RuntimeError: boom (app.py, line 3)"))
+        worker.exit(1)
+
+    factory = StandInFactory(lambda spawn: crash if spawn.generation == 2 else serve_until_shutdown)
+    loop = make_loop(factory, workers=1)
+
+    async def drive() -> None:
+        await until(lambda: loop.machine.serving == 1)
+        loop.events_in.send_nowait(ReloadRequested())
+        await until(lambda: loop.machine.last_reload is not None)
+        loop.events_in.send_nowait(StopRequested())
+
+    assert run(loop, factory, drive) == 0
+    assert loop.machine.last_reload == (
+        "generation 2 failed: worker 0: RuntimeError: boom (app.py, line 3)"
+    )
+
+
+def test_a_worker_that_writes_junk_is_killed_through_the_seam() -> None:
+    async def junk(worker: StandIn) -> None:
+        worker.peer._socket.sendall(b"GET / HTTP/1.1\r\n")  # not a control message
+        await anyio.sleep_forever()
+
+    factory = StandInFactory(lambda spawn: junk if spawn.generation == 2 else serve_until_shutdown)
+    loop = make_loop(factory, workers=1)
+
+    async def drive() -> None:
+        await until(lambda: loop.machine.serving == 1)
+        loop.events_in.send_nowait(ReloadRequested())
+        await until(lambda: loop.machine.last_reload is not None)
+        loop.events_in.send_nowait(StopRequested())
+
+    assert run(loop, factory, drive) == 0
+    [liar] = [w for w in factory.started if w.generation == 2]
+    assert liar.killed
+    assert liar.reaped
+    assert loop.machine.last_reload is not None
+    assert "sent a malformed control message" in loop.machine.last_reload
+
+
+def test_a_watcher_that_fails_costs_only_its_worker(caplog: pytest.LogCaptureFixture) -> None:
+    async def fail_to_reap_then_exit(worker: StandIn) -> None:
+        worker.fail_to_reap = True
+        worker.send(_wire.Ready())
+        await worker.shutdown_asked()
+        worker.exit(0)
+
+    factory = StandInFactory(
+        lambda spawn: fail_to_reap_then_exit if spawn.generation == 1 else serve_until_shutdown
+    )
+    loop = make_loop(factory, workers=1)
+
+    async def drive() -> None:
+        await until(lambda: loop.machine.serving == 1)
+        loop.events_in.send_nowait(ReloadRequested())
+        await until(lambda: loop.machine.serving == 2 and not loop.watcher.live.get(1))
+        loop.events_in.send_nowait(StopRequested())
+
+    with caplog.at_level(logging.INFO, logger="graceful"):
+        assert run(loop, factory, drive) == 0
+    assert "could not watch generation 1 worker 0; killing it" in caplog.text
+    assert all(w.reaped for w in factory.started)
+
+
+def test_a_stop_while_spawns_wait_for_the_bytecode_check_starts_nothing() -> None:
+    release = anyio.Event()
+
+    class SlowGate:
+        async def environment_for(self, generation: int) -> dict[str, str]:
+            await release.wait()
+            return {}
+
+    factory = StandInFactory(lambda spawn: serve_until_shutdown)
+    loop = make_loop(factory)
+    loop.bytecode = SlowGate()  # type: ignore[assignment]
+
+    async def drive() -> None:
+        await until(lambda: len(loop._spawning) == 2)
+        loop.events_in.send_nowait(StopRequested())
+        await until(lambda: loop.machine.stopping.value == "draining")
+        release.set()
+
+    # a stop asked for while generation 1 starts is a clean stop
+    assert run(loop, factory, drive) == 0
+    assert factory.started == []
