@@ -646,6 +646,33 @@ def test_replacement_missing_ready_timeout_is_killed() -> None:
     assert sim.machine.serving == 1
 
 
+def test_a_late_ready_from_a_worker_being_killed_changes_nothing() -> None:
+    # Found by tests/test_decisions_properties.py: the report was taken as "back in
+    # service", or as a reason to tell the dying worker to shut down.
+    sim = Sim()
+    first, _ = start_serving(sim)
+    sim.send(WorkerExited(first, 1))
+    (replacement,) = spawned(sim.send(RestartDue(1, 0)))
+    sim.clock.advance(5.0)
+    sim.send(ReadyTimeout(replacement))
+
+    actions = sim.send(WorkerReady(replacement))
+
+    assert actions == []
+
+
+def test_a_late_ready_from_a_first_generation_worker_being_killed_changes_nothing() -> None:
+    sim = Sim()
+    serials = spawned(sim.send(Start()))
+    sim.clock.advance(5.0)
+    sim.send(ReadyTimeout(serials[0]))
+
+    actions = sim.send(WorkerReady(serials[0]))
+
+    assert shut_down(actions) == set()
+    assert killed(actions) == set()
+
+
 def test_replacement_missing_ready_timeout_is_restarted_after_a_backoff() -> None:
     sim = Sim()
     first, _ = start_serving(sim)
