@@ -8,6 +8,8 @@ the new one is ready, then drains. See the README for the whole contract.
 
 from ._asgi import serve_asgi
 from ._context import Context, SyncContext
+from ._control import Control
+from ._decisions import ReloadOutcome
 from ._errors import ConfigError, GracefulError
 from ._listeners import Listener, parse_listen_spec
 from ._service import Service, service
@@ -15,8 +17,10 @@ from ._service import Service, service
 __all__ = [
     "ConfigError",
     "Context",
+    "Control",
     "GracefulError",
     "Listener",
+    "ReloadOutcome",
     "Service",
     "SyncContext",
     "parse_listen_spec",

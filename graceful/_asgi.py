@@ -40,6 +40,8 @@ def serve_asgi(
     factory: bool = False,
     backend: Backend = "asyncio",
     pid_file: str | os.PathLike[str] | None = None,
+    health: str | None = None,
+    stop_delay: float = 0.0,
     **server_options: Any,
 ) -> None:
     """Serve the ASGI app named by ``app`` (``"pkg.module:attr"``) with zero-downtime
@@ -82,7 +84,7 @@ def serve_asgi(
         ensure_visible("supervisor")
         logger.error("%s", exc)
         raise SystemExit(2) from None
-    service.run(pid_file=pid_file)
+    service.run(pid_file=pid_file, health=health, stop_delay=stop_delay)
 
 
 def asgi_service(
@@ -224,7 +226,7 @@ def load_app(app: str, factory: bool) -> Any:
         try:
             target = target()
         except Exception as exc:
-            raise ConfigError(f"app factory {app!r} failed: {one_line(exc)}") from exc
+            raise ConfigError(f"app factory {app!r} failed: {one_line(exc, where=True)}") from exc
     if not callable(target):
         made = "the factory returned" if factory else "it is"
         raise ConfigError(

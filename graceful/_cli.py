@@ -2,8 +2,9 @@
 
     graceful serve pkg.module:app --listen 127.0.0.1:8080 [--workers N] ...
     graceful run pkg.module:main [--pid-file PATH]
-    graceful reload --pid-file PATH
-    graceful stop --pid-file PATH
+    graceful reload --pid-file PATH [--wait [--timeout S]]
+    graceful stop --pid-file PATH [--wait [--timeout S]]
+    graceful status --pid-file PATH [--json]
 
 Usage errors print one line and exit 2; a service that fails to start exits as
 :meth:`graceful.Service.run` does.
@@ -12,6 +13,7 @@ Usage errors print one line and exit 2; a service that fails to start exits as
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from ._asgi import asgi_service
+from ._control import Control
 from ._entry import import_module, walk
 from ._errors import ConfigError, GracefulError
 from ._logging import ensure_visible, logger
@@ -44,6 +47,12 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
     return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    return _positive_float(text)
 
 
 def _positive_int(text: str) -> int:
@@ -83,10 +92,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("entry", help="the service as package.module:name")
     run.add_argument("--pid-file", metavar="PATH")
     run.add_argument("--app-dir", default=".", metavar="DIR")
+    for command in (serve, run):
+        command.add_argument(
+            "--health",
+            metavar="HOST:PORT",
+            help="serve /ready, /live and /metrics over HTTP there (the supervisor)",
+        )
+        command.add_argument(
+            "--stop-delay",
+            type=_seconds_or_zero,
+            default=0.0,
+            metavar="S",
+            help="after SIGTERM, keep serving S seconds with /ready at 503, then drain",
+        )
 
-    for name, what in (("reload", "reload"), ("stop", "drain and stop")):
+    for name, what, waits_for in (
+        ("reload", "reload", "the reload has ended: exit 0 if the new code serves, 1 if not"),
+        ("stop", "drain and stop", "the supervisor has exited, and exit with its status"),
+    ):
         command = commands.add_parser(name, help=f"{what} the supervisor named by a PID file")
         command.add_argument("--pid-file", required=True, metavar="PATH")
+        command.add_argument("--wait", action="store_true", help=f"wait until {waits_for}")
+        command.add_argument(
+            "--timeout", type=_positive_float, metavar="S", help="with --wait: give up after S s"
+        )
+    status = commands.add_parser("status", help="show the state of the supervisor")
+    status.add_argument("--pid-file", required=True, metavar="PATH")
+    status.add_argument("--json", action="store_true", help="print it as JSON")
     return parser
 
 
@@ -99,6 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "run":
             return _run(args)
+        if args.command == "status":
+            return _status(args)
+        if args.timeout is not None and not args.wait:
+            raise ConfigError("--timeout needs --wait")
+        if args.wait:
+            return _reload_and_wait(args) if args.command == "reload" else _stop_and_wait(args)
         return _signal(args.pid_file, signal.SIGHUP if args.command == "reload" else signal.SIGTERM)
     except ConfigError as exc:
         logger.error("%s", exc)
@@ -131,7 +169,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.no_access_log and args.server == "uvicorn"
         else {},
     )
-    return _supervise(service, args.pid_file)
+    return _supervise(service, args)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -144,15 +182,85 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"module {module_name!r} has no {name!r}")
     if not isinstance(target, Service):
         raise ConfigError(f"{args.entry} is not a @graceful.service (got {type(target).__name__})")
-    return _supervise(target, args.pid_file)
+    return _supervise(target, args)
 
 
-def _supervise(service: Service[Any], pid_file: str | None) -> int:
+def _supervise(service: Service[Any], args: argparse.Namespace) -> int:
     from ._supervisor import run_supervisor  # noqa: PLC0415 - see Service.run
 
-    return run_supervisor(service, caller=sys._getframe(1), pid_file=pid_file)
+    return run_supervisor(
+        service,
+        caller=sys._getframe(1),
+        pid_file=args.pid_file,
+        health=args.health,
+        stop_delay=args.stop_delay,
+    )
 
 
 def _signal(pid_file: str, signum: signal.Signals) -> int:
     signal_supervisor(pid_file, signum)
+    return 0
+
+
+def _reload_and_wait(args: argparse.Namespace) -> int:
+    try:
+        outcome = Control(args.pid_file).reload(timeout=args.timeout)
+    except TimeoutError:
+        print(f"timed out after {args.timeout:g}s (the reload goes on)", file=sys.stderr)
+        return 1
+    if outcome.outcome == "serving":
+        print(f"generation {outcome.generation} serving (ready in {outcome.seconds:.2f}s)")
+        return 0
+    where = f"generation {outcome.generation} failed" if outcome.generation else "reload failed"
+    print(f"{where}: {outcome.cause}", file=sys.stderr)
+    return 1
+
+
+def _stop_and_wait(args: argparse.Namespace) -> int:
+    try:
+        code = Control(args.pid_file).stop(timeout=args.timeout)
+    except TimeoutError:
+        print(f"timed out after {args.timeout:g}s (the stop goes on)", file=sys.stderr)
+        return 1
+    print(f"stopped (exit status {code})")
+    return code
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = Control(args.pid_file).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"supervisor {status['pid']}, up {status['uptime']:.1f}s: {status['status']}")
+    for listener in status["listeners"]:
+        print(f"listening on {listener['address']}")
+    rows = [("generation", "state", "worker", "pid", "worker state", "ready in", "restarts")]
+    for generation in status["generations"]:
+        for worker in generation["workers"] or [{}]:
+            ready_in = worker.get("ready_in")
+            rows.append(
+                (
+                    str(generation["generation"]),
+                    generation["state"],
+                    str(worker.get("worker_id", "-")),
+                    str(worker.get("pid") or "-"),
+                    worker.get("state", "-"),
+                    "-" if ready_in is None else f"{ready_in:.3f}s",
+                    str(worker.get("restarts", "-")),
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    last = status["last_reload"]
+    if last is not None:
+        print(f"last reload: generation {last['generation']} {last['outcome']}", end="")
+        print(f" ({last['cause']})" if last["cause"] else f" in {last['seconds']:.3f}s")
+    counters = status["counters"]
+    print(
+        f"reloads: {counters['reloads_serving']} serving, {counters['reloads_failed']} failed; "
+        f"worker crashes: {counters['worker_crashes']}"
+    )
     return 0

@@ -56,9 +56,22 @@ event                   effect
 ``ReadyTimeout``        a starting generation fails; a late replacement is killed
 ``DrainTimeout``        the worker is killed
 ``RestartDue``          the empty slot of the serving generation is filled
-``StopRequested``       first: every worker drains and the listeners are released;
-                        second: every worker is killed
+``StopRequested``       first: every worker drains and the listeners are released
+                        (with ``stop_delay``: only announced, see below); second:
+                        every worker is killed
+``StopDelayOver``       the announced stop begins: every worker drains
 ======================  ==========================================================
+
+With ``stop_delay``, the first stop request only announces the stop
+(:attr:`SupervisorStateMachine.stop_announced`, which health checks report) and
+starts a timer; the service keeps serving, and restarting crashed workers, until
+:class:`StopDelayOver`, or until a second request drains at once. Reloads are
+ignored from the first request on.
+
+Every generation started is announced (:class:`GenerationStarted`), and every
+reload's end, either way (:class:`ReloadEnded`), so that whoever asked for a
+reload can be told how it ended. A reload still starting when the service stops
+ends as failed ("the service is stopping").
 
 Invariants (checked by ``tests/test_decisions_properties.py`` over random event
 sequences): at most one generation serves and at most one starts; each slot
@@ -120,7 +133,14 @@ class ReloadRequested:
 
 @dataclass(frozen=True)
 class StopRequested:
-    """SIGTERM or SIGINT. The second one means: stop now."""
+    """SIGTERM, SIGINT or ``graceful stop``. With ``stop_delay``, the first one only
+    announces the stop and the service keeps serving until :class:`StopDelayOver`;
+    another one drains at once. The one after the drain began means: stop now."""
+
+
+@dataclass(frozen=True)
+class StopDelayOver:
+    """``stop_delay`` seconds have passed since the first stop request."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +198,7 @@ Event: TypeAlias = (
     | ReadyTimeout
     | DrainTimeout
     | RestartDue
+    | StopDelayOver
 )
 
 # --- actions -----------------------------------------------------------------------
@@ -212,6 +233,38 @@ class StopAccepting:
 class StartTimer:
     delay: float
     event: Event
+
+
+@dataclass(frozen=True)
+class GenerationStarted:
+    """Generation ``number`` was started; ``first`` is True for the service's first one.
+    (A reload asked for before this runs this generation's code, or a later one's.)"""
+
+    number: int
+    first: bool
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """How a reload ended: generation ``generation`` is ``serving``, or ``failed``
+    with ``cause``, ``seconds`` after it started."""
+
+    generation: int
+    outcome: str
+    cause: str | None
+    seconds: float
+
+    def __str__(self) -> str:
+        if self.outcome == "serving":
+            return f"generation {self.generation} serving in {self.seconds:.3f}s"
+        return f"generation {self.generation} failed: {self.cause}"
+
+
+@dataclass(frozen=True)
+class ReloadEnded:
+    """A reload ended, either way (never emitted for the first generation)."""
+
+    reload: ReloadOutcome
 
 
 @dataclass(frozen=True)
@@ -264,6 +317,8 @@ Action: TypeAlias = (
     | KillWorker
     | StopAccepting
     | StartTimer
+    | GenerationStarted
+    | ReloadEnded
     | GenerationServing
     | Announce
     | Log
@@ -284,6 +339,9 @@ class Settings:
     backoff_initial: float = 0.1
     backoff_max: float = 30.0
     backoff_reset: float = 10.0
+    #: after the first stop request, keep serving this long before draining (while
+    #: health checks already report the stop)
+    stop_delay: float = 0.0
 
 
 class WorkerState(Enum):
@@ -303,6 +361,7 @@ class Worker:
     serial: int
     generation: int
     worker_id: int
+    started_at: float
     state: WorkerState = WorkerState.STARTING
     ready_at: float | None = None
     cause: str | None = None
@@ -310,6 +369,18 @@ class Worker:
     #: told to stop while still starting (by a stop of the service): it gets only
     #: ``kill_grace`` to finish
     abandoned: bool = False
+
+
+@dataclass
+class Counters:
+    """What happened since the supervisor started, for status and metrics."""
+
+    reloads_serving: int = 0
+    reloads_failed: int = 0
+    #: serving workers that exited unexpectedly
+    worker_crashes: int = 0
+    #: replacements spawned for them
+    worker_restarts: int = 0
 
 
 @dataclass
@@ -347,10 +418,14 @@ class SupervisorStateMachine:
         self.stopping = Stopping.NO
         self.exit_code = 0
         self.exited = False
-        #: one-line outcome of the last reload, for status reporting
-        self.last_reload: str | None = None
+        #: how the last reload ended, for status reporting
+        self.last_reload: ReloadOutcome | None = None
+        self.counters = Counters()
+        #: a stop was asked for with ``stop_delay``: still serving, until this time
+        self.stop_delayed_until: float | None = None
         #: why the service stops, if not by request
         self.stop_reason: str | None = None
+        self._now = 0.0
         self._next_serial = 1
         self._next_generation = 1
         self._actions: list[Action] = []
@@ -376,6 +451,7 @@ class SupervisorStateMachine:
     def handle(self, event: Event, now: float) -> list[Action]:
         """Apply ``event`` at monotonic time ``now``; return the actions to carry out."""
         self._actions = []
+        self._now = now
         if self.exited:
             return []
         match event:
@@ -383,10 +459,13 @@ class SupervisorStateMachine:
                 self._start_generation(now)
             case ReloadRequested():
                 self._on_reload()
-                if self.starting is None and self.stopping is Stopping.NO:
+                if self.starting is None and not self.stop_announced:
                     self._start_generation(now)
             case StopRequested():
-                self._on_stop()
+                self._on_stop_requested(now)
+            case StopDelayOver():
+                if self.stop_delayed_until is not None and self.stopping is Stopping.NO:
+                    self._on_stop(now)
             case WorkerReady(serial):
                 self._on_ready(serial, now)
             case WorkerFailed(serial, cause):
@@ -412,7 +491,7 @@ class SupervisorStateMachine:
     def _spawn(self, generation: Generation, worker_id: int) -> None:
         serial = self._next_serial
         self._next_serial += 1
-        self.workers[serial] = Worker(serial, generation.number, worker_id)
+        self.workers[serial] = Worker(serial, generation.number, worker_id, self._now)
         generation.slots[worker_id] = serial
         self._actions.append(SpawnWorker(serial, generation.number, worker_id))
         self._actions.append(StartTimer(self.settings.ready_timeout, ReadyTimeout(serial)))
@@ -456,6 +535,8 @@ class SupervisorStateMachine:
         """One line on the service's state, for ``STATUS=``."""
         if self.stopping is not Stopping.NO:
             line = f"stopping: {self.stop_reason or f'{len(self.workers)} workers draining'}"
+        elif self.stop_delayed_until is not None:
+            line = f"stopping after stop_delay={self.settings.stop_delay:g}s, still serving"
         elif self.serving is None:
             line = "starting generation 1"
         else:
@@ -479,16 +560,24 @@ class SupervisorStateMachine:
     def _start_generation(self, now: float) -> None:
         number = self._next_generation
         self._next_generation += 1
+        first = self.serving is None
         generation = Generation(number, Role.STARTING, started_at=now)
         self.generations[number] = generation
+        self._actions.append(GenerationStarted(number, first))
         self._log(logging.INFO, f"starting generation {number} ({self.settings.workers} workers)")
         for worker_id in range(self.settings.workers):
             self._spawn(generation, worker_id)
         wait = self.settings.ready_timeout + self.settings.kill_grace
         self._announce(Phase.STARTING if self.serving is None else Phase.RELOADING, extend=wait)
 
+    @property
+    def stop_announced(self) -> bool:
+        """True from the first stop request on (for health checks), ``stop_delay``
+        included."""
+        return self.stopping is not Stopping.NO or self.stop_delayed_until is not None
+
     def _on_reload(self) -> None:
-        if self.stopping is not Stopping.NO:
+        if self.stop_announced:
             self._log(logging.INFO, "reload ignored: the service is stopping")
         elif self.starting is not None:
             if not self.reload_queued:
@@ -531,7 +620,9 @@ class SupervisorStateMachine:
                 logging.INFO, f"generation {generation.number} is serving (ready in {took:.3f}s)"
             )
         else:
-            self.last_reload = f"generation {generation.number} serving in {took:.3f}s"
+            self.last_reload = ReloadOutcome(generation.number, "serving", None, took)
+            self.counters.reloads_serving += 1
+            self._actions.append(ReloadEnded(self.last_reload))
             self._log(
                 logging.INFO,
                 f"generation {generation.number} is serving (ready in {took:.3f}s); "
@@ -564,9 +655,9 @@ class SupervisorStateMachine:
         if self.serving is None:
             self._log(logging.ERROR, f"generation {generation.number} failed to start: {cause}")
             self.stop_reason = f"generation {generation.number} failed to start: {cause}"
-            self._begin_stop(Stopping.DRAINING, exit_code=1)
+            self._begin_stop(Stopping.DRAINING, exit_code=1, now=now)
             return
-        self.last_reload = f"generation {generation.number} failed: {cause}"
+        self._reload_failed(generation, cause, now)
         self._log(
             logging.ERROR,
             f"reload failed: generation {generation.number}: {cause}; "
@@ -574,6 +665,13 @@ class SupervisorStateMachine:
         )
         self._announce(Phase.READY)
         self._follow_queued_reload(now)
+
+    def _reload_failed(self, generation: Generation, cause: str, now: float) -> None:
+        self.last_reload = ReloadOutcome(
+            generation.number, "failed", cause, now - generation.started_at
+        )
+        self.counters.reloads_failed += 1
+        self._actions.append(ReloadEnded(self.last_reload))
 
     def _on_exit(self, serial: int, exitcode: int | None, now: float) -> None:
         worker = self.workers.pop(serial, None)
@@ -611,6 +709,7 @@ class SupervisorStateMachine:
             crashes = 0
         crashes += 1
         generation.crashes[worker.worker_id] = crashes
+        self.counters.worker_crashes += 1
         delay = min(self.settings.backoff_initial * 2 ** (crashes - 1), self.settings.backoff_max)
         self._log(
             logging.WARNING,
@@ -681,22 +780,40 @@ class SupervisorStateMachine:
             or worker_id in generation.slots
         ):
             return
+        self.counters.worker_restarts += 1
         self._spawn(generation, worker_id)
 
-    def _on_stop(self) -> None:
+    def _on_stop_requested(self, now: float) -> None:
+        delay = self.settings.stop_delay
+        if self.stopping is Stopping.NO and self.stop_delayed_until is None and delay > 0:
+            self.stop_delayed_until = now + delay
+            self._log(
+                logging.INFO,
+                f"stopping in {delay:g}s (stop_delay): serving until then, "
+                "health checks report the stop now",
+            )
+            self._actions.append(StartTimer(delay, StopDelayOver()))
+            self._announce(Phase.STATUS)
+            return
+        self._on_stop(now)
+
+    def _on_stop(self, now: float) -> None:
         if self.stopping is Stopping.NO:
             self._log(
                 logging.INFO,
                 f"stopping: draining {len(self.workers)} workers "
                 f"(up to drain_timeout={self.settings.drain_timeout:g}s)",
             )
-            self._begin_stop(Stopping.DRAINING, exit_code=0)
+            self._begin_stop(Stopping.DRAINING, exit_code=0, now=now)
         elif self.stopping is Stopping.DRAINING:
             self._log(logging.WARNING, f"stopping now: killing {len(self.workers)} workers")
-            self._begin_stop(Stopping.NOW, exit_code=1)
+            self._begin_stop(Stopping.NOW, exit_code=1, now=now)
 
-    def _begin_stop(self, mode: Stopping, exit_code: int) -> None:
+    def _begin_stop(self, mode: Stopping, exit_code: int, now: float) -> None:
         first = self.stopping is Stopping.NO
+        starting = self.starting
+        if first and starting is not None and self.serving is not None:
+            self._reload_failed(self.generations[starting], "the service is stopping", now)
         self.stopping = mode
         self.exit_code = max(self.exit_code, exit_code)
         self.reload_queued = False

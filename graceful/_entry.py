@@ -124,4 +124,4 @@ def import_module(name: str, purpose: str = "") -> types.ModuleType:
     try:
         return importlib.import_module(name)
     except Exception as exc:
-        raise ConfigError(f"cannot import {name!r}{purpose}: {one_line(exc)}") from exc
+        raise ConfigError(f"cannot import {name!r}{purpose}: {one_line(exc, where=True)}") from exc

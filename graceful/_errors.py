@@ -6,6 +6,9 @@ that refuses to start says exactly what to fix.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 
 class GracefulError(Exception):
     """Base class of every error graceful raises on purpose."""
@@ -20,13 +23,36 @@ class ConfigError(GracefulError):
     """
 
 
-def one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException, *, where: bool = False) -> str:
     """Describe an exception in one line: its type and the first line of its message
-    (graceful's own errors are already one line and need no type)."""
+    (graceful's own errors are already one line and need no type). With ``where``,
+    add the file and line it was raised at, as ``(app.py, line 3)``: the innermost
+    frame of its traceback, its path relative to the working directory when it lies
+    below it."""
     if isinstance(exc, GracefulError):
         return str(exc)
     if isinstance(exc, SyntaxError):
-        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else f"line {exc.lineno}"
-        return f"SyntaxError: {exc.msg} ({where})"
+        place = f"{exc.filename}, line {exc.lineno}" if exc.filename else f"line {exc.lineno}"
+        return f"SyntaxError: {exc.msg} ({place})"
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    if where:
+        location = raised_at(exc)
+        if location is not None:
+            line += f" ({location})"
+    return line
+
+
+def raised_at(exc: BaseException) -> str | None:
+    """``file, line N`` of the innermost frame of ``exc``'s traceback, or None."""
+    tb = exc.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = tb.tb_frame.f_code.co_filename
+    with contextlib.suppress(ValueError, OSError):
+        relative = os.path.relpath(path)
+        if not relative.startswith(os.pardir):
+            path = relative
+    return f"{path}, line {tb.tb_lineno}"

@@ -153,6 +153,24 @@ HOOKS = (
         False,
         "refusing run() while a worker imports the main script",
     ),
+    Hook(
+        "multiprocess",
+        "multiprocess.spawn:_fixup_main_from_path",
+        False,
+        "a worker imports the main script itself, to report what it raises",
+    ),
+    Hook(
+        "multiprocess",
+        "multiprocess.spawn:_fixup_main_from_name",
+        False,
+        "the same for a main script run with python -m",
+    ),
+    Hook(
+        "multiprocess",
+        'multiprocess.spawn:get_preparation_data"main_module.__spec__"',
+        False,
+        "keeping spawn from importing the main script (hidden while a worker starts)",
+    ),
 )
 
 

@@ -67,13 +67,26 @@ class Service(Generic[F]):
         """What a worker runs: the function and its backend (read from fresh code)."""
         return self.function, self.backend
 
-    def run(self, *, pid_file: str | os.PathLike[str] | None = None) -> None:
+    def run(
+        self,
+        *,
+        pid_file: str | os.PathLike[str] | None = None,
+        health: str | None = None,
+        stop_delay: float = 0.0,
+    ) -> None:
         """Run the supervisor in this process until it is stopped.
 
         Binds the listeners, starts generation 1, and then serves reloads (SIGHUP)
         and a stop (SIGTERM / SIGINT) until every worker has exited. With
         ``pid_file``, the supervisor's PID is written there (atomically) once the
-        first generation is ready, and the file is removed at exit.
+        first generation is ready, and the file is removed at exit; beside it, a
+        control socket answers ``graceful reload --wait``, ``status`` and
+        ``stop --wait`` (and :class:`graceful.Control`).
+
+        ``health`` (a listen spec such as ``"127.0.0.1:9000"``) serves ``/ready``,
+        ``/live`` and ``/metrics`` over HTTP. ``stop_delay`` keeps serving that many
+        seconds after the first stop request, while ``/ready`` already answers 503,
+        before the drain begins (for load balancers to notice first).
 
         Returns after a clean stop. Raises ``SystemExit(2)`` for a configuration
         error (one line on stderr, nothing spawned) and ``SystemExit(1)`` if the
@@ -95,7 +108,9 @@ class Service(Generic[F]):
                 f"{self.__qualname__}.run() was called while a worker imported the main "
                 'script: put the call under `if __name__ == "__main__":`'
             )
-        code = run_supervisor(self, caller=sys._getframe(1), pid_file=pid_file)
+        code = run_supervisor(
+            self, caller=sys._getframe(1), pid_file=pid_file, health=health, stop_delay=stop_delay
+        )
         if code:
             raise SystemExit(code)
 
@@ -134,6 +149,18 @@ def check_settings(
             raise ConfigError(f"{name}={_short(value)} must be a finite number of seconds above 0")
     if backend not in _BACKENDS:
         raise ConfigError(f"backend={backend!r} must be one of {', '.join(_BACKENDS)}")
+
+
+def check_supervision(*, health: object, stop_delay: object) -> None:
+    """Refuse a supervision option that can never work.
+
+    Raises:
+        ConfigError: naming it.
+    """
+    if health is not None and not isinstance(health, str):
+        raise ConfigError(f"health={_short(health)} must be a listen spec, as in '127.0.0.1:9000'")
+    if stop_delay != 0 and not _is_seconds(stop_delay):
+        raise ConfigError(f"stop_delay={_short(stop_delay)} must be a finite number of seconds")
 
 
 def _is_seconds(value: object) -> bool:

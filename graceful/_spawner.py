@@ -15,7 +15,10 @@ exception, and whatever was already open or started is closed, killed and reaped
 2. ``Process.start()`` with SIGINT and SIGHUP blocked (the worker unblocks them
    once its own handlers are set), the extra environment of this generation, in
    the release directory, then the worker made the leader of its own process
-   group;
+   group. The main script is left for the worker to import itself
+   (:class:`~graceful._worker.MainScript`): multiprocess would import it before
+   any graceful code runs in the child, so an exception there could not be
+   reported, and what it started would be outside the worker's process group;
 3. a pidfd for it, so that its exit is noticed whatever its children hold;
 4. the listeners sent over the socketpair (``socket.send_fds``), non-blocking.
 
@@ -29,6 +32,8 @@ import contextlib
 import os
 import signal
 import socket
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,7 +48,7 @@ from ._entry import EntryRef
 from ._listeners import BoundListener
 from ._logging import logger
 from ._release import ReleaseDirectory
-from ._worker import WorkerBootstrap, WorkerOptions, worker_main
+from ._worker import MainScript, WorkerBootstrap, WorkerOptions, worker_main
 
 #: Signals a worker must not receive between fork and its own setup: the terminal's
 #: Ctrl-C reaches the whole foreground process group, and SIGHUP may too.
@@ -232,6 +237,7 @@ class SpawningFactory:
             control=control,
             options=self.options,
             log_level=logger.getEffectiveLevel(),
+            main=_main_script(),
         )
 
     def _start(self, process: Any, environment: dict[str, str]) -> None:
@@ -242,7 +248,8 @@ class SpawningFactory:
         saved = {name: os.environ.get(name) for name in environment}
         os.environ.update(environment)
         try:
-            process.start()
+            with _main_left_to_the_worker():
+                process.start()
         finally:
             for name, value in saved.items():
                 if value is None:
@@ -254,6 +261,41 @@ class SpawningFactory:
         # one fails with EACCES once the child has exec'd).
         with contextlib.suppress(OSError):
             os.setpgid(process.pid, process.pid)
+
+
+def _main_script() -> MainScript:
+    """How a worker finds the script the user ran, as multiprocess would."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:
+        return MainScript(module=name, path=None)
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return MainScript(module=None, path=None)
+    if not os.path.isabs(path) and multiprocess.process.ORIGINAL_DIR is not None:
+        path = os.path.join(multiprocess.process.ORIGINAL_DIR, path)
+    return MainScript(module=None, path=os.path.normpath(path))
+
+
+@contextlib.contextmanager
+def _main_left_to_the_worker() -> Iterator[None]:
+    """While a worker is started, hide where ``__main__`` comes from, so that
+    multiprocess does not import it in the child (the worker does, see
+    :func:`graceful._worker.import_main_script`)."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved: dict[str, Any] = {
+        name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__
+    }
+    main.__spec__ = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 def _kill_and_reap(process: Any) -> None:

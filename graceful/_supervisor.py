@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import types
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._control import bind_control_socket, control_path, remove_control_socket
 from ._decisions import Settings
 from ._entry import entry_ref_for
 from ._errors import ConfigError
@@ -31,6 +33,7 @@ from ._main_script import check_main_guard
 from ._orphan_guard import OrphanGuard
 from ._pidfile import PidFile
 from ._release import ReleaseDirectory
+from ._service import check_supervision
 from ._spawner import BytecodeGate, SpawningFactory
 from ._supervisor_loop import SupervisorLoop
 from ._systemd import Notifier
@@ -44,9 +47,14 @@ def run_supervisor(
     service: Service[Any],
     caller: types.FrameType | None,
     pid_file: str | os.PathLike[str] | None = None,
+    *,
+    health: str | None = None,
+    stop_delay: float = 0.0,
 ) -> int:
     """Supervise ``service`` in this process; return the exit status.
 
+    ``health`` is a listen spec for the health endpoint (``_health.py``);
+    ``stop_delay`` the seconds to keep serving after the first stop request.
     Configuration errors are logged as one line and give status 2 before anything
     is spawned or left bound.
     """
@@ -59,7 +67,7 @@ def run_supervisor(
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stop_handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _supervise(service, caller, pid_file)
+        return _supervise(service, caller, pid_file, health, stop_delay)
     finally:
         for signum, handler in stop_handlers.items():
             signal.signal(signum, handler)
@@ -69,23 +77,42 @@ def _supervise(
     service: Service[Any],
     caller: types.FrameType | None,
     pid_file: str | os.PathLike[str] | None,
+    health: str | None,
+    stop_delay: float,
 ) -> int:
     claimed: PidFile | None = None
+    control: socket.socket | None = None
     listeners: list[BoundListener] = []
+    health_listeners: list[BoundListener] = []
+
+    def clean_up() -> None:
+        for listener in [*listeners, *health_listeners]:
+            listener.close()
+        if control is not None and claimed is not None:
+            remove_control_socket(control_path(claimed.path), control)
+        if claimed is not None:
+            claimed.release()
+
     try:
         entry = entry_ref_for(service, service.function)
         check_main_guard(caller)
         if pid_file is not None:
             claimed = PidFile.claim(pid_file)
+            control = bind_control_socket(control_path(claimed.path))
+        check_supervision(health=health, stop_delay=stop_delay)
         listeners = bind_listeners(service.listen)
+        if health is not None:
+            try:
+                health_listeners = bind_listeners([health])
+            except ConfigError as exc:
+                raise ConfigError(f"health endpoint: {exc}") from None
         check_descriptor_headroom(len(listeners), service.workers)
     except ConfigError as exc:
         logger.error("%s", exc)
-        for listener in listeners:
-            listener.close()
-        if claimed is not None:
-            claimed.release()
+        clean_up()
         return 2
+    loop: SupervisorLoop | None = None
+    code = 1
     try:
         for listener in listeners:
             logger.info(
@@ -96,7 +123,10 @@ def _supervise(
             workers=service.workers,
             ready_timeout=service.ready_timeout,
             drain_timeout=service.drain_timeout,
+            stop_delay=stop_delay,
         )
+        for listener in health_listeners:
+            logger.info("health endpoint on http://%s/ready", format_address(listener.address))
         factory = SpawningFactory(
             entry,
             listeners,
@@ -116,6 +146,8 @@ def _supervise(
             pid_file=claimed,
             notifier=notifier,
             start_guard=lambda: OrphanGuard.start(settings.drain_timeout, settings.kill_grace),
+            control=control,
+            health=health_listeners[0].socket if health_listeners else None,
         )
         try:
             code = anyio.run(loop.run, backend="asyncio")
@@ -124,7 +156,6 @@ def _supervise(
         logger.info("stopped (exit status %d)", code)
         return code
     finally:
-        for listener in listeners:
-            listener.close()
-        if claimed is not None:
-            claimed.release()
+        clean_up()
+        if loop is not None and loop.control is not None:
+            loop.control.tell_exit(code)

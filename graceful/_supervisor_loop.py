@@ -22,13 +22,16 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import multiprocess.resource_tracker
 from anyio.abc import TaskGroup, TaskStatus
 
 from . import _processes, _wire
+from ._control import ControlServer, ReloadWaiter
 from ._decisions import (
     Action,
     Announce,
@@ -36,10 +39,13 @@ from ._decisions import (
     Event,
     Exit,
     GenerationServing,
+    GenerationStarted,
     KillWorker,
     Log,
     ReadyTimeout,
+    ReloadEnded,
     ReloadRequested,
+    Role,
     Settings,
     ShutdownWorker,
     SpawnWorker,
@@ -54,7 +60,8 @@ from ._decisions import (
     WorkerReady,
 )
 from ._errors import GracefulError, one_line
-from ._listeners import BoundListener
+from ._health import HealthServer
+from ._listeners import BoundListener, format_address
 from ._logging import logger
 from ._orphan_guard import OrphanGuard
 from ._pidfile import PidFile
@@ -79,6 +86,8 @@ class SupervisorLoop:
         follow_signals: turn SIGHUP into a reload and SIGTERM and SIGINT into stops
             (and leave them ignored afterwards). Off only for tests in a shared
             process, which send their events through :attr:`events_in`.
+        control: a listening control socket (see ``_control.py``) to serve.
+        health: a listening socket for the health endpoint (see ``_health.py``).
     """
 
     def __init__(
@@ -92,6 +101,8 @@ class SupervisorLoop:
         notifier: Notifier | None = None,
         start_guard: Callable[[], OrphanGuard | None] | None = None,
         follow_signals: bool = True,
+        control: socket.socket | None = None,
+        health: socket.socket | None = None,
     ) -> None:
         self.machine = SupervisorStateMachine(settings)
         self.factory = factory
@@ -114,6 +125,13 @@ class SupervisorLoop:
         self._exit_at_least = 0
         #: stops the workers if this process dies (see ``_orphan_guard.py``)
         self._guard: OrphanGuard | None = None
+        self.control = ControlServer(control, self) if control is not None else None
+        self.health = HealthServer(health, self) if health is not None else None
+        #: ``reload --wait`` requests not yet bound to the generation that answers them
+        self._reload_waiters: list[ReloadWaiter] = []
+        #: generation number -> the requests its reload's end answers
+        self._waiting_for: dict[int, list[ReloadWaiter]] = {}
+        self._started_at = 0.0
 
     async def run(self) -> int:
         """Run until the state machine says to exit; return its exit status.
@@ -126,9 +144,14 @@ class SupervisorLoop:
             self._guard = self._start_guard()
             if self._guard is None:
                 logger.debug("no orphan guard: pidfds are not available")
+        self._started_at = anyio.current_time()
         try:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
+                if self.control is not None:
+                    tasks.start_soon(self.control.serve, tasks)
+                if self.health is not None:
+                    tasks.start_soon(self.health.serve, tasks)
                 if self._follow_signals_too:
                     await tasks.start(self._follow_signals)
                 tasks.start_soon(self._keep_guard)
@@ -179,10 +202,101 @@ class SupervisorLoop:
                 for listener in self.listeners:
                     if not listener.adopted:
                         listener.close()
+                for waiter in self._reload_waiters:
+                    waiter.resolve("the service is stopping")
+                self._reload_waiters.clear()
+            case GenerationStarted(number, first):
+                if not first:
+                    self._waiting_for.setdefault(number, []).extend(self._reload_waiters)
+                    self._reload_waiters.clear()
+            case ReloadEnded(outcome):
+                if self.health is not None and self.health.metrics is not None:
+                    self.health.metrics.observe_reload(outcome)
+                for waiter in self._waiting_for.pop(outcome.generation, []):
+                    waiter.resolve(outcome)
             case StartTimer(delay, event):
                 self._task_group.start_soon(self._timer, delay, event)
             case Announce():
                 self.notifier.announce(action)
+
+    # -- requests through the control socket ----------------------------------------
+
+    def request_reload(self) -> ReloadWaiter:
+        """Ask for a reload; the waiter learns how the reload that runs code read
+        after this request ended (coalesced requests share one)."""
+        waiter = ReloadWaiter()
+        if self.machine.stop_announced:
+            waiter.resolve("the service is stopping")
+            return waiter
+        self._reload_waiters.append(waiter)
+        self.events_in.send_nowait(ReloadRequested())
+        return waiter
+
+    def is_ready(self) -> bool:
+        """What ``/ready`` says: a generation serves and no stop was asked for."""
+        return self.machine.serving is not None and not self.machine.stop_announced
+
+    def request_stop(self) -> None:
+        """Ask for a stop, as SIGTERM does."""
+        self.events_in.send_nowait(StopRequested())
+
+    def status(self) -> dict[str, Any]:
+        """The supervisor's state, as ``graceful status --json`` prints it."""
+        machine, now = self.machine, anyio.current_time()
+        states = {Role.STARTING: "starting", Role.SERVING: "serving", Role.RETIRED: "draining"}
+        generations = []
+        for generation in sorted(machine.generations.values(), key=lambda g: g.number):
+            workers = []
+            for worker in sorted(machine.workers.values(), key=lambda w: w.serial):
+                if worker.generation != generation.number:
+                    continue
+                process = self.watcher.live.get(worker.serial)
+                workers.append(
+                    {
+                        "pid": process.pid if process is not None else None,
+                        "worker_id": worker.worker_id,
+                        "state": worker.state.value,
+                        "ready_in": None
+                        if worker.ready_at is None
+                        else round(worker.ready_at - worker.started_at, 6),
+                        "restarts": generation.crashes.get(worker.worker_id, 0),
+                    }
+                )
+            generations.append(
+                {
+                    "generation": generation.number,
+                    "state": states[generation.role],
+                    "age": round(now - generation.started_at, 3),
+                    "workers": workers,
+                }
+            )
+        last = machine.last_reload
+        counters = machine.counters
+        return {
+            "pid": os.getpid(),
+            "uptime": round(now - self._started_at, 3),
+            "state": "stopping" if machine.stop_announced else "running",
+            "status": machine.status(),
+            "listeners": [
+                {"spec": listener.spec, "address": format_address(listener.address)}
+                for listener in self.listeners
+            ],
+            "generations": generations,
+            "last_reload": None
+            if last is None
+            else {
+                "generation": last.generation,
+                "outcome": last.outcome,
+                "cause": last.cause,
+                "seconds": round(last.seconds, 6),
+            },
+            "counters": {
+                "reloads_serving": counters.reloads_serving,
+                "reloads_failed": counters.reloads_failed,
+                "worker_crashes": counters.worker_crashes,
+                "worker_restarts": counters.worker_restarts,
+            },
+        }
 
     def _publish_pid_file(self, pid_file: PidFile) -> None:
         try:

@@ -1,15 +1,16 @@
 """The worker side: what runs in each spawned process of a generation.
 
-The spawn context has already imported the user's main script from disk (as
-``__mp_main__``) by the time :func:`worker_main` runs. It then:
+:func:`worker_main` runs in a fresh interpreter started by multiprocess's spawn
+context. It:
 
 1. makes itself the leader of a process group of its own, so that whatever it
    starts can be stopped with it (see ``_processes.py``);
 2. ignores SIGINT and SIGHUP (shutdown is the supervisor's decision; Ctrl-C in a
    terminal reaches the whole process group), and SIGTTIN and SIGTTOU (it is not
    in the terminal's foreground group), and turns SIGTERM into a drain;
-3. names the processes that importing the main script started, if any: they
-   were started before the worker had a process group of its own;
+3. imports the main script the user ran, fresh from disk (multiprocess is kept
+   from doing it: see ``_spawner.py``), so that an exception there is reported
+   like any other, and whatever it starts is in the worker's process group;
 4. receives the listeners' descriptors over the fd channel;
 5. looks the entry point up by name in the fresh code;
 6. runs it with a :class:`Context` on the entry's anyio backend, or with a
@@ -37,6 +38,8 @@ from typing import Any, NoReturn
 
 import anyio
 import anyio.from_thread
+import multiprocess
+import multiprocess.spawn
 
 from . import _wire
 from ._context import Context, SyncContext
@@ -46,6 +49,15 @@ from ._listeners import Address, Listener
 from ._logging import ensure_visible, logger
 from ._shutdown import ShutdownRequest, drain_on_sigterm, follow_supervisor
 from ._tasks import run_beside
+
+
+@dataclass(frozen=True)
+class MainScript:
+    """The script the user ran, for the worker to import as ``__mp_main__``: by
+    ``module`` name (``python -m``) or by ``path``; neither for none."""
+
+    module: str | None
+    path: str | None
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,7 @@ class WorkerBootstrap:
     control: Any  # multiprocess Connection
     options: WorkerOptions
     log_level: int
+    main: MainScript
 
 
 @dataclass(frozen=True)
@@ -103,8 +116,12 @@ def worker_main(boot: WorkerBootstrap) -> None:
     ensure_visible(f"gen {boot.generation} worker {boot.worker_id}")
     if boot.log_level:
         logger.setLevel(boot.log_level)
-    _warn_about_children_started_at_import()
     control = _wire.ControlChannel(boot.control)
+    try:
+        import_main_script(boot.main)
+    except (Exception, SystemExit) as exc:
+        logger.exception("importing the main script failed")
+        _fail(control, one_line(exc, where=True), log=False)
 
     try:
         fds = _wire.recv_fds(boot.fd_channel)
@@ -147,32 +164,28 @@ def worker_main(boot: WorkerBootstrap) -> None:
     except ConfigError as exc:
         _fail(control, str(exc))
     except Exception as exc:
-        control.send(_wire.Failed(one_line(exc)))
+        control.send(_wire.Failed(one_line(exc, where=True)))
         raise
 
 
-def _warn_about_children_started_at_import() -> None:
-    """Processes the main script started while this worker imported it were started
-    before the worker had a process group of its own: say that they are not stopped
-    with it."""
-    children = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/children") as listing:
-                children += listing.read().split()
-    if children:
-        logger.warning(
-            "importing the main script started process%s %s, outside this worker's "
-            "process group: graceful will not stop %s with the worker (start helpers from "
-            "the entry function instead)",
-            "es" if len(children) > 1 else "",
-            ", ".join(children),
-            "them" if len(children) > 1 else "it",
-        )
+def import_main_script(main: MainScript) -> None:
+    """Import the script the user ran, fresh from disk, as ``__mp_main__`` (also
+    ``__main__``), the way multiprocess's spawn would have. While it runs,
+    ``Service.run()`` refuses to start a supervisor (an unguarded call)."""
+    current = multiprocess.current_process()
+    current._inheriting = True
+    try:
+        if main.module is not None:
+            multiprocess.spawn._fixup_main_from_name(main.module)
+        elif main.path is not None:
+            multiprocess.spawn._fixup_main_from_path(main.path)
+    finally:
+        del current._inheriting
 
 
-def _fail(control: _wire.ControlChannel, cause: str) -> NoReturn:
-    logger.error("%s", cause)
+def _fail(control: _wire.ControlChannel, cause: str, *, log: bool = True) -> NoReturn:
+    if log:
+        logger.error("%s", cause)
     control.send(_wire.Failed(cause))
     sys.exit(1)
 

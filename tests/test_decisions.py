@@ -266,7 +266,7 @@ def test_reload_keeps_old_generation_until_every_new_worker_is_ready() -> None:
     assert spawned(actions) == []
     assert messages(actions) == ["generation 2 is serving (ready in 2.000s); draining generation 1"]
     assert sim.machine.serving == 2
-    assert sim.machine.last_reload == "generation 2 serving in 2.000s"
+    assert str(sim.machine.last_reload) == "generation 2 serving in 2.000s"
 
 
 def test_old_generation_draining_on_its_own_needs_no_further_action() -> None:
@@ -410,7 +410,7 @@ def test_failing_reload_kills_only_the_culprit_drains_siblings_and_keeps_serving
     ]
     assert sim.machine.serving == 1
     assert sim.machine.starting is None
-    assert sim.machine.last_reload == f"generation 2 failed: {CAUSES[mode]}"
+    assert str(sim.machine.last_reload) == f"generation 2 failed: {CAUSES[mode]}"
 
 
 def test_worker_exiting_after_it_was_ready_fails_its_starting_generation() -> None:

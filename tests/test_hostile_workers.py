@@ -489,23 +489,36 @@ def _runs_orphan_guard(pid: int) -> bool:
         return False
 
 
-def test_a_process_started_while_a_worker_imports_the_script_is_named(tmp_path: Path) -> None:
-    script = write_service(tmp_path / "svc.py")
+def test_a_process_started_while_a_worker_imports_the_script_is_stopped_with_it(
+    tmp_path: Path,
+) -> None:
+    # The worker imports the main script itself, as the leader of its own process
+    # group: what the import starts is in that group, and is stopped with the worker.
+    # (Before, multiprocess imported it before the worker had a group of its own.)
+    record = tmp_path / "children"
+    script = write_service(tmp_path / "svc.py", prefix="v1")
     script.write_text(
         script.read_text().replace(
             "CTX = None",
             "CTX = None\n"
             "if __name__ == '__mp_main__':\n"
             "    import subprocess\n"
-            "    HELPER = subprocess.Popen(['sleep', '60'])\n",
+            "    HELPER = subprocess.Popen(['sleep', '60'])\n"
+            "    with open(os.environ['LEFT_BEHIND'], 'a') as record:\n"
+            "        record.write(f'{HELPER.pid}\\n')\n",
         )
     )
-    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "2", "LEFT_BEHIND": str(record)}
+    with running(script, env=env) as svc:
         svc.wait_serving(1)
-        svc.wait_for(
-            r"importing the main script started process \d+, outside this worker's process "
-            r"group: graceful will not stop it with the worker"
-        )
+        [old_worker] = svc.worker_pids()
+        [helper] = left_behind(record)
+        assert os.getpgid(helper) == old_worker
+        script.write_text(service_source(prefix="v2"))
+        reload(svc, 2)
+        # the worker's exit sends its group SIGTERM, which ends the helper
+        poll_until(lambda: not is_alive(helper), 15, "the helper started at import to stop")
+        reap([helper])
 
 
 # -- a listener made blocking by one generation ----------------------------------------

@@ -1,0 +1,437 @@
+"""The supervisor's control socket: ``graceful reload --wait``, ``status`` and ``stop --wait``.
+
+Where it is
+-----------
+A supervisor with a PID file listens on a unix socket beside it,
+``.NAME.graceful-control`` for PID file ``NAME``, created with mode 0600. The
+client finds the supervisor through the PID file (which it checks as ``reload``
+and ``stop`` always did), connects, and checks with ``SO_PEERCRED`` that the
+process listening is that supervisor. The supervisor checks its peer the same way:
+only its own user and root may use the socket; anyone else gets one line saying
+so, and nothing changes.
+
+Wire format, version 1
+----------------------
+Line-delimited JSON, UTF-8, one object per line. The client sends one request and
+reads answers until the connection closes:
+
+* ``{"graceful": 1, "command": "status"}`` is answered with
+  ``{"graceful": 1, "ok": true, "status": {...}}`` (see :func:`status_of`).
+* ``{"graceful": 1, "command": "reload", "wait": false}``: ``{"ok": true,
+  "reload": "requested"}`` at once. With ``"wait": true``, the answer comes when the
+  reload that runs code read after the request has ended:
+  ``{"ok": true|false, "reload": {"generation", "outcome", "cause", "seconds"}}``,
+  ``outcome`` being ``"serving"`` or ``"failed"``; a reload asked for while the
+  service stops fails with the cause ``"the service is stopping"``.
+* ``{"graceful": 1, "command": "stop", "wait": false}``: ``{"ok": true, "stop":
+  "requested", "pid": P}``. With ``"wait": true``, a second line, ``{"ok": true,
+  "exited": STATUS}``, comes as the supervisor exits, after its clean-up.
+* Anything else, including a request longer than 4 KiB or slower than 5 s, gets
+  ``{"graceful": 1, "ok": false, "error": "..."}``, one line that says why.
+
+Every answer carries ``"graceful": 1``. A later version adds fields; a client
+ignores the fields it does not know.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import SocketListener, SocketStream, TaskGroup
+
+from ._decisions import ReloadOutcome
+from ._errors import ConfigError, GracefulError
+from ._logging import logger
+from ._pidfile import supervisor_pidfd
+
+PROTOCOL_VERSION = 1
+#: The longest request line read, in bytes.
+MAX_REQUEST_BYTES = 4096
+#: How long a client may take to send its request, in seconds.
+REQUEST_TIMEOUT = 5.0
+#: ``struct ucred``: pid, uid, gid.
+_UCRED = struct.Struct("3i")
+
+
+def control_path(pid_file: str | os.PathLike[str]) -> str:
+    """Where the supervisor with PID file ``pid_file`` listens."""
+    directory, name = os.path.split(os.path.abspath(os.fspath(pid_file)))
+    return os.path.join(directory, f".{name}.graceful-control")
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of the process at the other end of unix socket ``sock``."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return pid, uid, gid
+
+
+def bind_control_socket(path: str) -> socket.socket:
+    """Bind and listen on ``path``, mode 0600. A socket left there by an earlier
+    supervisor of the same PID file (which this one has claimed) is replaced; any
+    other kind of file is left alone.
+
+    Raises:
+        ConfigError: one line naming the path, if it is not a socket or cannot be
+            replaced or bound.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISSOCK(mode):
+            raise ConfigError(
+                f"control socket {path!r} exists and is not a socket; not touching it"
+            )
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot replace control socket {path!r}: {exc.strerror}") from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    previous = os.umask(0o177)  # created 0600: no window with wider permissions
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on control socket {path!r}: {exc.strerror}") from None
+    finally:
+        os.umask(previous)
+    sock.setblocking(False)
+    return sock
+
+
+def remove_control_socket(path: str, sock: socket.socket) -> None:
+    """Close ``sock`` and remove the socket file at ``path`` (never another kind of
+    file: the PID file's claim keeps other supervisors away from this path)."""
+    sock.close()
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+
+
+@dataclass
+class ReloadWaiter:
+    """One ``reload --wait`` request, until the reload that answers it ends."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: ReloadOutcome | str | None = None
+
+    def resolve(self, result: ReloadOutcome | str) -> None:
+        if self.result is None:
+            self.result = result
+            self.done.set()
+
+
+class ControlServer:
+    """Serves the control socket inside the supervisor's event loop.
+
+    ``supervisor`` is the :class:`~graceful._supervisor_loop.SupervisorLoop` (typed
+    loosely to keep the import one-way): it supplies ``status()``,
+    ``request_reload(wait)`` and ``request_stop()``.
+    """
+
+    def __init__(self, sock: socket.socket, supervisor: Any) -> None:
+        self.sock = sock
+        self.supervisor = supervisor
+        self.allowed_uids = {os.geteuid(), 0}
+        #: connections of ``stop --wait`` clients, told the exit status at the end
+        self.exit_waiters: list[socket.socket] = []
+
+    async def serve(self, tasks: TaskGroup) -> None:
+        listener: SocketListener = await SocketListener.from_socket(self.sock)
+        while True:
+            stream = await listener.accept()
+            tasks.start_soon(self._handle, stream)
+
+    async def _handle(self, stream: SocketStream) -> None:
+        keep_open = False
+        try:
+            raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            _, uid, _ = peer_credentials(raw)
+            if uid not in self.allowed_uids:
+                logger.warning("control socket: refused a request from uid %d", uid)
+                await _answer(
+                    stream,
+                    ok=False,
+                    error=f"refused: uid {uid} may not control this supervisor "
+                    f"(only uid {os.geteuid()} and root may)",
+                )
+                return
+            try:
+                request = await _read_request(stream)
+            except ValueError as exc:
+                await _answer(stream, ok=False, error=str(exc))
+                return
+            keep_open = await self._dispatch(stream, raw, request)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass  # the client left; nothing it asked for is undone
+        finally:
+            if not keep_open:
+                await stream.aclose()
+
+    async def _dispatch(
+        self, stream: SocketStream, raw: socket.socket, request: dict[str, Any]
+    ) -> bool:
+        """Carry out ``request``; True if the connection must outlive this call."""
+        command, wait = request.get("command"), request.get("wait", False)
+        if not isinstance(wait, bool):
+            await _answer(stream, ok=False, error=f"'wait' must be true or false, not {wait!r}")
+            return False
+        if command == "status":
+            await _answer(stream, ok=True, status=self.supervisor.status())
+        elif command == "reload":
+            waiter = self.supervisor.request_reload()
+            if not wait:
+                await _answer(stream, ok=True, reload="requested")
+                return False
+            await waiter.done.wait()
+            result = waiter.result
+            if isinstance(result, ReloadOutcome):
+                await _answer(stream, ok=result.outcome == "serving", reload=_outcome(result))
+            else:
+                await _answer(
+                    stream,
+                    ok=False,
+                    reload={"generation": None, "outcome": "failed", "cause": result},
+                )
+        elif command == "stop":
+            self.supervisor.request_stop()
+            await _answer(stream, ok=True, stop="requested", pid=os.getpid())
+            if wait:
+                # answered from run_supervisor once everything is cleaned up
+                self.exit_waiters.append(raw.dup())
+        else:
+            await _answer(stream, ok=False, error=f"unknown command {command!r}")
+        return False
+
+    def tell_exit(self, code: int) -> None:
+        """Tell every ``stop --wait`` client the exit status, and let them go."""
+        line = _encode(ok=True, exited=code)
+        for waiter in self.exit_waiters:
+            with contextlib.suppress(OSError):
+                waiter.setblocking(True)
+                waiter.settimeout(1.0)
+                waiter.sendall(line)
+            waiter.close()
+        self.exit_waiters.clear()
+
+
+def _outcome(outcome: ReloadOutcome) -> dict[str, Any]:
+    return {
+        "generation": outcome.generation,
+        "outcome": outcome.outcome,
+        "cause": outcome.cause,
+        "seconds": round(outcome.seconds, 6),
+    }
+
+
+def _encode(**fields: Any) -> bytes:
+    return (json.dumps({"graceful": PROTOCOL_VERSION, **fields}) + "\n").encode()
+
+
+async def _answer(stream: SocketStream, **fields: Any) -> None:
+    with anyio.fail_after(REQUEST_TIMEOUT):
+        await stream.send(_encode(**fields))
+
+
+async def _read_request(stream: SocketStream) -> dict[str, Any]:
+    data = b""
+    with anyio.move_on_after(REQUEST_TIMEOUT):
+        while b"\n" not in data and len(data) <= MAX_REQUEST_BYTES:
+            try:
+                data += await stream.receive(MAX_REQUEST_BYTES + 1 - len(data))
+            except anyio.EndOfStream:
+                break
+    line, newline, _ = data.partition(b"\n")
+    if not newline:
+        if len(data) > MAX_REQUEST_BYTES:
+            raise ValueError(f"request longer than {MAX_REQUEST_BYTES} bytes")
+        raise ValueError(f"no complete request line within {REQUEST_TIMEOUT:g}s")
+    try:
+        request = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"request is not JSON: {line[:60]!r}") from None
+    if not isinstance(request, dict):
+        raise ValueError("request is not a JSON object")
+    version = request.get("graceful")
+    if version != PROTOCOL_VERSION:
+        raise ValueError(
+            f"unsupported protocol version {version!r} (this supervisor speaks {PROTOCOL_VERSION})"
+        )
+    return request
+
+
+# --- the client ------------------------------------------------------------------------
+
+
+class Control:
+    """Steer the supervisor named by a PID file, from a deploy script or a program.
+
+    Every method raises :class:`graceful.GracefulError` with a one-line message if
+    the supervisor cannot be found or reached (no PID file, a stale one, a process
+    that is not a graceful supervisor, a socket that another process serves) or
+    refuses the request.
+    """
+
+    def __init__(self, pid_file: str | os.PathLike[str]) -> None:
+        self.pid_file = os.fspath(pid_file)
+
+    def reload(self, *, timeout: float | None = None) -> ReloadOutcome:
+        """Ask for a reload and wait until the reload that runs code read after this
+        call has ended; return how it ended (``outcome`` is ``"serving"`` or
+        ``"failed"``, with ``cause``).
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds (the reload goes on).
+        """
+        answer = self.request("reload", wait=True, timeout=timeout)
+        reload = answer.get("reload")
+        if not isinstance(reload, dict):
+            raise GracefulError(f"unexpected answer from the supervisor: {answer}")
+        return ReloadOutcome(
+            generation=int(reload.get("generation") or 0),
+            outcome=str(reload.get("outcome")),
+            cause=None if reload.get("cause") is None else str(reload.get("cause")),
+            seconds=float(reload.get("seconds") or 0.0),
+        )
+
+    def status(self, *, timeout: float | None = 10.0) -> dict[str, Any]:
+        """The supervisor's state, as ``graceful status --json`` prints it."""
+        status = self.request("status", timeout=timeout).get("status")
+        if not isinstance(status, dict):
+            raise GracefulError("unexpected answer from the supervisor to 'status'")
+        return status
+
+    def stop(self, *, timeout: float | None = None) -> int:
+        """Ask for a stop and wait until the supervisor has exited; return its exit
+        status.
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds (the stop goes on).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pid, pidfd = supervisor_pidfd(self.pid_file)
+        try:
+            answer = self.request(
+                "stop", wait=True, timeout=timeout, on_answer=lambda a: "exited" in a
+            )
+            if "exited" not in answer:
+                raise GracefulError("the supervisor closed the connection before it exited")
+            _wait_for_exit(pid, pidfd, deadline)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        return int(answer["exited"])
+
+    def _connect(self, timeout: float | None) -> tuple[socket.socket, int]:
+        pid, pidfd = supervisor_pidfd(self.pid_file)
+        if pidfd is not None:
+            os.close(pidfd)
+        path = control_path(self.pid_file)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            sock.close()
+            raise GracefulError(
+                f"supervisor {pid} has no control socket at {path!r} "
+                "(a graceful older than the control socket?)"
+            ) from None
+        except OSError as exc:
+            sock.close()
+            raise GracefulError(f"cannot connect to {path!r}: {exc.strerror}") from None
+        server_pid, _, _ = peer_credentials(sock)
+        if server_pid != pid:
+            sock.close()
+            raise GracefulError(
+                f"{path!r} is served by process {server_pid}, not by supervisor {pid}: "
+                "refusing to talk to it"
+            )
+        return sock, pid
+
+    def request(
+        self,
+        command: str,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+        on_answer: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
+        """Send ``command`` and return the last answer (the first one, if
+        ``on_answer`` says to stop by returning True). ``timeout`` bounds the whole
+        exchange.
+
+        Raises:
+            GracefulError: one line, if the supervisor cannot be reached or refuses.
+            TimeoutError: when ``timeout`` passes first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sock, _ = self._connect(timeout)
+        with sock:
+            sock.sendall(_encode(command=command, wait=wait))
+            buffer = b""
+            last: dict[str, Any] | None = None
+            while True:
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    sock.settimeout(left)
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    raise TimeoutError from None
+                if not chunk:
+                    break
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, _, buffer = buffer.partition(b"\n")
+                    last = _decode_answer(line)
+                    if on_answer is not None and on_answer(last):
+                        return last
+        if last is None:
+            raise GracefulError("the supervisor closed the control connection without answering")
+        if not last.get("ok", False) and "error" in last:
+            raise GracefulError(str(last["error"]))
+        return last
+
+
+def _decode_answer(line: bytes) -> dict[str, Any]:
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        raise GracefulError(f"unreadable answer from the supervisor: {line[:60]!r}") from None
+    if not isinstance(answer, dict):
+        raise GracefulError(f"unreadable answer from the supervisor: {line[:60]!r}")
+    return answer
+
+
+def _wait_for_exit(pid: int, pidfd: int | None, deadline: float | None) -> None:
+    """Wait until process ``pid`` (whose pidfd, if any, is ``pidfd``) is gone."""
+    while True:
+        if pidfd is not None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if select.select([pidfd], [], [], left)[0]:
+                return
+        else:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                pass
+            time.sleep(0.02)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError

@@ -1,0 +1,211 @@
+"""Health checks and metrics over HTTP, served by the supervisor itself.
+
+With ``health="HOST:PORT"`` (``--health``), the supervisor answers:
+
+* ``GET /ready``: 200 while a generation serves and no stop was asked for; 503
+  from the first stop request on (``stop_delay`` included), and before the first
+  generation serves. Load balancers and Kubernetes readiness probes take the
+  instance out of rotation on 503.
+* ``GET /live``: 200 while the supervisor runs (its event loop answers).
+* ``GET /metrics``: Prometheus text format, if ``prometheus_client`` is installed
+  (``pip install 'graceful[metrics]'``); 404 saying so otherwise.
+
+The endpoint reads at most 8 KiB of request head within 5 s, answers
+``HTTP/1.1`` with ``Connection: close``, and never blocks the supervisor: it runs
+as tasks of the supervisor's event loop, and every answer is computed from the
+state machine's state without waiting for anything. This is HTTP at its tiniest
+(one request line, one response), written by hand like sd_notify.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import Any
+
+import anyio
+from anyio.abc import SocketListener, SocketStream, TaskGroup
+
+from ._decisions import ReloadOutcome, WorkerState
+from ._logging import logger
+
+#: The longest request head read, in bytes, and how long a client may take to send it.
+MAX_REQUEST_BYTES = 8192
+REQUEST_TIMEOUT = 5.0
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+_NO_METRICS = b"metrics need prometheus_client: pip install 'graceful[metrics]'\n"
+#: The reload durations histogram's upper bounds, in seconds.
+RELOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The supervisor's Prometheus metrics, if ``prometheus_client`` is installed."""
+
+    def __init__(self, supervisor: Any) -> None:
+        from prometheus_client import CollectorRegistry, Histogram  # noqa: PLC0415
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.reload_seconds = Histogram(
+            "graceful_reload_duration_seconds",
+            "Time from a reload's start to its end, by outcome.",
+            ["outcome"],
+            buckets=RELOAD_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_StateCollector(supervisor))
+
+    @classmethod
+    def create(cls, supervisor: Any) -> Metrics | None:
+        """Metrics for ``supervisor``, or None without ``prometheus_client``."""
+        try:
+            return cls(supervisor)
+        except ImportError:
+            return None
+
+    def observe_reload(self, outcome: ReloadOutcome) -> None:
+        self.reload_seconds.labels(outcome.outcome).observe(outcome.seconds)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest  # noqa: PLC0415
+
+        text: bytes = generate_latest(self.registry)
+        return text
+
+
+class _StateCollector:
+    """Counters and gauges read from the state machine at each scrape."""
+
+    def __init__(self, supervisor: Any) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Any:
+        from prometheus_client.core import (  # noqa: PLC0415
+            CounterMetricFamily,
+            GaugeMetricFamily,
+        )
+
+        machine = self.supervisor.machine
+        counters = machine.counters
+        reloads = CounterMetricFamily(
+            "graceful_reloads", "Reloads that ended, by outcome.", labels=["outcome"]
+        )
+        reloads.add_metric(["serving"], counters.reloads_serving)
+        reloads.add_metric(["failed"], counters.reloads_failed)
+        yield reloads
+        yield CounterMetricFamily(
+            "graceful_worker_crashes",
+            "Workers of the serving generation that exited unexpectedly.",
+            value=counters.worker_crashes,
+        )
+        yield CounterMetricFamily(
+            "graceful_worker_restarts",
+            "Replacements started for crashed workers.",
+            value=counters.worker_restarts,
+        )
+        workers = GaugeMetricFamily(
+            "graceful_workers", "Worker processes, by state.", labels=["state"]
+        )
+        for state in WorkerState:
+            count = sum(1 for worker in machine.workers.values() if worker.state is state)
+            workers.add_metric([state.value], count)
+        yield workers
+        yield GaugeMetricFamily(
+            "graceful_serving_generation",
+            "The number of the generation that serves (0 for none).",
+            value=machine.serving or 0,
+        )
+        yield GaugeMetricFamily(
+            "graceful_ready",
+            "1 while /ready answers 200, else 0.",
+            value=1 if self.supervisor.is_ready() else 0,
+        )
+
+
+class HealthServer:
+    """Serves ``/ready``, ``/live`` and ``/metrics`` on ``sock`` for ``supervisor``
+    (a :class:`~graceful._supervisor_loop.SupervisorLoop`)."""
+
+    def __init__(self, sock: socket.socket, supervisor: Any) -> None:
+        self.sock = sock
+        self.supervisor = supervisor
+        self.metrics = Metrics.create(supervisor)
+
+    async def serve(self, tasks: TaskGroup) -> None:
+        self.sock.setblocking(False)
+        listener: SocketListener = await SocketListener.from_socket(self.sock)
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # out of descriptors, say: try again a little later
+                logger.warning("health endpoint: accept() failed: %s", exc.strerror)
+                await anyio.sleep(0.1)
+                continue
+            tasks.start_soon(self._handle, stream)
+
+    async def _handle(self, stream: SocketStream) -> None:
+        async with stream:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                head = await _read_head(stream)
+                status, body, content_type = self._answer(head)
+                with anyio.move_on_after(REQUEST_TIMEOUT):
+                    await stream.send(_response(status, body, content_type, head))
+
+    def _answer(self, head: bytes | None) -> tuple[int, bytes, str]:
+        text = "text/plain; charset=utf-8"
+        if head is None:
+            return 400, b"bad request\n", text
+        request_line = head.split(b"\r\n", 1)[0].split(b" ")
+        if len(request_line) != 3 or not request_line[2].startswith(b"HTTP/1."):
+            return 400, b"bad request\n", text
+        method, target = request_line[0], request_line[1].split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            return 405, b"only GET and HEAD\n", text
+        if target == b"/live":
+            return 200, b"live\n", text
+        if target == b"/ready":
+            if self.supervisor.is_ready():
+                return 200, b"ready\n", text
+            return 503, f"not ready: {self.supervisor.machine.status()}\n".encode(), text
+        if target == b"/metrics":
+            if self.metrics is None:
+                return (
+                    404,
+                    b"metrics need prometheus_client: pip install 'graceful[metrics]'\n",
+                    text,
+                )
+            return 200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"
+        return 404, b"not found: try /ready, /live or /metrics\n", text
+
+
+async def _read_head(stream: SocketStream) -> bytes | None:
+    data = b""
+    with anyio.move_on_after(REQUEST_TIMEOUT):
+        while b"\r\n\r\n" not in data and len(data) <= MAX_REQUEST_BYTES:
+            try:
+                data += await stream.receive()
+            except anyio.EndOfStream:
+                break
+    if b"\r\n\r\n" not in data or len(data) > MAX_REQUEST_BYTES + 4096:
+        return None
+    return data
+
+
+def _response(status: int, body: bytes, content_type: str, head: bytes | None) -> bytes:
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS[status]}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+        "Connection: close",
+    ]
+    header = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    if head is not None and head.startswith(b"HEAD "):
+        return header
+    return header + body
