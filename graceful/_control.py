@@ -159,6 +159,12 @@ class ControlServer:
         try:
             raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             _, uid, _ = peer_credentials(raw)
+            # The request is read before anything is decided: closing with it unread
+            # would reset the connection, and the client would never see the answer.
+            try:
+                request = await _read_request(stream)
+            except ValueError as exc:
+                request, problem = None, str(exc)
             if uid not in self.allowed_uids:
                 logger.warning("control socket: refused a request from uid %d", uid)
                 await _answer(
@@ -168,10 +174,8 @@ class ControlServer:
                     f"(only uid {os.geteuid()} and root may)",
                 )
                 return
-            try:
-                request = await _read_request(stream)
-            except ValueError as exc:
-                await _answer(stream, ok=False, error=str(exc))
+            if request is None:
+                await _answer(stream, ok=False, error=problem)
                 return
             keep_open = await self._dispatch(stream, raw, request)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
@@ -377,6 +381,23 @@ class Control:
             GracefulError: one line, if the supervisor cannot be reached or refuses.
             TimeoutError: when ``timeout`` passes first.
         """
+        try:
+            return self._exchange(command, wait, timeout, on_answer)
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            raise GracefulError(
+                f"the control connection to the supervisor of {self.pid_file!r} failed: "
+                f"{exc.strerror or exc}"
+            ) from None
+
+    def _exchange(
+        self,
+        command: str,
+        wait: bool,
+        timeout: float | None,
+        on_answer: Callable[[dict[str, Any]], bool] | None,
+    ) -> dict[str, Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         sock, _ = self._connect(timeout)
         with sock:

@@ -126,6 +126,7 @@ def service_source(
     on_line: str = "",
     prefix_from_module: bool = False,
     pid_file: Path | None = None,
+    run_args: str = "",
 ) -> str:
     """Source of a test service. ``kind`` is ``asyncio``, ``trio`` or ``sync``.
 
@@ -134,8 +135,11 @@ def service_source(
     it by eight spaces for asyncio and trio, twelve for sync); with
     ``prefix_from_module`` the prefix is imported from ``handlers.py`` beside the
     script instead of being defined in it; with ``pid_file`` the supervisor writes
-    its PID there.
+    its PID there; ``run_args`` are more keyword arguments of ``main.run()``, as code.
     """
+    arguments = [f"pid_file={str(pid_file)!r}"] if pid_file is not None else []
+    if run_args:
+        arguments.append(run_args)
     imports = "from handlers import PREFIX" if prefix_from_module else ""
     prefix_value = "PREFIX" if prefix_from_module else repr(f"{prefix}: ".encode())
     template = SYNC_SERVICE if kind == "sync" else ASYNC_SERVICE
@@ -145,7 +149,7 @@ def service_source(
         service_args=_SERVICE_ARGS,
         backend=kind,
         before_serve=before_serve or "    pass",
-        run_args="" if pid_file is None else f"pid_file={str(pid_file)!r}",
+        run_args=", ".join(arguments),
         on_line=on_line or ("            pass" if kind == "sync" else "        pass"),
     )
 

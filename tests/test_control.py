@@ -1,0 +1,325 @@
+"""Deploys that see and steer a reload: ``graceful reload --wait``, ``status`` and
+``stop --wait``, against real supervisors, through their control socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from harness import ROOT, ask, connect, graceful_cli, poll_until, running
+from services import service_source, wait_for_file, write_service
+
+from graceful._control import control_path
+
+SERVING = r"generation (\d+) serving \(ready in \d+\.\d\ds\)"
+
+
+def pid_service(tmp_path: Path, **options: Any) -> tuple[Path, Path]:
+    """A service script with a PID file beside it; (script, pid_file)."""
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(tmp_path / "svc.py", pid_file=pid_file, **options)
+    return script, pid_file
+
+
+def raised_at(script: Path, text: str) -> str:
+    lines = script.read_text().splitlines()
+    return f"({script.name}, line {next(i for i, x in enumerate(lines, 1) if text in x)})"
+
+
+def answer_of(address: str) -> bytes:
+    with connect(address) as client:
+        return ask(client, "hi")
+
+
+ENV = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "5"}
+
+
+def test_reload_wait_on_good_code_says_which_generation_serves(tmp_path: Path) -> None:
+    script, pid_file = pid_service(tmp_path, prefix="v1")
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        script.write_text(service_source(prefix="v2", pid_file=pid_file))
+
+        result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("generation 2 serving (ready in ")
+        assert result.stderr == ""
+        # the answer came once the new code serves: no wait needed
+        assert answer_of(svc.address()) == b"v2: hi\n"
+
+
+def test_reload_wait_on_code_that_raises_at_import_names_the_cause_in_one_line(
+    tmp_path: Path,
+) -> None:
+    script, pid_file = pid_service(tmp_path, prefix="v1")
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        broken = service_source(prefix="v2", pid_file=pid_file).replace(
+            "CTX = None", "CTX = None\nraise RuntimeError('boom')"
+        )
+        script.write_text(broken)
+
+        result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+
+        assert result.returncode == 1
+        where = raised_at(script, "raise RuntimeError")
+        assert result.stderr == f"generation 2 failed: worker 0: RuntimeError: boom {where}\n"
+        assert result.stdout == ""
+        assert answer_of(svc.address()) == b"v1: hi\n"
+
+
+def test_reload_wait_on_code_that_hangs_past_ready_timeout_fails_with_the_cause(
+    tmp_path: Path,
+) -> None:
+    script, pid_file = pid_service(tmp_path, prefix="v1")
+    with running(script, env={**ENV, "READY_TIMEOUT": "1"}) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        never = tmp_path / "never"
+        script.write_text(
+            service_source(prefix="v2", pid_file=pid_file, before_serve=wait_for_file(never))
+        )
+
+        result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+
+        assert result.returncode == 1
+        assert result.stderr == (
+            "generation 2 failed: worker 0 not ready within ready_timeout=1s\n"
+        )
+        assert answer_of(svc.address()) == b"v1: hi\n"
+
+
+def test_reload_wait_gives_up_after_its_timeout_and_the_reload_goes_on(tmp_path: Path) -> None:
+    script, pid_file = pid_service(tmp_path, prefix="v1")
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        go = tmp_path / "go"
+        script.write_text(
+            service_source(prefix="v2", pid_file=pid_file, before_serve=wait_for_file(go))
+        )
+
+        result = graceful_cli("reload", "--wait", "--timeout", "0.5", "--pid-file", str(pid_file))
+
+        assert result.returncode == 1
+        assert result.stderr == "timed out after 0.5s (the reload goes on)\n"
+        go.touch()
+        svc.wait_serving(2)
+
+
+def test_a_reload_asked_while_another_starts_waits_for_the_one_that_runs_its_code(
+    tmp_path: Path,
+) -> None:
+    script, pid_file = pid_service(tmp_path, prefix="v1")
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        go2 = tmp_path / "go2"
+        script.write_text(
+            service_source(prefix="v2", pid_file=pid_file, before_serve=wait_for_file(go2))
+        )
+        results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+        def wait_for_reload(name: str) -> None:
+            results[name] = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+
+        first = threading.Thread(target=wait_for_reload, args=("first",))
+        first.start()
+        svc.wait_for("starting generation 2")
+        # generation 2 is starting with code read before this edit
+        script.write_text(service_source(prefix="v3", pid_file=pid_file))
+        second = threading.Thread(target=wait_for_reload, args=("second",))
+        second.start()
+        svc.wait_for("one more reload will follow it")
+        go2.touch()
+        first.join(60)
+        second.join(60)
+
+        assert results["first"].stdout.startswith("generation 2 serving")
+        assert results["second"].stdout.startswith("generation 3 serving")
+        assert answer_of(svc.address()) == b"v3: hi\n"
+
+
+def test_status_json_names_the_real_processes_before_and_after_a_reload(tmp_path: Path) -> None:
+    script, pid_file = pid_service(tmp_path, prefix="v1")
+    with running(script, env={**ENV, "WORKERS": "2"}) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+
+        before = json.loads(graceful_cli("status", "--json", "--pid-file", str(pid_file)).stdout)
+
+        assert before["pid"] == svc.pid
+        [generation] = before["generations"]
+        assert (generation["generation"], generation["state"]) == (1, "serving")
+        pids = sorted(worker["pid"] for worker in generation["workers"])
+        assert pids == sorted(svc.worker_pids())
+        assert all(worker["state"] == "ready" for worker in generation["workers"])
+        assert before["last_reload"] is None
+        assert before["listeners"][0]["address"] == svc.address()
+
+        result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+        assert result.returncode == 0, result.stderr
+        poll_until(lambda: len(svc.worker_pids()) == 2, 15, "generation 1 to exit")
+        after = json.loads(graceful_cli("status", "--json", "--pid-file", str(pid_file)).stdout)
+
+        [generation] = after["generations"]
+        assert generation["generation"] == 2
+        new_pids = sorted(worker["pid"] for worker in generation["workers"])
+        assert new_pids == sorted(svc.worker_pids())
+        assert not set(new_pids) & set(pids)
+        assert all(psutil.Process(pid).ppid() == svc.pid for pid in new_pids)
+        assert after["last_reload"]["outcome"] == "serving"
+        assert after["last_reload"]["generation"] == 2
+        assert after["counters"]["reloads_serving"] == 1
+
+        human = graceful_cli("status", "--pid-file", str(pid_file))
+        assert human.returncode == 0
+        assert f"supervisor {svc.pid}" in human.stdout
+        assert all(str(pid) in human.stdout for pid in new_pids)
+
+
+def test_stop_wait_returns_once_the_supervisor_has_exited_with_its_status(
+    tmp_path: Path,
+) -> None:
+    script, pid_file = pid_service(tmp_path)
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+
+        result = graceful_cli("stop", "--wait", "--pid-file", str(pid_file))
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "stopped (exit status 0)\n"
+        assert not psutil.pid_exists(svc.pid) or psutil.Process(svc.pid).status() == "zombie"
+        assert not pid_file.exists()
+        assert not os.path.exists(control_path(pid_file))
+        assert svc.wait_exit() == 0
+
+
+@pytest.fixture
+def world_readable_dir() -> Iterator[Path]:
+    """A directory another user can reach (pytest's own are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="graceful-control-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+#: ``graceful ARGS`` as user nobody: the CLI is imported first, as root, because
+#: the interpreter's own files may be out of nobody's reach (a pyenv under /root)
+AS_NOBODY = (
+    "import os, sys\n"
+    "from graceful._cli import main\n"
+    "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", AS_NOBODY, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+def test_another_user_is_refused_and_changes_nothing(world_readable_dir: Path) -> None:
+    script, pid_file = pid_service(world_readable_dir, prefix="v1")
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        socket_path = control_path(pid_file)
+        assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
+
+        # the socket's mode keeps the other user out
+        result = as_nobody("reload", "--wait", "--pid-file", str(pid_file))
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1
+        assert "Permission denied" in result.stderr
+
+        # and if the mode were wider, the supervisor's own check does
+        os.chmod(socket_path, 0o666)
+        for command in (["reload", "--wait"], ["stop", "--wait"], ["status"]):
+            result = as_nobody(*command, "--pid-file", str(pid_file))
+            assert result.returncode == 1, command
+            assert result.stderr.count("\n") == 1, result.stderr
+            assert "refused: uid 65534 may not control this supervisor" in result.stderr
+
+        svc.wait_for("control socket: refused a request from uid 65534")
+        status = json.loads(graceful_cli("status", "--json", "--pid-file", str(pid_file)).stdout)
+        assert [g["generation"] for g in status["generations"]] == [1]
+        assert status["state"] == "running"
+        assert "SIGHUP" not in svc.output
+
+
+def test_client_commands_on_bad_input_give_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pid"
+    garbage = tmp_path / "garbage.pid"
+    garbage.write_bytes(b"not a pid\n")
+    stale = tmp_path / "stale.pid"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale.write_text(f"{dead.pid}\n")
+    foreign = tmp_path / "foreign.pid"
+    foreign.write_text(f"{os.getpid()}\n")  # a live process that is no supervisor
+
+    for pid_file in (missing, garbage, stale, foreign):
+        for command in (["reload", "--wait"], ["stop", "--wait"], ["status"], ["status", "--json"]):
+            result = graceful_cli(*command, "--pid-file", str(pid_file))
+            assert result.returncode == 1, (command, pid_file, result)
+            assert result.stderr.count("\n") == 1, result.stderr
+            assert str(pid_file) in result.stderr
+            assert "Traceback" not in result.stderr
+
+    usage = graceful_cli("reload", "--timeout", "3", "--pid-file", str(missing))
+    assert usage.returncode == 2
+    assert "--timeout needs --wait" in usage.stderr
+
+
+def test_a_control_socket_path_held_by_another_file_is_one_line_and_left_alone(
+    tmp_path: Path,
+) -> None:
+    script, pid_file = pid_service(tmp_path)
+    squatter = Path(control_path(pid_file))
+    squatter.write_text("mine\n")
+    with running(script, env=ENV) as svc:
+        assert svc.wait_exit() == 2
+        assert f"control socket {str(squatter)!r} exists and is not a socket" in svc.output
+    assert squatter.read_text() == "mine\n"
+    assert not pid_file.exists()
+
+
+def test_a_reload_asked_for_during_a_stop_fails_at_once(tmp_path: Path) -> None:
+    script, pid_file = pid_service(tmp_path, prefix="v1")
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        with connect(svc.address()) as client:
+            assert ask(client, "sleep 3") == b"v1: sleeping\n"  # keeps the drain busy
+            svc.send(signal.SIGTERM)
+            svc.wait_for("stopping: draining")
+            result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+        assert result.returncode == 1
+        assert result.stderr == "reload failed: the service is stopping\n"
+        assert svc.wait_exit() == 0

@@ -1,0 +1,131 @@
+"""The supervisor's health endpoint (``/ready``, ``/live``, ``/metrics``) and
+``stop_delay``, against real supervisors."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+from harness import ask, connect, graceful_cli, poll_until, running
+from services import service_source, write_service
+
+ENV = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "5"}
+
+
+def health_service(tmp_path: Path, prefix: str = "v1", stop_delay: float = 0.0) -> Path:
+    return write_service(
+        tmp_path / "svc.py",
+        prefix=prefix,
+        pid_file=tmp_path / "svc.pid",
+        run_args=f"health='127.0.0.1:0', stop_delay={stop_delay}",
+    )
+
+
+def health_address(output: str) -> tuple[str, int]:
+    match = re.search(r"health endpoint on http://([\d.]+):(\d+)/ready", output)
+    assert match, output
+    return match.group(1), int(match.group(2))
+
+
+def get(address: tuple[str, int], path: str, method: str = "GET") -> tuple[int, str]:
+    connection = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def test_ready_and_live_while_serving_then_503_through_stop_delay(tmp_path: Path) -> None:
+    script = health_service(tmp_path, stop_delay=30)
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        health = health_address(svc.output)
+        assert get(health, "/ready") == (200, "ready\n")
+        assert get(health, "/live") == (200, "live\n")
+        assert get(health, "/nope")[0] == 404
+        assert get(health, "/ready", method="POST")[0] == 405
+
+        svc.send(signal.SIGTERM)
+        svc.wait_for(r"stopping in 30s \(stop_delay\)")
+        status, body = get(health, "/ready")
+        assert status == 503
+        assert body.startswith("not ready: stopping after stop_delay=30s")
+        assert get(health, "/live") == (200, "live\n")
+        # the app still answers, on new connections too, through the delay
+        for _ in range(3):
+            with connect(svc.address()) as client:
+                assert ask(client, "hi") == b"v1: hi\n"
+        # a second stop request skips the rest of the delay
+        svc.send(signal.SIGTERM)
+        svc.wait_for("stopping: draining 1 workers")
+        assert svc.wait_exit(timeout=20) == 0
+
+
+def test_stop_delay_ends_by_itself_and_then_drains(tmp_path: Path) -> None:
+    script = health_service(tmp_path, stop_delay=1)
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        health = health_address(svc.output)
+        mark = svc.mark()
+        started = time.monotonic()
+        svc.send(signal.SIGTERM)
+        svc.wait_for("stopping in 1s", after=mark)
+        assert get(health, "/ready")[0] == 503
+        with connect(svc.address()) as client:
+            assert ask(client, "hi") == b"v1: hi\n"
+        svc.wait_for("stopping: draining", after=mark)
+        assert time.monotonic() - started >= 1.0
+        assert svc.wait_exit(timeout=20) == 0
+
+
+def test_metrics_count_reloads_by_outcome(tmp_path: Path) -> None:
+    script = health_service(tmp_path)
+    pid_file = tmp_path / "svc.pid"
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        health = health_address(svc.output)
+        good = service_source(prefix="v2", pid_file=pid_file, run_args="health='127.0.0.1:0'")
+        bad = good.replace("CTX = None", "CTX = None\nraise RuntimeError('boom')")
+        outcomes = []
+        for source in (good, bad, good, bad, good):
+            script.write_text(source)
+            outcomes.append(graceful_cli("reload", "--wait", "--pid-file", str(pid_file)))
+        assert [r.returncode for r in outcomes] == [0, 1, 0, 1, 0]
+
+        status, metrics = get(health, "/metrics")
+
+        assert status == 200
+        assert 'graceful_reloads_total{outcome="serving"} 3.0' in metrics
+        assert 'graceful_reloads_total{outcome="failed"} 2.0' in metrics
+        assert 'graceful_reload_duration_seconds_count{outcome="serving"} 3.0' in metrics
+        assert 'graceful_reload_duration_seconds_count{outcome="failed"} 2.0' in metrics
+        assert 'graceful_workers{state="ready"} 1.0' in metrics
+        assert "graceful_serving_generation 6.0" in metrics
+        assert "graceful_worker_crashes_total 0.0" in metrics
+        assert "graceful_ready 1.0" in metrics
+
+
+def test_a_health_port_in_use_is_one_line_and_nothing_is_left(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        script = write_service(
+            tmp_path / "svc.py", pid_file=tmp_path / "svc.pid", run_args=f"health=':{port}'"
+        )
+        script.write_text(script.read_text().replace(f"':{port}'", f"'127.0.0.1:{port}'"))
+        with running(script, env=ENV) as svc:
+            assert svc.wait_exit() == 2
+            [line] = [x for x in svc.lines if "ERROR" in x]
+            assert line.endswith(
+                f"health endpoint: cannot listen on '127.0.0.1:{port}': address already in use"
+            )
+        assert not (tmp_path / "svc.pid").exists()
+        assert not list(tmp_path.glob(".svc.pid.*"))
