@@ -42,4 +42,10 @@ async def main(ctx: graceful.Context) -> None:
 
 
 if __name__ == "__main__":
-    main.run()
+    # Optional: a PID file (and the control socket beside it) for graceful reload
+    # --wait, status and stop --wait; a health endpoint for load balancers.
+    main.run(
+        pid_file=os.environ.get("ECHO_PID_FILE"),
+        health=os.environ.get("ECHO_HEALTH"),
+        stop_delay=float(os.environ.get("ECHO_STOP_DELAY", "0")),
+    )

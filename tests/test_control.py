@@ -129,10 +129,9 @@ def test_a_reload_asked_while_another_starts_waits_for_the_one_that_runs_its_cod
     with running(script, env=ENV) as svc:
         svc.wait_serving(1)
         poll_until(pid_file.exists, 10, "the PID file")
-        go2 = tmp_path / "go2"
-        script.write_text(
-            service_source(prefix="v2", pid_file=pid_file, before_serve=wait_for_file(go2))
-        )
+        go2, waiting = tmp_path / "go2", tmp_path / "waiting"
+        hold = f"    open({str(waiting)!r}, 'w').close()\n" + wait_for_file(go2)
+        script.write_text(service_source(prefix="v2", pid_file=pid_file, before_serve=hold))
         results: dict[str, subprocess.CompletedProcess[str]] = {}
 
         def wait_for_reload(name: str) -> None:
@@ -140,8 +139,8 @@ def test_a_reload_asked_while_another_starts_waits_for_the_one_that_runs_its_cod
 
         first = threading.Thread(target=wait_for_reload, args=("first",))
         first.start()
-        svc.wait_for("starting generation 2")
-        # generation 2 is starting with code read before this edit
+        # generation 2 has read its code, and waits
+        poll_until(waiting.exists, 30, "generation 2 to start")
         script.write_text(service_source(prefix="v3", pid_file=pid_file))
         second = threading.Thread(target=wait_for_reload, args=("second",))
         second.start()
