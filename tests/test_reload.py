@@ -54,13 +54,9 @@ def reload_under_load(
 
 def wait_for_prefix(load: Load, prefix: str, timeout: float = 10.0) -> None:
     """Wait until the load has been answered by code that uses ``prefix``."""
-    deadline = time.monotonic() + timeout
-    while load.tally.prefixes.get(prefix, 0) == 0:
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"no answer with prefix {prefix!r}; saw {dict(load.tally.prefixes)}"
-            )
-        time.sleep(0.02)
+    poll_until(
+        lambda: load.tally.prefixes.get(prefix, 0) > 0, timeout, f"an answer with prefix {prefix!r}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -145,10 +141,11 @@ def test_failed_reload_keeps_the_old_generation_serving(tmp_path: Path, breakage
             assert re.search(EXPECTED_CAUSE[breakage], failure.group(0)), failure.group(0)
             assert "generation 1 keeps serving" in failure.group(0)
             served_before = load.tally.ok
-            deadline = time.monotonic() + 10
-            while load.tally.ok < served_before + 200:
-                assert time.monotonic() < deadline, "the old generation stopped answering"
-                time.sleep(0.02)
+            poll_until(
+                lambda: load.tally.ok >= served_before + 200,
+                10,
+                "the old generation to keep answering",
+            )
             script.write_text(service_source("asyncio", prefix="fixed"))
             reload_and_wait(svc, 3)
             wait_for_prefix(load, "fixed: ")
