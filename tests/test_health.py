@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from harness import ask, connect, graceful_cli, poll_until, running
-from services import service_source, write_service
+from services import service_source, wait_for_file, write_service
 
 ENV = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "5"}
 
@@ -129,3 +129,19 @@ def test_a_health_port_in_use_is_one_line_and_nothing_is_left(tmp_path: Path) ->
             )
         assert not (tmp_path / "svc.pid").exists()
         assert not list(tmp_path.glob(".svc.pid.*"))
+
+
+def test_ready_is_503_until_the_first_generation_serves(tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    script = write_service(
+        tmp_path / "svc.py",
+        before_serve=wait_for_file(go),
+        run_args="health='127.0.0.1:0'",
+    )
+    with running(script, env=ENV) as svc:
+        health = health_address(svc.wait_for("health endpoint on").string)
+        assert get(health, "/ready") == (503, "not ready: starting generation 1\n")
+        assert get(health, "/live") == (200, "live\n")
+        go.touch()
+        svc.wait_serving(1)
+        assert get(health, "/ready") == (200, "ready\n")
