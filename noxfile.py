@@ -92,3 +92,10 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".[test]", "gunicorn>=21", "granian>=2", "matplotlib>=3.7")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session(python=False)
+def real_systemd(session: nox.Session) -> None:
+    """Both unit recipes of examples/systemd/ under a real systemd 257, booted with
+    systemd-nspawn (root; needs debootstrap and systemd-container; not part of CI)."""
+    session.run("python3", "tests/real_systemd.py", *session.posargs, external=True)
