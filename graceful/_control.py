@@ -60,6 +60,9 @@ PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 4096
 #: How long a client may take to send its request, in seconds.
 REQUEST_TIMEOUT = 5.0
+#: At most this many control connections are being read at once (``--wait``
+#: clients, which only wait, do not count); more wait in the kernel's backlog.
+MAX_CONNECTIONS = 32
 #: ``struct ucred``: pid, uid, gid.
 _UCRED = struct.Struct("3i")
 
@@ -147,15 +150,34 @@ class ControlServer:
         self.allowed_uids = {os.geteuid(), 0}
         #: connections of ``stop --wait`` clients, told the exit status at the end
         self.exit_waiters: list[socket.socket] = []
+        self._slots = anyio.Semaphore(MAX_CONNECTIONS)
 
     async def serve(self, tasks: TaskGroup) -> None:
         listener: SocketListener = await SocketListener.from_socket(self.sock)
         while True:
-            stream = await listener.accept()
+            await self._slots.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # out of descriptors, say: try again a little later
+                self._slots.release()
+                logger.warning("control socket: accept() failed: %s", exc.strerror)
+                await anyio.sleep(0.1)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
             tasks.start_soon(self._handle, stream)
 
     async def _handle(self, stream: SocketStream) -> None:
         keep_open = False
+        reading = True
+
+        def done_reading() -> None:
+            nonlocal reading
+            if reading:
+                reading = False
+                self._slots.release()
+
         try:
             raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             _, uid, _ = peer_credentials(raw)
@@ -165,6 +187,8 @@ class ControlServer:
                 request = await _read_request(stream)
             except ValueError as exc:
                 request, problem = None, str(exc)
+            finally:
+                done_reading()
             if uid not in self.allowed_uids:
                 logger.warning("control socket: refused a request from uid %d", uid)
                 await _answer(
@@ -181,6 +205,7 @@ class ControlServer:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass  # the client left; nothing it asked for is undone
         finally:
+            done_reading()
             if not keep_open:
                 await stream.aclose()
 

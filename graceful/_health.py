@@ -32,6 +32,10 @@ from ._logging import logger
 #: The longest request head read, in bytes, and how long a client may take to send it.
 MAX_REQUEST_BYTES = 8192
 REQUEST_TIMEOUT = 5.0
+#: At most this many health connections are open at once; more wait in the kernel's
+#: backlog. The supervisor's descriptors are what it starts workers with: clients
+#: that open connections and send nothing must not use them up.
+MAX_CONNECTIONS = 32
 
 _REASONS = {
     200: "OK",
@@ -136,20 +140,32 @@ class HealthServer:
         self.sock = sock
         self.supervisor = supervisor
         self.metrics = Metrics.create(supervisor)
+        self._slots = anyio.Semaphore(MAX_CONNECTIONS)
 
     async def serve(self, tasks: TaskGroup) -> None:
         self.sock.setblocking(False)
         listener: SocketListener = await SocketListener.from_socket(self.sock)
         while True:
+            await self._slots.acquire()
             try:
                 stream = await listener.accept()
             except OSError as exc:  # out of descriptors, say: try again a little later
+                self._slots.release()
                 logger.warning("health endpoint: accept() failed: %s", exc.strerror)
                 await anyio.sleep(0.1)
                 continue
+            except BaseException:
+                self._slots.release()
+                raise
             tasks.start_soon(self._handle, stream)
 
     async def _handle(self, stream: SocketStream) -> None:
+        try:
+            await self._answer_on(stream)
+        finally:
+            self._slots.release()
+
+    async def _answer_on(self, stream: SocketStream) -> None:
         async with stream:
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 head = await _read_head(stream)

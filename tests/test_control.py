@@ -7,11 +7,13 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -322,3 +324,34 @@ def test_a_reload_asked_for_during_a_stop_fails_at_once(tmp_path: Path) -> None:
         assert result.returncode == 1
         assert result.stderr == "reload failed: the service is stopping\n"
         assert svc.wait_exit() == 0
+
+
+def test_idle_control_clients_cannot_use_up_the_supervisors_descriptors(tmp_path: Path) -> None:
+    script, pid_file = pid_service(tmp_path)
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        before = psutil.Process(svc.pid).num_fds()
+        idle = []
+        try:
+            # connect, and send nothing (90: the 32 being read and 58 in the backlog of
+            # 64; a unix socket's connect() would block beyond that)
+            for _ in range(90):
+                client = socket.socket(socket.AF_UNIX)
+                client.connect(control_path(pid_file))
+                idle.append(client)
+            poll_until(
+                lambda: psutil.Process(svc.pid).num_fds() >= before + 32,
+                10,
+                "the supervisor to take its share of the idle clients",
+            )
+            time.sleep(0.5)  # more would be accepted by now if nothing held them back
+            assert psutil.Process(svc.pid).num_fds() <= before + 32 + 2
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            svc.wait_serving(2, after=mark)
+        finally:
+            for client in idle:
+                client.close()
+        status = json.loads(graceful_cli("status", "--json", "--pid-file", str(pid_file)).stdout)
+        assert status["generations"][0]["generation"] == 2

@@ -10,6 +10,7 @@ import socket
 import time
 from pathlib import Path
 
+import psutil
 from harness import ask, connect, graceful_cli, poll_until, running
 from services import service_source, wait_for_file, write_service
 
@@ -145,3 +146,30 @@ def test_ready_is_503_until_the_first_generation_serves(tmp_path: Path) -> None:
         go.touch()
         svc.wait_serving(1)
         assert get(health, "/ready") == (200, "ready\n")
+
+
+def test_idle_health_clients_cannot_use_up_the_supervisors_descriptors(tmp_path: Path) -> None:
+    script = health_service(tmp_path)
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        health = health_address(svc.output)
+        before = psutil.Process(svc.pid).num_fds()
+        idle = []
+        try:
+            for _ in range(200):  # connect, and send nothing
+                idle.append(socket.create_connection(health, timeout=10))
+            poll_until(
+                lambda: psutil.Process(svc.pid).num_fds() >= before + 32,
+                10,
+                "the supervisor to take its share of the idle clients",
+            )
+            time.sleep(0.5)  # more would be accepted by now if nothing held them back
+            assert psutil.Process(svc.pid).num_fds() <= before + 32 + 2
+            # the supervisor still has descriptors to start a generation with
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            svc.wait_serving(2, after=mark)
+        finally:
+            for client in idle:
+                client.close()
+        assert get(health, "/live") == (200, "live\n")
