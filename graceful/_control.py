@@ -204,6 +204,10 @@ class ControlServer:
             keep_open = await self._dispatch(stream, raw, request)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass  # the client left; nothing it asked for is undone
+        except Exception:
+            # Whatever a client sends costs that client's connection, never the
+            # supervisor.
+            logger.exception("control socket: a request failed")
         finally:
             done_reading()
             if not keep_open:
@@ -289,7 +293,7 @@ async def _read_request(stream: SocketStream) -> dict[str, Any]:
         raise ValueError(f"no complete request line within {REQUEST_TIMEOUT:g}s")
     try:
         request = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ValueError(f"request is not JSON: {line[:60]!r}") from None
     if not isinstance(request, dict):
         raise ValueError("request is not a JSON object")

@@ -162,6 +162,9 @@ class HealthServer:
     async def _handle(self, stream: SocketStream) -> None:
         try:
             await self._answer_on(stream)
+        except Exception:
+            # A request, or a failing metrics collector, costs that connection only.
+            logger.exception("health endpoint: a request failed")
         finally:
             self._slots.release()
 

@@ -355,3 +355,33 @@ def test_idle_control_clients_cannot_use_up_the_supervisors_descriptors(tmp_path
                 client.close()
         status = json.loads(graceful_cli("status", "--json", "--pid-file", str(pid_file)).stdout)
         assert status["generations"][0]["generation"] == 2
+
+
+@pytest.mark.parametrize(
+    ("request_line", "error"),
+    [
+        (b"[" * 3000 + b"\n", "request is not JSON"),  # nested past the parser's recursion
+        (b"\xff\xfe\n", "request is not JSON"),
+        (b'{"graceful": 2, "command": "status"}\n', "unsupported protocol version 2"),
+        (b'{"graceful": 1, "command": ["status"]}\n', "unknown command ['status']"),
+        (b'{"graceful": 1, "command": "reload", "wait": "yes"}\n', "'wait' must be true or false"),
+        (b"x" * 5000, "request longer than 4096 bytes"),
+    ],
+)
+def test_a_malformed_request_gets_one_error_line_and_changes_nothing(
+    tmp_path: Path, request_line: bytes, error: str
+) -> None:
+    script, pid_file = pid_service(tmp_path)
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(10)
+            client.connect(control_path(pid_file))
+            client.sendall(request_line)
+            client.shutdown(socket.SHUT_WR)
+            answer = json.loads(client.makefile("rb").readline())
+        assert answer["ok"] is False
+        assert answer["error"].startswith(error), answer
+        status = json.loads(graceful_cli("status", "--json", "--pid-file", str(pid_file)).stdout)
+        assert [g["generation"] for g in status["generations"]] == [1]
