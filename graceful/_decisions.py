@@ -643,7 +643,7 @@ class SupervisorStateMachine:
                 self._drain(worker)
 
     def _follow_queued_reload(self, now: float) -> None:
-        if self.reload_queued and self.stopping is Stopping.NO:
+        if self.reload_queued and not self.stop_announced:
             self.reload_queued = False
             self._start_generation(now)
 
@@ -787,6 +787,7 @@ class SupervisorStateMachine:
         delay = self.settings.stop_delay
         if self.stopping is Stopping.NO and self.stop_delayed_until is None and delay > 0:
             self.stop_delayed_until = now + delay
+            self.reload_queued = False
             self._log(
                 logging.INFO,
                 f"stopping in {delay:g}s (stop_delay): serving until then, "

@@ -102,6 +102,11 @@ class OrphanGuard:
         try:
             self._process.wait(timeout)
         except Exception:
+            import logging  # noqa: PLC0415 - the guard itself runs without it
+
+            logging.getLogger("graceful").warning(
+                "the orphan guard did not exit within %gs; killing it", timeout
+            )
             self._process.kill()
             self._process.wait()
 
@@ -181,7 +186,7 @@ def _outlive_the_supervisor(
     deadline = time.monotonic() + drain_timeout + kill_grace
     sweeps: list[tuple[float, list[int]]] = []  # (when to SIGKILL, pidfds of leftovers)
     for worker in exited:
-        sweeps.append(_start_sweep(worker, kill_grace))
+        _add_sweep(sweeps, _start_sweep(worker, kill_grace))
     while alive or sweeps:
         poller = select.poll()
         for worker in alive:
@@ -193,7 +198,7 @@ def _outlive_the_supervisor(
             if worker.pidfd in ready:
                 worker.exited_at = _ticks()
                 alive.remove(worker)
-                sweeps.append(_start_sweep(worker, kill_grace))
+                _add_sweep(sweeps, _start_sweep(worker, kill_grace))
                 os.close(worker.pidfd)
             elif now >= deadline:
                 _say(
@@ -216,6 +221,13 @@ def _outlive_the_supervisor(
                             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                     os.close(pidfd)
                 sweeps.remove(sweep)
+
+
+def _add_sweep(sweeps: list[tuple[float, list[int]]], sweep: tuple[float, list[int]]) -> None:
+    """Keep ``sweep`` if it has anything to sweep: an empty one would only make the
+    guard wait ``kill_grace`` for nothing (and the supervisor's stop with it)."""
+    if sweep[1]:
+        sweeps.append(sweep)
 
 
 def _start_sweep(worker: _Worker, kill_grace: float) -> tuple[float, list[int]]:

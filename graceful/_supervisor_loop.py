@@ -132,6 +132,8 @@ class SupervisorLoop:
         #: generation number -> the requests its reload's end answers
         self._waiting_for: dict[int, list[ReloadWaiter]] = {}
         self._started_at = 0.0
+        #: a stop was asked for through the control socket
+        self._stop_requested = False
 
     async def run(self) -> int:
         """Run until the state machine says to exit; return its exit status.
@@ -173,6 +175,11 @@ class SupervisorLoop:
                 if isinstance(action, Exit):
                     return action.code
                 self._carry_out(action)
+            if self.machine.stop_announced and self._reload_waiters:
+                # asked for before the stop, never to be started
+                for waiter in self._reload_waiters:
+                    waiter.resolve("the service is stopping")
+                self._reload_waiters.clear()
             event = await self._events.receive()
             self._drop_stale_timers(event)
 
@@ -237,8 +244,12 @@ class SupervisorLoop:
         return self.machine.serving is not None and not self.machine.stop_announced
 
     def request_stop(self) -> None:
-        """Ask for a stop, as SIGTERM does."""
-        self.events_in.send_nowait(StopRequested())
+        """Ask for a stop, as the first SIGTERM does. Unlike a second SIGTERM, a second
+        request changes nothing: a retried ``graceful stop --wait`` (or a second
+        tool stopping the same service) must not turn a drain into a kill."""
+        if not self._stop_requested:
+            self._stop_requested = True
+            self.events_in.send_nowait(StopRequested())
 
     def status(self) -> dict[str, Any]:
         """The supervisor's state, as ``graceful status --json`` prints it."""

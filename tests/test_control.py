@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
-from harness import ROOT, ask, connect, graceful_cli, poll_until, running
+from harness import ROOT, ask, connect, graceful_cli, poll_until, read_line, running
 from services import service_source, wait_for_file, write_service
 
 from graceful._control import control_path
@@ -385,3 +385,31 @@ def test_a_malformed_request_gets_one_error_line_and_changes_nothing(
         assert answer["error"].startswith(error), answer
         status = json.loads(graceful_cli("status", "--json", "--pid-file", str(pid_file)).stdout)
         assert [g["generation"] for g in status["generations"]] == [1]
+
+
+def test_two_stop_waits_at_once_are_one_clean_stop(tmp_path: Path) -> None:
+    # Found by an attack: the second request escalated to "stop now", which killed
+    # the draining worker and made the exit status 1.
+    script, pid_file = pid_service(tmp_path)
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        results: list[subprocess.CompletedProcess[str]] = []
+
+        def stop() -> None:
+            results.append(graceful_cli("stop", "--wait", "--pid-file", str(pid_file)))
+
+        with connect(svc.address()) as client:
+            assert ask(client, "sleep 2") == b"v1: sleeping\n"  # the drain waits for it
+            first = threading.Thread(target=stop)
+            first.start()
+            svc.wait_for("stopping: draining")
+            second = threading.Thread(target=stop)
+            second.start()
+            assert read_line(client) == b"v1: sleep 2\n"  # answered, not cut off
+        first.join(60)
+        second.join(60)
+        assert [r.returncode for r in results] == [0, 0], results
+        assert all(r.stdout == "stopped (exit status 0)\n" for r in results)
+        assert svc.wait_exit() == 0
+        assert "stopping now" not in svc.output

@@ -1001,3 +1001,18 @@ def test_a_worker_still_starting_at_stop_is_killed_after_kill_grace_without_fail
     sim.send(WorkerExited(starting, -9))
     sim.send(DrainTimeout(starting + 1))
     assert exits(sim.send(WorkerExited(starting + 1, -9))) == [0]
+
+
+def test_a_reload_queued_before_a_delayed_stop_never_starts() -> None:
+    # Found by an attack: the follow-up started during stop_delay.
+    sim = Sim(Settings(workers=1, stop_delay=5.0))
+    start_serving(sim)
+    (starting,) = reload(sim)
+    sim.send(ReloadRequested())  # queued behind generation 2
+    sim.send(StopRequested())  # stop_delay: announced, still serving
+
+    actions = sim.send(WorkerReady(starting))
+
+    assert spawned(actions) == []
+    assert sim.machine.serving == 2
+    assert sim.machine.stop_announced

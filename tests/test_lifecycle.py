@@ -207,3 +207,18 @@ def test_reload_requests_racing_a_stop_do_not_kill_the_supervisor(tmp_path: Path
         assert svc.wait_exit() == 0
         svc.wait_for(r"stopped \(exit status 0\)")
     assert not pid_file.exists()
+
+
+def test_the_orphan_guard_exits_by_itself_at_a_clean_stop(tmp_path: Path) -> None:
+    # Found by an attack: after a worker had exited, the guard waited kill_grace for
+    # an empty sweep, so every stop took 2 s more and ended by killing the guard.
+    script = write_service(tmp_path / "svc.py")
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        svc.wait_serving(2, after=mark)
+        poll_until(lambda: len(svc.worker_pids()) == 1, 15, "generation 1 to exit")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+        assert "orphan guard did not exit" not in svc.output
