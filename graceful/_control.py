@@ -43,7 +43,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,47 +80,101 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-def bind_control_socket(path: str) -> socket.socket:
-    """Bind and listen on ``path``, mode 0600. A socket left there by an earlier
-    supervisor of the same PID file (which this one has claimed) is replaced; any
-    other kind of file is left alone.
+@dataclass
+class ControlSocket:
+    """The supervisor's listening control socket, and the file it made."""
 
-    Raises:
-        ConfigError: one line naming the path, if it is not a socket or cannot be
-            replaced or bound.
-    """
-    with contextlib.suppress(FileNotFoundError):
-        mode = os.lstat(path).st_mode
-        if not stat.S_ISSOCK(mode):
-            raise ConfigError(
-                f"control socket {path!r} exists and is not a socket; not touching it"
-            )
+    path: str
+    sock: socket.socket
+    #: (st_dev, st_ino) of the socket file this process bound
+    identity: tuple[int, int]
+
+    @classmethod
+    def bind(cls, path: str) -> ControlSocket:
+        """Bind and listen on ``path``, mode 0600 from the start.
+
+        A socket left at ``path`` by an earlier supervisor of the same PID file (which
+        this one has claimed) is replaced, once nothing answers on it. Any other kind
+        of file, or a socket something listens on, is left alone.
+
+        Raises:
+            ConfigError: one line naming the path.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise ConfigError(
+                    f"control socket {path!r} exists and is not a socket; not touching it"
+                )
+            if _answers(path):
+                raise ConfigError(
+                    f"control socket {path!r} is in use by another process; not touching it"
+                )
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot replace control socket {path!r}: {exc.strerror}"
+                ) from None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        previous = os.umask(0o177)  # created 0600: no window with wider permissions
         try:
-            os.unlink(path)
+            with _short_path(path) as address:
+                sock.bind(address)
+            info = os.lstat(path)
+            os.chmod(path, 0o600)
+            sock.listen(64)
         except OSError as exc:
-            raise ConfigError(f"cannot replace control socket {path!r}: {exc.strerror}") from None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    previous = os.umask(0o177)  # created 0600: no window with wider permissions
+            sock.close()
+            raise ConfigError(
+                f"cannot listen on control socket {path!r}: {exc.strerror or exc}"
+            ) from None
+        finally:
+            os.umask(previous)
+        sock.setblocking(False)
+        return cls(path, sock, (info.st_dev, info.st_ino))
+
+    def close(self) -> None:
+        """Close the socket and remove its file, if it is still the one this process
+        made (never another file, nor another process's socket)."""
+        self.sock.close()
+        with contextlib.suppress(OSError):
+            there = os.lstat(self.path)
+            if (there.st_dev, there.st_ino) == self.identity:
+                os.unlink(self.path)
+
+
+def _answers(path: str) -> bool:
+    """True if something listens on the unix socket at ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+        probe.settimeout(1.0)
+        try:
+            with _short_path(path) as address:
+                probe.connect(address)
+        except OSError:
+            return False
+    return True
+
+
+#: sun_path holds 108 bytes with its terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+
+@contextlib.contextmanager
+def _short_path(path: str) -> Iterator[str]:
+    """``path``, or, where it is too long for a unix socket address, the same file
+    reached through an ``O_PATH`` descriptor of its directory (``/proc/self/fd/N/``)."""
+    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
+        yield path
+        return
+    directory, name = os.path.split(path)
+    fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        sock.bind(path)
-        os.chmod(path, 0o600)
-        sock.listen(64)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on control socket {path!r}: {exc.strerror}") from None
+        short = f"/proc/self/fd/{fd}/{name}"
+        if len(os.fsencode(short)) > _MAX_SOCKET_PATH:
+            raise OSError(f"the file name {name!r} is too long for a unix socket")
+        yield short
     finally:
-        os.umask(previous)
-    sock.setblocking(False)
-    return sock
-
-
-def remove_control_socket(path: str, sock: socket.socket) -> None:
-    """Close ``sock`` and remove the socket file at ``path`` (never another kind of
-    file: the PID file's claim keeps other supervisors away from this path)."""
-    sock.close()
-    with contextlib.suppress(OSError):
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
+        os.close(fd)
 
 
 @dataclass
@@ -375,7 +429,8 @@ class Control:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.settimeout(timeout)
         try:
-            sock.connect(path)
+            with _short_path(path) as address:
+                sock.connect(address)
         except FileNotFoundError:
             sock.close()
             raise GracefulError(
@@ -384,7 +439,7 @@ class Control:
             ) from None
         except OSError as exc:
             sock.close()
-            raise GracefulError(f"cannot connect to {path!r}: {exc.strerror}") from None
+            raise GracefulError(f"cannot connect to {path!r}: {exc.strerror or exc}") from None
         server_pid, _, _ = peer_credentials(sock)
         if server_pid != pid:
             sock.close()

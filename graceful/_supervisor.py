@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import types
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._control import bind_control_socket, control_path, remove_control_socket
+from ._control import ControlSocket, control_path
 from ._decisions import Settings
 from ._entry import entry_ref_for
 from ._errors import ConfigError
@@ -81,15 +80,15 @@ def _supervise(
     stop_delay: float,
 ) -> int:
     claimed: PidFile | None = None
-    control: socket.socket | None = None
+    control: ControlSocket | None = None
     listeners: list[BoundListener] = []
     health_listeners: list[BoundListener] = []
 
     def clean_up() -> None:
         for listener in [*listeners, *health_listeners]:
             listener.close()
-        if control is not None and claimed is not None:
-            remove_control_socket(control_path(claimed.path), control)
+        if control is not None:
+            control.close()
         if claimed is not None:
             claimed.release()
 
@@ -98,7 +97,7 @@ def _supervise(
         check_main_guard(caller)
         if pid_file is not None:
             claimed = PidFile.claim(pid_file)
-            control = bind_control_socket(control_path(claimed.path))
+            control = ControlSocket.bind(control_path(claimed.path))
         check_supervision(health=health, stop_delay=stop_delay)
         listeners = bind_listeners(service.listen)
         if health is not None:
@@ -146,7 +145,7 @@ def _supervise(
             pid_file=claimed,
             notifier=notifier,
             start_guard=lambda: OrphanGuard.start(settings.drain_timeout, settings.kill_grace),
-            control=control,
+            control=control.sock if control is not None else None,
             health=health_listeners[0].socket if health_listeners else None,
         )
         try:

@@ -413,3 +413,44 @@ def test_two_stop_waits_at_once_are_one_clean_stop(tmp_path: Path) -> None:
         assert all(r.stdout == "stopped (exit status 0)\n" for r in results)
         assert svc.wait_exit() == 0
         assert "stopping now" not in svc.output
+
+
+def test_a_pid_file_path_too_long_for_a_unix_socket_still_works(tmp_path: Path) -> None:
+    # Found by an attack: the control socket beside a long PID file path could not be
+    # bound (sun_path holds 107 bytes), and the service refused to start.
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    script, pid_file = pid_service(deep, prefix="v1")
+    assert len(control_path(pid_file)) > 107
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+        assert result.returncode == 0, result.stderr
+        result = graceful_cli("stop", "--wait", "--pid-file", str(pid_file))
+        assert result.returncode == 0, result.stderr
+    assert not os.path.exists(control_path(pid_file))
+
+
+def test_another_process_socket_at_the_control_path_is_never_removed(tmp_path: Path) -> None:
+    script, pid_file = pid_service(tmp_path)
+    path = control_path(pid_file)
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(path)
+        other.listen()
+        # a live socket there at start: refused, and left alone
+        with running(script, env=ENV) as svc:
+            assert svc.wait_exit() == 2
+            assert f"control socket {path!r} is in use by another process" in svc.output
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    os.unlink(path)
+    # a socket put there while the supervisor runs: not removed at its stop
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        os.unlink(path)
+        with socket.socket(socket.AF_UNIX) as other:
+            other.bind(path)
+            other.listen()
+            svc.send(signal.SIGTERM)
+            assert svc.wait_exit() == 0
+            assert stat.S_ISSOCK(os.lstat(path).st_mode)
