@@ -54,14 +54,15 @@ from ._decisions import ReloadOutcome
 from ._errors import ConfigError, GracefulError
 from ._logging import logger
 from ._pidfile import supervisor_pidfd
+from ._tasks import BoundedReaders
 
 PROTOCOL_VERSION = 1
 #: The longest request line read, in bytes.
 MAX_REQUEST_BYTES = 4096
 #: How long a client may take to send its request, in seconds.
 REQUEST_TIMEOUT = 5.0
-#: At most this many control connections are being read at once (``--wait``
-#: clients, which only wait, do not count); more wait in the kernel's backlog.
+#: At most this many control connections wait for their request at once (``--wait``
+#: clients, which only wait for an answer, do not count); a new one closes the oldest.
 MAX_CONNECTIONS = 32
 #: ``struct ucred``: pid, uid, gid.
 _UCRED = struct.Struct("3i")
@@ -204,45 +205,35 @@ class ControlServer:
         self.allowed_uids = {os.geteuid(), 0}
         #: connections of ``stop --wait`` clients, told the exit status at the end
         self.exit_waiters: list[socket.socket] = []
-        self._slots = anyio.Semaphore(MAX_CONNECTIONS)
+        self._readers = BoundedReaders(MAX_CONNECTIONS)
 
     async def serve(self, tasks: TaskGroup) -> None:
         listener: SocketListener = await SocketListener.from_socket(self.sock)
         while True:
-            await self._slots.acquire()
             try:
                 stream = await listener.accept()
             except OSError as exc:  # out of descriptors, say: try again a little later
-                self._slots.release()
                 logger.warning("control socket: accept() failed: %s", exc.strerror)
                 await anyio.sleep(0.1)
                 continue
-            except BaseException:
-                self._slots.release()
-                raise
             tasks.start_soon(self._handle, stream)
 
     async def _handle(self, stream: SocketStream) -> None:
         keep_open = False
-        reading = True
-
-        def done_reading() -> None:
-            nonlocal reading
-            if reading:
-                reading = False
-                self._slots.release()
-
         try:
             raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             _, uid, _ = peer_credentials(raw)
             # The request is read before anything is decided: closing with it unread
             # would reset the connection, and the client would never see the answer.
-            try:
-                request = await _read_request(stream)
-            except ValueError as exc:
-                request, problem = None, str(exc)
-            finally:
-                done_reading()
+            request: dict[str, Any] | None = None
+            problem = ""
+            with self._readers.reading() as reading:
+                try:
+                    request = await _read_request(stream)
+                except ValueError as exc:
+                    problem = str(exc)
+            if reading.cancelled_caught:
+                return  # a newer connection took its place
             if uid not in self.allowed_uids:
                 logger.warning("control socket: refused a request from uid %d", uid)
                 await _answer(
@@ -263,7 +254,6 @@ class ControlServer:
             # supervisor.
             logger.exception("control socket: a request failed")
         finally:
-            done_reading()
             if not keep_open:
                 await stream.aclose()
 

@@ -28,13 +28,14 @@ from anyio.abc import SocketListener, SocketStream, TaskGroup
 
 from ._decisions import ReloadOutcome, WorkerState
 from ._logging import logger
+from ._tasks import BoundedReaders
 
 #: The longest request head read, in bytes, and how long a client may take to send it.
 MAX_REQUEST_BYTES = 8192
 REQUEST_TIMEOUT = 5.0
-#: At most this many health connections are open at once; more wait in the kernel's
-#: backlog. The supervisor's descriptors are what it starts workers with: clients
-#: that open connections and send nothing must not use them up.
+#: At most this many health connections wait for their request at once; a new one
+#: closes the oldest. The supervisor's descriptors are what it starts workers with:
+#: clients that connect and send nothing must not use them up, nor delay a probe.
 MAX_CONNECTIONS = 32
 
 _REASONS = {
@@ -140,23 +141,18 @@ class HealthServer:
         self.sock = sock
         self.supervisor = supervisor
         self.metrics = Metrics.create(supervisor)
-        self._slots = anyio.Semaphore(MAX_CONNECTIONS)
+        self._readers = BoundedReaders(MAX_CONNECTIONS)
 
     async def serve(self, tasks: TaskGroup) -> None:
         self.sock.setblocking(False)
         listener: SocketListener = await SocketListener.from_socket(self.sock)
         while True:
-            await self._slots.acquire()
             try:
                 stream = await listener.accept()
             except OSError as exc:  # out of descriptors, say: try again a little later
-                self._slots.release()
                 logger.warning("health endpoint: accept() failed: %s", exc.strerror)
                 await anyio.sleep(0.1)
                 continue
-            except BaseException:
-                self._slots.release()
-                raise
             tasks.start_soon(self._handle, stream)
 
     async def _handle(self, stream: SocketStream) -> None:
@@ -165,13 +161,15 @@ class HealthServer:
         except Exception:
             # A request, or a failing metrics collector, costs that connection only.
             logger.exception("health endpoint: a request failed")
-        finally:
-            self._slots.release()
 
     async def _answer_on(self, stream: SocketStream) -> None:
         async with stream:
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                head = await _read_head(stream)
+                head: bytes | None = None
+                with self._readers.reading() as reading:
+                    head = await _read_head(stream)
+                if reading.cancelled_caught:
+                    return  # a newer connection took its place
                 status, body, content_type = self._answer(head)
                 with anyio.move_on_after(REQUEST_TIMEOUT):
                     await stream.send(_response(status, body, content_type, head))

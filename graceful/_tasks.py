@@ -1,9 +1,10 @@
-"""Task helpers for the servers a worker runs: a main task with helpers beside it,
-and exception groups unwrapped, so that a failure reads as its real cause."""
+"""Task helpers: a main task with helpers beside it, exception groups unwrapped so
+that a failure reads as its real cause, and a bound on connections being read."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import anyio
@@ -50,3 +51,29 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
         else:
             found.append(exc)
     return found
+
+
+class BoundedReaders:
+    """At most ``limit`` connections waiting for their request at once; a new one
+    cancels the wait of the oldest (which is then closed). So clients that connect
+    and send nothing can neither use up the server's descriptors nor keep a prompt
+    client (a health probe) waiting."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._waiting: dict[int, anyio.CancelScope] = {}
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[anyio.CancelScope]:
+        """Wrap the read of one request; the scope's ``cancelled_caught`` says,
+        afterwards, whether a newer connection took its place."""
+        scope = anyio.CancelScope()
+        while len(self._waiting) >= self.limit:
+            oldest = next(iter(self._waiting))
+            self._waiting.pop(oldest).cancel()
+        self._waiting[id(scope)] = scope
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._waiting.pop(id(scope), None)
