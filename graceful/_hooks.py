@@ -167,9 +167,15 @@ HOOKS = (
     ),
     Hook(
         "multiprocess",
-        'multiprocess.spawn:get_preparation_data"main_module.__spec__"',
+        'multiprocess.spawn:get_preparation_data"init_main_from_path"',
         False,
-        "keeping spawn from importing the main script (hidden while a worker starts)",
+        "keeping spawn from importing the main script (dropped from a worker's data)",
+    ),
+    Hook(
+        "multiprocess",
+        'multiprocess.popen_spawn_posix:Popen._launch"spawn.get_preparation_data("',
+        False,
+        "where spawn reads the preparation data (wrapped while a worker starts)",
     ),
 )
 

@@ -33,13 +33,15 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
 import multiprocess
+import multiprocess.spawn
 
 from . import _processes, _wire
 from ._bytecode import BytecodeCheck, application_roots, bypass_environment, recompile
@@ -277,25 +279,37 @@ def _main_script() -> MainScript:
     return MainScript(module=None, path=os.path.normpath(path))
 
 
+#: Set while this thread starts a worker: see :func:`_main_left_to_the_worker`.
+_starting_a_worker = threading.local()
+
+
+def _without_main(original: Callable[[str], dict[str, Any]]) -> Callable[[str], dict[str, Any]]:
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data = original(name)
+        if getattr(_starting_a_worker, "active", False):
+            data.pop("init_main_from_name", None)
+            data.pop("init_main_from_path", None)
+        return data
+
+    get_preparation_data.graceful_wrapped = True  # type: ignore[attr-defined]
+    return get_preparation_data
+
+
 @contextlib.contextmanager
 def _main_left_to_the_worker() -> Iterator[None]:
-    """While a worker is started, hide where ``__main__`` comes from, so that
-    multiprocess does not import it in the child (the worker does, see
-    :func:`graceful._worker.import_main_script`)."""
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    saved: dict[str, Any] = {
-        name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__
-    }
-    main.__spec__ = None
-    main.__dict__.pop("__file__", None)
+    """While a worker is started from this thread, keep multiprocess from importing
+    the main script in the child (the worker does, see
+    :func:`graceful._worker.import_main_script`). Only the preparation data of this
+    thread's spawn changes: ``__main__`` itself is never touched, and other threads'
+    processes are started as usual."""
+    spawn = multiprocess.spawn
+    if not getattr(spawn.get_preparation_data, "graceful_wrapped", False):
+        spawn.get_preparation_data = _without_main(spawn.get_preparation_data)
+    _starting_a_worker.active = True
     try:
         yield
     finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
+        _starting_a_worker.active = False
 
 
 def _kill_and_reap(process: Any) -> None:

@@ -119,7 +119,7 @@ def worker_main(boot: WorkerBootstrap) -> None:
     control = _wire.ControlChannel(boot.control)
     try:
         import_main_script(boot.main)
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:  # a KeyboardInterrupt raised at import is a failure too
         logger.exception("importing the main script failed")
         _fail(control, one_line(exc, where=True), log=False)
 

@@ -456,3 +456,47 @@ def test_another_process_socket_at_the_control_path_is_never_removed(tmp_path: P
             svc.send(signal.SIGTERM)
             assert svc.wait_exit() == 0
             assert stat.S_ISSOCK(os.lstat(path).st_mode)
+
+
+def test_the_supervisors_own_threads_never_see_main_change_during_a_spawn(
+    tmp_path: Path,
+) -> None:
+    # Found by an attack: __main__.__file__ was hidden while a worker started.
+    script, pid_file = pid_service(tmp_path)
+    errors = tmp_path / "errors"
+    watcher = (
+        "    import threading\n"
+        "    def look():\n"
+        "        while True:\n"
+        "            try:\n"
+        "                __file__, sys.modules['__main__'].__spec__\n"
+        "            except Exception as exc:\n"
+        f"                open({str(errors)!r}, 'a').write(repr(exc))\n"
+        "    threading.Thread(target=look, daemon=True).start()\n"
+    )
+    source = script.read_text().replace(
+        'if __name__ == "__main__":\n', 'if __name__ == "__main__":\n    import sys\n' + watcher
+    )
+    script.write_text(source)
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        for generation in (2, 3, 4):
+            result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+            assert result.stdout.startswith(f"generation {generation} serving"), result
+    assert not errors.exists(), errors.read_text()
+
+
+def test_a_keyboard_interrupt_raised_at_import_is_named(tmp_path: Path) -> None:
+    script, pid_file = pid_service(tmp_path)
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        script.write_text(
+            service_source(pid_file=pid_file).replace(
+                "CTX = None", "CTX = None\nraise KeyboardInterrupt"
+            )
+        )
+        result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+        where = raised_at(script, "raise KeyboardInterrupt")
+        assert result.stderr == f"generation 2 failed: worker 0: KeyboardInterrupt {where}\n"
