@@ -50,8 +50,11 @@ def _positive_float(text: str) -> float:
 
 
 def _seconds_or_zero(text: str) -> float:
-    if text.strip() in ("0", "0.0"):
-        return 0.0
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        pass
     return _positive_float(text)
 
 

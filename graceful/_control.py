@@ -324,16 +324,20 @@ async def _answer(stream: SocketStream, **fields: Any) -> None:
 
 async def _read_request(stream: SocketStream) -> dict[str, Any]:
     data = b""
+    ended = False
     with anyio.move_on_after(REQUEST_TIMEOUT):
         while b"\n" not in data and len(data) <= MAX_REQUEST_BYTES:
             try:
                 data += await stream.receive(MAX_REQUEST_BYTES + 1 - len(data))
             except anyio.EndOfStream:
+                ended = True
                 break
     line, newline, _ = data.partition(b"\n")
     if not newline:
         if len(data) > MAX_REQUEST_BYTES:
             raise ValueError(f"request longer than {MAX_REQUEST_BYTES} bytes")
+        if ended:
+            raise ValueError("the connection ended before a complete request line")
         raise ValueError(f"no complete request line within {REQUEST_TIMEOUT:g}s")
     try:
         request = json.loads(line)
@@ -342,7 +346,7 @@ async def _read_request(stream: SocketStream) -> dict[str, Any]:
     if not isinstance(request, dict):
         raise ValueError("request is not a JSON object")
     version = request.get("graceful")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
         raise ValueError(
             f"unsupported protocol version {version!r} (this supervisor speaks {PROTOCOL_VERSION})"
         )

@@ -178,10 +178,12 @@ class HealthServer:
         text = "text/plain; charset=utf-8"
         if head is None:
             return 400, b"bad request\n", text
-        request_line = head.split(b"\r\n", 1)[0].split(b" ")
-        if len(request_line) != 3 or not request_line[2].startswith(b"HTTP/1."):
+        request_line = head.split(b"\n", 1)[0].rstrip(b"\r").split(b" ")
+        if len(request_line) != 3 or request_line[2] not in (b"HTTP/1.0", b"HTTP/1.1"):
             return 400, b"bad request\n", text
         method, target = request_line[0], request_line[1].split(b"?", 1)[0]
+        if target.startswith((b"http://", b"https://")):  # absolute-form
+            target = b"/" + target.split(b"/", 3)[3] if target.count(b"/") >= 3 else b"/"
         if method not in (b"GET", b"HEAD"):
             return 405, b"only GET and HEAD\n", text
         if target == b"/live":
@@ -204,14 +206,19 @@ class HealthServer:
 async def _read_head(stream: SocketStream) -> bytes | None:
     data = b""
     with anyio.move_on_after(REQUEST_TIMEOUT):
-        while b"\r\n\r\n" not in data and len(data) <= MAX_REQUEST_BYTES:
+        while not _complete(data) and len(data) <= MAX_REQUEST_BYTES:
             try:
-                data += await stream.receive()
+                data += await stream.receive(MAX_REQUEST_BYTES + 1 - len(data))
             except anyio.EndOfStream:
                 break
-    if b"\r\n\r\n" not in data or len(data) > MAX_REQUEST_BYTES + 4096:
+    if not _complete(data):
         return None
     return data
+
+
+def _complete(data: bytes) -> bool:
+    """True once ``data`` holds a whole request head (lines may end in a bare LF)."""
+    return b"\r\n\r\n" in data or b"\n\n" in data
 
 
 def _response(status: int, body: bytes, content_type: str, head: bytes | None) -> bytes:

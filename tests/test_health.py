@@ -179,3 +179,22 @@ def test_idle_health_clients_cannot_use_up_the_supervisors_descriptors(tmp_path:
             for client in idle:
                 client.close()
         assert get(health, "/live") == (200, "live\n")
+
+
+def test_requests_as_clients_write_them(tmp_path: Path) -> None:
+    script = health_service(tmp_path)
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        health = health_address(svc.output)
+
+        def raw(request: bytes) -> bytes:
+            with socket.create_connection(health, timeout=10) as client:
+                client.sendall(request)
+                return client.makefile("rb").readline()
+
+        assert raw(b"GET http://127.0.0.1/ready HTTP/1.1\r\nHost: x\r\n\r\n").startswith(
+            b"HTTP/1.1 200"
+        )
+        assert raw(b"GET /live HTTP/1.0\n\n").startswith(b"HTTP/1.1 200")  # bare LF
+        assert raw(b"GET /live HTTP/1.9\r\n\r\n").startswith(b"HTTP/1.1 400")
+        assert raw(b"GET /live HTTP/1.1" + b"x" * 9000 + b"\r\n\r\n").startswith(b"HTTP/1.1 400")
