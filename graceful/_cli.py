@@ -236,7 +236,8 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     print(f"supervisor {status['pid']}, up {status['uptime']:.1f}s: {status['status']}")
     for listener in status["listeners"]:
-        print(f"listening on {listener['address']}")
+        state = "listening on" if listener.get("open", True) else "released"
+        print(f"{state} {listener['address']}")
     rows = [("generation", "state", "worker", "pid", "worker state", "ready in", "restarts")]
     for generation in status["generations"]:
         for worker in generation["workers"] or [{}]:

@@ -289,7 +289,12 @@ class SupervisorLoop:
             "state": "stopping" if machine.stop_announced else "running",
             "status": machine.status(),
             "listeners": [
-                {"spec": listener.spec, "address": format_address(listener.address)}
+                {
+                    "spec": listener.spec,
+                    "address": format_address(listener.address),
+                    # released at the stop (those the supervisor bound itself)
+                    "open": listener.socket.fileno() != -1,
+                }
                 for listener in self.listeners
             ],
             "generations": generations,

@@ -321,8 +321,17 @@ def test_a_reload_asked_for_during_a_stop_fails_at_once(tmp_path: Path) -> None:
             svc.send(signal.SIGTERM)
             svc.wait_for("stopping: draining")
             result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+            status = json.loads(
+                graceful_cli("status", "--json", "--pid-file", str(pid_file)).stdout
+            )
+            human = graceful_cli("status", "--pid-file", str(pid_file)).stdout
         assert result.returncode == 1
         assert result.stderr == "reload failed: the service is stopping\n"
+        # the listeners were released at the stop, and status says so
+        assert status["state"] == "stopping"
+        assert [listener["open"] for listener in status["listeners"]] == [False]
+        assert f"released {svc.address()}" in human
+        assert "listening on" not in human
         assert svc.wait_exit() == 0
 
 
