@@ -211,17 +211,7 @@ def overhead(pairs: int, seconds: float, idle_seconds: float) -> dict[str, Any]:
     for _ in range(pairs):
         rps = {}
         for kind in (contenders.GracefulUvicorn, PlainUvicorn):
-            workdir = fresh_workdir()
-            contender = kind(workdir)
-            port = free_port()
-            try:
-                contender.start(port)
-                rps[kind.name] = wrk.finish(
-                    wrk.start(f"http://127.0.0.1:{port}/", seconds), seconds + 60
-                ).requests_per_s
-            finally:
-                contender.stop()
-                shutil.rmtree(workdir, ignore_errors=True)
+            rps[kind.name] = requests_per_s(kind, seconds)
         runs.append(rps)
         ratios.append(rps[contenders.GracefulUvicorn.name] / rps[PlainUvicorn.name])
     two_workers = throughput_side_by_side(contenders.TWO_WORKERS, pairs, seconds)
@@ -249,6 +239,22 @@ def overhead(pairs: int, seconds: float, idle_seconds: float) -> dict[str, Any]:
     }
 
 
+def requests_per_s(kind: type[contenders.Contender], seconds: float) -> float:
+    """Start ``kind`` in a fresh directory, load it with wrk for ``seconds`` (no
+    reloads), stop it; its requests per second."""
+    workdir = fresh_workdir()
+    contender = kind(workdir)
+    port = free_port()
+    try:
+        contender.start(port)
+        return wrk.finish(
+            wrk.start(f"http://127.0.0.1:{port}/", seconds), seconds + 60
+        ).requests_per_s
+    finally:
+        contender.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def throughput_side_by_side(
     kinds: list[type[contenders.Contender]], rounds: int, seconds: float
 ) -> dict[str, Any]:
@@ -258,17 +264,7 @@ def throughput_side_by_side(
     for _ in range(rounds):
         rps = {}
         for kind in kinds:
-            workdir = fresh_workdir()
-            contender = kind(workdir)
-            port = free_port()
-            try:
-                contender.start(port)
-                rps[kind.name] = wrk.finish(
-                    wrk.start(f"http://127.0.0.1:{port}/", seconds), seconds + 60
-                ).requests_per_s
-            finally:
-                contender.stop()
-                shutil.rmtree(workdir, ignore_errors=True)
+            rps[kind.name] = requests_per_s(kind, seconds)
         runs.append(rps)
     first = kinds[0].name
     ratios = {
