@@ -48,13 +48,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from anyio.abc import SocketListener, SocketStream, TaskGroup
+from anyio.abc import SocketStream, TaskGroup
 
 from ._decisions import ReloadOutcome
 from ._errors import ConfigError, GracefulError
 from ._logging import logger
 from ._pidfile import supervisor_pidfd
-from ._tasks import BoundedReaders
+from ._tasks import BoundedReaders, serve_connections
 
 PROTOCOL_VERSION = 1
 #: The longest request line read, in bytes.
@@ -208,15 +208,8 @@ class ControlServer:
         self._readers = BoundedReaders(MAX_CONNECTIONS)
 
     async def serve(self, tasks: TaskGroup) -> None:
-        listener: SocketListener = await SocketListener.from_socket(self.sock)
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:  # out of descriptors, say: try again a little later
-                logger.warning("control socket: accept() failed: %s", exc.strerror)
-                await anyio.sleep(0.1)
-                continue
-            tasks.start_soon(self._handle, stream)
+        """Serve connections in ``tasks`` until cancelled."""
+        await serve_connections(self.sock, tasks, self._handle, "control socket")
 
     async def _handle(self, stream: SocketStream) -> None:
         keep_open = False

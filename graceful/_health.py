@@ -24,11 +24,11 @@ import socket
 from typing import Any
 
 import anyio
-from anyio.abc import SocketListener, SocketStream, TaskGroup
+from anyio.abc import SocketStream, TaskGroup
 
 from ._decisions import ReloadOutcome, WorkerState
 from ._logging import logger
-from ._tasks import BoundedReaders
+from ._tasks import BoundedReaders, serve_connections
 
 #: The longest request head read, in bytes, and how long a client may take to send it.
 MAX_REQUEST_BYTES = 8192
@@ -144,16 +144,8 @@ class HealthServer:
         self._readers = BoundedReaders(MAX_CONNECTIONS)
 
     async def serve(self, tasks: TaskGroup) -> None:
-        self.sock.setblocking(False)
-        listener: SocketListener = await SocketListener.from_socket(self.sock)
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:  # out of descriptors, say: try again a little later
-                logger.warning("health endpoint: accept() failed: %s", exc.strerror)
-                await anyio.sleep(0.1)
-                continue
-            tasks.start_soon(self._handle, stream)
+        """Serve connections in ``tasks`` until cancelled."""
+        await serve_connections(self.sock, tasks, self._handle, "health endpoint")
 
     async def _handle(self, stream: SocketStream) -> None:
         try:

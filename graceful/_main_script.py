@@ -1,10 +1,9 @@
 """The script the user ran, as every worker imports it again.
 
-Each worker of each generation re-runs the main script (as ``__mp_main__``) before
-any graceful code runs in it. Two things follow: a ``run()`` call at module level
-must be guarded by ``if __name__ == "__main__":`` (:func:`check_main_guard`
-refuses to start otherwise), and a syntax error in the script kills a worker
-without a report (:func:`main_script_syntax_error` names it for the supervisor).
+Each worker of each generation re-runs the main script (as ``__mp_main__``), so a
+``run()`` call at module level must be guarded by ``if __name__ == "__main__":``
+(:func:`check_main_guard` refuses to start otherwise). What the import raises,
+a syntax error included, the worker reports itself (``_worker.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import ast
 import sys
 import types
 
-from ._errors import ConfigError, one_line
+from ._errors import ConfigError
 
 
 def check_main_guard(frame: types.FrameType | None) -> None:
@@ -70,24 +69,3 @@ def _is_main_test(test: ast.expr) -> bool:
     names = [s for s in sides if isinstance(s, ast.Name) and s.id == "__name__"]
     consts = [s for s in sides if isinstance(s, ast.Constant) and s.value == "__main__"]
     return len(names) == 1 and len(consts) == 1
-
-
-def main_script_syntax_error() -> str | None:
-    """If the main script on disk no longer compiles, describe why in one line.
-
-    A worker imports the main script before any graceful code runs in it, so a
-    syntax error there kills the worker without a report. The supervisor calls this
-    to name the cause of such a silent death.
-    """
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as source:
-            compile(source.read(), path, "exec")
-    except SyntaxError as exc:
-        return one_line(exc)
-    except (OSError, ValueError):
-        return None
-    return None

@@ -4,10 +4,14 @@ that a failure reads as its real cause, and a bound on connections being read.""
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import anyio
+from anyio.abc import SocketListener, SocketStream, TaskGroup
+
+from ._logging import logger
 
 
 async def run_beside(
@@ -51,6 +55,27 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
         else:
             found.append(exc)
     return found
+
+
+async def serve_connections(
+    sock: socket.socket,
+    tasks: TaskGroup,
+    handle: Callable[[SocketStream], Coroutine[Any, Any, None]],
+    what: str,
+) -> None:
+    """Accept on the listening ``sock`` forever, running ``handle(stream)`` in
+    ``tasks`` for each connection. Running out of descriptors (or any other failed
+    ``accept()``) is logged, naming ``what``, and retried a little later."""
+    sock.setblocking(False)
+    listener: SocketListener = await SocketListener.from_socket(sock)
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            logger.warning("%s: accept() failed: %s", what, exc.strerror)
+            await anyio.sleep(0.1)
+            continue
+        tasks.start_soon(handle, stream)
 
 
 class BoundedReaders:

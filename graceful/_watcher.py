@@ -27,7 +27,6 @@ from anyio.streams.memory import MemoryObjectSendStream
 from . import _processes, _wire
 from ._decisions import Event, WorkerExited, WorkerFailed, WorkerMisbehaved, WorkerReady
 from ._logging import logger
-from ._main_script import main_script_syntax_error
 from ._spawner import WorkerProcess
 
 
@@ -48,8 +47,6 @@ class Watcher:
         self.live: dict[int, WorkerProcess] = {}
         #: process groups of reaped workers that still have members, being stopped
         self._sweeping: set[int] = set()
-        #: workers that reported why they are exiting (a Failed message)
-        self._reported_cause: set[int] = set()
 
     def describe(self, worker: WorkerProcess) -> str:
         return f"generation {worker.generation} worker {worker.worker_id}"
@@ -75,12 +72,6 @@ class Watcher:
             logger.exception("could not watch %s; killing it", self.describe(worker))
             self.live.pop(worker.serial, None)
             exitcode = worker.abandon()
-        reported_cause = worker.serial in self._reported_cause
-        self._reported_cause.discard(worker.serial)
-        if exitcode and not reported_cause:
-            cause = main_script_syntax_error()
-            if cause is not None:
-                self.events.send_nowait(WorkerFailed(worker.serial, cause))
         self.events.send_nowait(WorkerExited(worker.serial, exitcode))
 
     async def _exit_of(self, worker: WorkerProcess) -> None:
@@ -102,7 +93,6 @@ class Watcher:
         if isinstance(item, _wire.Ready):
             self.events.send_nowait(WorkerReady(worker.serial))
         elif isinstance(item, _wire.Failed):
-            self._reported_cause.add(worker.serial)
             self.events.send_nowait(WorkerFailed(worker.serial, item.cause))
         elif isinstance(item, _wire.ProtocolError):
             self.events.send_nowait(WorkerMisbehaved(worker.serial, item.detail))

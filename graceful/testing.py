@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 try:
@@ -302,37 +302,10 @@ class ServiceProcess:
             self.proc.stdout.close()
 
 
-@contextlib.contextmanager
-def running(
-    script: Path,
-    *,
-    env: Mapping[str, str] | None = None,
-    args: Sequence[str] | None = None,
-    cwd: Path | None = None,
-    module: str | None = None,
-    stdin_script: bool = False,
-    pass_fds: Sequence[int] = (),
-    wrapper: Sequence[str] = (),
-    on_line: Callable[[str], None] | None = None,
-) -> Iterator[ServiceProcess]:
-    """Start a :class:`ServiceProcess` (same arguments), yield it, and
-    :meth:`~ServiceProcess.close` it on the way out, whether the block raised or
-    not."""
-    service = ServiceProcess(
-        script,
-        env=env,
-        args=args,
-        cwd=cwd,
-        module=module,
-        stdin_script=stdin_script,
-        pass_fds=pass_fds,
-        wrapper=wrapper,
-        on_line=on_line,
-    )
-    try:
-        yield service
-    finally:
-        service.close()
+#: ``with running(script, ...) as svc:`` starts a :class:`ServiceProcess` (same
+#: arguments) and :meth:`~ServiceProcess.close`\ s it on the way out, whether the
+#: block raised or not: a ServiceProcess is its own context manager.
+running = ServiceProcess
 
 
 def poll_until(
