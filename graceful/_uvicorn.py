@@ -66,14 +66,19 @@ class _DrainPolicy:
 
     A connection upgraded to a WebSocket during the drain missed uvicorn's call to
     ``shutdown()`` on every connection: its WebSocket protocol is told as it takes
-    over, so it too is closed at the drain deadline (its handshake goes on)."""
+    over, so it too is closed at the drain deadline (its handshake goes on). The
+    deadline counts from when the drain began, not from the upgrade: a WebSocket
+    opened late in the drain must close before the worker's own deadline."""
 
     _draining = False
+    _drain_began = 0.0
     transport: asyncio.Transport
     cycle: Any
 
     def shutdown(self) -> None:
-        self._draining = True
+        if not self._draining:
+            self._draining = True
+            self._drain_began = asyncio.get_running_loop().time()
         self._announce_close()
 
     def _announce_close(self) -> None:
@@ -89,7 +94,10 @@ class _DrainPolicy:
         if self._draining:
             upgraded: Any = self.transport.get_protocol()
             if upgraded is not self:
-                getattr(upgraded, "keep_until_deadline", upgraded.shutdown)()
+                if hasattr(upgraded, "keep_until_deadline"):
+                    upgraded.keep_until_deadline(self._drain_began)
+                else:
+                    upgraded.shutdown()
 
 
 class DrainingH11Protocol(_DrainPolicy, H11Protocol):
@@ -200,21 +208,22 @@ def draining_websocket_protocol(ws: str) -> type[Any] | str:
 
         def shutdown(self) -> None:
             if _websocket_is_open(self):
-                self.keep_until_deadline()
+                self.keep_until_deadline(asyncio.get_running_loop().time())
             else:
                 super().shutdown()
 
-        def keep_until_deadline(self) -> None:
-            """Shut this connection down just before the drain deadline (an open
-            WebSocket is closed with 1012), whatever its state now; at once if there
-            is no deadline."""
+        def keep_until_deadline(self, drain_began: float) -> None:
+            """Shut this connection down just before the deadline of the drain that
+            began at ``drain_began`` (event-loop time; an open WebSocket is closed
+            with 1012), whatever its state now; at once if there is no deadline or
+            it is already that late."""
             timeout = self.config.timeout_graceful_shutdown
             if timeout is None:
                 super().shutdown()
             elif self._graceful_close is None:
-                delay = max(0.0, timeout - min(1.0, timeout * 0.1))
-                self._graceful_close = asyncio.get_running_loop().call_later(
-                    delay, self._close_at_deadline
+                close_at = drain_began + timeout - min(1.0, timeout * 0.1)
+                self._graceful_close = asyncio.get_running_loop().call_at(
+                    close_at, self._close_at_deadline
                 )
 
         def _close_at_deadline(self) -> None:

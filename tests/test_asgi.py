@@ -473,10 +473,12 @@ def test_websocket_keeps_the_drain_deadline_then_closes_with_1012(tmp_path: Path
 def test_a_websocket_opened_on_a_draining_keep_alive_connection_closes_with_1012(
     tmp_path: Path, ws: str
 ) -> None:
-    """The upgrade request arrives on a keep-alive connection of generation 1 after
-    it began draining: that WebSocket also gets the deadline and a 1012 close."""
+    """The upgrade request arrives on a keep-alive connection of generation 1 well
+    into its drain: that WebSocket gets the drain's own deadline (not a fresh one
+    from the upgrade, which would outlive the worker) and a 1012 close."""
+    drain = 4.0
     write_app(tmp_path / "app.py", "old")
-    with serve_with_options(tmp_path, drain=2.0, ws=ws) as svc:
+    with serve_with_options(tmp_path, drain=drain, ws=ws) as svc:
         svc.wait_serving(1)
         [old_worker] = svc.worker_pids()
         listener = svc.address()
@@ -485,9 +487,13 @@ def test_a_websocket_opened_on_a_draining_keep_alive_connection_closes_with_1012
             assert http_request(sock)[1] == b"old"
             write_app(tmp_path / "app.py", "new")
             reload(svc, 2)
+            promoted_at = time.monotonic()
             poll_until(
                 lambda: not holds_listener(old_worker, listener), 10, "generation 1 to drain"
             )
+            # Upgrade 1.5 s into the 4 s drain: a deadline counted from the upgrade
+            # (3.6 s later) would come after the worker has gone.
+            time.sleep(max(0.0, promoted_at + 1.5 - time.monotonic()))
             frames = open_websocket(sock)
             since = time.monotonic()
             _, code = frames_until_close(frames, since)
