@@ -42,6 +42,7 @@ def serve_asgi(
     pid_file: str | os.PathLike[str] | None = None,
     health: str | None = None,
     stop_delay: float = 0.0,
+    probation: float = 30.0,
     **server_options: Any,
 ) -> None:
     """Serve the ASGI app named by ``app`` (``"pkg.module:attr"``) with zero-downtime
@@ -63,7 +64,9 @@ def serve_asgi(
             must be picklable). ``listen``/``workers`` replace the servers' own
             host, port, bind and workers settings.
 
-    Other arguments are those of :func:`graceful.service` and :meth:`Service.run`.
+    Other arguments are those of :func:`graceful.service` and :meth:`Service.run`
+    (``probation`` works with uvicorn; hypercorn's workers cannot be parked, so
+    with hypercorn the previous generation drains and exits at once).
     Returns after a clean stop; raises ``SystemExit`` as :meth:`Service.run` does,
     with status 2 and one line on stderr for every argument it can check before
     starting (the app's module must exist, but is not imported here).
@@ -79,6 +82,7 @@ def serve_asgi(
             factory=factory,
             backend=backend,
             server_options=server_options,
+            probation=probation,
         )
     except ConfigError as exc:
         ensure_visible("supervisor")
@@ -98,6 +102,7 @@ def asgi_service(
     factory: bool,
     backend: str,
     server_options: dict[str, Any],
+    probation: float = 30.0,
 ) -> Service[Any]:
     """The :class:`Service` that serves ``app``, after checking everything that can be
     checked without importing the app.
@@ -115,6 +120,7 @@ def asgi_service(
         ready_timeout=ready_timeout,
         drain_timeout=drain_timeout,
         backend=backend,
+        probation=probation,
     )
     for spec in listen:
         if isinstance(spec, str):
@@ -155,6 +161,7 @@ def asgi_service(
         ready_timeout=ready_timeout,
         drain_timeout=drain_timeout,
         backend=backend,  # type: ignore[arg-type]
+        probation=probation,
         backend_options=backend_options,
         entry_options={
             "app": app,

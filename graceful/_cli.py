@@ -2,7 +2,8 @@
 
     graceful serve pkg.module:app --listen 127.0.0.1:8080 [--workers N] ...
     graceful run pkg.module:main [--pid-file PATH]
-    graceful reload --pid-file PATH [--wait [--timeout S]]
+    graceful reload --pid-file PATH [--wait [--through-probation] [--timeout S]]
+    graceful rollback --pid-file PATH [--timeout S]
     graceful stop --pid-file PATH [--wait [--timeout S]]
     graceful status --pid-file PATH [--json]
 
@@ -108,6 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="S",
             help="after SIGTERM, keep serving S seconds with /ready at 503, then drain",
         )
+    serve.add_argument(
+        "--probation",
+        type=_seconds_or_zero,
+        default=30.0,
+        metavar="S",
+        help="keep the previous generation parked S seconds after a reload, to roll "
+        "back to if the new one crashes (default 30; 0: off)",
+    )
+    run.add_argument(
+        "--probation",
+        type=_seconds_or_zero,
+        metavar="S",
+        help="as for serve; default: the service's own probation= (30)",
+    )
 
     for name, what, waits_for in (
         ("reload", "reload", "the reload has ended: exit 0 if the new code serves, 1 if not"),
@@ -119,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--timeout", type=_positive_float, metavar="S", help="with --wait: give up after S s"
         )
+    reload = commands.choices["reload"]
+    reload.add_argument(
+        "--through-probation",
+        action="store_true",
+        help="with --wait: also wait for the new generation's probation; exit 1 if it "
+        "was rolled back",
+    )
+    rollback = commands.add_parser(
+        "rollback",
+        help="roll back to the parked generation (during a probation); as SIGUSR2",
+    )
+    rollback.add_argument("--pid-file", required=True, metavar="PATH")
+    rollback.add_argument("--timeout", type=_positive_float, metavar="S", help="give up after S s")
     status = commands.add_parser("status", help="show the state of the supervisor")
     status.add_argument("--pid-file", required=True, metavar="PATH")
     status.add_argument("--json", action="store_true", help="print it as JSON")
@@ -136,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "rollback":
+            return _rollback(args)
+        if args.command == "reload" and args.through_probation:
+            args.wait = True
         if args.timeout is not None and not args.wait:
             raise ConfigError("--timeout needs --wait")
         if args.wait:
@@ -171,6 +203,7 @@ def _serve(args: argparse.Namespace) -> int:
         server_options={"access_log": False}
         if args.no_access_log and args.server == "uvicorn"
         else {},
+        probation=args.probation,
     )
     return _supervise(service, args)
 
@@ -185,6 +218,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"module {module_name!r} has no {name!r}")
     if not isinstance(target, Service):
         raise ConfigError(f"{args.entry} is not a @graceful.service (got {type(target).__name__})")
+    if args.probation is not None:
+        target.probation = args.probation
     return _supervise(target, args)
 
 
@@ -207,16 +242,38 @@ def _signal(pid_file: str, signum: signal.Signals) -> int:
 
 def _reload_and_wait(args: argparse.Namespace) -> int:
     try:
-        outcome = Control(args.pid_file).reload(timeout=args.timeout)
+        outcome = Control(args.pid_file).reload(
+            timeout=args.timeout, through_probation=args.through_probation
+        )
     except TimeoutError:
         print(f"timed out after {args.timeout:g}s (the reload goes on)", file=sys.stderr)
         return 1
+    if outcome.outcome == "rolled back":
+        print(f"rolled back: {outcome.cause}", file=sys.stderr)
+        return 1
     if outcome.outcome == "serving":
-        print(f"generation {outcome.generation} serving (ready in {outcome.seconds:.2f}s)")
-        return 0
+        line = f"generation {outcome.generation} serving (ready in {outcome.seconds:.2f}s)"
+        if outcome.probation is not None:
+            line += {
+                "passed": ", passed its probation",
+                "cut short": ", its probation cut short by a newer reload",
+            }.get(outcome.probation, f"; probation {outcome.probation}: {outcome.cause}")
+        elif args.through_probation:
+            line += ", without probation (off, or the previous generation cannot be parked)"
+        print(line, file=sys.stdout if outcome.succeeded else sys.stderr)
+        return 0 if outcome.succeeded else 1
     where = f"generation {outcome.generation} failed" if outcome.generation else "reload failed"
     print(f"{where}: {outcome.cause}", file=sys.stderr)
     return 1
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    try:
+        print(Control(args.pid_file).rollback(timeout=args.timeout))
+    except TimeoutError:
+        print(f"timed out after {args.timeout:g}s (the rollback goes on)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _stop_and_wait(args: argparse.Namespace) -> int:
@@ -258,6 +315,21 @@ def _status(args: argparse.Namespace) -> int:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+    if status.get("probation"):
+        probation = status["probation"]
+        print(
+            f"probation: generation {probation['generation']}, "
+            f"{probation['seconds_left']:.0f}s left; generation "
+            f"{probation['parked_generation']} parked (graceful rollback brings it back)"
+        )
+    if status.get("rolled_back"):
+        rolled = status["rolled_back"]
+        print(
+            f"ROLLED BACK: generation {rolled['serving_generation']} serves again; "
+            f"generation {rolled['generation']} was rolled back: {rolled['cause']}. "
+            "The code on disk is the rolled-back code: crashed workers are not restarted "
+            "from it until the next reload"
+        )
     last = status["last_reload"]
     if last is not None:
         print(f"last reload: generation {last['generation']} {last['outcome']}", end="")
@@ -265,6 +337,7 @@ def _status(args: argparse.Namespace) -> int:
     counters = status["counters"]
     print(
         f"reloads: {counters['reloads_serving']} serving, {counters['reloads_failed']} failed; "
-        f"worker crashes: {counters['worker_crashes']}"
+        f"worker crashes: {counters['worker_crashes']}; "
+        f"rollbacks: {counters.get('rollbacks', 0)}"
     )
     return 0

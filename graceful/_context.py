@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -55,24 +56,70 @@ class Context:
         self.worker_id = worker_id
         self._control = control
         self._ready_sent = False
+        self._broken_sent = False
         self._shutdown = shutdown
+        #: the cancel scopes of the connections :meth:`serve` runs
+        self._connections: set[anyio.CancelScope] = set()
 
     # -- readiness and shutdown -----------------------------------------------------
 
-    async def ready(self) -> None:
-        """Tell the supervisor this worker can take traffic. Calling it again does nothing.
+    async def ready(self, *, parkable: bool = False) -> None:
+        """Tell the supervisor this worker can take traffic. Calling it again does
+        nothing (until a resume: see :meth:`wait_resume`).
 
         The reload that started this worker's generation completes (and the old
         generation starts draining) once every worker of the generation is ready.
+
+        ``parkable=True`` promises that this worker, once it has stopped accepting
+        and closed its listeners after :meth:`wait_shutdown`, calls
+        :meth:`wait_resume` and, if resumed, serves again on the new
+        :attr:`listeners`. Only then can its generation be kept parked through the
+        next generation's probation, and brought back by a rollback.
+        :meth:`serve` does all this by itself.
         """
         if not self._ready_sent:
             self._ready_sent = True
-            self._control.send(_wire.Ready())
+            self._control.send(_wire.Ready(parkable=parkable))
 
     async def wait_shutdown(self) -> None:
-        """Return once this worker is asked to stop: its generation was replaced by a
-        reload, the service is stopping, or the supervisor is gone."""
+        """Return once this worker is asked to stop accepting: its generation was
+        replaced by a reload (or parked, see :attr:`parking`), the service is
+        stopping, or the supervisor is gone."""
         await self._shutdown.wait()
+
+    @property
+    def parking(self) -> bool:
+        """True once this worker was asked to park rather than exit: it drains as for
+        a shutdown, and may then be resumed (see :meth:`wait_resume`)."""
+        return self._shutdown.parked
+
+    async def wait_resume(self) -> bool:
+        """After :meth:`wait_shutdown`, once this worker has stopped accepting and
+        closed its listeners: wait, alive and idle (in-flight work may go on), until
+        it is resumed or told to exit. Returns False at once if the stop is final.
+
+        Returns True when a rollback resumes this worker's generation: the listeners
+        were sent again and :attr:`listeners` holds them; nothing is requested any
+        more (:attr:`shutdown_requested` is False, :attr:`drain_deadline` None), and
+        the worker must accept on them and call :meth:`ready` again. Returns False
+        when it must finish its drain by :attr:`drain_deadline` and return.
+        """
+        resumed = await self._shutdown.wait_resume()
+        if resumed:
+            self._ready_sent = False
+        return resumed
+
+    async def declare_broken(self, reason: str) -> None:
+        """Tell the supervisor this worker's code is broken, although it runs.
+
+        During the probation that follows the reload that started this worker's
+        generation, the supervisor rolls back to the parked previous generation.
+        Before the generation is ready, the reload fails. Otherwise it is only
+        logged. The worker goes on either way: it is drained like any other.
+        """
+        if not self._broken_sent:
+            self._broken_sent = True
+            self._control.send(_wire.Broken(" ".join(reason.split()) or "no reason given"))
 
     @property
     def shutdown_requested(self) -> bool:
@@ -96,20 +143,33 @@ class Context:
         closes this worker's copies of the listeners, and waits for running handlers
         until the drain deadline, when it cancels the rest and returns.
 
+        When parked instead (probation), it drains the same way but stays, and a
+        resume makes it accept again on the listeners it is sent; the handlers still
+        running then keep going without a deadline.
+
         An exception from ``handler`` is logged with its traceback and closes only
         that connection.
         """
         async with anyio.create_task_group() as connections:
-            async with anyio.create_task_group() as acceptors:
+            while True:
+                async with anyio.create_task_group() as acceptors:
+                    for listener in self.listeners:
+                        acceptors.start_soon(
+                            self._accept_loop, listener.socket, connections, handler
+                        )
+                    await self.ready(parkable=True)
+                    await self.wait_shutdown()
+                    acceptors.cancel_scope.cancel()
                 for listener in self.listeners:
-                    acceptors.start_soon(self._accept_loop, listener.socket, connections, handler)
-                await self.ready()
-                await self.wait_shutdown()
-                acceptors.cancel_scope.cancel()
-            for listener in self.listeners:
-                listener.socket.close()
-            if self.drain_deadline is not None:
-                connections.cancel_scope.deadline = self.drain_deadline
+                    listener.socket.close()
+                self._set_connection_deadline(self.drain_deadline)
+                if not await self.wait_resume():
+                    break
+                self._set_connection_deadline(None)
+
+    def _set_connection_deadline(self, deadline: float | None) -> None:
+        for scope in self._connections:
+            scope.deadline = math.inf if deadline is None else deadline
 
     async def _accept_loop(
         self, listener: socket.socket, connections: TaskGroup, handler: Handler
@@ -135,20 +195,27 @@ class Context:
                 logger.warning("accept() failed: %s; retrying in 0.1s", exc.strerror)
                 await anyio.sleep(0.1)
                 continue
-            connections.start_soon(_run_handler, conn, handler)
+            connections.start_soon(_run_handler, conn, handler, self._connections)
 
 
-async def _run_handler(conn: socket.socket, handler: Handler) -> None:
-    try:
-        stream = await SocketStream.from_socket(conn)
-    except BaseException:
-        conn.close()
-        raise
-    async with stream:
+async def _run_handler(
+    conn: socket.socket, handler: Handler, scopes: set[anyio.CancelScope]
+) -> None:
+    with anyio.CancelScope() as scope:
+        scopes.add(scope)
         try:
-            await handler(stream)
-        except Exception:
-            logger.exception("connection handler failed")
+            try:
+                stream = await SocketStream.from_socket(conn)
+            except BaseException:
+                conn.close()
+                raise
+            async with stream:
+                try:
+                    await handler(stream)
+                except Exception:
+                    logger.exception("connection handler failed")
+        finally:
+            scopes.discard(scope)
 
 
 class SyncContext:
@@ -167,9 +234,27 @@ class SyncContext:
         self.generation = context.generation
         self.worker_id = context.worker_id
 
-    def ready(self) -> None:
-        """Tell the supervisor this worker can take traffic. Idempotent."""
-        self._portal.call(self._context.ready)
+    def ready(self, *, parkable: bool = False) -> None:
+        """Tell the supervisor this worker can take traffic. Idempotent (until a
+        resume). ``parkable`` as for :meth:`Context.ready`."""
+        self._portal.call(lambda: self._context.ready(parkable=parkable))
+
+    @property
+    def parking(self) -> bool:
+        """True once this worker was asked to park rather than exit."""
+        return self._context.parking
+
+    def wait_resume(self) -> bool:
+        """As :meth:`Context.wait_resume`, blocking: True once resumed (serve again on
+        :attr:`listeners` and call :meth:`ready`), False when the stop is final."""
+        resumed = self._portal.call(self._context.wait_resume)
+        if resumed:
+            self.listeners = self._context.listeners
+        return resumed
+
+    def declare_broken(self, reason: str) -> None:
+        """As :meth:`Context.declare_broken`."""
+        self._portal.call(self._context.declare_broken, reason)
 
     def wait_shutdown(self, timeout: float | None = None) -> bool:
         """Block until this worker is asked to stop, or ``timeout`` seconds pass.

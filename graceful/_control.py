@@ -23,6 +23,13 @@ reads answers until the connection closes:
   ``{"ok": true|false, "reload": {"generation", "outcome", "cause", "seconds"}}``,
   ``outcome`` being ``"serving"`` or ``"failed"``; a reload asked for while the
   service stops fails with the cause ``"the service is stopping"``.
+  With ``"probation": true`` as well, the answer waits until the new generation's
+  probation has ended: ``outcome`` is then ``"rolled back"`` if it was, and
+  ``probation`` says how the probation ended (see :meth:`Control.reload`).
+* ``{"graceful": 1, "command": "rollback"}``: rolls back the generation on
+  probation; answered once the parked generation serves again with
+  ``{"ok": true, "rollback": "generation 4 serves again ..."}``, or with ``"ok":
+  false`` and why not (nothing parked, the rollback failed).
 * ``{"graceful": 1, "command": "stop", "wait": false}``: ``{"ok": true, "stop":
   "requested", "pid": P}``. With ``"wait": true``, a second line, ``{"ok": true,
   "exited": STATUS}``, comes as the supervisor exits, after its clean-up.
@@ -44,7 +51,7 @@ import stat
 import struct
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -180,15 +187,34 @@ def _short_path(path: str) -> Iterator[str]:
 
 @dataclass
 class ReloadWaiter:
-    """One ``reload --wait`` request, until the reload that answers it ends."""
+    """One ``reload --wait`` (or ``rollback``) request, until what answers it ends."""
 
     done: anyio.Event = field(default_factory=anyio.Event)
     result: ReloadOutcome | str | None = None
+    #: wait until the promoted generation's probation has ended too
+    through_probation: bool = False
+    #: how the reload ended, while its probation goes on
+    promoted: ReloadOutcome | None = None
 
     def resolve(self, result: ReloadOutcome | str) -> None:
         if self.result is None:
             self.result = result
             self.done.set()
+
+    def resolve_probation(self, outcome: str, detail: str) -> None:
+        """The promoted generation's probation ended: ``outcome`` and ``detail`` as in
+        :class:`~graceful._decisions.ProbationEnded`."""
+        promoted = self.promoted
+        assert promoted is not None, "resolve_probation() before the promotion"
+        rolled_back = outcome == "rolled back"
+        self.resolve(
+            replace(
+                promoted,
+                outcome="rolled back" if rolled_back else promoted.outcome,
+                cause=None if outcome in ("passed", "cut short") else detail,
+                probation=outcome,
+            )
+        )
 
 
 class ControlServer:
@@ -261,20 +287,34 @@ class ControlServer:
         if command == "status":
             await _answer(stream, ok=True, status=self.supervisor.status())
         elif command == "reload":
-            waiter = self.supervisor.request_reload()
+            through_probation = request.get("probation", False)
+            if not isinstance(through_probation, bool):
+                await _answer(
+                    stream,
+                    ok=False,
+                    error=f"'probation' must be true or false, not {through_probation!r}",
+                )
+                return False
+            waiter = self.supervisor.request_reload(through_probation)
             if not wait:
                 await _answer(stream, ok=True, reload="requested")
                 return False
             await waiter.done.wait()
             result = waiter.result
             if isinstance(result, ReloadOutcome):
-                await _answer(stream, ok=result.outcome == "serving", reload=_outcome(result))
+                await _answer(stream, ok=result.succeeded, reload=_outcome(result))
             else:
                 await _answer(
                     stream,
                     ok=False,
                     reload={"generation": None, "outcome": "failed", "cause": result},
                 )
+        elif command == "rollback":
+            waiter = self.supervisor.request_rollback(by="graceful rollback")
+            await waiter.done.wait()
+            detail = str(waiter.result)
+            failed = detail.startswith("failed: ")
+            await _answer(stream, ok=not failed, rollback=detail.removeprefix("failed: "))
         elif command == "stop":
             self.supervisor.request_stop()
             await _answer(stream, ok=True, stop="requested", pid=os.getpid())
@@ -303,6 +343,7 @@ def _outcome(outcome: ReloadOutcome) -> dict[str, Any]:
         "outcome": outcome.outcome,
         "cause": outcome.cause,
         "seconds": round(outcome.seconds, 6),
+        "probation": outcome.probation,
     }
 
 
@@ -361,24 +402,49 @@ class Control:
     def __init__(self, pid_file: str | os.PathLike[str]) -> None:
         self.pid_file = os.fspath(pid_file)
 
-    def reload(self, *, timeout: float | None = None) -> ReloadOutcome:
+    def reload(
+        self, *, timeout: float | None = None, through_probation: bool = False
+    ) -> ReloadOutcome:
         """Ask for a reload and wait until the reload that runs code read after this
         call has ended; return how it ended (``outcome`` is ``"serving"`` or
         ``"failed"``, with ``cause``).
 
+        With ``through_probation``, wait until the new generation's probation has
+        ended too: ``outcome`` is then ``"rolled back"`` (with ``cause``) if it was
+        rolled back, and ``probation`` says how the probation ended (``"passed"``,
+        ``"rolled back"``, ``"cut short"`` by a newer reload, ``"rollback failed"``
+        or ``"stopped"``; None if there was no probation).
+
         Raises:
             TimeoutError: after ``timeout`` seconds (the reload goes on).
         """
-        answer = self.request("reload", wait=True, timeout=timeout)
+        answer = self.request("reload", wait=True, timeout=timeout, probation=through_probation)
         reload = answer.get("reload")
         if not isinstance(reload, dict):
             raise GracefulError(f"unexpected answer from the supervisor: {answer}")
+        probation = reload.get("probation")
         return ReloadOutcome(
             generation=int(reload.get("generation") or 0),
             outcome=str(reload.get("outcome")),
             cause=None if reload.get("cause") is None else str(reload.get("cause")),
             seconds=float(reload.get("seconds") or 0.0),
+            probation=None if probation is None else str(probation),
         )
+
+    def rollback(self, *, timeout: float | None = None) -> str:
+        """Roll back the generation on probation: the parked previous generation
+        serves again. Returns once it does, with one line saying so.
+
+        Raises:
+            GracefulError: one line, if there is nothing to roll back to (no
+                generation on probation) or the rollback failed.
+            TimeoutError: after ``timeout`` seconds (the rollback goes on).
+        """
+        answer = self.request("rollback", timeout=timeout)
+        detail = str(answer.get("rollback"))
+        if not answer.get("ok", False):
+            raise GracefulError(detail)
+        return detail
 
     def status(self, *, timeout: float | None = 10.0) -> dict[str, Any]:
         """The supervisor's state, as ``graceful status --json`` prints it."""
@@ -443,17 +509,18 @@ class Control:
         wait: bool = False,
         timeout: float | None = None,
         on_answer: Callable[[dict[str, Any]], bool] | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
-        """Send ``command`` and return the last answer (the first one, if
-        ``on_answer`` says to stop by returning True). ``timeout`` bounds the whole
-        exchange.
+        """Send ``command`` (with ``fields``) and return the last answer (the first
+        one, if ``on_answer`` says to stop by returning True). ``timeout`` bounds the
+        whole exchange.
 
         Raises:
             GracefulError: one line, if the supervisor cannot be reached or refuses.
             TimeoutError: when ``timeout`` passes first.
         """
         try:
-            return self._exchange(command, wait, timeout, on_answer)
+            return self._exchange(command, wait, timeout, on_answer, fields)
         except TimeoutError:
             raise
         except OSError as exc:
@@ -468,11 +535,12 @@ class Control:
         wait: bool,
         timeout: float | None,
         on_answer: Callable[[dict[str, Any]], bool] | None,
+        fields: dict[str, Any],
     ) -> dict[str, Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         sock, _ = self._connect(timeout)
         with sock:
-            sock.sendall(_encode(command=command, wait=wait))
+            sock.sendall(_encode(command=command, wait=wait, **fields))
             buffer = b""
             last: dict[str, Any] | None = None
             while True:

@@ -145,7 +145,34 @@ class StopDelayOver:
 
 @dataclass(frozen=True)
 class WorkerReady:
+    """The worker accepts (again, after a resume). ``parkable``: its server can be
+    parked and resumed (see :class:`ParkWorker`)."""
+
     serial: int
+    parkable: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerBroken:
+    """The app declared this worker broken (``Context.declare_broken``): during its
+    generation's probation, a reason to roll back."""
+
+    serial: int
+    cause: str
+
+
+@dataclass(frozen=True)
+class RollbackRequested:
+    """``graceful rollback`` or SIGUSR2: roll back the generation on probation."""
+
+    by: str
+
+
+@dataclass(frozen=True)
+class ProbationOver:
+    """``probation`` seconds have passed since generation ``generation`` was promoted."""
+
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -199,6 +226,9 @@ Event: TypeAlias = (
     | DrainTimeout
     | RestartDue
     | StopDelayOver
+    | WorkerBroken
+    | RollbackRequested
+    | ProbationOver
 )
 
 # --- actions -----------------------------------------------------------------------
@@ -219,6 +249,23 @@ class ShutdownWorker:
 
 @dataclass(frozen=True)
 class KillWorker:
+    serial: int
+
+
+@dataclass(frozen=True)
+class ParkWorker:
+    """Stop accepting and drain exactly as for :class:`ShutdownWorker`, but stay alive
+    with the code loaded and no listener, until resumed or shut down."""
+
+    serial: int
+    drain_timeout: float
+
+
+@dataclass(frozen=True)
+class ResumeWorker:
+    """Hand a parked worker the listeners again and tell it to accept; it reports
+    ready once it does."""
+
     serial: int
 
 
@@ -247,17 +294,26 @@ class GenerationStarted:
 @dataclass(frozen=True)
 class ReloadOutcome:
     """How a reload ended: generation ``generation`` is ``serving``, or ``failed``
-    with ``cause``, ``seconds`` after it started."""
+    with ``cause``, ``seconds`` after it started; later ``rolled back`` (with
+    ``cause``) if its probation failed."""
 
     generation: int
     outcome: str
     cause: str | None
     seconds: float
+    #: how the generation's probation ended, when that was waited for: "passed",
+    #: "rolled back", "cut short", "rollback failed" or "stopped"
+    probation: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """The new code serves (and, if waited for, passed or outlived its probation)."""
+        return self.outcome == "serving" and self.probation in (None, "passed", "cut short")
 
     def __str__(self) -> str:
         if self.outcome == "serving":
             return f"generation {self.generation} serving in {self.seconds:.3f}s"
-        return f"generation {self.generation} failed: {self.cause}"
+        return f"generation {self.generation} {self.outcome}: {self.cause}"
 
 
 @dataclass(frozen=True)
@@ -265,6 +321,26 @@ class ReloadEnded:
     """A reload ended, either way (never emitted for the first generation)."""
 
     reload: ReloadOutcome
+
+
+@dataclass(frozen=True)
+class ProbationEnded:
+    """Generation ``generation``'s probation ended: ``outcome`` is ``"passed"``,
+    ``"rolled back"`` (``detail`` is the cause), ``"cut short"`` (a newer
+    generation was promoted) or ``"stopped"``."""
+
+    generation: int
+    outcome: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class RollbackEnded:
+    """A rollback (asked for, or automatic) ended, or a request for one was refused:
+    ``ok`` and one line saying what happened."""
+
+    ok: bool
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -315,10 +391,14 @@ Action: TypeAlias = (
     SpawnWorker
     | ShutdownWorker
     | KillWorker
+    | ParkWorker
+    | ResumeWorker
     | StopAccepting
     | StartTimer
     | GenerationStarted
     | ReloadEnded
+    | ProbationEnded
+    | RollbackEnded
     | GenerationServing
     | Announce
     | Log
@@ -342,18 +422,29 @@ class Settings:
     #: after the first stop request, keep serving this long before draining (while
     #: health checks already report the stop)
     stop_delay: float = 0.0
+    #: after a reload, keep the previous generation parked this long, for a rollback
+    #: (0: no probation, the previous generation exits once drained)
+    probation: float = 0.0
 
 
 class WorkerState(Enum):
     STARTING = "starting"
     READY = "ready"
     DRAINING = "draining"
+    #: told to park: no listener, code loaded, waiting to be resumed or shut down
+    PARKED = "parked"
+    #: a parked worker told to resume, until it reports ready
+    RESUMING = "resuming"
 
 
 class Role(Enum):
     STARTING = "starting"
     SERVING = "serving"
     RETIRED = "retired"
+    #: the previous generation, kept through the serving one's probation
+    PARKED = "parked"
+    #: a parked generation being brought back by a rollback
+    RESUMING = "resuming"
 
 
 @dataclass
@@ -369,6 +460,11 @@ class Worker:
     #: told to stop while still starting (by a stop of the service): it gets only
     #: ``kill_grace`` to finish
     abandoned: bool = False
+    #: its server can be parked and resumed (it said so when it became ready)
+    parkable: bool = False
+    #: started from the code on disk after that code was rolled back (the last
+    #: resort of the rejected-code rule)
+    runs_rejected_code: bool = False
 
 
 @dataclass
@@ -381,6 +477,8 @@ class Counters:
     worker_crashes: int = 0
     #: replacements spawned for them
     worker_restarts: int = 0
+    #: rollbacks to a parked generation that completed
+    rollbacks: int = 0
 
 
 @dataclass
@@ -393,6 +491,39 @@ class Generation:
     slots: dict[int, int] = field(default_factory=dict)
     #: worker_id -> consecutive crashes, for the backoff
     crashes: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Probation:
+    """Generation ``generation`` serves on probation until ``until``; generation
+    ``parked`` waits, parked, to be resumed if it fails."""
+
+    generation: int
+    parked: int
+    started_at: float
+    until: float
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """A rollback under way: generation ``to_generation`` is resuming, and
+    ``from_generation`` will be drained once it has."""
+
+    from_generation: int
+    to_generation: int
+    cause: str
+    started_at: float
+
+
+@dataclass(frozen=True)
+class RejectedCode:
+    """Generation ``generation`` was rolled back because of ``cause``: the code on
+    disk is the rejected one until the next reload."""
+
+    generation: int
+    cause: str
+    #: the generation that serves again
+    serving: int
 
 
 class Stopping(Enum):
@@ -425,6 +556,13 @@ class SupervisorStateMachine:
         self.stop_delayed_until: float | None = None
         #: why the service stops, if not by request
         self.stop_reason: str | None = None
+        #: the serving generation's probation, while one runs
+        self.probation: Probation | None = None
+        #: the rollback under way, if any
+        self.rollback: Rollback | None = None
+        #: set by a completed rollback, until the next generation is promoted: crashed
+        #: workers are not restarted from the (rejected) code on disk
+        self.rejected: RejectedCode | None = None
         self._now = 0.0
         self._next_serial = 1
         self._next_generation = 1
@@ -459,15 +597,15 @@ class SupervisorStateMachine:
                 self._start_generation(now)
             case ReloadRequested():
                 self._on_reload()
-                if self.starting is None and not self.stop_announced:
+                if self.starting is None and self.rollback is None and not self.stop_announced:
                     self._start_generation(now)
             case StopRequested():
                 self._on_stop_requested(now)
             case StopDelayOver():
                 if self.stop_delayed_until is not None and self.stopping is Stopping.NO:
                     self._on_stop(now)
-            case WorkerReady(serial):
-                self._on_ready(serial, now)
+            case WorkerReady(serial, parkable):
+                self._on_ready(serial, parkable, now)
             case WorkerFailed(serial, cause):
                 self._on_failed(serial, cause)
             case WorkerMisbehaved(serial, detail):
@@ -480,6 +618,12 @@ class SupervisorStateMachine:
                 self._on_drain_timeout(serial)
             case RestartDue(generation, worker_id):
                 self._on_restart_due(generation, worker_id)
+            case WorkerBroken(serial, cause):
+                self._on_broken(serial, cause, now)
+            case RollbackRequested(by):
+                self._on_rollback_requested(by, now)
+            case ProbationOver(generation):
+                self._on_probation_over(generation)
         self._maybe_exit()
         return self._actions
 
@@ -549,6 +693,16 @@ class SupervisorStateMachine:
             line = (
                 f"generation {self.serving} serving, {ready}/{self.settings.workers} workers ready"
             )
+            if self.probation is not None:
+                left = max(0.0, self.probation.until - self._now)
+                line += f" (probation, {left:.0f}s left; generation {self.probation.parked} parked)"
+            if self.rollback is not None:
+                line += f"; rolling back to generation {self.rollback.to_generation}"
+            if self.rejected is not None:
+                line += (
+                    f"; rolled back from generation {self.rejected.generation}: "
+                    f"{self.rejected.cause}"
+                )
             if self.starting is not None:
                 line += f"; generation {self.starting} starting"
         if self.last_reload is not None:
@@ -579,6 +733,10 @@ class SupervisorStateMachine:
     def _on_reload(self) -> None:
         if self.stop_announced:
             self._log(logging.INFO, "reload ignored: the service is stopping")
+        elif self.rollback is not None:
+            if not self.reload_queued:
+                self._log(logging.INFO, "reload requested during a rollback; it will follow it")
+            self.reload_queued = True
         elif self.starting is not None:
             if not self.reload_queued:
                 self._log(
@@ -588,14 +746,22 @@ class SupervisorStateMachine:
                 )
             self.reload_queued = True
 
-    def _on_ready(self, serial: int, now: float) -> None:
+    def _on_ready(self, serial: int, parkable: bool, now: float) -> None:
         worker = self.workers.get(serial)
-        if worker is None or worker.state is not WorkerState.STARTING or worker.killed:
+        if worker is None or worker.killed:
             # a worker being killed (it missed ready_timeout) is not revived by a late
             # report: its kill is already on its way
             return
+        if worker.state is WorkerState.RESUMING:
+            worker.state = WorkerState.READY
+            worker.parkable = parkable
+            self._rollback_progress(now)
+            return
+        if worker.state is not WorkerState.STARTING:
+            return
         worker.state = WorkerState.READY
         worker.ready_at = now
+        worker.parkable = parkable
         generation = self.generations[worker.generation]
         if generation.role is Role.SERVING:
             self._log(logging.INFO, f"{self._describe(worker)} is back in service")
@@ -623,12 +789,222 @@ class SupervisorStateMachine:
             self.last_reload = ReloadOutcome(generation.number, "serving", None, took)
             self.counters.reloads_serving += 1
             self._actions.append(ReloadEnded(self.last_reload))
+            self.rejected = None
+            self._end_probation("cut short", f"generation {generation.number} replaced it")
+            parked = self._park(self.generations[previous], generation, now)
+            then = (
+                f"generation {previous} parked for {self.settings.probation:g}s of probation"
+                if parked
+                else f"draining generation {previous}"
+            )
             self._log(
                 logging.INFO,
-                f"generation {generation.number} is serving (ready in {took:.3f}s); "
-                f"draining generation {previous}",
+                f"generation {generation.number} is serving (ready in {took:.3f}s); {then}",
             )
-            self._retire(self.generations[previous])
+        self._announce(Phase.READY)
+        self._follow_queued_reload(now)
+
+    # -- probation and rollback -----------------------------------------------------
+
+    def _park(self, previous: Generation, promoted: Generation, now: float) -> bool:
+        """Park ``previous`` for ``promoted``'s probation if it can be (probation is
+        on, and every ready worker's server takes part); else retire it. True if
+        parked."""
+        ready = [
+            self.workers[serial]
+            for serial in previous.slots.values()
+            if self.workers[serial].state is WorkerState.READY and not self.workers[serial].killed
+        ]
+        if self.settings.probation <= 0 or not ready:
+            self._retire(previous)
+            return False
+        if not all(worker.parkable for worker in ready):
+            self._log(
+                logging.INFO,
+                f"generation {previous.number} cannot be parked (its server does not take "
+                "part in probation: see Context.wait_resume); no rollback is possible",
+            )
+            self._retire(previous)
+            return False
+        previous.role = Role.PARKED
+        for serial in list(previous.slots.values()):
+            worker = self.workers[serial]
+            if worker in ready:
+                worker.state = WorkerState.PARKED
+                self._actions.append(ParkWorker(serial, self.settings.drain_timeout))
+            elif not worker.killed:
+                self._drain(worker)  # a replacement still starting: not worth keeping
+        self.probation = Probation(
+            promoted.number, previous.number, now, now + self.settings.probation
+        )
+        self._actions.append(StartTimer(self.settings.probation, ProbationOver(promoted.number)))
+        return True
+
+    def _end_probation(self, outcome: str, detail: str) -> None:
+        """End the running probation, if any, without a rollback: the parked
+        generation exits."""
+        probation = self.probation
+        if probation is None:
+            return
+        self.probation = None
+        parked = self.generations.get(probation.parked)
+        if parked is not None and parked.role is Role.PARKED:
+            self._retire(parked)
+        self._actions.append(ProbationEnded(probation.generation, outcome, detail))
+
+    def _on_probation_over(self, number: int) -> None:
+        probation = self.probation
+        if probation is None or probation.generation != number:
+            return
+        self._log(
+            logging.INFO,
+            f"generation {number} passed its probation ({self.settings.probation:g}s); "
+            f"parked generation {probation.parked} exits",
+        )
+        self._end_probation("passed", f"passed {self.settings.probation:g}s of probation")
+        self._announce(Phase.STATUS)
+
+    def _on_broken(self, serial: int, cause: str, now: float) -> None:
+        worker = self.workers.get(serial)
+        if worker is None or worker.killed or worker.state is WorkerState.DRAINING:
+            return
+        generation = self.generations[worker.generation]
+        declared = f"worker {worker.worker_id} declared itself broken: {cause}"
+        if generation.role is Role.STARTING:
+            worker.cause = worker.cause or f"declared itself broken: {cause}"
+            self._fail_generation(generation, worker, declared, now)
+        elif (
+            generation.role is Role.SERVING
+            and self.probation is not None
+            and self.probation.generation == generation.number
+        ):
+            self._roll_back(f"generation {generation.number} {declared}", now)
+        else:
+            self._log(
+                logging.WARNING,
+                f"{self._describe(worker)} declared itself broken ({cause}); there is no "
+                "probation to roll back from, so it goes on",
+            )
+
+    def _on_rollback_requested(self, by: str, now: float) -> None:
+        if self.stopping is not Stopping.NO:
+            refused = "the service is stopping"
+        elif self.rollback is not None:
+            refused = f"a rollback to generation {self.rollback.to_generation} is already under way"
+        elif self.probation is None:
+            refused = "no generation is parked (no reload on probation)"
+        elif not self._roll_back(
+            f"generation {self.probation.generation} rolled back by {by}", now
+        ):
+            refused = "no parked worker is left to resume"
+        else:
+            return
+        self._log(logging.WARNING, f"rollback requested by {by} refused: {refused}")
+        self._actions.append(RollbackEnded(False, f"nothing to roll back to: {refused}"))
+
+    def _roll_back(self, cause: str, now: float) -> bool:
+        """Resume the parked generation in place of the one on probation. False (and
+        the probation goes on) if no parked worker is left."""
+        probation = self.probation
+        if probation is None or self.rollback is not None:
+            return False
+        parked = self.generations.get(probation.parked)
+        resumable = (
+            [
+                self.workers[serial]
+                for serial in parked.slots.values()
+                if self.workers[serial].state is WorkerState.PARKED
+                and not self.workers[serial].killed
+            ]
+            if parked is not None
+            else []
+        )
+        if parked is None or not resumable:
+            self._log(
+                logging.ERROR,
+                f"cannot roll back ({cause}): parked generation {probation.parked} has no "
+                "worker left",
+            )
+            return False
+        self.probation = None
+        parked.role = Role.RESUMING
+        for worker in resumable:
+            worker.state = WorkerState.RESUMING
+            self._actions.append(ResumeWorker(worker.serial))
+            self._actions.append(
+                StartTimer(self.settings.ready_timeout, ReadyTimeout(worker.serial))
+            )
+        self.rollback = Rollback(probation.generation, parked.number, cause, now)
+        self._log(
+            logging.ERROR,
+            f"rolling back: {cause}; parked generation {parked.number} resumes",
+        )
+        self._announce(Phase.STATUS)
+        return True
+
+    def _rollback_progress(self, now: float) -> None:
+        """Complete the rollback once no worker of the resuming generation is still
+        resuming; fail it if none resumed."""
+        rollback = self.rollback
+        if rollback is None:
+            return
+        target = self.generations.get(rollback.to_generation)
+        workers = [self.workers[serial] for serial in target.slots.values()] if target else []
+        if any(worker.state is WorkerState.RESUMING for worker in workers):
+            return
+        self.rollback = None
+        rejected = self.generations.get(rollback.from_generation)
+        if target is None or not any(w.state is WorkerState.READY for w in workers):
+            if target is not None:
+                self._retire(target)
+            detail = (
+                f"rollback to generation {rollback.to_generation} failed: no worker resumed; "
+                f"generation {rollback.from_generation} keeps serving"
+            )
+            self._log(logging.ERROR, detail)
+            self._actions.append(RollbackEnded(False, detail))
+            self._actions.append(
+                ProbationEnded(rollback.from_generation, "rollback failed", rollback.cause)
+            )
+            if rejected is not None:
+                for worker_id in range(self.settings.workers):
+                    if worker_id not in rejected.slots:
+                        self._actions.append(
+                            StartTimer(
+                                self.settings.backoff_initial,
+                                RestartDue(rejected.number, worker_id),
+                            )
+                        )
+            self._announce(Phase.READY)
+            self._follow_queued_reload(now)
+            return
+        target.role = Role.SERVING
+        if rejected is not None:
+            self._retire(rejected)
+        took = now - rollback.started_at
+        self.counters.rollbacks += 1
+        self.rejected = RejectedCode(rollback.from_generation, rollback.cause, target.number)
+        last = self.last_reload
+        if last is not None and last.generation == rollback.from_generation:
+            self.last_reload = ReloadOutcome(
+                last.generation, "rolled back", rollback.cause, last.seconds
+            )
+        self._log(
+            logging.ERROR,
+            f"rolled back: generation {target.number} serves again (resumed in {took:.3f}s), "
+            f"generation {rollback.from_generation} drains. Until the next reload, crashed "
+            "workers are not restarted from the code on disk, which was rolled back",
+        )
+        self._actions.append(
+            RollbackEnded(
+                True,
+                f"generation {target.number} serves again (resumed in {took:.3f}s); "
+                f"generation {rollback.from_generation} rolled back: {rollback.cause}",
+            )
+        )
+        self._actions.append(
+            ProbationEnded(rollback.from_generation, "rolled back", rollback.cause)
+        )
         self._announce(Phase.READY)
         self._follow_queued_reload(now)
 
@@ -684,6 +1060,13 @@ class SupervisorStateMachine:
         if worker.state is WorkerState.DRAINING:
             if not worker.killed and exitcode not in (0, None):
                 self._log(logging.WARNING, f"{self._describe(worker)} exited while draining: {how}")
+        elif worker.state is WorkerState.PARKED:
+            self._log(
+                logging.WARNING, f"parked {self._describe(worker)} {how}; it cannot be resumed"
+            )
+        elif worker.state is WorkerState.RESUMING:
+            self._log(logging.WARNING, f"{self._describe(worker)} {how} while resuming")
+            self._rollback_progress(now)
         elif generation.role is Role.STARTING:
             when = (
                 "before it was ready"
@@ -697,9 +1080,60 @@ class SupervisorStateMachine:
             )
             self._fail_generation(generation, worker, cause, now)
         elif generation.role is Role.SERVING and self.stopping is Stopping.NO:
-            self._schedule_restart(generation, worker, how, now)
-        if not generation.slots and generation.role is Role.RETIRED:
+            self._on_serving_exit(generation, worker, how, now)
+        if not generation.slots and generation.role in (Role.RETIRED, Role.PARKED):
             self.generations.pop(generation.number, None)
+
+    def _on_serving_exit(
+        self, generation: Generation, worker: Worker, how: str, now: float
+    ) -> None:
+        """A worker of the serving generation exited unexpectedly: roll back if it is
+        on probation, else restart it, unless the code on disk was rolled back."""
+        probation = self.probation
+        if self.rollback is not None:
+            self.counters.worker_crashes += 1
+            self._log(logging.WARNING, f"{self._describe(worker)} {how}; a rollback is under way")
+            return
+        if probation is not None and probation.generation == generation.number:
+            into = now - probation.started_at
+            cause = (
+                f"generation {generation.number} worker {worker.worker_id} {how} "
+                f"{into:.1f}s into its probation"
+            )
+            if self._roll_back(cause, now):
+                self.counters.worker_crashes += 1
+                return
+        if self.rejected is not None and not self._may_respawn_from_disk(generation, worker):
+            self.counters.worker_crashes += 1
+            self._announce(Phase.STATUS)
+            return
+        self._schedule_restart(generation, worker, how, now)
+
+    def _may_respawn_from_disk(self, generation: Generation, worker: Worker) -> bool:
+        """The rejected-code rule: after a rollback, the code on disk is the code that
+        was rolled back. A crashed worker is not replaced from it while any worker of
+        its generation still serves; when none is left, it is, as the last resort,
+        and said loudly."""
+        rejected = self.rejected
+        if rejected is None:
+            return True
+        left = len(generation.slots)
+        if left:
+            self._log(
+                logging.ERROR,
+                f"{self._describe(worker)} is gone; not restarting it: the code on disk is "
+                f"generation {rejected.generation}'s, which was rolled back "
+                f"({rejected.cause}). Serving with {left}/{self.settings.workers} workers "
+                "until the next reload",
+            )
+            return False
+        self._log(
+            logging.ERROR,
+            f"{self._describe(worker)} was the last worker: restarting it from the code on "
+            f"disk, although generation {rejected.generation}'s code was rolled back "
+            f"({rejected.cause})",
+        )
+        return True
 
     def _schedule_restart(
         self, generation: Generation, worker: Worker, how: str, now: float
@@ -740,6 +1174,11 @@ class SupervisorStateMachine:
 
     def _on_ready_timeout(self, serial: int, now: float) -> None:
         worker = self.workers.get(serial)
+        if worker is not None and worker.state is WorkerState.RESUMING and not worker.killed:
+            worker.cause = f"did not resume within ready_timeout={self.settings.ready_timeout:g}s"
+            self._log(logging.WARNING, f"{self._describe(worker)} {worker.cause}; killing it")
+            self._kill(worker)
+            return
         if worker is None or worker.state is not WorkerState.STARTING or worker.killed:
             return
         cause = f"not ready within ready_timeout={self.settings.ready_timeout:g}s"
@@ -780,8 +1219,17 @@ class SupervisorStateMachine:
             or worker_id in generation.slots
         ):
             return
+        if self.rejected is not None and generation.slots:
+            self._log(
+                logging.ERROR,
+                f"generation {number} worker {worker_id} is not restarted: the code on disk "
+                f"was rolled back ({self.rejected.cause}); reload to deploy fixed code",
+            )
+            return
         self.counters.worker_restarts += 1
         self._spawn(generation, worker_id)
+        if self.rejected is not None:
+            self.workers[generation.slots[worker_id]].runs_rejected_code = True
 
     def _on_stop_requested(self, now: float) -> None:
         delay = self.settings.stop_delay
@@ -815,6 +1263,11 @@ class SupervisorStateMachine:
         starting = self.starting
         if first and starting is not None and self.serving is not None:
             self._reload_failed(self.generations[starting], "the service is stopping", now)
+        if first and self.rollback is not None:
+            self.rollback = None
+            self._actions.append(RollbackEnded(False, "the service is stopping"))
+        if first:
+            self._end_probation("stopped", "the service is stopping")
         self.stopping = mode
         self.exit_code = max(self.exit_code, exit_code)
         self.reload_queued = False

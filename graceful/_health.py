@@ -114,6 +114,21 @@ class _StateCollector:
             "Replacements started for crashed workers.",
             value=counters.worker_restarts,
         )
+        yield CounterMetricFamily(
+            "graceful_rollbacks",
+            "Rollbacks to a parked generation that completed.",
+            value=counters.rollbacks,
+        )
+        yield GaugeMetricFamily(
+            "graceful_on_probation",
+            "1 while the serving generation is on probation (the previous one parked).",
+            value=1 if machine.probation is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "graceful_rolled_back",
+            "1 from a rollback until the next reload: the code on disk was rolled back.",
+            value=1 if machine.rejected is not None else 0,
+        )
         workers = GaugeMetricFamily(
             "graceful_workers", "Worker processes, by state.", labels=["state"]
         )

@@ -50,6 +50,11 @@ HOOKS = (
     Hook("uvicorn", 'uvicorn:Server.__init__"self.server_state"', False, "the connections"),
     Hook("uvicorn", 'uvicorn.server:ServerState.__init__"self.connections"', False, "connections"),
     Hook("uvicorn", 'uvicorn:Server.startup"self.servers"', False, "closing the listeners"),
+    Hook("uvicorn", 'uvicorn:Server._serve"self.lifespan"', False, "resuming: the app's state"),
+    Hook("uvicorn", 'uvicorn:Config.load"self.http_protocol_class"', False, "resuming"),
+    Hook("uvicorn", 'uvicorn:Config.load"self.ssl"', False, "resuming: the same TLS context"),
+    Hook("uvicorn", 'uvicorn:Config.__init__"self.backlog"', False, "resuming: the backlog"),
+    Hook("uvicorn", 'uvicorn.server:ServerState.__init__"self.tasks"', False, "parked deadline"),
     # -- uvicorn: the HTTP protocols ----------------------------------------------------
     Hook("uvicorn", "uvicorn.protocols.http.flow_control:CLOSE_HEADER", False, "announcing close"),
     Hook("uvicorn", "uvicorn.protocols.http.h11_impl:H11Protocol.shutdown", False, "the drain"),

@@ -38,6 +38,7 @@ class Service(Generic[F]):
         ready_timeout: float,
         drain_timeout: float,
         backend: Backend,
+        probation: float = 30.0,
         backend_options: dict[str, Any] | None = None,
         entry_options: dict[str, Any] | None = None,
     ) -> None:
@@ -47,12 +48,14 @@ class Service(Generic[F]):
             ready_timeout=ready_timeout,
             drain_timeout=drain_timeout,
             backend=backend,
+            probation=probation,
         )
         self.function = function
         self.listen = list(listen)
         self.workers = workers
         self.ready_timeout = float(ready_timeout)
         self.drain_timeout = float(drain_timeout)
+        self.probation = float(probation)
         self.backend: Backend = backend
         #: ``anyio.run`` backend options for the workers (asyncio only)
         self.backend_options = dict(backend_options or {})
@@ -125,6 +128,7 @@ def check_settings(
     ready_timeout: object,
     drain_timeout: object,
     backend: object,
+    probation: object = 0.0,
 ) -> None:
     """Refuse a setting of :func:`service` that can never work.
 
@@ -149,6 +153,10 @@ def check_settings(
             raise ConfigError(f"{name}={_short(value)} must be a finite number of seconds above 0")
     if backend not in _BACKENDS:
         raise ConfigError(f"backend={backend!r} must be one of {', '.join(_BACKENDS)}")
+    if probation != 0 and not _is_seconds(probation):
+        raise ConfigError(
+            f"probation={_short(probation)} must be a finite number of seconds (0 for none)"
+        )
 
 
 def check_supervision(*, health: object, stop_delay: object) -> None:
@@ -198,6 +206,7 @@ def service(
     ready_timeout: float = 30.0,
     drain_timeout: float = 30.0,
     backend: Backend = "asyncio",
+    probation: float = 30.0,
 ) -> Callable[[F], Service[F]]: ...
 
 
@@ -210,6 +219,7 @@ def service(
     ready_timeout: float = 30.0,
     drain_timeout: float = 30.0,
     backend: Backend = "asyncio",
+    probation: float = 30.0,
 ) -> Service[F]: ...
 
 
@@ -221,6 +231,7 @@ def service(
     ready_timeout: float = 30.0,
     drain_timeout: float = 30.0,
     backend: Backend = "asyncio",
+    probation: float = 30.0,
 ) -> Service[F] | Callable[[F], Service[F]]:
     """Declare a zero-downtime service.
 
@@ -238,6 +249,13 @@ def service(
         ready_timeout: seconds a new generation has to report ready.
         drain_timeout: seconds an old generation has to finish in-flight work.
         backend: ``"asyncio"`` or ``"trio"``; ignored for a plain function.
+        probation: seconds after a reload during which the previous generation
+            stays parked (drained, alive, no listener), to be resumed at once if a
+            worker of the new one crashes, declares itself broken
+            (:meth:`Context.declare_broken`), or ``graceful rollback`` / SIGUSR2
+            asks. 0 turns it off. Workers that serve with :meth:`Context.serve`,
+            uvicorn, or that pass ``parkable=True`` to :meth:`Context.ready` take
+            part; others drain and exit as without it. See the README on probation.
 
     ``listen``, ``workers`` and the timeouts are fixed when the supervisor starts;
     a reload runs the new function with the backend the new code names.
@@ -259,6 +277,7 @@ def service(
             ready_timeout=ready_timeout,
             drain_timeout=drain_timeout,
             backend=backend,
+            probation=probation,
         )
     except ConfigError as exc:
         refuse_in_script(exc, caller)
@@ -276,6 +295,7 @@ def service(
             ready_timeout=ready_timeout,
             drain_timeout=drain_timeout,
             backend=backend,
+            probation=probation,
         )
 
     if function is not None:

@@ -5,6 +5,12 @@ time it is given), by the supervisor's disappearance or an unreadable message fr
 it, or by a SIGTERM sent to the worker itself (the last three with the service's
 ``drain_timeout``). The first request wins; later ones change nothing.
 
+A worker whose server takes part in probation may instead be asked to *park*
+(``Park``): it stops accepting and drains exactly as for a shutdown, then waits
+alive until it is resumed (``Resume``: a new *turn*, in which it accepts again on
+listeners sent anew) or shut down for good. A shutdown request while parked is
+final; a second park changes nothing.
+
 :class:`ShutdownRequest` holds the request for the worker's :class:`Context`, as an
 anyio event for the event loop and a thread-safe flag for synchronous code.
 :func:`follow_supervisor` and :func:`drain_on_sigterm` are the tasks that make the
@@ -17,6 +23,7 @@ import logging
 import math
 import signal
 import threading
+from collections.abc import Callable
 
 import anyio
 
@@ -34,17 +41,61 @@ class ShutdownRequest:
         self._event = anyio.Event()
         self._flag = threading.Event()
         self._deadline: float | None = None
+        #: this turn's request is a park (and no final request came since)
+        self._parked = False
+        self._final = anyio.Event()
+        self._resumed = anyio.Event()
 
-    def request(self, drain_timeout: float | None = None) -> None:
-        """Ask this worker to stop within ``drain_timeout`` seconds (the default if
-        None). Must run in the event loop's thread. Only the first request counts."""
+    def request(self, drain_timeout: float | None = None, *, park: bool = False) -> None:
+        """Ask this worker to stop accepting within ``drain_timeout`` seconds (the
+        default if None), and then to exit, or with ``park`` to wait for a resume.
+        Must run in the event loop's thread. Only the first request of a turn sets
+        the deadline; a request to exit while parked makes the stop final."""
+        if not park and not self._final.is_set():
+            self._final.set()
+            self._parked = False
         if self._flag.is_set():
             return
         if drain_timeout is None:
             drain_timeout = self.default_drain_timeout
         self._deadline = anyio.current_time() + drain_timeout
+        self._parked = park
         self._flag.set()
         self._event.set()
+
+    @property
+    def parked(self) -> bool:
+        """True while this turn's stop is a park that may still be resumed."""
+        return self._parked
+
+    def resume(self) -> None:
+        """Begin a new turn (the listeners are back): nothing is requested any more.
+        Only while parked; must run in the event loop's thread."""
+        if not self._parked:
+            return
+        self._parked = False
+        self._deadline = None
+        self._event = anyio.Event()
+        self._flag = threading.Event()
+        resumed, self._resumed = self._resumed, anyio.Event()
+        resumed.set()
+
+    async def wait_resume(self) -> bool:
+        """Once this turn's stop was requested: wait until a resume (True) or a final
+        stop (False; at once if the stop was final)."""
+        if self._final.is_set():
+            return False
+        resumed = self._resumed
+        async with anyio.create_task_group() as waiting:
+
+            async def final() -> None:
+                await self._final.wait()
+                waiting.cancel_scope.cancel()
+
+            waiting.start_soon(final)
+            await resumed.wait()
+            waiting.cancel_scope.cancel()
+        return not self._final.is_set()
 
     @property
     def requested(self) -> bool:
@@ -67,15 +118,36 @@ class ShutdownRequest:
         return self._flag.wait(timeout)
 
 
-async def follow_supervisor(control: _wire.ControlChannel, shutdown: ShutdownRequest) -> None:
-    """Turn the supervisor's messages, and its disappearance, into shutdown requests.
-    Returns once the supervisor is gone or unreadable."""
+async def follow_supervisor(
+    control: _wire.ControlChannel,
+    shutdown: ShutdownRequest,
+    take_listeners_back: Callable[[], None] | None = None,
+) -> None:
+    """Turn the supervisor's messages, and its disappearance, into shutdown requests,
+    parks and resumes. Returns once the supervisor is gone or unreadable.
+
+    ``take_listeners_back`` receives the listeners sent again before a ``Resume``;
+    if it raises, the worker cannot resume, says why, and stops for good."""
     send, receive = anyio.create_memory_object_stream[_wire.Received](math.inf)
     async with anyio.create_task_group() as tasks, receive:
         tasks.start_soon(_wire.pump, control, send)
         async for message in receive:
             if isinstance(message, _wire.Shutdown):
                 shutdown.request(message.drain_timeout)
+            elif isinstance(message, _wire.Park):
+                shutdown.request(message.drain_timeout, park=True)
+            elif isinstance(message, _wire.Resume):
+                if not shutdown.parked:
+                    continue
+                try:
+                    if take_listeners_back is not None:
+                        take_listeners_back()
+                except Exception as exc:
+                    logger.error("cannot resume: %s", exc)
+                    control.send(_wire.Failed(f"could not resume: {exc}"))
+                    shutdown.request()
+                else:
+                    shutdown.resume()
             elif isinstance(message, _wire.PeerGone):
                 logger.warning("the supervisor is gone; draining and exiting")
                 shutdown.request()

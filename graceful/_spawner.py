@@ -20,7 +20,9 @@ exception, and whatever was already open or started is closed, killed and reaped
    any graceful code runs in the child, so an exception there could not be
    reported, and what it started would be outside the worker's process group;
 3. a pidfd for it, so that its exit is noticed whatever its children hold;
-4. the listeners sent over the socketpair (``socket.send_fds``), non-blocking.
+4. the listeners sent over the socketpair (``socket.send_fds``), non-blocking. The
+   socketpair stays open: a rollback sends them again to a parked worker
+   (:meth:`WorkerProcess.hand_listeners`).
 
 Before a batch of spawns, :class:`BytecodeGate` checks the application's
 bytecode once (see ``_bytecode.py``).
@@ -95,6 +97,10 @@ class WorkerProcess(Protocol):
     def kill(self) -> None:
         """SIGKILL the worker and its process group. Only before :meth:`reap`."""
 
+    def hand_listeners(self) -> None:
+        """Send the listeners again (before a resume). Raises ``OSError`` if the
+        worker cannot take them."""
+
     def reap(self) -> Reaped:
         """Once it has exited: collect its status, send SIGTERM to what it left in its
         process group, and release the supervisor's descriptors for it."""
@@ -124,6 +130,9 @@ class SpawnedWorker:
     channel: _wire.ControlChannel
     #: readable once the process has exited; None where pidfds are unavailable
     pidfd: int | None
+    #: the supervisor's end of the fd channel, and what to send on it
+    fd_channel: socket.socket
+    listeners: list[BoundListener]
 
     @property
     def pid(self) -> int:
@@ -141,6 +150,9 @@ class SpawnedWorker:
         # Not reaped yet (its watcher does that): its PID and process group number
         # are still its own.
         _processes.kill_group_or_process(self.pid)
+
+    def hand_listeners(self) -> None:
+        _hand_over(self.fd_channel, self.listeners)
 
     def reap(self) -> Reaped:
         pgid = self.pid
@@ -177,6 +189,7 @@ class SpawnedWorker:
     def _close(self) -> None:
         self.process.close()
         self.channel.close()
+        self.fd_channel.close()
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
@@ -206,7 +219,11 @@ class SpawningFactory:
                 channel = _wire.ControlChannel(control)
                 on_failure.callback(channel.close)
                 fd_channel, child_fd_channel = socket.socketpair()
-                with fd_channel, child_fd_channel:
+                on_failure.callback(fd_channel.close)
+                # A worker that never reads what it is sent must not stall the
+                # supervisor: a full channel fails the send instead.
+                fd_channel.setblocking(False)
+                with child_fd_channel:
                     process = self._context.Process(
                         target=worker_main,
                         args=(self._bootstrap(spawn, child_fd_channel, child_control),),
@@ -216,14 +233,17 @@ class SpawningFactory:
                     on_failure.callback(_kill_and_reap, process)
                     pidfd = _processes.open_pidfd(process.pid)
                     child_fd_channel.close()
-                    # A generation may have made the shared listeners blocking (the flag
-                    # lives on the open file description): hand them over non-blocking.
-                    for listener in self.listeners:
-                        os.set_blocking(listener.socket.fileno(), False)
-                    _wire.send_fds(fd_channel, [lst.socket.fileno() for lst in self.listeners])
+                    _hand_over(fd_channel, self.listeners)
             on_failure.pop_all()
         return SpawnedWorker(
-            spawn.serial, spawn.generation, spawn.worker_id, process, channel, pidfd
+            spawn.serial,
+            spawn.generation,
+            spawn.worker_id,
+            process,
+            channel,
+            pidfd,
+            fd_channel,
+            self.listeners,
         )
 
     def _bootstrap(
@@ -263,6 +283,15 @@ class SpawningFactory:
         # one fails with EACCES once the child has exec'd).
         with contextlib.suppress(OSError):
             os.setpgid(process.pid, process.pid)
+
+
+def _hand_over(fd_channel: socket.socket, listeners: list[BoundListener]) -> None:
+    """Send ``listeners`` on a worker's fd channel."""
+    # A generation may have made the shared listeners blocking (the flag lives on the
+    # open file description): hand them over non-blocking.
+    for listener in listeners:
+        os.set_blocking(listener.socket.fileno(), False)
+    _wire.send_fds(fd_channel, [listener.socket.fileno() for listener in listeners])
 
 
 def _main_script() -> MainScript:

@@ -123,6 +123,7 @@ def _supervise(
             ready_timeout=service.ready_timeout,
             drain_timeout=service.drain_timeout,
             stop_delay=stop_delay,
+            probation=service.probation,
         )
         for listener in health_listeners:
             logger.info("health endpoint on http://%s/ready", format_address(listener.address))

@@ -7,7 +7,7 @@ stream and handled one at a time, so the decisions never race each other.
 
 Task layout, all inside one task group whose lifetime is :meth:`SupervisorLoop.run`:
 
-* one signal task (SIGHUP, SIGTERM, SIGINT);
+* one signal task (SIGHUP, SIGTERM, SIGINT, and SIGUSR2 for a rollback);
 * per worker, one spawn task (it waits for the bytecode check, then asks the
   :class:`~graceful._spawner.ProcessFactory`), then one watcher
   (``_watcher.py``) that relays its messages, reaps it and reports its exit;
@@ -42,10 +42,15 @@ from ._decisions import (
     GenerationStarted,
     KillWorker,
     Log,
+    ParkWorker,
+    ProbationEnded,
     ReadyTimeout,
     ReloadEnded,
     ReloadRequested,
+    ResumeWorker,
     Role,
+    RollbackEnded,
+    RollbackRequested,
     Settings,
     ShutdownWorker,
     SpawnWorker,
@@ -68,6 +73,9 @@ from ._pidfile import PidFile
 from ._spawner import BytecodeGate, ProcessFactory, WorkerProcess
 from ._systemd import Notifier
 from ._watcher import Watcher
+
+#: The signal that asks for a rollback of the generation on probation.
+ROLLBACK_SIGNAL = signal.SIGUSR2
 
 
 class SupervisorLoop:
@@ -131,6 +139,10 @@ class SupervisorLoop:
         self._reload_waiters: list[ReloadWaiter] = []
         #: generation number -> the requests its reload's end answers
         self._waiting_for: dict[int, list[ReloadWaiter]] = {}
+        #: generation number -> the requests its probation's end answers
+        self._waiting_for_probation: dict[int, list[ReloadWaiter]] = {}
+        #: ``graceful rollback`` requests, answered when the rollback ends
+        self._rollback_waiters: list[ReloadWaiter] = []
         self._started_at = 0.0
         #: a stop was asked for through the control socket
         self._stop_requested = False
@@ -205,6 +217,12 @@ class SupervisorLoop:
                     worker.kill()
                 elif serial in self._spawning:
                     self._called_off.add(serial)
+            case ParkWorker(serial, drain_timeout):
+                worker = self.watcher.live.get(serial)
+                if worker is not None:
+                    worker.channel.send(_wire.Park(drain_timeout))
+            case ResumeWorker(serial):
+                self._resume(serial)
             case StopAccepting():
                 for listener in self.listeners:
                     if not listener.adopted:
@@ -216,22 +234,70 @@ class SupervisorLoop:
                 if not first:
                     self._waiting_for.setdefault(number, []).extend(self._reload_waiters)
                     self._reload_waiters.clear()
-            case ReloadEnded(outcome):
-                if self.health is not None and self.health.metrics is not None:
-                    self.health.metrics.observe_reload(outcome)
-                for waiter in self._waiting_for.pop(outcome.generation, []):
-                    waiter.resolve(outcome)
+            case ReloadEnded() | ProbationEnded() | RollbackEnded():
+                self._answer_waiters(action)
             case StartTimer(delay, event):
                 self._task_group.start_soon(self._timer, delay, event)
             case Announce():
                 self.notifier.announce(action)
 
+    def _answer_waiters(self, ended: ReloadEnded | ProbationEnded | RollbackEnded) -> None:
+        """Tell whoever waits for a reload, its probation, or a rollback how it ended."""
+        match ended:
+            case ReloadEnded(outcome):
+                if self.health is not None and self.health.metrics is not None:
+                    self.health.metrics.observe_reload(outcome)
+                probation = self.machine.probation
+                on_probation = probation is not None and probation.generation == outcome.generation
+                for waiter in self._waiting_for.pop(outcome.generation, []):
+                    if waiter.through_probation and on_probation:
+                        waiter.promoted = outcome
+                        self._waiting_for_probation.setdefault(outcome.generation, []).append(
+                            waiter
+                        )
+                    else:
+                        waiter.resolve(outcome)
+            case ProbationEnded(generation, outcome, detail):
+                for waiter in self._waiting_for_probation.pop(generation, []):
+                    waiter.resolve_probation(outcome, detail)
+            case RollbackEnded(ok, detail):
+                for waiter in self._rollback_waiters:
+                    waiter.resolve(detail if ok else f"failed: {detail}")
+                self._rollback_waiters.clear()
+
+    def _resume(self, serial: int) -> None:
+        """Hand a parked worker the listeners again, then tell it to resume. One that
+        cannot take them is killed (its exit ends its part in the rollback)."""
+        worker = self.watcher.live.get(serial)
+        if worker is None:
+            return
+        try:
+            worker.hand_listeners()
+        except OSError as exc:
+            logger.error(
+                "%s: cannot hand it the listeners (%s); killing it",
+                self.watcher.describe(worker),
+                exc.strerror or exc,
+            )
+            worker.kill()
+            return
+        worker.channel.send(_wire.Resume())
+
     # -- requests through the control socket ----------------------------------------
 
-    def request_reload(self) -> ReloadWaiter:
-        """Ask for a reload; the waiter learns how the reload that runs code read
-        after this request ended (coalesced requests share one)."""
+    def request_rollback(self, by: str) -> ReloadWaiter:
+        """Ask for a rollback of the generation on probation; the waiter learns how it
+        ended (a string: what happened, starting with ``failed:`` if it did not)."""
         waiter = ReloadWaiter()
+        self._rollback_waiters.append(waiter)
+        self.events_in.send_nowait(RollbackRequested(by))
+        return waiter
+
+    def request_reload(self, through_probation: bool = False) -> ReloadWaiter:
+        """Ask for a reload; the waiter learns how the reload that runs code read
+        after this request ended (coalesced requests share one), and with
+        ``through_probation``, how its probation ended."""
+        waiter = ReloadWaiter(through_probation=through_probation)
         if self.machine.stop_announced:
             waiter.resolve("the service is stopping")
             return waiter
@@ -254,7 +320,13 @@ class SupervisorLoop:
     def status(self) -> dict[str, Any]:
         """The supervisor's state, as ``graceful status --json`` prints it."""
         machine, now = self.machine, anyio.current_time()
-        states = {Role.STARTING: "starting", Role.SERVING: "serving", Role.RETIRED: "draining"}
+        states = {
+            Role.STARTING: "starting",
+            Role.SERVING: "serving",
+            Role.RETIRED: "draining",
+            Role.PARKED: "parked",
+            Role.RESUMING: "resuming",
+        }
         generations = []
         for generation in sorted(machine.generations.values(), key=lambda g: g.number):
             workers = []
@@ -271,6 +343,7 @@ class SupervisorLoop:
                         if worker.ready_at is None
                         else round(worker.ready_at - worker.started_at, 6),
                         "restarts": generation.crashes.get(worker.worker_id, 0),
+                        "runs_rejected_code": worker.runs_rejected_code,
                     }
                 )
             generations.append(
@@ -283,6 +356,7 @@ class SupervisorLoop:
             )
         last = machine.last_reload
         counters = machine.counters
+        probation, rejected = machine.probation, machine.rejected
         return {
             "pid": os.getpid(),
             "uptime": round(now - self._started_at, 3),
@@ -306,11 +380,26 @@ class SupervisorLoop:
                 "cause": last.cause,
                 "seconds": round(last.seconds, 6),
             },
+            "probation": None
+            if probation is None
+            else {
+                "generation": probation.generation,
+                "parked_generation": probation.parked,
+                "seconds_left": round(max(0.0, probation.until - now), 3),
+            },
+            "rolled_back": None
+            if rejected is None
+            else {
+                "generation": rejected.generation,
+                "cause": rejected.cause,
+                "serving_generation": rejected.serving,
+            },
             "counters": {
                 "reloads_serving": counters.reloads_serving,
                 "reloads_failed": counters.reloads_failed,
                 "worker_crashes": counters.worker_crashes,
                 "worker_restarts": counters.worker_restarts,
+                "rollbacks": counters.rollbacks,
             },
         }
 
@@ -336,26 +425,30 @@ class SupervisorLoop:
 
     async def _follow_signals(self, *, task_status: TaskStatus[None]) -> None:
         stops = {signal.SIGTERM, signal.SIGINT}
+        followed = {signal.SIGHUP, ROLLBACK_SIGNAL, *stops}
         try:
-            with anyio.open_signal_receiver(signal.SIGHUP, *stops) as signals:
+            with anyio.open_signal_receiver(*followed) as signals:
                 try:
                     task_status.started()
                     async for signum in signals:
                         if signum == signal.SIGHUP:
                             logger.info("SIGHUP: reloading")
                             self.events_in.send_nowait(ReloadRequested())
+                        elif signum == ROLLBACK_SIGNAL:
+                            self.events_in.send_nowait(RollbackRequested(ROLLBACK_SIGNAL.name))
                         else:
                             self.events_in.send_nowait(StopRequested())
                 finally:
                     # The receiver resets these to their default actions (which kill,
                     # or raise KeyboardInterrupt) as it closes. Once the supervisor
-                    # stops listening, a reload has nothing to reload and the stop is
-                    # already under way: hold them until they are ignored.
-                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, *stops})
+                    # stops listening, a reload or a rollback has nothing to act on
+                    # and the stop is already under way: hold them until they are
+                    # ignored.
+                    signal.pthread_sigmask(signal.SIG_BLOCK, followed)
         finally:
-            for signum in (signal.SIGHUP, *stops):
+            for signum in followed:
                 signal.signal(signum, signal.SIG_IGN)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, *stops})
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, followed)
 
     async def _keep_guard(self) -> None:
         """Start a new orphan guard whenever the current one dies (someone killed it),

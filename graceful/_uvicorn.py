@@ -39,6 +39,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import uvicorn
 from uvicorn.protocols.http.flow_control import CLOSE_HEADER
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -272,7 +273,44 @@ class GracefulUvicornServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started:
-            await self._context.ready()
+            await self._context.ready(parkable=True)
+
+    def stop_accepting(self) -> None:
+        """Close the listening servers and start every connection's drain now (see
+        the module docstring), the lifespan and the event loop going on."""
+        for accepting in getattr(self, "servers", []):
+            accepting.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+
+    async def resume(self, sockets: list[socket.socket]) -> None:
+        """Accept again, on ``sockets``, after :meth:`stop_accepting` (a parked worker
+        resumed by a rollback): new servers, with the protocol and app state that
+        ``startup()`` gave the first ones."""
+        config, loop = self.config, asyncio.get_running_loop()
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+            return protocol
+
+        self.servers = [
+            await loop.create_server(
+                create_protocol, sock=sock, ssl=config.ssl, backlog=config.backlog
+            )
+            for sock in sockets
+        ]
+        await self._context.ready(parkable=True)
+
+    def cancel_leftover_tasks(self) -> None:
+        """At a parked worker's drain deadline: cancel the requests still running, as
+        uvicorn's own shutdown does at its deadline."""
+        for task in list(self.server_state.tasks):
+            task.cancel(msg="Task cancelled, the drain deadline of a parked worker passed")
 
 
 def uvicorn_config(app: Any, drain_timeout: float, options: dict[str, Any]) -> uvicorn.Config:
@@ -304,18 +342,33 @@ async def serve_uvicorn(
     config = uvicorn_config(app, drain_timeout, options)
     server = GracefulUvicornServer(config, context)
 
-    async def stop_on_shutdown() -> None:
-        await context.wait_shutdown()
-        # Stop accepting and start the drain now rather than at uvicorn's next 0.1 s
-        # tick, so that new connections go to the new generation at once and every
-        # response that starts from now on announces its close. (uvicorn's own
-        # shutdown does both again; closing a server and our protocols' shutdown()
-        # are idempotent.) Open WebSockets close themselves at the drain deadline.
-        for accepting in getattr(server, "servers", []):
-            accepting.close()
-        for connection in list(server.server_state.connections):
-            connection.shutdown()
+    async def follow_turns() -> None:
+        while True:
+            await context.wait_shutdown()
+            # Stop accepting and start the drain now rather than at uvicorn's next
+            # 0.1 s tick, so that new connections go to the new generation at once
+            # and every response that starts from now on announces its close.
+            # (uvicorn's own shutdown does both again; closing a server and our
+            # protocols' shutdown() are idempotent.) Open WebSockets close
+            # themselves at the drain deadline.
+            server.stop_accepting()
+            if not context.parking:
+                break
+            # Parked: the event loop, the lifespan and the connections go on; the
+            # drain deadline is ours to enforce until a resume or the final stop.
+            async with anyio.create_task_group() as parked:
+                parked.start_soon(cancel_at_deadline, context.drain_deadline)
+                resumed = await context.wait_resume()
+                parked.cancel_scope.cancel()
+            if not resumed:
+                break
+            await server.resume([listener.socket for listener in context.listeners])
         server.should_exit = True
+
+    async def cancel_at_deadline(deadline: float | None) -> None:
+        if deadline is not None:
+            await anyio.sleep_until(deadline)
+            server.cancel_leftover_tasks()
 
     async def serve() -> None:
         try:
@@ -327,4 +380,4 @@ async def serve_uvicorn(
                 "the ASGI app's lifespan startup failed (its error is logged above)"
             ) from None
 
-    await run_beside(serve, stop_on_shutdown)
+    await run_beside(serve, follow_turns)

@@ -25,7 +25,14 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from . import _processes, _wire
-from ._decisions import Event, WorkerExited, WorkerFailed, WorkerMisbehaved, WorkerReady
+from ._decisions import (
+    Event,
+    WorkerBroken,
+    WorkerExited,
+    WorkerFailed,
+    WorkerMisbehaved,
+    WorkerReady,
+)
 from ._logging import logger
 from ._spawner import WorkerProcess
 
@@ -91,7 +98,9 @@ class Watcher:
 
     def _forward(self, worker: WorkerProcess, item: _wire.Received) -> None:
         if isinstance(item, _wire.Ready):
-            self.events.send_nowait(WorkerReady(worker.serial))
+            self.events.send_nowait(WorkerReady(worker.serial, item.parkable))
+        elif isinstance(item, _wire.Broken):
+            self.events.send_nowait(WorkerBroken(worker.serial, item.cause))
         elif isinstance(item, _wire.Failed):
             self.events.send_nowait(WorkerFailed(worker.serial, item.cause))
         elif isinstance(item, _wire.ProtocolError):

@@ -3,14 +3,16 @@
 Two channels connect them:
 
 * a control channel for small messages in both directions (worker to supervisor:
-  :class:`Ready`, :class:`Failed`; supervisor to worker: :class:`Shutdown`). It is
+  :class:`Ready`, :class:`Failed`, :class:`Broken`; supervisor to worker:
+  :class:`Shutdown`, :class:`Park`, :class:`Resume`). It is
   a ``multiprocessing.Pipe(duplex=True)`` (a unix stream socketpair), on which each
   message is one line of JSON. Each side reads it without blocking, so a peer that
   writes half a message, garbage, or an endless line cannot stall the reader: the
   reader sees a :class:`ProtocolError` at worst. Nothing received is unpickled.
   :func:`pump` bridges a channel into an anyio memory object stream.
-* a ``socket.socketpair()`` that carries the listeners' file descriptors once, at
-  start, with ``socket.send_fds`` (at most :data:`MAX_FDS_PER_MESSAGE` per message).
+* a ``socket.socketpair()`` that carries the listeners' file descriptors with
+  ``socket.send_fds`` (at most :data:`MAX_FDS_PER_MESSAGE` per message): at start,
+  and again before each :class:`Resume`. It stays open for the worker's life.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ MAX_FDS_PER_MESSAGE = 253
 MAX_MESSAGE_BYTES = 4096
 
 #: The most messages one side accepts from the other over the channel's life. A
-#: worker sends two or three (Ready, perhaps Failed); anything near this is a flood.
-MAX_MESSAGES = 256
+#: worker sends two or three (Ready, perhaps Failed), and one Ready more per rollback
+#: that resumes it (and perhaps one Broken per turn); anything near this is a flood.
+MAX_MESSAGES = 4096
 
 #: The most bytes read per call, so that a peer writing as fast as it can never keeps
 #: the reader from its other work.
@@ -48,7 +51,18 @@ _MESSAGE_START = re.compile(rb"(\[[\x20-\x7e]*)?")
 
 @dataclass(frozen=True)
 class Ready:
-    """The worker can take traffic."""
+    """The worker can take traffic (again, after a :class:`Resume`). ``parkable``:
+    its server can be parked and resumed."""
+
+    parkable: bool = False
+
+
+@dataclass(frozen=True)
+class Broken:
+    """The app declared this worker broken, because of ``cause`` (one line); it
+    goes on running."""
+
+    cause: str
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,21 @@ class Shutdown:
 
 
 @dataclass(frozen=True)
+class Park:
+    """Stop accepting, close the listeners, finish in-flight work within
+    ``drain_timeout`` seconds, and then wait, alive, for :class:`Resume` or
+    :class:`Shutdown`."""
+
+    drain_timeout: float
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Parked: the listeners have been sent again on the fd channel; accept on them
+    and report :class:`Ready`."""
+
+
+@dataclass(frozen=True)
 class PeerGone:
     """The channel reached end-of-file: the other process is gone (a worker treats a
     gone supervisor as Shutdown)."""
@@ -79,7 +108,7 @@ class ProtocolError:
     detail: str
 
 
-Message: TypeAlias = Ready | Failed | Shutdown
+Message: TypeAlias = Ready | Failed | Broken | Shutdown | Park | Resume
 Received: TypeAlias = Message | PeerGone | ProtocolError
 
 
@@ -94,13 +123,17 @@ def encode(message: Message) -> bytes:
     """One message as the line of JSON that travels on the channel."""
     fields: list[Any]
     if isinstance(message, Ready):
-        fields = ["ready"]
-    elif isinstance(message, Failed):
+        fields = ["ready", "parkable"] if message.parkable else ["ready"]
+    elif isinstance(message, Failed | Broken):
         # At most 6 bytes per character once escaped: 600 fit in MAX_MESSAGE_BYTES.
         cause = message.cause if len(message.cause) <= 600 else message.cause[:597] + "..."
-        fields = ["failed", cause]
-    else:
+        fields = ["failed" if isinstance(message, Failed) else "broken", cause]
+    elif isinstance(message, Shutdown):
         fields = ["shutdown", message.drain_timeout]
+    elif isinstance(message, Park):
+        fields = ["park", message.drain_timeout]
+    else:
+        fields = ["resume"]
     return json.dumps(fields, ensure_ascii=True).encode("ascii") + b"\n"
 
 
@@ -122,10 +155,16 @@ def decode(line: bytes) -> Message:
         kind = fields[0]
         if kind == "ready" and len(fields) == 1:
             return Ready()
-        if kind == "failed" and len(fields) == 2 and isinstance(fields[1], str):
-            return Failed(printable(fields[1]))
-        if kind == "shutdown" and len(fields) == 2 and _is_seconds(fields[1]):
-            return Shutdown(float(fields[1]))
+        if kind == "ready" and fields[1:] == ["parkable"]:
+            return Ready(parkable=True)
+        if kind in ("failed", "broken") and len(fields) == 2 and isinstance(fields[1], str):
+            cause = printable(fields[1])
+            return Failed(cause) if kind == "failed" else Broken(cause)
+        if kind in ("shutdown", "park") and len(fields) == 2 and _is_seconds(fields[1]):
+            seconds = float(fields[1])
+            return Shutdown(seconds) if kind == "shutdown" else Park(seconds)
+        if kind == "resume" and len(fields) == 1:
+            return Resume()
     raise ValueError(f"unknown message {_preview(line)}")
 
 

@@ -11,7 +11,8 @@ context. It:
 3. imports the main script the user ran, fresh from disk (multiprocess is kept
    from doing it: see ``_spawner.py``), so that an exception there is reported
    like any other, and whatever it starts is in the worker's process group;
-4. receives the listeners' descriptors over the fd channel;
+4. receives the listeners' descriptors over the fd channel (kept open: a rollback
+   sends them again to a parked worker);
 5. looks the entry point up by name in the fresh code;
 6. runs it with a :class:`Context` on the entry's anyio backend, or with a
    :class:`SyncContext` for a plain function, while a control task follows the
@@ -32,7 +33,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -124,15 +125,9 @@ def worker_main(boot: WorkerBootstrap) -> None:
         _fail(control, one_line(exc, where=True), log=False)
 
     try:
-        fds = _wire.recv_fds(boot.fd_channel)
+        listeners = _receive_listeners(boot)
     except (OSError, ConnectionError) as exc:
         _fail(control, f"could not receive the listeners: {exc}")
-    finally:
-        boot.fd_channel.close()
-    listeners = [
-        Listener(socket.socket(fileno=fd), spec, address)
-        for fd, (spec, address) in zip(fds, boot.listeners, strict=True)
-    ]
     try:
         runnable = _find_runnable(boot)
     except ConfigError as exc:
@@ -147,6 +142,10 @@ def worker_main(boot: WorkerBootstrap) -> None:
         control=control,
         shutdown=shutdown,
     )
+
+    def take_listeners_back() -> None:
+        context.listeners = tuple(_receive_listeners(boot))
+
     try:
         entry = functools.partial(runnable.function, **options.entry_options)
         if runnable.is_async:
@@ -154,13 +153,18 @@ def worker_main(boot: WorkerBootstrap) -> None:
                 _run_async,
                 entry,
                 context,
-                control,
+                lambda: follow_supervisor(control, shutdown, take_listeners_back),
                 shutdown,
                 backend=runnable.backend,
                 backend_options=options.backend_options if runnable.backend == "asyncio" else None,
             )
         else:
-            _run_sync(entry, context, control, shutdown)
+            _run_sync(
+                entry,
+                context,
+                lambda: follow_supervisor(control, shutdown, take_listeners_back),
+                shutdown,
+            )
     except ConfigError as exc:
         _fail(control, str(exc))
     except Exception as exc:
@@ -181,6 +185,25 @@ def import_main_script(main: MainScript) -> None:
             multiprocess.spawn._fixup_main_from_path(main.path)
     finally:
         del current._inheriting
+
+
+def _receive_listeners(boot: WorkerBootstrap) -> list[Listener]:
+    """The listeners the supervisor sends on the fd channel: at start, and before each
+    resume (they are already there: sent before the message that announces them).
+
+    Raises:
+        ConnectionError: if they did not all arrive (see :func:`_wire.recv_fds`).
+    """
+    boot.fd_channel.settimeout(_LISTENERS_TIMEOUT)
+    fds = _wire.recv_fds(boot.fd_channel)
+    return [
+        Listener(socket.socket(fileno=fd), spec, address)
+        for fd, (spec, address) in zip(fds, boot.listeners, strict=True)
+    ]
+
+
+#: Seconds to wait for listeners the supervisor has announced.
+_LISTENERS_TIMEOUT = 10.0
 
 
 def _fail(control: _wire.ControlChannel, cause: str, *, log: bool = True) -> NoReturn:
@@ -204,14 +227,14 @@ def _find_runnable(boot: WorkerBootstrap) -> Runnable:
 async def _run_async(
     function: Callable[[Context], Any],
     context: Context,
-    control: _wire.ControlChannel,
+    follow: Callable[[], Coroutine[Any, Any, None]],
     shutdown: ShutdownRequest,
 ) -> None:
     # The entry's own exception reaches the process as itself (a SystemExit keeps
     # its exit status) rather than wrapped in an exception group.
     await run_beside(
         lambda: function(context),
-        lambda: follow_supervisor(control, shutdown),
+        follow,
         lambda: drain_on_sigterm(shutdown),
     )
 
@@ -219,11 +242,11 @@ async def _run_async(
 def _run_sync(
     function: Callable[[SyncContext], Any],
     context: Context,
-    control: _wire.ControlChannel,
+    follow: Callable[[], Coroutine[Any, Any, None]],
     shutdown: ShutdownRequest,
 ) -> None:
     with anyio.from_thread.start_blocking_portal() as portal:
-        following = portal.start_task_soon(follow_supervisor, control, shutdown)
+        following = portal.start_task_soon(follow)
         previous = signal.signal(
             signal.SIGTERM, lambda *_: portal.start_task_soon(_request_soon, shutdown)
         )

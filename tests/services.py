@@ -6,7 +6,8 @@ so a test knows when a request is in flight in a handler. ``on_line`` is code ru
 for every line before it is answered (``line`` is the request, ``CTX`` the
 worker's context). Settings come
 from the environment: ``LISTEN`` (comma-separated specs), ``WORKERS``,
-``READY_TIMEOUT``, ``DRAIN_TIMEOUT``.
+``READY_TIMEOUT``, ``DRAIN_TIMEOUT``, ``PROBATION``. The sync service takes part in
+probation (parks and resumes) like the async ones.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ _SERVICE_ARGS = """\
     listen=os.environ["LISTEN"].split(","),
     workers=int(os.environ.get("WORKERS", "1")),
     ready_timeout=float(os.environ.get("READY_TIMEOUT", "30")),
-    drain_timeout=float(os.environ.get("DRAIN_TIMEOUT", "30")),"""
+    drain_timeout=float(os.environ.get("DRAIN_TIMEOUT", "30")),
+    probation=float(os.environ.get("PROBATION", "30")),"""
 
 ASYNC_SERVICE = """\
 import os
@@ -91,18 +93,25 @@ def main(ctx: graceful.SyncContext) -> None:
     global CTX
     CTX = ctx
 {before_serve}
-    listener = ctx.listeners[0]
-    server = socketserver.ThreadingTCPServer(listener.address, Echo, bind_and_activate=False)
-    server.socket.close()
-    server.socket = listener.socket
-    server.daemon_threads = False
-    thread = threading.Thread(target=server.serve_forever, kwargs={{"poll_interval": 0.05}})
-    thread.start()
-    ctx.ready()
-    ctx.wait_shutdown()
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    servers = []
+    while True:
+        listener = ctx.listeners[0]
+        server = socketserver.ThreadingTCPServer(listener.address, Echo, bind_and_activate=False)
+        server.socket.close()
+        server.socket = listener.socket
+        server.daemon_threads = False
+        servers.append(server)
+        thread = threading.Thread(target=server.serve_forever, kwargs={{"poll_interval": 0.05}})
+        thread.start()
+        ctx.ready(parkable=True)
+        ctx.wait_shutdown()
+        server.shutdown()
+        thread.join()
+        server.socket.close()  # parked or not, hold no listener
+        if not ctx.wait_resume():
+            break
+    for server in servers:
+        server.server_close()  # waits for the handlers
 
 
 if __name__ == "__main__":

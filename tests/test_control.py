@@ -175,20 +175,22 @@ def test_status_json_names_the_real_processes_before_and_after_a_reload(tmp_path
 
         result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
         assert result.returncode == 0, result.stderr
-        after: dict[str, Any] = {}
-
-        def generation_1_gone() -> bool:
-            after.update(Control(pid_file).status())
-            return len(after["generations"]) == 1
-
-        poll_until(generation_1_gone, 15, "generation 1 to exit and be reaped")
-
-        [generation] = after["generations"]
-        assert generation["generation"] == 2
+        # generation 1 is parked for generation 2's probation: the same processes
+        after = Control(pid_file).status()
+        by_number = {generation["generation"]: generation for generation in after["generations"]}
+        assert by_number[1]["state"] == "parked"
+        assert sorted(worker["pid"] for worker in by_number[1]["workers"]) == pids
+        assert all(worker["state"] == "parked" for worker in by_number[1]["workers"])
+        generation = by_number[2]
+        assert generation["state"] == "serving"
         new_pids = sorted(worker["pid"] for worker in generation["workers"])
-        assert new_pids == sorted(svc.worker_pids())
+        assert sorted(new_pids + pids) == sorted(svc.worker_pids())
         assert not set(new_pids) & set(pids)
         assert all(psutil.Process(pid).ppid() == svc.pid for pid in new_pids)
+        assert after["probation"]["generation"] == 2
+        assert after["probation"]["parked_generation"] == 1
+        assert 0 < after["probation"]["seconds_left"] <= 30
+        assert after["rolled_back"] is None
         assert after["last_reload"]["outcome"] == "serving"
         assert after["last_reload"]["generation"] == 2
         assert after["counters"]["reloads_serving"] == 1
@@ -197,6 +199,7 @@ def test_status_json_names_the_real_processes_before_and_after_a_reload(tmp_path
         assert human.returncode == 0
         assert f"supervisor {svc.pid}" in human.stdout
         assert all(str(pid) in human.stdout for pid in new_pids)
+        assert "probation: generation 2" in human.stdout
 
 
 def test_stop_wait_returns_once_the_supervisor_has_exited_with_its_status(

@@ -34,6 +34,8 @@ from harness import (
 )
 from services import service_source, wait_for_file, write_service
 
+from graceful import _wire
+
 
 def assert_port_is_free(host: str, port: str) -> None:
     """A successor supervisor can bind the old one's port (SO_REUSEADDR, as graceful
@@ -100,7 +102,12 @@ def test_a_worker_whose_child_outlives_it_is_reaped_after_a_reload(
 ) -> None:
     record = tmp_path / "children"
     script = write_service(tmp_path / "svc.py", prefix="v1", before_serve=leaves_a_child(how))
-    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "2", "LEFT_BEHIND": str(record)}
+    env = {
+        "LISTEN": "127.0.0.1:0",
+        "DRAIN_TIMEOUT": "2",
+        "LEFT_BEHIND": str(record),
+        "PROBATION": "0",
+    }
     with running(script, env=env) as svc:
         svc.wait_serving(1)
         [old_worker] = svc.worker_pids()
@@ -132,7 +139,12 @@ def test_a_stop_finishes_within_its_deadlines_when_a_worker_left_a_child(
 ) -> None:
     record = tmp_path / "children"
     script = write_service(tmp_path / "svc.py", before_serve=leaves_a_child(how))
-    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "2", "LEFT_BEHIND": str(record)}
+    env = {
+        "LISTEN": "127.0.0.1:0",
+        "DRAIN_TIMEOUT": "2",
+        "LEFT_BEHIND": str(record),
+        "PROBATION": "0",
+    }
     with running(script, env=env) as svc:
         svc.wait_serving(1)
         [child] = left_behind(record)
@@ -309,7 +321,10 @@ def test_a_worker_that_floods_its_pipe_with_valid_messages_costs_only_that_worke
         with connect(svc.address()) as client:
             client.sendall(b"flood\n")
             poll_until(record.exists, 10, "the flood to start")
-        svc.wait_for(r"sent a malformed control message \(more than 256 messages\)", after=mark)
+        svc.wait_for(
+            rf"sent a malformed control message \(more than {_wire.MAX_MESSAGES} messages\)",
+            after=mark,
+        )
         svc.wait_for(r"generation 1 worker \d is back in service", after=mark)
         # the supervisor still answers its signals
         script.write_text(service_source(prefix="v2"))
@@ -401,7 +416,12 @@ def test_what_an_orphaned_worker_left_behind_is_stopped_and_releases_the_port(
     so the port is free again."""
     record = tmp_path / "children"
     script = write_service(tmp_path / "svc.py", before_serve=leaves_a_child("fork"))
-    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "1", "LEFT_BEHIND": str(record)}
+    env = {
+        "LISTEN": "127.0.0.1:0",
+        "DRAIN_TIMEOUT": "1",
+        "LEFT_BEHIND": str(record),
+        "PROBATION": "0",
+    }
     with running(script, env=env) as svc:
         svc.wait_serving(1)
         host, _, port = svc.address().rpartition(":")
@@ -445,7 +465,12 @@ def test_what_a_worker_left_is_stopped_even_if_the_supervisor_dies_while_sweepin
 ) -> None:
     record = tmp_path / "children"
     script = write_service(tmp_path / "svc.py", prefix="v1", before_serve=leaves_a_child("fork"))
-    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "1", "LEFT_BEHIND": str(record)}
+    env = {
+        "LISTEN": "127.0.0.1:0",
+        "DRAIN_TIMEOUT": "1",
+        "LEFT_BEHIND": str(record),
+        "PROBATION": "0",
+    }
     with running(script, env=env) as svc:
         svc.wait_serving(1)
         [child] = left_behind(record)
@@ -508,7 +533,12 @@ def test_a_process_started_while_a_worker_imports_the_script_is_stopped_with_it(
             "        record.write(f'{HELPER.pid}\\n')\n",
         )
     )
-    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "2", "LEFT_BEHIND": str(record)}
+    env = {
+        "LISTEN": "127.0.0.1:0",
+        "DRAIN_TIMEOUT": "2",
+        "LEFT_BEHIND": str(record),
+        "PROBATION": "0",
+    }
     with running(script, env=env) as svc:
         svc.wait_serving(1)
         [old_worker] = svc.worker_pids()
@@ -569,7 +599,12 @@ def test_a_listener_made_blocking_by_another_generation_does_not_stall_a_worker(
     tmp_path: Path,
 ) -> None:
     script = write_service(tmp_path / "svc.py", prefix="v1")
-    env = {"LISTEN": "127.0.0.1:0", "WORKERS": "2", "DRAIN_TIMEOUT": "3"}
+    env = {
+        "LISTEN": "127.0.0.1:0",
+        "WORKERS": "2",
+        "DRAIN_TIMEOUT": "3",
+        "PROBATION": "0",
+    }
     with running(script, env=env) as svc:
         svc.wait_serving(1)
         address = svc.address()

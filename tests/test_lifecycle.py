@@ -168,10 +168,11 @@ def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> Non
     script = write_service(tmp_path / "svc.py", "asyncio")
     with running(script, env={"LISTEN": "127.0.0.1:0", "WORKERS": "2"}) as svc:
         svc.wait_serving(1)
-        # Settled: two workers, multiprocess's resource tracker and the orphan guard,
-        # nothing left to reap. The supervisor closes a worker's fds in the same step
-        # as it reaps it.
-        settled = lambda: len(svc.children()) == 4 and not zombie_children(svc.pid)  # noqa: E731
+        # Settled: two workers, the previous generation's two parked for the
+        # probation, multiprocess's resource tracker and the orphan guard, nothing
+        # left to reap. The supervisor closes a worker's fds in the same step as it
+        # reaps it, and each promotion lets the generation parked before go.
+        settled = lambda: len(svc.children()) == 6 and not zombie_children(svc.pid)  # noqa: E731
 
         def reload(generation: int) -> None:
             mark = svc.mark()
@@ -179,14 +180,14 @@ def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> Non
             svc.wait_serving(generation, after=mark)
 
         reload(2)
-        poll_until(settled, 10, "generation 1 to exit")
+        poll_until(settled, 10, "generation 1 to be parked")
         fds, children = psutil.Process(svc.pid).num_fds(), len(svc.children())
         for generation in range(3, 53):
             reload(generation)
         poll_until(settled, 10, "old generations to be reaped")
         assert psutil.Process(svc.pid).num_fds() == fds
         assert len(svc.children()) == children
-        assert len(svc.worker_pids()) == 2
+        assert len(svc.worker_pids()) == 4
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
 
@@ -213,7 +214,7 @@ def test_the_orphan_guard_exits_by_itself_at_a_clean_stop(tmp_path: Path) -> Non
     # Found by an attack: after a worker had exited, the guard waited kill_grace for
     # an empty sweep, so every stop took 2 s more and ended by killing the guard.
     script = write_service(tmp_path / "svc.py")
-    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+    with running(script, env={"LISTEN": "127.0.0.1:0", "PROBATION": "0"}) as svc:
         svc.wait_serving(1)
         mark = svc.mark()
         svc.send(signal.SIGHUP)

@@ -47,6 +47,7 @@ class StandIn:
         self.killed = False
         self.reaped = False
         self.fail_to_reap = False
+        self.listeners_handed = 0
 
     @property
     def pid(self) -> int:
@@ -69,6 +70,9 @@ class StandIn:
     def kill(self) -> None:
         self.killed = True
         self.exit(-9)
+
+    def hand_listeners(self) -> None:
+        self.listeners_handed += 1
 
     def reap(self) -> Reaped:
         assert self.exited, "reaped before it exited"

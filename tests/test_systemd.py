@@ -70,7 +70,8 @@ def test_notify_socket_hears_start_reload_failed_reload_and_stop(tmp_path: Path,
             ]
             ready = manager.next()
             assert re.fullmatch(
-                r"READY=1\nSTATUS=generation 2 serving, 1/1 workers ready; "
+                r"READY=1\nSTATUS=generation 2 serving, 1/1 workers ready "
+                r"\(probation, \d+s left; generation 1 parked\); "
                 r"last reload: generation 2 serving in \d+\.\d{3}s",
                 ready,
             ), ready
@@ -81,12 +82,15 @@ def test_notify_socket_hears_start_reload_failed_reload_and_stop(tmp_path: Path,
             svc.send(signal.SIGHUP)
             assert manager.next().startswith("RELOADING=1\nMONOTONIC_USEC=")
             where = raised_at(script, "raise RuntimeError")
-            assert manager.next() == (
-                "READY=1\nSTATUS=generation 2 serving, 1/1 workers ready; last reload: "
-                f"generation 3 failed: worker 0: RuntimeError: bad config {where}"
-            )
+            failed = manager.next()
+            assert re.fullmatch(
+                r"READY=1\nSTATUS=generation 2 serving, 1/1 workers ready "
+                r"\(probation, \d+s left; generation 1 parked\); last reload: "
+                + re.escape(f"generation 3 failed: worker 0: RuntimeError: bad config {where}"),
+                failed,
+            ), failed
 
-            # generation 1's worker may still be draining since generation 2 took over
+            # generation 1's worker is parked (or draining: its probation may be over)
             svc.send(signal.SIGTERM)
             stopping = manager.next()
             assert re.fullmatch(
