@@ -768,7 +768,17 @@ class SupervisorStateMachine:
             self._announce(Phase.STATUS)
         elif generation.role is Role.RETIRED or self.stopping is not Stopping.NO:
             self._drain(worker)
-        elif (
+        else:
+            self._promote_if_ready(now)
+
+    def _promote_if_ready(self, now: float) -> None:
+        """Promote the starting generation once all its workers are ready; during a
+        rollback, only once the rollback has ended (then the newer code wins)."""
+        starting = self.starting
+        if starting is None or self.rollback is not None:
+            return
+        generation = self.generations[starting]
+        if (
             all(self.workers[s].state is WorkerState.READY for s in generation.slots.values())
             and len(generation.slots) == self.settings.workers
         ):
@@ -976,6 +986,7 @@ class SupervisorStateMachine:
                             )
                         )
             self._announce(Phase.READY)
+            self._promote_if_ready(now)
             self._follow_queued_reload(now)
             return
         target.role = Role.SERVING
@@ -1006,6 +1017,7 @@ class SupervisorStateMachine:
             ProbationEnded(rollback.from_generation, "rolled back", rollback.cause)
         )
         self._announce(Phase.READY)
+        self._promote_if_ready(now)
         self._follow_queued_reload(now)
 
     def _retire(self, generation: Generation) -> None:
@@ -1019,7 +1031,12 @@ class SupervisorStateMachine:
                 self._drain(worker)
 
     def _follow_queued_reload(self, now: float) -> None:
-        if self.reload_queued and not self.stop_announced:
+        if (
+            self.reload_queued
+            and not self.stop_announced
+            and self.starting is None
+            and self.rollback is None
+        ):
             self.reload_queued = False
             self._start_generation(now)
 

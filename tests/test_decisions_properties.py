@@ -26,8 +26,11 @@ from graceful._decisions import (
     Exit,
     GenerationServing,
     KillWorker,
+    ParkWorker,
     ReloadRequested,
+    ResumeWorker,
     Role,
+    RollbackRequested,
     Settings,
     ShutdownWorker,
     SpawnWorker,
@@ -36,6 +39,7 @@ from graceful._decisions import (
     Stopping,
     StopRequested,
     SupervisorStateMachine,
+    WorkerBroken,
     WorkerExited,
     WorkerFailed,
     WorkerMisbehaved,
@@ -56,6 +60,8 @@ class SupervisorWorld(RuleBasedStateMachine):
         self.ever_spawned: set[int] = set()
         self.told_to_shut_down: set[int] = set()
         self.killed: set[int] = set()
+        #: told to park and not resumed since
+        self.parked: set[int] = set()
         #: events of timers started and not yet fired
         self.timers: list[Event] = []
         self.exit_codes: list[int] = []
@@ -95,6 +101,18 @@ class SupervisorWorld(RuleBasedStateMachine):
                 assert serial in self.alive, f"kill sent to {serial}, which has exited"
                 assert serial not in self.killed, f"{serial} killed twice"
                 self.killed.add(serial)
+            case ParkWorker(serial, _):
+                assert serial in self.alive, f"park sent to {serial}, which has exited"
+                assert serial not in self.parked, f"{serial} parked twice"
+                assert serial not in self.told_to_shut_down | self.killed
+                assert self.sm.workers[serial].parkable, f"{serial} cannot be parked"
+                self.parked.add(serial)
+            case ResumeWorker(serial):
+                assert serial in self.parked, f"resume sent to {serial}, which is not parked"
+                assert serial in self.alive, f"resume sent to {serial}, which has exited"
+                assert serial not in self.told_to_shut_down | self.killed
+                assert self.sm.stopping is Stopping.NO, "resumed while stopping"
+                self.parked.discard(serial)
             case StartTimer(_, event):
                 self.timers.append(event)
             case GenerationServing(number, _):
@@ -114,12 +132,27 @@ class SupervisorWorld(RuleBasedStateMachine):
 
     # -- the world ------------------------------------------------------------------
 
-    @initialize(workers=st.integers(min_value=1, max_value=3))
-    def start(self, workers: int) -> None:
+    @initialize(workers=st.integers(min_value=1, max_value=3), probation=st.sampled_from([0, 10]))
+    def start(self, workers: int, probation: float) -> None:
         self.machine = SupervisorStateMachine(
-            Settings(workers=workers, ready_timeout=5.0, drain_timeout=3.0, kill_grace=1.0)
+            Settings(
+                workers=workers,
+                ready_timeout=5.0,
+                drain_timeout=3.0,
+                kill_grace=1.0,
+                probation=probation,
+            )
         )
         self.send(Start())
+
+    @rule()
+    def rollback(self) -> None:
+        self.send(RollbackRequested("a test"))
+
+    @rule(data=st.data())
+    @precondition(lambda self: bool(self.alive))
+    def worker_declares_itself_broken(self, data: st.DataObject) -> None:
+        self.send(WorkerBroken(data.draw(st.sampled_from(sorted(self.alive))), "bad"))
 
     @rule()
     def reload(self) -> None:
@@ -132,7 +165,8 @@ class SupervisorWorld(RuleBasedStateMachine):
     @rule(data=st.data())
     @precondition(lambda self: bool(self.alive))
     def worker_reports_ready(self, data: st.DataObject) -> None:
-        self.send(WorkerReady(data.draw(st.sampled_from(sorted(self.alive)))))
+        serial = data.draw(st.sampled_from(sorted(self.alive)))
+        self.send(WorkerReady(serial, parkable=data.draw(st.booleans())))
 
     @rule(data=st.data())
     @precondition(lambda self: bool(self.alive))
@@ -149,6 +183,7 @@ class SupervisorWorld(RuleBasedStateMachine):
     def worker_exits(self, data: st.DataObject, exitcode: int | None) -> None:
         serial = data.draw(st.sampled_from(sorted(self.alive)))
         self.alive.discard(serial)
+        self.parked.discard(serial)
         self.send(WorkerExited(serial, exitcode))
 
     @rule(data=st.data())
@@ -171,6 +206,35 @@ class SupervisorWorld(RuleBasedStateMachine):
         roles = [g.role for g in self.sm.generations.values()]
         assert roles.count(Role.SERVING) <= 1
         assert roles.count(Role.STARTING) <= 1
+        assert roles.count(Role.PARKED) + roles.count(Role.RESUMING) <= 1
+
+    @invariant()
+    def probation_and_rollback_name_the_right_generations(self) -> None:
+        if self.machine is None:
+            return
+        probation, rollback = self.sm.probation, self.sm.rollback
+        assert probation is None or rollback is None, "a probation during a rollback"
+        if probation is not None:
+            assert self.sm.serving == probation.generation
+            parked = self.sm.generations.get(probation.parked)
+            assert parked is None or parked.role is Role.PARKED
+        if rollback is not None:
+            resuming = self.sm.generations.get(rollback.to_generation)
+            assert resuming is not None
+            assert resuming.role is Role.RESUMING
+        for generation in self.sm.generations.values():
+            if generation.role is Role.PARKED:
+                assert probation is not None
+                assert probation.parked == generation.number
+                states = {self.sm.workers[s].state for s in generation.slots.values()}
+                assert states <= {WorkerState.PARKED, WorkerState.DRAINING}, states
+
+    @invariant()
+    def the_parked_workers_are_those_told_to_park(self) -> None:
+        if self.machine is None:
+            return
+        parked = {s for s, w in self.sm.workers.items() if w.state is WorkerState.PARKED}
+        assert parked <= self.parked
 
     @invariant()
     def the_machine_knows_exactly_the_live_processes(self) -> None:
@@ -195,7 +259,8 @@ class SupervisorWorld(RuleBasedStateMachine):
             holding = [
                 w
                 for w in self.sm.workers.values()
-                if w.generation == generation.number and w.state is not WorkerState.DRAINING
+                if w.generation == generation.number
+                and w.state not in (WorkerState.DRAINING, WorkerState.PARKED)
             ]
             assert len(holding) <= self.sm.settings.workers
 
@@ -213,6 +278,7 @@ class SupervisorWorld(RuleBasedStateMachine):
         self.send(StopRequested())
         for serial in sorted(self.alive):
             self.alive.discard(serial)
+            self.parked.discard(serial)
             self.send(WorkerExited(serial, 0))
         assert len(self.exit_codes) == 1
 

@@ -1,0 +1,233 @@
+"""The supervisor's probation and rollback decisions, event by event (no processes).
+
+See "Probation and rollback" in ``graceful/_decisions.py``. The integration tests
+with real processes, sockets and load are in ``tests/test_probation.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from test_decisions import SETTINGS, Sim, messages, of_type, shut_down, spawned, timers
+
+from graceful._decisions import (
+    Action,
+    ParkWorker,
+    ProbationEnded,
+    ProbationOver,
+    ReadyTimeout,
+    ReloadEnded,
+    ReloadRequested,
+    RestartDue,
+    ResumeWorker,
+    Role,
+    RollbackEnded,
+    RollbackRequested,
+    Start,
+    StopRequested,
+    WorkerBroken,
+    WorkerExited,
+    WorkerReady,
+    WorkerState,
+)
+
+PROBATION = dataclasses.replace(SETTINGS, probation=30.0)
+
+
+def promoted_twice(sim: Sim, *, parkable: bool = True) -> tuple[list[int], list[int]]:
+    """Generation 1 serving, then reloaded: generation 2 serving. Returns the serials
+    of both generations' workers."""
+    first = spawned(sim.send(Start()))
+    sim.send_all(WorkerReady(serial, parkable=parkable) for serial in first)
+    second = spawned(sim.send(ReloadRequested()))
+    sim.clock.advance(0.2)
+    return first, second
+
+
+def promote(sim: Sim, serials: list[int], parkable: bool = True) -> list[Action]:
+    return sim.send_all(WorkerReady(serial, parkable=parkable) for serial in serials)
+
+
+def resumed(actions: list[Action]) -> set[int]:
+    return {action.serial for action in of_type(actions, ResumeWorker)}
+
+
+def test_the_previous_generation_is_parked_not_drained_when_probation_is_on() -> None:
+    sim = Sim(PROBATION)
+    first, second = promoted_twice(sim)
+    actions = promote(sim, second)
+    assert {action.serial for action in of_type(actions, ParkWorker)} == set(first)
+    assert shut_down(actions) == set()
+    assert timers(actions, ProbationOver) == [(30.0, ProbationOver(2))]
+    assert sim.machine.generations[1].role is Role.PARKED
+    assert {sim.machine.workers[s].state for s in first} == {WorkerState.PARKED}
+    assert "generation 1 parked for 30s of probation" in messages(actions)[-1]
+
+
+def test_without_probation_or_a_parkable_server_the_previous_generation_drains() -> None:
+    for settings, parkable in ((SETTINGS, True), (PROBATION, False)):
+        sim = Sim(settings)
+        first, second = promoted_twice(sim, parkable=parkable)
+        actions = promote(sim, second)
+        assert shut_down(actions) == set(first)
+        assert of_type(actions, ParkWorker) == []
+        assert sim.machine.probation is None
+
+
+def test_a_crash_during_probation_resumes_the_parked_generation_before_draining_the_new() -> None:
+    sim = Sim(PROBATION)
+    first, second = promoted_twice(sim)
+    promote(sim, second)
+    sim.clock.advance(1.5)
+    actions = sim.send(WorkerExited(second[1], 3))
+    # the parked workers are resumed; nothing is spawned; the new generation is not
+    # touched until they accept again
+    assert resumed(actions) == set(first)
+    assert spawned(actions) == []
+    assert shut_down(actions) == set()
+    assert sim.machine.rollback is not None
+    assert "worker 1 exited with code 3 1.5s into its probation" in sim.machine.rollback.cause
+    # one resumed worker is not enough: generation 2 still serves
+    assert shut_down(sim.send(WorkerReady(first[0], parkable=True))) == set()
+    assert sim.machine.serving == 2
+    sim.clock.advance(0.004)
+    actions = sim.send(WorkerReady(first[1], parkable=True))
+    assert sim.machine.serving == 1
+    assert shut_down(actions) == {second[0]}
+    [ended] = of_type(actions, RollbackEnded)
+    assert ended.ok
+    assert "resumed in 0.004s" in ended.detail
+    [probation] = of_type(actions, ProbationEnded)
+    assert (probation.generation, probation.outcome) == (2, "rolled back")
+    assert sim.machine.last_reload is not None
+    assert sim.machine.last_reload.outcome == "rolled back"
+    assert sim.machine.counters.rollbacks == 1
+    assert sim.machine.rejected is not None
+    assert sim.machine.rejected.generation == 2
+    assert "rolled back from generation 2" in sim.machine.status()
+
+
+def test_the_probation_ending_lets_the_parked_generation_go_and_a_later_crash_restarts() -> None:
+    sim = Sim(PROBATION)
+    first, second = promoted_twice(sim)
+    promote(sim, second)
+    sim.clock.advance(30)
+    actions = sim.send(ProbationOver(2))
+    assert shut_down(actions) == set(first)
+    assert of_type(actions, ProbationEnded) == [
+        ProbationEnded(2, "passed", "passed 30s of probation")
+    ]
+    assert sim.machine.probation is None
+    actions = sim.send(WorkerExited(second[0], 1))
+    assert resumed(actions) == set()
+    assert timers(actions, RestartDue) == [(0.1, RestartDue(2, 0))]
+
+
+def test_a_manual_rollback_and_its_refusals() -> None:
+    sim = Sim(PROBATION)
+    first, second = promoted_twice(sim)
+    [refused] = of_type(sim.send(RollbackRequested("SIGUSR2")), RollbackEnded)
+    assert not refused.ok
+    assert "no generation is parked" in refused.detail
+    promote(sim, second)
+    actions = sim.send(RollbackRequested("graceful rollback"))
+    assert resumed(actions) == set(first)
+    [again] = of_type(sim.send(RollbackRequested("SIGUSR2")), RollbackEnded)
+    assert not again.ok
+    assert "already under way" in again.detail
+    promote(sim, first)
+    assert sim.machine.serving == 1
+    assert sim.machine.rejected is not None
+    assert sim.machine.rejected.cause == "generation 2 rolled back by graceful rollback"
+
+
+def test_a_worker_that_declares_itself_broken_rolls_back_only_during_probation() -> None:
+    sim = Sim(PROBATION)
+    first, second = promoted_twice(sim)
+    # before ready: the reload fails
+    actions = sim.send(WorkerBroken(second[0], "no database"))
+    [ended] = of_type(actions, ReloadEnded)
+    assert ended.reload.outcome == "failed"
+    assert ended.reload.cause == "worker 0 declared itself broken: no database"
+    third = spawned(sim.send(ReloadRequested()))
+    promote(sim, third)
+    actions = sim.send(WorkerBroken(third[1], "schema mismatch"))
+    assert resumed(actions) == set(first)
+    promote(sim, first)
+    # outside probation: only logged
+    actions = sim.send(WorkerBroken(first[0], "again"))
+    assert resumed(actions) == set()
+    assert shut_down(actions) == set()
+    assert "no probation to roll back from" in messages(actions, logging.WARNING)[0]
+
+
+def test_the_rejected_code_is_not_respawned_while_a_worker_still_serves() -> None:
+    sim = Sim(PROBATION)
+    first, second = promoted_twice(sim)
+    promote(sim, second)
+    sim.send(WorkerExited(second[0], 3))
+    promote(sim, first)
+    actions = sim.send(WorkerExited(first[0], -9))
+    assert timers(actions, RestartDue) == []
+    assert "not restarting it: the code on disk is generation 2's" in messages(actions)[0]
+    assert "1/2 workers ready" in sim.machine.status()
+    # the last one: restarted from disk, loudly, and marked
+    actions = sim.send(WorkerExited(first[1], -9))
+    assert "was the last worker: restarting it from the code on disk" in messages(actions)[0]
+    [(_, due)] = timers(actions, RestartDue)
+    [replacement] = spawned(sim.send(due))
+    assert sim.machine.workers[replacement].runs_rejected_code
+    # the next reload lifts the rule
+    sim.send(WorkerReady(replacement, parkable=True))
+    fixed = spawned(sim.send(ReloadRequested()))
+    promote(sim, fixed)
+    assert sim.machine.rejected is None
+
+
+def test_a_parked_worker_that_cannot_resume_fails_the_rollback_only_if_none_resumes() -> None:
+    sim = Sim(PROBATION)
+    first, second = promoted_twice(sim)
+    promote(sim, second)
+    actions = sim.send(WorkerExited(second[0], 3))
+    assert timers(actions, ReadyTimeout) == [
+        (5.0, ReadyTimeout(first[0])),
+        (5.0, ReadyTimeout(first[1])),
+    ]
+    sim.send(WorkerExited(first[0], -9))  # died while resuming
+    sim.clock.advance(5)
+    killing = sim.send(ReadyTimeout(first[1]))
+    assert "did not resume within ready_timeout=5s" in messages(killing)[0]
+    actions = sim.send(WorkerExited(first[1], -9))
+    [ended] = of_type(actions, RollbackEnded)
+    assert not ended.ok
+    assert "no worker resumed" in ended.detail
+    assert sim.machine.serving == 2
+    # the crashed slot of the generation that keeps serving is refilled
+    assert timers(actions, RestartDue) == [(0.1, RestartDue(2, 0))]
+
+
+def test_a_reload_during_a_rollback_follows_it_and_parks_the_resumed_generation() -> None:
+    sim = Sim(PROBATION)
+    first, second = promoted_twice(sim)
+    promote(sim, second)
+    sim.send(WorkerExited(second[0], 3))
+    assert spawned(sim.send(ReloadRequested())) == []  # queued behind the rollback
+    actions = promote(sim, first)
+    third = spawned(actions)
+    assert len(third) == 2
+    assert sim.machine.starting == 3
+    actions = promote(sim, third)
+    assert {action.serial for action in of_type(actions, ParkWorker)} == set(first)
+    assert sim.machine.rejected is None
+
+
+def test_a_stop_during_probation_drains_the_parked_generation_too() -> None:
+    sim = Sim(PROBATION)
+    first, second = promoted_twice(sim)
+    promote(sim, second)
+    actions = sim.send(StopRequested())
+    assert shut_down(actions) == set(first) | set(second)
+    assert of_type(actions, ProbationEnded) == [
+        ProbationEnded(2, "stopped", "the service is stopping")
+    ]
