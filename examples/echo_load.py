@@ -33,6 +33,9 @@ class Tally:
     failures: collections.Counter[str] = field(default_factory=collections.Counter)
     prefixes: collections.Counter[str] = field(default_factory=collections.Counter)
     max_latency: float = 0.0
+    #: for each failed request, the client's port of its connection (None if no
+    #: connection was made, or over a unix socket): which server held it
+    failed_on: list[int | None] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -102,11 +105,14 @@ class Load:
                         break
                     async with asyncio.timeout(self.timeout):
                         if not await self._request(reader, writer):
+                            self.tally.failed_on.append(_client_port(writer))
                             break
             except TimeoutError:
                 self.tally.failures["timeout"] += 1
+                self.tally.failed_on.append(_client_port(writer))
             except OSError as exc:
                 self.tally.failures[type(exc).__name__] += 1
+                self.tally.failed_on.append(_client_port(writer))
             finally:
                 if writer is not None:
                     writer.close()
@@ -139,6 +145,13 @@ class Load:
             if self._thread.is_alive():
                 raise RuntimeError(f"the load did not stop within {timeout}s")
         return self.tally
+
+
+def _client_port(writer: asyncio.StreamWriter | None) -> int | None:
+    if writer is None:
+        return None
+    address = writer.get_extra_info("sockname")
+    return address[1] if isinstance(address, tuple) else None
 
 
 def main() -> int:

@@ -1,0 +1,451 @@
+"""Probation and rollback with real supervisors, real workers and real load.
+
+After a reload the previous generation stays parked (drained, alive, holding no
+listener) through the new one's probation. These tests make the new code crash
+after it became ready, declare itself broken, or get rolled back by hand, and
+check that the parked processes themselves answer again, that nothing is
+respawned, and which requests failed: only those the crashing workers held.
+
+The echo services answer ``PREFIX PID: line``, so the load's prefixes say which
+process answered every request. A crashing worker records, from its event loop
+and just before it exits (so that it accepts nothing after), the client ports of
+the connections it holds; every failed request must be on one of them.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+from echo_load import Load
+from harness import ServiceProcess, graceful_cli, is_alive, poll_until, running
+from http_load import HttpLoad
+from services import service_source, write_service
+
+from graceful import Control
+
+#: ``before_serve`` code: the answers name the process (``old 1234: ``).
+PID_IN_PREFIX = """\
+    global PREFIX
+    PREFIX = PREFIX[:-2] + f" {os.getpid()}: ".encode()
+"""
+
+#: Records the client ports of the connections this worker holds on the service's
+#: port (``SERVICE_PORT``, known before: a worker told to drain no longer holds the
+#: listener), then exits 3. Called from the event loop: nothing is accepted between
+#: the record and the exit.
+RECORD_AND_CRASH = """\
+def record_and_crash():
+    import json, psutil
+    held = [
+        c.raddr.port
+        for c in psutil.Process().net_connections("tcp")
+        if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == SERVICE_PORT
+    ]
+    with open(os.path.join(os.environ["CRASH_RECORD"], str(os.getpid())), "w") as record:
+        json.dump(held, record)
+    os._exit(3)
+"""
+
+
+def crash_after_ready(kind: str, seconds: float = 1.5) -> str:
+    """``before_serve`` code: crash ``seconds`` after the worker starts serving."""
+    if kind == "trio":
+        schedule = f"""\
+async def crash_later():
+    import trio
+    await trio.sleep({seconds})
+    record_and_crash()
+__import__("trio").lowlevel.spawn_system_task(crash_later)
+"""
+    else:
+        schedule = (
+            f'__import__("asyncio").get_running_loop().call_later({seconds}, record_and_crash)\n'
+        )
+    port = "SERVICE_PORT = ctx.listeners[0].address[1]\n"
+    return textwrap.indent(port + RECORD_AND_CRASH + schedule, "    ")
+
+
+def answering_pids(prefixes: collections.Counter[str]) -> collections.Counter[int]:
+    """Answers by the PID that gave them, from the load's prefixes."""
+    by_pid: collections.Counter[int] = collections.Counter()
+    for prefix, count in prefixes.items():
+        by_pid[int(prefix.split()[1].rstrip(":"))] += count
+    return by_pid
+
+
+def held_by_crashed_workers(record: Path) -> set[int]:
+    return {port for path in record.iterdir() for port in json.loads(path.read_text())}
+
+
+def more_answers(load: Load, more: int) -> collections.Counter[str]:
+    """Wait for ``more`` answers from now on; the prefixes of those answers."""
+    before = collections.Counter(load.tally.prefixes)
+    poll_until(lambda: load.tally.ok >= sum(before.values()) + more, 20, f"{more} more answers")
+    return collections.Counter(load.tally.prefixes) - before
+
+
+def env(tmp_path: Path, **more: str) -> dict[str, str]:
+    record = tmp_path / "crashes"
+    record.mkdir(exist_ok=True)
+    return {
+        "LISTEN": "127.0.0.1:0",
+        "WORKERS": "2",
+        "DRAIN_TIMEOUT": "5",
+        "PROBATION": "60",
+        "CRASH_RECORD": str(record),
+        **more,
+    }
+
+
+def wait_until_only(svc: ServiceProcess, pids: list[int]) -> None:
+    poll_until(lambda: sorted(svc.worker_pids()) == sorted(pids), 20, f"only workers {pids} left")
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "trio"])
+def test_new_code_that_crashes_after_ready_is_rolled_back_to_the_parked_processes(
+    tmp_path: Path, kind: str
+) -> None:
+    script = write_service(tmp_path / "svc.py", kind, prefix="old", before_serve=PID_IN_PREFIX)
+    with running(script, env=env(tmp_path)) as svc:
+        svc.wait_serving(1)
+        old = sorted(svc.worker_pids())
+        with Load(svc.address(), clients=24) as load:
+            more_answers(load, 100)
+            script.write_text(
+                service_source(
+                    kind, prefix="new", before_serve=PID_IN_PREFIX + crash_after_ready(kind)
+                )
+            )
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            svc.wait_serving(2, after=mark)
+            svc.wait_for(r"rolling back: generation 2 worker \d exited with code 3", after=mark)
+            svc.wait_for(r"rolled back: generation 1 serves again", after=mark)
+            # both new workers crash (the same code); then only the parked ones are left
+            wait_until_only(svc, old)
+            since = more_answers(load, 1000)
+        tally = load.tally
+        # the old code's own processes answer: nothing was respawned
+        # (which of the two takes the new connections is the kernel's choice)
+        assert set(answering_pids(since)) <= set(old)
+        assert all(prefix.startswith("old ") for prefix in since)
+        assert "starting generation 3" not in svc.output
+        # every failure was a request on a connection a crashing worker held
+        held = held_by_crashed_workers(tmp_path / "crashes")
+        assert len(list((tmp_path / "crashes").iterdir())) == 2
+        assert set(tally.failed_on) <= held, (tally.as_dict(), sorted(held))
+        assert tally.failed <= len(held)
+        assert set(tally.failures) <= {"no answer (connection closed)", "ConnectionResetError"}
+        assert any(prefix.startswith("new ") for prefix in tally.prefixes)
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+def test_a_worker_that_declares_itself_broken_is_rolled_back_without_a_failed_request(
+    tmp_path: Path,
+) -> None:
+    script = write_service(tmp_path / "svc.py", prefix="old", before_serve=PID_IN_PREFIX)
+    broken = PID_IN_PREFIX + textwrap.indent(
+        "async def declare():\n"
+        "    await anyio.sleep(0.5)\n"
+        "    await ctx.declare_broken('the schema is newer than this code')\n"
+        "TASK = __import__('asyncio').get_running_loop().create_task(declare())\n",
+        "    ",
+    )
+    with running(script, env=env(tmp_path)) as svc:
+        svc.wait_serving(1)
+        old = sorted(svc.worker_pids())
+        with Load(svc.address(), clients=24) as load:
+            more_answers(load, 100)
+            script.write_text(service_source(prefix="new", before_serve=broken))
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            svc.wait_serving(2, after=mark)
+            svc.wait_for(
+                r"rolling back: generation 2 worker \d declared itself broken: "
+                r"the schema is newer than this code",
+                after=mark,
+            )
+            svc.wait_for(r"rolled back: generation 1 serves again", after=mark)
+            wait_until_only(svc, old)  # generation 2 drained and exited
+            since = more_answers(load, 1000)
+        assert load.tally.failed == 0, load.tally.as_dict()
+        assert set(answering_pids(since)) <= set(old)
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+@pytest.mark.parametrize(("kind", "how"), [("asyncio", "cli"), ("sync", "SIGUSR2")])
+def test_a_manual_rollback_brings_the_parked_processes_back(
+    tmp_path: Path, kind: str, how: str
+) -> None:
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(
+        tmp_path / "svc.py", kind, prefix="old", before_serve=PID_IN_PREFIX, pid_file=pid_file
+    )
+    with running(script, env=env(tmp_path)) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        old = sorted(svc.worker_pids())
+        with Load(svc.address(), clients=24) as load:
+            more_answers(load, 100)
+            script.write_text(
+                service_source(kind, prefix="new", before_serve=PID_IN_PREFIX, pid_file=pid_file)
+            )
+            result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+            assert result.returncode == 0, result.stderr
+            new = sorted(set(svc.worker_pids()) - set(old))
+            assert len(new) == 2
+            # parked: alive, code loaded, no listener
+            assert all(is_alive(pid) for pid in old)
+            address = svc.address()
+            port = int(address.rpartition(":")[2])
+            for pid in old:
+                listening = [
+                    c
+                    for c in psutil.Process(pid).net_connections("tcp")
+                    if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                ]
+                assert listening == [], f"parked worker {pid} holds the listener"
+            # new connections go to the new processes (the parked ones may still be
+            # finishing the connections they had)
+            assert set(new) <= set(answering_pids(more_answers(load, 300)))
+            mark = svc.mark()
+            if how == "cli":
+                rolled = graceful_cli("rollback", "--pid-file", str(pid_file))
+                assert rolled.returncode == 0, rolled.stderr
+                assert rolled.stdout.startswith("generation 1 serves again (resumed in ")
+                assert "generation 2 rolled back by graceful rollback" in rolled.stdout
+            else:
+                svc.send(signal.SIGUSR2)
+            svc.wait_for(r"rolled back: generation 1 serves again", after=mark)
+            wait_until_only(svc, old)
+            since = more_answers(load, 1000)
+            status = Control(pid_file).status()
+        assert load.tally.failed == 0, load.tally.as_dict()
+        assert set(answering_pids(since)) <= set(old)
+        assert all(prefix.startswith("old ") for prefix in since)
+        assert status["rolled_back"] == {
+            "generation": 2,
+            "cause": f"generation 2 rolled back by {'graceful rollback' if how == 'cli' else how}",
+            "serving_generation": 1,
+        }
+        assert status["last_reload"]["outcome"] == "rolled back"
+        assert status["counters"]["rollbacks"] == 1
+        # nothing is left to roll back to
+        again = graceful_cli("rollback", "--pid-file", str(pid_file))
+        assert again.returncode == 1
+        assert "nothing to roll back to: no generation is parked" in again.stderr
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+def test_the_parked_generation_exits_when_the_probation_ends_and_a_later_crash_restarts(
+    tmp_path: Path,
+) -> None:
+    script = write_service(tmp_path / "svc.py", prefix="old", before_serve=PID_IN_PREFIX)
+    with running(script, env=env(tmp_path, PROBATION="2")) as svc:
+        svc.wait_serving(1)
+        old = sorted(svc.worker_pids())
+        with Load(svc.address(), clients=24) as load:
+            script.write_text(service_source(prefix="new", before_serve=PID_IN_PREFIX))
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            svc.wait_serving(2, after=mark)
+            assert all(is_alive(pid) for pid in old)  # parked
+            svc.wait_for(r"generation 2 passed its probation \(2s\); parked generation 1 exits")
+            # their processes are gone and reaped: the memory is released
+            poll_until(lambda: not any(is_alive(pid) for pid in old), 15, "generation 1 to exit")
+            new = sorted(svc.worker_pids())
+            assert not set(new) & set(old)
+            more_answers(load, 300)
+            assert load.tally.failed == 0, load.tally.as_dict()
+        # a crash now is an ordinary crash: restarted from disk, no rollback
+        mark = svc.mark()
+        os.kill(new[0], signal.SIGKILL)
+        svc.wait_for(r"generation 2 worker \d was killed by signal 9; restarting it in", after=mark)
+        svc.wait_for(r"generation 2 worker \d is back in service", after=mark)
+        assert "rolling back" not in svc.output
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+def test_after_a_rollback_the_rejected_code_on_disk_is_not_respawned_until_a_reload(
+    tmp_path: Path,
+) -> None:
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(
+        tmp_path / "svc.py", prefix="old", before_serve=PID_IN_PREFIX, pid_file=pid_file
+    )
+    with running(script, env=env(tmp_path)) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        old = sorted(svc.worker_pids())
+        script.write_text(
+            service_source(prefix="rejected", before_serve=PID_IN_PREFIX, pid_file=pid_file)
+        )
+        assert graceful_cli("reload", "--wait", "--pid-file", str(pid_file)).returncode == 0
+        assert graceful_cli("rollback", "--pid-file", str(pid_file)).returncode == 0
+        wait_until_only(svc, old)
+
+        # one of the two old workers dies: it is not replaced from the rejected code
+        mark = svc.mark()
+        os.kill(old[0], signal.SIGKILL)
+        svc.wait_for(
+            r"not restarting it: the code on disk is generation 2's, which was rolled back "
+            r"\(generation 2 rolled back by graceful rollback\)\. Serving with 1/2 workers",
+            after=mark,
+        )
+        status = Control(pid_file).status()
+        [generation] = status["generations"]
+        assert [worker["pid"] for worker in generation["workers"]] == [old[1]]
+        assert status["rolled_back"]["generation"] == 2
+        human = graceful_cli("status", "--pid-file", str(pid_file)).stdout
+        assert "ROLLED BACK: generation 1 serves again; generation 2 was rolled back" in human
+        with Load(svc.address(), clients=20) as load:
+            assert set(answering_pids(more_answers(load, 300))) == {old[1]}
+        assert load.tally.failed == 0, load.tally.as_dict()
+
+        # the last one dies: as the last resort, the code on disk is started, loudly
+        mark = svc.mark()
+        os.kill(old[1], signal.SIGKILL)
+        svc.wait_for(
+            r"was the last worker: restarting it from the code on disk, although generation "
+            r"2's code was rolled back",
+            after=mark,
+        )
+        svc.wait_for(r"generation 1 worker \d is back in service", after=mark)
+        status = Control(pid_file).status()
+        [worker] = status["generations"][0]["workers"]
+        assert worker["runs_rejected_code"] is True
+
+        # a reload deploys what is on disk on purpose: the rule is lifted
+        script.write_text(
+            service_source(prefix="fixed", before_serve=PID_IN_PREFIX, pid_file=pid_file)
+        )
+        assert graceful_cli("reload", "--wait", "--pid-file", str(pid_file)).returncode == 0
+        status = Control(pid_file).status()
+        assert status["rolled_back"] is None
+        assert status["probation"]["generation"] == 3
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+def test_reload_wait_through_probation_reports_the_rollback_or_the_pass(tmp_path: Path) -> None:
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(tmp_path / "svc.py", prefix="old", pid_file=pid_file)
+    with running(script, env=env(tmp_path, PROBATION="4")) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        script.write_text(
+            service_source(
+                prefix="new", before_serve=crash_after_ready("asyncio"), pid_file=pid_file
+            )
+        )
+        result = graceful_cli(
+            "reload", "--wait", "--through-probation", "--pid-file", str(pid_file)
+        )
+        assert result.returncode == 1
+        assert result.stdout == ""
+        assert result.stderr.startswith(
+            "rolled back: generation 2 worker 0 exited with code 3"
+        ) or result.stderr.startswith("rolled back: generation 2 worker 1 exited with code 3")
+        assert "into its probation" in result.stderr
+        assert "Traceback" not in result.stderr
+
+        script.write_text(service_source(prefix="fixed", pid_file=pid_file))
+        result = graceful_cli(
+            "reload", "--wait", "--through-probation", "--pid-file", str(pid_file)
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("generation 3 serving (ready in ")
+        assert result.stdout.rstrip().endswith(", passed its probation")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+ASGI_APP = """\
+import asyncio
+import os
+
+MESSAGE = {message!r}
+CRASH = {crash!r}
+SERVICE_PORT = None
+{record_and_crash}
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if CRASH:
+                    import psutil
+                    global SERVICE_PORT
+                    SERVICE_PORT = next(
+                        c.laddr.port
+                        for c in psutil.Process().net_connections("tcp")
+                        if c.status == psutil.CONN_LISTEN
+                    )
+                    asyncio.get_running_loop().call_later(1.5, record_and_crash)
+                await send({{"type": "lifespan.startup.complete"}})
+            elif message["type"] == "lifespan.shutdown":
+                await send({{"type": "lifespan.shutdown.complete"}})
+                return
+    elif scope["type"] == "http":
+        await send(
+            {{"type": "http.response.start", "status": 200,
+              "headers": [(b"content-type", b"text/plain")]}}
+        )
+        body = f"{{MESSAGE}} {{os.getpid()}}".encode()
+        await send({{"type": "http.response.body", "body": body}})
+"""
+
+
+def test_uvicorn_new_code_that_crashes_after_its_lifespan_startup_is_rolled_back(
+    tmp_path: Path,
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(ASGI_APP.format(message="old", crash=False, record_and_crash=RECORD_AND_CRASH))
+    record = tmp_path / "crashes"
+    record.mkdir()
+    svc = ServiceProcess(
+        app,
+        module="graceful",
+        args=["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
+              "--workers", "2", "--drain-timeout", "5", "--probation", "60"],
+        cwd=tmp_path,
+        env={"CRASH_RECORD": str(record)},
+    )  # fmt: skip
+    with svc:
+        svc.wait_serving(1)
+        old = sorted(svc.worker_pids())
+        with HttpLoad(f"http://{svc.address()}/", clients=24) as load:
+            poll_until(lambda: load.tally.ok > 100, 15, "answers from generation 1")
+            app.write_text(
+                ASGI_APP.format(message="new", crash=True, record_and_crash=RECORD_AND_CRASH)
+            )
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            svc.wait_serving(2, after=mark)
+            svc.wait_for(r"rolled back: generation 1 serves again", after=mark)
+            wait_until_only(svc, old)
+            before = collections.Counter(load.tally.bodies)
+            poll_until(
+                lambda: load.tally.ok >= sum(before.values()) + 1000, 20, "1000 more answers"
+            )
+            since = collections.Counter(load.tally.bodies) - before
+        tally = load.tally
+        assert {int(body.split()[1]) for body in since} <= set(old)
+        assert all(body.startswith("old ") for body in since)
+        assert any(body.startswith("new ") for body in tally.bodies)
+        held = sum(len(json.loads(path.read_text())) for path in record.iterdir())
+        assert tally.failed <= held, (tally.as_dict(), held)
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
