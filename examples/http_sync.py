@@ -39,6 +39,9 @@ def main(ctx: graceful.SyncContext) -> None:
     server.daemon_threads = False
     accepting = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
     accepting.start()
+    # ready() without parkable=True: this worker does not take part in probation,
+    # so after a reload its generation drains and exits at once, and cannot be
+    # rolled back to (examples/echo_sync.py shows the parkable loop).
     ctx.ready()
     ctx.wait_shutdown()
     server.shutdown()

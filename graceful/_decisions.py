@@ -26,6 +26,9 @@ worker state               entered when                                     left
                                                                             exited
 ``DRAINING``               told to shut down (its generation retired, or    exited (it is then
                            the service stops)                               forgotten)
+``PARKED``                 told to park (its generation was replaced, with  told to resume, or
+                           probation on, and its server can be parked)      to shut down
+``RESUMING``               told to resume (a rollback)                      ready, or exited
 =========================  ===============================================  ====================
 
 =========================  ===============================================  ====================
@@ -36,6 +39,12 @@ generation role            entered when                                     left
                                                                             one, or the stop
 ``RETIRED``                replaced, failed, or the service stops           its last worker
                                                                             exited (forgotten)
+``PARKED`` (at most 1)     replaced, with probation on and every ready      the probation ends,
+                           worker parkable                                  a rollback, the next
+                                                                            promotion, the stop
+``RESUMING`` (at most 1)   a rollback began                                 every worker resumed
+                                                                            (serving) or none
+                                                                            did (retired)
 =========================  ===============================================  ====================
 
 Events
@@ -60,7 +69,32 @@ event                   effect
                         (with ``stop_delay``: only announced, see below); second:
                         every worker is killed
 ``StopDelayOver``       the announced stop begins: every worker drains
+``ProbationOver``       the parked generation is retired (it exits)
+``WorkerBroken``        during its generation's probation: a rollback; while it
+                        starts: the generation fails; else only logged
+``RollbackRequested``   during a probation: a rollback; else refused, with why
 ======================  ==========================================================
+
+Probation and rollback
+----------------------
+With ``probation`` above 0, a promotion parks the previous generation instead of
+draining it, if every one of its ready workers said it can be parked: its workers
+stop accepting and drain, and stay alive with no listener. The new generation is
+on probation (:attr:`SupervisorStateMachine.probation`) until ``ProbationOver``,
+the next promotion, or the stop, which retire the parked one.
+
+During the probation, an unexpected exit of a new worker, a ``WorkerBroken`` or a
+``RollbackRequested`` starts a rollback: the parked generation's workers are told
+to resume (the loop hands them the listeners again) and the generation becomes
+``RESUMING``; the new generation keeps serving meanwhile. Once no worker is still
+resuming, the parked generation serves again and the new one is retired; if none
+resumed, the rollback failed and the new one keeps serving (its crashed slots are
+refilled). No reload starts during a rollback: a request is queued, and a
+generation that became ready meanwhile is promoted when the rollback ends.
+
+After a rollback, the code on disk is the rejected code (:attr:`rejected`), until
+the next promotion: a worker of the serving generation that dies is not replaced
+while another one still serves; the last one is, loudly, as a last resort.
 
 With ``stop_delay``, the first stop request only announces the stop
 (:attr:`SupervisorStateMachine.stop_announced`, which health checks report) and
@@ -80,7 +114,7 @@ starting workers outnumber ``workers``; a worker is told to shut down at most
 once and killed at most once, and never after its exit; nothing is spawned once
 the service stops; ``Exit`` comes once, and only when no worker is left.
 
-The rules:
+The rules (without probation):
 
 * A **generation** is the set of ``workers`` processes started together. At most
   one generation is *serving*, at most one is *starting*; any number may be
