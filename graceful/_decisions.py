@@ -499,6 +499,8 @@ class Worker:
     #: started from the code on disk after that code was rolled back (the last
     #: resort of the rejected-code rule)
     runs_rejected_code: bool = False
+    #: it declared itself broken (only the first declaration counts)
+    declared_broken: bool = False
 
 
 @dataclass
@@ -910,8 +912,14 @@ class SupervisorStateMachine:
 
     def _on_broken(self, serial: int, cause: str, now: float) -> None:
         worker = self.workers.get(serial)
-        if worker is None or worker.killed or worker.state is WorkerState.DRAINING:
+        if (
+            worker is None
+            or worker.killed
+            or worker.declared_broken
+            or worker.state is WorkerState.DRAINING
+        ):
             return
+        worker.declared_broken = True
         generation = self.generations[worker.generation]
         declared = f"worker {worker.worker_id} declared itself broken: {cause}"
         if generation.role is Role.STARTING:

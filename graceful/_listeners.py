@@ -35,9 +35,10 @@ BACKLOG = socket.SOMAXCONN
 #: The largest descriptor number a listen spec may name (file descriptors are C ints).
 MAX_FD = 2**31 - 1
 
-#: Descriptors the supervisor keeps per live worker (its control channel, its exit
-#: sentinel and pidfd), and the most one start uses on top while it runs.
-_FDS_PER_WORKER = 3
+#: Descriptors the supervisor keeps per live worker (its control channel, its fd
+#: channel, its exit sentinel and pidfd), and the most one start uses on top while
+#: it runs.
+_FDS_PER_WORKER = 4
 _FDS_PER_START = 8
 #: What the supervisor and a worker need beyond that: the interpreter, the event
 #: loop, the resource tracker, systemd's socket, a worker's own imports.
@@ -273,8 +274,9 @@ def _refuse_shared_descriptor(listener: BoundListener, earlier: list[BoundListen
 
 def check_descriptor_headroom(listeners: int, workers: int) -> None:
     """Refuse to start when the descriptor limit leaves too little room beside
-    ``listeners`` for ``workers`` per generation (two generations during a reload),
-    in the supervisor or in a worker, which receives every listener too.
+    ``listeners`` for ``workers`` per generation (three generations during a reload
+    on probation: parked, serving, starting), in the supervisor or in a worker,
+    which receives every listener too.
 
     Raises:
         ConfigError: naming the limit and how to raise it.
@@ -286,7 +288,7 @@ def check_descriptor_headroom(listeners: int, workers: int) -> None:
         in_use = len(os.listdir("/proc/self/fd"))
     except OSError:
         in_use = listeners + 3
-    needed = in_use + 2 * workers * _FDS_PER_WORKER + _FDS_PER_START + _FDS_SPARE
+    needed = in_use + 3 * workers * _FDS_PER_WORKER + _FDS_PER_START + _FDS_SPARE
     if needed > soft:
         raise ConfigError(
             f"{listeners} listeners leave too few file descriptors for {workers} "

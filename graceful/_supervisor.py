@@ -34,7 +34,7 @@ from ._pidfile import PidFile
 from ._release import ReleaseDirectory
 from ._service import check_supervision
 from ._spawner import BytecodeGate, SpawningFactory
-from ._supervisor_loop import SupervisorLoop
+from ._supervisor_loop import ROLLBACK_SIGNAL, SupervisorLoop
 from ._systemd import Notifier
 from ._worker import WorkerOptions
 
@@ -58,12 +58,13 @@ def run_supervisor(
     is spawned or left bound.
     """
     ensure_visible("supervisor")
-    # A reload requested before the supervisor listens for it, or after it has
-    # stopped, has nothing to reload: ignored, rather than its default action
-    # killing the process (and leaving the PID file behind). It stays ignored when
-    # this returns. SIGTERM and SIGINT are ignored from the end of the supervisor's
+    # A reload (or a rollback) requested before the supervisor listens for it, or
+    # after it has stopped, has nothing to act on: ignored, rather than its default
+    # action killing the process (and leaving the PID file behind). It stays
+    # ignored when this returns. SIGTERM and SIGINT are ignored from the end of the supervisor's
     # loop to the end of its clean-up, then restored.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(ROLLBACK_SIGNAL, signal.SIG_IGN)
     stop_handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         return _supervise(service, caller, pid_file, health, stop_delay)

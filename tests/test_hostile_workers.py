@@ -243,6 +243,27 @@ def test_more_listeners_than_the_descriptor_limit_allows_is_refused_at_start(
         assert "starting generation" not in svc.output
 
 
+def test_a_worker_that_declares_itself_broken_again_and_again_is_logged_once(
+    tmp_path: Path,
+) -> None:
+    """Outside a probation a declaration is only logged: a worker that repeats it (or
+    writes it straight on its pipe, past the context) cannot flood the log."""
+    flood = (
+        "        if line == b'flood':\n"
+        '            os.write(CTX._control.fileno(), b\'["broken", "db down"]\\n\' * 500)\n'
+    )
+    script = write_service(tmp_path / "svc.py", prefix="v1", on_line=flood)
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        with connect(svc.address()) as client:
+            assert ask(client, "flood") == b"v1: flood\n"
+            assert ask(client, "after") == b"v1: after\n"
+        svc.wait_for(r"generation 1 worker 0 declared itself broken \(db down\)")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+        assert svc.output.count("declared itself broken") == 1, svc.output
+
+
 # -- a worker that lies on its control pipe --------------------------------------------
 
 #: bytes a worker writes on its control pipe that are not a control message

@@ -192,9 +192,13 @@ def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> Non
         assert svc.wait_exit() == 0
 
 
-def test_reload_requests_racing_a_stop_do_not_kill_the_supervisor(tmp_path: Path) -> None:
-    """SIGHUPs keep arriving while the service stops, until after it has stopped (a
-    deploy script that reloads while another stops): the stop still ends cleanly."""
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR2])
+def test_reload_and_rollback_requests_racing_a_stop_do_not_kill_the_supervisor(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """SIGHUPs (or SIGUSR2s) keep arriving while the service stops, until after it has
+    stopped (a deploy script that reloads while another stops): the stop still ends
+    cleanly."""
     pid_file = tmp_path / "svc.pid"
     script = write_service(tmp_path / "svc.py", pid_file=pid_file)
     with running(script, env={"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "1"}) as svc:
@@ -203,11 +207,31 @@ def test_reload_requests_racing_a_stop_do_not_kill_the_supervisor(tmp_path: Path
         svc.send(signal.SIGTERM)
         while svc.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                svc.send(signal.SIGHUP)
+                svc.send(signum)
             time.sleep(0.001)  # pacing only: leave the log reader thread some time
         assert svc.wait_exit() == 0
         svc.wait_for(r"stopped \(exit status 0\)")
     assert not pid_file.exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR2])
+def test_reload_and_rollback_requests_before_the_supervisor_listens_do_not_kill_it(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """The signals keep arriving from the moment the supervisor has begun (its first
+    log line) until generation 1 serves: those before it listens for them are
+    ignored, not fatal. (Before the interpreter runs graceful's code, nothing can
+    catch them.)"""
+    script = write_service(tmp_path / "svc.py")
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_for("listening on")
+        while "generation 1 is serving" not in svc.output and svc.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                svc.send(signum)
+            time.sleep(0.001)  # pacing only
+        svc.wait_serving(1)
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
 
 
 def test_the_orphan_guard_exits_by_itself_at_a_clean_stop(tmp_path: Path) -> None:
