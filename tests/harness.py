@@ -136,3 +136,19 @@ def holds_listener(pid: int, address: str) -> bool:
         conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
         for conn in connections
     )
+
+
+class NotifySocket:
+    """The datagram socket a service manager would listen on."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address if not address.startswith("@") else "\0" + address[1:])
+        self.sock.settimeout(30)
+        self.address = address
+
+    def next(self) -> str:
+        return self.sock.recv(4096).decode()
+
+    def close(self) -> None:
+        self.sock.close()

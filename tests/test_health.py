@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
-from harness import ask, connect, graceful_cli, poll_until, running
+from harness import NotifySocket, ask, connect, graceful_cli, poll_until, running
 from services import service_source, wait_for_file, write_service
 
 ENV = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "5"}
@@ -198,3 +198,47 @@ def test_requests_as_clients_write_them(tmp_path: Path) -> None:
         assert raw(b"GET /live HTTP/1.0\n\n").startswith(b"HTTP/1.1 200")  # bare LF
         assert raw(b"GET /live HTTP/1.9\r\n\r\n").startswith(b"HTTP/1.1 400")
         assert raw(b"GET /live HTTP/1.1" + b"x" * 9000 + b"\r\n\r\n").startswith(b"HTTP/1.1 400")
+
+
+def test_metrics_and_the_notify_status_record_a_probation_and_a_rollback(tmp_path: Path) -> None:
+    script = health_service(tmp_path)
+    pid_file = tmp_path / "svc.pid"
+    notify = NotifySocket(str(tmp_path / "notify.sock"))
+    try:
+        with running(script, env={**ENV, "NOTIFY_SOCKET": notify.address}) as svc:
+            svc.wait_serving(1)
+            poll_until(pid_file.exists, 10, "the PID file")
+            health = health_address(svc.output)
+            script.write_text(
+                service_source(prefix="v2", pid_file=pid_file, run_args="health='127.0.0.1:0'")
+            )
+            assert graceful_cli("reload", "--wait", "--pid-file", str(pid_file)).returncode == 0
+            _, metrics = get(health, "/metrics")
+            assert "graceful_on_probation 1.0" in metrics
+            assert 'graceful_workers{state="parked"} 1.0' in metrics
+            assert "graceful_rollbacks_total 0.0" in metrics
+
+            svc.send(signal.SIGUSR2)
+            svc.wait_for(r"rolled back: generation 1 serves again")
+            _, metrics = get(health, "/metrics")
+            assert "graceful_rollbacks_total 1.0" in metrics
+            assert "graceful_rolled_back 1.0" in metrics
+            assert "graceful_on_probation 0.0" in metrics
+            assert "graceful_serving_generation 1.0" in metrics
+            # the service manager heard the rollback begin and end
+            heard: list[str] = []
+            while not any(line.startswith("READY=1") and "rolled back" in line for line in heard):
+                heard.append(notify.next())
+            assert any(
+                "STATUS=generation 2 serving, 1/1 workers ready; rolling back to generation 1"
+                in line
+                for line in heard
+            ), heard
+            assert heard[-1].startswith(
+                "READY=1\nSTATUS=generation 1 serving, 1/1 workers ready; rolled back from "
+                "generation 2: generation 2 rolled back by SIGUSR2"
+            ), heard[-1]
+            svc.send(signal.SIGTERM)
+            assert svc.wait_exit() == 0
+    finally:
+        notify.close()

@@ -13,26 +13,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from harness import ask, children_of, poll_until, running
+from harness import NotifySocket, ask, children_of, poll_until, running
 from services import service_source, write_service
 
 EXTEND = "EXTEND_TIMEOUT_USEC=32000000"  # ready_timeout 30 s + 2 s kill grace
-
-
-class NotifySocket:
-    """The datagram socket a service manager would listen on."""
-
-    def __init__(self, address: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(address if not address.startswith("@") else "\0" + address[1:])
-        self.sock.settimeout(30)
-        self.address = address
-
-    def next(self) -> str:
-        return self.sock.recv(4096).decode()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def environ_of(pid: int) -> dict[str, str]:
