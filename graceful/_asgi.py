@@ -11,12 +11,17 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import importlib.util
+import inspect
 import os
 from typing import Any, Literal
+
+import anyio
+import anyio.to_thread
 
 from ._context import Context
 from ._entry import import_module, walk
 from ._errors import ConfigError, one_line
+from ._interfaces import DEFAULT_THREADS, Interface, as_asgi3, check_interface
 from ._listeners import parse_listen_spec
 from ._logging import ensure_visible, logger
 from ._service import Backend, Service, check_settings
@@ -43,6 +48,9 @@ def serve_asgi(
     health: str | None = None,
     stop_delay: float = 0.0,
     probation: float = 30.0,
+    interface: Interface = "auto",
+    threads: int = DEFAULT_THREADS,
+    ready_hook: str | None = None,
     **server_options: Any,
 ) -> None:
     """Serve the ASGI app named by ``app`` (``"pkg.module:attr"``) with zero-downtime
@@ -63,6 +71,14 @@ def serve_asgi(
         server_options: passed to ``uvicorn.Config`` or ``hypercorn.Config`` (they
             must be picklable). ``listen``/``workers`` replace the servers' own
             host, port, bind and workers settings.
+        interface: ``"auto"`` (recognise the app's kind in each worker),
+            ``"asgi3"``, ``"asgi2"`` or ``"wsgi"`` (see ``_interfaces.py``).
+        threads: the thread pool that runs a WSGI app, per worker.
+        ready_hook: ``"module:function"``, called (awaited if it is a coroutine
+            function, else run in a thread) in each worker after the app is
+            imported and before it accepts: a warm-up or a check, such as
+            ``django.setup()`` and a database query. If it raises, the worker
+            fails, and so does the reload: the old generation keeps serving.
 
     Other arguments are those of :func:`graceful.service` and :meth:`Service.run`
     (``probation`` works with uvicorn; hypercorn's workers cannot be parked, so
@@ -83,6 +99,9 @@ def serve_asgi(
             backend=backend,
             server_options=server_options,
             probation=probation,
+            interface=interface,
+            threads=threads,
+            ready_hook=ready_hook,
         )
     except ConfigError as exc:
         ensure_visible("supervisor")
@@ -103,6 +122,9 @@ def asgi_service(
     backend: str,
     server_options: dict[str, Any],
     probation: float = 30.0,
+    interface: str = "auto",
+    threads: int = DEFAULT_THREADS,
+    ready_hook: str | None = None,
 ) -> Service[Any]:
     """The :class:`Service` that serves ``app``, after checking everything that can be
     checked without importing the app.
@@ -139,6 +161,13 @@ def asgi_service(
             f"cannot find module {module!r} for app {app!r} (is the app directory on "
             "sys.path? see --app-dir)"
         )
+    check_interface(interface, threads)
+    if ready_hook is not None:
+        hook_module, sep, hook_name = str(ready_hook).partition(":")
+        if not sep or not hook_module or not hook_name:
+            raise ConfigError(f"ready hook {ready_hook!r} must look like 'package.module:function'")
+        if not module_exists(hook_module):
+            raise ConfigError(f"cannot find module {hook_module!r} for ready hook {ready_hook!r}")
     backend_options: dict[str, Any] = {}
     if server == "uvicorn":
         from ._uvicorn import uvicorn_config  # noqa: PLC0415 - uvicorn is optional
@@ -170,6 +199,9 @@ def asgi_service(
             "backend": backend,
             "drain_timeout": drain_timeout,
             "options": server_options,
+            "interface": interface,
+            "threads": threads,
+            "ready_hook": ready_hook,
         },
     )
 
@@ -243,6 +275,26 @@ def load_app(app: str, factory: bool) -> Any:
     return target
 
 
+async def run_ready_hook(ref: str) -> None:
+    """Import the hook named ``"module:function"`` (fresh, in this worker) and call
+    it: awaited if it is a coroutine function, else in a thread.
+
+    Raises:
+        ConfigError: one line naming the hook, if it cannot be found or raises.
+    """
+    module_name, _, name = ref.partition(":")
+    hook = walk(import_module(module_name, f" for ready hook {ref!r}"), name)
+    if hook is None or not callable(hook):
+        raise ConfigError(f"ready hook {ref!r}: module {module_name!r} has no function {name!r}")
+    try:
+        if inspect.iscoroutinefunction(hook):
+            await hook()
+        else:
+            await anyio.to_thread.run_sync(hook)
+    except Exception as exc:
+        raise ConfigError(f"ready hook {ref!r} failed: {one_line(exc, where=True)}") from exc
+
+
 async def asgi_worker(
     context: Context,
     *,
@@ -252,9 +304,17 @@ async def asgi_worker(
     backend: str,
     drain_timeout: float,
     options: dict[str, Any],
+    interface: Interface = "auto",
+    threads: int = DEFAULT_THREADS,
+    ready_hook: str | None = None,
 ) -> None:
-    """The worker entry of :func:`serve_asgi`: load the app, serve it, drain, return."""
-    application = load_app(app, factory)
+    """The worker entry of :func:`serve_asgi`: load the app, run the ready hook, serve
+    the app, drain, return."""
+    application, kind = as_asgi3(load_app(app, factory), interface, threads)
+    if interface == "auto" and kind != "asgi3":
+        logger.debug("app %r is a %s app", app, kind)
+    if ready_hook is not None:
+        await run_ready_hook(ready_hook)
     if server == "uvicorn":
         from ._uvicorn import serve_uvicorn  # noqa: PLC0415
 

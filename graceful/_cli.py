@@ -26,6 +26,7 @@ from ._asgi import asgi_service
 from ._control import Control
 from ._entry import import_module, walk
 from ._errors import ConfigError, GracefulError
+from ._interfaces import DEFAULT_THREADS, INTERFACES
 from ._logging import ensure_visible, logger
 from ._pidfile import signal_supervisor
 from ._service import Service
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="graceful", description="Zero-downtime restarts for Python services.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    serve = commands.add_parser("serve", help="serve an ASGI app (uvicorn or hypercorn)")
+    serve = commands.add_parser("serve", help="serve an ASGI or WSGI app (uvicorn or hypercorn)")
     serve.add_argument("app", help="the app as package.module:attribute")
     serve.add_argument(
         "--listen",
@@ -90,6 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--app-dir", default=".", metavar="DIR", help="put DIR first on sys.path (default: .)"
+    )
+    serve.add_argument(
+        "--interface",
+        choices=INTERFACES,
+        default="auto",
+        help="the app's kind; auto recognises WSGI apps (Flask, Django's wsgi.py) too",
+    )
+    serve.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=DEFAULT_THREADS,
+        metavar="N",
+        help=f"threads that run a WSGI app, per worker (default {DEFAULT_THREADS})",
+    )
+    serve.add_argument(
+        "--ready-hook",
+        metavar="MODULE:FUNCTION",
+        help="call it in each worker after the app is imported, before it is ready; "
+        "if it raises, the reload fails",
     )
 
     run = commands.add_parser("run", help="run an @graceful.service entry point")
@@ -204,6 +224,9 @@ def _serve(args: argparse.Namespace) -> int:
         if args.no_access_log and args.server == "uvicorn"
         else {},
         probation=args.probation,
+        interface=args.interface,
+        threads=args.threads,
+        ready_hook=args.ready_hook,
     )
     return _supervise(service, args)
 

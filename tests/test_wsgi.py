@@ -1,0 +1,278 @@
+"""WSGI apps under ``graceful serve``: the interface, WSGI's own contract (request
+bodies, streamed responses, ``close()``), the ready hook, and reloads under load."""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+from harness import ServiceProcess, poll_until
+from http_load import HttpLoad
+
+from graceful._interfaces import as_asgi3, detect
+
+WSGI_APP = """\
+import os
+
+VERSION = {version!r}
+
+
+class Chunks:
+    \"\"\"A streamed body whose close() leaves a mark, as WSGI servers must call it.\"\"\"
+
+    def __iter__(self):
+        for n in range(5):
+            yield f"chunk {{n}}\\n".encode()
+
+    def close(self):
+        with open(os.environ["CLOSED_MARK"], "a") as mark:
+            mark.write("closed\\n")
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/echo":
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length)
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+    if path == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Chunks()
+    body = f"{{VERSION}} {{os.getpid()}}\\n".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def write_app(path: Path, version: str) -> None:
+    path.write_text(WSGI_APP.format(version=version))
+
+
+def serve(tmp_path: Path, *extra: str) -> ServiceProcess:
+    return ServiceProcess(
+        tmp_path / "app.py",
+        module="graceful",
+        args=["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
+              "--drain-timeout", "5", *extra],
+        cwd=tmp_path,
+        env={"CLOSED_MARK": str(tmp_path / "closed")},
+    )  # fmt: skip
+
+
+def reload(svc: ServiceProcess, generation: int) -> None:
+    mark = svc.mark()
+    svc.send(signal.SIGHUP)
+    svc.wait_serving(generation, after=mark, timeout=60)
+
+
+@pytest.mark.parametrize("interface", ["wsgi", "auto"])
+def test_a_wsgi_app_reloads_under_load_without_a_failed_request(
+    tmp_path: Path, interface: str
+) -> None:
+    write_app(tmp_path / "app.py", "v1")
+    with serve(tmp_path, "--interface", interface, "--workers", "2") as svc:
+        svc.wait_serving(1)
+        url = f"http://{svc.address()}/"
+        with HttpLoad(url, clients=24) as load:
+            poll_until(lambda: load.tally.ok > 200, 15, "answers from v1")
+            for generation, version in ((2, "v2"), (3, "v3")):
+                write_app(tmp_path / "app.py", version)
+                reload(svc, generation)
+                poll_until(
+                    lambda v=version: any(body.startswith(v) for body in load.tally.bodies),  # type: ignore[misc]
+                    15,
+                    f"answers from {version}",
+                )
+        assert load.tally.failed == 0, load.tally.as_dict()
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+def test_request_bodies_streamed_responses_and_close_behave_as_wsgi_promises(
+    tmp_path: Path,
+) -> None:
+    write_app(tmp_path / "app.py", "v1")
+    with serve(tmp_path, "--interface", "wsgi", "--threads", "4") as svc:
+        svc.wait_serving(1)
+        with httpx.Client(base_url=f"http://{svc.address()}", timeout=10) as client:
+            body = bytes(range(256)) * 4096  # 1 MiB, all byte values
+            echoed = client.post("/echo", content=body)
+            assert echoed.status_code == 200
+            assert echoed.content == body
+            assert echoed.headers["content-length"] == str(len(body))
+            assert client.post("/echo", content=b"").content == b""
+            with client.stream("GET", "/stream") as streamed:
+                chunks = b"".join(streamed.iter_bytes())
+            assert chunks == b"".join(f"chunk {n}\n".encode() for n in range(5))
+        poll_until((tmp_path / "closed").exists, 10, "close() to be called")
+        assert (tmp_path / "closed").read_text() == "closed\n"
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+HOOKS = """\
+import os
+import time
+
+
+def warm_up():
+    # blocks, as Django's setup or a database check would: run in a thread
+    while not os.path.exists(os.environ["GATE"]):
+        time.sleep(0.01)
+    with open(os.environ["WARMED"], "a") as record:
+        record.write(f"{os.getpid()}\\n")
+
+
+def broken():
+    raise RuntimeError("the database is unreachable")
+"""
+
+
+def test_the_ready_hook_gates_readiness_and_a_failing_one_fails_the_reload(
+    tmp_path: Path,
+) -> None:
+    write_app(tmp_path / "app.py", "v1")
+    (tmp_path / "hooks.py").write_text(HOOKS)
+    gate, warmed = tmp_path / "gate", tmp_path / "warmed"
+    gate.touch()
+    svc = ServiceProcess(
+        tmp_path / "app.py",
+        module="graceful",
+        args=["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
+              "--ready-hook", "hooks:warm_up"],
+        cwd=tmp_path,
+        env={"GATE": str(gate), "WARMED": str(warmed), "CLOSED_MARK": str(tmp_path / "c")},
+    )  # fmt: skip
+    with svc:
+        svc.wait_serving(1)
+        assert len(warmed.read_text().split()) == 1
+        url = f"http://{svc.address()}/"
+        # the next generation is not ready while its hook runs: v1 keeps answering
+        gate.unlink()
+        write_app(tmp_path / "app.py", "v2")
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        svc.wait_for("starting generation 2", after=mark)
+        for _ in range(20):
+            assert httpx.get(url, timeout=10).text.startswith("v1")
+        assert "generation 2 is serving" not in svc.output
+        gate.touch()
+        svc.wait_serving(2, after=mark)
+        assert httpx.get(url, timeout=10).text.startswith("v2")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+    (tmp_path / "app.py").write_text(WSGI_APP.format(version="v1"))
+    svc = ServiceProcess(
+        tmp_path / "app.py",
+        module="graceful",
+        args=["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
+              "--ready-hook", "hooks:warm_up"],
+        cwd=tmp_path,
+        env={"GATE": str(gate), "WARMED": str(warmed), "CLOSED_MARK": str(tmp_path / "c")},
+    )  # fmt: skip
+    with svc:
+        svc.wait_serving(1)
+        url = f"http://{svc.address()}/"
+        # a hook that raises fails the reload; the old generation keeps serving
+        (tmp_path / "hooks.py").write_text(HOOKS + "\n\nwarm_up = broken\n")
+        write_app(tmp_path / "app.py", "v2")
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        failure = svc.wait_for(r"reload failed: generation 2: (.*)", after=mark)
+        assert "ready hook 'hooks:warm_up' failed: RuntimeError: the database is unreachable" in (
+            failure.group(1)
+        )
+        assert "generation 1 keeps serving" in failure.group(0)
+        assert httpx.get(url, timeout=10).text.startswith("v1")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+def test_bad_interface_threads_and_hook_are_one_line_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    write_app(tmp_path / "app.py", "v1")
+    for extra, message in (
+        (["--threads", "0"], "'0' must be a whole number of at least 1"),
+        (["--interface", "asgi4"], "invalid choice: 'asgi4'"),
+        (
+            ["--ready-hook", "nohook"],
+            "ready hook 'nohook' must look like 'package.module:function'",
+        ),
+        (["--ready-hook", "missing:f"], "cannot find module 'missing' for ready hook 'missing:f'"),
+    ):
+        svc = serve(tmp_path, *extra)
+        with svc:
+            assert svc.wait_exit() == 2, svc.output
+            assert message in svc.output
+            assert "Traceback" not in svc.output
+            assert "starting generation" not in svc.output
+
+
+# -- recognising the kind of an app (no processes) ------------------------------------
+
+
+def wsgi_function(environ: object, start_response: object) -> list[bytes]:
+    return []
+
+
+class WsgiObject:
+    def __call__(self, environ: object, start_response: object) -> list[bytes]:
+        return []
+
+
+async def asgi3_function(scope: object, receive: object, send: object) -> None:
+    return None
+
+
+class Asgi3Object:
+    async def __call__(self, scope: object, receive: object, send: object) -> None:
+        return None
+
+
+class Asgi2Class:
+    def __init__(self, scope: object) -> None:
+        self.scope = scope
+
+    async def __call__(self, receive: object, send: object) -> None:
+        return None
+
+
+def test_auto_recognises_wsgi_asgi3_and_asgi2_callables() -> None:
+    assert detect(wsgi_function) == "wsgi"
+    assert detect(WsgiObject()) == "wsgi"
+    assert detect(asgi3_function) == "asgi3"
+    assert detect(Asgi3Object()) == "asgi3"
+    assert detect(Asgi2Class) == "asgi2"
+    wrapped, kind = as_asgi3(WsgiObject(), "auto", 2)
+    assert kind == "wsgi"
+    assert type(wrapped).__name__ == "WSGIMiddleware"
+    assert as_asgi3(Asgi3Object(), "auto", 2)[1] == "asgi3"
+
+
+def test_an_asgi2_app_is_served(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(
+        textwrap.dedent("""\
+            class app:
+                def __init__(self, scope):
+                    self.scope = scope
+
+                async def __call__(self, receive, send):
+                    if self.scope["type"] != "http":
+                        return
+                    await send({"type": "http.response.start", "status": 200,
+                                "headers": [(b"content-type", b"text/plain")]})
+                    await send({"type": "http.response.body", "body": b"asgi2"})
+        """)
+    )
+    with serve(tmp_path, "--interface", "auto") as svc:
+        svc.wait_serving(1)
+        assert httpx.get(f"http://{svc.address()}/", timeout=10).text == "asgi2"
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
