@@ -453,6 +453,8 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{r['non_2xx']} | **{r['errors_per_restart']}** | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} |"
             )
         out.append("")
+    if wsgi := results.get("wsgi"):
+        out += _wsgi_markdown(wsgi)
     if latency := results.get("reload_latency"):
         out += ["## Reload latency (graceful serve, uvicorn)", "",
                 "| measure | median ms | p90 ms |", "|---|---|---|",
@@ -499,6 +501,28 @@ def markdown(results: dict[str, Any]) -> str:
                 f"RSS {first['rss_kib'] / 1024:.1f} -> {last['rss_kib'] / 1024:.1f} MiB.", ""]  # fmt: skip
     out += ["![errors per restart](errors_per_restart.png)", ""]
     return "\n".join(out)
+
+
+def _wsgi_markdown(wsgi: dict[str, Any]) -> list[str]:
+    out = ["## WSGI: graceful against gunicorn's sync and gthread workers", "",
+           "One worker each; graceful and gthread run the app in 10 threads.", "",
+           "| contender | throughput ratio to graceful, hello world | with 5 ms per request |",
+           "|---|---|---|"]  # fmt: skip
+    for name, ratio in wsgi["hello"]["median_ratio_to_first"].items():
+        out.append(f"| {name} | {ratio} | {wsgi['io_5ms']['median_ratio_to_first'][name]} |")
+    out += ["", "| contender | load | restarts | requests | errors (connect / read / write / timeout) "
+            "| non-2xx | errors per restart | p99 ms | max ms |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key in ("restarts", "slow_start"):
+        for r in wsgi[key]:
+            load = "keep-alive" if r["keep_alive"] else "Connection: close"
+            if key == "slow_start":
+                load += ", 3 s start-up"
+            out.append(
+                f"| {r['contender']} | {load} | {r['restarts']} | {r['requests']:,} | "
+                f"{r['connect_errors']} / {r['read_errors']} / {r['write_errors']} / {r['timeouts']} | "
+                f"{r['non_2xx']} | **{r['errors_per_restart']}** | {r['p99_ms']:.2f} | {r['max_ms']:.1f} |"
+            )
+    return [*out, ""]
 
 
 def plots(results: dict[str, Any]) -> None:
@@ -632,9 +656,47 @@ def run_scenarios(wanted: set[str], quick: bool, results: dict[str, Any]) -> Non
         log("scale: many reloads")
         scale["many_reloads"] = many_reloads(50 if quick else 1000, 10 if quick else 50)
         results["scale"] = scale
+    if "wsgi" in wanted:
+        results["wsgi"] = wsgi_scenarios(quick)
 
 
-SCENARIOS = ("restarts", "slow_start", "reload_latency", "overhead", "scale")
+def wsgi_scenarios(quick: bool) -> dict[str, Any]:
+    """The same WSGI app under graceful and gunicorn's sync and gthread workers: the
+    throughput side by side (hello world, and with a 5 ms wait per request as for a
+    database), restarts under load, and restarts of an app with a 3 s start-up."""
+    kinds = contenders.WSGI
+    rounds, seconds = (1, 3) if quick else (3, 8)
+    log("wsgi: throughput, hello world")
+    figures: dict[str, Any] = {"hello": throughput_side_by_side(kinds, rounds, seconds)}
+    log("wsgi: throughput, 5 ms per request")
+    os.environ["BENCH_IO_MS"] = "5"
+    try:
+        figures["io_5ms"] = throughput_side_by_side(kinds, rounds, seconds)
+    finally:
+        del os.environ["BENCH_IO_MS"]
+    rows = []
+    for kind in kinds:
+        for keep_alive in (True, False):
+            log(f"wsgi restarts: {kind.name}, {'keep-alive' if keep_alive else 'close'}")
+            rows.append(
+                restarts_under_load(
+                    kind, keep_alive=keep_alive, restarts=5 if quick else 20, interval=0.8
+                )
+            )
+    figures["restarts"] = rows
+    rows = []
+    for kind in kinds:
+        log(f"wsgi slow start: {kind.name}")
+        rows.append(
+            restarts_under_load(
+                kind, keep_alive=True, restarts=2 if quick else 3, interval=4.5, slow_start=3.0
+            )
+        )
+    figures["slow_start"] = rows
+    return figures
+
+
+SCENARIOS = ("restarts", "slow_start", "reload_latency", "overhead", "scale", "wsgi")
 
 
 def main() -> None:

@@ -150,6 +150,22 @@ class GunicornSync(Contender):
                 "--graceful-timeout", "30"]  # fmt: skip
 
 
+class GunicornGthread(Contender):
+    name = "gunicorn gthread workers (10 threads)"
+
+    def command(self, port: int) -> list[str]:
+        return [str(BIN / "gunicorn"), "bench_wsgi:app", "-b", f"127.0.0.1:{port}", "-w", "1",
+                "-k", "gthread", "--threads", "10", "--graceful-timeout", "30"]  # fmt: skip
+
+
+class GracefulWsgi(Contender):
+    name = "graceful serve --interface wsgi (10 threads)"
+
+    def command(self, port: int) -> list[str]:
+        return [str(BIN / "graceful"), "serve", "bench_wsgi:app", "--interface", "wsgi",
+                "--listen", f"127.0.0.1:{port}", "--no-access-log"]  # fmt: skip
+
+
 class UvicornWorkers(Contender):
     """uvicorn's own supervisor. Since 0.51, SIGHUP restarts its workers one at a
     time, each new one checked before the next old one is stopped."""
@@ -222,3 +238,6 @@ ALL: list[type[Contender]] = [
 
 #: what a Python user would pick to run 2 workers, compared without restarts
 TWO_WORKERS: list[type[Contender]] = [GracefulUvicorn2, UvicornWorkers, Granian]
+
+#: the same WSGI app (``apps/bench_wsgi.py``) three ways, one worker each
+WSGI: list[type[Contender]] = [GracefulWsgi, GunicornSync, GunicornGthread]

@@ -1,4 +1,7 @@
-"""The same app for gunicorn's sync workers (WSGI). ``BENCH_SLOW_START`` delays import."""
+"""The same app as WSGI, for gunicorn's workers and ``graceful serve --interface wsgi``.
+
+``BENCH_SLOW_START`` delays the import; ``BENCH_IO_MS`` makes every request wait
+that many milliseconds first, as for a database round trip."""
 
 from __future__ import annotations
 
@@ -13,7 +16,12 @@ VERSION = "v0000"
 BODY = f"hello {VERSION}\n".encode()
 
 
+IO_SECONDS = float(os.environ.get("BENCH_IO_MS", "0")) / 1000
+
+
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    if IO_SECONDS:
+        time.sleep(IO_SECONDS)
     start_response(
         "200 OK",
         [
