@@ -128,7 +128,8 @@ def test_new_code_that_crashes_after_ready_is_rolled_back_to_the_parked_processe
             svc.wait_serving(2, after=mark)
             svc.wait_for(r"rolling back: generation 2 worker \d exited with code 3", after=mark)
             svc.wait_for(r"rolled back: generation 1 serves again", after=mark)
-            # both new workers crash (the same code); then only the parked ones are left
+            # the new workers crash (the same code) or drain; then only the parked ones
+            # are left
             wait_until_only(svc, old)
             since = more_answers(load, 1000)
         tally = load.tally
@@ -139,7 +140,9 @@ def test_new_code_that_crashes_after_ready_is_rolled_back_to_the_parked_processe
         assert "starting generation 3" not in svc.output
         # every failure was a request on a connection a crashing worker held
         held = held_by_crashed_workers(tmp_path / "crashes")
-        assert len(list((tmp_path / "crashes").iterdir())) == 2
+        # the first crash rolled back; the other new worker crashed too, or finished
+        # its drain first (then it lost nothing)
+        assert 1 <= len(list((tmp_path / "crashes").iterdir())) <= 2
         assert set(tally.failed_on) <= held, (tally.as_dict(), sorted(held))
         assert tally.failed <= len(held)
         assert set(tally.failures) <= {"no answer (connection closed)", "ConnectionResetError"}
