@@ -60,6 +60,7 @@ class Context:
         self._shutdown = shutdown
         #: the cancel scopes of the connections :meth:`serve` runs
         self._connections: set[anyio.CancelScope] = set()
+        self._listeners_sent_again: tuple[Listener, ...] | None = None
 
     # -- readiness and shutdown -----------------------------------------------------
 
@@ -105,9 +106,24 @@ class Context:
         when it must finish its drain by :attr:`drain_deadline` and return.
         """
         resumed = await self._shutdown.wait_resume()
+        pending, self._listeners_sent_again = self._listeners_sent_again, None
         if resumed:
+            if pending is not None:
+                self.listeners = pending
             self._ready_sent = False
+        elif pending is not None:
+            for listener in pending:
+                listener.socket.close()
         return resumed
+
+    def listeners_sent_again(self, listeners: Sequence[Listener]) -> None:
+        """The supervisor sent the listeners again, for a resume: they become
+        :attr:`listeners` when :meth:`wait_resume` returns True (not before: the
+        worker may still be closing the ones it had). Called by the worker."""
+        if self._listeners_sent_again is not None:
+            for listener in self._listeners_sent_again:
+                listener.socket.close()
+        self._listeners_sent_again = tuple(listeners)
 
     async def declare_broken(self, reason: str) -> None:
         """Tell the supervisor this worker's code is broken, although it runs.

@@ -44,6 +44,8 @@ class ShutdownRequest:
         #: this turn's request is a park (and no final request came since)
         self._parked = False
         self._final = anyio.Event()
+        #: a resume arrived and :meth:`wait_resume` has not taken it yet
+        self._resume_pending = False
         self._resumed = anyio.Event()
 
     def request(self, drain_timeout: float | None = None, *, park: bool = False) -> None:
@@ -65,37 +67,43 @@ class ShutdownRequest:
 
     @property
     def parked(self) -> bool:
-        """True while this turn's stop is a park that may still be resumed."""
+        """True while this turn's stop is a park that may still be resumed (a resume
+        that has arrived but not been taken by :meth:`wait_resume` included)."""
         return self._parked
 
     def resume(self) -> None:
-        """Begin a new turn (the listeners are back): nothing is requested any more.
-        Only while parked; must run in the event loop's thread."""
-        if not self._parked:
-            return
+        """A resume arrived (the listeners are back). It is kept until
+        :meth:`wait_resume` takes it, however late: the worker may still be on its
+        way to stopping. Only while parked; must run in the event loop's thread."""
+        if self._parked:
+            self._resume_pending = True
+            self._resumed.set()
+
+    async def wait_resume(self) -> bool:
+        """Once this turn's stop was requested: wait until a resume (True: a new turn
+        begins, in which nothing is requested) or a final stop (False; at once if the
+        stop was final). A final stop wins over a resume not yet taken."""
+        while not self._final.is_set():
+            if self._resume_pending:
+                self._begin_turn()
+                return True
+            async with anyio.create_task_group() as waiting:
+
+                async def either(event: anyio.Event) -> None:
+                    await event.wait()
+                    waiting.cancel_scope.cancel()
+
+                waiting.start_soon(either, self._final)
+                waiting.start_soon(either, self._resumed)
+        return False
+
+    def _begin_turn(self) -> None:
+        self._resume_pending = False
         self._parked = False
         self._deadline = None
         self._event = anyio.Event()
         self._flag = threading.Event()
-        resumed, self._resumed = self._resumed, anyio.Event()
-        resumed.set()
-
-    async def wait_resume(self) -> bool:
-        """Once this turn's stop was requested: wait until a resume (True) or a final
-        stop (False; at once if the stop was final)."""
-        if self._final.is_set():
-            return False
-        resumed = self._resumed
-        async with anyio.create_task_group() as waiting:
-
-            async def final() -> None:
-                await self._final.wait()
-                waiting.cancel_scope.cancel()
-
-            waiting.start_soon(final)
-            await resumed.wait()
-            waiting.cancel_scope.cancel()
-        return not self._final.is_set()
+        self._resumed = anyio.Event()
 
     @property
     def requested(self) -> bool:

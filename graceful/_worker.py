@@ -144,7 +144,7 @@ def worker_main(boot: WorkerBootstrap) -> None:
     )
 
     def take_listeners_back() -> None:
-        context.listeners = tuple(_receive_listeners(boot))
+        context.listeners_sent_again(_receive_listeners(boot))
 
     try:
         entry = functools.partial(runnable.function, **options.entry_options)
