@@ -158,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_argument(
         "--through-probation",
         action="store_true",
-        help="with --wait: also wait for the new generation's probation; exit 1 if it "
-        "was rolled back",
+        help="implies --wait: also wait for the new generation's probation; exit 1 if "
+        "it was rolled back",
     )
     rollback = commands.add_parser(
         "rollback",
@@ -340,10 +340,15 @@ def _status(args: argparse.Namespace) -> int:
         )
     if status.get("probation"):
         probation = status["probation"]
+        parked = probation["parked_generation"]
         print(
             f"probation: generation {probation['generation']}, "
-            f"{probation['seconds_left']:.0f}s left; generation "
-            f"{probation['parked_generation']} parked (graceful rollback brings it back)"
+            f"{probation['seconds_left']:.0f}s left; "
+            + (
+                f"generation {parked} parked (graceful rollback brings it back)"
+                if parked is not None
+                else "nothing left to roll back to (the parked workers are gone)"
+            )
         )
     if status.get("rolled_back"):
         rolled = status["rolled_back"]

@@ -116,6 +116,16 @@ class Context:
                 listener.socket.close()
         return resumed
 
+    async def cannot_resume(self, reason: str) -> None:
+        """Parked, this worker can no longer be resumed safely (for example, work it
+        had to cancel at its drain deadline may have left the app in an unknown
+        state): tell the supervisor why, and make the stop final, so that
+        :meth:`wait_resume` returns False. The supervisor no longer counts on it for
+        a rollback, and kills it if it has not exited ``kill_grace`` seconds later."""
+        if self._shutdown.parked:
+            self._control.send(_wire.Failed(" ".join(reason.split())))
+            self._shutdown.request()
+
     def listeners_sent_again(self, listeners: Sequence[Listener]) -> None:
         """The supervisor sent the listeners again, for a resume: they become
         :attr:`listeners` when :meth:`wait_resume` returns True (not before: the

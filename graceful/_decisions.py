@@ -731,7 +731,12 @@ class SupervisorStateMachine:
             )
             if self.probation is not None:
                 left = max(0.0, self.probation.until - self._now)
-                line += f" (probation, {left:.0f}s left; generation {self.probation.parked} parked)"
+                parked = (
+                    f"generation {self.probation.parked} parked"
+                    if self.probation.parked in self.generations
+                    else "nothing left to roll back to"
+                )
+                line += f" (probation, {left:.0f}s left; {parked})"
             if self.rollback is not None:
                 line += f"; rolling back to generation {self.rollback.to_generation}"
             if self.rejected is not None:
@@ -864,6 +869,14 @@ class SupervisorStateMachine:
         if self.settings.probation <= 0 or not ready:
             self._retire(previous)
             return False
+        if any(worker.runs_rejected_code for worker in ready):
+            self._log(
+                logging.WARNING,
+                f"generation {previous.number} is not parked: it runs code that was rolled "
+                "back, so it is no rollback target",
+            )
+            self._retire(previous)
+            return False
         if not all(worker.parkable for worker in ready):
             self._log(
                 logging.INFO,
@@ -942,7 +955,7 @@ class SupervisorStateMachine:
         if self.stopping is not Stopping.NO:
             refused = "the service is stopping"
         elif self.rollback is not None:
-            refused = f"a rollback to generation {self.rollback.to_generation} is already under way"
+            return  # it is answered when the rollback under way ends
         elif self.probation is None:
             refused = "no generation is parked (no reload on probation)"
         elif not self._roll_back(
@@ -1124,7 +1137,8 @@ class SupervisorStateMachine:
                 logging.WARNING, f"parked {self._describe(worker)} {how}; it cannot be resumed"
             )
         elif worker.state is WorkerState.RESUMING:
-            self._log(logging.WARNING, f"{self._describe(worker)} {how} while resuming")
+            if not worker.killed:  # a kill was logged with its reason
+                self._log(logging.WARNING, f"{self._describe(worker)} {how} while resuming")
             self._rollback_progress(now)
         elif generation.role is Role.STARTING:
             when = (
@@ -1213,9 +1227,17 @@ class SupervisorStateMachine:
 
     def _on_failed(self, serial: int, cause: str) -> None:
         worker = self.workers.get(serial)
-        if worker is not None:
-            # reported just before the worker exits: its exit is described by it
-            worker.cause = cause
+        if worker is None:
+            return
+        # reported just before the worker exits: its exit is described by it
+        worker.cause = cause
+        if worker.state is WorkerState.PARKED:
+            # it gave up its park: it cannot be resumed, and it gets kill_grace to go
+            worker.state = WorkerState.DRAINING
+            self._log(
+                logging.WARNING, f"parked {self._describe(worker)} cannot be resumed: {cause}"
+            )
+            self._actions.append(StartTimer(self.settings.kill_grace, DrainTimeout(worker.serial)))
 
     def _on_misbehaved(self, serial: int, detail: str, now: float) -> None:
         worker = self.workers.get(serial)

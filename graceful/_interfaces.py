@@ -6,7 +6,8 @@ callable itself, in each worker, so that a reload may change the kind:
 
 * a coroutine function, or an object whose ``__call__`` is one: ASGI 3;
 * a plain callable taking two positional arguments (``environ, start_response``),
-  such as a Flask app or Django's ``WSGIHandler``: WSGI;
+  such as a Flask app, Django's ``WSGIHandler``, a ``functools.partial`` of a WSGI
+  function or a PEP 3333 class: WSGI;
 * a plain callable taking one (``scope``), such as an ASGI 2 class: ASGI 2;
 * anything else (a callable whose signature cannot be read): ASGI 3, as uvicorn
   assumes.
@@ -53,29 +54,35 @@ def check_interface(interface: object, threads: object) -> None:
 def detect(app: Any) -> Literal["asgi3", "asgi2", "wsgi"]:
     """The kind of ``app`` (see the module docstring)."""
     if inspect.isclass(app):
-        # an ASGI 2 class is instantiated with the scope; a class whose instances
-        # are awaitable is ASGI 3 (uvicorn's rule)
-        return "asgi3" if hasattr(app, "__await__") else "asgi2"
-    plain = inspect.isfunction(app) or inspect.ismethod(app)
-    call = app if plain else getattr(app, "__call__", None)  # noqa: B004
-    if call is None:
+        # A class is called with the scope (ASGI 2) or with environ and
+        # start_response (a PEP 3333 class, whose instances are the response); one
+        # whose instances are awaitable is ASGI 3 (uvicorn's rule).
+        if hasattr(app, "__await__"):
+            return "asgi3"
+        return "wsgi" if _required_positional(app) == 2 else "asgi2"
+    call = getattr(app, "__call__", None)  # noqa: B004 - the method, not callability
+    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call):
         return "asgi3"
-    if inspect.iscoroutinefunction(call):
-        return "asgi3"
-    try:
-        parameters = list(inspect.signature(call).parameters.values())
-    except (TypeError, ValueError):
-        return "asgi3"
-    positional = [
-        p
-        for p in parameters
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    if len(positional) == 2:
+    required = _required_positional(app)
+    if required == 2:
         return "wsgi"
-    if len(positional) == 1:
+    if required == 1:
         return "asgi2"
     return "asgi3"
+
+
+def _required_positional(callable_: Any) -> int | None:
+    """How many positional arguments calling ``callable_`` requires (``functools.partial``
+    and bound methods included), or None if its signature cannot be read."""
+    try:
+        parameters = inspect.signature(callable_).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return sum(
+        1
+        for p in parameters
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    )
 
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]

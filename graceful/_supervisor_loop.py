@@ -384,7 +384,10 @@ class SupervisorLoop:
             if probation is None
             else {
                 "generation": probation.generation,
-                "parked_generation": probation.parked,
+                # None once every parked worker is gone: nothing to roll back to
+                "parked_generation": probation.parked
+                if probation.parked in machine.generations
+                else None,
                 "seconds_left": round(max(0.0, probation.until - now), 3),
             },
             "rolled_back": None

@@ -306,12 +306,6 @@ class GracefulUvicornServer(uvicorn.Server):
         ]
         await self._context.ready(parkable=True)
 
-    def cancel_leftover_tasks(self) -> None:
-        """At a parked worker's drain deadline: cancel the requests still running, as
-        uvicorn's own shutdown does at its deadline."""
-        for task in list(self.server_state.tasks):
-            task.cancel(msg="Task cancelled, the drain deadline of a parked worker passed")
-
 
 def uvicorn_config(app: Any, drain_timeout: float, options: dict[str, Any]) -> uvicorn.Config:
     """A uvicorn ``Config`` for one worker, with graceful's draining protocol."""
@@ -357,7 +351,7 @@ async def serve_uvicorn(
             # Parked: the event loop, the lifespan and the connections go on; the
             # drain deadline is ours to enforce until a resume or the final stop.
             async with anyio.create_task_group() as parked:
-                parked.start_soon(cancel_at_deadline, context.drain_deadline)
+                parked.start_soon(give_up_at_deadline, context.drain_deadline)
                 resumed = await context.wait_resume()
                 parked.cancel_scope.cancel()
             if not resumed:
@@ -365,10 +359,17 @@ async def serve_uvicorn(
             await server.resume([listener.socket for listener in context.listeners])
         server.should_exit = True
 
-    async def cancel_at_deadline(deadline: float | None) -> None:
+    async def give_up_at_deadline(deadline: float | None) -> None:
+        # Requests still running when a parked worker's drain ends would have to be
+        # cancelled, and a WSGI app's thread cannot be: such a worker is not kept for
+        # a rollback. It says why and exits as a drained worker does.
         if deadline is not None:
             await anyio.sleep_until(deadline)
-            server.cancel_leftover_tasks()
+            if server.server_state.tasks:
+                await context.cannot_resume(
+                    f"{len(server.server_state.tasks)} request(s) still running at its "
+                    "drain deadline"
+                )
 
     async def serve() -> None:
         try:

@@ -13,6 +13,7 @@ from test_decisions import SETTINGS, Sim, messages, of_type, shut_down, spawned,
 
 from graceful._decisions import (
     Action,
+    DrainTimeout,
     ParkWorker,
     ProbationEnded,
     ProbationOver,
@@ -28,6 +29,7 @@ from graceful._decisions import (
     StopRequested,
     WorkerBroken,
     WorkerExited,
+    WorkerFailed,
     WorkerReady,
     WorkerState,
 )
@@ -133,10 +135,10 @@ def test_a_manual_rollback_and_its_refusals() -> None:
     promote(sim, second)
     actions = sim.send(RollbackRequested("graceful rollback"))
     assert resumed(actions) == set(first)
-    [again] = of_type(sim.send(RollbackRequested("SIGUSR2")), RollbackEnded)
-    assert not again.ok
-    assert "already under way" in again.detail
-    promote(sim, first)
+    # a second request joins the rollback under way: one answer, when it ends
+    assert of_type(sim.send(RollbackRequested("SIGUSR2")), RollbackEnded) == []
+    [ended] = of_type(promote(sim, first), RollbackEnded)
+    assert ended.ok
     assert sim.machine.serving == 1
     assert sim.machine.rejected is not None
     assert sim.machine.rejected.cause == "generation 2 rolled back by graceful rollback"
@@ -231,3 +233,45 @@ def test_a_stop_during_probation_drains_the_parked_generation_too() -> None:
     assert of_type(actions, ProbationEnded) == [
         ProbationEnded(2, "stopped", "the service is stopping")
     ]
+
+
+def test_a_generation_that_runs_rolled_back_code_is_not_parked() -> None:
+    """Found by an attack: the last-resort restart of the rejected-code rule runs the
+    rolled-back code; parked after the next reload, a rollback brought that code back
+    while saying it brought back the old generation."""
+    sim = Sim(dataclasses.replace(PROBATION, workers=1))
+    [first] = spawned(sim.send(Start()))
+    sim.send(WorkerReady(first, parkable=True))
+    [second] = spawned(sim.send(ReloadRequested()))
+    sim.send(WorkerReady(second, parkable=True))
+    sim.send(WorkerExited(second, 3))  # rollback to generation 1
+    sim.send(WorkerReady(first, parkable=True))
+    [(_, due)] = timers(sim.send(WorkerExited(first, -9)), RestartDue)  # the last one
+    [last_resort] = spawned(sim.send(due))
+    sim.send(WorkerReady(last_resort, parkable=True))
+    assert sim.machine.workers[last_resort].runs_rejected_code
+    [fixed] = spawned(sim.send(ReloadRequested()))
+    actions = promote(sim, [fixed])
+    assert of_type(actions, ParkWorker) == []
+    assert shut_down(actions) == {last_resort}
+    assert "it runs code that was rolled back" in messages(actions, logging.WARNING)[0]
+    assert sim.machine.probation is None
+
+
+def test_the_status_says_when_nothing_is_left_to_roll_back_to() -> None:
+    sim = Sim(PROBATION)
+    first, second = promoted_twice(sim)
+    promote(sim, second)
+    assert "generation 1 parked" in sim.machine.status()
+    sim.send_all(WorkerExited(serial, -9) for serial in first)
+    assert "nothing left to roll back to" in sim.machine.status()
+
+
+def test_a_parked_worker_that_gives_up_is_no_rollback_target() -> None:
+    sim = Sim(PROBATION)
+    first, second = promoted_twice(sim)
+    promote(sim, second)
+    actions = sim.send(WorkerFailed(first[0], "1 request(s) still running at its drain deadline"))
+    assert timers(actions, DrainTimeout) == [(1.0, DrainTimeout(first[0]))]
+    assert "parked generation 1 worker 0 cannot be resumed" in messages(actions)[0]
+    assert resumed(sim.send(RollbackRequested("SIGUSR2"))) == {first[1]}

@@ -3,13 +3,16 @@ bodies, streamed responses, ``close()``), the ready hook, and reloads under load
 
 from __future__ import annotations
 
+import functools
 import signal
+import socket
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from harness import ServiceProcess, poll_until
+from harness import ServiceProcess, graceful_cli, poll_until
 from http_load import HttpLoad
 
 from graceful._interfaces import as_asgi3, detect
@@ -32,6 +35,14 @@ class Chunks:
             mark.write("closed\\n")
 
 
+def forever():
+    import time
+
+    while True:
+        yield b"tick\\n"
+        time.sleep(0.01)
+
+
 def app(environ, start_response):
     path = environ["PATH_INFO"]
     if path == "/echo":
@@ -43,6 +54,9 @@ def app(environ, start_response):
     if path == "/stream":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return Chunks()
+    if path == "/forever":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return forever()
     body = f"{{VERSION}} {{os.getpid()}}\\n".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
@@ -244,8 +258,27 @@ class Asgi2Class:
         return None
 
 
+class Pep3333Class:
+    """PEP 3333's class-based app: the class is called; its instance is the body."""
+
+    def __init__(self, environ: object, start_response: object) -> None:
+        self.environ = environ
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b""
+
+
+def tagged_wsgi(environ: object, start_response: object, tag: str) -> list[bytes]:
+    return []
+
+
 def test_auto_recognises_wsgi_asgi3_and_asgi2_callables() -> None:
     assert detect(wsgi_function) == "wsgi"
+    # found by an attack: these two were taken for ASGI 3 and ASGI 2, and every
+    # request got a 500 from a worker that had reported ready
+    assert detect(functools.partial(tagged_wsgi, tag="x")) == "wsgi"
+    assert detect(Pep3333Class) == "wsgi"
+    assert detect(functools.partial(asgi3_function)) == "asgi3"
     assert detect(WsgiObject()) == "wsgi"
     assert detect(asgi3_function) == "asgi3"
     assert detect(Asgi3Object()) == "asgi3"
@@ -276,3 +309,37 @@ def test_an_asgi2_app_is_served(tmp_path: Path) -> None:
         assert httpx.get(f"http://{svc.address()}/", timeout=10).text == "asgi2"
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
+
+
+def test_a_parked_wsgi_worker_with_a_request_still_running_at_its_deadline_is_not_resumed(
+    tmp_path: Path,
+) -> None:
+    """Found by an attack: the parked worker cancelled the endless stream at its drain
+    deadline, which cannot stop a WSGI thread; the thread then waited forever, and a
+    rollback resumed a worker with no thread left, ready by its own account, that
+    answered nothing. Such a worker now says it cannot be resumed, and goes."""
+    write_app(tmp_path / "app.py", "v1")
+    pid_file = tmp_path / "app.pid"
+    with serve(
+        tmp_path, "--interface", "wsgi", "--threads", "1", "--drain-timeout", "2",
+        "--probation", "60", "--pid-file", str(pid_file),
+    ) as svc:  # fmt: skip
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        host, _, port = svc.address().rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=10) as stream:
+            stream.sendall(b"GET /forever HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert stream.recv(4096).startswith(b"HTTP/1.1 200")
+            write_app(tmp_path / "app.py", "v2")
+            reload(svc, 2)
+            svc.wait_for(
+                r"parked generation 1 worker 0 cannot be resumed: 1 request\(s\) still "
+                r"running at its drain deadline"
+            )
+            rolled = graceful_cli("rollback", "--pid-file", str(pid_file))
+        assert rolled.returncode == 1
+        assert "nothing to roll back to: no parked worker is left to resume" in rolled.stderr
+        for _ in range(5):
+            assert httpx.get(f"http://{svc.address()}/", timeout=10).text.startswith("v2")
+        svc.send(signal.SIGTERM)
+        svc.wait_exit()
