@@ -67,14 +67,14 @@ def write_app(path: Path, version: str) -> None:
     path.write_text(WSGI_APP.format(version=version))
 
 
-def serve(tmp_path: Path, *extra: str) -> ServiceProcess:
+def serve(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> ServiceProcess:
     return ServiceProcess(
         tmp_path / "app.py",
         module="graceful",
         args=["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
               "--drain-timeout", "5", *extra],
         cwd=tmp_path,
-        env={"CLOSED_MARK": str(tmp_path / "closed")},
+        env={"CLOSED_MARK": str(tmp_path / "closed"), **(env or {})},
     )  # fmt: skip
 
 
@@ -147,24 +147,21 @@ def broken():
 """
 
 
-def test_the_ready_hook_gates_readiness_and_a_failing_one_fails_the_reload(
-    tmp_path: Path,
-) -> None:
-    write_app(tmp_path / "app.py", "v1")
+def hooked(tmp_path: Path) -> ServiceProcess:
+    """The app with ``hooks:warm_up`` as its ready hook; it waits for the file
+    ``gate`` and records each worker it warmed up in ``warmed``."""
     (tmp_path / "hooks.py").write_text(HOOKS)
-    gate, warmed = tmp_path / "gate", tmp_path / "warmed"
+    env = {"GATE": str(tmp_path / "gate"), "WARMED": str(tmp_path / "warmed")}
+    return serve(tmp_path, "--ready-hook", "hooks:warm_up", env=env)
+
+
+def test_the_ready_hook_gates_readiness(tmp_path: Path) -> None:
+    write_app(tmp_path / "app.py", "v1")
+    gate = tmp_path / "gate"
     gate.touch()
-    svc = ServiceProcess(
-        tmp_path / "app.py",
-        module="graceful",
-        args=["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
-              "--ready-hook", "hooks:warm_up"],
-        cwd=tmp_path,
-        env={"GATE": str(gate), "WARMED": str(warmed), "CLOSED_MARK": str(tmp_path / "c")},
-    )  # fmt: skip
-    with svc:
+    with hooked(tmp_path) as svc:
         svc.wait_serving(1)
-        assert len(warmed.read_text().split()) == 1
+        assert len((tmp_path / "warmed").read_text().split()) == 1
         url = f"http://{svc.address()}/"
         # the next generation is not ready while its hook runs: v1 keeps answering
         gate.unlink()
@@ -181,16 +178,11 @@ def test_the_ready_hook_gates_readiness_and_a_failing_one_fails_the_reload(
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
 
-    (tmp_path / "app.py").write_text(WSGI_APP.format(version="v1"))
-    svc = ServiceProcess(
-        tmp_path / "app.py",
-        module="graceful",
-        args=["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
-              "--ready-hook", "hooks:warm_up"],
-        cwd=tmp_path,
-        env={"GATE": str(gate), "WARMED": str(warmed), "CLOSED_MARK": str(tmp_path / "c")},
-    )  # fmt: skip
-    with svc:
+
+def test_a_ready_hook_that_raises_fails_the_reload(tmp_path: Path) -> None:
+    write_app(tmp_path / "app.py", "v1")
+    (tmp_path / "gate").touch()
+    with hooked(tmp_path) as svc:
         svc.wait_serving(1)
         url = f"http://{svc.address()}/"
         # a hook that raises fails the reload; the old generation keeps serving
