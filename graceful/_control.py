@@ -57,7 +57,7 @@ from typing import Any
 import anyio
 from anyio.abc import SocketStream, TaskGroup
 
-from ._decisions import ReloadOutcome
+from ._decisions import ReloadOutcome, RollbackEnded
 from ._errors import ConfigError, GracefulError
 from ._logging import logger
 from ._pidfile import supervisor_pidfd
@@ -190,13 +190,13 @@ class ReloadWaiter:
     """One ``reload --wait`` (or ``rollback``) request, until what answers it ends."""
 
     done: anyio.Event = field(default_factory=anyio.Event)
-    result: ReloadOutcome | str | None = None
+    result: ReloadOutcome | RollbackEnded | str | None = None
     #: wait until the promoted generation's probation has ended too
     through_probation: bool = False
     #: how the reload ended, while its probation goes on
     promoted: ReloadOutcome | None = None
 
-    def resolve(self, result: ReloadOutcome | str) -> None:
+    def resolve(self, result: ReloadOutcome | RollbackEnded | str) -> None:
         if self.result is None:
             self.result = result
             self.done.set()
@@ -312,9 +312,9 @@ class ControlServer:
         elif command == "rollback":
             waiter = self.supervisor.request_rollback(by="graceful rollback")
             await waiter.done.wait()
-            detail = str(waiter.result)
-            failed = detail.startswith("failed: ")
-            await _answer(stream, ok=not failed, rollback=detail.removeprefix("failed: "))
+            ended = waiter.result
+            assert isinstance(ended, RollbackEnded), ended
+            await _answer(stream, ok=ended.ok, rollback=ended.detail)
         elif command == "stop":
             self.supervisor.request_stop()
             await _answer(stream, ok=True, stop="requested", pid=os.getpid())

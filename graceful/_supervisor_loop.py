@@ -260,9 +260,9 @@ class SupervisorLoop:
             case ProbationEnded(generation, outcome, detail):
                 for waiter in self._waiting_for_probation.pop(generation, []):
                     waiter.resolve_probation(outcome, detail)
-            case RollbackEnded(ok, detail):
+            case RollbackEnded():
                 for waiter in self._rollback_waiters:
-                    waiter.resolve(detail if ok else f"failed: {detail}")
+                    waiter.resolve(ended)
                 self._rollback_waiters.clear()
 
     def _resume(self, serial: int) -> None:
@@ -287,7 +287,7 @@ class SupervisorLoop:
 
     def request_rollback(self, by: str) -> ReloadWaiter:
         """Ask for a rollback of the generation on probation; the waiter learns how it
-        ended (a string: what happened, starting with ``failed:`` if it did not)."""
+        ended (a :class:`RollbackEnded`)."""
         waiter = ReloadWaiter()
         self._rollback_waiters.append(waiter)
         self.events_in.send_nowait(RollbackRequested(by))
