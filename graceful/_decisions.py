@@ -148,7 +148,7 @@ The rules (without probation):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TypeAlias
 
@@ -861,11 +861,7 @@ class SupervisorStateMachine:
         """Park ``previous`` for ``promoted``'s probation if it can be (probation is
         on, and every ready worker's server takes part); else retire it. True if
         parked."""
-        ready = [
-            self.workers[serial]
-            for serial in previous.slots.values()
-            if self.workers[serial].state is WorkerState.READY and not self.workers[serial].killed
-        ]
+        ready = self._workers_in(previous, WorkerState.READY)
         if self.settings.probation <= 0 or not ready:
             self._retire(previous)
             return False
@@ -898,6 +894,14 @@ class SupervisorStateMachine:
         )
         self._actions.append(StartTimer(self.settings.probation, ProbationOver(promoted.number)))
         return True
+
+    def _workers_in(self, generation: Generation, state: WorkerState) -> list[Worker]:
+        """``generation``'s workers in ``state``, those being killed left out."""
+        return [
+            worker
+            for worker in (self.workers[serial] for serial in generation.slots.values())
+            if worker.state is state and not worker.killed
+        ]
 
     def _end_probation(self, outcome: str, detail: str) -> None:
         """End the running probation, if any, without a rollback: the parked
@@ -974,16 +978,7 @@ class SupervisorStateMachine:
         if probation is None or self.rollback is not None:
             return False
         parked = self.generations.get(probation.parked)
-        resumable = (
-            [
-                self.workers[serial]
-                for serial in parked.slots.values()
-                if self.workers[serial].state is WorkerState.PARKED
-                and not self.workers[serial].killed
-            ]
-            if parked is not None
-            else []
-        )
+        resumable = self._workers_in(parked, WorkerState.PARKED) if parked is not None else []
         if parked is None or not resumable:
             self._log(
                 logging.ERROR,
@@ -1040,10 +1035,16 @@ class SupervisorStateMachine:
                                 RestartDue(rejected.number, worker_id),
                             )
                         )
-            self._announce(Phase.READY)
-            self._promote_if_ready(now)
-            self._follow_queued_reload(now)
-            return
+        else:
+            self._complete_rollback(rollback, target, rejected, now)
+        self._announce(Phase.READY)
+        self._promote_if_ready(now)
+        self._follow_queued_reload(now)
+
+    def _complete_rollback(
+        self, rollback: Rollback, target: Generation, rejected: Generation | None, now: float
+    ) -> None:
+        """The resumed generation serves again; the one rolled back drains."""
         target.role = Role.SERVING
         if rejected is not None:
             self._retire(rejected)
@@ -1052,9 +1053,7 @@ class SupervisorStateMachine:
         self.rejected = RejectedCode(rollback.from_generation, rollback.cause, target.number)
         last = self.last_reload
         if last is not None and last.generation == rollback.from_generation:
-            self.last_reload = ReloadOutcome(
-                last.generation, "rolled back", rollback.cause, last.seconds
-            )
+            self.last_reload = replace(last, outcome="rolled back", cause=rollback.cause)
         self._log(
             logging.ERROR,
             f"rolled back: generation {target.number} serves again (resumed in {took:.3f}s), "
@@ -1071,9 +1070,6 @@ class SupervisorStateMachine:
         self._actions.append(
             ProbationEnded(rollback.from_generation, "rolled back", rollback.cause)
         )
-        self._announce(Phase.READY)
-        self._promote_if_ready(now)
-        self._follow_queued_reload(now)
 
     def _retire(self, generation: Generation) -> None:
         generation.role = Role.RETIRED
