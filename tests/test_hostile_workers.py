@@ -91,6 +91,17 @@ def leaves_a_child(how: str) -> str:
     )
 
 
+def leaving_env(record: Path, drain_timeout: str) -> dict[str, str]:
+    """The environment of a service whose workers write what they leave behind to
+    ``record``; a reload makes its old generation exit (no probation parks it)."""
+    return {
+        "LISTEN": "127.0.0.1:0",
+        "DRAIN_TIMEOUT": drain_timeout,
+        "LEFT_BEHIND": str(record),
+        "PROBATION": "0",
+    }
+
+
 def left_behind(record: Path) -> list[int]:
     poll_until(record.exists, 15, "the worker to record its child")
     return [int(pid) for pid in record.read_text().split()]
@@ -102,12 +113,7 @@ def test_a_worker_whose_child_outlives_it_is_reaped_after_a_reload(
 ) -> None:
     record = tmp_path / "children"
     script = write_service(tmp_path / "svc.py", prefix="v1", before_serve=leaves_a_child(how))
-    env = {
-        "LISTEN": "127.0.0.1:0",
-        "DRAIN_TIMEOUT": "2",
-        "LEFT_BEHIND": str(record),
-        "PROBATION": "0",
-    }
+    env = leaving_env(record, drain_timeout="2")
     with running(script, env=env) as svc:
         svc.wait_serving(1)
         [old_worker] = svc.worker_pids()
@@ -139,12 +145,7 @@ def test_a_stop_finishes_within_its_deadlines_when_a_worker_left_a_child(
 ) -> None:
     record = tmp_path / "children"
     script = write_service(tmp_path / "svc.py", before_serve=leaves_a_child(how))
-    env = {
-        "LISTEN": "127.0.0.1:0",
-        "DRAIN_TIMEOUT": "2",
-        "LEFT_BEHIND": str(record),
-        "PROBATION": "0",
-    }
+    env = leaving_env(record, drain_timeout="2")
     with running(script, env=env) as svc:
         svc.wait_serving(1)
         [child] = left_behind(record)
@@ -437,12 +438,7 @@ def test_what_an_orphaned_worker_left_behind_is_stopped_and_releases_the_port(
     so the port is free again."""
     record = tmp_path / "children"
     script = write_service(tmp_path / "svc.py", before_serve=leaves_a_child("fork"))
-    env = {
-        "LISTEN": "127.0.0.1:0",
-        "DRAIN_TIMEOUT": "1",
-        "LEFT_BEHIND": str(record),
-        "PROBATION": "0",
-    }
+    env = leaving_env(record, drain_timeout="1")
     with running(script, env=env) as svc:
         svc.wait_serving(1)
         host, _, port = svc.address().rpartition(":")
@@ -486,12 +482,7 @@ def test_what_a_worker_left_is_stopped_even_if_the_supervisor_dies_while_sweepin
 ) -> None:
     record = tmp_path / "children"
     script = write_service(tmp_path / "svc.py", prefix="v1", before_serve=leaves_a_child("fork"))
-    env = {
-        "LISTEN": "127.0.0.1:0",
-        "DRAIN_TIMEOUT": "1",
-        "LEFT_BEHIND": str(record),
-        "PROBATION": "0",
-    }
+    env = leaving_env(record, drain_timeout="1")
     with running(script, env=env) as svc:
         svc.wait_serving(1)
         [child] = left_behind(record)
@@ -554,12 +545,7 @@ def test_a_process_started_while_a_worker_imports_the_script_is_stopped_with_it(
             "        record.write(f'{HELPER.pid}\\n')\n",
         )
     )
-    env = {
-        "LISTEN": "127.0.0.1:0",
-        "DRAIN_TIMEOUT": "2",
-        "LEFT_BEHIND": str(record),
-        "PROBATION": "0",
-    }
+    env = leaving_env(record, drain_timeout="2")
     with running(script, env=env) as svc:
         svc.wait_serving(1)
         [old_worker] = svc.worker_pids()
