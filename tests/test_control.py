@@ -386,6 +386,10 @@ def test_idle_control_clients_cannot_use_up_the_supervisors_descriptors(tmp_path
         (b'{"graceful": 2, "command": "status"}\n', "unsupported protocol version 2"),
         (b'{"graceful": 1, "command": ["status"]}\n', "unknown command ['status']"),
         (b'{"graceful": 1, "command": "reload", "wait": "yes"}\n', "'wait' must be true or false"),
+        (
+            b'{"graceful": 1, "command": "reload", "wait": true, "probation": 1}\n',
+            "'probation' must be true or false",
+        ),
         (b"x" * 5000, "request longer than 4096 bytes"),
     ],
 )
