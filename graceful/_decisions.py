@@ -210,6 +210,16 @@ class ProbationOver:
 
 
 @dataclass(frozen=True)
+class ScaleRequested:
+    """SIGTTIN (``step=1``), SIGTTOU (``step=-1``) or ``graceful scale N``
+    (``workers=N``): change the number of workers per generation."""
+
+    by: str
+    workers: int | None = None
+    step: int = 0
+
+
+@dataclass(frozen=True)
 class WorkerFailed:
     """The worker reported why it is about to exit."""
 
@@ -263,6 +273,7 @@ Event: TypeAlias = (
     | WorkerBroken
     | RollbackRequested
     | ProbationOver
+    | ScaleRequested
 )
 
 # --- actions -----------------------------------------------------------------------
@@ -378,6 +389,15 @@ class RollbackEnded:
 
 
 @dataclass(frozen=True)
+class ScaleEnded:
+    """A request to scale was carried out (workers were spawned or told to drain),
+    or refused: ``ok`` and one line saying what happened."""
+
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
 class GenerationServing:
     """Generation ``number`` now serves; ``first`` is True for the service's first one."""
 
@@ -433,6 +453,7 @@ Action: TypeAlias = (
     | ReloadEnded
     | ProbationEnded
     | RollbackEnded
+    | ScaleEnded
     | GenerationServing
     | Announce
     | Log
@@ -442,10 +463,22 @@ Action: TypeAlias = (
 # --- state -------------------------------------------------------------------------
 
 
+class Strategy(Enum):
+    """How a reload replaces the serving generation's workers."""
+
+    #: start every new worker at once; the old ones drain once all are ready
+    ALL_AT_ONCE = "all-at-once"
+    #: start ``max_surge`` new workers at a time; park an old one per new one ready
+    ROLLING = "rolling"
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The supervisor's settings, all in seconds except ``workers``."""
+    """The supervisor's settings, all in seconds except ``workers``, ``strategy`` and
+    ``max_surge``."""
 
+    #: workers per generation at the start (scaling changes
+    #: :attr:`SupervisorStateMachine.size`)
     workers: int = 1
     ready_timeout: float = 30.0
     drain_timeout: float = 30.0
@@ -459,6 +492,9 @@ class Settings:
     #: after a reload, keep the previous generation parked this long, for a rollback
     #: (0: no probation, the previous generation exits once drained)
     probation: float = 0.0
+    strategy: Strategy = Strategy.ALL_AT_ONCE
+    #: with the rolling strategy: new workers started beyond ``workers`` at a time
+    max_surge: int = 1
 
 
 class WorkerState(Enum):
@@ -527,6 +563,11 @@ class Generation:
     slots: dict[int, int] = field(default_factory=dict)
     #: worker_id -> consecutive crashes, for the backoff
     crashes: dict[int, int] = field(default_factory=dict)
+    #: started by a rolling reload: its workers come ``max_surge`` at a time
+    rolling: bool = False
+    #: workers started into it after it started (crash replacements, scaling up):
+    #: they imported the code on disk at their own start
+    late_spawns: int = 0
 
 
 @dataclass(frozen=True)
@@ -599,6 +640,8 @@ class SupervisorStateMachine:
         #: set by a completed rollback, until the next generation is promoted: crashed
         #: workers are not restarted from the (rejected) code on disk
         self.rejected: RejectedCode | None = None
+        #: workers per generation, as scaling left it
+        self.size = settings.workers
         self._now = 0.0
         self._next_serial = 1
         self._next_generation = 1
@@ -660,6 +703,8 @@ class SupervisorStateMachine:
                 self._on_rollback_requested(by, now)
             case ProbationOver(generation):
                 self._on_probation_over(generation)
+            case ScaleRequested():
+                self._on_scale(event, now)
         self._maybe_exit()
         return self._actions
 
@@ -673,6 +718,8 @@ class SupervisorStateMachine:
         self._next_serial += 1
         self.workers[serial] = Worker(serial, generation.number, worker_id, self._now)
         generation.slots[worker_id] = serial
+        if generation.role is Role.SERVING:
+            generation.late_spawns += 1
         self._actions.append(SpawnWorker(serial, generation.number, worker_id))
         self._actions.append(StartTimer(self.settings.ready_timeout, ReadyTimeout(serial)))
 
@@ -726,9 +773,7 @@ class SupervisorStateMachine:
                 for serial in generation.slots.values()
                 if self.workers[serial].state is WorkerState.READY
             )
-            line = (
-                f"generation {self.serving} serving, {ready}/{self.settings.workers} workers ready"
-            )
+            line = f"generation {self.serving} serving, {ready}/{self.size} workers ready"
             if self.probation is not None:
                 left = max(0.0, self.probation.until - self._now)
                 parked = (
@@ -744,8 +789,12 @@ class SupervisorStateMachine:
                     f"; rolled back from generation {self.rejected.generation}: "
                     f"{self.rejected.cause}"
                 )
-            if self.starting is not None:
-                line += f"; generation {self.starting} starting"
+            starting = self.generations.get(self.starting) if self.starting else None
+            if starting is not None and starting.rolling:
+                done = len(self._workers_in(starting, WorkerState.READY))
+                line += f"; generation {starting.number} rolling in, {done}/{self.size} ready"
+            elif starting is not None:
+                line += f"; generation {starting.number} starting"
         if self.last_reload is not None:
             line += f"; last reload: {self.last_reload}"
         return line
@@ -759,11 +808,110 @@ class SupervisorStateMachine:
         generation = Generation(number, Role.STARTING, started_at=now)
         self.generations[number] = generation
         self._actions.append(GenerationStarted(number, first))
-        self._log(logging.INFO, f"starting generation {number} ({self.settings.workers} workers)")
-        for worker_id in range(self.settings.workers):
-            self._spawn(generation, worker_id)
-        wait = self.settings.ready_timeout + self.settings.kill_grace
+        generation.rolling = self._may_roll()
+        batches = 1
+        if generation.rolling:
+            surge = self.settings.max_surge
+            batches = -(-self.size // surge)
+            self._log(
+                logging.INFO,
+                f"starting generation {number} ({self.size} workers, rolling: {surge} at a time)",
+            )
+            self._advance_rollout()
+        else:
+            self._log(logging.INFO, f"starting generation {number} ({self.size} workers)")
+            for worker_id in range(self.size):
+                self._spawn(generation, worker_id)
+        wait = batches * self.settings.ready_timeout + self.settings.kill_grace
         self._announce(Phase.STARTING if self.serving is None else Phase.RELOADING, extend=wait)
+
+    def _may_roll(self) -> bool:
+        """Whether a reload starting now replaces the serving workers a few at a time:
+        the rolling strategy, and every serving worker can be parked (the old code
+        must stay at hand until the rollout completes, see :meth:`_advance_rollout`)."""
+        serving = self.generations.get(self.serving) if self.serving is not None else None
+        if self.settings.strategy is not Strategy.ROLLING or serving is None:
+            return False
+        ready = self._workers_in(serving, WorkerState.READY)
+        if ready and all(worker.parkable for worker in ready):
+            return True
+        self._log(
+            logging.WARNING,
+            f"rolling reload not possible: generation {serving.number}'s workers cannot be "
+            "parked (their server does not take part: see Context.ready(parkable=True)), so "
+            "a failed rollout could not bring their code back; replacing all workers at once",
+        )
+        return False
+
+    def _members(self, generation: Generation) -> list[Worker]:
+        """``generation``'s workforce: its workers not draining (parked ones included:
+        they return if a rollout fails; one being killed too: it is replaced once it
+        has exited)."""
+        return [
+            worker
+            for worker in (self.workers[serial] for serial in generation.slots.values())
+            if worker.state is not WorkerState.DRAINING
+        ]
+
+    def _holders(self, generation: Generation) -> list[Worker]:
+        """``generation``'s workers that hold the listeners, or are about to: starting,
+        ready or resuming (or being killed)."""
+        return [
+            worker for worker in self._members(generation) if worker.state is not WorkerState.PARKED
+        ]
+
+    def _free_ids(self, generation: Generation, count: int) -> list[int]:
+        """The ``count`` lowest worker ids with no process in ``generation``."""
+        free: list[int] = []
+        worker_id = 0
+        while len(free) < count:
+            if worker_id not in generation.slots:
+                free.append(worker_id)
+            worker_id += 1
+        return free
+
+    def _advance_rollout(self) -> None:
+        """Take a rolling reload one step further: for each new worker ready, park
+        one old one; then start new workers while fewer than ``size + max_surge``
+        hold the listeners. The old workers stay parked until the new generation is
+        promoted, so that a new worker failing brings every replaced slot back to the
+        old code (never a mixed fleet)."""
+        starting = self.generations.get(self.starting) if self.starting is not None else None
+        if (
+            starting is None
+            or not starting.rolling
+            or self.rollback is not None
+            or self.stopping is not Stopping.NO
+        ):
+            return
+        serving = self.generations.get(self.serving) if self.serving is not None else None
+        old = self._holders(serving) if serving is not None else []
+        ready_new = len(self._workers_in(starting, WorkerState.READY))
+        while len(old) + ready_new > self.size:
+            alive = [worker for worker in old if not worker.killed]
+            ready_old = [worker for worker in alive if worker.state is WorkerState.READY]
+            if not alive:
+                break  # only workers being killed: their exits make the room
+            replaced = max(ready_old or alive, key=lambda worker: worker.worker_id)
+            old.remove(replaced)
+            if replaced.state is WorkerState.READY and replaced.parkable:
+                replaced.state = WorkerState.PARKED
+                self._actions.append(ParkWorker(replaced.serial, self.settings.drain_timeout))
+            else:
+                self._drain(replaced)
+        members = self._members(starting)
+        room = self.size + self.settings.max_surge - len(old) - len(members)
+        if room < 0:
+            # scaled down during the rollout: call off new workers still starting
+            # (the latest first) rather than exceed the cap
+            starting_up = sorted(
+                (w for w in members if w.state is WorkerState.STARTING and not w.killed),
+                key=lambda worker: -worker.worker_id,
+            )
+            for worker in starting_up[:-room]:
+                self._drain(worker)
+        for worker_id in self._free_ids(starting, min(room, self.size - len(members))):
+            self._spawn(starting, worker_id)
 
     @property
     def stop_announced(self) -> bool:
@@ -796,6 +944,10 @@ class SupervisorStateMachine:
         if worker.state is WorkerState.RESUMING:
             worker.state = WorkerState.READY
             worker.parkable = parkable
+            if self.generations[worker.generation].role is Role.SERVING:
+                # parked by a rollout that failed
+                self._log(logging.INFO, f"{self._describe(worker)} is back in service")
+                self._announce(Phase.STATUS)
             self._rollback_progress(now)
             return
         if worker.state is not WorkerState.STARTING:
@@ -810,6 +962,7 @@ class SupervisorStateMachine:
         elif generation.role is Role.RETIRED or self.stopping is not Stopping.NO:
             self._drain(worker)
         else:
+            self._advance_rollout()
             self._promote_if_ready(now)
 
     def _promote_if_ready(self, now: float) -> None:
@@ -819,10 +972,8 @@ class SupervisorStateMachine:
         if starting is None or self.rollback is not None:
             return
         generation = self.generations[starting]
-        if (
-            all(self.workers[s].state is WorkerState.READY for s in generation.slots.values())
-            and len(generation.slots) == self.settings.workers
-        ):
+        members = self._members(generation)
+        if len(members) == self.size and all(w.state is WorkerState.READY for w in members):
             self._promote(generation, now)
 
     def _promote(self, generation: Generation, now: float) -> None:
@@ -862,10 +1013,12 @@ class SupervisorStateMachine:
         on, and every ready worker's server takes part); else retire it. True if
         parked."""
         ready = self._workers_in(previous, WorkerState.READY)
-        if self.settings.probation <= 0 or not ready:
+        # a rolling reload parked them already, as it replaced them
+        parked = self._workers_in(previous, WorkerState.PARKED)
+        if self.settings.probation <= 0 or not (ready or parked):
             self._retire(previous)
             return False
-        if any(worker.runs_rejected_code for worker in ready):
+        if any(worker.runs_rejected_code for worker in ready + parked):
             self._log(
                 logging.WARNING,
                 f"generation {previous.number} is not parked: it runs code that was rolled "
@@ -988,7 +1141,10 @@ class SupervisorStateMachine:
             return False
         self.probation = None
         parked.role = Role.RESUMING
-        for worker in resumable:
+        resumable.sort(key=lambda worker: worker.worker_id)
+        for worker in resumable[self.size :]:  # scaled down since it was parked
+            self._drain(worker)
+        for worker in resumable[: self.size]:
             worker.state = WorkerState.RESUMING
             self._actions.append(ResumeWorker(worker.serial))
             self._actions.append(
@@ -1027,14 +1183,7 @@ class SupervisorStateMachine:
                 ProbationEnded(rollback.from_generation, "rollback failed", rollback.cause)
             )
             if rejected is not None:
-                for worker_id in range(self.settings.workers):
-                    if worker_id not in rejected.slots:
-                        self._actions.append(
-                            StartTimer(
-                                self.settings.backoff_initial,
-                                RestartDue(rejected.number, worker_id),
-                            )
-                        )
+                self._refill(rejected)
         else:
             self._complete_rollback(rollback, target, rejected, now)
         self._announce(Phase.READY)
@@ -1096,6 +1245,8 @@ class SupervisorStateMachine:
     ) -> None:
         self._kill(culprit)
         self._retire(generation)
+        if generation.rolling and self.serving is not None:
+            self._restore_after_rollout(self.generations[self.serving])
         if self.serving is None:
             self._log(logging.ERROR, f"generation {generation.number} failed to start: {cause}")
             self.stop_reason = f"generation {generation.number} failed to start: {cause}"
@@ -1109,6 +1260,39 @@ class SupervisorStateMachine:
         )
         self._announce(Phase.READY)
         self._follow_queued_reload(now)
+
+    def _restore_after_rollout(self, serving: Generation) -> None:
+        """A rolling reload failed: the old workers it parked resume (as many as the
+        generation has room for), and empty slots are refilled, so that every slot
+        runs the serving generation's code again."""
+        parked = sorted(
+            self._workers_in(serving, WorkerState.PARKED), key=lambda worker: worker.worker_id
+        )
+        room = self.size - len(self._holders(serving))
+        for worker in parked[:room]:
+            worker.state = WorkerState.RESUMING
+            self._actions.append(ResumeWorker(worker.serial))
+            self._actions.append(
+                StartTimer(self.settings.ready_timeout, ReadyTimeout(worker.serial))
+            )
+        for worker in parked[room:]:
+            self._drain(worker)
+        if parked:
+            self._log(
+                logging.INFO,
+                f"resuming {min(len(parked), max(room, 0))} parked worker(s) of generation "
+                f"{serving.number}, replaced by the failed rollout",
+            )
+        self._refill(serving)
+
+    def _refill(self, generation: Generation) -> None:
+        """Schedule a start for each worker ``generation`` lacks (after a failed
+        rollout or rollback), after the initial backoff."""
+        missing = self.size - len(self._members(generation))
+        for worker_id in self._free_ids(generation, max(missing, 0)):
+            self._actions.append(
+                StartTimer(self.settings.backoff_initial, RestartDue(generation.number, worker_id))
+            )
 
     def _reload_failed(self, generation: Generation, cause: str, now: float) -> None:
         self.last_reload = ReloadOutcome(
@@ -1135,6 +1319,9 @@ class SupervisorStateMachine:
         elif worker.state is WorkerState.RESUMING:
             if not worker.killed:  # a kill was logged with its reason
                 self._log(logging.WARNING, f"{self._describe(worker)} {how} while resuming")
+            if generation.role is Role.SERVING and self.stopping is Stopping.NO:
+                # resumed after a failed rollout: its slot is refilled as for a crash
+                self._schedule_restart(generation, worker, how, now)
             self._rollback_progress(now)
         elif generation.role is Role.STARTING:
             when = (
@@ -1172,6 +1359,19 @@ class SupervisorStateMachine:
             if self._roll_back(cause, now):
                 self.counters.worker_crashes += 1
                 return
+        starting = self.generations.get(self.starting) if self.starting is not None else None
+        if starting is not None and starting.rolling:
+            # The rollout fills the room it leaves; if the rollout fails, the slot is
+            # refilled then (see _restore_after_rollout).
+            self.counters.worker_crashes += 1
+            self._log(
+                logging.WARNING,
+                f"{self._describe(worker)} {how}; generation {starting.number} is rolling in "
+                "to replace it",
+            )
+            self._advance_rollout()
+            self._promote_if_ready(now)
+            return
         if self.rejected is not None and not self._may_respawn_from_disk(generation, worker):
             self.counters.worker_crashes += 1
             self._announce(Phase.STATUS)
@@ -1192,7 +1392,7 @@ class SupervisorStateMachine:
                 logging.ERROR,
                 f"{self._describe(worker)} is gone; not restarting it: the code on disk is "
                 f"generation {rejected.generation}'s, which was rolled back "
-                f"({rejected.cause}). Serving with {left}/{self.settings.workers} workers "
+                f"({rejected.cause}). Serving with {left}/{self.size} workers "
                 "until the next reload",
             )
             return False
@@ -1294,8 +1494,12 @@ class SupervisorStateMachine:
             or generation.role is not Role.SERVING
             or self.stopping is not Stopping.NO
             or worker_id in generation.slots
+            or len(self._members(generation)) >= self.size  # scaled down meanwhile
         ):
             return
+        starting = self.generations.get(self.starting) if self.starting is not None else None
+        if starting is not None and starting.rolling:
+            return  # the rollout replaces it (or refills it if it fails)
         if self.rejected is not None and generation.slots:
             self._log(
                 logging.ERROR,
@@ -1307,6 +1511,64 @@ class SupervisorStateMachine:
         self._spawn(generation, worker_id)
         if self.rejected is not None:
             self.workers[generation.slots[worker_id]].runs_rejected_code = True
+
+    # -- scaling --------------------------------------------------------------------
+
+    def _on_scale(self, request: ScaleRequested, now: float) -> None:
+        target = request.workers if request.workers is not None else self.size + request.step
+        refused = None
+        if self.stop_announced:
+            refused = "the service is stopping"
+        elif target < 1:
+            refused = f"{target} workers: at least 1 must serve"
+        elif self.rollback is not None:
+            refused = "a rollback is under way; scale once it has ended"
+        elif target > self.size and self.rejected is not None:
+            refused = (
+                f"the code on disk was rolled back ({self.rejected.cause}), and new workers "
+                "would run it; reload to deploy fixed code first"
+            )
+        if refused is not None:
+            self._log(logging.WARNING, f"scaling requested by {request.by} refused: {refused}")
+            self._actions.append(ScaleEnded(False, f"not scaled: {refused}"))
+            return
+        before = self.size
+        if target == before:
+            self._actions.append(ScaleEnded(True, f"already {target} workers"))
+            return
+        self.size = target
+        self._log(
+            logging.INFO, f"scaling from {before} to {target} workers (asked by {request.by})"
+        )
+        starting = self.generations.get(self.starting) if self.starting is not None else None
+        serving = self.generations.get(self.serving) if self.serving is not None else None
+        if starting is not None:
+            # a rollout grows by itself, and parks what the serving generation has
+            # beyond the new size (see _advance_rollout)
+            self._fit(starting, grow=not starting.rolling)
+        if serving is not None and (starting is None or not starting.rolling):
+            self._fit(serving, grow=True)
+        self._advance_rollout()
+        self._promote_if_ready(now)
+        self._announce(Phase.STATUS)
+        self._actions.append(ScaleEnded(True, f"scaling from {before} to {target} workers"))
+
+    def _fit(self, generation: Generation, *, grow: bool) -> None:
+        """Bring ``generation`` to :attr:`size` workers: drain the excess (those not
+        ready first, then the highest ids), and with ``grow`` start what it lacks."""
+        members = self._members(generation)
+        excess = len(members) - self.size
+        by_expendability = sorted(
+            (worker for worker in members if not worker.killed),
+            key=lambda worker: (worker.state is WorkerState.READY, -worker.worker_id),
+        )
+        for worker in by_expendability[: max(excess, 0)]:
+            self._drain(worker)
+        if grow and excess < 0:
+            for worker_id in self._free_ids(generation, -excess):
+                self._spawn(generation, worker_id)
+
+    # -- stopping -------------------------------------------------------------------
 
     def _on_stop_requested(self, now: float) -> None:
         delay = self.settings.stop_delay

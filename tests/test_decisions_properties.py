@@ -31,6 +31,7 @@ from graceful._decisions import (
     ResumeWorker,
     Role,
     RollbackRequested,
+    ScaleRequested,
     Settings,
     ShutdownWorker,
     SpawnWorker,
@@ -38,6 +39,7 @@ from graceful._decisions import (
     StartTimer,
     Stopping,
     StopRequested,
+    Strategy,
     SupervisorStateMachine,
     WorkerBroken,
     WorkerExited,
@@ -89,7 +91,10 @@ class SupervisorWorld(RuleBasedStateMachine):
                 assert self.sm.stopping is Stopping.NO, "spawned while stopping"
                 role = self.sm.generations[generation].role
                 assert role in (Role.STARTING, Role.SERVING), f"spawned into a {role} generation"
-                assert 0 <= worker_id < self.sm.settings.workers
+                assert worker_id >= 0
+                assert worker_id not in self.sm.generations[generation].slots or (
+                    self.sm.generations[generation].slots[worker_id] == serial
+                )
                 self.ever_spawned.add(serial)
                 self.alive.add(serial)
             case ShutdownWorker(serial, _):
@@ -118,10 +123,13 @@ class SupervisorWorld(RuleBasedStateMachine):
             case GenerationServing(number, _):
                 promoted = self.sm.generations[number]
                 assert promoted.role is Role.SERVING
-                assert len(promoted.slots) == self.sm.settings.workers
-                assert all(
-                    self.sm.workers[s].state is WorkerState.READY for s in promoted.slots.values()
-                )
+                serving = [
+                    self.sm.workers[s]
+                    for s in promoted.slots.values()
+                    if self.sm.workers[s].state is not WorkerState.DRAINING
+                ]
+                assert len(serving) == self.sm.size
+                assert all(w.state is WorkerState.READY for w in serving)
             case Exit(code):
                 assert not self.alive, f"exit while {sorted(self.alive)} still run"
                 assert not self.exit_codes, "Exit twice"
@@ -132,8 +140,13 @@ class SupervisorWorld(RuleBasedStateMachine):
 
     # -- the world ------------------------------------------------------------------
 
-    @initialize(workers=st.integers(min_value=1, max_value=3), probation=st.sampled_from([0, 10]))
-    def start(self, workers: int, probation: float) -> None:
+    @initialize(
+        workers=st.integers(min_value=1, max_value=4),
+        probation=st.sampled_from([0, 10]),
+        strategy=st.sampled_from(Strategy),
+        max_surge=st.integers(min_value=1, max_value=2),
+    )
+    def start(self, workers: int, probation: float, strategy: Strategy, max_surge: int) -> None:
         self.machine = SupervisorStateMachine(
             Settings(
                 workers=workers,
@@ -141,9 +154,19 @@ class SupervisorWorld(RuleBasedStateMachine):
                 drain_timeout=3.0,
                 kill_grace=1.0,
                 probation=probation,
+                strategy=strategy,
+                max_surge=max_surge,
             )
         )
         self.send(Start())
+
+    @rule(workers=st.integers(min_value=0, max_value=5))
+    def scale_to(self, workers: int) -> None:
+        self.send(ScaleRequested("a test", workers=workers))
+
+    @rule(step=st.sampled_from([1, -1]))
+    def scale_by_one(self, step: int) -> None:
+        self.send(ScaleRequested("a signal", step=step))
 
     @rule()
     def rollback(self) -> None:
@@ -167,6 +190,16 @@ class SupervisorWorld(RuleBasedStateMachine):
     def worker_reports_ready(self, data: st.DataObject) -> None:
         serial = data.draw(st.sampled_from(sorted(self.alive)))
         self.send(WorkerReady(serial, parkable=data.draw(st.booleans())))
+
+    @rule()
+    @precondition(lambda self: bool(self.alive))
+    def every_starting_worker_reports_ready(self) -> None:
+        # the common case, which random single reports rarely complete: a generation
+        # (or a rollout's batch) whose workers all start well
+        for serial in sorted(self.alive):
+            worker = self.sm.workers.get(serial)
+            if worker is not None and worker.state is WorkerState.STARTING:
+                self.send(WorkerReady(serial, parkable=True))
 
     @rule(data=st.data())
     @precondition(lambda self: bool(self.alive))
@@ -226,7 +259,11 @@ class SupervisorWorld(RuleBasedStateMachine):
             if generation.role is Role.PARKED:
                 assert probation is not None
                 assert probation.parked == generation.number
-                states = {self.sm.workers[s].state for s in generation.slots.values()}
+                states = {
+                    self.sm.workers[s].state
+                    for s in generation.slots.values()
+                    if not self.sm.workers[s].killed
+                }
                 assert states <= {WorkerState.PARKED, WorkerState.DRAINING}, states
 
     @invariant()
@@ -261,8 +298,37 @@ class SupervisorWorld(RuleBasedStateMachine):
                 for w in self.sm.workers.values()
                 if w.generation == generation.number
                 and w.state not in (WorkerState.DRAINING, WorkerState.PARKED)
+                and not w.killed  # SIGKILLed: gone in a moment, whatever is spawned
             ]
-            assert len(holding) <= self.sm.settings.workers
+            assert len(holding) <= self.sm.size
+
+    @invariant()
+    def a_rollout_holds_no_more_than_size_plus_max_surge(self) -> None:
+        if self.machine is None or self.sm.starting is None:
+            return
+        starting = self.sm.generations[self.sm.starting]
+        if not starting.rolling or self.sm.rollback is not None:
+            return
+        holding = [
+            w
+            for w in self.sm.workers.values()
+            if w.generation in (self.sm.starting, self.sm.serving)
+            and w.state in (WorkerState.STARTING, WorkerState.READY, WorkerState.RESUMING)
+            and not w.killed
+        ]
+        assert len(holding) <= self.sm.size + self.sm.settings.max_surge
+
+    @invariant()
+    def one_generation_serves_once_no_reload_runs(self) -> None:
+        # never a mixed fleet: a failed rollout leaves no new worker serving
+        if self.machine is None or self.sm.starting is not None or self.sm.rollback is not None:
+            return
+        holding = {
+            w.generation
+            for w in self.sm.workers.values()
+            if w.state in (WorkerState.READY, WorkerState.RESUMING) and not w.killed
+        }
+        assert holding <= {self.sm.serving}, holding
 
     @invariant()
     def a_stopped_service_with_no_process_left_has_exited(self) -> None:

@@ -1,0 +1,186 @@
+"""The rolling strategy and live scaling, decided event by event (no processes).
+
+See ``_advance_rollout`` and "scaling" in ``graceful/_decisions.py``. The
+integration tests with real processes, sockets and load are in
+``tests/test_many_workers.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from test_decisions import SETTINGS, Sim, messages, of_type, shut_down, spawned, timers
+
+from graceful._decisions import (
+    Action,
+    GenerationServing,
+    ParkWorker,
+    ReadyTimeout,
+    ReloadEnded,
+    ReloadRequested,
+    RestartDue,
+    ResumeWorker,
+    Role,
+    ScaleEnded,
+    ScaleRequested,
+    Settings,
+    Start,
+    StopRequested,
+    Strategy,
+    WorkerExited,
+    WorkerReady,
+    WorkerState,
+)
+
+ROLLING = dataclasses.replace(SETTINGS, workers=4, strategy=Strategy.ROLLING, max_surge=1)
+
+
+def serving(settings: Settings, *, parkable: bool = True) -> tuple[Sim, list[int]]:
+    sim = Sim(settings)
+    first = spawned(sim.send(Start()))
+    sim.send_all(WorkerReady(serial, parkable=parkable) for serial in first)
+    assert sim.machine.serving == 1
+    return sim, first
+
+
+def parked(actions: list[Action]) -> list[int]:
+    return [action.serial for action in of_type(actions, ParkWorker)]
+
+
+def test_a_rolling_reload_starts_max_surge_workers_and_parks_one_old_per_new_one_ready() -> None:
+    sim, old = serving(ROLLING)
+    first_batch = spawned(sim.send(ReloadRequested()))
+    assert len(first_batch) == 1
+    new = list(first_batch)
+    parked_so_far: list[int] = []
+    for _ in range(4):
+        actions = sim.send(WorkerReady(new[-1], parkable=True))
+        parked_so_far += parked(actions)
+        new += spawned(actions)
+        # every old worker parked is one a new worker replaced, never ahead of it
+        ready_new = sum(sim.machine.workers[s].state is WorkerState.READY for s in new)
+        assert len(parked_so_far) == ready_new
+    assert sorted(parked_so_far) == sorted(old)
+    assert len(new) == 4
+    assert sim.machine.serving == 2
+    assert shut_down(actions) == set(old)  # no probation: parked, then drained
+    assert len(of_type(actions, ReloadEnded)) == 1
+
+
+def test_a_rolling_reload_never_has_more_than_workers_plus_max_surge_holding_listeners() -> None:
+    for surge in (1, 2, 3, 6):
+        sim, _ = serving(dataclasses.replace(ROLLING, max_surge=surge))
+        pending = spawned(sim.send(ReloadRequested()))
+        assert len(pending) == min(surge, 4)
+        while pending:
+            holders = [
+                w
+                for w in sim.machine.workers.values()
+                if w.state in (WorkerState.STARTING, WorkerState.READY)
+            ]
+            assert len(holders) <= 4 + surge
+            pending += spawned(sim.send(WorkerReady(pending.pop(0), parkable=True)))
+        assert sim.machine.serving == 2
+
+
+def test_a_new_worker_failing_mid_rollout_resumes_every_replaced_old_worker() -> None:
+    sim, old = serving(ROLLING)
+    new = spawned(sim.send(ReloadRequested()))
+    new += spawned(sim.send(WorkerReady(new[0], parkable=True)))
+    new += spawned(sim.send(WorkerReady(new[1], parkable=True)))
+    replaced = [s for s in old if sim.machine.workers[s].state is WorkerState.PARKED]
+    assert len(replaced) == 2
+    actions = sim.send(WorkerExited(new[2], 1))  # the third new worker crashes
+    assert {action.serial for action in of_type(actions, ResumeWorker)} == set(replaced)
+    assert shut_down(actions) == set(new[:2])  # the new workers that were ready drain
+    assert sim.machine.serving == 1
+    assert sim.machine.starting is None
+    sim.send_all(WorkerReady(serial, parkable=True) for serial in replaced)
+    assert {sim.machine.workers[s].state for s in old} == {WorkerState.READY}
+    assert [r.reload.outcome for r in of_type(actions, ReloadEnded)] == ["failed"]
+
+
+def test_an_old_worker_that_cannot_resume_after_a_failed_rollout_is_replaced() -> None:
+    sim, old = serving(ROLLING)
+    new = spawned(sim.send(ReloadRequested()))
+    new += spawned(sim.send(WorkerReady(new[0], parkable=True)))
+    replaced = next(s for s in old if sim.machine.workers[s].state is WorkerState.PARKED)
+    sim.send(ReadyTimeout(new[1]))  # the next new worker hangs: the rollout fails
+    actions = sim.send(WorkerExited(replaced, -9))  # and the old one dies as it resumes
+    assert timers(actions, RestartDue)
+    assert sim.machine.serving == 1
+
+
+def test_without_parkable_workers_a_rolling_reload_warns_and_replaces_all_at_once() -> None:
+    sim, _ = serving(ROLLING, parkable=False)
+    actions = sim.send(ReloadRequested())
+    assert len(spawned(actions)) == 4
+    assert not sim.machine.generations[2].rolling
+    assert any("rolling reload not possible" in m for m in messages(actions, logging.WARNING))
+
+
+def test_an_old_worker_crashing_mid_rollout_is_left_to_the_rollout() -> None:
+    sim, old = serving(ROLLING)
+    new = spawned(sim.send(ReloadRequested()))
+    actions = sim.send(WorkerExited(old[0], -9))
+    assert timers(actions, RestartDue) == []
+    assert len(spawned(actions)) == 1  # the room it left goes to the next new worker
+    new += spawned(actions)
+    while sim.machine.starting is not None:
+        waiting = [s for s in new if sim.machine.workers[s].state is WorkerState.STARTING]
+        new += spawned(sim.send(WorkerReady(waiting[0], parkable=True)))
+    assert sim.machine.serving == 2
+    assert len(new) == 4
+
+
+def test_scaling_up_and_down_changes_the_serving_generation_by_one() -> None:
+    sim, old = serving(dataclasses.replace(SETTINGS, workers=2))
+    actions = sim.send(ScaleRequested("SIGTTIN", step=1))
+    added = spawned(actions)
+    assert len(added) == 1
+    assert of_type(actions, ScaleEnded) == [ScaleEnded(True, "scaling from 2 to 3 workers")]
+    sim.send(WorkerReady(added[0]))
+    assert sim.machine.generations[1].late_spawns == 1
+    actions = sim.send(ScaleRequested("SIGTTOU", step=-1))
+    # the highest worker id goes: the one just added
+    assert shut_down(actions) == set(added)
+    actions = sim.send(ScaleRequested("graceful scale", workers=1))
+    assert shut_down(actions) == {old[1]}
+    assert sim.machine.size == 1
+
+
+def test_scaling_below_one_worker_or_while_stopping_is_refused() -> None:
+    sim, _ = serving(dataclasses.replace(SETTINGS, workers=1))
+    actions = sim.send(ScaleRequested("SIGTTOU", step=-1))
+    assert of_type(actions, ScaleEnded)[0].ok is False
+    assert "at least 1 must serve" in of_type(actions, ScaleEnded)[0].detail
+    assert sim.machine.size == 1
+    assert spawned(actions) == []
+    assert shut_down(actions) == set()
+    sim.send(StopRequested())
+    actions = sim.send(ScaleRequested("SIGTTIN", step=1))
+    refused = ScaleEnded(False, "not scaled: the service is stopping")
+    assert of_type(actions, ScaleEnded) == [refused]
+    assert spawned(actions) == []
+
+
+def test_scaling_during_an_all_at_once_reload_resizes_the_new_generation_too() -> None:
+    sim, _ = serving(dataclasses.replace(SETTINGS, workers=2))
+    new = spawned(sim.send(ReloadRequested()))
+    actions = sim.send(ScaleRequested("graceful scale", workers=3))
+    assert len(spawned(actions)) == 2  # one for each generation
+    new += [s for s in spawned(actions) if sim.machine.workers[s].generation == 2]
+    actions = sim.send_all(WorkerReady(serial) for serial in new)
+    assert of_type(actions, GenerationServing)[0].number == 2
+    assert len(sim.machine.generations[2].slots) == 3
+
+
+def test_a_crash_replacement_due_after_scaling_down_is_not_started() -> None:
+    sim, old = serving(dataclasses.replace(SETTINGS, workers=2))
+    sim.send(WorkerExited(old[0], 1))
+    sim.send(ScaleRequested("SIGTTOU", step=-1))
+    actions = sim.send(RestartDue(1, 0))
+    assert spawned(actions) == []
+    assert len(sim.machine.generations[1].slots) == 1
+    assert sim.machine.generations[1].role is Role.SERVING
