@@ -24,7 +24,7 @@ from ._errors import ConfigError, one_line
 from ._interfaces import DEFAULT_THREADS, Interface, as_asgi3, check_interface
 from ._listeners import parse_listen_spec
 from ._logging import ensure_visible, logger
-from ._service import Backend, Service, check_settings
+from ._service import Backend, Service, StrategyName, check_settings
 
 Server = Literal["uvicorn", "hypercorn"]
 _EXTRAS = {
@@ -48,6 +48,9 @@ def serve_asgi(
     health: str | None = None,
     stop_delay: float = 0.0,
     probation: float = 30.0,
+    strategy: StrategyName = "all-at-once",
+    max_surge: int = 1,
+    preload: bool = False,
     interface: Interface = "auto",
     threads: int = DEFAULT_THREADS,
     ready_hook: str | None = None,
@@ -99,6 +102,9 @@ def serve_asgi(
             backend=backend,
             server_options=server_options,
             probation=probation,
+            strategy=strategy,
+            max_surge=max_surge,
+            preload=preload,
             interface=interface,
             threads=threads,
             ready_hook=ready_hook,
@@ -122,6 +128,9 @@ def asgi_service(
     backend: str,
     server_options: dict[str, Any],
     probation: float = 30.0,
+    strategy: str = "all-at-once",
+    max_surge: int = 1,
+    preload: bool = False,
     interface: str = "auto",
     threads: int = DEFAULT_THREADS,
     ready_hook: str | None = None,
@@ -143,6 +152,9 @@ def asgi_service(
         drain_timeout=drain_timeout,
         backend=backend,
         probation=probation,
+        strategy=strategy,
+        max_surge=max_surge,
+        preload=preload,
     )
     for spec in listen:
         if isinstance(spec, str):
@@ -191,6 +203,9 @@ def asgi_service(
         drain_timeout=drain_timeout,
         backend=backend,  # type: ignore[arg-type]
         probation=probation,
+        strategy=strategy,  # type: ignore[arg-type]
+        max_surge=max_surge,
+        preload=preload,
         backend_options=backend_options,
         entry_options={
             "app": app,

@@ -4,6 +4,7 @@
     graceful run pkg.module:main [--pid-file PATH]
     graceful reload --pid-file PATH [--wait [--through-probation] [--timeout S]]
     graceful rollback --pid-file PATH [--timeout S]
+    graceful scale N --pid-file PATH [--wait [--timeout S]]
     graceful stop --pid-file PATH [--wait [--timeout S]]
     graceful status --pid-file PATH [--json]
 
@@ -19,6 +20,7 @@ import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -143,6 +145,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="as for serve; default: the service's own probation= (30)",
     )
+    for command, default in ((serve, "all-at-once"), (run, None)):
+        command.add_argument(
+            "--strategy",
+            choices=("all-at-once", "rolling"),
+            default=default,
+            help="how a reload replaces the workers: all at once (default), or "
+            "rolling, --max-surge at a time"
+            + ("" if default else "; default: the service's own strategy="),
+        )
+        command.add_argument(
+            "--max-surge",
+            type=_positive_int,
+            default=1 if default else None,
+            metavar="K",
+            help="rolling: new workers started beyond --workers at a time (default 1)",
+        )
+        command.add_argument(
+            "--preload",
+            action="store_true",
+            default=None,
+            help="import the app once per generation, in a template process that "
+            "forks the workers (shared memory, and every worker runs the same code)",
+        )
 
     for name, what, waits_for in (
         ("reload", "reload", "the reload has ended: exit 0 if the new code serves, 1 if not"),
@@ -167,6 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rollback.add_argument("--pid-file", required=True, metavar="PATH")
     rollback.add_argument("--timeout", type=_positive_float, metavar="S", help="give up after S s")
+    scale = commands.add_parser(
+        "scale", help="run N workers per generation (SIGTTIN / SIGTTOU: one more / less)"
+    )
+    scale.add_argument("workers", type=_positive_int, metavar="N")
+    scale.add_argument("--pid-file", required=True, metavar="PATH")
+    scale.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until N workers of the serving generation are ready",
+    )
+    scale.add_argument(
+        "--timeout", type=_positive_float, metavar="S", help="with --wait: give up after S s"
+    )
     status = commands.add_parser("status", help="show the state of the supervisor")
     status.add_argument("--pid-file", required=True, metavar="PATH")
     status.add_argument("--json", action="store_true", help="print it as JSON")
@@ -186,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args)
         if args.command == "rollback":
             return _rollback(args)
+        if args.command == "scale":
+            return _scale(args)
         if args.command == "reload" and args.through_probation:
             args.wait = True
         if args.timeout is not None and not args.wait:
@@ -224,6 +264,9 @@ def _serve(args: argparse.Namespace) -> int:
         if args.no_access_log and args.server == "uvicorn"
         else {},
         probation=args.probation,
+        strategy=args.strategy,
+        max_surge=args.max_surge,
+        preload=bool(args.preload),
         interface=args.interface,
         threads=args.threads,
         ready_hook=args.ready_hook,
@@ -241,8 +284,15 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"module {module_name!r} has no {name!r}")
     if not isinstance(target, Service):
         raise ConfigError(f"{args.entry} is not a @graceful.service (got {type(target).__name__})")
-    if args.probation is not None:
-        target.probation = args.probation
+    overrides = {
+        "probation": args.probation,
+        "strategy": args.strategy,
+        "max_surge": args.max_surge,
+        "preload": args.preload,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(target, name, value)
     return _supervise(target, args)
 
 
@@ -299,6 +349,34 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scale(args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.wait:
+        raise ConfigError("--timeout needs --wait")
+    control = Control(args.pid_file)
+    print(control.scale(args.workers))
+    if not args.wait:
+        return 0
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    while True:
+        status = control.status()
+        serving = [g for g in status["generations"] if g["state"] == "serving"]
+        ready = [w for g in serving for w in g["workers"] if w["state"] == "ready"]
+        if status["workers"] != args.workers:
+            print(f"scaled to {status['workers']} workers since", file=sys.stderr)
+            return 1
+        if len(ready) == args.workers and len(serving[0]["workers"]) == args.workers:
+            print(f"{args.workers} workers ready")
+            return 0
+        if deadline is not None and time.monotonic() >= deadline:
+            print(
+                f"timed out after {args.timeout:g}s with {len(ready)} workers ready "
+                "(the scaling goes on)",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.1)
+
+
 def _stop_and_wait(args: argparse.Namespace) -> int:
     try:
         code = Control(args.pid_file).stop(timeout=args.timeout)
@@ -315,6 +393,18 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
         return 0
     print(f"supervisor {status['pid']}, up {status['uptime']:.1f}s: {status['status']}")
+    if "workers" in status:
+        print(
+            f"workers: {status['workers']} per generation; reloads {status['strategy']}"
+            + (f" (max surge {status['max_surge']})" if status["strategy"] == "rolling" else "")
+            + ("; one import per generation (preload)" if status["preload"] else "")
+        )
+    for generation in status["generations"]:
+        if generation.get("may_be_mixed"):
+            print(
+                f"generation {generation['generation']}: workers started after it imported "
+                "the code on disk at their own start: the fleet may be mixed (see --preload)"
+            )
     for listener in status["listeners"]:
         state = "listening on" if listener.get("open", True) else "released"
         print(f"{state} {listener['address']}")

@@ -1,4 +1,4 @@
-"""The supervisor's control socket: ``graceful reload --wait``, ``status`` and ``stop --wait``.
+"""The supervisor's control socket: ``graceful reload --wait``, ``status``, ``scale`` and ``stop``.
 
 Where it is
 -----------
@@ -30,6 +30,10 @@ reads answers until the connection closes:
   probation; answered once the parked generation serves again with
   ``{"ok": true, "rollback": "generation 4 serves again ..."}``, or with ``"ok":
   false`` and why not (nothing parked, the rollback failed).
+* ``{"graceful": 1, "command": "scale", "workers": N}``: N workers per
+  generation, answered once the workers it takes were started or told to drain,
+  with ``{"ok": true, "scale": "scaling from 2 to 4 workers"}``, or ``"ok": false``
+  and why not.
 * ``{"graceful": 1, "command": "stop", "wait": false}``: ``{"ok": true, "stop":
   "requested", "pid": P}``. With ``"wait": true``, a second line, ``{"ok": true,
   "exited": STATUS}``, comes as the supervisor exits, after its clean-up.
@@ -57,7 +61,7 @@ from typing import Any
 import anyio
 from anyio.abc import SocketStream, TaskGroup
 
-from ._decisions import ReloadOutcome, RollbackEnded
+from ._decisions import ReloadOutcome, RollbackEnded, ScaleEnded
 from ._errors import ConfigError, GracefulError
 from ._logging import logger
 from ._pidfile import supervisor_pidfd
@@ -190,13 +194,13 @@ class ReloadWaiter:
     """One ``reload --wait`` (or ``rollback``) request, until what answers it ends."""
 
     done: anyio.Event = field(default_factory=anyio.Event)
-    result: ReloadOutcome | RollbackEnded | str | None = None
+    result: ReloadOutcome | RollbackEnded | ScaleEnded | str | None = None
     #: wait until the promoted generation's probation has ended too
     through_probation: bool = False
     #: how the reload ended, while its probation goes on
     promoted: ReloadOutcome | None = None
 
-    def resolve(self, result: ReloadOutcome | RollbackEnded | str) -> None:
+    def resolve(self, result: ReloadOutcome | RollbackEnded | ScaleEnded | str) -> None:
         if self.result is None:
             self.result = result
             self.done.set()
@@ -315,6 +319,18 @@ class ControlServer:
             ended = waiter.result
             assert isinstance(ended, RollbackEnded), ended
             await _answer(stream, ok=ended.ok, rollback=ended.detail)
+        elif command == "scale":
+            workers = request.get("workers")
+            if not isinstance(workers, int) or isinstance(workers, bool):
+                await _answer(
+                    stream, ok=False, error=f"'workers' must be a whole number, not {workers!r}"
+                )
+                return False
+            waiter = self.supervisor.request_scale(workers)
+            await waiter.done.wait()
+            scaled = waiter.result
+            assert isinstance(scaled, ScaleEnded), scaled
+            await _answer(stream, ok=scaled.ok, scale=scaled.detail)
         elif command == "stop":
             self.supervisor.request_stop()
             await _answer(stream, ok=True, stop="requested", pid=os.getpid())
@@ -442,6 +458,22 @@ class Control:
         """
         answer = self.request("rollback", timeout=timeout)
         detail = str(answer.get("rollback"))
+        if not answer.get("ok", False):
+            raise GracefulError(detail)
+        return detail
+
+    def scale(self, workers: int, *, timeout: float | None = 10.0) -> str:
+        """Ask for ``workers`` workers per generation (as SIGTTIN and SIGTTOU do one at
+        a time). Returns one line once the supervisor has started or told to drain
+        the workers it takes; their progress shows in :meth:`status`.
+
+        Raises:
+            GracefulError: one line, if the supervisor refused (fewer than 1 worker,
+                more than the descriptor limit allows, a stop or a rollback under
+                way, or code on disk that was rolled back).
+        """
+        answer = self.request("scale", timeout=timeout, workers=workers)
+        detail = str(answer.get("scale", answer.get("error")))
         if not answer.get("ok", False):
             raise GracefulError(detail)
         return detail

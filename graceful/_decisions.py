@@ -391,10 +391,11 @@ class RollbackEnded:
 @dataclass(frozen=True)
 class ScaleEnded:
     """A request to scale was carried out (workers were spawned or told to drain),
-    or refused: ``ok`` and one line saying what happened."""
+    or refused: ``ok`` and one line saying what happened; ``by`` as requested."""
 
     ok: bool
     detail: str
+    by: str
 
 
 @dataclass(frozen=True)
@@ -495,6 +496,8 @@ class Settings:
     strategy: Strategy = Strategy.ALL_AT_ONCE
     #: with the rolling strategy: new workers started beyond ``workers`` at a time
     max_surge: int = 1
+    #: scaling above this is refused (the descriptor limit's reckoning); None: no cap
+    max_workers: int | None = None
 
 
 class WorkerState(Enum):
@@ -1521,6 +1524,11 @@ class SupervisorStateMachine:
             refused = "the service is stopping"
         elif target < 1:
             refused = f"{target} workers: at least 1 must serve"
+        elif self.settings.max_workers is not None and target > self.settings.max_workers:
+            refused = (
+                f"{target} workers: the file descriptor limit leaves room for "
+                f"{self.settings.max_workers} (raise it with `ulimit -n` or LimitNOFILE=)"
+            )
         elif self.rollback is not None:
             refused = "a rollback is under way; scale once it has ended"
         elif target > self.size and self.rejected is not None:
@@ -1530,11 +1538,11 @@ class SupervisorStateMachine:
             )
         if refused is not None:
             self._log(logging.WARNING, f"scaling requested by {request.by} refused: {refused}")
-            self._actions.append(ScaleEnded(False, f"not scaled: {refused}"))
+            self._actions.append(ScaleEnded(False, f"not scaled: {refused}", request.by))
             return
         before = self.size
         if target == before:
-            self._actions.append(ScaleEnded(True, f"already {target} workers"))
+            self._actions.append(ScaleEnded(True, f"already {target} workers", request.by))
             return
         self.size = target
         self._log(
@@ -1551,7 +1559,9 @@ class SupervisorStateMachine:
         self._advance_rollout()
         self._promote_if_ready(now)
         self._announce(Phase.STATUS)
-        self._actions.append(ScaleEnded(True, f"scaling from {before} to {target} workers"))
+        self._actions.append(
+            ScaleEnded(True, f"scaling from {before} to {target} workers", request.by)
+        )
 
     def _fit(self, generation: Generation, *, grow: bool) -> None:
         """Bring ``generation`` to :attr:`size` workers: drain the excess (those not

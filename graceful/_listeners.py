@@ -272,6 +272,20 @@ def _refuse_shared_descriptor(listener: BoundListener, earlier: list[BoundListen
             )
 
 
+def most_workers() -> int | None:
+    """How many workers per generation the descriptor limit leaves room for, by the
+    reckoning of :func:`check_descriptor_headroom`, from the descriptors in use now;
+    None without a limit. (For scaling: call it before any worker is started.)"""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+    return max(1, (soft - in_use - _FDS_PER_START - _FDS_SPARE) // (3 * _FDS_PER_WORKER))
+
+
 def check_descriptor_headroom(listeners: int, workers: int) -> None:
     """Refuse to start when the descriptor limit leaves too little room beside
     ``listeners`` for ``workers`` per generation (three generations during a reload

@@ -16,9 +16,12 @@ from ._errors import ConfigError
 from ._logging import ensure_visible, logger
 
 Backend = Literal["asyncio", "trio"]
+#: how a reload replaces a generation's workers (see ``_decisions.Strategy``)
+StrategyName = Literal["all-at-once", "rolling"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _BACKENDS = ("asyncio", "trio")
+_STRATEGIES = ("all-at-once", "rolling")
 
 
 class Service(Generic[F]):
@@ -39,6 +42,9 @@ class Service(Generic[F]):
         drain_timeout: float,
         backend: Backend,
         probation: float = 30.0,
+        strategy: StrategyName = "all-at-once",
+        max_surge: int = 1,
+        preload: bool = False,
         backend_options: dict[str, Any] | None = None,
         entry_options: dict[str, Any] | None = None,
     ) -> None:
@@ -49,6 +55,9 @@ class Service(Generic[F]):
             drain_timeout=drain_timeout,
             backend=backend,
             probation=probation,
+            strategy=strategy,
+            max_surge=max_surge,
+            preload=preload,
         )
         self.function = function
         self.listen = list(listen)
@@ -56,6 +65,9 @@ class Service(Generic[F]):
         self.ready_timeout = float(ready_timeout)
         self.drain_timeout = float(drain_timeout)
         self.probation = float(probation)
+        self.strategy: StrategyName = strategy
+        self.max_surge = max_surge
+        self.preload = preload
         self.backend: Backend = backend
         #: ``anyio.run`` backend options for the workers (asyncio only)
         self.backend_options = dict(backend_options or {})
@@ -129,6 +141,9 @@ def check_settings(
     drain_timeout: object,
     backend: object,
     probation: object = 0.0,
+    strategy: object = "all-at-once",
+    max_surge: object = 1,
+    preload: object = False,
 ) -> None:
     """Refuse a setting of :func:`service` that can never work.
 
@@ -157,6 +172,12 @@ def check_settings(
         raise ConfigError(
             f"probation={_short(probation)} must be a finite number of seconds (0 for none)"
         )
+    if strategy not in _STRATEGIES:
+        raise ConfigError(f"strategy={_short(strategy)} must be 'all-at-once' or 'rolling'")
+    if not isinstance(max_surge, int) or isinstance(max_surge, bool) or max_surge < 1:
+        raise ConfigError(f"max_surge={_short(max_surge)} must be a whole number of at least 1")
+    if not isinstance(preload, bool):
+        raise ConfigError(f"preload={_short(preload)} must be True or False")
 
 
 def check_supervision(*, health: object, stop_delay: object) -> None:
@@ -207,6 +228,9 @@ def service(
     drain_timeout: float = 30.0,
     backend: Backend = "asyncio",
     probation: float = 30.0,
+    strategy: StrategyName = "all-at-once",
+    max_surge: int = 1,
+    preload: bool = False,
 ) -> Callable[[F], Service[F]]: ...
 
 
@@ -220,6 +244,9 @@ def service(
     drain_timeout: float = 30.0,
     backend: Backend = "asyncio",
     probation: float = 30.0,
+    strategy: StrategyName = "all-at-once",
+    max_surge: int = 1,
+    preload: bool = False,
 ) -> Service[F]: ...
 
 
@@ -232,6 +259,9 @@ def service(
     drain_timeout: float = 30.0,
     backend: Backend = "asyncio",
     probation: float = 30.0,
+    strategy: StrategyName = "all-at-once",
+    max_surge: int = 1,
+    preload: bool = False,
 ) -> Service[F] | Callable[[F], Service[F]]:
     """Declare a zero-downtime service.
 
@@ -256,6 +286,21 @@ def service(
             asks. 0 turns it off. Workers that serve with :meth:`Context.serve`,
             uvicorn, or that pass ``parkable=True`` to :meth:`Context.ready` take
             part; others drain and exit as without it. See the README on probation.
+        strategy: how a reload replaces the workers. ``"all-at-once"`` starts a
+            whole new generation and drains the old one once every new worker is
+            ready (twice the workers for a moment). ``"rolling"`` starts
+            ``max_surge`` new workers at a time and parks an old worker for each new
+            one ready, so that at most ``workers + max_surge`` hold the listeners;
+            if a new worker fails, every replaced old worker resumes (never a mixed
+            fleet). Rolling needs parkable workers (as for ``probation``), or
+            ``preload``; otherwise a reload warns and replaces all at once.
+        max_surge: with ``"rolling"``, new workers started beyond ``workers``.
+        preload: import the code once per generation, in a template process that
+            forks the generation's workers (sharing the imported code and data
+            copy-on-write), instead of once per worker. Crash replacements and
+            scaling fork from the same template, so every worker of a generation
+            runs the same code. The code must start no thread at import. See the
+            README on many workers.
 
     ``listen``, ``workers`` and the timeouts are fixed when the supervisor starts;
     a reload runs the new function with the backend the new code names.
@@ -278,6 +323,9 @@ def service(
             drain_timeout=drain_timeout,
             backend=backend,
             probation=probation,
+            strategy=strategy,
+            max_surge=max_surge,
+            preload=preload,
         )
     except ConfigError as exc:
         refuse_in_script(exc, caller)
@@ -296,6 +344,9 @@ def service(
             drain_timeout=drain_timeout,
             backend=backend,
             probation=probation,
+            strategy=strategy,
+            max_surge=max_surge,
+            preload=preload,
         )
 
     if function is not None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._control import ControlSocket, control_path
-from ._decisions import Settings
+from ._decisions import Settings, Strategy
 from ._entry import entry_ref_for
 from ._errors import ConfigError
 from ._listeners import (
@@ -26,6 +26,7 @@ from ._listeners import (
     bind_listeners,
     check_descriptor_headroom,
     format_address,
+    most_workers,
 )
 from ._logging import ensure_visible, logger
 from ._main_script import check_main_guard
@@ -34,7 +35,7 @@ from ._pidfile import PidFile
 from ._release import ReleaseDirectory
 from ._service import check_supervision
 from ._spawner import BytecodeGate, SpawningFactory
-from ._supervisor_loop import ROLLBACK_SIGNAL, SupervisorLoop
+from ._supervisor_loop import ROLLBACK_SIGNAL, SCALE_SIGNALS, SupervisorLoop
 from ._systemd import Notifier
 from ._worker import WorkerOptions
 
@@ -58,13 +59,14 @@ def run_supervisor(
     is spawned or left bound.
     """
     ensure_visible("supervisor")
-    # A reload (or a rollback) requested before the supervisor listens for it, or
-    # after it has stopped, has nothing to act on: ignored, rather than its default
-    # action killing the process (and leaving the PID file behind). It stays
-    # ignored when this returns. SIGTERM and SIGINT are ignored from the end of the supervisor's
-    # loop to the end of its clean-up, then restored.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(ROLLBACK_SIGNAL, signal.SIG_IGN)
+    # A reload, a rollback or a scaling (SIGTTIN and SIGTTOU) requested before the
+    # supervisor listens for it, or after it has stopped, has nothing to act on:
+    # ignored, rather than its default action killing (or stopping) the process and
+    # leaving the PID file behind. They stay ignored when this returns. SIGTERM and
+    # SIGINT are ignored from the end of the supervisor's loop to the end of its
+    # clean-up, then restored.
+    for signum in (signal.SIGHUP, ROLLBACK_SIGNAL, *SCALE_SIGNALS):
+        signal.signal(signum, signal.SIG_IGN)
     stop_handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         return _supervise(service, caller, pid_file, health, stop_delay)
@@ -125,6 +127,9 @@ def _supervise(
             drain_timeout=service.drain_timeout,
             stop_delay=stop_delay,
             probation=service.probation,
+            strategy=Strategy(service.strategy),
+            max_surge=service.max_surge,
+            max_workers=most_workers(),
         )
         for listener in health_listeners:
             logger.info("health endpoint on http://%s/ready", format_address(listener.address))

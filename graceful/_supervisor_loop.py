@@ -7,7 +7,8 @@ stream and handled one at a time, so the decisions never race each other.
 
 Task layout, all inside one task group whose lifetime is :meth:`SupervisorLoop.run`:
 
-* one signal task (SIGHUP, SIGTERM, SIGINT, and SIGUSR2 for a rollback);
+* one signal task (SIGHUP, SIGTERM, SIGINT, SIGUSR2 for a rollback, and SIGTTIN
+  and SIGTTOU to scale);
 * per worker, one spawn task (it waits for the bytecode check, then asks the
   :class:`~graceful._spawner.ProcessFactory`), then one watcher
   (``_watcher.py``) that relays its messages, reaps it and reports its exit;
@@ -51,6 +52,8 @@ from ._decisions import (
     Role,
     RollbackEnded,
     RollbackRequested,
+    ScaleEnded,
+    ScaleRequested,
     Settings,
     ShutdownWorker,
     SpawnWorker,
@@ -77,6 +80,12 @@ from ._watcher import Watcher
 #: The signal that asks for a rollback of the generation on probation.
 ROLLBACK_SIGNAL = signal.SIGUSR2
 
+#: The signals that add a worker and remove one (gunicorn's and uvicorn's convention).
+SCALE_SIGNALS = {signal.SIGTTIN: 1, signal.SIGTTOU: -1}
+
+#: who asks, in a :class:`ScaleRequested` from the control socket
+_SCALE_REQUEST = "graceful scale"
+
 
 class SupervisorLoop:
     """Runs the supervisor: a :class:`SupervisorStateMachine` and the processes,
@@ -96,6 +105,8 @@ class SupervisorLoop:
             process, which send their events through :attr:`events_in`.
         control: a listening control socket (see ``_control.py``) to serve.
         health: a listening socket for the health endpoint (see ``_health.py``).
+        one_import: the factory forks each generation's workers from one template
+            (``preload``): a worker started late runs its generation's code.
     """
 
     def __init__(
@@ -111,8 +122,10 @@ class SupervisorLoop:
         follow_signals: bool = True,
         control: socket.socket | None = None,
         health: socket.socket | None = None,
+        one_import: bool = False,
     ) -> None:
         self.machine = SupervisorStateMachine(settings)
+        self.one_import = one_import
         self.factory = factory
         self.listeners = listeners or []
         self.bytecode = bytecode
@@ -143,6 +156,8 @@ class SupervisorLoop:
         self._waiting_for_probation: dict[int, list[ReloadWaiter]] = {}
         #: ``graceful rollback`` requests, answered when the rollback ends
         self._rollback_waiters: list[ReloadWaiter] = []
+        #: ``graceful scale`` requests, answered once decided
+        self._scale_waiters: list[ReloadWaiter] = []
         self._started_at = 0.0
         #: a stop was asked for through the control socket
         self._stop_requested = False
@@ -236,6 +251,10 @@ class SupervisorLoop:
                     self._reload_waiters.clear()
             case ReloadEnded() | ProbationEnded() | RollbackEnded():
                 self._answer_waiters(action)
+            case ScaleEnded(_, _, by):
+                # requests through the control socket are decided in their order
+                if by == _SCALE_REQUEST and self._scale_waiters:
+                    self._scale_waiters.pop(0).resolve(action)
             case StartTimer(delay, event):
                 self._task_group.start_soon(self._timer, delay, event)
             case Announce():
@@ -291,6 +310,14 @@ class SupervisorLoop:
         waiter = ReloadWaiter()
         self._rollback_waiters.append(waiter)
         self.events_in.send_nowait(RollbackRequested(by))
+        return waiter
+
+    def request_scale(self, workers: int) -> ReloadWaiter:
+        """Ask for ``workers`` workers per generation; the waiter learns what was done
+        (a :class:`ScaleEnded`)."""
+        waiter = ReloadWaiter()
+        self._scale_waiters.append(waiter)
+        self.events_in.send_nowait(ScaleRequested(_SCALE_REQUEST, workers=workers))
         return waiter
 
     def request_reload(self, through_probation: bool = False) -> ReloadWaiter:
@@ -351,6 +378,10 @@ class SupervisorLoop:
                     "generation": generation.number,
                     "state": states[generation.role],
                     "age": round(now - generation.started_at, 3),
+                    "rolling": generation.rolling,
+                    # workers started after the generation (crash replacements,
+                    # scaling) imported the code on disk at their own start
+                    "may_be_mixed": generation.late_spawns > 0 and not self.one_import,
                     "workers": workers,
                 }
             )
@@ -362,6 +393,10 @@ class SupervisorLoop:
             "uptime": round(now - self._started_at, 3),
             "state": "stopping" if machine.stop_announced else "running",
             "status": machine.status(),
+            "workers": machine.size,
+            "strategy": machine.settings.strategy.value,
+            "max_surge": machine.settings.max_surge,
+            "preload": self.one_import,
             "listeners": [
                 {
                     "spec": listener.spec,
@@ -428,7 +463,7 @@ class SupervisorLoop:
 
     async def _follow_signals(self, *, task_status: TaskStatus[None]) -> None:
         stops = {signal.SIGTERM, signal.SIGINT}
-        followed = {signal.SIGHUP, ROLLBACK_SIGNAL, *stops}
+        followed = {signal.SIGHUP, ROLLBACK_SIGNAL, *SCALE_SIGNALS, *stops}
         try:
             with anyio.open_signal_receiver(*followed) as signals:
                 try:
@@ -439,6 +474,11 @@ class SupervisorLoop:
                             self.events_in.send_nowait(ReloadRequested())
                         elif signum == ROLLBACK_SIGNAL:
                             self.events_in.send_nowait(RollbackRequested(ROLLBACK_SIGNAL.name))
+                        elif signum in SCALE_SIGNALS:
+                            name = signal.Signals(signum).name
+                            self.events_in.send_nowait(
+                                ScaleRequested(name, step=SCALE_SIGNALS[signum])
+                            )
                         else:
                             self.events_in.send_nowait(StopRequested())
                 finally:

@@ -6,7 +6,8 @@ so a test knows when a request is in flight in a handler. ``on_line`` is code ru
 for every line before it is answered (``line`` is the request, ``CTX`` the
 worker's context). Settings come
 from the environment: ``LISTEN`` (comma-separated specs), ``WORKERS``,
-``READY_TIMEOUT``, ``DRAIN_TIMEOUT``, ``PROBATION``. The sync service takes part in
+``READY_TIMEOUT``, ``DRAIN_TIMEOUT``, ``PROBATION``, ``STRATEGY``, ``MAX_SURGE`` and
+``PRELOAD`` (``1`` for ``preload=True``). The sync service takes part in
 probation (parks and resumes) like the async ones.
 """
 
@@ -19,7 +20,10 @@ _SERVICE_ARGS = """\
     workers=int(os.environ.get("WORKERS", "1")),
     ready_timeout=float(os.environ.get("READY_TIMEOUT", "30")),
     drain_timeout=float(os.environ.get("DRAIN_TIMEOUT", "30")),
-    probation=float(os.environ.get("PROBATION", "30")),"""
+    probation=float(os.environ.get("PROBATION", "30")),
+    strategy=os.environ.get("STRATEGY", "all-at-once"),
+    max_surge=int(os.environ.get("MAX_SURGE", "1")),
+    preload=os.environ.get("PRELOAD") == "1","""
 
 ASYNC_SERVICE = """\
 import os

@@ -139,7 +139,8 @@ def test_scaling_up_and_down_changes_the_serving_generation_by_one() -> None:
     actions = sim.send(ScaleRequested("SIGTTIN", step=1))
     added = spawned(actions)
     assert len(added) == 1
-    assert of_type(actions, ScaleEnded) == [ScaleEnded(True, "scaling from 2 to 3 workers")]
+    scaled = ScaleEnded(True, "scaling from 2 to 3 workers", "SIGTTIN")
+    assert of_type(actions, ScaleEnded) == [scaled]
     sim.send(WorkerReady(added[0]))
     assert sim.machine.generations[1].late_spawns == 1
     actions = sim.send(ScaleRequested("SIGTTOU", step=-1))
@@ -160,7 +161,7 @@ def test_scaling_below_one_worker_or_while_stopping_is_refused() -> None:
     assert shut_down(actions) == set()
     sim.send(StopRequested())
     actions = sim.send(ScaleRequested("SIGTTIN", step=1))
-    refused = ScaleEnded(False, "not scaled: the service is stopping")
+    refused = ScaleEnded(False, "not scaled: the service is stopping", "SIGTTIN")
     assert of_type(actions, ScaleEnded) == [refused]
     assert spawned(actions) == []
 
