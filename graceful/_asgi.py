@@ -310,6 +310,18 @@ async def run_ready_hook(ref: str) -> None:
         raise ConfigError(f"ready hook {ref!r} failed: {one_line(exc, where=True)}") from exc
 
 
+def preload_app(*, app: str, server: str, **_: Any) -> None:
+    """With ``preload``, in the generation's template: import what every worker would
+    import first, once (graceful's integration of ``server``, and the app's module,
+    fresh from disk); the forked workers find them imported.
+
+    Raises:
+        ConfigError: if the app's module cannot be imported.
+    """
+    import_module(f"graceful._{server}")
+    import_module(app.partition(":")[0], f" for app {app!r}")
+
+
 async def asgi_worker(
     context: Context,
     *,
@@ -338,3 +350,6 @@ async def asgi_worker(
         from ._hypercorn import serve_hypercorn  # noqa: PLC0415
 
         await serve_hypercorn(context, application, backend, drain_timeout, options)
+
+
+asgi_worker.graceful_preload = preload_app  # type: ignore[attr-defined]

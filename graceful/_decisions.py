@@ -498,6 +498,9 @@ class Settings:
     max_surge: int = 1
     #: scaling above this is refused (the descriptor limit's reckoning); None: no cap
     max_workers: int | None = None
+    #: one import per generation: a worker started into a generation at any time
+    #: runs that generation's code (it is forked from the generation's template)
+    preload: bool = False
 
 
 class WorkerState(Enum):
@@ -836,13 +839,14 @@ class SupervisorStateMachine:
         if self.settings.strategy is not Strategy.ROLLING or serving is None:
             return False
         ready = self._workers_in(serving, WorkerState.READY)
-        if ready and all(worker.parkable for worker in ready):
+        if self.settings.preload or (ready and all(worker.parkable for worker in ready)):
             return True
         self._log(
             logging.WARNING,
             f"rolling reload not possible: generation {serving.number}'s workers cannot be "
-            "parked (their server does not take part: see Context.ready(parkable=True)), so "
-            "a failed rollout could not bring their code back; replacing all workers at once",
+            "parked (their server does not take part: see Context.ready(parkable=True)) and "
+            "there is no template to fork them again (preload), so a failed rollout could not "
+            "bring their code back; replacing all workers at once",
         )
         return False
 
@@ -875,10 +879,14 @@ class SupervisorStateMachine:
 
     def _advance_rollout(self) -> None:
         """Take a rolling reload one step further: for each new worker ready, park
-        one old one; then start new workers while fewer than ``size + max_surge``
-        hold the listeners. The old workers stay parked until the new generation is
-        promoted, so that a new worker failing brings every replaced slot back to the
-        old code (never a mixed fleet)."""
+        (or drain) one old one; then start new workers while fewer than
+        ``size + max_surge`` hold the listeners.
+
+        Never a mixed fleet: if a new worker fails, every replaced slot returns to
+        the old code. Without preload, the replaced workers stay parked until the
+        new generation is promoted, and resume. With preload, they drain and exit
+        (unless a probation wants them parked), and the old generation's template
+        forks their replacements."""
         starting = self.generations.get(self.starting) if self.starting is not None else None
         if (
             starting is None
@@ -897,7 +905,8 @@ class SupervisorStateMachine:
                 break  # only workers being killed: their exits make the room
             replaced = max(ready_old or alive, key=lambda worker: worker.worker_id)
             old.remove(replaced)
-            if replaced.state is WorkerState.READY and replaced.parkable:
+            keep = not self.settings.preload or self.settings.probation > 0
+            if replaced.state is WorkerState.READY and replaced.parkable and keep:
                 replaced.state = WorkerState.PARKED
                 self._actions.append(ParkWorker(replaced.serial, self.settings.drain_timeout))
             else:
@@ -960,7 +969,14 @@ class SupervisorStateMachine:
         worker.parkable = parkable
         generation = self.generations[worker.generation]
         if generation.role is Role.SERVING:
-            self._log(logging.INFO, f"{self._describe(worker)} is back in service")
+            if generation.crashes.get(worker.worker_id):
+                self._log(logging.INFO, f"{self._describe(worker)} is back in service")
+            else:  # scaled up, or refilled after a failed rollout
+                ready = len(self._workers_in(generation, WorkerState.READY))
+                self._log(
+                    logging.INFO,
+                    f"{self._describe(worker)} is ready ({ready}/{self.size} workers ready)",
+                )
             self._announce(Phase.STATUS)
         elif generation.role is Role.RETIRED or self.stopping is not Stopping.NO:
             self._drain(worker)
@@ -1290,9 +1306,11 @@ class SupervisorStateMachine:
 
     def _refill(self, generation: Generation) -> None:
         """Schedule a start for each worker ``generation`` lacks (after a failed
-        rollout or rollback), after the initial backoff."""
+        rollout or rollback), after the initial backoff. A slot whose worker still
+        drains is refilled once it has exited (see :meth:`_on_exit`)."""
         missing = self.size - len(self._members(generation))
-        for worker_id in self._free_ids(generation, max(missing, 0)):
+        free = [worker_id for worker_id in range(self.size) if worker_id not in generation.slots]
+        for worker_id in free[: max(missing, 0)]:
             self._actions.append(
                 StartTimer(self.settings.backoff_initial, RestartDue(generation.number, worker_id))
             )
@@ -1315,6 +1333,21 @@ class SupervisorStateMachine:
         if worker.state is WorkerState.DRAINING:
             if not worker.killed and exitcode not in (0, None):
                 self._log(logging.WARNING, f"{self._describe(worker)} exited while draining: {how}")
+            starting = self.generations.get(self.starting) if self.starting is not None else None
+            if (
+                generation.role is Role.SERVING
+                and self.stopping is Stopping.NO
+                and (starting is None or not starting.rolling)
+                and worker.worker_id < self.size
+                and len(self._members(generation)) < self.size
+            ):
+                # drained by a rollout that failed since: its slot is refilled
+                self._actions.append(
+                    StartTimer(
+                        self.settings.backoff_initial,
+                        RestartDue(generation.number, worker.worker_id),
+                    )
+                )
         elif worker.state is WorkerState.PARKED:
             self._log(
                 logging.WARNING, f"parked {self._describe(worker)} {how}; it cannot be resumed"

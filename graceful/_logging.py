@@ -21,12 +21,20 @@ def ensure_visible(role: str) -> None:
     ``role`` names this process in every line, e.g. ``"supervisor"`` or
     ``"gen 3 worker 0"``.
     """
+    for handler in logger.handlers:
+        if getattr(handler, "graceful_own", False):
+            # ours, from the process this one was forked from: name this one
+            handler.setFormatter(_formatter(role))
+            return
     if logger.handlers or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(f"graceful[{os.getpid()}] {role}: %(levelname)s %(message)s")
-    )
+    handler.setFormatter(_formatter(role))
+    handler.graceful_own = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
+
+
+def _formatter(role: str) -> logging.Formatter:
+    return logging.Formatter(f"graceful[{os.getpid()}] {role}: %(levelname)s %(message)s")

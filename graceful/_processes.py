@@ -21,6 +21,7 @@ remain.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 
@@ -129,3 +130,18 @@ def kill_group_or_process(pid: int) -> None:
     else:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+#: prctl(2) option: orphaned descendants are re-parented to this process.
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process a child subreaper: a descendant orphaned below it (such as
+    a worker forked by a template that has exited) becomes its child, which it can
+    reap. False where the kernel or the C library refuses."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False

@@ -113,10 +113,19 @@ class WorkerProcess(Protocol):
 class ProcessFactory(Protocol):
     """Starts workers for the supervisor's loop."""
 
-    def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
+    async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
         """Start the worker ``spawn`` describes, with ``environment`` added to its
         environment, and hand it the listeners. Raises on any failure, having
-        cleaned up whatever it had started."""
+        cleaned up whatever it had started. If cancelled, nothing is left started."""
+
+    def generation_ended(self, number: int) -> None:
+        """Generation ``number`` will start no more workers (it was retired)."""
+
+    def helper_pids(self) -> set[int]:
+        """PIDs of the factory's own child processes that are not workers."""
+
+    def close(self) -> None:
+        """Kill and reap whatever the factory still runs (the supervisor's end)."""
 
 
 @dataclass
@@ -152,28 +161,18 @@ class SpawnedWorker:
         _processes.kill_group_or_process(self.pid)
 
     def hand_listeners(self) -> None:
-        _hand_over(self.fd_channel, self.listeners)
+        hand_over(self.fd_channel, self.listeners)
 
     def reap(self) -> Reaped:
-        pgid = self.pid
-        own_group = _processes.leads_own_group(pgid)
-        if own_group:
-            # Safe while the worker is an unreaped zombie: its number is not reused.
-            _processes.signal_group(pgid, signal.SIGTERM)
+        return reap_group_leader(self.pid, self._collect)
+
+    def _collect(self) -> int | None:
         exitcode: int | None = self.process.exitcode
         if exitcode is None:  # it has exited, so this does not wait
             self.process.join()
             exitcode = self.process.exitcode
         self._close()
-        if not own_group or not _processes.signal_group(pgid, 0):
-            return Reaped(exitcode)
-        try:
-            left: list[int] | None = _processes.group_members(pgid)
-        except OSError:
-            left = None  # cannot look (out of descriptors?): sweep all the same
-        if left == []:  # only zombies are left, which their parents reap
-            return Reaped(exitcode)
-        return Reaped(exitcode, pgid, left)
+        return exitcode
 
     def abandon(self) -> int | None:
         with contextlib.suppress(Exception):
@@ -195,6 +194,26 @@ class SpawnedWorker:
             self.pidfd = None
 
 
+def reap_group_leader(pid: int, collect: Callable[[], int | None]) -> Reaped:
+    """Reap worker ``pid``, which has exited, with ``collect`` (which returns its exit
+    status); first send SIGTERM to what it left in its process group, and say who is
+    left there after."""
+    own_group = _processes.leads_own_group(pid)
+    if own_group:
+        # Safe while the worker is an unreaped zombie: its number is not reused.
+        _processes.signal_group(pid, signal.SIGTERM)
+    exitcode = collect()
+    if not own_group or not _processes.signal_group(pid, 0):
+        return Reaped(exitcode)
+    try:
+        left: list[int] | None = _processes.group_members(pid)
+    except OSError:
+        left = None  # cannot look (out of descriptors?): sweep all the same
+    if left == []:  # only zombies are left, which their parents reap
+        return Reaped(exitcode)
+    return Reaped(exitcode, pid, left)
+
+
 class SpawningFactory:
     """Starts workers with multiprocess's spawn context (see the module docstring)."""
 
@@ -211,7 +230,20 @@ class SpawningFactory:
         self.release = release
         self._context = multiprocess.get_context("spawn")
 
-    def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> SpawnedWorker:
+    async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
+        return self.spawn(spawn, environment)
+
+    def generation_ended(self, number: int) -> None:
+        pass
+
+    def helper_pids(self) -> set[int]:
+        return set()
+
+    def close(self) -> None:
+        pass
+
+    def spawn(self, spawn: SpawnWorker, environment: dict[str, str]) -> SpawnedWorker:
+        """Start the worker ``spawn`` describes (see the module docstring)."""
         with contextlib.ExitStack() as on_failure:
             control, child_control = self._context.Pipe(duplex=True)
             on_failure.callback(control.close)
@@ -229,11 +261,11 @@ class SpawningFactory:
                         args=(self._bootstrap(spawn, child_fd_channel, child_control),),
                         name=f"graceful gen {spawn.generation} worker {spawn.worker_id}",
                     )
-                    self._start(process, environment)
-                    on_failure.callback(_kill_and_reap, process)
+                    self.start_process(process, environment)
+                    on_failure.callback(kill_and_reap, process)
                     pidfd = _processes.open_pidfd(process.pid)
                     child_fd_channel.close()
-                    _hand_over(fd_channel, self.listeners)
+                    hand_over(fd_channel, self.listeners)
             on_failure.pop_all()
         return SpawnedWorker(
             spawn.serial,
@@ -259,10 +291,10 @@ class SpawningFactory:
             control=control,
             options=self.options,
             log_level=logger.getEffectiveLevel(),
-            main=_main_script(),
+            main=main_script(),
         )
 
-    def _start(self, process: Any, environment: dict[str, str]) -> None:
+    def start_process(self, process: Any, environment: dict[str, str]) -> None:
         """``process.start()``, with the terminal's signals blocked until the worker
         has set up its own handlers, and in a process group of its own."""
         self.release.enter()
@@ -285,7 +317,7 @@ class SpawningFactory:
             os.setpgid(process.pid, process.pid)
 
 
-def _hand_over(fd_channel: socket.socket, listeners: list[BoundListener]) -> None:
+def hand_over(fd_channel: socket.socket, listeners: list[BoundListener]) -> None:
     """Send ``listeners`` on a worker's fd channel."""
     # A generation may have made the shared listeners blocking (the flag lives on the
     # open file description): hand them over non-blocking.
@@ -294,7 +326,7 @@ def _hand_over(fd_channel: socket.socket, listeners: list[BoundListener]) -> Non
     _wire.send_fds(fd_channel, [listener.socket.fileno() for listener in listeners])
 
 
-def _main_script() -> MainScript:
+def main_script() -> MainScript:
     """How a worker finds the script the user ran, as multiprocess would."""
     main = sys.modules.get("__main__")
     name = getattr(getattr(main, "__spec__", None), "name", None)
@@ -341,7 +373,7 @@ def _main_left_to_the_worker() -> Iterator[None]:
         _starting_a_worker.active = False
 
 
-def _kill_and_reap(process: Any) -> None:
+def kill_and_reap(process: Any) -> None:
     """Kill and reap a worker whose start failed half-way."""
     _processes.kill_group_or_process(process.pid)
     process.join()

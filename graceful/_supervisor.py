@@ -32,11 +32,13 @@ from ._logging import ensure_visible, logger
 from ._main_script import check_main_guard
 from ._orphan_guard import OrphanGuard
 from ._pidfile import PidFile
+from ._processes import become_subreaper
 from ._release import ReleaseDirectory
 from ._service import check_supervision
 from ._spawner import BytecodeGate, SpawningFactory
 from ._supervisor_loop import ROLLBACK_SIGNAL, SCALE_SIGNALS, SupervisorLoop
 from ._systemd import Notifier
+from ._template import TemplateFactory
 from ._worker import WorkerOptions
 
 if TYPE_CHECKING:
@@ -109,6 +111,11 @@ def _supervise(
             except ConfigError as exc:
                 raise ConfigError(f"health endpoint: {exc}") from None
         check_descriptor_headroom(len(listeners), service.workers)
+        if service.preload and not become_subreaper():
+            raise ConfigError(
+                "preload=True needs this process to become a child subreaper "
+                "(prctl PR_SET_CHILD_SUBREAPER, Linux 3.4 and later), and it could not"
+            )
     except ConfigError as exc:
         logger.error("%s", exc)
         clean_up()
@@ -130,10 +137,11 @@ def _supervise(
             strategy=Strategy(service.strategy),
             max_surge=service.max_surge,
             max_workers=most_workers(),
+            preload=service.preload,
         )
         for listener in health_listeners:
             logger.info("health endpoint on http://%s/ready", format_address(listener.address))
-        factory = SpawningFactory(
+        factory = (TemplateFactory if service.preload else SpawningFactory)(
             entry,
             listeners,
             WorkerOptions(
@@ -154,6 +162,8 @@ def _supervise(
             start_guard=lambda: OrphanGuard.start(settings.drain_timeout, settings.kill_grace),
             control=control.sock if control is not None else None,
             health=health_listeners[0].socket if health_listeners else None,
+            # forked workers are adopted: they, and what they leave, are reaped here
+            reap_orphans=service.preload,
         )
         try:
             code = anyio.run(loop.run, backend="asyncio")

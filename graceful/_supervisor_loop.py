@@ -105,8 +105,8 @@ class SupervisorLoop:
             process, which send their events through :attr:`events_in`.
         control: a listening control socket (see ``_control.py``) to serve.
         health: a listening socket for the health endpoint (see ``_health.py``).
-        one_import: the factory forks each generation's workers from one template
-            (``preload``): a worker started late runs its generation's code.
+        reap_orphans: reap every child that is not a worker nor the factory's (also
+            done as PID 1): this process is a child subreaper.
     """
 
     def __init__(
@@ -122,10 +122,10 @@ class SupervisorLoop:
         follow_signals: bool = True,
         control: socket.socket | None = None,
         health: socket.socket | None = None,
-        one_import: bool = False,
+        reap_orphans: bool = False,
     ) -> None:
         self.machine = SupervisorStateMachine(settings)
-        self.one_import = one_import
+        self._reap_orphans_too = reap_orphans
         self.factory = factory
         self.listeners = listeners or []
         self.bytecode = bytecode
@@ -138,10 +138,12 @@ class SupervisorLoop:
         self._tasks: TaskGroup | None = None
         #: pending timers by the event they will send
         self._timers: dict[Event, anyio.CancelScope] = {}
-        #: workers whose start waits for the bytecode check
-        self._spawning: set[int] = set()
-        #: those of them told to shut down or die meanwhile: they are not started
-        self._called_off: set[int] = set()
+        #: workers being started (waiting for the bytecode check, or for the
+        #: factory), by serial: told to shut down or die meanwhile, they are called
+        #: off (cancelled) instead
+        self._spawning: dict[int, anyio.CancelScope] = {}
+        #: generations the factory may still start workers for
+        self._generations_known: set[int] = set()
         #: the exit status is at least this (1 once the service had to stop itself)
         self._exit_at_least = 0
         #: stops the workers if this process dies (see ``_orphan_guard.py``)
@@ -184,7 +186,7 @@ class SupervisorLoop:
                 if self._follow_signals_too:
                     await tasks.start(self._follow_signals)
                 tasks.start_soon(self._keep_guard)
-                if os.getpid() == 1:
+                if os.getpid() == 1 or self._reap_orphans_too:
                     await tasks.start(self._reap_orphans)
                 code = await self._decide(Start())
                 await self.watcher.finish_sweeps()
@@ -192,6 +194,7 @@ class SupervisorLoop:
             return max(code, self._exit_at_least)
         finally:
             self.watcher.kill_and_reap_all()
+            self.factory.close()
             if self._guard is not None:
                 self._guard.close()
 
@@ -202,6 +205,7 @@ class SupervisorLoop:
                 if isinstance(action, Exit):
                     return action.code
                 self._carry_out(action)
+            self._tell_factory_of_ended_generations()
             if self.machine.stop_announced and self._reload_waiters:
                 # asked for before the stop, never to be started
                 for waiter in self._reload_waiters:
@@ -218,20 +222,20 @@ class SupervisorLoop:
                 if first and self.pid_file is not None:
                     self._publish_pid_file(self.pid_file)
             case SpawnWorker():
-                self._spawning.add(action.serial)
+                self._spawning[action.serial] = anyio.CancelScope()
                 self._task_group.start_soon(self._spawn_worker, action)
             case ShutdownWorker(serial, drain_timeout):
                 worker = self.watcher.live.get(serial)
                 if worker is not None:
                     worker.channel.send(_wire.Shutdown(drain_timeout))
                 elif serial in self._spawning:
-                    self._called_off.add(serial)
+                    self._spawning[serial].cancel()
             case KillWorker(serial):
                 worker = self.watcher.live.get(serial)
                 if worker is not None:
                     worker.kill()
                 elif serial in self._spawning:
-                    self._called_off.add(serial)
+                    self._spawning[serial].cancel()
             case ParkWorker(serial, drain_timeout):
                 worker = self.watcher.live.get(serial)
                 if worker is not None:
@@ -259,6 +263,18 @@ class SupervisorLoop:
                 self._task_group.start_soon(self._timer, delay, event)
             case Announce():
                 self.notifier.announce(action)
+
+    def _tell_factory_of_ended_generations(self) -> None:
+        """Tell the factory of each generation retired or forgotten since the last
+        event: no worker will be started into it again."""
+        live = {
+            number
+            for number, generation in self.machine.generations.items()
+            if generation.role is not Role.RETIRED
+        }
+        for number in sorted(self._generations_known - live):
+            self.factory.generation_ended(number)
+        self._generations_known = live
 
     def _answer_waiters(self, ended: ReloadEnded | ProbationEnded | RollbackEnded) -> None:
         """Tell whoever waits for a reload, its probation, or a rollback how it ended."""
@@ -381,7 +397,7 @@ class SupervisorLoop:
                     "rolling": generation.rolling,
                     # workers started after the generation (crash replacements,
                     # scaling) imported the code on disk at their own start
-                    "may_be_mixed": generation.late_spawns > 0 and not self.one_import,
+                    "may_be_mixed": generation.late_spawns > 0 and not machine.settings.preload,
                     "workers": workers,
                 }
             )
@@ -396,7 +412,7 @@ class SupervisorLoop:
             "workers": machine.size,
             "strategy": machine.settings.strategy.value,
             "max_surge": machine.settings.max_surge,
-            "preload": self.one_import,
+            "preload": machine.settings.preload,
             "listeners": [
                 {
                     "spec": listener.spec,
@@ -531,7 +547,7 @@ class SupervisorLoop:
                 self._reap_strays()
 
     def _reap_strays(self) -> None:
-        ours = {worker.pid for worker in self.watcher.live.values()}
+        ours = {worker.pid for worker in self.watcher.live.values()} | self.factory.helper_pids()
         tracker: int | None = getattr(multiprocess.resource_tracker._resource_tracker, "_pid", None)
         guard = self._guard.pid if self._guard is not None else None
         for pid in _processes.stray_zombies(exclude={*ours, tracker, guard}):
@@ -564,26 +580,24 @@ class SupervisorLoop:
     async def _spawn_worker(self, spawn: SpawnWorker) -> None:
         """Start the worker ``spawn`` names, once the application's bytecode has been
         checked. Any failure, at any step, is reported as that worker failing to
-        start, never raised. A worker called off meanwhile (a stop) is not started:
-        it is reported as exited."""
+        start, never raised. A worker called off meanwhile (a stop, a missed
+        ready_timeout) is not started: it is reported as exited."""
+        worker: WorkerProcess | None = None
         try:
-            environment = (
-                await self.bytecode.environment_for(spawn.generation)
-                if self.bytecode is not None
-                else {}
-            )
-        finally:
-            self._spawning.discard(spawn.serial)
-        if spawn.serial in self._called_off:
-            self._called_off.discard(spawn.serial)
-            self.events_in.send_nowait(WorkerExited(spawn.serial, None))
-            return
-        try:
-            worker = self.factory.start(spawn, environment)
+            with self._spawning[spawn.serial]:
+                environment = (
+                    await self.bytecode.environment_for(spawn.generation)
+                    if self.bytecode is not None
+                    else {}
+                )
+                worker = await self.factory.start(spawn, environment)
         except Exception as exc:
             self.events_in.send_nowait(
                 WorkerFailed(spawn.serial, f"could not start a worker: {one_line(exc)}")
             )
+        finally:
+            del self._spawning[spawn.serial]
+        if worker is None:  # failed, or called off
             self.events_in.send_nowait(WorkerExited(spawn.serial, None))
             return
         self._guard_watch(worker)

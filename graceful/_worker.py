@@ -108,28 +108,39 @@ class Runnable:
 
 def worker_main(boot: WorkerBootstrap) -> None:
     """The target of every worker process. Exits 0 after a normal return."""
-    with contextlib.suppress(OSError):  # the supervisor may have done it already
-        os.setpgid(0, 0)
-    for ignored in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-        signal.signal(ignored, signal.SIG_IGN)
-    # The supervisor blocked these around start(); pending ones are now discarded.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGHUP})
-    ensure_visible(f"gen {boot.generation} worker {boot.worker_id}")
-    if boot.log_level:
-        logger.setLevel(boot.log_level)
+    settle_process(f"gen {boot.generation} worker {boot.worker_id}", boot.log_level)
     control = _wire.ControlChannel(boot.control)
     try:
         import_main_script(boot.main)
     except BaseException as exc:  # a KeyboardInterrupt raised at import is a failure too
         logger.exception("importing the main script failed")
         _fail(control, one_line(exc, where=True), log=False)
+    run_worker(boot, control)
 
+
+def settle_process(role: str, log_level: int) -> None:
+    """What a worker (or a template) does first: lead a process group of its own,
+    ignore the signals that are not its to act on, and log as ``role``."""
+    with contextlib.suppress(OSError):  # the supervisor may have done it already
+        os.setpgid(0, 0)
+    for ignored in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(ignored, signal.SIG_IGN)
+    # The supervisor blocked these around start(); pending ones are now discarded.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGHUP})
+    ensure_visible(role)
+    if log_level:
+        logger.setLevel(log_level)
+
+
+def run_worker(boot: WorkerBootstrap, control: _wire.ControlChannel) -> None:
+    """A worker's life once the user's code is imported (by this process, or by the
+    template it was forked from): take the listeners, find the entry point, run it."""
     try:
         listeners = _receive_listeners(boot)
     except (OSError, ConnectionError) as exc:
         _fail(control, f"could not receive the listeners: {exc}")
     try:
-        runnable = _find_runnable(boot)
+        runnable = find_runnable(boot.entry, boot.options.backend)
     except ConfigError as exc:
         _fail(control, str(exc))
 
@@ -213,15 +224,21 @@ def _fail(control: _wire.ControlChannel, cause: str, *, log: bool = True) -> NoR
     sys.exit(1)
 
 
-def _find_runnable(boot: WorkerBootstrap) -> Runnable:
-    target = resolve_entry(boot.entry)
+def find_runnable(entry: EntryRef, backend: str) -> Runnable:
+    """The entry point ``entry`` in the code imported, with the backend it names
+    (``backend`` if it names none).
+
+    Raises:
+        ConfigError: if it is missing or not callable.
+    """
+    target = resolve_entry(entry)
     describe = getattr(target, "__graceful_runnable__", None)
     if describe is not None:
-        function, backend = describe()
-        return Runnable(function, backend)
+        function, named = describe()
+        return Runnable(function, named)
     if callable(target):
-        return Runnable(target, boot.options.backend)
-    raise ConfigError(f"entry point {boot.entry} is not callable in the code on disk")
+        return Runnable(target, backend)
+    raise ConfigError(f"entry point {entry} is not callable in the code on disk")
 
 
 async def _run_async(

@@ -145,8 +145,11 @@ class SupervisorWorld(RuleBasedStateMachine):
         probation=st.sampled_from([0, 10]),
         strategy=st.sampled_from(Strategy),
         max_surge=st.integers(min_value=1, max_value=2),
+        preload=st.booleans(),
     )
-    def start(self, workers: int, probation: float, strategy: Strategy, max_surge: int) -> None:
+    def start(
+        self, workers: int, probation: float, strategy: Strategy, max_surge: int, preload: bool
+    ) -> None:
         self.machine = SupervisorStateMachine(
             Settings(
                 workers=workers,
@@ -156,6 +159,7 @@ class SupervisorWorld(RuleBasedStateMachine):
                 probation=probation,
                 strategy=strategy,
                 max_surge=max_surge,
+                preload=preload,
             )
         )
         self.send(Start())

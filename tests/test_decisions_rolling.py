@@ -185,3 +185,36 @@ def test_a_crash_replacement_due_after_scaling_down_is_not_started() -> None:
     assert spawned(actions) == []
     assert len(sim.machine.generations[1].slots) == 1
     assert sim.machine.generations[1].role is Role.SERVING
+
+
+PRELOAD = dataclasses.replace(ROLLING, preload=True)
+
+
+def test_with_preload_a_rollout_drains_the_replaced_workers_and_refills_them_if_it_fails() -> None:
+    # even workers that cannot be parked: the template forks the old code again
+    sim, old = serving(PRELOAD, parkable=False)
+    new = spawned(sim.send(ReloadRequested()))
+    assert sim.machine.generations[2].rolling
+    actions = sim.send(WorkerReady(new[0]))
+    assert parked(actions) == []
+    [replaced] = shut_down(actions)
+    assert replaced in old
+    new += spawned(actions)
+    actions = sim.send(WorkerExited(new[1], 1))  # the rollout fails
+    assert shut_down(actions) == {new[0]}
+    assert timers(actions, RestartDue) == []  # its slot is taken until it has drained
+    slot = sim.machine.workers[replaced].worker_id
+    actions = sim.send(WorkerExited(replaced, 0))
+    assert timers(actions, RestartDue) == [(SETTINGS.backoff_initial, RestartDue(1, slot))]
+    refill = spawned(sim.send(RestartDue(1, slot)))
+    assert len(refill) == 1
+    # into the old generation: forked from the old code's template
+    assert sim.machine.workers[refill[0]].generation == 1
+    assert sorted(sim.machine.generations[1].slots) == [0, 1, 2, 3]
+
+
+def test_with_preload_and_probation_a_rollout_still_parks_for_the_rollback() -> None:
+    sim, _ = serving(dataclasses.replace(PRELOAD, probation=30.0))
+    new = spawned(sim.send(ReloadRequested()))
+    actions = sim.send(WorkerReady(new[0], parkable=True))
+    assert len(parked(actions)) == 1

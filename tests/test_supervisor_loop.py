@@ -115,8 +115,10 @@ class StandInFactory:
         self.scripts = scripts
         self.started: list[StandIn] = []
         self.tasks: anyio.abc.TaskGroup | None = None
+        self.ended: list[int] = []
+        self.closed = False
 
-    def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> StandIn:
+    async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> StandIn:
         script = self.scripts(spawn)
         if isinstance(script, Exception):
             raise script
@@ -125,6 +127,15 @@ class StandInFactory:
         assert self.tasks is not None
         self.tasks.start_soon(script, worker)
         return worker
+
+    def generation_ended(self, number: int) -> None:
+        self.ended.append(number)
+
+    def helper_pids(self) -> set[int]:
+        return set()
+
+    def close(self) -> None:
+        self.closed = True
 
 
 async def serve_until_shutdown(worker: StandIn) -> None:
@@ -178,6 +189,8 @@ def test_a_generation_serves_and_stops_cleanly() -> None:
 
     assert run(loop, factory, drive) == 0
     assert [w.generation for w in factory.started] == [1, 1]
+    assert factory.ended == [1]
+    assert factory.closed
     assert all(w.reaped and not w.killed and w.exitcode == 0 for w in factory.started)
     assert loop.watcher.live == {}
 

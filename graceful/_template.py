@@ -1,0 +1,510 @@
+"""One import per generation (``preload``): a template process forks the workers.
+
+Without preload, every worker imports the user's code itself. With it, the
+supervisor spawns one *template* per generation (through multiprocess's spawn
+context, like a worker, so the code is fresh from disk). The template imports the
+main script, finds the entry point and, for an ASGI or WSGI app, imports the app's
+module and the server, then reports that it is ready to fork. It never serves and
+never holds a listener.
+
+Each worker of the generation (the first ones, crash replacements, scaling) is then
+forked from the template, sharing the imported code and data copy-on-write. The
+worker goes on exactly as a spawned one does after its import (``run_worker``):
+its own process group, the listeners over its fd channel, the same control
+protocol. So every worker of a generation runs the same code, whatever happened to
+the files since.
+
+The fork is a double fork: the template forks a short-lived intermediate, which
+forks the worker and exits. The worker is then re-parented to the supervisor, a
+child subreaper (``PR_SET_CHILD_SUBREAPER``), which reaps it, gets its exit status
+and signals its process group exactly as for a spawned worker.
+
+Wire, over a ``SOCK_SEQPACKET`` socketpair (one JSON object per message):
+
+* template to supervisor, once: ``{"imported": true}`` or ``{"failed": "cause"}``;
+* supervisor to template: ``{"fork": WORKER_ID}`` with two descriptors, the
+  worker's control channel and fd channel; the answer is ``{"forked": PID}`` or
+  ``{"failed": "cause"}``.
+
+The supervisor closing its end (or dying) ends the template.
+
+What cannot be forked safely is refused: a thread the code started at import
+(Python threads are listed by name) fails the generation with one line. Threads
+started outside Python (a native library's pool) cannot be told apart from a
+library that re-creates them after a fork, so they only get a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import anyio
+import multiprocess.connection
+
+from . import _processes, _wire
+from ._decisions import SpawnWorker
+from ._entry import EntryRef
+from ._errors import ConfigError, GracefulError, one_line
+from ._listeners import Address, BoundListener
+from ._logging import logger
+from ._spawner import (
+    Reaped,
+    SpawningFactory,
+    WorkerProcess,
+    hand_over,
+    main_script,
+    reap_group_leader,
+)
+from ._worker import (
+    MainScript,
+    WorkerBootstrap,
+    WorkerOptions,
+    find_runnable,
+    import_main_script,
+    run_worker,
+    settle_process,
+)
+
+#: The largest message on the template's socket.
+_MESSAGE_BYTES = 65536
+
+#: Seconds a template has to answer a fork request.
+_FORK_TIMEOUT = 10.0
+
+
+class TemplateFailed(GracefulError):
+    """The generation's template could not import the code, or cannot fork."""
+
+
+# --- the template's side -------------------------------------------------------------
+
+
+@dataclass
+class TemplateBootstrap:
+    """Everything a template receives in its ``Process`` args."""
+
+    entry: EntryRef
+    generation: int
+    supervisor_pid: int
+    listeners: list[tuple[str, Address]]
+    #: the template's end of its socket to the supervisor
+    forks: socket.socket
+    options: WorkerOptions
+    log_level: int
+    main: MainScript
+
+
+def template_main(boot: TemplateBootstrap) -> None:
+    """The target of a template process: import, then fork workers on request until
+    the supervisor closes the socket."""
+    settle_process(f"gen {boot.generation} template", boot.log_level)
+    forks = boot.forks
+    try:
+        import_main_script(boot.main)
+        runnable = find_runnable(boot.entry, boot.options.backend)
+        preload = getattr(runnable.function, "graceful_preload", None)
+        if preload is not None:
+            preload(**boot.options.entry_options)
+        _refuse_threads()
+    except BaseException as exc:  # an exception at import, even KeyboardInterrupt
+        cause = str(exc) if isinstance(exc, ConfigError) else one_line(exc, where=True)
+        if not isinstance(exc, ConfigError):
+            logger.exception("preloading the code failed")
+        _send(forks, failed=cause)
+        sys.exit(1)
+    _send(forks, imported=True)
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(forks, _MESSAGE_BYTES, 2)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            return  # the supervisor is done with this generation (or gone)
+        try:
+            worker_id = int(json.loads(data)["fork"])
+            if len(fds) != 2:
+                raise ValueError(f"{len(fds)} descriptors instead of 2")
+            pid = _fork_worker(boot, worker_id, fds)
+        except Exception as exc:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            _send(forks, failed=f"could not fork a worker: {one_line(exc)}")
+        else:
+            _send(forks, forked=pid)
+
+
+def _refuse_threads() -> None:
+    main = threading.main_thread()
+    others = [thread.name for thread in threading.enumerate() if thread is not main]
+    if others:
+        raise ConfigError(
+            f"preload: the code started {len(others)} thread(s) at import "
+            f"({', '.join(others[:5])}); a fork copies none of them but may copy the "
+            "locks they hold. Start them in the entry point (after the fork), or turn "
+            "preload off"
+        )
+    try:
+        native = len(os.listdir("/proc/self/task")) - 1
+    except OSError:
+        return
+    if native > 0:
+        logger.warning(
+            "preload: %d thread(s) started outside Python run in the template (a native "
+            "library's pool?); the forked workers start with none of them",
+            native,
+        )
+
+
+def _send(sock: socket.socket, **message: Any) -> None:
+    sock.send(json.dumps(message).encode())
+
+
+def _fork_worker(boot: TemplateBootstrap, worker_id: int, fds: list[int]) -> int:
+    """Fork a worker that the supervisor adopts (see the module docstring); its PID."""
+    read_end, write_end = os.pipe()
+    try:
+        intermediate = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        raise
+    if intermediate == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            worker = os.fork()
+            if worker == 0:
+                os.close(write_end)
+                _become_worker(boot, worker_id, fds)
+            os.write(write_end, str(worker).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    for fd in fds:
+        os.close(fd)
+    with open(read_end, "rb") as pid_pipe:
+        answer = pid_pipe.read()
+    os.waitpid(intermediate, 0)
+    if not answer:
+        raise OSError("the intermediate process could not fork")
+    return int(answer)
+
+
+def _become_worker(boot: TemplateBootstrap, worker_id: int, fds: list[int]) -> NoReturn:
+    """In the forked worker: run as a worker of the template's generation."""
+    code = 1
+    try:
+        boot.forks.close()
+        control_fd, channel_fd = fds
+        worker = WorkerBootstrap(
+            entry=boot.entry,
+            generation=boot.generation,
+            worker_id=worker_id,
+            supervisor_pid=boot.supervisor_pid,
+            listeners=boot.listeners,
+            fd_channel=socket.socket(fileno=channel_fd),
+            control=multiprocess.connection.Connection(control_fd),
+            options=boot.options,
+            log_level=boot.log_level,
+            main=boot.main,
+        )
+        settle_process(f"gen {boot.generation} worker {worker_id}", boot.log_level)
+        run_worker(worker, _wire.ControlChannel(worker.control))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        logger.exception("the worker failed")
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
+# --- the supervisor's side -----------------------------------------------------------
+
+
+class Template:
+    """A generation's template process, as the supervisor sees it."""
+
+    def __init__(self, generation: int, process: Any, forks: socket.socket) -> None:
+        self.generation = generation
+        self.process = process
+        self.forks = forks
+        self._lock = anyio.Lock()
+        self._imported = False
+        self._failure: str | None = None
+
+    @property
+    def pid(self) -> int:
+        pid: int = self.process.pid
+        return pid
+
+    async def wait_imported(self) -> None:
+        """Return once the template has imported the code.
+
+        Raises:
+            TemplateFailed: with the template's own cause, if it could not.
+        """
+        async with self._lock:
+            if not self._imported and self._failure is None:
+                answer = await self._receive()
+                if answer.get("imported") is True:
+                    self._imported = True
+                else:
+                    self._failure = str(answer.get("failed", answer))
+        if self._failure is not None:
+            raise TemplateFailed(self._failure)
+
+    async def fork(self, worker_id: int, fds: list[int]) -> int:
+        """Have the template fork worker ``worker_id`` with ``fds`` (its control and fd
+        channels); its PID. Not cancellable once asked: the answer is awaited (for
+        at most a few seconds), so that no worker is forked unknown.
+
+        Raises:
+            TemplateFailed: if the template cannot fork, or is gone.
+        """
+        async with self._lock:
+            with anyio.CancelScope(shield=True):
+                socket.send_fds(self.forks, [json.dumps({"fork": worker_id}).encode()], fds)
+                with anyio.move_on_after(_FORK_TIMEOUT) as waited:
+                    answer = await self._receive()
+        if waited.cancelled_caught:
+            self.kill()
+            raise TemplateFailed(
+                f"the template of generation {self.generation} did not answer a fork "
+                f"within {_FORK_TIMEOUT:g}s; killed it"
+            )
+        if "forked" not in answer:
+            raise TemplateFailed(str(answer.get("failed", answer)))
+        return int(answer["forked"])
+
+    async def _receive(self) -> dict[str, Any]:
+        while True:
+            await anyio.wait_readable(self.forks)
+            try:
+                data = self.forks.recv(_MESSAGE_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                raise TemplateFailed(self._gone())
+            try:
+                answer = json.loads(data)
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
+                self.kill()
+                raise TemplateFailed(
+                    f"the template of generation {self.generation} sent {data[:80]!r}; killed it"
+                )
+            return answer
+
+    def _gone(self) -> str:
+        return (
+            f"the template of generation {self.generation} exited "
+            f"({_describe_status(self.process.exitcode)})"
+        )
+
+    def stop(self) -> None:
+        """No more forks: the template exits once it sees its socket closed."""
+        self.forks.close()
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.process.exitcode is None:
+                _processes.kill_group_or_process(self.pid)
+
+    def reap_if_exited(self) -> bool:
+        """Reap it if it has exited (without waiting); True once reaped."""
+        if self.process.exitcode is None:
+            return False
+        self.process.join()
+        self.process.close()
+        return True
+
+    def kill_and_reap(self) -> None:
+        self.stop()
+        self.kill()
+        with contextlib.suppress(Exception):
+            self.process.join()
+            self.process.close()
+
+
+def _describe_status(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "status unknown"
+    if exitcode < 0:
+        return f"killed by signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
+@dataclass
+class ForkedWorker:
+    """A worker forked from its generation's template and adopted by the supervisor,
+    which reaps it with ``waitpid``."""
+
+    serial: int
+    generation: int
+    worker_id: int
+    pid: int
+    channel: _wire.ControlChannel
+    #: readable once the process has exited; None where pidfds are unavailable
+    pidfd: int | None
+    #: the supervisor's end of the fd channel, and what to send on it
+    fd_channel: socket.socket
+    listeners: list[BoundListener]
+
+    @property
+    def exit_fd(self) -> int | None:
+        return self.pidfd
+
+    def has_exited(self) -> bool:
+        return _processes.has_exited(self.pid)
+
+    def kill(self) -> None:
+        _processes.kill_group_or_process(self.pid)
+
+    def hand_listeners(self) -> None:
+        hand_over(self.fd_channel, self.listeners)
+
+    def reap(self) -> Reaped:
+        return reap_group_leader(self.pid, self._collect)
+
+    def abandon(self) -> int | None:
+        with contextlib.suppress(Exception):
+            if not self.has_exited():
+                self.kill()
+        exitcode = None
+        with contextlib.suppress(Exception):
+            exitcode = self._collect()
+        return exitcode
+
+    def _collect(self) -> int | None:
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            exitcode: int | None = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            exitcode = None
+        self.channel.close()
+        self.fd_channel.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        return exitcode
+
+
+class TemplateFactory(SpawningFactory):
+    """Starts each generation's workers by forking them from one template per
+    generation (see the module docstring). Needs this process to be a child
+    subreaper (:func:`graceful._processes.become_subreaper`)."""
+
+    def __init__(
+        self,
+        entry: EntryRef,
+        listeners: list[BoundListener],
+        options: WorkerOptions,
+        release: Any,
+    ) -> None:
+        super().__init__(entry, listeners, options, release)
+        self._templates: dict[int, Template] = {}
+        #: stopped, and not reaped yet
+        self._ending: list[Template] = []
+
+    async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
+        self._reap_ended()
+        template = self._templates.get(spawn.generation)
+        if template is None:
+            template = self._templates[spawn.generation] = self._start_template(
+                spawn.generation, environment
+            )
+        await template.wait_imported()
+        with contextlib.ExitStack() as on_failure:
+            control, child_control = self._context.Pipe(duplex=True)
+            on_failure.callback(control.close)
+            channel = _wire.ControlChannel(control)
+            on_failure.callback(channel.close)
+            fd_channel, child_fd_channel = socket.socketpair()
+            on_failure.callback(fd_channel.close)
+            fd_channel.setblocking(False)
+            with child_fd_channel, contextlib.closing(child_control):
+                pid = await template.fork(
+                    spawn.worker_id, [child_control.fileno(), child_fd_channel.fileno()]
+                )
+            on_failure.callback(_kill_and_reap_pid, pid)
+            pidfd = _processes.open_pidfd(pid)
+            hand_over(fd_channel, self.listeners)
+            on_failure.pop_all()
+        return ForkedWorker(
+            spawn.serial,
+            spawn.generation,
+            spawn.worker_id,
+            pid,
+            channel,
+            pidfd,
+            fd_channel,
+            self.listeners,
+        )
+
+    def _start_template(self, generation: int, environment: dict[str, str]) -> Template:
+        forks, child_forks = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        forks.setblocking(False)
+        with child_forks:
+            process = self._context.Process(
+                target=template_main,
+                args=(
+                    TemplateBootstrap(
+                        entry=self.entry,
+                        generation=generation,
+                        supervisor_pid=os.getpid(),
+                        listeners=[(item.spec, item.address) for item in self.listeners],
+                        forks=child_forks,
+                        options=self.options,
+                        log_level=logger.getEffectiveLevel(),
+                        main=main_script(),
+                    ),
+                ),
+                name=f"graceful gen {generation} template",
+            )
+            try:
+                self.start_process(process, environment)
+            except BaseException:
+                forks.close()
+                raise
+        return Template(generation, process, forks)
+
+    def generation_ended(self, number: int) -> None:
+        template = self._templates.pop(number, None)
+        if template is not None:
+            template.stop()
+            self._ending.append(template)
+        self._reap_ended()
+
+    def _reap_ended(self) -> None:
+        self._ending = [template for template in self._ending if not template.reap_if_exited()]
+
+    def helper_pids(self) -> set[int]:
+        return {template.pid for template in [*self._templates.values(), *self._ending]}
+
+    def close(self) -> None:
+        for template in [*self._templates.values(), *self._ending]:
+            template.kill_and_reap()
+        self._templates.clear()
+        self._ending.clear()
+
+
+def _kill_and_reap_pid(pid: int) -> None:
+    _processes.kill_group_or_process(pid)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)

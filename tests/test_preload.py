@@ -1,0 +1,304 @@
+"""One import per generation (``preload``), with real supervisors and real load.
+
+The generation's template imports the code once and forks the workers: an edited
+module is live in every worker after a reload, the workers share the template's
+pages, workers started later (scaling, crash replacements) run their generation's
+code rather than the files on disk, and code that cannot be forked safely is
+refused in one line.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import textwrap
+from pathlib import Path
+
+import psutil
+from echo_load import Load
+from harness import ServiceProcess, ask, connect, poll_until, running
+from http_load import HttpLoad
+from services import service_source
+
+from graceful import Control
+
+#: ``before_serve`` code: the answers name the process (``v1 1234: ``).
+PID_IN_PREFIX = """\
+    global PREFIX
+    PREFIX = PREFIX[:-2] + f" {os.getpid()}: ".encode()
+"""
+
+
+def handlers(tmp_path: Path, prefix: str, extra: str = "") -> None:
+    (tmp_path / "handlers.py").write_text(f"PREFIX = {f'{prefix}: '.encode()!r}\n{extra}")
+
+
+def preloaded(tmp_path: Path, workers: int = 3, **more: str) -> ServiceProcess:
+    script = tmp_path / "svc.py"
+    script.write_text(
+        service_source(
+            prefix_from_module=True, before_serve=PID_IN_PREFIX, pid_file=tmp_path / "svc.pid"
+        )
+    )
+    env = {
+        "LISTEN": "127.0.0.1:0",
+        "WORKERS": str(workers),
+        "DRAIN_TIMEOUT": "5",
+        "PROBATION": "0",
+        "PRELOAD": "1",
+        # the template runs the code imported from disk: no stale .pyc may hide it
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **more,
+    }
+    return ServiceProcess(script, env=env)
+
+
+def serving_pids(pid_file: Path) -> list[int]:
+    """The PIDs of the serving generation's ready workers."""
+    status = Control(pid_file).status()
+    return sorted(
+        worker["pid"]
+        for generation in status["generations"]
+        if generation["state"] == "serving"
+        for worker in generation["workers"]
+        if worker["state"] == "ready"
+    )
+
+
+def answers_by_pid(address: str, count: int) -> dict[int, set[str]]:
+    """``count`` answers on new connections: which versions each PID answered."""
+    seen: dict[int, set[str]] = collections.defaultdict(set)
+    for _ in range(count):
+        with connect(address) as client:
+            answer = ask(client, "hello").decode()
+        version, pid = answer.split(":")[0].split()
+        seen[int(pid)].add(version)
+    return seen
+
+
+def templates(svc: ServiceProcess, pid_file: Path) -> list[int]:
+    """The service's processes that are neither the supervisor nor a worker (the
+    resource tracker and the orphan guard left out): its templates."""
+    workers = {
+        worker["pid"]
+        for generation in Control(pid_file).status()["generations"]
+        for worker in generation["workers"]
+    }
+    found = []
+    for pid in svc.processes():
+        if pid == svc.pid or pid in workers:
+            continue
+        try:
+            command = " ".join(psutil.Process(pid).cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if "spawn_main" in command:
+            found.append(pid)
+    return found
+
+
+def test_with_preload_an_edited_module_is_live_in_every_worker_after_a_reload(
+    tmp_path: Path,
+) -> None:
+    handlers(tmp_path, "v1")
+    pid_file = tmp_path / "svc.pid"
+    with preloaded(tmp_path, workers=3, STRATEGY="rolling") as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        first = serving_pids(pid_file)
+        [template] = templates(svc, pid_file)
+        # the workers are forked from the template, then adopted by the supervisor
+        assert all(psutil.Process(pid).ppid() == svc.pid for pid in first)
+        with Load(svc.address(), clients=12) as load:
+            poll_until(lambda: load.tally.ok > 200, 20, "answers")
+            handlers(tmp_path, "v2")
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            svc.wait_serving(2, after=mark)
+            poll_until(lambda: len(svc.worker_pids()) == 4, 30, "generation 1 gone")
+            before = load.tally.ok
+            poll_until(lambda: load.tally.ok > before + 300, 20, "more answers")
+        assert load.tally.failed == 0, load.tally.as_dict()
+        second = serving_pids(pid_file)
+        assert len(second) == 3
+        assert not set(second) & set(first)
+        seen = answers_by_pid(svc.address(), 60)
+        assert set(seen) <= set(second)
+        assert all(versions == {"v2"} for versions in seen.values()), seen
+        # generation 1's template has gone with it; generation 2 has its own
+        assert psutil.pid_exists(template) is False or template not in svc.processes()
+        assert len(templates(svc, pid_file)) == 1
+
+
+def private_and_shared_mib(pid: int) -> tuple[float, float]:
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            name, _, value = line.partition(":")
+            if value.strip().endswith("kB"):
+                fields[name] = int(value.split()[0]) / 1024
+    return fields["Private_Dirty"], fields["Shared_Dirty"]
+
+
+BIG_IMPORT = """\
+BIG = bytearray(64 * 1024 * 1024)
+for _page in range(0, len(BIG), 4096):
+    BIG[_page] = 1  # touched: really allocated, at import
+"""
+
+
+def test_the_workers_of_a_preloaded_generation_share_their_imported_pages(
+    tmp_path: Path,
+) -> None:
+    handlers(tmp_path, "v1", BIG_IMPORT)
+    pid_file = tmp_path / "svc.pid"
+    for preload, check in (("1", "shared"), ("0", "private")):
+        with preloaded(tmp_path, workers=2, PRELOAD=preload) as svc:
+            svc.wait_serving(1)
+            poll_until(pid_file.exists, 10, "the PID file")
+            for pid in serving_pids(pid_file):
+                private, shared = private_and_shared_mib(pid)
+                if check == "shared":
+                    # the 64 MiB written at import is the template's, shared
+                    assert shared >= 64, (private, shared)
+                    assert private < 32, (private, shared)
+                else:
+                    assert private >= 64, (private, shared)
+            svc.send(signal.SIGTERM)
+            assert svc.wait_exit() == 0
+
+
+def test_with_preload_workers_started_later_run_the_generations_code(tmp_path: Path) -> None:
+    handlers(tmp_path, "v1")
+    pid_file = tmp_path / "svc.pid"
+    with preloaded(tmp_path, workers=1) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        handlers(tmp_path, "v2")  # on disk, not reloaded
+        mark = svc.mark()
+        svc.send(signal.SIGTTIN)
+        svc.wait_for(r"generation 1 worker 1 is ready \(2/2 workers ready\)", after=mark)
+        victim = serving_pids(pid_file)[0]
+        mark = svc.mark()
+        os.kill(victim, signal.SIGKILL)
+        svc.wait_for(r"generation 1 worker \d is back in service", after=mark)
+        pids = serving_pids(pid_file)
+        assert victim not in pids
+        assert len(pids) == 2
+        seen = answers_by_pid(svc.address(), 40)
+        assert all(versions == {"v1"} for versions in seen.values()), seen
+        status = Control(pid_file).status()
+        assert status["preload"] is True
+        assert status["generations"][0]["may_be_mixed"] is False
+
+
+def test_preload_refuses_code_that_starts_a_thread_at_import(tmp_path: Path) -> None:
+    handlers(
+        tmp_path,
+        "v1",
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(60,), name='poller', daemon=True).start()\n",
+    )
+    with preloaded(tmp_path, workers=2) as svc:
+        assert svc.wait_exit() == 1
+        assert "preload: the code started 1 thread(s) at import (poller)" in svc.output
+        assert svc.output.count("thread(s) at import") <= 3  # the template, and its workers
+        poll_until(lambda: svc.processes() == [], 10, "no process left")
+
+
+def test_with_preload_new_code_that_fails_at_import_fails_the_reload_once(
+    tmp_path: Path,
+) -> None:
+    handlers(tmp_path, "v1")
+    pid_file = tmp_path / "svc.pid"
+    with preloaded(tmp_path, workers=3) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        first = serving_pids(pid_file)
+        with Load(svc.address(), clients=12) as load:
+            poll_until(lambda: load.tally.ok > 200, 20, "answers")
+            handlers(tmp_path, "v2", "raise RuntimeError('no database')\n")
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            svc.wait_for(r"reload failed: generation 2: .*no database", after=mark)
+            before = load.tally.ok
+            poll_until(lambda: load.tally.ok > before + 200, 20, "more answers")
+        assert load.tally.failed == 0, load.tally.as_dict()
+        assert serving_pids(pid_file) == first
+        # imported once, by the template: one traceback, not one per worker
+        assert svc.output[svc.output.index("SIGHUP") :].count("Traceback") == 1
+        poll_until(lambda: len(templates(svc, pid_file)) == 1, 10, "the failed template gone")
+
+
+ASGI_APP = """\
+import os
+
+with open(os.environ["IMPORTS"], "a") as imports:
+    imports.write(f"{{os.getpid()}}\\n")
+
+MESSAGE = {message!r}
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({{"type": message["type"] + ".complete"}})
+            if message["type"] == "lifespan.shutdown":
+                return
+    await send({{"type": "http.response.start", "status": 200, "headers": []}})
+    await send({{"type": "http.response.body", "body": f"{{MESSAGE}} {{os.getpid()}}".encode()}})
+"""
+
+
+def test_graceful_serve_preload_imports_the_app_once_per_generation(tmp_path: Path) -> None:
+    imports = tmp_path / "imports"
+    app = tmp_path / "app.py"
+    app.write_text(ASGI_APP.format(message="v1"))
+    with running(
+        app,
+        module="graceful",
+        args=["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
+              "--workers", "3", "--preload", "--probation", "0", "--drain-timeout", "5"],
+        cwd=tmp_path,
+        env={"IMPORTS": str(imports), "PYTHONDONTWRITEBYTECODE": "1"},
+    ) as svc:  # fmt: skip
+        svc.wait_serving(1)
+        assert len(imports.read_text().split()) == 1
+        url = f"http://{svc.address()}/"
+        with HttpLoad(url, clients=12) as load:
+            poll_until(lambda: load.tally.ok > 200, 20, "answers")
+            app.write_text(ASGI_APP.format(message="v2"))
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            svc.wait_serving(2, after=mark)
+            poll_until(lambda: len(svc.worker_pids()) == 4, 30, "generation 1 gone")
+            before = collections.Counter(load.tally.bodies)
+            poll_until(lambda: load.tally.ok > sum(before.values()) + 300, 20, "more answers")
+            after = collections.Counter(load.tally.bodies) - before
+        assert load.tally.failures == {}, load.tally.failures
+        assert {body.split()[0] for body in after} == {"v2"}, after
+        assert len({body.split()[1] for body in after}) == 3  # every worker answers
+        assert len(imports.read_text().split()) == 2  # one import per generation
+
+
+def test_preload_is_refused_without_a_boolean(tmp_path: Path) -> None:
+    script = tmp_path / "svc.py"
+    script.write_text(
+        textwrap.dedent(
+            """\
+            import graceful
+
+            @graceful.service(listen=["127.0.0.1:0"], preload="yes")
+            async def main(ctx):
+                await ctx.serve(lambda stream: None)
+
+            if __name__ == "__main__":
+                main.run()
+            """
+        )
+    )
+    with running(script) as svc:
+        assert svc.wait_exit() == 2
+        assert "preload='yes' must be True or False" in svc.output
