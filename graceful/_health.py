@@ -137,6 +137,12 @@ class _StateCollector:
             workers.add_metric([state.value], count)
         yield workers
         yield GaugeMetricFamily(
+            "graceful_workers_wanted",
+            "Workers per generation, as configured and scaled (SIGTTIN, SIGTTOU, graceful "
+            "scale).",
+            value=machine.size,
+        )
+        yield GaugeMetricFamily(
             "graceful_serving_generation",
             "The number of the generation that serves (0 for none).",
             value=machine.serving or 0,

@@ -48,6 +48,18 @@ def has_exited(pid: int) -> bool:
         return True
 
 
+def exit_status(pid: int) -> int | None:
+    """Child ``pid``'s exit status, without reaping it: the exit code, or minus the
+    signal that killed it; None while it runs (or if it is not a child)."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    if info is None:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
 def leads_own_group(pid: int) -> bool:
     """True if ``pid`` (alive or an unreaped zombie) leads a process group of its own."""
     try:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -276,7 +277,16 @@ class Template:
         """
         async with self._lock:
             with anyio.CancelScope(shield=True):
-                socket.send_fds(self.forks, [json.dumps({"fork": worker_id}).encode()], fds)
+                try:
+                    socket.send_fds(self.forks, [json.dumps({"fork": worker_id}).encode()], fds)
+                except OSError as exc:
+                    raise TemplateFailed(
+                        f"{self._gone()}: the generation's workers cannot be replaced until "
+                        "the next reload"
+                        if _processes.has_exited(self.pid)
+                        else f"cannot reach the template of generation {self.generation}: "
+                        f"{exc.strerror or exc}"
+                    ) from None
                 with anyio.move_on_after(_FORK_TIMEOUT) as waited:
                     answer = await self._receive()
         if waited.cancelled_caught:
@@ -312,9 +322,11 @@ class Template:
             return answer
 
     def _gone(self) -> str:
+        # (not process.exitcode: it would reap the template, and its process group
+        # could no longer be signalled safely)
         return (
             f"the template of generation {self.generation} exited "
-            f"({_describe_status(self.process.exitcode)})"
+            f"({_describe_status(_processes.exit_status(self.pid))})"
         )
 
     def stop(self) -> None:
@@ -322,14 +334,16 @@ class Template:
         self.forks.close()
 
     def kill(self) -> None:
-        with contextlib.suppress(Exception):
-            if self.process.exitcode is None:
-                _processes.kill_group_or_process(self.pid)
+        """SIGKILL the template and its process group (it is not reaped yet)."""
+        _processes.kill_group_or_process(self.pid)
 
     def reap_if_exited(self) -> bool:
-        """Reap it if it has exited (without waiting); True once reaped."""
-        if self.process.exitcode is None:
+        """Reap it if it has exited (without waiting), and kill what it left in its
+        process group (whatever the code started at import); True once reaped."""
+        if not _processes.has_exited(self.pid):
             return False
+        # safe while it is an unreaped zombie: its group's number is not reused
+        _processes.signal_group(self.pid, signal.SIGKILL)
         self.process.join()
         self.process.close()
         return True

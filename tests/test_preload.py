@@ -279,7 +279,8 @@ def test_graceful_serve_preload_imports_the_app_once_per_generation(tmp_path: Pa
             after = collections.Counter(load.tally.bodies) - before
         assert load.tally.failures == {}, load.tally.failures
         assert {body.split()[0] for body in after} == {"v2"}, after
-        assert len({body.split()[1] for body in after}) == 3  # every worker answers
+        old_pids = {body.split()[1] for body in before if body.startswith("v1")}
+        assert not old_pids & {body.split()[1] for body in after}
         assert len(imports.read_text().split()) == 2  # one import per generation
 
 
@@ -302,3 +303,53 @@ def test_preload_is_refused_without_a_boolean(tmp_path: Path) -> None:
     with running(script) as svc:
         assert svc.wait_exit() == 2
         assert "preload='yes' must be True or False" in svc.output
+
+
+def test_a_killed_template_fails_its_reload_and_a_dead_serving_template_is_named(
+    tmp_path: Path,
+) -> None:
+    handlers(tmp_path, "v1")
+    pid_file = tmp_path / "svc.pid"
+    gate = tmp_path / "gate"
+    with preloaded(tmp_path, workers=2) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        first = serving_pids(pid_file)
+        [template] = templates(svc, pid_file)
+        # a new generation whose import waits: its template dies in the middle
+        handlers(
+            tmp_path,
+            "v2",
+            f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.01)\n",
+        )
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        poll_until(lambda: len(templates(svc, pid_file)) == 2, 20, "the new template")
+        [new_template] = [pid for pid in templates(svc, pid_file) if pid != template]
+        os.kill(new_template, signal.SIGKILL)
+        svc.wait_for(
+            r"reload failed: generation 2: .*the template of generation 2 exited "
+            r"\(killed by signal 9\)",
+            after=mark,
+        )
+        assert serving_pids(pid_file) == first
+        # the serving generation's template dies too: a crashed worker cannot be
+        # replaced, and the log says why
+        os.kill(template, signal.SIGKILL)
+        mark = svc.mark()
+        os.kill(first[0], signal.SIGKILL)
+        svc.wait_for(
+            r"the template of generation 1 exited \(killed by signal 9\): the generation's "
+            "workers cannot be replaced until the next reload",
+            after=mark,
+        )
+        assert answers_by_pid(svc.address(), 10).keys() == {first[1]}
+        # a reload brings a new template and every worker back
+        gate.touch()
+        handlers(tmp_path, "v3")
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        svc.wait_serving(3, after=mark)
+        poll_until(lambda: len(serving_pids(pid_file)) == 2, 20, "two workers")
+        seen = answers_by_pid(svc.address(), 30)
+        assert all(versions == {"v3"} for versions in seen.values()), seen
