@@ -138,8 +138,7 @@ class _StateCollector:
         yield workers
         yield GaugeMetricFamily(
             "graceful_workers_wanted",
-            "Workers per generation, as configured and scaled (SIGTTIN, SIGTTOU, graceful "
-            "scale).",
+            "Workers per generation, as configured and scaled (SIGTTIN, SIGTTOU, graceful scale).",
             value=machine.size,
         )
         yield GaugeMetricFamily(

@@ -157,3 +157,27 @@ def become_subreaper() -> bool:
         return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
+
+
+#: prctl(2) option: this thread's name, as ``/proc/PID/comm`` shows it.
+_PR_SET_NAME = 15
+
+
+def set_name(name: str) -> None:
+    """Name this process (``/proc/PID/comm``, ``ps -o comm``, 15 bytes at most), so
+    that tools can tell a template from a worker. Silently does nothing where the C
+    library refuses."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def name() -> str:
+    """This process's name (``/proc/self/comm``); empty if unreadable."""
+    try:
+        with open("/proc/self/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""

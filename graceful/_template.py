@@ -79,6 +79,10 @@ _MESSAGE_BYTES = 65536
 #: Seconds a template has to answer a fork request.
 _FORK_TIMEOUT = 10.0
 
+#: A template's process name (``/proc/PID/comm``); its workers get the name back
+#: that the template had before.
+TEMPLATE_NAME = "graceful-tmpl"
+
 
 class TemplateFailed(GracefulError):
     """The generation's template could not import the code, or cannot fork."""
@@ -106,6 +110,8 @@ def template_main(boot: TemplateBootstrap) -> None:
     """The target of a template process: import, then fork workers on request until
     the supervisor closes the socket."""
     settle_process(f"gen {boot.generation} template", boot.log_level)
+    worker_name = _processes.name()
+    _processes.set_name(TEMPLATE_NAME)
     forks = boot.forks
     try:
         import_main_script(boot.main)
@@ -132,7 +138,7 @@ def template_main(boot: TemplateBootstrap) -> None:
             worker_id = int(json.loads(data)["fork"])
             if len(fds) != 2:
                 raise ValueError(f"{len(fds)} descriptors instead of 2")
-            pid = _fork_worker(boot, worker_id, fds)
+            pid = _fork_worker(boot, worker_id, fds, worker_name)
         except Exception as exc:
             for fd in fds:
                 with contextlib.suppress(OSError):
@@ -168,7 +174,7 @@ def _send(sock: socket.socket, **message: Any) -> None:
     sock.send(json.dumps(message).encode())
 
 
-def _fork_worker(boot: TemplateBootstrap, worker_id: int, fds: list[int]) -> int:
+def _fork_worker(boot: TemplateBootstrap, worker_id: int, fds: list[int], name: str) -> int:
     """Fork a worker that the supervisor adopts (see the module docstring); its PID."""
     read_end, write_end = os.pipe()
     try:
@@ -184,6 +190,7 @@ def _fork_worker(boot: TemplateBootstrap, worker_id: int, fds: list[int]) -> int
             worker = os.fork()
             if worker == 0:
                 os.close(write_end)
+                _processes.set_name(name)
                 _become_worker(boot, worker_id, fds)
             os.write(write_end, str(worker).encode())
             code = 0

@@ -77,24 +77,15 @@ def answers_by_pid(address: str, count: int) -> dict[int, set[str]]:
     return seen
 
 
-def templates(svc: ServiceProcess, pid_file: Path) -> list[int]:
-    """The service's processes that are neither the supervisor nor a worker (the
-    resource tracker and the orphan guard left out): its templates."""
-    workers = {
-        worker["pid"]
-        for generation in Control(pid_file).status()["generations"]
-        for worker in generation["workers"]
-    }
+def templates(svc: ServiceProcess) -> list[int]:
+    """The service's template processes, by their process name."""
     found = []
     for pid in svc.processes():
-        if pid == svc.pid or pid in workers:
-            continue
         try:
-            command = " ".join(psutil.Process(pid).cmdline())
+            if psutil.Process(pid).name() == "graceful-tmpl":
+                found.append(pid)
         except psutil.NoSuchProcess:
             continue
-        if "spawn_main" in command:
-            found.append(pid)
     return found
 
 
@@ -107,9 +98,10 @@ def test_with_preload_an_edited_module_is_live_in_every_worker_after_a_reload(
         svc.wait_serving(1)
         poll_until(pid_file.exists, 10, "the PID file")
         first = serving_pids(pid_file)
-        [template] = templates(svc, pid_file)
+        [template] = templates(svc)
         # the workers are forked from the template, then adopted by the supervisor
         assert all(psutil.Process(pid).ppid() == svc.pid for pid in first)
+        assert template not in first
         with Load(svc.address(), clients=12) as load:
             poll_until(lambda: load.tally.ok > 200, 20, "answers")
             handlers(tmp_path, "v2")
@@ -128,7 +120,7 @@ def test_with_preload_an_edited_module_is_live_in_every_worker_after_a_reload(
         assert all(versions == {"v2"} for versions in seen.values()), seen
         # generation 1's template has gone with it; generation 2 has its own
         assert psutil.pid_exists(template) is False or template not in svc.processes()
-        assert len(templates(svc, pid_file)) == 1
+        assert len(templates(svc)) == 1
 
 
 def private_and_shared_mib(pid: int) -> tuple[float, float]:
@@ -228,7 +220,7 @@ def test_with_preload_new_code_that_fails_at_import_fails_the_reload_once(
         assert serving_pids(pid_file) == first
         # imported once, by the template: one traceback, not one per worker
         assert svc.output[svc.output.index("SIGHUP") :].count("Traceback") == 1
-        poll_until(lambda: len(templates(svc, pid_file)) == 1, 10, "the failed template gone")
+        poll_until(lambda: len(templates(svc)) == 1, 10, "the failed template gone")
 
 
 ASGI_APP = """\
@@ -315,7 +307,7 @@ def test_a_killed_template_fails_its_reload_and_a_dead_serving_template_is_named
         svc.wait_serving(1)
         poll_until(pid_file.exists, 10, "the PID file")
         first = serving_pids(pid_file)
-        [template] = templates(svc, pid_file)
+        [template] = templates(svc)
         # a new generation whose import waits: its template dies in the middle
         handlers(
             tmp_path,
@@ -324,8 +316,8 @@ def test_a_killed_template_fails_its_reload_and_a_dead_serving_template_is_named
         )
         mark = svc.mark()
         svc.send(signal.SIGHUP)
-        poll_until(lambda: len(templates(svc, pid_file)) == 2, 20, "the new template")
-        [new_template] = [pid for pid in templates(svc, pid_file) if pid != template]
+        poll_until(lambda: len(templates(svc)) == 2, 20, "the new template")
+        [new_template] = [pid for pid in templates(svc) if pid != template]
         os.kill(new_template, signal.SIGKILL)
         svc.wait_for(
             r"reload failed: generation 2: .*the template of generation 2 exited "
