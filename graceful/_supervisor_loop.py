@@ -583,8 +583,9 @@ class SupervisorLoop:
         start, never raised. A worker called off meanwhile (a stop, a missed
         ready_timeout) is not started: it is reported as exited."""
         worker: WorkerProcess | None = None
+        called_off = self._spawning[spawn.serial]
         try:
-            with self._spawning[spawn.serial]:
+            with called_off:
                 environment = (
                     await self.bytecode.environment_for(spawn.generation)
                     if self.bytecode is not None
@@ -597,9 +598,14 @@ class SupervisorLoop:
             )
         finally:
             del self._spawning[spawn.serial]
-        if worker is None:  # failed, or called off
+        if worker is None:  # failed, or called off before it started
             self.events_in.send_nowait(WorkerExited(spawn.serial, None))
             return
+        if called_off.cancel_called:
+            # called off while the factory could not be interrupted (a template's
+            # fork): it started all the same, and never served; its exit is
+            # reported once it is reaped
+            worker.kill()
         self._guard_watch(worker)
         self.watcher.live[worker.serial] = worker
         self._task_group.start_soon(self.watcher.watch, worker, self._task_group)

@@ -117,8 +117,14 @@ class StandInFactory:
         self.tasks: anyio.abc.TaskGroup | None = None
         self.ended: list[int] = []
         self.closed = False
+        #: set: each start waits for it, and cannot be cancelled meanwhile
+        self.uninterruptible: anyio.Event | None = None
 
     async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> StandIn:
+        if self.uninterruptible is not None:
+            # as a template's fork: once asked, the start runs to its end
+            with anyio.CancelScope(shield=True):
+                await self.uninterruptible.wait()
         script = self.scripts(spawn)
         if isinstance(script, Exception):
             raise script
@@ -313,3 +319,32 @@ def test_a_stop_while_spawns_wait_for_the_bytecode_check_starts_nothing() -> Non
     # a stop asked for while generation 1 starts is a clean stop
     assert run(loop, factory, drive) == 0
     assert factory.started == []
+
+
+def test_a_worker_called_off_during_a_start_that_cannot_be_interrupted_is_killed() -> None:
+    async def ready_late(worker: StandIn) -> None:
+        await anyio.sleep(0.2)
+        if not worker.exited:
+            worker.send(_wire.Ready())
+            await worker.shutdown_asked()
+            worker.exit(0)
+
+    factory = StandInFactory(lambda spawn: ready_late)
+    loop = SupervisorLoop(
+        Settings(workers=1, ready_timeout=0.2, drain_timeout=5.0, kill_grace=0.5),
+        factory,
+        follow_signals=False,
+    )
+
+    async def drive() -> None:
+        factory.uninterruptible = anyio.Event()
+        # ready_timeout kills the worker while its start cannot be interrupted (as
+        # a template's fork); the start ends all the same
+        await until(lambda: loop.machine.stop_announced)
+        factory.uninterruptible.set()
+
+    assert run(loop, factory, drive) == 1  # generation 1 failed to start
+    [worker] = factory.started
+    assert worker.killed  # not left running (and serving) unknown to the supervisor
+    assert worker.reaped
+    assert loop.watcher.live == {}
