@@ -79,6 +79,9 @@ _MESSAGE_BYTES = 65536
 #: Seconds a template has to answer a fork request.
 _FORK_TIMEOUT = 10.0
 
+#: Seconds to wait for a template's exit status once its socket has closed.
+_EXIT_STATUS_WAIT = 2.0
+
 #: A template's process name (``/proc/PID/comm``); its workers get the name back
 #: that the template had before.
 TEMPLATE_NAME = "graceful-tmpl"
@@ -287,9 +290,10 @@ class Template:
                 try:
                     socket.send_fds(self.forks, [json.dumps({"fork": worker_id}).encode()], fds)
                 except OSError as exc:
+                    gone = await self._gone()
                     raise TemplateFailed(
-                        f"{self._gone()}: the generation's workers cannot be replaced until "
-                        "the next reload"
+                        f"{gone}: the generation's workers cannot be replaced until the next "
+                        "reload"
                         if _processes.has_exited(self.pid)
                         else f"cannot reach the template of generation {self.generation}: "
                         f"{exc.strerror or exc}"
@@ -316,7 +320,7 @@ class Template:
             except OSError:
                 data = b""
             if not data:
-                raise TemplateFailed(self._gone())
+                raise TemplateFailed(await self._gone())
             try:
                 answer = json.loads(data)
             except ValueError:
@@ -328,7 +332,12 @@ class Template:
                 )
             return answer
 
-    def _gone(self) -> str:
+    async def _gone(self) -> str:
+        """Why the template's socket closed: its exit, once it has exited (its
+        descriptors close a moment before its status is there)."""
+        with anyio.move_on_after(_EXIT_STATUS_WAIT):
+            while not _processes.has_exited(self.pid):
+                await anyio.sleep(0.005)
         # (not process.exitcode: it would reap the template, and its process group
         # could no longer be signalled safely)
         return (
