@@ -73,7 +73,31 @@ event                   effect
 ``WorkerBroken``        during its generation's probation: a rollback; while it
                         starts: the generation fails; else only logged
 ``RollbackRequested``   during a probation: a rollback; else refused, with why
+``ScaleRequested``      the workers per generation change: the serving generation
+                        (and one starting) start or drain workers to match
 ======================  ==========================================================
+
+Rolling reloads and scaling
+---------------------------
+With ``strategy=ROLLING``, a reload starts ``max_surge`` new workers, and for each
+new worker ready, one old worker of the serving generation is parked (or, with
+``preload`` and no probation, drained), and the next new worker starts
+(:meth:`SupervisorStateMachine._advance_rollout`): at most ``size + max_surge``
+workers hold the listeners. The serving generation keeps its role until the new
+one is promoted. If the new one fails, the parked old workers resume and empty
+slots are refilled (:meth:`SupervisorStateMachine._restore_after_rollout`), so a
+failed rollout never leaves a mixed fleet. A rolling reload needs old workers that
+can be parked, or ``preload`` (whose template forks the old code again); else it
+warns and replaces all at once. An old worker that crashes during a rollout is not
+restarted: the rollout fills its room.
+
+:attr:`SupervisorStateMachine.size` is the number of workers per generation.
+``ScaleRequested`` changes it: the serving generation starts workers in the lowest
+free slots, or drains its highest ones (those not ready first); a generation
+starting all at once is resized the same way, a rolling one grows by itself. A
+crash replacement due after a scale-down is dropped. Scaling is refused below 1,
+above ``max_workers`` (the descriptor limit), while stopping or rolling back, and
+upward after a rollback (the code on disk was rejected).
 
 Probation and rollback
 ----------------------
@@ -109,8 +133,10 @@ ends as failed ("the service is stopping").
 
 Invariants (checked by ``tests/test_decisions_properties.py`` over random event
 sequences): at most one generation serves and at most one starts; each slot
-names a live worker of its generation; neither a generation's serving nor its
-starting workers outnumber ``workers``; a worker is told to shut down at most
+names a live worker of its generation; no generation has more than ``size``
+workers holding the listeners (those being killed aside); a rollout has at most
+``size + max_surge``; once no reload or rollback runs, only the serving generation
+has ready workers (never a mixed fleet); a worker is told to shut down at most
 once and killed at most once, and never after its exit; nothing is spawned once
 the service stops; ``Exit`` comes once, and only when no worker is left.
 

@@ -4,8 +4,10 @@
 the loop asks it for a started :class:`WorkerProcess` and from then on only uses
 that protocol (its control channel, its exit descriptor, kill, reap). The real
 factory, :class:`SpawningFactory`, starts each worker through multiprocess's
-*spawn* context, so every generation imports the user's code fresh from disk;
-tests give the loop a factory of stand-ins instead (``tests/test_supervisor_loop.py``).
+*spawn* context, so every generation imports the user's code fresh from disk
+(with ``preload``, :class:`graceful._template.TemplateFactory` forks them from one
+template per generation instead); tests give the loop a factory of stand-ins
+(``tests/test_supervisor_loop.py``).
 
 Starting a worker, step by step (any failure at any step is raised as one
 exception, and whatever was already open or started is closed, killed and reaped):
