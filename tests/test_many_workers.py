@@ -18,6 +18,7 @@ import psutil
 import pytest
 from echo_load import Load
 from harness import ServiceProcess, graceful_cli, poll_until, running
+from http_load import HttpLoad
 from services import service_source, wait_for_file, write_service
 
 from graceful import Control
@@ -130,13 +131,14 @@ def test_a_rolling_reload_of_four_workers_keeps_at_most_five_on_the_listener(
             assert svc.output.count("rolling: 1 at a time") == 1
 
 
+@pytest.mark.parametrize("preload", ["0", "1"])
 def test_a_new_version_failing_in_one_slot_leaves_every_answer_on_the_old_code(
-    tmp_path: Path,
+    tmp_path: Path, preload: str
 ) -> None:
     script = write_service(tmp_path / "svc.py", prefix="old")
     pid_file = tmp_path / "svc.pid"
     script.write_text(service_source(prefix="old", pid_file=pid_file))
-    with running(script, env=env(STRATEGY="rolling")) as svc:
+    with running(script, env=env(STRATEGY="rolling", PRELOAD=preload)) as svc:
         svc.wait_serving(1)
         old = sorted(svc.worker_pids())
         with Load(svc.address(), clients=16) as load:
@@ -148,14 +150,20 @@ def test_a_new_version_failing_in_one_slot_leaves_every_answer_on_the_old_code(
             svc.send(signal.SIGHUP)
             svc.wait_for(r"generation 2 worker 1 is ready|reload failed", after=mark)
             svc.wait_for(r"reload failed: generation 2: worker 2.*slot 2 is broken", after=mark)
-            svc.wait_for(r"resuming 2 parked worker\(s\) of generation 1", after=mark)
+            if preload == "0":
+                svc.wait_for(r"resuming 2 parked worker\(s\) of generation 1", after=mark)
             poll_until(
                 lambda: only_generation(svc, pid_file, 1, 4), 30, "generation 1 alone, all ready"
             )
+            poll_until(lambda: len(svc.worker_pids()) == 4 + int(preload), 30, "no new worker")
             answers = more_answers(load, 400)
         assert set(answers) == {"old: "}, answers
         assert load.tally.failed == 0, load.tally.as_dict()
-        assert sorted(svc.worker_pids()) == old  # resumed, not respawned
+        if preload == "0":
+            assert sorted(svc.worker_pids()) == old  # resumed, not respawned
+        else:
+            # the replaced two drained; the old template forked the old code again
+            assert len(set(svc.worker_pids()) - set(old)) == 2
 
 
 def test_sigttin_and_sigttou_add_and_remove_one_worker_and_lose_nothing(tmp_path: Path) -> None:
@@ -207,3 +215,54 @@ def test_graceful_scale_waits_for_the_workers_and_refuses_zero(tmp_path: Path) -
         shown = graceful_cli("status", "--pid-file", str(pid_file))
         assert "workers: 3 per generation; reloads all-at-once" in shown.stdout
         assert "the fleet may be mixed" in shown.stdout
+
+
+ASGI_APP = """\
+import os
+
+MESSAGE = {message!r}
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({{"type": message["type"] + ".complete"}})
+            if message["type"] == "lifespan.shutdown":
+                return
+    await send({{"type": "http.response.start", "status": 200, "headers": []}})
+    await send({{"type": "http.response.body", "body": MESSAGE.encode()}})
+"""
+
+
+@pytest.mark.parametrize("preload", [[], ["--preload"]])
+def test_graceful_serve_rolls_three_uvicorn_workers_under_keep_alive_load(
+    tmp_path: Path, preload: list[str]
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(ASGI_APP.format(message="v1"))
+    with running(
+        app,
+        module="graceful",
+        args=["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
+              "--workers", "3", "--strategy", "rolling", "--probation", "0",
+              "--drain-timeout", "5", *preload],
+        cwd=tmp_path,
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    ) as svc:  # fmt: skip
+        svc.wait_serving(1)
+        with HttpLoad(f"http://{svc.address()}/", clients=12) as load:
+            poll_until(lambda: load.tally.ok > 300, 20, "answers")
+            for generation, message in ((2, "v2"), (3, "v3")):
+                app.write_text(ASGI_APP.format(message=message))
+                mark = svc.mark()
+                svc.send(signal.SIGHUP)
+                svc.wait_for(r"rolling: 1 at a time", after=mark)
+                svc.wait_serving(generation, after=mark)
+                load.wait_for_body(message)
+            poll_until(lambda: len(svc.worker_pids()) == 3 + len(preload), 30, "old ones gone")
+            before = collections.Counter(load.tally.bodies)
+            poll_until(lambda: load.tally.ok > sum(before.values()) + 300, 20, "more answers")
+            after = collections.Counter(load.tally.bodies) - before
+        assert load.tally.failures == {}, load.tally.failures
+        assert set(after) == {"v3"}, after
