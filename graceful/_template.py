@@ -292,8 +292,7 @@ class Template:
                 except OSError as exc:
                     gone = await self._gone()
                     raise TemplateFailed(
-                        f"{gone}: the generation's workers cannot be replaced until the next "
-                        "reload"
+                        f"{gone}: the generation's workers cannot be replaced until the next reload"
                         if _processes.has_exited(self.pid)
                         else f"cannot reach the template of generation {self.generation}: "
                         f"{exc.strerror or exc}"

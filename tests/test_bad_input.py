@@ -50,6 +50,21 @@ def test_invalid_listen_spec_is_named_in_one_line(tmp_path: Path, spec: str, why
         assert_refused(svc, repr(spec), why)
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "why"),
+    [
+        ("STRATEGY", "sideways", "strategy='sideways' must be 'all-at-once' or 'rolling'"),
+        ("MAX_SURGE", "0", "max_surge=0 must be a whole number of at least 1"),
+    ],
+)
+def test_an_unknown_strategy_or_surge_is_named_in_one_line(
+    tmp_path: Path, setting: str, value: str, why: str
+) -> None:
+    script = write_service(tmp_path / "svc.py")
+    with running(script, env={"LISTEN": "127.0.0.1:0", setting: value}) as svc:
+        assert_refused(svc, why, "svc.py, line")
+
+
 def test_port_in_use_is_refused_and_earlier_listeners_are_released(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
