@@ -364,7 +364,8 @@ def _scale(args: argparse.Namespace) -> int:
         if status["workers"] != args.workers:
             print(f"scaled to {status['workers']} workers since", file=sys.stderr)
             return 1
-        if len(ready) == args.workers and len(serving[0]["workers"]) == args.workers:
+        starting = [w for g in serving for w in g["workers"] if w["state"] == "starting"]
+        if len(ready) == args.workers and not starting:  # removed ones may still drain
             print(f"{args.workers} workers ready")
             return 0
         if deadline is not None and time.monotonic() >= deadline:

@@ -593,6 +593,9 @@ class Generation:
     #: worker_id -> serial of the process currently in that slot (absent while a
     #: crashed worker waits for its replacement)
     slots: dict[int, int] = field(default_factory=dict)
+    #: serials of workers that left their slot while the generation goes on (scaled
+    #: down, replaced by a rollout) and still drain: their slot may be refilled
+    leaving: set[int] = field(default_factory=set)
     #: worker_id -> consecutive crashes, for the backoff
     crashes: dict[int, int] = field(default_factory=dict)
     #: started by a rolling reload: its workers come ``max_surge`` at a time
@@ -777,6 +780,16 @@ class SupervisorStateMachine:
             )
         )
 
+    def _release(self, worker: Worker) -> None:
+        """Drain ``worker`` out of its generation, which goes on without it: its slot
+        is free at once (so worker ids stay below :attr:`size`; a worker that drains
+        may share its id with its successor for a moment, as across generations)."""
+        self._drain(worker)
+        generation = self.generations[worker.generation]
+        if generation.slots.get(worker.worker_id) == worker.serial:
+            del generation.slots[worker.worker_id]
+            generation.leaving.add(worker.serial)
+
     def _kill(self, worker: Worker) -> None:
         if worker.killed or worker.serial not in self.workers:
             # already killed, or already exited: there is nothing left to kill
@@ -936,7 +949,7 @@ class SupervisorStateMachine:
                 replaced.state = WorkerState.PARKED
                 self._actions.append(ParkWorker(replaced.serial, self.settings.drain_timeout))
             else:
-                self._drain(replaced)
+                self._release(replaced)
         members = self._members(starting)
         room = self.size + self.settings.max_surge - len(old) - len(members)
         if room < 0:
@@ -947,7 +960,7 @@ class SupervisorStateMachine:
                 key=lambda worker: -worker.worker_id,
             )
             for worker in starting_up[:-room]:
-                self._drain(worker)
+                self._release(worker)
         for worker_id in self._free_ids(starting, min(room, self.size - len(members))):
             self._spawn(starting, worker_id)
 
@@ -1188,7 +1201,7 @@ class SupervisorStateMachine:
         parked.role = Role.RESUMING
         resumable.sort(key=lambda worker: worker.worker_id)
         for worker in resumable[self.size :]:  # scaled down since it was parked
-            self._drain(worker)
+            self._release(worker)
         for worker in resumable[: self.size]:
             worker.state = WorkerState.RESUMING
             self._actions.append(ResumeWorker(worker.serial))
@@ -1267,7 +1280,7 @@ class SupervisorStateMachine:
 
     def _retire(self, generation: Generation) -> None:
         generation.role = Role.RETIRED
-        if not generation.slots:
+        if not generation.slots and not generation.leaving:
             self.generations.pop(generation.number, None)
             return
         for serial in list(generation.slots.values()):
@@ -1321,7 +1334,7 @@ class SupervisorStateMachine:
                 StartTimer(self.settings.ready_timeout, ReadyTimeout(worker.serial))
             )
         for worker in parked[room:]:
-            self._drain(worker)
+            self._release(worker)
         if parked:
             self._log(
                 logging.INFO,
@@ -1332,8 +1345,7 @@ class SupervisorStateMachine:
 
     def _refill(self, generation: Generation) -> None:
         """Schedule a start for each worker ``generation`` lacks (after a failed
-        rollout or rollback), after the initial backoff. A slot whose worker still
-        drains is refilled once it has exited (see :meth:`_on_exit`)."""
+        rollout or rollback), after the initial backoff."""
         missing = self.size - len(self._members(generation))
         free = [worker_id for worker_id in range(self.size) if worker_id not in generation.slots]
         for worker_id in free[: max(missing, 0)]:
@@ -1355,25 +1367,11 @@ class SupervisorStateMachine:
         generation = self.generations[worker.generation]
         if generation.slots.get(worker.worker_id) == serial:
             del generation.slots[worker.worker_id]
+        generation.leaving.discard(serial)
         how = worker.cause or _exit_description(exitcode)
         if worker.state is WorkerState.DRAINING:
             if not worker.killed and exitcode not in (0, None):
                 self._log(logging.WARNING, f"{self._describe(worker)} exited while draining: {how}")
-            starting = self.generations.get(self.starting) if self.starting is not None else None
-            if (
-                generation.role is Role.SERVING
-                and self.stopping is Stopping.NO
-                and (starting is None or not starting.rolling)
-                and worker.worker_id < self.size
-                and len(self._members(generation)) < self.size
-            ):
-                # drained by a rollout that failed since: its slot is refilled
-                self._actions.append(
-                    StartTimer(
-                        self.settings.backoff_initial,
-                        RestartDue(generation.number, worker.worker_id),
-                    )
-                )
         elif worker.state is WorkerState.PARKED:
             self._log(
                 logging.WARNING, f"parked {self._describe(worker)} {how}; it cannot be resumed"
@@ -1399,7 +1397,11 @@ class SupervisorStateMachine:
             self._fail_generation(generation, worker, cause, now)
         elif generation.role is Role.SERVING and self.stopping is Stopping.NO:
             self._on_serving_exit(generation, worker, how, now)
-        if not generation.slots and generation.role in (Role.RETIRED, Role.PARKED):
+        if (
+            not generation.slots
+            and not generation.leaving
+            and generation.role in (Role.RETIRED, Role.PARKED)
+        ):
             self.generations.pop(generation.number, None)
 
     def _on_serving_exit(
@@ -1632,7 +1634,7 @@ class SupervisorStateMachine:
             key=lambda worker: (worker.state is WorkerState.READY, -worker.worker_id),
         )
         for worker in by_expendability[: max(excess, 0)]:
-            self._drain(worker)
+            self._release(worker)
         if grow and excess < 0:
             for worker_id in self._free_ids(generation, -excess):
                 self._spawn(generation, worker_id)

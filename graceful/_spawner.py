@@ -126,6 +126,9 @@ class ProcessFactory(Protocol):
     def helper_pids(self) -> set[int]:
         """PIDs of the factory's own child processes that are not workers."""
 
+    def collect_exited(self) -> None:
+        """Reap the factory's own child processes that have exited (on SIGCHLD)."""
+
     def close(self) -> None:
         """Kill and reap whatever the factory still runs (the supervisor's end)."""
 
@@ -240,6 +243,9 @@ class SpawningFactory:
 
     def helper_pids(self) -> set[int]:
         return set()
+
+    def collect_exited(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

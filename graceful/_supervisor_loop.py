@@ -547,6 +547,7 @@ class SupervisorLoop:
                 self._reap_strays()
 
     def _reap_strays(self) -> None:
+        self.factory.collect_exited()
         ours = {worker.pid for worker in self.watcher.live.values()} | self.factory.helper_pids()
         tracker: int | None = getattr(multiprocess.resource_tracker._resource_tracker, "_pid", None)
         guard = self._guard.pid if self._guard is not None else None

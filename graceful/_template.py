@@ -174,7 +174,10 @@ def _refuse_threads() -> None:
 
 
 def _send(sock: socket.socket, **message: Any) -> None:
-    sock.send(json.dumps(message).encode())
+    try:
+        sock.send(json.dumps(message).encode())
+    except OSError:
+        sys.exit(0)  # the supervisor is done with this generation (or gone)
 
 
 def _fork_worker(boot: TemplateBootstrap, worker_id: int, fds: list[int], name: str) -> int:
@@ -255,6 +258,8 @@ class Template:
         self._lock = anyio.Lock()
         self._imported = False
         self._failure: str | None = None
+        #: no more forks: the socket closes once no exchange is under way
+        self._stopping = False
 
     @property
     def pid(self) -> int:
@@ -267,13 +272,17 @@ class Template:
         Raises:
             TemplateFailed: with the template's own cause, if it could not.
         """
-        async with self._lock:
-            if not self._imported and self._failure is None:
-                answer = await self._receive()
-                if answer.get("imported") is True:
-                    self._imported = True
-                else:
-                    self._failure = str(answer.get("failed", answer))
+        try:
+            async with self._lock:
+                self._check_open()
+                if not self._imported and self._failure is None:
+                    answer = await self._receive()
+                    if answer.get("imported") is True:
+                        self._imported = True
+                    else:
+                        self._failure = str(answer.get("failed", answer))
+        finally:
+            self._close_if_stopping()
         if self._failure is not None:
             raise TemplateFailed(self._failure)
 
@@ -285,20 +294,12 @@ class Template:
         Raises:
             TemplateFailed: if the template cannot fork, or is gone.
         """
-        async with self._lock:
-            with anyio.CancelScope(shield=True):
-                try:
-                    socket.send_fds(self.forks, [json.dumps({"fork": worker_id}).encode()], fds)
-                except OSError as exc:
-                    gone = await self._gone()
-                    raise TemplateFailed(
-                        f"{gone}: the generation's workers cannot be replaced until the next reload"
-                        if _processes.has_exited(self.pid)
-                        else f"cannot reach the template of generation {self.generation}: "
-                        f"{exc.strerror or exc}"
-                    ) from None
-                with anyio.move_on_after(_FORK_TIMEOUT) as waited:
-                    answer = await self._receive()
+        try:
+            async with self._lock:
+                self._check_open()
+                answer, waited = await self._exchange(worker_id, fds)
+        finally:
+            self._close_if_stopping()
         if waited.cancelled_caught:
             self.kill()
             raise TemplateFailed(
@@ -308,6 +309,26 @@ class Template:
         if "forked" not in answer:
             raise TemplateFailed(str(answer.get("failed", answer)))
         return int(answer["forked"])
+
+    async def _exchange(
+        self, worker_id: int, fds: list[int]
+    ) -> tuple[dict[str, Any], anyio.CancelScope]:
+        """Ask for a fork and wait for the answer, shielded (see :meth:`fork`)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                socket.send_fds(self.forks, [json.dumps({"fork": worker_id}).encode()], fds)
+            except OSError as exc:
+                gone = await self._gone()
+                raise TemplateFailed(
+                    f"{gone}: the generation's workers cannot be replaced until the next reload"
+                    if _processes.has_exited(self.pid)
+                    else f"cannot reach the template of generation {self.generation}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            answer: dict[str, Any] = {}
+            with anyio.move_on_after(_FORK_TIMEOUT) as waited:
+                answer = await self._receive()
+        return answer, waited
 
     async def _receive(self) -> dict[str, Any]:
         while True:
@@ -344,9 +365,21 @@ class Template:
             f"({_describe_status(_processes.exit_status(self.pid))})"
         )
 
+    def _check_open(self) -> None:
+        if self._stopping:
+            raise TemplateFailed(f"generation {self.generation} has ended: no more workers")
+
     def stop(self) -> None:
-        """No more forks: the template exits once it sees its socket closed."""
-        self.forks.close()
+        """No more forks: the template exits once it sees its socket closed, which is
+        at once, or once the exchange under way has ended (a fork asked for is
+        answered, so that its worker is known and can be stopped)."""
+        self._stopping = True
+        if not self._lock.locked():
+            self.forks.close()
+
+    def _close_if_stopping(self) -> None:
+        if self._stopping and not self._lock.locked():
+            self.forks.close()
 
     def kill(self) -> None:
         """SIGKILL the template and its process group (it is not reaped yet)."""
@@ -450,9 +483,13 @@ class TemplateFactory(SpawningFactory):
         self._templates: dict[int, Template] = {}
         #: stopped, and not reaped yet
         self._ending: list[Template] = []
+        #: generations that have ended: no template is started for them again
+        self._ended: set[int] = set()
 
     async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
-        self._reap_ended()
+        self.collect_exited()
+        if spawn.generation in self._ended:
+            raise TemplateFailed(f"generation {spawn.generation} has ended: no more workers")
         template = self._templates.get(spawn.generation)
         if template is None:
             template = self._templates[spawn.generation] = self._start_template(
@@ -514,13 +551,15 @@ class TemplateFactory(SpawningFactory):
         return Template(generation, process, forks)
 
     def generation_ended(self, number: int) -> None:
+        self._ended.add(number)
         template = self._templates.pop(number, None)
         if template is not None:
             template.stop()
             self._ending.append(template)
-        self._reap_ended()
+        self.collect_exited()
 
-    def _reap_ended(self) -> None:
+    def collect_exited(self) -> None:
+        """Reap the stopped templates that have exited, and stop what they left."""
         self._ending = [template for template in self._ending if not template.reap_if_exited()]
 
     def helper_pids(self) -> set[int]:

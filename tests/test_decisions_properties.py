@@ -91,10 +91,9 @@ class SupervisorWorld(RuleBasedStateMachine):
                 assert self.sm.stopping is Stopping.NO, "spawned while stopping"
                 role = self.sm.generations[generation].role
                 assert role in (Role.STARTING, Role.SERVING), f"spawned into a {role} generation"
-                assert worker_id >= 0
-                assert worker_id not in self.sm.generations[generation].slots or (
-                    self.sm.generations[generation].slots[worker_id] == serial
-                )
+                # ids stay within 0 .. size-1, one process per slot
+                assert 0 <= worker_id < self.sm.size, (worker_id, self.sm.size)
+                assert self.sm.generations[generation].slots[worker_id] == serial
                 self.ever_spawned.add(serial)
                 self.alive.add(serial)
             case ShutdownWorker(serial, _):

@@ -200,11 +200,10 @@ def test_with_preload_a_rollout_drains_the_replaced_workers_and_refills_them_if_
     [replaced] = shut_down(actions)
     assert replaced in old
     new += spawned(actions)
+    slot = sim.machine.workers[replaced].worker_id
     actions = sim.send(WorkerExited(new[1], 1))  # the rollout fails
     assert shut_down(actions) == {new[0]}
-    assert timers(actions, RestartDue) == []  # its slot is taken until it has drained
-    slot = sim.machine.workers[replaced].worker_id
-    actions = sim.send(WorkerExited(replaced, 0))
+    # refilled at once, while the replaced worker still drains (it holds no listener)
     assert timers(actions, RestartDue) == [(SETTINGS.backoff_initial, RestartDue(1, slot))]
     refill = spawned(sim.send(RestartDue(1, slot)))
     assert len(refill) == 1
@@ -218,3 +217,15 @@ def test_with_preload_and_probation_a_rollout_still_parks_for_the_rollback() -> 
     new = spawned(sim.send(ReloadRequested()))
     actions = sim.send(WorkerReady(new[0], parkable=True))
     assert len(parked(actions)) == 1
+
+
+def test_scaling_down_then_up_while_a_worker_drains_keeps_ids_below_the_count() -> None:
+    sim, old = serving(dataclasses.replace(SETTINGS, workers=4))
+    actions = sim.send(ScaleRequested("graceful scale", workers=3))
+    assert shut_down(actions) == {old[3]}  # worker 3 drains, slowly
+    actions = sim.send(ScaleRequested("graceful scale", workers=4))
+    [added] = spawned(actions)
+    assert sim.machine.workers[added].worker_id == 3
+    assert sorted(sim.machine.generations[1].slots) == [0, 1, 2, 3]
+    sim.send(WorkerExited(old[3], 0))  # the drained one leaves nothing behind
+    assert sim.machine.generations[1].slots[3] == added

@@ -34,11 +34,15 @@ def handlers(tmp_path: Path, prefix: str, extra: str = "") -> None:
     (tmp_path / "handlers.py").write_text(f"PREFIX = {f'{prefix}: '.encode()!r}\n{extra}")
 
 
-def preloaded(tmp_path: Path, workers: int = 3, **more: str) -> ServiceProcess:
+def preloaded(
+    tmp_path: Path, workers: int = 3, before_serve: str = "", **more: str
+) -> ServiceProcess:
     script = tmp_path / "svc.py"
     script.write_text(
         service_source(
-            prefix_from_module=True, before_serve=PID_IN_PREFIX, pid_file=tmp_path / "svc.pid"
+            prefix_from_module=True,
+            before_serve=PID_IN_PREFIX + before_serve,
+            pid_file=tmp_path / "svc.pid",
         )
     )
     env = {
@@ -345,3 +349,64 @@ def test_a_killed_template_fails_its_reload_and_a_dead_serving_template_is_named
         poll_until(lambda: len(serving_pids(pid_file)) == 2, 20, "two workers")
         seen = answers_by_pid(svc.address(), 30)
         assert all(versions == {"v3"} for versions in seen.values()), seen
+
+
+def test_a_generation_retired_while_its_template_forks_leaves_the_next_reload_whole(
+    tmp_path: Path,
+) -> None:
+    # slow forks; worker 0 of v2 fails in its entry point while worker 1 is forked
+    slow_forks = "import os, time\nos.register_at_fork(before=lambda: time.sleep(0.3))\n"
+    handlers(tmp_path, "v1", slow_forks)
+    broken = (
+        "    if CTX.worker_id == 0 and PREFIX.startswith(b'v2'):\n"
+        "        raise RuntimeError('worker 0 of v2 is broken')\n"
+    )
+    with preloaded(tmp_path, workers=3, before_serve=broken) as svc:
+        svc.wait_serving(1)
+        handlers(tmp_path, "v2", slow_forks)
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        svc.wait_for(r"reload failed: generation 2: worker 0: .*v2 is broken", after=mark)
+        handlers(tmp_path, "v3", slow_forks)
+        svc.send(signal.SIGHUP)
+        svc.wait_serving(3, after=mark)
+        poll_until(lambda: len(svc.worker_pids()) == 3 + 1, 20, "generation 1 gone")
+        seen = answers_by_pid(svc.address(), 20)
+        assert all(versions == {"v3"} for versions in seen.values()), seen
+        since = "\n".join(svc.lines[mark:])
+        assert "BusyResourceError" not in since
+        assert "BrokenPipeError" not in since
+        assert "did not finish draining" not in since
+        started = svc.mark()
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+        assert "killing it" not in "\n".join(svc.lines[started:])
+
+
+def test_what_a_retired_template_started_at_import_is_stopped_when_it_exits(
+    tmp_path: Path,
+) -> None:
+    helper = "import subprocess\nHELPER = subprocess.Popen(['sleep', '1000'])\n"
+    handlers(tmp_path, "v1", helper)
+    with preloaded(tmp_path, workers=1) as svc:
+        svc.wait_serving(1)
+
+        def helpers() -> list[int]:
+            found = []
+            for pid in svc.processes():
+                try:
+                    if psutil.Process(pid).name() == "sleep":
+                        found.append(pid)
+                except psutil.NoSuchProcess:
+                    continue
+            return found
+
+        # one started by the supervisor's own import of the script, one by the template
+        poll_until(lambda: len(helpers()) == 2, 10, "the helpers")
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        svc.wait_serving(2, after=mark)
+        # generation 1's template exits, and what it started goes with it, without
+        # waiting for another reload or the stop
+        poll_until(lambda: len(helpers()) == 2, 10, "one template's helper left")
+        poll_until(lambda: len(templates(svc)) == 1, 10, "one template left")

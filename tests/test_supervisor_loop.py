@@ -140,6 +140,9 @@ class StandInFactory:
     def helper_pids(self) -> set[int]:
         return set()
 
+    def collect_exited(self) -> None:
+        pass
+
     def close(self) -> None:
         self.closed = True
 
