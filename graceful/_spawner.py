@@ -418,8 +418,9 @@ class BytecodeGate:
 
     def _in_thread(self, generation: int) -> dict[str, str]:
         # Signals are the main thread's: once the supervisor stops listening, their
-        # default actions are back for a moment, and this thread must not take one.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+        # default actions are back for a moment (SIGUSR2 terminates, SIGTTIN stops),
+        # and this thread, which lives on idle, must never take one.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         return self.check(generation)
 
     def check(self, generation: int) -> dict[str, str]:

@@ -7,9 +7,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import py_compile
+import signal
 from pathlib import Path
 
+import anyio
+import pytest
+
 from graceful._bytecode import BytecodeCheck, recompile
+from graceful._spawner import BytecodeGate
 
 
 def compiled(path: Path, source: str) -> Path:
@@ -91,3 +96,23 @@ def test_unchecked_hash_bytecode_of_an_edited_source_is_stale(tmp_path: Path) ->
     assert check.stale_sources([str(tmp_path)]) == [str(module)]
     assert recompile([str(module)]) == {}
     assert check.stale_sources([str(tmp_path)]) == []
+
+
+def test_the_checks_thread_takes_none_of_the_supervisors_signals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The thread lives on idle after the check; when the supervisor stops listening,
+    the signals' default actions are back for a moment (SIGUSR2 terminates, SIGTTIN
+    stops the process), and the kernel may hand a process signal to any thread that
+    does not block it. (Seen once: a supervisor killed by a SIGUSR2 during its stop.)"""
+    gate = BytecodeGate()
+    masks: list[set[signal.Signals]] = []
+
+    def record(generation: int) -> dict[str, str]:
+        masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        return {}
+
+    monkeypatch.setattr(gate, "check", record)
+    anyio.run(gate.environment_for, 1)
+    followed = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2}
+    assert followed | {signal.SIGTTIN, signal.SIGTTOU} <= masks[0]
