@@ -106,7 +106,7 @@ def test_the_checks_thread_takes_none_of_the_supervisors_signals(
     stops the process), and the kernel may hand a process signal to any thread that
     does not block it. (Seen once: a supervisor killed by a SIGUSR2 during its stop.)"""
     gate = BytecodeGate()
-    masks: list[set[signal.Signals]] = []
+    masks: list[set[int | signal.Signals]] = []
 
     def record(generation: int) -> dict[str, str]:
         masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
