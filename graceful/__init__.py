@@ -10,6 +10,7 @@ from ._asgi import serve_asgi
 from ._context import Context, SyncContext
 from ._control import Control
 from ._decisions import ReloadOutcome
+from ._dev import Watch
 from ._errors import ConfigError, GracefulError
 from ._listeners import Listener, parse_listen_spec
 from ._service import Service, service
@@ -23,6 +24,7 @@ __all__ = [
     "ReloadOutcome",
     "Service",
     "SyncContext",
+    "Watch",
     "parse_listen_spec",
     "serve_asgi",
     "service",

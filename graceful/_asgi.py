@@ -13,12 +13,14 @@ import importlib.machinery
 import importlib.util
 import inspect
 import os
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
 
 from ._context import Context
+from ._dev import Watch
 from ._entry import import_module, walk
 from ._errors import ConfigError, one_line
 from ._interfaces import DEFAULT_THREADS, Interface, as_asgi3, check_interface
@@ -51,6 +53,7 @@ def serve_asgi(
     strategy: StrategyName = "all-at-once",
     max_surge: int = 1,
     preload: bool = False,
+    watch: bool | Watch | Sequence[str] = False,
     interface: Interface = "auto",
     threads: int = DEFAULT_THREADS,
     ready_hook: str | None = None,
@@ -105,6 +108,7 @@ def serve_asgi(
             strategy=strategy,
             max_surge=max_surge,
             preload=preload,
+            watch=watch,
             interface=interface,
             threads=threads,
             ready_hook=ready_hook,
@@ -131,6 +135,7 @@ def asgi_service(
     strategy: str = "all-at-once",
     max_surge: int = 1,
     preload: bool = False,
+    watch: bool | Watch | Sequence[str] = False,
     interface: str = "auto",
     threads: int = DEFAULT_THREADS,
     ready_hook: str | None = None,
@@ -206,6 +211,7 @@ def asgi_service(
         strategy=strategy,  # type: ignore[arg-type]
         max_surge=max_surge,
         preload=preload,
+        watch=watch,
         backend_options=backend_options,
         entry_options={
             "app": app,

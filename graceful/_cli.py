@@ -15,6 +15,7 @@ Usage errors print one line and exit 2; a service that fails to start exits as
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -24,8 +25,9 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from ._asgi import asgi_service
+from ._asgi import asgi_service, module_exists
 from ._control import Control
+from ._dev import Watch, as_watch, with_paths
 from ._entry import import_module, walk
 from ._errors import ConfigError, GracefulError
 from ._interfaces import DEFAULT_THREADS, INTERFACES
@@ -168,6 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
             help="import the app once per generation, in a template process that "
             "forks the workers (shared memory, and every worker runs the same code)",
         )
+    for command in (serve, run):
+        command.add_argument(
+            "--watch",
+            action="store_true",
+            help="development: reload on each save (a broken save keeps the running "
+            "code serving); watches the app's directory and --app-dir",
+        )
+        command.add_argument(
+            "--watch-dir",
+            action="append",
+            metavar="DIR",
+            help="watch DIR instead (repeatable; implies --watch)",
+        )
+        command.add_argument(
+            "--watch-include",
+            action="append",
+            metavar="GLOB",
+            help="file names that reload (repeatable; default *.py)",
+        )
+        command.add_argument(
+            "--watch-exclude",
+            action="append",
+            metavar="GLOB",
+            help="file or directory names to ignore (repeatable)",
+        )
 
     for name, what, waits_for in (
         ("reload", "reload", "the reload has ended: exit 0 if the new code serves, 1 if not"),
@@ -251,6 +278,7 @@ def _use_app_dir(app_dir: str) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     _use_app_dir(args.app_dir)
+    module = args.app.partition(":")[0]
     service = asgi_service(
         args.app,
         listen=args.listen or ["127.0.0.1:8000"],
@@ -271,6 +299,7 @@ def _serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         ready_hook=args.ready_hook,
     )
+    service.watch = _watch(args, module)
     return _supervise(service, args)
 
 
@@ -293,7 +322,32 @@ def _run(args: argparse.Namespace) -> int:
     for name, value in overrides.items():
         if value is not None:
             setattr(target, name, value)
+    if args.watch or args.watch_dir:
+        target.watch = _watch(args, module_name)
     return _supervise(target, args)
+
+
+def _watch(args: argparse.Namespace, module: str) -> Watch | None:
+    """``--watch`` and its options, with the default directories: the app's (or the
+    entry's) module's, and ``--app-dir`` unless it holds that one."""
+    if not args.watch and not args.watch_dir:
+        return None
+    watch = as_watch(
+        Watch(
+            paths=tuple(args.watch_dir or ()),
+            include=tuple(args.watch_include or ("*.py",)),
+            exclude=tuple(args.watch_exclude or ()),
+        )
+    )
+    assert watch is not None
+    app_dir = os.path.abspath(args.app_dir)
+    defaults = [app_dir]
+    spec = importlib.util.find_spec(module) if module_exists(module) else None
+    if spec is not None and spec.origin:
+        directory = os.path.dirname(os.path.abspath(spec.origin))
+        if not (directory + os.sep).startswith(app_dir + os.sep):
+            defaults.append(directory)
+    return with_paths(watch, defaults)
 
 
 def _supervise(service: Service[Any], args: argparse.Namespace) -> int:

@@ -148,6 +148,11 @@ class Context:
             self._control.send(_wire.Broken(" ".join(reason.split()) or "no reason given"))
 
     @property
+    def ready_sent(self) -> bool:
+        """True once this worker has told the supervisor it is ready."""
+        return self._ready_sent
+
+    @property
     def shutdown_requested(self) -> bool:
         """True once :meth:`wait_shutdown` would return at once."""
         return self._shutdown.requested

@@ -461,6 +461,9 @@ class Announce:
 class Log:
     level: int
     message: str
+    #: part of a reload's own story (its start, its end), which a development
+    #: terminal replaces with one status line per reload
+    narrative: bool = False
 
 
 @dataclass(frozen=True)
@@ -745,8 +748,8 @@ class SupervisorStateMachine:
 
     # -- helpers that emit actions --------------------------------------------------
 
-    def _log(self, level: int, message: str) -> None:
-        self._actions.append(Log(level, message))
+    def _log(self, level: int, message: str, *, narrative: bool = False) -> None:
+        self._actions.append(Log(level, message, narrative))
 
     def _spawn(self, generation: Generation, worker_id: int) -> None:
         serial = self._next_serial
@@ -861,10 +864,15 @@ class SupervisorStateMachine:
             self._log(
                 logging.INFO,
                 f"starting generation {number} ({self.size} workers, rolling: {surge} at a time)",
+                narrative=not first,
             )
             self._advance_rollout()
         else:
-            self._log(logging.INFO, f"starting generation {number} ({self.size} workers)")
+            self._log(
+                logging.INFO,
+                f"starting generation {number} ({self.size} workers)",
+                narrative=not first,
+            )
             for worker_id in range(self.size):
                 self._spawn(generation, worker_id)
         wait = batches * self.settings.ready_timeout + self.settings.kill_grace
@@ -983,6 +991,7 @@ class SupervisorStateMachine:
                     logging.INFO,
                     f"reload requested while generation {self.starting} is starting; "
                     "one more reload will follow it",
+                    narrative=True,
                 )
             self.reload_queued = True
 
@@ -1060,6 +1069,7 @@ class SupervisorStateMachine:
             self._log(
                 logging.INFO,
                 f"generation {generation.number} is serving (ready in {took:.3f}s); {then}",
+                narrative=True,
             )
         self._announce(Phase.READY)
         self._follow_queued_reload(now)
@@ -1315,6 +1325,7 @@ class SupervisorStateMachine:
             logging.ERROR,
             f"reload failed: generation {generation.number}: {cause}; "
             f"generation {self.serving} keeps serving",
+            narrative=True,
         )
         self._announce(Phase.READY)
         self._follow_queued_reload(now)

@@ -34,7 +34,7 @@ def one_line(exc: BaseException, *, where: bool = False) -> str:
     if isinstance(exc, SyntaxError):
         place = f"line {exc.lineno}"
         if exc.filename:
-            place = f"{_shown_path(exc.filename)}, {place}"
+            place = f"{shown_path(exc.filename)}, {place}"
         return f"SyntaxError: {exc.msg} ({place})"
     text = str(exc).strip().splitlines()
     line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -52,10 +52,10 @@ def raised_at(exc: BaseException) -> str | None:
         return None
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return f"{_shown_path(tb.tb_frame.f_code.co_filename)}, line {tb.tb_lineno}"
+    return f"{shown_path(tb.tb_frame.f_code.co_filename)}, line {tb.tb_lineno}"
 
 
-def _shown_path(path: str) -> str:
+def shown_path(path: str) -> str:
     """``path`` relative to the working directory when it lies below it."""
     with contextlib.suppress(ValueError, OSError):
         relative = os.path.relpath(path)

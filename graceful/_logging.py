@@ -38,3 +38,21 @@ def ensure_visible(role: str) -> None:
 
 def _formatter(role: str) -> logging.Formatter:
     return logging.Formatter(f"graceful[{os.getpid()}] {role}: %(levelname)s %(message)s")
+
+
+class _StartFailures:
+    """Development mode, in a worker: a failure before the worker is ready is
+    reported to the supervisor, which prints it in one line, and not logged here as
+    well."""
+
+    reported_only = False
+
+
+def report_start_failures_only() -> None:
+    """From now on, this process leaves its start-up failures to the supervisor."""
+    _StartFailures.reported_only = True
+
+
+def start_failures_logged() -> bool:
+    """False once :func:`report_start_failures_only` was called."""
+    return not _StartFailures.reported_only

@@ -12,6 +12,7 @@ from typing import Any, Generic, Literal, NoReturn, TypeVar, overload
 
 import multiprocess
 
+from ._dev import Watch, as_watch
 from ._errors import ConfigError
 from ._logging import ensure_visible, logger
 
@@ -45,6 +46,7 @@ class Service(Generic[F]):
         strategy: StrategyName = "all-at-once",
         max_surge: int = 1,
         preload: bool = False,
+        watch: bool | Watch | Sequence[str] = False,
         backend_options: dict[str, Any] | None = None,
         entry_options: dict[str, Any] | None = None,
     ) -> None:
@@ -68,6 +70,8 @@ class Service(Generic[F]):
         self.strategy: StrategyName = strategy
         self.max_surge = max_surge
         self.preload = preload
+        #: what a save reloads (development mode); None: off
+        self.watch: Watch | None = as_watch(watch)
         self.backend: Backend = backend
         #: ``anyio.run`` backend options for the workers (asyncio only)
         self.backend_options = dict(backend_options or {})
@@ -231,6 +235,7 @@ def service(
     strategy: StrategyName = "all-at-once",
     max_surge: int = 1,
     preload: bool = False,
+    watch: bool | Watch | Sequence[str] = False,
 ) -> Callable[[F], Service[F]]: ...
 
 
@@ -247,6 +252,7 @@ def service(
     strategy: StrategyName = "all-at-once",
     max_surge: int = 1,
     preload: bool = False,
+    watch: bool | Watch | Sequence[str] = False,
 ) -> Service[F]: ...
 
 
@@ -262,6 +268,7 @@ def service(
     strategy: StrategyName = "all-at-once",
     max_surge: int = 1,
     preload: bool = False,
+    watch: bool | Watch | Sequence[str] = False,
 ) -> Service[F] | Callable[[F], Service[F]]:
     """Declare a zero-downtime service.
 
@@ -301,6 +308,10 @@ def service(
             scaling fork from the same template, so every worker of a generation
             runs the same code. The code must start no thread at import. See the
             README on many workers.
+        watch: development mode: ``True`` reloads on each save of a ``*.py`` file
+            under the main script's directory; a list of directories, or a
+            :class:`graceful.Watch`, says what to watch. A broken save keeps the
+            running code serving. See the README on development mode.
 
     ``listen``, ``workers`` and the timeouts are fixed when the supervisor starts;
     a reload runs the new function with the backend the new code names.
@@ -327,6 +338,7 @@ def service(
             max_surge=max_surge,
             preload=preload,
         )
+        as_watch(watch)
     except ConfigError as exc:
         refuse_in_script(exc, caller)
 
@@ -347,6 +359,7 @@ def service(
             strategy=strategy,
             max_surge=max_surge,
             preload=preload,
+            watch=watch,
         )
 
     if function is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import types
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,8 @@ import anyio
 
 from ._control import ControlSocket, control_path
 from ._decisions import Settings, Strategy
-from ._entry import entry_ref_for
+from ._dev import DevTerminal, SourceWatcher, Watch, quiet_reload_narrative, with_paths
+from ._entry import EntryRef, entry_ref_for
 from ._errors import ConfigError
 from ._listeners import (
     BoundListener,
@@ -35,7 +37,7 @@ from ._pidfile import PidFile
 from ._processes import become_subreaper
 from ._release import ReleaseDirectory
 from ._service import check_supervision
-from ._spawner import BytecodeGate, SpawningFactory
+from ._spawner import BytecodeGate, ProcessFactory, SpawningFactory
 from ._supervisor_loop import ROLLBACK_SIGNAL, SCALE_SIGNALS, SupervisorLoop
 from ._systemd import Notifier
 from ._template import TemplateFactory
@@ -116,6 +118,9 @@ def _supervise(
                 "preload=True needs this process to become a child subreaper "
                 "(prctl PR_SET_CHILD_SUBREAPER, Linux 3.4 and later), and it could not"
             )
+        watch = (
+            with_paths(service.watch, [_main_directory()]) if service.watch is not None else None
+        )
     except ConfigError as exc:
         logger.error("%s", exc)
         clean_up()
@@ -141,20 +146,10 @@ def _supervise(
         )
         for listener in health_listeners:
             logger.info("health endpoint on http://%s/ready", format_address(listener.address))
-        factory = (TemplateFactory if service.preload else SpawningFactory)(
-            entry,
-            listeners,
-            WorkerOptions(
-                drain_timeout=service.drain_timeout,
-                backend=service.backend,
-                entry_options=service.entry_options,
-                backend_options=service.backend_options,
-            ),
-            release=ReleaseDirectory.adopt(),
-        )
+        terminal = _development_terminal(watch)
         loop = SupervisorLoop(
             settings,
-            factory,
+            _factory(service, entry, listeners),
             listeners=listeners,
             bytecode=BytecodeGate(),
             pid_file=claimed,
@@ -164,6 +159,8 @@ def _supervise(
             health=health_listeners[0].socket if health_listeners else None,
             # forked workers are adopted: they, and what they leave, are reaped here
             reap_orphans=service.preload,
+            watch=SourceWatcher(watch) if watch is not None else None,
+            terminal=terminal,
         )
         try:
             code = anyio.run(loop.run, backend="asyncio")
@@ -175,3 +172,41 @@ def _supervise(
         clean_up()
         if loop is not None and loop.control is not None:
             loop.control.tell_exit(code)
+
+
+def _factory(
+    service: Service[Any], entry: EntryRef, listeners: list[BoundListener]
+) -> ProcessFactory:
+    """What starts the workers: a spawn each, or with preload a fork of the
+    generation's template."""
+    return (TemplateFactory if service.preload else SpawningFactory)(
+        entry,
+        listeners,
+        WorkerOptions(
+            drain_timeout=service.drain_timeout,
+            backend=service.backend,
+            entry_options=service.entry_options,
+            backend_options=service.backend_options,
+            report_only=service.watch is not None,
+        ),
+        release=ReleaseDirectory.adopt(),
+    )
+
+
+def _development_terminal(watch: Watch | None) -> DevTerminal | None:
+    """With ``watch``: the terminal that reports each reload in one line (and the
+    supervisor's own account of reloads left out of its log)."""
+    if watch is None:
+        return None
+    terminal = DevTerminal()
+    terminal.watching(watch)
+    quiet_reload_narrative()
+    return terminal
+
+
+def _main_directory() -> str:
+    """The directory of the script (or ``-m`` module) the user ran: what ``watch``
+    follows by default."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return os.path.dirname(os.path.abspath(path)) if path else os.getcwd()

@@ -67,6 +67,7 @@ from ._decisions import (
     WorkerFailed,
     WorkerReady,
 )
+from ._dev import NARRATIVE, DevTerminal, SourceWatcher
 from ._errors import GracefulError, one_line
 from ._health import HealthServer
 from ._listeners import BoundListener, format_address
@@ -107,6 +108,8 @@ class SupervisorLoop:
         health: a listening socket for the health endpoint (see ``_health.py``).
         reap_orphans: reap every child that is not a worker nor the factory's (also
             done as PID 1): this process is a child subreaper.
+        watch: reload when these sources change (development mode, ``_dev.py``),
+            and report each reload on ``terminal``.
     """
 
     def __init__(
@@ -123,9 +126,13 @@ class SupervisorLoop:
         control: socket.socket | None = None,
         health: socket.socket | None = None,
         reap_orphans: bool = False,
+        watch: SourceWatcher | None = None,
+        terminal: DevTerminal | None = None,
     ) -> None:
         self.machine = SupervisorStateMachine(settings)
         self._reap_orphans_too = reap_orphans
+        self.sources = watch
+        self.terminal = terminal
         self.factory = factory
         self.listeners = listeners or []
         self.bytecode = bytecode
@@ -186,6 +193,8 @@ class SupervisorLoop:
                 if self._follow_signals_too:
                     await tasks.start(self._follow_signals)
                 tasks.start_soon(self._keep_guard)
+                if self.sources is not None:
+                    tasks.start_soon(self.sources.run, self._sources_changed)
                 if os.getpid() == 1 or self._reap_orphans_too:
                     await tasks.start(self._reap_orphans)
                 code = await self._decide(Start())
@@ -216,8 +225,8 @@ class SupervisorLoop:
 
     def _carry_out(self, action: Action) -> None:
         match action:
-            case Log(level, message):
-                logger.log(level, "%s", message)
+            case Log(level, message, narrative):
+                logger.log(level, "%s", message, extra={NARRATIVE: narrative})
             case GenerationServing(_, first):
                 if first and self.pid_file is not None:
                     self._publish_pid_file(self.pid_file)
@@ -282,6 +291,8 @@ class SupervisorLoop:
             case ReloadEnded(outcome):
                 if self.health is not None and self.health.metrics is not None:
                     self.health.metrics.observe_reload(outcome)
+                if self.terminal is not None:
+                    self.terminal.reload_ended(outcome, self.machine.serving)
                 probation = self.machine.probation
                 on_probation = probation is not None and probation.generation == outcome.generation
                 for waiter in self._waiting_for.pop(outcome.generation, []):
@@ -335,6 +346,12 @@ class SupervisorLoop:
         self._scale_waiters.append(waiter)
         self.events_in.send_nowait(ScaleRequested(_SCALE_REQUEST, workers=workers))
         return waiter
+
+    def _sources_changed(self, paths: list[str]) -> None:
+        logger.debug("changed: %s", ", ".join(paths))
+        if self.terminal is not None:
+            self.terminal.changed(paths)
+        self.events_in.send_nowait(ReloadRequested())
 
     def request_reload(self, through_probation: bool = False) -> ReloadWaiter:
         """Ask for a reload; the waiter learns how the reload that runs code read

@@ -125,7 +125,7 @@ def template_main(boot: TemplateBootstrap) -> None:
         _refuse_threads()
     except BaseException as exc:  # an exception at import, even KeyboardInterrupt
         cause = str(exc) if isinstance(exc, ConfigError) else one_line(exc, where=True)
-        if not isinstance(exc, ConfigError):
+        if not isinstance(exc, ConfigError) and not boot.options.report_only:
             logger.exception("preloading the code failed")
         _send(forks, failed=cause)
         sys.exit(1)

@@ -35,8 +35,10 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
+import logging
+import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -45,7 +47,8 @@ from uvicorn.protocols.http.flow_control import CLOSE_HEADER
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ._context import Context
-from ._errors import ConfigError
+from ._errors import ConfigError, one_line, shown_path
+from ._logging import start_failures_logged
 from ._tasks import run_beside
 
 #: uvicorn options that graceful owns: the listeners, the process model, reloading.
@@ -335,6 +338,10 @@ async def serve_uvicorn(
     """
     config = uvicorn_config(app, drain_timeout, options)
     server = GracefulUvicornServer(config, context)
+    if not start_failures_logged() and "log_level" not in options:
+        # development mode: the supervisor's one line per reload replaces uvicorn's
+        # start and stop narrative (its warnings, errors and access log stay)
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
     async def follow_turns() -> None:
         while True:
@@ -372,13 +379,69 @@ async def serve_uvicorn(
                 )
 
     async def serve() -> None:
+        # uvicorn logs a failed lifespan startup (and exits) rather than raising it:
+        # keep the error to report it in one line, and in development mode (where
+        # the supervisor prints that line) keep it out of uvicorn's own log
+        failure = LifespanFailure(lambda: server.started)
+        uvicorn_logger = logging.getLogger("uvicorn.error")
+        uvicorn_logger.addHandler(failure)
+        quiet = not start_failures_logged()
+        if quiet:
+            uvicorn_logger.addFilter(failure.hide_until_started)
         try:
             await server.serve(sockets=[listener.socket for listener in context.listeners])
         except SystemExit:
             if server.started:
                 raise
             raise ConfigError(
-                "the ASGI app's lifespan startup failed (its error is logged above)"
+                f"the ASGI app's lifespan startup failed: {failure.describe()}"
             ) from None
+        finally:
+            uvicorn_logger.removeHandler(failure)
+            uvicorn_logger.removeFilter(failure.hide_until_started)
 
     await run_beside(serve, follow_turns)
+
+
+class LifespanFailure(logging.Handler):
+    """Keeps the last error uvicorn logs (a failed lifespan startup is logged, not
+    raised), to name it in one line."""
+
+    def __init__(self, started: Callable[[], bool]) -> None:
+        super().__init__(logging.ERROR)
+        self.started = started
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def hide_until_started(self, record: logging.LogRecord) -> bool:
+        """A logger filter: until the server has started, keep the errors (they are
+        reported) and let only lesser records through."""
+        if record.levelno >= logging.ERROR and not self.started():
+            self.records.append(record)
+            return False
+        return True
+
+    def describe(self) -> str:
+        """The error as one line, with the file and line it was raised at when known
+        (its error is logged above in full)."""
+        for record in self.records:
+            if record.exc_info and record.exc_info[1] is not None:
+                return one_line(record.exc_info[1], where=True)
+        # an app that reports the failure itself (Starlette) sends its traceback as
+        # the message; uvicorn's own "Application startup failed" follows it
+        traced = [record for record in self.records if "Traceback" in record.getMessage()]
+        if not traced and not self.records:
+            return "(its error is logged above)"
+        text = (traced or self.records)[0].getMessage()
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        if not lines:
+            return "(its error is logged above)"
+        frames = _TRACEBACK_FRAME.findall(text)
+        where = f" ({shown_path(frames[-1][0])}, line {frames[-1][1]})" if frames else ""
+        return lines[-1].strip() + where
+
+
+#: ``File "app.py", line 12`` in a formatted traceback.
+_TRACEBACK_FRAME = re.compile(r'File "([^"]+)", line (\d+)')

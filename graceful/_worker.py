@@ -47,7 +47,7 @@ from ._context import Context, SyncContext
 from ._entry import EntryRef, resolve_entry
 from ._errors import ConfigError, one_line
 from ._listeners import Address, Listener
-from ._logging import ensure_visible, logger
+from ._logging import ensure_visible, logger, report_start_failures_only
 from ._shutdown import ShutdownRequest, drain_on_sigterm, follow_supervisor
 from ._tasks import run_beside
 
@@ -72,6 +72,9 @@ class WorkerOptions:
     entry_options: dict[str, Any]
     #: passed to ``anyio.run`` as ``backend_options`` (e.g. ``use_uvloop``)
     backend_options: dict[str, Any]
+    #: development mode: a failure before the worker is ready is only reported to
+    #: the supervisor, which prints it in one line, not logged here as well
+    report_only: bool = False
 
 
 @dataclass
@@ -113,7 +116,8 @@ def worker_main(boot: WorkerBootstrap) -> None:
     try:
         import_main_script(boot.main)
     except BaseException as exc:  # a KeyboardInterrupt raised at import is a failure too
-        logger.exception("importing the main script failed")
+        if not boot.options.report_only:
+            logger.exception("importing the main script failed")
         _fail(control, one_line(exc, where=True), log=False)
     run_worker(boot, control)
 
@@ -135,6 +139,10 @@ def settle_process(role: str, log_level: int) -> None:
 def run_worker(boot: WorkerBootstrap, control: _wire.ControlChannel) -> None:
     """A worker's life once the user's code is imported (by this process, or by the
     template it was forked from): take the listeners, find the entry point, run it."""
+    options = boot.options
+    log = not options.report_only
+    if options.report_only:
+        report_start_failures_only()  # for the servers' own start-up errors too
     try:
         listeners = _receive_listeners(boot)
     except (OSError, ConnectionError) as exc:
@@ -142,9 +150,8 @@ def run_worker(boot: WorkerBootstrap, control: _wire.ControlChannel) -> None:
     try:
         runnable = find_runnable(boot.entry, boot.options.backend)
     except ConfigError as exc:
-        _fail(control, str(exc))
+        _fail(control, str(exc), log=log)
 
-    options = boot.options
     shutdown = ShutdownRequest(options.drain_timeout)
     context = Context(
         listeners=listeners,
@@ -177,9 +184,11 @@ def run_worker(boot: WorkerBootstrap, control: _wire.ControlChannel) -> None:
                 shutdown,
             )
     except ConfigError as exc:
-        _fail(control, str(exc))
+        _fail(control, str(exc), log=log or context.ready_sent)
     except Exception as exc:
         control.send(_wire.Failed(one_line(exc, where=True)))
+        if not log and not context.ready_sent:
+            sys.exit(1)  # reported; the supervisor prints it
         raise
 
 

@@ -1,0 +1,240 @@
+"""Development mode (``--watch``): saves reload the service with zero downtime, and
+a broken save leaves the running code serving, named once in one status line.
+
+Files are saved the way editors save them, written beside and renamed into place,
+and each test waits for a save's status line before the next save.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+from harness import ServiceProcess, connect, poll_until, read_line, running
+from http_load import HttpLoad
+from services import service_source
+
+STARLETTE_APP = """\
+import contextlib
+
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+{imports}
+MESSAGE = {message!r}
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+{lifespan}
+    yield
+
+
+async def home(request):
+    return PlainTextResponse(MESSAGE)
+
+
+app = Starlette(routes=[Route("/", home)], lifespan=lifespan)
+"""
+
+#: what each of 20 saves writes: a version that serves, or one of three broken ones
+FAILING_LIFESPAN = "    raise RuntimeError('lifespan of save 16 failed')"
+BROKEN = {
+    5: ("syntax", "MESSAGE = 'v5'\ndef broken(:\n    pass\n"),
+    11: ("import", STARLETTE_APP.format(imports="import no_such_module_11", message="v11",
+                                        lifespan="    pass")),
+    16: ("lifespan", STARLETTE_APP.format(imports="", message="v16", lifespan=FAILING_LIFESPAN)),
+}  # fmt: skip
+
+#: what each broken save's status line must name: its file, line and message
+NAMED = {
+    5: r"SyntaxError: invalid syntax \(app\.py, line 2\)",
+    11: r"ModuleNotFoundError: No module named 'no_such_module_11' \(app\.py, line 6\)",
+    16: r"RuntimeError: lifespan of save 16 failed \(app\.py, line \d+\)",
+}
+
+STATUS = re.compile(r"([✓✗]) generation (\d+) (serving|failed) in [\d.]+s")
+
+
+def save(path: Path, text: str) -> None:
+    """Save as an editor does: beside the file, then renamed into place."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def status_lines(svc: ServiceProcess) -> list[str]:
+    return [line for line in svc.lines if STATUS.search(line)]
+
+
+def next_status(svc: ServiceProcess, seen: int) -> str:
+    """Wait for the status line after the first ``seen`` ones; return it."""
+    poll_until(lambda: len(status_lines(svc)) > seen, 30, f"status line {seen + 1}")
+    return status_lines(svc)[seen]
+
+
+def test_twenty_saves_under_load_with_three_broken_lose_no_request(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    save(app, STARLETTE_APP.format(imports="", message="v0", lifespan="    pass"))
+    with running(
+        app,
+        module="graceful",
+        args=["serve", "app:app", "--watch", "--listen", "127.0.0.1:0", "--no-access-log",
+              "--drain-timeout", "5"],
+        cwd=tmp_path,
+        env={"FORCE_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1"},
+    ) as svc:  # fmt: skip
+        svc.wait_serving(1)
+        svc.wait_for(r"watching .* \(\*\.py\): a save reloads")
+        with HttpLoad(f"http://{svc.address()}/", clients=12) as load:
+            load.wait_for_body("v0")
+            for number in range(1, 21):
+                broken = BROKEN.get(number)
+                text = (
+                    broken[1]
+                    if broken
+                    else STARLETTE_APP.format(imports="", message=f"v{number}", lifespan="    pass")
+                )
+                save(app, text)
+                line = next_status(svc, number - 1)
+                if broken:
+                    assert "✗" in line, line
+                    assert re.search(NAMED[number], line), line
+                    assert "keeps serving" in line
+                else:
+                    assert "✓" in line, line
+                    load.wait_for_body(f"v{number}")  # the new code answers
+        assert load.tally.failures == {}, load.tally.failures
+        assert load.tally.ok > 1000
+    output = svc.output
+    # one status line per save: a save is one reload
+    assert len(status_lines(svc)) == 20
+    # each broken save is named once, in colour
+    for number in BROKEN:
+        pattern = NAMED[number].split(r" \(")[0]
+        assert len(re.findall(pattern, output)) == 1, (number, output)
+    assert "\x1b[1;31m✗ generation" in output
+    assert "\x1b[32m✓ generation" in output
+    # the supervisor's own account of each reload is replaced by the status line
+    assert output.count("starting generation") == 1
+    assert "reload failed" not in output
+    # uvicorn's start and stop narrative too
+    assert "Waiting for application startup" not in output.split("generation 1 is serving")[1]
+
+
+SERVICE_WITH_HELPER = """\
+from helper import PREFIX
+"""
+
+
+def test_graceful_run_watch_follows_the_include_and_exclude_globs(tmp_path: Path) -> None:
+    (tmp_path / "helper.py").write_text("PREFIX = b'v1: '\n")
+    script = tmp_path / "svc.py"
+    script.write_text(service_source(prefix_from_module=True))
+    (tmp_path / "handlers.py").write_text("from helper import PREFIX\n")
+    (tmp_path / "skipped").mkdir()
+    with running(
+        script,
+        module="graceful",
+        args=["run", "svc:main", "--watch", "--watch-include", "*.py",
+              "--watch-include", "*.toml", "--watch-exclude", "skipped"],
+        cwd=tmp_path,
+        env={"LISTEN": "127.0.0.1:0", "PROBATION": "0", "PYTHONDONTWRITEBYTECODE": "1"},
+    ) as svc:  # fmt: skip
+        svc.wait_serving(1)
+
+        def answer() -> bytes:
+            with connect(svc.address()) as client:
+                client.sendall(b"hello\n")
+                return read_line(client)
+
+        assert answer() == b"v1: hello\n"
+        save(tmp_path / "helper.py", "PREFIX = b'v2: '\n")
+        assert "✓ generation 2 serving" in next_status(svc, 0)
+        poll_until(lambda: answer() == b"v2: hello\n", 10, "the new code")
+        # not a watched name, and a watched name in an excluded directory: no reload
+        (tmp_path / "notes.txt").write_text("hello")
+        (tmp_path / "skipped" / "ignored.py").write_text("x = 1\n")
+        # a watched name of another kind: a reload
+        save(tmp_path / "settings.toml", "debug = true\n")
+        assert "generation 3 serving" in next_status(svc, 1)
+        assert len(status_lines(svc)) == 2
+        # a module that raises at import: named once, no traceback, old code serves
+        save(tmp_path / "helper.py", "PREFIX = b'v4: '\nraise LookupError('no config v4')\n")
+        line = next_status(svc, 2)
+        assert "✗ generation 4 failed" in line
+        assert "LookupError: no config v4 (helper.py, line 2)" in line, line
+        assert svc.output.count("no config v4") == 1
+        assert "Traceback" not in svc.output
+        assert answer() == b"v2: hello\n"
+        # the next good save recovers, with no action
+        save(tmp_path / "helper.py", "PREFIX = b'v5: '\n")
+        assert "✓ generation 5 serving" in next_status(svc, 3)
+        poll_until(lambda: answer() == b"v5: hello\n", 10, "the fixed code")
+        # not a terminal: no colour
+        assert "\x1b[" not in svc.output
+        # Ctrl-C as ever
+        svc.send(signal.SIGINT)
+        assert svc.wait_exit() == 0
+
+
+def test_watch_in_the_decorator_follows_the_scripts_directory(tmp_path: Path) -> None:
+    (tmp_path / "handlers.py").write_text("PREFIX = b'v1: '\n")
+    script = tmp_path / "svc.py"
+    script.write_text(
+        service_source(prefix_from_module=True).replace(
+            "@graceful.service(\n", "@graceful.service(\n    watch=True,\n"
+        )
+    )
+    with running(script, env={"LISTEN": "127.0.0.1:0", "PROBATION": "0"}) as svc:
+        svc.wait_serving(1)
+        svc.wait_for(rf"watching {re.escape(str(tmp_path))} ")
+        save(tmp_path / "handlers.py", "PREFIX = b'v2: '\n")
+        assert "✓ generation 2 serving" in next_status(svc, 0)
+
+
+@pytest.mark.parametrize(
+    ("watch", "why"),
+    [
+        ("['/no/such/dir']", "cannot watch '/no/such/dir': no such file or directory"),
+        ("'yes'", "watch='yes' must be True, a list of directories, or a graceful.Watch"),
+        ("graceful.Watch(include=('',))", "watch pattern '' must be a non-empty glob"),
+    ],
+)
+def test_a_watch_that_cannot_work_is_one_line(tmp_path: Path, watch: str, why: str) -> None:
+    script = tmp_path / "svc.py"
+    script.write_text(
+        service_source().replace(
+            "@graceful.service(\n", f"@graceful.service(\n    watch={watch},\n"
+        )
+    )
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        assert svc.wait_exit() == 2
+        errors = [line for line in svc.lines if "ERROR" in line]
+        assert len(errors) == 1, svc.output
+        assert why in errors[0]
+        assert "starting generation" not in svc.output
+
+
+def test_the_watchers_thread_takes_no_signal(tmp_path: Path) -> None:
+    """As the bytecode check's: SIGTTIN or SIGUSR2 while the supervisor stops must not
+    reach a thread that lives on (see tests/test_lifecycle.py for the race)."""
+    script = tmp_path / "svc.py"
+    script.write_text(textwrap.dedent(service_source()).replace(
+        "@graceful.service(\n", "@graceful.service(\n    watch=True,\n"
+    ))  # fmt: skip
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        poll_until(lambda: len(os.listdir(f"/proc/{svc.pid}/task")) > 1, 10, "the thread")
+        for task in os.listdir(f"/proc/{svc.pid}/task"):
+            if int(task) == svc.pid:
+                continue  # the main thread: it takes them, on purpose
+            with open(f"/proc/{svc.pid}/task/{task}/status") as status:
+                blocked = next(line for line in status if line.startswith("SigBlk:"))
+            mask = int(blocked.split()[1], 16)
+            for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGUSR2, signal.SIGTTIN):
+                assert mask & (1 << (signum - 1)), (task, blocked)
