@@ -1,7 +1,7 @@
 """The ``graceful`` command line (also ``python -m graceful``).
 
-    graceful serve pkg.module:app --listen 127.0.0.1:8080 [--workers N] ...
-    graceful run pkg.module:main [--pid-file PATH]
+    graceful serve pkg.module:app --listen 127.0.0.1:8080 [--workers N] [--watch] ...
+    graceful run pkg.module:main [--pid-file PATH] [--watch]
     graceful reload --pid-file PATH [--wait [--through-probation] [--timeout S]]
     graceful rollback --pid-file PATH [--timeout S]
     graceful scale N --pid-file PATH [--wait [--timeout S]]
