@@ -404,8 +404,10 @@ async def serve_uvicorn(
 
 
 class LifespanFailure(logging.Handler):
-    """Keeps the last error uvicorn logs (a failed lifespan startup is logged, not
-    raised), to name it in one line."""
+    """Keeps the errors uvicorn logs while it starts (a failed lifespan startup is
+    logged, not raised), to name the failure in one line. Once the server has
+    started it keeps nothing: a record holds its traceback, and with it the frames'
+    variables, and a server logs an error per failed request."""
 
     def __init__(self, started: Callable[[], bool]) -> None:
         super().__init__(logging.ERROR)
@@ -413,13 +415,17 @@ class LifespanFailure(logging.Handler):
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        self._keep(record)
+
+    def _keep(self, record: logging.LogRecord) -> None:
+        if not self.started() and len(self.records) < _KEPT_AT_MOST:
+            self.records.append(record)
 
     def hide_until_started(self, record: logging.LogRecord) -> bool:
         """A logger filter: until the server has started, keep the errors (they are
         reported) and let only lesser records through."""
         if record.levelno >= logging.ERROR and not self.started():
-            self.records.append(record)
+            self._keep(record)
             return False
         return True
 
@@ -442,6 +448,9 @@ class LifespanFailure(logging.Handler):
         where = f" ({shown_path(frames[-1][0])}, line {frames[-1][1]})" if frames else ""
         return lines[-1].strip() + where
 
+
+#: The start-up errors a :class:`LifespanFailure` keeps.
+_KEPT_AT_MOST = 8
 
 #: ``File "app.py", line 12`` in a formatted traceback.
 _TRACEBACK_FRAME = re.compile(r'File "([^"]+)", line (\d+)')

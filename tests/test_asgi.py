@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from harness import (
     ServiceProcess,
@@ -500,3 +501,43 @@ def test_a_websocket_opened_on_a_draining_keep_alive_connection_closes_with_1012
         assert code == 1012
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
+
+
+FAILING_HANDLER_APP = """\
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+
+async def boom(request):
+    ballast = bytearray(1_000_000)  # a local of the failing frame: 1 MB
+    raise ValueError("boom")
+
+
+async def home(request):
+    return PlainTextResponse("ok")
+
+
+app = Starlette(routes=[Route("/", home), Route("/boom", boom)])
+"""
+
+
+def test_errors_logged_while_serving_are_not_kept_in_memory(tmp_path: Path) -> None:
+    """uvicorn logs each failed request with its traceback; graceful keeps the errors
+    uvicorn logs while it starts (to name a failed lifespan), and must keep none once
+    it serves: each would hold the failing frame's variables (found by an attack
+    pass: 300 failed requests grew a worker by 290 MB)."""
+    (tmp_path / "app.py").write_text(FAILING_HANDLER_APP)
+    with serve(tmp_path) as svc:
+        svc.wait_serving(1)
+        [worker] = svc.worker_pids()
+        address = svc.address()
+        answer(address)
+        before = psutil.Process(worker).memory_info().rss
+        for _ in range(300):
+            with connect(address) as client:
+                client.sendall(b"GET /boom HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                status = client.recv(64)
+                assert status.startswith(b"HTTP/1.1 500"), status
+        after = psutil.Process(worker).memory_info().rss
+        assert after - before < 50 * 2**20, (before >> 20, after >> 20)
