@@ -322,8 +322,9 @@ def _run(args: argparse.Namespace) -> int:
     for name, value in overrides.items():
         if value is not None:
             setattr(target, name, value)
-    if args.watch or args.watch_dir:
-        target.watch = _watch(args, module_name)
+    watch = _watch(args, module_name)
+    if watch is not None:
+        target.watch = watch
     return _supervise(target, args)
 
 
@@ -331,6 +332,8 @@ def _watch(args: argparse.Namespace, module: str) -> Watch | None:
     """``--watch`` and its options, with the default directories: the app's (or the
     entry's) module's, and ``--app-dir`` unless it holds that one."""
     if not args.watch and not args.watch_dir:
+        if args.watch_include or args.watch_exclude:
+            raise ConfigError("--watch-include and --watch-exclude need --watch")
         return None
     watch = as_watch(
         Watch(

@@ -178,6 +178,9 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TypeAlias
 
+#: The cause of a reload that a newer change superseded (development mode).
+SUPERSEDED = "superseded by a newer change"
+
 # --- events ------------------------------------------------------------------------
 
 
@@ -530,6 +533,10 @@ class Settings:
     #: one import per generation: a worker started into a generation at any time
     #: runs that generation's code (it is forked from the generation's template)
     preload: bool = False
+    #: development mode (``--watch``): a newer change supersedes a generation still
+    #: starting, and a generation that fails with nothing serving waits for the next
+    #: change instead of stopping the service
+    development: bool = False
 
 
 class WorkerState(Enum):
@@ -713,6 +720,8 @@ class SupervisorStateMachine:
             case Start():
                 self._start_generation(now)
             case ReloadRequested():
+                if self.settings.development:
+                    self._supersede_starting(now)
                 self._on_reload()
                 if self.starting is None and self.rollback is None and not self.stop_announced:
                     self._start_generation(now)
@@ -1054,6 +1063,12 @@ class SupervisorStateMachine:
             self._log(
                 logging.INFO, f"generation {generation.number} is serving (ready in {took:.3f}s)"
             )
+            if self.last_reload is not None:
+                # development mode: the first to serve after failed ones (see
+                # _fail_generation), which was waited for as a reload is
+                self.last_reload = ReloadOutcome(generation.number, "serving", None, took)
+                self.counters.reloads_serving += 1
+                self._actions.append(ReloadEnded(self.last_reload))
         else:
             self.last_reload = ReloadOutcome(generation.number, "serving", None, took)
             self.counters.reloads_serving += 1
@@ -1222,6 +1237,7 @@ class SupervisorStateMachine:
         self._log(
             logging.ERROR,
             f"rolling back: {cause}; parked generation {parked.number} resumes",
+            narrative=True,
         )
         self._announce(Phase.STATUS)
         return True
@@ -1245,7 +1261,7 @@ class SupervisorStateMachine:
                 f"rollback to generation {rollback.to_generation} failed: no worker resumed; "
                 f"generation {rollback.from_generation} keeps serving"
             )
-            self._log(logging.ERROR, detail)
+            self._log(logging.ERROR, detail, narrative=True)
             self._actions.append(RollbackEnded(False, detail))
             self._actions.append(
                 ProbationEnded(rollback.from_generation, "rollback failed", rollback.cause)
@@ -1276,6 +1292,7 @@ class SupervisorStateMachine:
             f"rolled back: generation {target.number} serves again (resumed in {took:.3f}s), "
             f"generation {rollback.from_generation} drains. Until the next reload, crashed "
             "workers are not restarted from the code on disk, which was rolled back",
+            narrative=True,
         )
         self._actions.append(
             RollbackEnded(
@@ -1315,6 +1332,17 @@ class SupervisorStateMachine:
         self._retire(generation)
         if generation.rolling and self.serving is not None:
             self._restore_after_rollout(self.generations[self.serving])
+        if self.serving is None and self.settings.development:
+            # nothing serves yet, and the next change may fix it: wait for it
+            self._reload_failed(generation, cause, now)
+            self._log(
+                logging.ERROR,
+                f"generation {generation.number} failed to start: {cause}; waiting for a change",
+                narrative=True,
+            )
+            self._announce(Phase.STATUS)
+            self._follow_queued_reload(now)
+            return
         if self.serving is None:
             self._log(logging.ERROR, f"generation {generation.number} failed to start: {cause}")
             self.stop_reason = f"generation {generation.number} failed to start: {cause}"
@@ -1329,6 +1357,22 @@ class SupervisorStateMachine:
         )
         self._announce(Phase.READY)
         self._follow_queued_reload(now)
+
+    def _supersede_starting(self, now: float) -> None:
+        """Development mode: a change arrived while a generation starts. It will never
+        serve the newest code, and it may hang: its workers still starting are
+        killed, those ready drain, and the reload ends as superseded."""
+        starting = self.generations.get(self.starting) if self.starting is not None else None
+        if starting is None or self.rollback is not None or self.stop_announced:
+            return
+        for worker in self._members(starting):
+            if worker.state is WorkerState.STARTING:
+                worker.cause = worker.cause or "superseded by a newer change"
+                self._kill(worker)
+        self._retire(starting)
+        if starting.rolling and self.serving is not None:
+            self._restore_after_rollout(self.generations[self.serving])
+        self._reload_failed(starting, SUPERSEDED, now)
 
     def _restore_after_rollout(self, serving: Generation) -> None:
         """A rolling reload failed: the old workers it parked resume (as many as the
@@ -1381,7 +1425,17 @@ class SupervisorStateMachine:
         generation.leaving.discard(serial)
         how = worker.cause or _exit_description(exitcode)
         if worker.state is WorkerState.DRAINING:
-            if not worker.killed and exitcode not in (0, None):
+            if worker.killed or exitcode in (0, None):
+                pass
+            elif worker.ready_at is None and generation.role is Role.RETIRED:
+                # a sibling of the worker that failed its generation: the same cause,
+                # most likely, already reported
+                self._log(
+                    logging.INFO,
+                    f"{self._describe(worker)} also failed before it was ready: {how}",
+                    narrative=True,
+                )
+            else:
                 self._log(logging.WARNING, f"{self._describe(worker)} exited while draining: {how}")
         elif worker.state is WorkerState.PARKED:
             self._log(
@@ -1564,6 +1618,9 @@ class SupervisorStateMachine:
 
     def _on_restart_due(self, number: int, worker_id: int) -> None:
         generation = self.generations.get(number)
+        if generation is not None and worker_id >= self.size:
+            # scaled down since the crash: the replacement takes a slot within the count
+            worker_id = self._free_ids(generation, 1)[0]
         if (
             generation is None
             or generation.role is not Role.SERVING

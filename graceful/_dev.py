@@ -39,11 +39,19 @@ from ._logging import logger
 if TYPE_CHECKING:  # workers import this module: the state machine is the supervisor's
     from ._decisions import ReloadOutcome
 
+#: Causes of a reload that are not a broken change (``_decisions.SUPERSEDED``, and a
+#: reload ended by the stop).
+SUPERSEDED = "superseded by a newer change"
+STOPPING = "the service is stopping"
+
 #: A reload's narrative log records carry this attribute (see ``Log.narrative``).
 NARRATIVE = "graceful_reload_narrative"
 
 #: Milliseconds without a new change before a batch of changes is reported.
 _QUIET_MS = 50
+
+#: Seconds between looks for a watched directory that has gone.
+_ROOT_POLL = 0.5
 
 
 @dataclass(frozen=True)
@@ -51,9 +59,9 @@ class Watch:
     """What ``watch=`` follows.
 
     Args:
-        paths: directories (or files) to watch, recursively; empty for the
-            default: the directory of the main script or of the app's module (and
-            ``--app-dir``).
+        paths: directories to watch, recursively, or files (each reloads whatever its
+            name); empty for the default: the directory of the main script or of the
+            app's module (and ``--app-dir``).
         include: glob patterns a changed file's name must match (``*.py``).
         exclude: glob patterns of names (files or directories) to leave out, on
             top of what is always left out (``__pycache__``, ``.git``, editors'
@@ -106,7 +114,12 @@ def with_paths(watch: Watch, defaults: Sequence[str]) -> Watch:
 
 
 class SourceWatcher:
-    """Follows :class:`Watch`'s files and reports each batch of changes."""
+    """Follows :class:`Watch`'s files and reports each batch of changes.
+
+    A file named in ``paths`` is followed through its directory (an editor saves by
+    renaming a new file into place), and reloads whatever its name. A watched
+    directory that disappears is reported, and followed again once it is back.
+    """
 
     def __init__(self, watch: Watch) -> None:
         import watchfiles  # noqa: PLC0415 - only needed in development
@@ -114,9 +127,26 @@ class SourceWatcher:
         self.watch = watch
         #: what is always left out: caches, version control, editors' temporary files
         self._ignored = watchfiles.DefaultFilter()
+        paths = [os.path.abspath(path) for path in watch.paths]
+        self._files = {path for path in paths if os.path.isfile(path)}
+        self._dirs = [path for path in paths if path not in self._files]
+        #: what is handed to the watcher: the directories, and the files' directories
+        self.roots = sorted({*self._dirs, *(os.path.dirname(path) for path in self._files)})
+        #: only files were named: their directories are not followed below
+        self._recursive = bool(self._dirs)
+        #: a root was deleted: the watcher must be set up again
+        self._lost = threading.Event()
 
     def wanted(self, change: Any, path: str) -> bool:
         """True if a change to ``path`` should reload (``watchfiles``' filter)."""
+        if path in self.roots:
+            if not os.path.isdir(path):
+                self._lost.set()
+            return False
+        if path in self._files:
+            return True
+        if not any(path.startswith(directory + os.sep) for directory in self._dirs):
+            return False
         if not self._ignored(change, path):
             return False
         parts = Path(path).parts
@@ -133,25 +163,55 @@ class SourceWatcher:
             stop.set()
 
     def _follow(self, changed: Callable[[list[str]], None], stop: threading.Event) -> None:
-        import watchfiles  # noqa: PLC0415
-
         # This thread lives as long as the supervisor: it, and the watcher's own
         # thread started from it, must never take a signal (see BytecodeGate).
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        for changes in watchfiles.watch(
-            *self.watch.paths,
-            watch_filter=self.wanted,
-            step=_QUIET_MS,
-            stop_event=stop,
-            rust_timeout=500,
-            yield_on_timeout=False,
-            raise_interrupt=False,
-        ):
-            paths = sorted({path for _, path in changes})
-            try:
-                anyio.from_thread.run_sync(changed, paths)
-            except RuntimeError:
-                return  # the event loop is gone
+        missing: list[str] = []
+        while not stop.is_set():
+            now_missing = [root for root in self.roots if not os.path.isdir(root)]
+            if now_missing:
+                if now_missing != missing:
+                    logger.warning(
+                        "cannot watch %s: no such directory; watching again once it exists",
+                        ", ".join(now_missing),
+                    )
+                missing = now_missing
+                stop.wait(_ROOT_POLL)
+                continue
+            if missing:
+                logger.warning("watching %s again", ", ".join(missing))
+                missing = []
+            if not self._follow_until_lost(changed, stop):
+                return
+
+    def _follow_until_lost(
+        self, changed: Callable[[list[str]], None], stop: threading.Event
+    ) -> bool:
+        """Report changes until a root is lost (True) or the end (False)."""
+        import watchfiles  # noqa: PLC0415
+
+        self._lost.clear()
+        try:
+            for changes in watchfiles.watch(
+                *self.roots,
+                watch_filter=self.wanted,
+                step=_QUIET_MS,
+                stop_event=stop,
+                rust_timeout=int(_ROOT_POLL * 1000),
+                yield_on_timeout=True,
+                raise_interrupt=False,
+                recursive=self._recursive,
+            ):
+                if changes:
+                    try:
+                        anyio.from_thread.run_sync(changed, sorted({path for _, path in changes}))
+                    except RuntimeError:
+                        return False  # the event loop is gone
+                if self._lost.is_set() or not all(os.path.isdir(root) for root in self.roots):
+                    return True
+        except OSError:
+            return True  # a root went away as the watcher was set up
+        return False
 
 
 class DevTerminal:
@@ -160,7 +220,10 @@ class DevTerminal:
     def __init__(self, stream: IO[str] | None = None, colour: bool | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.colour = wants_colour(self.stream) if colour is None else colour
-        self._changed: list[str] = []
+        #: files changed since the last generation started
+        self._pending: list[str] = []
+        #: generation number -> what made it start, for its status line
+        self._why: dict[int, str] = {}
 
     def watching(self, watch: Watch) -> None:
         self._print(
@@ -171,22 +234,39 @@ class DevTerminal:
 
     def changed(self, paths: list[str]) -> None:
         """A batch of changes asked for a reload."""
-        self._changed = paths
+        self._pending = sorted({*self._pending, *paths})
+
+    def started(self, number: int) -> None:
+        """Generation ``number`` started: it runs the changes seen until now (none: a
+        reload asked for otherwise, such as SIGHUP)."""
+        names = ", ".join(_short(path) for path in self._pending)
+        self._why[number] = names or "reload"
+        self._pending = []
 
     def reload_ended(self, outcome: ReloadOutcome, serving: int | None) -> None:
-        what = ", ".join(_short(path) for path in self._changed) or "a reload"
+        why = self._why.pop(outcome.generation, "reload")
+        took = f"in {outcome.seconds:.3f}s ({why})"
         if outcome.outcome == "serving":
-            self._print(
-                f"✓ generation {outcome.generation} serving in {outcome.seconds:.3f}s ({what})",
-                _GREEN,
-            )
+            self._print(f"✓ generation {outcome.generation} serving {took}", _GREEN)
+        elif outcome.cause in (SUPERSEDED, STOPPING):
+            # not a broken change: a newer one won, or the service stops
+            self._print(f"· generation {outcome.generation} {outcome.cause} ({why})", _DIM)
         else:
-            keeps = f"; generation {serving} keeps serving" if serving is not None else ""
-            self._print(
-                f"✗ generation {outcome.generation} failed in {outcome.seconds:.3f}s "
-                f"({what}): {outcome.cause}{keeps}",
-                _RED,
+            keeps = (
+                f"; generation {serving} keeps serving"
+                if serving is not None
+                else "; nothing serves yet: waiting for a change"
             )
+            self._print(
+                f"✗ generation {outcome.generation} failed {took}: {outcome.cause}{keeps}", _RED
+            )
+
+    def rollback_ended(self, ok: bool, detail: str) -> None:
+        """A rollback (a new generation crashed or broke during its probation)."""
+        if detail == STOPPING:
+            self._print(f"· rollback abandoned: {detail}", _DIM)
+        else:
+            self._print(f"✗ rolled back: {detail}" if ok else f"✗ {detail}", _RED)
 
     def _print(self, line: str, colour: str) -> None:
         text = f"{colour}{line}{_RESET}" if self.colour else line

@@ -7,7 +7,10 @@ that refuses to start says exactly what to fix.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import sysconfig
+import traceback
 
 
 class GracefulError(Exception):
@@ -46,13 +49,37 @@ def one_line(exc: BaseException, *, where: bool = False) -> str:
 
 
 def raised_at(exc: BaseException) -> str | None:
-    """``file, line N`` of the innermost frame of ``exc``'s traceback, or None."""
-    tb = exc.__traceback__
-    if tb is None:
+    """``file, line N`` where ``exc`` was raised, as its author would look for it: the
+    innermost frame of its traceback in the application's own code (not the
+    standard library's, an installed package's, or graceful's), else the innermost
+    one outside Python's import machinery; None if there is none."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    known = [frame for frame in frames if not frame.filename.startswith("<")]
+    own = [frame for frame in known if not _is_library(frame.filename)]
+    others = [frame for frame in known if not _is_graceful(frame.filename)]
+    chosen = (own or others)[-1:]
+    if not chosen:
         return None
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return f"{shown_path(tb.tb_frame.f_code.co_filename)}, line {tb.tb_lineno}"
+    return f"{shown_path(chosen[0].filename)}, line {chosen[0].lineno}"
+
+
+def _is_library(path: str) -> bool:
+    """True for a file of the standard library, an installed package, or graceful."""
+    return _is_graceful(path) or any(
+        path.startswith(directory + os.sep) for directory in _library_directories()
+    )
+
+
+def _is_graceful(path: str) -> bool:
+    return path.startswith(os.path.dirname(os.path.abspath(__file__)) + os.sep)
+
+
+@functools.cache
+def _library_directories() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple(
+        {os.path.abspath(paths[name]) for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    )
 
 
 def shown_path(path: str) -> str:

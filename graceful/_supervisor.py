@@ -143,6 +143,7 @@ def _supervise(
             max_surge=service.max_surge,
             max_workers=most_workers(),
             preload=service.preload,
+            development=service.watch is not None,
         )
         for listener in health_listeners:
             logger.info("health endpoint on http://%s/ready", format_address(listener.address))

@@ -259,6 +259,8 @@ class SupervisorLoop:
                     waiter.resolve("the service is stopping")
                 self._reload_waiters.clear()
             case GenerationStarted(number, first):
+                if self.terminal is not None:
+                    self.terminal.started(number)
                 if not first:
                     self._waiting_for.setdefault(number, []).extend(self._reload_waiters)
                     self._reload_waiters.clear()
@@ -306,7 +308,9 @@ class SupervisorLoop:
             case ProbationEnded(generation, outcome, detail):
                 for waiter in self._waiting_for_probation.pop(generation, []):
                     waiter.resolve_probation(outcome, detail)
-            case RollbackEnded():
+            case RollbackEnded(ok, detail):
+                if self.terminal is not None:
+                    self.terminal.rollback_ended(ok, detail)
                 for waiter in self._rollback_waiters:
                     waiter.resolve(ended)
                 self._rollback_waiters.clear()

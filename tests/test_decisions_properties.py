@@ -145,9 +145,16 @@ class SupervisorWorld(RuleBasedStateMachine):
         strategy=st.sampled_from(Strategy),
         max_surge=st.integers(min_value=1, max_value=2),
         preload=st.booleans(),
+        development=st.booleans(),
     )
-    def start(
-        self, workers: int, probation: float, strategy: Strategy, max_surge: int, preload: bool
+    def start(  # noqa: PLR0917 - one per setting drawn
+        self,
+        workers: int,
+        probation: float,
+        strategy: Strategy,
+        max_surge: int,
+        preload: bool,
+        development: bool,
     ) -> None:
         self.machine = SupervisorStateMachine(
             Settings(
@@ -159,6 +166,7 @@ class SupervisorWorld(RuleBasedStateMachine):
                 strategy=strategy,
                 max_surge=max_surge,
                 preload=preload,
+                development=development,
             )
         )
         self.send(Start())

@@ -57,7 +57,8 @@ NAMED = {
     16: r"RuntimeError: lifespan of save 16 failed \(app\.py, line \d+\)",
 }
 
-STATUS = re.compile(r"([✓✗]) generation (\d+) (serving|failed) in [\d.]+s")
+#: a status line: served, failed, or neither (superseded, abandoned at the stop)
+STATUS = re.compile(r"[✓✗·] generation \d+ ")
 
 
 def save(path: Path, text: str) -> None:
@@ -143,7 +144,9 @@ def test_graceful_run_watch_follows_the_include_and_exclude_globs(tmp_path: Path
         args=["run", "svc:main", "--watch", "--watch-include", "*.py",
               "--watch-include", "*.toml", "--watch-exclude", "skipped"],
         cwd=tmp_path,
-        env={"LISTEN": "127.0.0.1:0", "PROBATION": "0", "PYTHONDONTWRITEBYTECODE": "1"},
+        # three workers: a broken save is still named once, not once per worker
+        env={"LISTEN": "127.0.0.1:0", "PROBATION": "0", "PYTHONDONTWRITEBYTECODE": "1",
+             "WORKERS": "3"},
     ) as svc:  # fmt: skip
         svc.wait_serving(1)
 
@@ -175,6 +178,10 @@ def test_graceful_run_watch_follows_the_include_and_exclude_globs(tmp_path: Path
         save(tmp_path / "helper.py", "PREFIX = b'v5: '\n")
         assert "✓ generation 5 serving" in next_status(svc, 3)
         poll_until(lambda: answer() == b"v5: hello\n", 10, "the fixed code")
+        # a reload asked for otherwise is named as such, not after the last save
+        svc.send(signal.SIGHUP)
+        assert "✓ generation 6 serving" in next_status(svc, 4)
+        assert status_lines(svc)[4].endswith("(reload)"), status_lines(svc)[4]
         # not a terminal: no colour
         assert "\x1b[" not in svc.output
         # Ctrl-C as ever
@@ -238,3 +245,87 @@ def test_the_watchers_thread_takes_no_signal(tmp_path: Path) -> None:
             mask = int(blocked.split()[1], 16)
             for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGUSR2, signal.SIGTTIN):
                 assert mask & (1 << (signum - 1)), (task, blocked)
+
+
+def answer_of(svc: ServiceProcess) -> bytes:
+    with connect(svc.address()) as client:
+        client.sendall(b"hello\n")
+        return read_line(client)
+
+
+def watched_echo(tmp_path: Path, *args: str, prefix: str = "v1") -> ServiceProcess:
+    (tmp_path / "helper.py").write_text(f"PREFIX = b'{prefix}: '\n")
+    (tmp_path / "handlers.py").write_text("from helper import PREFIX\n")
+    (tmp_path / "svc.py").write_text(service_source(prefix_from_module=True))
+    return ServiceProcess(
+        tmp_path / "svc.py",
+        module="graceful",
+        args=["run", "svc:main", *args],
+        cwd=tmp_path,
+        env={"LISTEN": "127.0.0.1:0", "PROBATION": "0", "READY_TIMEOUT": "60",
+             "PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
+
+
+def test_a_save_that_hangs_is_superseded_by_the_next_one(tmp_path: Path) -> None:
+    with watched_echo(tmp_path, "--watch") as svc:
+        svc.wait_serving(1)
+        save(tmp_path / "helper.py", "import time\ntime.sleep(3600)\n")
+        poll_until(lambda: len(svc.worker_pids()) == 2, 10, "the hanging worker")
+        # the fix does not wait for ready_timeout (60 s) to run out
+        save(tmp_path / "helper.py", "PREFIX = b'v3: '\n")
+        assert "· generation 2 superseded by a newer change" in next_status(svc, 0)
+        assert "✓ generation 3 serving" in next_status(svc, 1)
+        assert answer_of(svc) == b"v3: hello\n"
+        poll_until(lambda: len(svc.worker_pids()) == 1, 10, "the hanging worker killed")
+
+
+def test_an_app_broken_at_start_waits_for_a_fix(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    save(app, STARLETTE_APP.format(imports="import no_such_module_yet", message="v1",
+                                   lifespan="    pass"))  # fmt: skip
+    with running(
+        app,
+        module="graceful",
+        args=["serve", "app:app", "--watch", "--listen", "127.0.0.1:0", "--no-access-log"],
+        cwd=tmp_path,
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    ) as svc:  # fmt: skip
+        line = next_status(svc, 0)
+        assert "✗ generation 1 failed" in line, line
+        assert "No module named 'no_such_module_yet' (app.py, line 6)" in line, line
+        assert "nothing serves yet: waiting for a change" in line
+        assert svc.proc.poll() is None  # still there, its listener bound
+        with HttpLoad(f"http://{svc.address()}/", clients=4) as load:
+            save(app, STARLETTE_APP.format(imports="", message="v2", lifespan="    pass"))
+            assert "✓ generation 2 serving" in next_status(svc, 1)
+            # what waited in the backlog meanwhile is answered by the fixed code
+            load.wait_for_body("v2")
+        assert load.tally.failures == {}, load.tally.failures
+
+
+def test_a_watched_file_is_followed_across_saves_whatever_its_name(tmp_path: Path) -> None:
+    settings = tmp_path / "settings.toml"
+    settings.write_text("version = 0\n")
+    with watched_echo(tmp_path, "--watch-dir", str(settings)) as svc:
+        svc.wait_serving(1)
+        for number in (1, 2, 3):
+            save(settings, f"version = {number}\n")  # renamed into place, each time
+            assert f"generation {number + 1} serving" in next_status(svc, number - 1)
+        save(tmp_path / "helper.py", "PREFIX = b'v9: '\n")  # not watched
+        assert answer_of(svc) == b"v1: hello\n"
+        assert len(status_lines(svc)) == 3
+
+
+def test_a_watched_directory_deleted_and_made_again_is_followed_again(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    with watched_echo(tmp_path, "--watch-dir", str(source)) as svc:
+        svc.wait_serving(1)
+        mark = svc.mark()
+        (source).rmdir()
+        svc.wait_for(rf"cannot watch {re.escape(str(source))}: no such directory", after=mark)
+        source.mkdir()
+        svc.wait_for(rf"watching {re.escape(str(source))} again", after=mark)
+        save(source / "module.py", "x = 1\n")
+        assert "✓ generation 2 serving" in next_status(svc, 0)
