@@ -180,6 +180,11 @@ class SourceWatcher:
                 continue
             if missing:
                 logger.warning("watching %s again", ", ".join(missing))
+                # what was written there meanwhile was not seen: reload it all
+                try:
+                    anyio.from_thread.run_sync(changed, missing)
+                except RuntimeError:
+                    return  # the event loop is gone
                 missing = []
             if not self._follow_until_lost(changed, stop):
                 return
