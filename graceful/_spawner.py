@@ -133,25 +133,19 @@ class ProcessFactory(Protocol):
         """Kill and reap whatever the factory still runs (the supervisor's end)."""
 
 
-@dataclass
-class SpawnedWorker:
-    """A worker started by :class:`SpawningFactory`."""
+class ChildWorker:
+    """What a worker does the same way however it was started (spawned, or forked
+    from a template and adopted): it is this process's child, in a process group of
+    its own, watched through a pidfd, and reaped by ``_collect`` (its exit status,
+    once it has exited; the supervisor's descriptors for it are released)."""
 
-    serial: int
-    generation: int
-    worker_id: int
-    process: Any  # multiprocess SpawnProcess
-    channel: _wire.ControlChannel
-    #: readable once the process has exited; None where pidfds are unavailable
-    pidfd: int | None
-    #: the supervisor's end of the fd channel, and what to send on it
     fd_channel: socket.socket
     listeners: list[BoundListener]
+    pidfd: int | None
 
     @property
     def pid(self) -> int:
-        pid: int = self.process.pid
-        return pid
+        raise NotImplementedError
 
     @property
     def exit_fd(self) -> int | None:
@@ -170,6 +164,30 @@ class SpawnedWorker:
 
     def reap(self) -> Reaped:
         return reap_group_leader(self.pid, self._collect)
+
+    def _collect(self) -> int | None:
+        raise NotImplementedError
+
+
+@dataclass
+class SpawnedWorker(ChildWorker):
+    """A worker started by :class:`SpawningFactory`."""
+
+    serial: int
+    generation: int
+    worker_id: int
+    process: Any  # multiprocess SpawnProcess
+    channel: _wire.ControlChannel
+    #: readable once the process has exited; None where pidfds are unavailable
+    pidfd: int | None
+    #: the supervisor's end of the fd channel, and what to send on it
+    fd_channel: socket.socket
+    listeners: list[BoundListener]
+
+    @property
+    def pid(self) -> int:
+        pid: int = self.process.pid
+        return pid
 
     def _collect(self) -> int | None:
         exitcode: int | None = self.process.exitcode

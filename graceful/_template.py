@@ -56,12 +56,11 @@ from ._errors import ConfigError, GracefulError, one_line
 from ._listeners import Address, BoundListener
 from ._logging import logger
 from ._spawner import (
-    Reaped,
+    ChildWorker,
     SpawningFactory,
     WorkerProcess,
     hand_over,
     main_script,
-    reap_group_leader,
 )
 from ._worker import (
     MainScript,
@@ -320,7 +319,7 @@ class Template:
             except OSError as exc:
                 gone = await self._gone()
                 raise TemplateFailed(
-                    f"{gone}: the generation's workers cannot be replaced until the next reload"
+                    gone
                     if _processes.has_exited(self.pid)
                     else f"cannot reach the template of generation {self.generation}: "
                     f"{exc.strerror or exc}"
@@ -360,10 +359,13 @@ class Template:
                 await anyio.sleep(0.005)
         # (not process.exitcode: it would reap the template, and its process group
         # could no longer be signalled safely)
-        return (
+        gone = (
             f"the template of generation {self.generation} exited "
             f"({_describe_status(_processes.exit_status(self.pid))})"
         )
+        if self._imported:
+            gone += ": the generation's workers cannot be replaced until the next reload"
+        return gone
 
     def _check_open(self) -> None:
         if self._stopping:
@@ -413,14 +415,14 @@ def _describe_status(exitcode: int | None) -> str:
 
 
 @dataclass
-class ForkedWorker:
+class ForkedWorker(ChildWorker):
     """A worker forked from its generation's template and adopted by the supervisor,
     which reaps it with ``waitpid``."""
 
     serial: int
     generation: int
     worker_id: int
-    pid: int
+    process_id: int
     channel: _wire.ControlChannel
     #: readable once the process has exited; None where pidfds are unavailable
     pidfd: int | None
@@ -429,20 +431,8 @@ class ForkedWorker:
     listeners: list[BoundListener]
 
     @property
-    def exit_fd(self) -> int | None:
-        return self.pidfd
-
-    def has_exited(self) -> bool:
-        return _processes.has_exited(self.pid)
-
-    def kill(self) -> None:
-        _processes.kill_group_or_process(self.pid)
-
-    def hand_listeners(self) -> None:
-        hand_over(self.fd_channel, self.listeners)
-
-    def reap(self) -> Reaped:
-        return reap_group_leader(self.pid, self._collect)
+    def pid(self) -> int:
+        return self.process_id
 
     def abandon(self) -> int | None:
         with contextlib.suppress(Exception):

@@ -170,3 +170,27 @@ def service_source(
 def write_service(path: Path, kind: str = "asyncio", **options: object) -> Path:
     path.write_text(service_source(kind, **options))  # type: ignore[arg-type]
     return path
+
+
+MINIMAL_ASGI_APP = """\
+import os
+{header}
+MESSAGE = {message!r}
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({{"type": message["type"] + ".complete"}})
+            if message["type"] == "lifespan.shutdown":
+                return
+    await send({{"type": "http.response.start", "status": 200, "headers": []}})
+    await send({{"type": "http.response.body", "body": {body}.encode()}})
+"""
+
+
+def minimal_asgi_app(message: str, *, header: str = "", body: str = "MESSAGE") -> str:
+    """Source of a plain ASGI app (no framework) that answers ``body`` (an expression;
+    ``MESSAGE`` is ``message``), with ``header`` code run at import."""
+    return MINIMAL_ASGI_APP.format(header=header, message=message, body=body)

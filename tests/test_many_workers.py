@@ -19,7 +19,7 @@ import pytest
 from echo_load import Load
 from harness import ServiceProcess, graceful_cli, poll_until, running
 from http_load import HttpLoad
-from services import service_source, wait_for_file, write_service
+from services import minimal_asgi_app, service_source, wait_for_file, write_service
 
 from graceful import Control
 
@@ -217,30 +217,12 @@ def test_graceful_scale_waits_for_the_workers_and_refuses_zero(tmp_path: Path) -
         assert "the fleet may be mixed" in shown.stdout
 
 
-ASGI_APP = """\
-import os
-
-MESSAGE = {message!r}
-
-
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({{"type": message["type"] + ".complete"}})
-            if message["type"] == "lifespan.shutdown":
-                return
-    await send({{"type": "http.response.start", "status": 200, "headers": []}})
-    await send({{"type": "http.response.body", "body": MESSAGE.encode()}})
-"""
-
-
 @pytest.mark.parametrize("preload", [[], ["--preload"]])
 def test_graceful_serve_rolls_three_uvicorn_workers_under_keep_alive_load(
     tmp_path: Path, preload: list[str]
 ) -> None:
     app = tmp_path / "app.py"
-    app.write_text(ASGI_APP.format(message="v1"))
+    app.write_text(minimal_asgi_app("v1"))
     with running(
         app,
         module="graceful",
@@ -254,7 +236,7 @@ def test_graceful_serve_rolls_three_uvicorn_workers_under_keep_alive_load(
         with HttpLoad(f"http://{svc.address()}/", clients=12) as load:
             poll_until(lambda: load.tally.ok > 300, 20, "answers")
             for generation, message in ((2, "v2"), (3, "v3")):
-                app.write_text(ASGI_APP.format(message=message))
+                app.write_text(minimal_asgi_app(message))
                 mark = svc.mark()
                 svc.send(signal.SIGHUP)
                 svc.wait_for(r"rolling: 1 at a time", after=mark)

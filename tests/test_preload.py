@@ -19,7 +19,7 @@ import psutil
 from echo_load import Load
 from harness import ServiceProcess, ask, connect, poll_until, running
 from http_load import HttpLoad
-from services import service_source
+from services import minimal_asgi_app, service_source
 
 from graceful import Control
 
@@ -227,31 +227,21 @@ def test_with_preload_new_code_that_fails_at_import_fails_the_reload_once(
         poll_until(lambda: len(templates(svc)) == 1, 10, "the failed template gone")
 
 
-ASGI_APP = """\
-import os
-
+#: the app counts its imports: one line per import in the file $IMPORTS
+COUNTED_IMPORT = """\
 with open(os.environ["IMPORTS"], "a") as imports:
-    imports.write(f"{{os.getpid()}}\\n")
-
-MESSAGE = {message!r}
-
-
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({{"type": message["type"] + ".complete"}})
-            if message["type"] == "lifespan.shutdown":
-                return
-    await send({{"type": "http.response.start", "status": 200, "headers": []}})
-    await send({{"type": "http.response.body", "body": f"{{MESSAGE}} {{os.getpid()}}".encode()}})
+    imports.write(f"{os.getpid()}\\n")
 """
+
+
+def counted_app(message: str) -> str:
+    return minimal_asgi_app(message, header=COUNTED_IMPORT, body='f"{MESSAGE} {os.getpid()}"')
 
 
 def test_graceful_serve_preload_imports_the_app_once_per_generation(tmp_path: Path) -> None:
     imports = tmp_path / "imports"
     app = tmp_path / "app.py"
-    app.write_text(ASGI_APP.format(message="v1"))
+    app.write_text(counted_app("v1"))
     with running(
         app,
         module="graceful",
@@ -265,7 +255,7 @@ def test_graceful_serve_preload_imports_the_app_once_per_generation(tmp_path: Pa
         url = f"http://{svc.address()}/"
         with HttpLoad(url, clients=12) as load:
             poll_until(lambda: load.tally.ok > 200, 20, "answers")
-            app.write_text(ASGI_APP.format(message="v2"))
+            app.write_text(counted_app("v2"))
             mark = svc.mark()
             svc.send(signal.SIGHUP)
             svc.wait_serving(2, after=mark)

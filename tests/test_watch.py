@@ -273,8 +273,12 @@ def watched_echo(tmp_path: Path, *args: str, prefix: str = "v1") -> ServiceProce
 def test_a_save_that_hangs_is_superseded_by_the_next_one(tmp_path: Path) -> None:
     with watched_echo(tmp_path, "--watch") as svc:
         svc.wait_serving(1)
-        save(tmp_path / "helper.py", "import time\ntime.sleep(3600)\n")
-        poll_until(lambda: len(svc.worker_pids()) == 2, 10, "the hanging worker")
+        hanging = tmp_path / "hanging"
+        save(
+            tmp_path / "helper.py",
+            f"import time\nopen({str(hanging)!r}, 'w').close()\ntime.sleep(3600)\n",
+        )
+        poll_until(hanging.exists, 20, "a worker hanging in the import")
         # the fix does not wait for ready_timeout (60 s) to run out
         save(tmp_path / "helper.py", "PREFIX = b'v3: '\n")
         poll_until(lambda: "✓" in "".join(status_lines(svc)), 20, "the fix serving")
