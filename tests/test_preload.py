@@ -337,6 +337,7 @@ def test_a_killed_template_fails_its_reload_and_a_dead_serving_template_is_named
         svc.send(signal.SIGHUP)
         svc.wait_serving(3, after=mark)
         poll_until(lambda: len(serving_pids(pid_file)) == 2, 20, "two workers")
+        poll_until(lambda: first[1] not in svc.worker_pids(), 20, "generation 1 gone")
         seen = answers_by_pid(svc.address(), 30)
         assert all(versions == {"v3"} for versions in seen.values()), seen
 
