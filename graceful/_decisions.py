@@ -180,6 +180,8 @@ from typing import TypeAlias
 
 #: The cause of a reload that a newer change superseded (development mode).
 SUPERSEDED = "superseded by a newer change"
+#: The cause of a reload (or a rollback) that the service's stop ended.
+STOPPING = "the service is stopping"
 
 # --- events ------------------------------------------------------------------------
 
@@ -703,9 +705,13 @@ class SupervisorStateMachine:
         return self._with_role(Role.STARTING)
 
     def _with_role(self, role: Role) -> int | None:
+        generation = self._generation_with(role)
+        return generation.number if generation is not None else None
+
+    def _generation_with(self, role: Role) -> Generation | None:
         for generation in self.generations.values():
             if generation.role is role:
-                return generation.number
+                return generation
         return None
 
     # -- entry point ----------------------------------------------------------------
@@ -802,6 +808,12 @@ class SupervisorStateMachine:
             del generation.slots[worker.worker_id]
             generation.leaving.add(worker.serial)
 
+    def _resume(self, worker: Worker) -> None:
+        """Tell a parked worker to resume; it has ``ready_timeout`` to be ready again."""
+        worker.state = WorkerState.RESUMING
+        self._actions.append(ResumeWorker(worker.serial))
+        self._actions.append(StartTimer(self.settings.ready_timeout, ReadyTimeout(worker.serial)))
+
     def _kill(self, worker: Worker) -> None:
         if worker.killed or worker.serial not in self.workers:
             # already killed, or already exited: there is nothing left to kill
@@ -846,7 +858,7 @@ class SupervisorStateMachine:
                     f"; rolled back from generation {self.rejected.generation}: "
                     f"{self.rejected.cause}"
                 )
-            starting = self.generations.get(self.starting) if self.starting else None
+            starting = self._generation_with(Role.STARTING)
             if starting is not None and starting.rolling:
                 done = len(self._workers_in(starting, WorkerState.READY))
                 line += f"; generation {starting.number} rolling in, {done}/{self.size} ready"
@@ -891,7 +903,7 @@ class SupervisorStateMachine:
         """Whether a reload starting now replaces the serving workers a few at a time:
         the rolling strategy, and every serving worker can be parked (the old code
         must stay at hand until the rollout completes, see :meth:`_advance_rollout`)."""
-        serving = self.generations.get(self.serving) if self.serving is not None else None
+        serving = self._generation_with(Role.SERVING)
         if self.settings.strategy is not Strategy.ROLLING or serving is None:
             return False
         ready = self._workers_in(serving, WorkerState.READY)
@@ -943,7 +955,7 @@ class SupervisorStateMachine:
         new generation is promoted, and resume. With preload, they drain and exit
         (unless a probation wants them parked), and the old generation's template
         forks their replacements."""
-        starting = self.generations.get(self.starting) if self.starting is not None else None
+        starting = self._generation_with(Role.STARTING)
         if (
             starting is None
             or not starting.rolling
@@ -951,7 +963,7 @@ class SupervisorStateMachine:
             or self.stopping is not Stopping.NO
         ):
             return
-        serving = self.generations.get(self.serving) if self.serving is not None else None
+        serving = self._generation_with(Role.SERVING)
         old = self._holders(serving) if serving is not None else []
         ready_new = len(self._workers_in(starting, WorkerState.READY))
         while len(old) + ready_new > self.size:
@@ -1066,13 +1078,9 @@ class SupervisorStateMachine:
             if self.last_reload is not None:
                 # development mode: the first to serve after failed ones (see
                 # _fail_generation), which was waited for as a reload is
-                self.last_reload = ReloadOutcome(generation.number, "serving", None, took)
-                self.counters.reloads_serving += 1
-                self._actions.append(ReloadEnded(self.last_reload))
+                self._reload_served(generation, took)
         else:
-            self.last_reload = ReloadOutcome(generation.number, "serving", None, took)
-            self.counters.reloads_serving += 1
-            self._actions.append(ReloadEnded(self.last_reload))
+            self._reload_served(generation, took)
             self.rejected = None
             self._end_probation("cut short", f"generation {generation.number} replaced it")
             parked = self._park(self.generations[previous], generation, now)
@@ -1228,11 +1236,7 @@ class SupervisorStateMachine:
         for worker in resumable[self.size :]:  # scaled down since it was parked
             self._release(worker)
         for worker in resumable[: self.size]:
-            worker.state = WorkerState.RESUMING
-            self._actions.append(ResumeWorker(worker.serial))
-            self._actions.append(
-                StartTimer(self.settings.ready_timeout, ReadyTimeout(worker.serial))
-            )
+            self._resume(worker)
         self.rollback = Rollback(probation.generation, parked.number, cause, now)
         self._log(
             logging.ERROR,
@@ -1329,9 +1333,7 @@ class SupervisorStateMachine:
         self, generation: Generation, culprit: Worker, cause: str, now: float
     ) -> None:
         self._kill(culprit)
-        self._retire(generation)
-        if generation.rolling and self.serving is not None:
-            self._restore_after_rollout(self.generations[self.serving])
+        self._retire_starting(generation)
         if self.serving is None and self.settings.development:
             # nothing serves yet, and the next change may fix it: wait for it
             self._reload_failed(generation, cause, now)
@@ -1362,17 +1364,23 @@ class SupervisorStateMachine:
         """Development mode: a change arrived while a generation starts. It will never
         serve the newest code, and it may hang: its workers still starting are
         killed, those ready drain, and the reload ends as superseded."""
-        starting = self.generations.get(self.starting) if self.starting is not None else None
+        starting = self._generation_with(Role.STARTING)
         if starting is None or self.rollback is not None or self.stop_announced:
             return
         for worker in self._members(starting):
             if worker.state is WorkerState.STARTING:
-                worker.cause = worker.cause or "superseded by a newer change"
+                worker.cause = worker.cause or SUPERSEDED
                 self._kill(worker)
-        self._retire(starting)
-        if starting.rolling and self.serving is not None:
-            self._restore_after_rollout(self.generations[self.serving])
+        self._retire_starting(starting)
         self._reload_failed(starting, SUPERSEDED, now)
+
+    def _retire_starting(self, generation: Generation) -> None:
+        """A starting generation will not serve: it drains, and if it was rolling in,
+        the serving generation gets back every slot it had replaced."""
+        self._retire(generation)
+        serving = self._generation_with(Role.SERVING)
+        if generation.rolling and serving is not None:
+            self._restore_after_rollout(serving)
 
     def _restore_after_rollout(self, serving: Generation) -> None:
         """A rolling reload failed: the old workers it parked resume (as many as the
@@ -1383,11 +1391,7 @@ class SupervisorStateMachine:
         )
         room = self.size - len(self._holders(serving))
         for worker in parked[:room]:
-            worker.state = WorkerState.RESUMING
-            self._actions.append(ResumeWorker(worker.serial))
-            self._actions.append(
-                StartTimer(self.settings.ready_timeout, ReadyTimeout(worker.serial))
-            )
+            self._resume(worker)
         for worker in parked[room:]:
             self._release(worker)
         if parked:
@@ -1402,11 +1406,15 @@ class SupervisorStateMachine:
         """Schedule a start for each worker ``generation`` lacks (after a failed
         rollout or rollback), after the initial backoff."""
         missing = self.size - len(self._members(generation))
-        free = [worker_id for worker_id in range(self.size) if worker_id not in generation.slots]
-        for worker_id in free[: max(missing, 0)]:
+        for worker_id in self._free_ids(generation, max(missing, 0)):
             self._actions.append(
                 StartTimer(self.settings.backoff_initial, RestartDue(generation.number, worker_id))
             )
+
+    def _reload_served(self, generation: Generation, took: float) -> None:
+        self.last_reload = ReloadOutcome(generation.number, "serving", None, took)
+        self.counters.reloads_serving += 1
+        self._actions.append(ReloadEnded(self.last_reload))
 
     def _reload_failed(self, generation: Generation, cause: str, now: float) -> None:
         self.last_reload = ReloadOutcome(
@@ -1488,7 +1496,7 @@ class SupervisorStateMachine:
             if self._roll_back(cause, now):
                 self.counters.worker_crashes += 1
                 return
-        starting = self.generations.get(self.starting) if self.starting is not None else None
+        starting = self._generation_with(Role.STARTING)
         if starting is not None and starting.rolling:
             # The rollout fills the room it leaves; if the rollout fails, the slot is
             # refilled then (see _restore_after_rollout).
@@ -1629,7 +1637,7 @@ class SupervisorStateMachine:
             or len(self._members(generation)) >= self.size  # scaled down meanwhile
         ):
             return
-        starting = self.generations.get(self.starting) if self.starting is not None else None
+        starting = self._generation_with(Role.STARTING)
         if starting is not None and starting.rolling:
             return  # the rollout replaces it (or refills it if it fails)
         if self.rejected is not None and generation.slots:
@@ -1677,8 +1685,8 @@ class SupervisorStateMachine:
         self._log(
             logging.INFO, f"scaling from {before} to {target} workers (asked by {request.by})"
         )
-        starting = self.generations.get(self.starting) if self.starting is not None else None
-        serving = self.generations.get(self.serving) if self.serving is not None else None
+        starting = self._generation_with(Role.STARTING)
+        serving = self._generation_with(Role.SERVING)
         if starting is not None:
             # a rollout grows by itself, and parks what the serving generation has
             # beyond the new size (see _advance_rollout)
@@ -1740,10 +1748,10 @@ class SupervisorStateMachine:
         first = self.stopping is Stopping.NO
         starting = self.starting
         if first and starting is not None and self.serving is not None:
-            self._reload_failed(self.generations[starting], "the service is stopping", now)
+            self._reload_failed(self.generations[starting], STOPPING, now)
         if first and self.rollback is not None:
             self.rollback = None
-            self._actions.append(RollbackEnded(False, "the service is stopping"))
+            self._actions.append(RollbackEnded(False, STOPPING))
         if first:
             self._end_probation("stopped", "the service is stopping")
         self.stopping = mode

@@ -34,6 +34,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from . import _processes, _wire
 from ._control import ControlServer, ReloadWaiter
 from ._decisions import (
+    STOPPING,
     Action,
     Announce,
     DrainTimeout,
@@ -218,7 +219,7 @@ class SupervisorLoop:
             if self.machine.stop_announced and self._reload_waiters:
                 # asked for before the stop, never to be started
                 for waiter in self._reload_waiters:
-                    waiter.resolve("the service is stopping")
+                    waiter.resolve(STOPPING)
                 self._reload_waiters.clear()
             event = await self._events.receive()
             self._drop_stale_timers(event)
@@ -256,7 +257,7 @@ class SupervisorLoop:
                     if not listener.adopted:
                         listener.close()
                 for waiter in self._reload_waiters:
-                    waiter.resolve("the service is stopping")
+                    waiter.resolve(STOPPING)
                 self._reload_waiters.clear()
             case GenerationStarted(number, first):
                 if self.terminal is not None:
@@ -363,7 +364,7 @@ class SupervisorLoop:
         ``through_probation``, how its probation ended."""
         waiter = ReloadWaiter(through_probation=through_probation)
         if self.machine.stop_announced:
-            waiter.resolve("the service is stopping")
+            waiter.resolve(STOPPING)
             return waiter
         self._reload_waiters.append(waiter)
         self.events_in.send_nowait(ReloadRequested())
