@@ -139,6 +139,7 @@ class ChildWorker:
     its own, watched through a pidfd, and reaped by ``_collect`` (its exit status,
     once it has exited; the supervisor's descriptors for it are released)."""
 
+    channel: _wire.ControlChannel
     fd_channel: socket.socket
     listeners: list[BoundListener]
     pidfd: int | None
@@ -163,10 +164,32 @@ class ChildWorker:
         hand_over(self.fd_channel, self.listeners)
 
     def reap(self) -> Reaped:
-        return reap_group_leader(self.pid, self._collect)
+        pid = self.pid
+        own_group = _processes.leads_own_group(pid)
+        if own_group:
+            # Safe while the worker is an unreaped zombie: its number is not reused.
+            _processes.signal_group(pid, signal.SIGTERM)
+        exitcode = self._collect()
+        if not own_group or not _processes.signal_group(pid, 0):
+            return Reaped(exitcode)
+        try:
+            left: list[int] | None = _processes.group_members(pid)
+        except OSError:
+            left = None  # cannot look (out of descriptors?): sweep all the same
+        if left == []:  # only zombies are left, which their parents reap
+            return Reaped(exitcode)
+        return Reaped(exitcode, pid, left)
 
     def _collect(self) -> int | None:
         raise NotImplementedError
+
+    def _close_channels(self) -> None:
+        """Release the supervisor's descriptors for the worker."""
+        self.channel.close()
+        self.fd_channel.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 @dataclass
@@ -210,31 +233,7 @@ class SpawnedWorker(ChildWorker):
 
     def _close(self) -> None:
         self.process.close()
-        self.channel.close()
-        self.fd_channel.close()
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
-
-
-def reap_group_leader(pid: int, collect: Callable[[], int | None]) -> Reaped:
-    """Reap worker ``pid``, which has exited, with ``collect`` (which returns its exit
-    status); first send SIGTERM to what it left in its process group, and say who is
-    left there after."""
-    own_group = _processes.leads_own_group(pid)
-    if own_group:
-        # Safe while the worker is an unreaped zombie: its number is not reused.
-        _processes.signal_group(pid, signal.SIGTERM)
-    exitcode = collect()
-    if not own_group or not _processes.signal_group(pid, 0):
-        return Reaped(exitcode)
-    try:
-        left: list[int] | None = _processes.group_members(pid)
-    except OSError:
-        left = None  # cannot look (out of descriptors?): sweep all the same
-    if left == []:  # only zombies are left, which their parents reap
-        return Reaped(exitcode)
-    return Reaped(exitcode, pid, left)
+        self._close_channels()
 
 
 class SpawningFactory:
@@ -271,27 +270,17 @@ class SpawningFactory:
     def spawn(self, spawn: SpawnWorker, environment: dict[str, str]) -> SpawnedWorker:
         """Start the worker ``spawn`` describes (see the module docstring)."""
         with contextlib.ExitStack() as on_failure:
-            control, child_control = self._context.Pipe(duplex=True)
-            on_failure.callback(control.close)
-            with contextlib.closing(child_control):
-                channel = _wire.ControlChannel(control)
-                on_failure.callback(channel.close)
-                fd_channel, child_fd_channel = socket.socketpair()
-                on_failure.callback(fd_channel.close)
-                # A worker that never reads what it is sent must not stall the
-                # supervisor: a full channel fails the send instead.
-                fd_channel.setblocking(False)
-                with child_fd_channel:
-                    process = self._context.Process(
-                        target=worker_main,
-                        args=(self._bootstrap(spawn, child_fd_channel, child_control),),
-                        name=f"graceful gen {spawn.generation} worker {spawn.worker_id}",
-                    )
-                    self.start_process(process, environment)
-                    on_failure.callback(kill_and_reap, process)
-                    pidfd = _processes.open_pidfd(process.pid)
-                    child_fd_channel.close()
-                    hand_over(fd_channel, self.listeners)
+            channel, fd_channel, child_control, child_fd_channel = self.open_channels(on_failure)
+            with contextlib.closing(child_control), child_fd_channel:
+                process = self._context.Process(
+                    target=worker_main,
+                    args=(self._bootstrap(spawn, child_fd_channel, child_control),),
+                    name=f"graceful gen {spawn.generation} worker {spawn.worker_id}",
+                )
+                self.start_process(process, environment)
+                on_failure.callback(kill_and_reap, process)
+                pidfd = _processes.open_pidfd(process.pid)
+            hand_over(fd_channel, self.listeners)
             on_failure.pop_all()
         return SpawnedWorker(
             spawn.serial,
@@ -303,6 +292,25 @@ class SpawningFactory:
             fd_channel,
             self.listeners,
         )
+
+    def open_channels(
+        self, on_failure: contextlib.ExitStack
+    ) -> tuple[_wire.ControlChannel, socket.socket, Any, socket.socket]:
+        """A new worker's control channel and fd channel: the supervisor's ends, and
+        the worker's (a multiprocess Connection and a socket), which the caller hands
+        to the worker and then closes. ``on_failure`` closes all four."""
+        control, child_control = self._context.Pipe(duplex=True)
+        on_failure.callback(control.close)
+        on_failure.callback(child_control.close)
+        channel = _wire.ControlChannel(control)
+        on_failure.callback(channel.close)
+        fd_channel, child_fd_channel = socket.socketpair()
+        on_failure.callback(fd_channel.close)
+        on_failure.callback(child_fd_channel.close)
+        # A worker that never reads what it is sent must not stall the supervisor: a
+        # full channel fails the send instead.
+        fd_channel.setblocking(False)
+        return channel, fd_channel, child_control, child_fd_channel
 
     def _bootstrap(
         self, spawn: SpawnWorker, fd_channel: socket.socket, control: Any

@@ -376,8 +376,7 @@ class Template:
         at once, or once the exchange under way has ended (a fork asked for is
         answered, so that its worker is known and can be stopped)."""
         self._stopping = True
-        if not self._lock.locked():
-            self.forks.close()
+        self._close_if_stopping()
 
     def _close_if_stopping(self) -> None:
         if self._stopping and not self._lock.locked():
@@ -449,11 +448,7 @@ class ForkedWorker(ChildWorker):
             exitcode: int | None = os.waitstatus_to_exitcode(status)
         except ChildProcessError:
             exitcode = None
-        self.channel.close()
-        self.fd_channel.close()
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
+        self._close_channels()
         return exitcode
 
 
@@ -487,13 +482,7 @@ class TemplateFactory(SpawningFactory):
             )
         await template.wait_imported()
         with contextlib.ExitStack() as on_failure:
-            control, child_control = self._context.Pipe(duplex=True)
-            on_failure.callback(control.close)
-            channel = _wire.ControlChannel(control)
-            on_failure.callback(channel.close)
-            fd_channel, child_fd_channel = socket.socketpair()
-            on_failure.callback(fd_channel.close)
-            fd_channel.setblocking(False)
+            channel, fd_channel, child_control, child_fd_channel = self.open_channels(on_failure)
             with child_fd_channel, contextlib.closing(child_control):
                 pid = await template.fork(
                     spawn.worker_id, [child_control.fileno(), child_fd_channel.fileno()]
