@@ -27,22 +27,15 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from ._errors import ConfigError
+from ._decisions import STOPPING, SUPERSEDED, ReloadOutcome
+from ._errors import ConfigError, shown_path
 from ._logging import logger
-
-if TYPE_CHECKING:  # workers import this module: the state machine is the supervisor's
-    from ._decisions import ReloadOutcome
-
-#: Causes of a reload that are not a broken change (``_decisions.SUPERSEDED``, and a
-#: reload ended by the stop).
-SUPERSEDED = "superseded by a newer change"
-STOPPING = "the service is stopping"
 
 #: A reload's narrative log records carry this attribute (see ``Log.narrative``).
 NARRATIVE = "graceful_reload_narrative"
@@ -181,10 +174,8 @@ class SourceWatcher:
             if missing:
                 logger.warning("watching %s again", ", ".join(missing))
                 # what was written there meanwhile was not seen: reload it all
-                try:
-                    anyio.from_thread.run_sync(changed, missing)
-                except RuntimeError:
-                    return  # the event loop is gone
+                if not _report(changed, missing):
+                    return
                 missing = []
             if not self._follow_until_lost(changed, stop):
                 return
@@ -207,16 +198,22 @@ class SourceWatcher:
                 raise_interrupt=False,
                 recursive=self._recursive,
             ):
-                if changes:
-                    try:
-                        anyio.from_thread.run_sync(changed, sorted({path for _, path in changes}))
-                    except RuntimeError:
-                        return False  # the event loop is gone
+                if changes and not _report(changed, sorted({path for _, path in changes})):
+                    return False
                 if self._lost.is_set() or not all(os.path.isdir(root) for root in self.roots):
                     return True
         except OSError:
             return True  # a root went away as the watcher was set up
         return False
+
+
+def _report(changed: Callable[[list[str]], None], paths: list[str]) -> bool:
+    """Hand ``paths`` to ``changed`` in the event loop; False once the loop is gone."""
+    try:
+        anyio.from_thread.run_sync(changed, paths)
+    except RuntimeError:
+        return False
+    return True
 
 
 class DevTerminal:
@@ -244,7 +241,7 @@ class DevTerminal:
     def started(self, number: int) -> None:
         """Generation ``number`` started: it runs the changes seen until now (none: a
         reload asked for otherwise, such as SIGHUP)."""
-        names = ", ".join(_short(path) for path in self._pending)
+        names = ", ".join(shown_path(path) for path in self._pending)
         self._why[number] = names or "reload"
         self._pending = []
 
@@ -295,14 +292,6 @@ def wants_colour(stream: Any) -> bool:
         return False
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
-
-
-def _short(path: str) -> str:
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if relative.startswith("..") else relative
 
 
 _GREEN = "\x1b[32m"

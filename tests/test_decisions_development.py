@@ -11,7 +11,6 @@ import dataclasses
 
 from test_decisions import SETTINGS, Sim, exits, killed, of_type, shut_down, spawned
 
-from graceful import _dev
 from graceful._decisions import (
     SUPERSEDED,
     ReloadEnded,
@@ -67,7 +66,3 @@ def test_a_first_generation_that_fails_waits_for_the_next_change() -> None:
     [served] = of_type(actions, ReloadEnded)
     assert (served.reload.generation, served.reload.outcome) == (2, "serving")
     assert sim.machine.serving == 2
-
-
-def test_the_terminal_knows_the_superseded_cause() -> None:
-    assert _dev.SUPERSEDED == SUPERSEDED
