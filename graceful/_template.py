@@ -54,7 +54,7 @@ from ._decisions import SpawnWorker
 from ._entry import EntryRef
 from ._errors import ConfigError, GracefulError, one_line
 from ._listeners import Address, BoundListener
-from ._logging import logger
+from ._logging import logger, start_failures_logged
 from ._spawner import (
     ChildWorker,
     SpawningFactory,
@@ -111,7 +111,7 @@ class TemplateBootstrap:
 def template_main(boot: TemplateBootstrap) -> None:
     """The target of a template process: import, then fork workers on request until
     the supervisor closes the socket."""
-    settle_process(f"gen {boot.generation} template", boot.log_level)
+    settle_process(f"gen {boot.generation} template", boot.log_level, boot.options)
     worker_name = _processes.name()
     _processes.set_name(TEMPLATE_NAME)
     forks = boot.forks
@@ -124,7 +124,7 @@ def template_main(boot: TemplateBootstrap) -> None:
         _refuse_threads()
     except BaseException as exc:  # an exception at import, even KeyboardInterrupt
         cause = str(exc) if isinstance(exc, ConfigError) else one_line(exc, where=True)
-        if not isinstance(exc, ConfigError) and not boot.options.report_only:
+        if not isinstance(exc, ConfigError) and start_failures_logged():
             logger.exception("preloading the code failed")
         _send(forks, failed=cause)
         sys.exit(1)
@@ -230,7 +230,7 @@ def _become_worker(boot: TemplateBootstrap, worker_id: int, fds: list[int]) -> N
             log_level=boot.log_level,
             main=boot.main,
         )
-        settle_process(f"gen {boot.generation} worker {worker_id}", boot.log_level)
+        settle_process(f"gen {boot.generation} worker {worker_id}", boot.log_level, boot.options)
         run_worker(worker, _wire.ControlChannel(worker.control))
         code = 0
     except SystemExit as exc:

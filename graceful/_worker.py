@@ -47,7 +47,7 @@ from ._context import Context, SyncContext
 from ._entry import EntryRef, resolve_entry
 from ._errors import ConfigError, one_line
 from ._listeners import Address, Listener
-from ._logging import ensure_visible, logger, report_start_failures_only
+from ._logging import ensure_visible, logger, report_start_failures_only, start_failures_logged
 from ._shutdown import ShutdownRequest, drain_on_sigterm, follow_supervisor
 from ._tasks import run_beside
 
@@ -111,20 +111,21 @@ class Runnable:
 
 def worker_main(boot: WorkerBootstrap) -> None:
     """The target of every worker process. Exits 0 after a normal return."""
-    settle_process(f"gen {boot.generation} worker {boot.worker_id}", boot.log_level)
+    settle_process(f"gen {boot.generation} worker {boot.worker_id}", boot.log_level, boot.options)
     control = _wire.ControlChannel(boot.control)
     try:
         import_main_script(boot.main)
     except BaseException as exc:  # a KeyboardInterrupt raised at import is a failure too
-        if not boot.options.report_only:
+        if start_failures_logged():
             logger.exception("importing the main script failed")
         _fail(control, one_line(exc, where=True), log=False)
     run_worker(boot, control)
 
 
-def settle_process(role: str, log_level: int) -> None:
+def settle_process(role: str, log_level: int, options: WorkerOptions) -> None:
     """What a worker (or a template) does first: lead a process group of its own,
-    ignore the signals that are not its to act on, and log as ``role``."""
+    ignore the signals that are not its to act on, and log as ``role``, at the
+    supervisor's level, leaving start-up failures to the supervisor if it says so."""
     with contextlib.suppress(OSError):  # the supervisor may have done it already
         os.setpgid(0, 0)
     for ignored in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
@@ -134,15 +135,15 @@ def settle_process(role: str, log_level: int) -> None:
     ensure_visible(role)
     if log_level:
         logger.setLevel(log_level)
+    if options.report_only:
+        report_start_failures_only()  # for the servers' own start-up errors too
 
 
 def run_worker(boot: WorkerBootstrap, control: _wire.ControlChannel) -> None:
     """A worker's life once the user's code is imported (by this process, or by the
     template it was forked from): take the listeners, find the entry point, run it."""
     options = boot.options
-    log = not options.report_only
-    if options.report_only:
-        report_start_failures_only()  # for the servers' own start-up errors too
+    log = start_failures_logged()
     try:
         listeners = _receive_listeners(boot)
     except (OSError, ConnectionError) as exc:
