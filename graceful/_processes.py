@@ -152,11 +152,7 @@ def become_subreaper() -> bool:
     """Make this process a child subreaper: a descendant orphaned below it (such as
     a worker forked by a template that has exited) becomes its child, which it can
     reap. False where the kernel or the C library refuses."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
 #: prctl(2) option: this thread's name, as ``/proc/PID/comm`` shows it.
@@ -167,11 +163,16 @@ def set_name(name: str) -> None:
     """Name this process (``/proc/PID/comm``, ``ps -o comm``, 15 bytes at most), so
     that tools can tell a template from a worker. Silently does nothing where the C
     library refuses."""
+    _prctl(_PR_SET_NAME, name.encode()[:15])
+
+
+def _prctl(option: int, argument: int | bytes) -> bool:
+    """``prctl(option, argument)``; False where it fails or the C library has none."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+        return bool(libc.prctl(option, argument, 0, 0, 0) == 0)
     except (OSError, AttributeError):
-        pass
+        return False
 
 
 def name() -> str:

@@ -438,9 +438,8 @@ class LifespanFailure(logging.Handler):
         # an app that reports the failure itself (Starlette) sends its traceback as
         # the message; uvicorn's own "Application startup failed" follows it
         traced = [record for record in self.records if "Traceback" in record.getMessage()]
-        if not traced and not self.records:
-            return "(its error is logged above)"
-        text = (traced or self.records)[0].getMessage()
+        records = traced or self.records
+        text = records[0].getMessage() if records else ""
         lines = [line for line in text.strip().splitlines() if line.strip()]
         if not lines:
             return "(its error is logged above)"
