@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 
-from graceful.testing import ServiceProcess, poll_until
+from graceful.testing import ServiceProcess, holds_socket, listening_socket, poll_until
 
 SERVICE = """\
 import os
@@ -173,13 +173,7 @@ class Peaks:
 
     def __init__(self, svc: ServiceProcess, port: int) -> None:
         self.svc = svc
-        fd = next(
-            c.fd
-            for c in psutil.Process(svc.pid).net_connections("tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
-        )
-        #: the listening socket, as /proc/PID/fd names it: socket:[INODE]
-        self.listener = os.readlink(f"/proc/{svc.pid}/fd/{fd}")
+        self.listener = listening_socket(svc.pid, port)
         self.workers = 0
         self.holders = 0
         self.pss = 0.0
@@ -187,26 +181,15 @@ class Peaks:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _holds_listener(self, pid: int) -> bool:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            return False
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == self.listener:
-                    return True
-            except OSError:
-                continue
-        return False
-
     def _run(self) -> None:
         while not self._stop.is_set():
             children = [pid for pid in self.svc.children() if psutil.pid_exists(pid)]
             workers = [pid for pid in children if is_worker_or_template(pid)]
             workers = [pid for pid in workers if not is_template(pid)]
             self.workers = max(self.workers, len(workers))
-            self.holders = max(self.holders, sum(self._holds_listener(pid) for pid in workers))
+            self.holders = max(
+                self.holders, sum(holds_socket(pid, self.listener) for pid in workers)
+            )
             self.pss = max(self.pss, sum(pss_mib(pid) for pid in children))
             self.samples += 1
 

@@ -9,12 +9,10 @@ binds the listeners, is not counted: the cap is on workers.
 from __future__ import annotations
 
 import collections
-import os
 import signal
 import threading
 from pathlib import Path
 
-import psutil
 import pytest
 from echo_load import Load
 from harness import ServiceProcess, graceful_cli, poll_until, running
@@ -22,6 +20,7 @@ from http_load import HttpLoad
 from services import minimal_asgi_app, service_source, wait_for_file, write_service
 
 from graceful import Control
+from graceful.testing import holds_socket, listening_socket
 
 
 class ListenerHolders:
@@ -30,36 +29,18 @@ class ListenerHolders:
 
     def __init__(self, svc: ServiceProcess) -> None:
         self.svc = svc
-        port = int(svc.address().rpartition(":")[2])
-        supervisor = psutil.Process(svc.pid)
-        fd = next(
-            c.fd
-            for c in supervisor.net_connections("tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
-        )
-        self.target = os.readlink(f"/proc/{svc.pid}/fd/{fd}")  # socket:[INODE]
+        self.target = listening_socket(svc.pid, int(svc.address().rpartition(":")[2]))
         self.most = 0
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def now(self) -> set[int]:
-        holders = set()
-        for pid in self.svc.processes():
-            if pid == self.svc.pid:
-                continue
-            try:
-                fds = os.listdir(f"/proc/{pid}/fd")
-            except OSError:
-                continue  # gone
-            for fd in fds:
-                try:
-                    if os.readlink(f"/proc/{pid}/fd/{fd}") == self.target:
-                        holders.add(pid)
-                        break
-                except OSError:
-                    continue
-        return holders
+        return {
+            pid
+            for pid in self.svc.processes()
+            if pid != self.svc.pid and holds_socket(pid, self.target)
+        }
 
     def _run(self) -> None:
         while not self._stop.is_set():
