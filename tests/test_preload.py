@@ -81,16 +81,21 @@ def answers_by_pid(address: str, count: int) -> dict[int, set[str]]:
     return seen
 
 
-def templates(svc: ServiceProcess) -> list[int]:
-    """The service's template processes, by their process name."""
+def named(svc: ServiceProcess, name: str) -> list[int]:
+    """The service's processes named ``name`` (``/proc/PID/comm``)."""
     found = []
     for pid in svc.processes():
         try:
-            if psutil.Process(pid).name() == "graceful-tmpl":
+            if psutil.Process(pid).name() == name:
                 found.append(pid)
         except psutil.NoSuchProcess:
             continue
     return found
+
+
+def templates(svc: ServiceProcess) -> list[int]:
+    """The service's template processes."""
+    return named(svc, "graceful-tmpl")
 
 
 def test_with_preload_an_edited_module_is_live_in_every_worker_after_a_reload(
@@ -383,14 +388,7 @@ def test_what_a_retired_template_started_at_import_is_stopped_when_it_exits(
         svc.wait_serving(1)
 
         def helpers() -> list[int]:
-            found = []
-            for pid in svc.processes():
-                try:
-                    if psutil.Process(pid).name() == "sleep":
-                        found.append(pid)
-                except psutil.NoSuchProcess:
-                    continue
-            return found
+            return named(svc, "sleep")
 
         # one started by the supervisor's own import of the script, one by the template
         poll_until(lambda: len(helpers()) == 2, 10, "the helpers")

@@ -130,38 +130,20 @@ def test_twenty_saves_under_load_with_three_broken_lose_no_request(tmp_path: Pat
     assert "Waiting for application startup" not in output.split("generation 1 is serving")[1]
 
 
-SERVICE_WITH_HELPER = """\
-from helper import PREFIX
-"""
-
-
 def test_graceful_run_watch_follows_the_include_and_exclude_globs(tmp_path: Path) -> None:
-    (tmp_path / "helper.py").write_text("PREFIX = b'v1: '\n")
-    script = tmp_path / "svc.py"
-    script.write_text(service_source(prefix_from_module=True))
-    (tmp_path / "handlers.py").write_text("from helper import PREFIX\n")
     (tmp_path / "skipped").mkdir()
-    with running(
-        script,
-        module="graceful",
-        args=["run", "svc:main", "--watch", "--watch-include", "*.py",
-              "--watch-include", "*.toml", "--watch-exclude", "skipped"],
-        cwd=tmp_path,
-        # three workers: a broken save is still named once, not once per worker
-        env={"LISTEN": "127.0.0.1:0", "PROBATION": "0", "PYTHONDONTWRITEBYTECODE": "1",
-             "WORKERS": "3"},
+    with watched_echo(
+        tmp_path,
+        "--watch", "--watch-include", "*.py", "--watch-include", "*.toml",
+        "--watch-exclude", "skipped",
+        workers=3,  # a broken save is still named once, not once per worker
     ) as svc:  # fmt: skip
         svc.wait_serving(1)
 
-        def answer() -> bytes:
-            with connect(svc.address()) as client:
-                client.sendall(b"hello\n")
-                return read_line(client)
-
-        assert answer() == b"v1: hello\n"
+        assert answer_of(svc) == b"v1: hello\n"
         save(tmp_path / "helper.py", "PREFIX = b'v2: '\n")
         assert "✓ generation 2 serving" in next_status(svc, 0)
-        poll_until(lambda: answer() == b"v2: hello\n", 10, "the new code")
+        poll_until(lambda: answer_of(svc) == b"v2: hello\n", 10, "the new code")
         # not a watched name, and a watched name in an excluded directory: no reload
         (tmp_path / "notes.txt").write_text("hello")
         (tmp_path / "skipped" / "ignored.py").write_text("x = 1\n")
@@ -176,11 +158,11 @@ def test_graceful_run_watch_follows_the_include_and_exclude_globs(tmp_path: Path
         assert "LookupError: no config v4 (helper.py, line 2)" in line, line
         assert svc.output.count("no config v4") == 1
         assert "Traceback" not in svc.output
-        assert answer() == b"v2: hello\n"
+        assert answer_of(svc) == b"v2: hello\n"
         # the next good save recovers, with no action
         save(tmp_path / "helper.py", "PREFIX = b'v5: '\n")
         assert "✓ generation 5 serving" in next_status(svc, 3)
-        poll_until(lambda: answer() == b"v5: hello\n", 10, "the fixed code")
+        poll_until(lambda: answer_of(svc) == b"v5: hello\n", 10, "the fixed code")
         # a reload asked for otherwise is named as such, not after the last save
         svc.send(signal.SIGHUP)
         assert "✓ generation 6 serving" in next_status(svc, 4)
@@ -256,7 +238,11 @@ def answer_of(svc: ServiceProcess) -> bytes:
         return read_line(client)
 
 
-def watched_echo(tmp_path: Path, *args: str, prefix: str = "v1") -> ServiceProcess:
+def watched_echo(
+    tmp_path: Path, *args: str, prefix: str = "v1", workers: int = 1
+) -> ServiceProcess:
+    """``graceful run svc:main ARGS`` on the echo service, whose answers' prefix comes
+    from ``helper.py`` (a module the script imports through ``handlers.py``)."""
     (tmp_path / "helper.py").write_text(f"PREFIX = b'{prefix}: '\n")
     (tmp_path / "handlers.py").write_text("from helper import PREFIX\n")
     (tmp_path / "svc.py").write_text(service_source(prefix_from_module=True))
@@ -266,7 +252,7 @@ def watched_echo(tmp_path: Path, *args: str, prefix: str = "v1") -> ServiceProce
         args=["run", "svc:main", *args],
         cwd=tmp_path,
         env={"LISTEN": "127.0.0.1:0", "PROBATION": "0", "READY_TIMEOUT": "60",
-             "PYTHONDONTWRITEBYTECODE": "1"},
+             "PYTHONDONTWRITEBYTECODE": "1", "WORKERS": str(workers)},
     )  # fmt: skip
 
 
