@@ -269,7 +269,7 @@ def test_another_user_is_refused_and_changes_nothing(world_readable_dir: Path) -
 
         # and if the mode were wider, the supervisor's own check does
         os.chmod(socket_path, 0o666)
-        for command in (["reload", "--wait"], ["stop", "--wait"], ["status"]):
+        for command in (["reload", "--wait"], ["stop", "--wait"], ["status"], ["scale", "5"]):
             result = as_nobody(*command, "--pid-file", str(pid_file))
             assert result.returncode == 1, command
             assert result.stderr.count("\n") == 1, result.stderr
@@ -279,6 +279,8 @@ def test_another_user_is_refused_and_changes_nothing(world_readable_dir: Path) -
         status = json.loads(graceful_cli("status", "--json", "--pid-file", str(pid_file)).stdout)
         assert [g["generation"] for g in status["generations"]] == [1]
         assert status["state"] == "running"
+        assert status["workers"] == 1
+        assert "scaling" not in svc.output
         assert "SIGHUP" not in svc.output
 
 
@@ -294,7 +296,13 @@ def test_client_commands_on_bad_input_give_one_line(tmp_path: Path) -> None:
     foreign.write_text(f"{os.getpid()}\n")  # a live process that is no supervisor
 
     for pid_file in (missing, garbage, stale, foreign):
-        for command in (["reload", "--wait"], ["stop", "--wait"], ["status"], ["status", "--json"]):
+        for command in (
+            ["reload", "--wait"],
+            ["stop", "--wait"],
+            ["status"],
+            ["status", "--json"],
+            ["scale", "2"],
+        ):
             result = graceful_cli(*command, "--pid-file", str(pid_file))
             assert result.returncode == 1, (command, pid_file, result)
             assert result.stderr.count("\n") == 1, result.stderr

@@ -161,9 +161,12 @@ def test_a_stop_finishes_within_its_deadlines_when_a_worker_left_a_child(
 # -- running out of file descriptors ---------------------------------------------------
 
 
-def test_running_out_of_descriptors_at_a_reload_fails_only_the_reload(tmp_path: Path) -> None:
+@pytest.mark.parametrize("preload", ["0", "1"])
+def test_running_out_of_descriptors_at_a_reload_fails_only_the_reload(
+    tmp_path: Path, preload: str
+) -> None:
     script = write_service(tmp_path / "svc.py", prefix="v1")
-    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+    with running(script, env={"LISTEN": "127.0.0.1:0", "PRELOAD": preload}) as svc:
         svc.wait_serving(1)
         with Load(svc.address(), clients=8) as load:
             wait_for_prefix(load, "v1: ")
