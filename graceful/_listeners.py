@@ -25,8 +25,8 @@ import stat
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from ._activation import sockets_named
 from ._errors import ConfigError
-from ._systemd import sockets_named
 
 #: The backlog of every listener graceful binds. A deep queue is what absorbs the
 #: connections that arrive while one generation hands over to the next.

@@ -20,7 +20,8 @@ import anyio
 
 from ._control import ControlSocket, control_path
 from ._decisions import Settings, Strategy
-from ._dev import DevTerminal, SourceWatcher, Watch, quiet_reload_narrative, with_paths
+from ._dev import SourceWatcher, Watch, with_paths
+from ._dev_terminal import DevTerminal, quiet_reload_narrative
 from ._entry import EntryRef, entry_ref_for
 from ._errors import ConfigError
 from ._listeners import (
