@@ -344,6 +344,7 @@ async def asgi_worker(
     """The worker entry of :func:`serve_asgi`: load the app, run the ready hook, serve
     the app, drain, return."""
     application, kind = as_asgi3(load_app(app, factory), interface, threads)
+    context.report_progress("code")
     if interface == "auto" and kind != "asgi3":
         logger.debug("app %r is a %s app", app, kind)
     if ready_hook is not None:
@@ -359,3 +360,5 @@ async def asgi_worker(
 
 
 asgi_worker.graceful_preload = preload_app  # type: ignore[attr-defined]
+#: the worker reports the user's code imported once the app is (not the main script)
+asgi_worker.graceful_imports_code = True  # type: ignore[attr-defined]

@@ -82,6 +82,18 @@ class Context:
             self._ready_sent = True
             self._control.send(_wire.Ready(parkable=parkable))
 
+    def listeners_closed(self) -> None:
+        """Tell the supervisor this worker has closed its listeners after a shutdown
+        request (:meth:`serve` and graceful's servers do it): a reload's timeline shows
+        when the generation it replaces stopped accepting. Optional for a hand-written
+        accept loop."""
+        self.report_progress("closed")
+
+    def report_progress(self, phase: str) -> None:
+        """Tell the supervisor this worker reached ``phase``, one of
+        :data:`graceful._wire.PROGRESS_PHASES` (for graceful's own servers)."""
+        self._control.send(_wire.Progress(phase))
+
     async def wait_shutdown(self) -> None:
         """Return once this worker is asked to stop accepting: its generation was
         replaced by a reload (or parked, see :attr:`parking`), the service is
@@ -193,6 +205,7 @@ class Context:
                     acceptors.cancel_scope.cancel()
                 for listener in self.listeners:
                     listener.socket.close()
+                self.listeners_closed()
                 self._set_connection_deadline(self.drain_deadline)
                 if not await self.wait_resume():
                     break

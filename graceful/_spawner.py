@@ -46,15 +46,17 @@ import anyio
 import anyio.to_thread
 import multiprocess
 import multiprocess.spawn
+from multiprocess.reduction import ForkingPickler
 
 from . import _processes, _wire
+from ._boot import start_worker
 from ._bytecode import BytecodeCheck, application_roots, bypass_environment, recompile
 from ._decisions import SpawnWorker
 from ._entry import EntryRef
 from ._listeners import BoundListener
 from ._logging import logger
 from ._release import ReleaseDirectory
-from ._worker import MainScript, WorkerBootstrap, WorkerOptions, worker_main
+from ._worker import MainScript, WorkerBootstrap, WorkerOptions
 
 #: Signals a worker must not receive between fork and its own setup: the terminal's
 #: Ctrl-C reaches the whole foreground process group, and SIGHUP may too.
@@ -273,8 +275,12 @@ class SpawningFactory:
             channel, fd_channel, child_control, child_fd_channel = self.open_channels(on_failure)
             with contextlib.closing(child_control), child_fd_channel:
                 process = self._context.Process(
-                    target=worker_main,
-                    args=(self._bootstrap(spawn, child_fd_channel, child_control),),
+                    target=start_worker,
+                    args=(
+                        child_control,
+                        child_fd_channel,
+                        bytes(ForkingPickler.dumps(self.bootstrap(spawn))),
+                    ),
                     name=f"graceful gen {spawn.generation} worker {spawn.worker_id}",
                 )
                 self.start_process(process, environment)
@@ -312,17 +318,14 @@ class SpawningFactory:
         fd_channel.setblocking(False)
         return channel, fd_channel, child_control, child_fd_channel
 
-    def _bootstrap(
-        self, spawn: SpawnWorker, fd_channel: socket.socket, control: Any
-    ) -> WorkerBootstrap:
+    def bootstrap(self, spawn: SpawnWorker) -> WorkerBootstrap:
+        """What the worker ``spawn`` describes is told at its start."""
         return WorkerBootstrap(
             entry=self.entry,
             generation=spawn.generation,
             worker_id=spawn.worker_id,
             supervisor_pid=os.getpid(),
             listeners=[(listener.spec, listener.address) for listener in self.listeners],
-            fd_channel=fd_channel,
-            control=control,
             options=self.options,
             log_level=logger.getEffectiveLevel(),
             main=main_script(),

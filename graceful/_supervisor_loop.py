@@ -68,7 +68,8 @@ from ._decisions import (
     WorkerFailed,
     WorkerReady,
 )
-from ._dev import NARRATIVE, DevTerminal, SourceWatcher
+from ._dev import SourceWatcher
+from ._dev_terminal import NARRATIVE, DevTerminal
 from ._errors import GracefulError, one_line
 from ._health import HealthServer
 from ._listeners import BoundListener, format_address
@@ -77,6 +78,7 @@ from ._orphan_guard import OrphanGuard
 from ._pidfile import PidFile
 from ._spawner import BytecodeGate, ProcessFactory, WorkerProcess
 from ._systemd import Notifier
+from ._timeline import Timelines
 from ._watcher import Watcher
 
 #: The signal that asks for a rollback of the generation on probation.
@@ -142,7 +144,11 @@ class SupervisorLoop:
         self._start_guard = start_guard
         self._follow_signals_too = follow_signals
         self.events_in, self._events = anyio.create_memory_object_stream[Event](math.inf)
-        self.watcher = Watcher(self.events_in, settings.kill_grace, self._stopping_now)
+        self.watcher = Watcher(
+            self.events_in, settings.kill_grace, self._stopping_now, self._progress
+        )
+        #: the phases of the newest reloads (see ``_timeline.py``)
+        self.timelines = Timelines()
         self._tasks: TaskGroup | None = None
         #: pending timers by the event they will send
         self._timers: dict[Event, anyio.CancelScope] = {}
@@ -222,13 +228,16 @@ class SupervisorLoop:
                     waiter.resolve(STOPPING)
                 self._reload_waiters.clear()
             event = await self._events.receive()
+            if isinstance(event, ReloadRequested):
+                self.timelines.asked(anyio.current_time())
             self._drop_stale_timers(event)
 
     def _carry_out(self, action: Action) -> None:
         match action:
             case Log(level, message, narrative):
                 logger.log(level, "%s", message, extra={NARRATIVE: narrative})
-            case GenerationServing(_, first):
+            case GenerationServing(number, first):
+                self.timelines.mark(number, "serving", anyio.current_time())
                 if first and self.pid_file is not None:
                     self._publish_pid_file(self.pid_file)
             case SpawnWorker():
@@ -260,6 +269,7 @@ class SupervisorLoop:
                     waiter.resolve(STOPPING)
                 self._reload_waiters.clear()
             case GenerationStarted(number, first):
+                self.timelines.started(number, anyio.current_time())
                 if self.terminal is not None:
                     self.terminal.started(number)
                 if not first:
@@ -275,6 +285,18 @@ class SupervisorLoop:
                 self._task_group.start_soon(self._timer, delay, event)
             case Announce():
                 self.notifier.announce(action)
+
+    def _progress(self, worker: WorkerProcess, phase: str) -> None:
+        """``worker`` reached ``phase`` (one of ``_timeline.PHASES``): on its own
+        generation's timeline, or for ``closed`` (a worker being replaced), on the
+        serving generation's."""
+        generation = worker.generation
+        serving = self.machine.serving
+        if phase == "closed":
+            if serving is None or serving == generation:
+                return
+            generation = serving
+        self.timelines.mark(generation, phase, anyio.current_time())
 
     def _tell_factory_of_ended_generations(self) -> None:
         """Tell the factory of each generation retired or forgotten since the last
@@ -424,6 +446,7 @@ class SupervisorLoop:
                 }
             )
         last = machine.last_reload
+        timeline = None if last is None else self.timelines.get(last.generation)
         counters = machine.counters
         probation, rejected = machine.probation, machine.rejected
         return {
@@ -452,6 +475,8 @@ class SupervisorLoop:
                 "outcome": last.outcome,
                 "cause": last.cause,
                 "seconds": round(last.seconds, 6),
+                # milliseconds since it was asked for (see _timeline.py)
+                "phases": {} if timeline is None else timeline.milliseconds(),
             },
             "probation": None
             if probation is None
@@ -614,7 +639,9 @@ class SupervisorLoop:
                     if self.bytecode is not None
                     else {}
                 )
+                self.timelines.mark(spawn.generation, "spawn", anyio.current_time())
                 worker = await self.factory.start(spawn, environment)
+                self.timelines.mark(spawn.generation, "started", anyio.current_time())
         except Exception as exc:
             self.events_in.send_nowait(
                 WorkerFailed(spawn.serial, f"could not start a worker: {one_line(exc)}")

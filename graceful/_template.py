@@ -224,14 +224,16 @@ def _become_worker(boot: TemplateBootstrap, worker_id: int, fds: list[int]) -> N
             worker_id=worker_id,
             supervisor_pid=boot.supervisor_pid,
             listeners=boot.listeners,
-            fd_channel=socket.socket(fileno=channel_fd),
-            control=multiprocess.connection.Connection(control_fd),
             options=boot.options,
             log_level=boot.log_level,
             main=boot.main,
         )
         settle_process(f"gen {boot.generation} worker {worker_id}", boot.log_level, boot.options)
-        run_worker(worker, _wire.ControlChannel(worker.control))
+        run_worker(
+            worker,
+            _wire.ControlChannel(multiprocess.connection.Connection(control_fd)),
+            socket.socket(fileno=channel_fd),
+        )
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -283,6 +283,7 @@ class GracefulUvicornServer(uvicorn.Server):
         the module docstring), the lifespan and the event loop going on."""
         for accepting in getattr(self, "servers", []):
             accepting.close()
+        self._context.listeners_closed()
         for connection in list(self.server_state.connections):
             connection.shutdown()
 

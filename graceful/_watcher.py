@@ -45,8 +45,11 @@ class Watcher:
         events: MemoryObjectSendStream[Event],
         kill_grace: float,
         stopping_now: Callable[[], bool],
+        progress: Callable[[WorkerProcess, str], None] = lambda worker, phase: None,
     ) -> None:
         self.events = events
+        #: told when a worker reaches a phase of its start (``_timeline.py``)
+        self._progress = progress
         self.kill_grace = kill_grace
         #: True once the service stops at once: sweeps kill without waiting
         self._stopping_now = stopping_now
@@ -97,7 +100,10 @@ class Watcher:
                     return
 
     def _forward(self, worker: WorkerProcess, item: _wire.Received) -> None:
-        if isinstance(item, _wire.Ready):
+        if isinstance(item, _wire.Progress):
+            self._progress(worker, item.phase)
+        elif isinstance(item, _wire.Ready):
+            self._progress(worker, "ready")
             self.events.send_nowait(WorkerReady(worker.serial, item.parkable))
         elif isinstance(item, _wire.Broken):
             self.events.send_nowait(WorkerBroken(worker.serial, item.cause))

@@ -3,7 +3,7 @@
 Two channels connect them:
 
 * a control channel for small messages in both directions (worker to supervisor:
-  :class:`Ready`, :class:`Failed`, :class:`Broken`; supervisor to worker:
+  :class:`Ready`, :class:`Failed`, :class:`Broken`, :class:`Progress`; supervisor to worker:
   :class:`Shutdown`, :class:`Park`, :class:`Resume`). It is
   a ``multiprocessing.Pipe(duplex=True)`` (a unix stream socketpair), on which each
   message is one line of JSON. Each side reads it without blocking, so a peer that
@@ -36,8 +36,9 @@ MAX_FDS_PER_MESSAGE = 253
 MAX_MESSAGE_BYTES = 4096
 
 #: The most messages one side accepts from the other over the channel's life. A
-#: worker sends two or three (Ready, perhaps Failed), and one Ready more per rollback
-#: that resumes it (and perhaps one Broken per turn); anything near this is a flood.
+#: worker sends a few (its Progress, Ready, perhaps Failed), and one Ready more per
+#: rollback that resumes it (and perhaps one Broken per turn); anything near this is
+#: a flood.
 MAX_MESSAGES = 4096
 
 #: The most bytes read per call, so that a peer writing as fast as it can never keeps
@@ -70,6 +71,19 @@ class Failed:
     """The worker is about to exit because of ``cause`` (one line)."""
 
     cause: str
+
+
+#: The milestones a worker reports with :class:`Progress`, in the order they happen
+#: (``closed`` comes from a worker of the generation being replaced).
+PROGRESS_PHASES = ("interpreter", "graceful", "code", "loop", "closed")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The worker reached milestone ``phase`` (one of :data:`PROGRESS_PHASES`): the
+    supervisor times a reload's phases by when these arrive."""
+
+    phase: str
 
 
 @dataclass(frozen=True)
@@ -108,7 +122,7 @@ class ProtocolError:
     detail: str
 
 
-Message: TypeAlias = Ready | Failed | Broken | Shutdown | Park | Resume
+Message: TypeAlias = Ready | Failed | Broken | Progress | Shutdown | Park | Resume
 Received: TypeAlias = Message | PeerGone | ProtocolError
 
 
@@ -128,6 +142,8 @@ def encode(message: Message) -> bytes:
         # At most 6 bytes per character once escaped: 600 fit in MAX_MESSAGE_BYTES.
         cause = message.cause if len(message.cause) <= 600 else message.cause[:597] + "..."
         fields = ["failed" if isinstance(message, Failed) else "broken", cause]
+    elif isinstance(message, Progress):
+        fields = ["progress", message.phase]
     elif isinstance(message, Shutdown):
         fields = ["shutdown", message.drain_timeout]
     elif isinstance(message, Park):
@@ -160,6 +176,8 @@ def decode(line: bytes) -> Message:
         if kind in ("failed", "broken") and len(fields) == 2 and isinstance(fields[1], str):
             cause = printable(fields[1])
             return Failed(cause) if kind == "failed" else Broken(cause)
+        if kind == "progress" and len(fields) == 2 and fields[1] in PROGRESS_PHASES:
+            return Progress(fields[1])
         if kind in ("shutdown", "park") and len(fields) == 2 and _is_seconds(fields[1]):
             seconds = float(fields[1])
             return Shutdown(seconds) if kind == "shutdown" else Park(seconds)

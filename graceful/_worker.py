@@ -81,8 +81,7 @@ class WorkerOptions:
 class WorkerBootstrap:
     """Everything a worker receives from the supervisor in its ``Process`` args.
 
-    Sockets and connections travel as objects so that spawn passes their
-    descriptors to the child; the listeners follow over ``fd_channel``.
+    The channels to the supervisor travel beside it (see :func:`worker_main`).
     """
 
     entry: EntryRef
@@ -90,8 +89,6 @@ class WorkerBootstrap:
     worker_id: int
     supervisor_pid: int
     listeners: list[tuple[str, Address]]
-    fd_channel: socket.socket
-    control: Any  # multiprocess Connection
     options: WorkerOptions
     log_level: int
     main: MainScript
@@ -109,17 +106,21 @@ class Runnable:
         return inspect.iscoroutinefunction(self.function)
 
 
-def worker_main(boot: WorkerBootstrap) -> None:
-    """The target of every worker process. Exits 0 after a normal return."""
+def worker_main(boot: WorkerBootstrap, connection: Any, fd_channel: socket.socket) -> None:
+    """A spawned worker's life (see the module docstring), on its control channel
+    (``connection``, a multiprocess Connection end) and ``fd_channel``, which
+    spawn passes to the child as objects beside ``boot``. Exits 0 after a normal
+    return."""
     settle_process(f"gen {boot.generation} worker {boot.worker_id}", boot.log_level, boot.options)
-    control = _wire.ControlChannel(boot.control)
+    control = _wire.ControlChannel(connection)
+    control.send(_wire.Progress("graceful"))
     try:
         import_main_script(boot.main)
     except BaseException as exc:  # a KeyboardInterrupt raised at import is a failure too
         if start_failures_logged():
             logger.exception("importing the main script failed")
         _fail(control, one_line(exc, where=True), log=False)
-    run_worker(boot, control)
+    run_worker(boot, control, fd_channel)
 
 
 def settle_process(role: str, log_level: int, options: WorkerOptions) -> None:
@@ -139,19 +140,23 @@ def settle_process(role: str, log_level: int, options: WorkerOptions) -> None:
         report_start_failures_only()  # for the servers' own start-up errors too
 
 
-def run_worker(boot: WorkerBootstrap, control: _wire.ControlChannel) -> None:
+def run_worker(
+    boot: WorkerBootstrap, control: _wire.ControlChannel, fd_channel: socket.socket
+) -> None:
     """A worker's life once the user's code is imported (by this process, or by the
     template it was forked from): take the listeners, find the entry point, run it."""
     options = boot.options
     log = start_failures_logged()
     try:
-        listeners = _receive_listeners(boot)
+        listeners = _receive_listeners(boot, fd_channel)
     except (OSError, ConnectionError) as exc:
         _fail(control, f"could not receive the listeners: {exc}")
     try:
         runnable = find_runnable(boot.entry, boot.options.backend)
     except ConfigError as exc:
         _fail(control, str(exc), log=log)
+    if not getattr(runnable.function, "graceful_imports_code", False):
+        control.send(_wire.Progress("code"))
 
     shutdown = ShutdownRequest(options.drain_timeout)
     context = Context(
@@ -163,7 +168,7 @@ def run_worker(boot: WorkerBootstrap, control: _wire.ControlChannel) -> None:
     )
 
     def take_listeners_back() -> None:
-        context.listeners_sent_again(_receive_listeners(boot))
+        context.listeners_sent_again(_receive_listeners(boot, fd_channel))
 
     try:
         entry = functools.partial(runnable.function, **options.entry_options)
@@ -208,15 +213,15 @@ def import_main_script(main: MainScript) -> None:
         del current._inheriting
 
 
-def _receive_listeners(boot: WorkerBootstrap) -> list[Listener]:
+def _receive_listeners(boot: WorkerBootstrap, fd_channel: socket.socket) -> list[Listener]:
     """The listeners the supervisor sends on the fd channel: at start, and before each
     resume (they are already there: sent before the message that announces them).
 
     Raises:
         ConnectionError: if they did not all arrive (see :func:`_wire.recv_fds`).
     """
-    boot.fd_channel.settimeout(_LISTENERS_TIMEOUT)
-    fds = _wire.recv_fds(boot.fd_channel)
+    fd_channel.settimeout(_LISTENERS_TIMEOUT)
+    fds = _wire.recv_fds(fd_channel)
     return [
         Listener(socket.socket(fileno=fd), spec, address)
         for fd, (spec, address) in zip(fds, boot.listeners, strict=True)
@@ -257,6 +262,7 @@ async def _run_async(
     follow: Callable[[], Coroutine[Any, Any, None]],
     shutdown: ShutdownRequest,
 ) -> None:
+    context.report_progress("loop")
     # The entry's own exception reaches the process as itself (a SystemExit keeps
     # its exit status) rather than wrapped in an exception group.
     await run_beside(
@@ -273,6 +279,7 @@ def _run_sync(
     shutdown: ShutdownRequest,
 ) -> None:
     with anyio.from_thread.start_blocking_portal() as portal:
+        context.report_progress("loop")
         following = portal.start_task_soon(follow)
         previous = signal.signal(
             signal.SIGTERM, lambda *_: portal.start_task_soon(_request_soon, shutdown)
