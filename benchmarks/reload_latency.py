@@ -1,0 +1,253 @@
+"""Where a reload's time goes, beside the cold-spawn floor, in one run.
+
+    python benchmarks/reload_latency.py [--reloads 12] [--floors 12]
+
+For two services, a minimal raw ``@graceful.service`` echo and a minimal ASGI app
+under ``graceful serve`` (uvicorn), it measures, each in the same run:
+
+* **reload**: from SIGHUP to the first answer from the new code. The service's
+  file is edited (a new version string), SIGHUP is sent, and a client asks on a new
+  connection every millisecond until the answer carries the new version;
+* **floor**: a cold multiprocess spawn that imports graceful, anyio (and uvicorn
+  for the ASGI app) and the same module, and reports over a Pipe, from
+  ``Process.start()`` to the report. This is what a reload would cost if graceful
+  added nothing and started a new interpreter;
+* **phases**: the supervisor's own timeline of each reload (``graceful status``'s
+  ``last_reload.phases``: its monotonic clock, see ``graceful/_timeline.py``).
+
+Each service runs with the warm standby (the default) and without it
+(``--no-standby``), one after the other. Printed: medians (and p90 of the reload),
+the ratio of the reload to the floor, and the median time of every phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from graceful import Control
+from graceful._timeline import PHASES
+from graceful.testing import ServiceProcess
+
+RAW = """\
+import graceful
+
+VERSION = {version!r}
+
+
+async def echo(stream):
+    await stream.receive()
+    await stream.send(VERSION.encode() + b"\\n")
+
+
+@graceful.service(listen=["127.0.0.1:0"], probation=0)
+async def main(ctx):
+    await ctx.serve(echo)
+
+
+if __name__ == "__main__":
+    import sys
+
+    options = {{"standby": False}} if "--no-standby" in sys.argv else {{}}
+    main.run(pid_file=sys.argv[1], **options)
+"""
+
+ASGI = """\
+VERSION = {version!r}
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = VERSION.encode()
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({{"type": "http.response.start", "status": 200, "headers": headers}})
+    await send({{"type": "http.response.body", "body": body}})
+"""
+
+#: A cold spawn that imports what the worker needs and the service's module.
+FLOOR = """\
+import json, sys, time
+
+import multiprocess
+
+
+def child(conn, path, extra):
+    import importlib, importlib.util
+    import anyio
+    import graceful
+    for name in extra:
+        importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location("service_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    conn.send("imported")
+
+
+if __name__ == "__main__":
+    path, count, extra = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    context = multiprocess.get_context("spawn")
+    times = []
+    for _ in range(count):
+        ours, theirs = context.Pipe()
+        process = context.Process(target=child, args=(theirs, path, extra))
+        started = time.monotonic()
+        process.start()
+        ours.recv()
+        times.append(time.monotonic() - started)
+        process.join()
+    print(json.dumps(times))
+"""
+
+
+def ask_raw(address: tuple[str, int]) -> bytes:
+    with socket.create_connection(address, timeout=2) as sock:
+        sock.sendall(b"hi\n")
+        return sock.recv(100).strip()
+
+
+def ask_http(address: tuple[str, int]) -> bytes:
+    with socket.create_connection(address, timeout=2) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        return data.split(b"\r\n\r\n", 1)[-1].strip()
+
+
+def floor(workdir: Path, module: Path, count: int, extra: list[str]) -> list[float]:
+    """Cold spawns in a clean interpreter (no ``__main__`` for the children to import)."""
+    script = workdir / "floor.py"
+    script.write_text(FLOOR)
+    out = subprocess.run(
+        [sys.executable, str(script), str(module), str(count), *extra],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=workdir,
+    )
+    return [float(value) for value in json.loads(out.stdout)]
+
+
+def reloads(
+    svc: ServiceProcess,
+    *,
+    pid_file: Path,
+    path: Path,
+    source: str,
+    ask: Callable[[tuple[str, int]], bytes],
+    count: int,
+) -> tuple[list[float], list[dict[str, float]]]:
+    """``count`` reloads: SIGHUP to the new version's first answer, and the phases."""
+    svc.wait_serving(1, timeout=60)
+    host, _, port = svc.address().rpartition(":")
+    address = (host, int(port))
+    control = Control(pid_file)
+    answers, phases = [], []
+    for number in range(1, count + 1):
+        version = f"v{number}"
+        path.write_text(source.format(version=version))
+        time.sleep(0.3)  # let the previous generation drain, and the standby warm up
+        mark = svc.mark()
+        started = time.monotonic()
+        svc.send(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if ask(address) == version.encode():
+                    break
+            except OSError:
+                pass
+            time.sleep(0.001)
+        else:
+            raise SystemExit(f"{version} never answered:\n{svc.output}")
+        answers.append(time.monotonic() - started)
+        svc.wait_serving(number + 1, after=mark, timeout=30)
+        deadline = time.monotonic() + 5
+        while True:  # the old generation's "closed" comes a moment later
+            last = control.status()["last_reload"]
+            if last["generation"] == number + 1 and "closed" in last["phases"]:
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        phases.append(last["phases"])
+    return answers, phases
+
+
+def p90(values: list[float]) -> float:
+    return sorted(values)[max(0, round(0.9 * len(values)) - 1)]
+
+
+def report(
+    name: str, answers: list[float], phases: list[dict[str, float]], floor_ms: float
+) -> None:
+    ms = [a * 1000 for a in answers]
+    median = statistics.median(ms)
+    print(
+        f"| {name} | {median:.1f} | {p90(ms):.1f} | {floor_ms:.1f} | "
+        f"{median / floor_ms:.2f} | "
+        + " | ".join(
+            f"{statistics.median(p[phase] for p in phases if phase in p):.1f}"
+            if any(phase in p for p in phases)
+            else "—"
+            for phase in PHASES[1:]
+        )
+        + " |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reloads", type=int, default=12)
+    parser.add_argument("--floors", type=int, default=12)
+    parser.add_argument(
+        "--modes",
+        default="standby,no-standby",
+        help="comma-separated: standby, no-standby, default (no option given)",
+    )
+    args = parser.parse_args()
+    print(
+        "| service | SIGHUP to new answer, median (ms) | p90 | cold-spawn floor, median (ms) "
+        "| ratio | " + " | ".join(PHASES[1:]) + " |"
+    )
+    print("|---|" + "---|" * (4 + len(PHASES) - 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        raw = workdir / "svc.py"
+        raw.write_text(RAW.format(version="v0"))
+        asgi = workdir / "app.py"
+        asgi.write_text(ASGI.format(version="v0"))
+        for label in args.modes.split(","):
+            pid_file = workdir / "svc.pid"
+            flags = ["--no-standby"] if label == "no-standby" else []
+            with ServiceProcess(raw, args=[str(pid_file), *flags], cwd=workdir) as svc:
+                answers, phases = reloads(
+                    svc, pid_file=pid_file, path=raw, source=RAW, ask=ask_raw, count=args.reloads
+                )
+            floor_ms = statistics.median(floor(workdir, raw, args.floors, [])) * 1000
+            report(f"raw @graceful.service, {label}", answers, phases, floor_ms)
+            pid_file = workdir / "app.pid"
+            command = ["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
+                       "--probation", "0", "--pid-file", str(pid_file), *flags]  # fmt: skip
+            with ServiceProcess(asgi, module="graceful", args=command, cwd=workdir) as svc:
+                answers, phases = reloads(
+                    svc, pid_file=pid_file, path=asgi, source=ASGI, ask=ask_http, count=args.reloads
+                )
+            floor_ms = statistics.median(floor(workdir, asgi, args.floors, ["uvicorn"])) * 1000
+            report(f"graceful serve (uvicorn), {label}", answers, phases, floor_ms)
+
+
+if __name__ == "__main__":
+    main()
