@@ -41,6 +41,8 @@ from graceful._timeline import PHASES
 from graceful.testing import ServiceProcess
 
 RAW = """\
+import sys
+
 import graceful
 
 VERSION = {version!r}
@@ -51,16 +53,13 @@ async def echo(stream):
     await stream.send(VERSION.encode() + b"\\n")
 
 
-@graceful.service(listen=["127.0.0.1:0"], probation=0)
+@graceful.service(listen=["127.0.0.1:0"], probation=0, standby="--no-standby" not in sys.argv)
 async def main(ctx):
     await ctx.serve(echo)
 
 
 if __name__ == "__main__":
-    import sys
-
-    options = {{"standby": False}} if "--no-standby" in sys.argv else {{}}
-    main.run(pid_file=sys.argv[1], **options)
+    main.run(pid_file=sys.argv[1])
 """
 
 ASGI = """\
@@ -148,6 +147,7 @@ def reloads(
     source: str,
     ask: Callable[[tuple[str, int]], bytes],
     count: int,
+    memory: dict[str, float],
 ) -> tuple[list[float], list[dict[str, float]]]:
     """``count`` reloads: SIGHUP to the new version's first answer, and the phases."""
     svc.wait_serving(1, timeout=60)
@@ -155,6 +155,7 @@ def reloads(
     address = (host, int(port))
     control = Control(pid_file)
     answers, phases = [], []
+    memory.update(footprint(svc))
     for number in range(1, count + 1):
         version = f"v{number}"
         path.write_text(source.format(version=version))
@@ -186,18 +187,45 @@ def reloads(
     return answers, phases
 
 
+def pss_mib(pid: int) -> float:
+    """The proportional set size of process ``pid``, in MiB."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no Pss for {pid}")
+
+
+def footprint(svc: ServiceProcess) -> dict[str, float]:
+    """The PSS of the worker and, once warm, of the standby (if there is one, within
+    a few seconds), in MiB."""
+    found: dict[str, float] = {}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "standby" not in found:
+        for pid in svc.processes():
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            if name in ("graceful-worker", "graceful-warm"):
+                found["worker" if name == "graceful-worker" else "standby"] = pss_mib(pid)
+        time.sleep(0.1)
+    return found
+
+
 def p90(values: list[float]) -> float:
     return sorted(values)[max(0, round(0.9 * len(values)) - 1)]
 
 
 def report(
-    name: str, answers: list[float], phases: list[dict[str, float]], floor_ms: float
+    name: str,
+    answers: list[float],
+    phases: list[dict[str, float]],
+    floor_ms: float,
+    memory: dict[str, float],
 ) -> None:
     ms = [a * 1000 for a in answers]
     median = statistics.median(ms)
+    standby = f"{memory['standby']:.1f}" if "standby" in memory else "—"
     print(
         f"| {name} | {median:.1f} | {p90(ms):.1f} | {floor_ms:.1f} | "
-        f"{median / floor_ms:.2f} | "
+        f"{median / floor_ms:.2f} | {memory.get('worker', 0):.1f} | {standby} | "
         + " | ".join(
             f"{statistics.median(p[phase] for p in phases if phase in p):.1f}"
             if any(phase in p for p in phases)
@@ -220,9 +248,9 @@ def main() -> None:
     args = parser.parse_args()
     print(
         "| service | SIGHUP to new answer, median (ms) | p90 | cold-spawn floor, median (ms) "
-        "| ratio | " + " | ".join(PHASES[1:]) + " |"
+        "| ratio | worker PSS (MiB) | standby PSS (MiB) | " + " | ".join(PHASES[1:]) + " |"
     )
-    print("|---|" + "---|" * (4 + len(PHASES) - 1))
+    print("|---|" + "---|" * (6 + len(PHASES) - 1))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         raw = workdir / "svc.py"
@@ -231,22 +259,26 @@ def main() -> None:
         asgi.write_text(ASGI.format(version="v0"))
         for label in args.modes.split(","):
             pid_file = workdir / "svc.pid"
+            memory: dict[str, float] = {}
             flags = ["--no-standby"] if label == "no-standby" else []
             with ServiceProcess(raw, args=[str(pid_file), *flags], cwd=workdir) as svc:
                 answers, phases = reloads(
-                    svc, pid_file=pid_file, path=raw, source=RAW, ask=ask_raw, count=args.reloads
-                )
+                    svc, pid_file=pid_file, path=raw, source=RAW, ask=ask_raw, count=args.reloads,
+                    memory=memory,
+                )  # fmt: skip
             floor_ms = statistics.median(floor(workdir, raw, args.floors, [])) * 1000
-            report(f"raw @graceful.service, {label}", answers, phases, floor_ms)
+            report(f"raw @graceful.service, {label}", answers, phases, floor_ms, memory)
             pid_file = workdir / "app.pid"
+            memory = {}
             command = ["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
                        "--probation", "0", "--pid-file", str(pid_file), *flags]  # fmt: skip
             with ServiceProcess(asgi, module="graceful", args=command, cwd=workdir) as svc:
                 answers, phases = reloads(
-                    svc, pid_file=pid_file, path=asgi, source=ASGI, ask=ask_http, count=args.reloads
-                )
+                    svc, pid_file=pid_file, path=asgi, source=ASGI, ask=ask_http, count=args.reloads,
+                    memory=memory,
+                )  # fmt: skip
             floor_ms = statistics.median(floor(workdir, asgi, args.floors, ["uvicorn"])) * 1000
-            report(f"graceful serve (uvicorn), {label}", answers, phases, floor_ms)
+            report(f"graceful serve (uvicorn), {label}", answers, phases, floor_ms, memory)
 
 
 if __name__ == "__main__":

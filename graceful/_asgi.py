@@ -53,6 +53,7 @@ def serve_asgi(
     strategy: StrategyName = "all-at-once",
     max_surge: int = 1,
     preload: bool = False,
+    standby: bool = True,
     watch: bool | Watch | Sequence[str] = False,
     interface: Interface = "auto",
     threads: int = DEFAULT_THREADS,
@@ -108,6 +109,7 @@ def serve_asgi(
             strategy=strategy,
             max_surge=max_surge,
             preload=preload,
+            standby=standby,
             watch=watch,
             interface=interface,
             threads=threads,
@@ -135,6 +137,7 @@ def asgi_service(
     strategy: str = "all-at-once",
     max_surge: int = 1,
     preload: bool = False,
+    standby: bool = True,
     watch: bool | Watch | Sequence[str] = False,
     interface: str = "auto",
     threads: int = DEFAULT_THREADS,
@@ -160,6 +163,7 @@ def asgi_service(
         strategy=strategy,
         max_surge=max_surge,
         preload=preload,
+        standby=standby,
     )
     for spec in listen:
         if isinstance(spec, str):
@@ -211,6 +215,7 @@ def asgi_service(
         strategy=strategy,  # type: ignore[arg-type]
         max_surge=max_surge,
         preload=preload,
+        standby=standby,
         watch=watch,
         backend_options=backend_options,
         entry_options={
@@ -328,6 +333,19 @@ def preload_app(*, app: str, server: str, **_: Any) -> None:
     import_module(app.partition(":")[0], f" for app {app!r}")
 
 
+def warm_up_server(*, server: str, backend: str, options: dict[str, Any], **_: Any) -> None:
+    """For a warm standby (``_standby.py``): import graceful's integration of
+    ``server`` and what serving imports, never the app."""
+    if server == "uvicorn":
+        from ._uvicorn import warm_up  # noqa: PLC0415 - uvicorn is optional
+
+        warm_up(options)
+    else:
+        from ._hypercorn import warm_up as warm_up_hypercorn  # noqa: PLC0415
+
+        warm_up_hypercorn(backend)
+
+
 async def asgi_worker(
     context: Context,
     *,
@@ -360,5 +378,6 @@ async def asgi_worker(
 
 
 asgi_worker.graceful_preload = preload_app  # type: ignore[attr-defined]
+asgi_worker.graceful_warm_up = warm_up_server  # type: ignore[attr-defined]
 #: the worker reports the user's code imported once the app is (not the main script)
 asgi_worker.graceful_imports_code = True  # type: ignore[attr-defined]

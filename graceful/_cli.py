@@ -170,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
             help="import the app once per generation, in a template process that "
             "forks the workers (shared memory, and every worker runs the same code)",
         )
+        command.add_argument(
+            "--no-standby",
+            dest="standby",
+            action="store_false",
+            default=None,
+            help="keep no warm standby interpreter for the next reload (it saves one "
+            "idle interpreter's memory; reloads then start every worker cold)",
+        )
     for command in (serve, run):
         command.add_argument(
             "--watch",
@@ -295,6 +303,7 @@ def _serve(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         max_surge=args.max_surge,
         preload=bool(args.preload),
+        standby=args.standby is not False,
         interface=args.interface,
         threads=args.threads,
         ready_hook=args.ready_hook,
@@ -318,6 +327,7 @@ def _run(args: argparse.Namespace) -> int:
         "strategy": args.strategy,
         "max_surge": args.max_surge,
         "preload": args.preload,
+        "standby": args.standby,
     }
     for name, value in overrides.items():
         if value is not None:

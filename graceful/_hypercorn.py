@@ -25,6 +25,7 @@ that window stays open. The README gives the measured cost.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -44,6 +45,12 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def warm_up(backend: str) -> None:
+    """Import, ahead of any app, what serving on ``backend`` imports (for a warm
+    standby, see ``_standby.py``)."""
+    importlib.import_module("hypercorn.trio" if backend == "trio" else "hypercorn.asyncio")
 
 
 def check_options(options: dict[str, Any]) -> None:

@@ -158,11 +158,15 @@ def become_subreaper() -> bool:
 #: prctl(2) option: this thread's name, as ``/proc/PID/comm`` shows it.
 _PR_SET_NAME = 15
 
+#: Every worker's process name (``/proc/PID/comm``, at most 15 bytes), however it
+#: was started; templates and standbys have names of their own.
+WORKER_NAME = "graceful-worker"
+
 
 def set_name(name: str) -> None:
     """Name this process (``/proc/PID/comm``, ``ps -o comm``, 15 bytes at most), so
-    that tools can tell a template from a worker. Silently does nothing where the C
-    library refuses."""
+    that tools can tell a worker from a template or a standby. Silently does
+    nothing where the C library refuses."""
     _prctl(_PR_SET_NAME, name.encode()[:15])
 
 
@@ -173,12 +177,3 @@ def _prctl(option: int, argument: int | bytes) -> bool:
         return bool(libc.prctl(option, argument, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
-
-
-def name() -> str:
-    """This process's name (``/proc/self/comm``); empty if unreadable."""
-    try:
-        with open("/proc/self/comm") as comm:
-            return comm.read().strip()
-    except OSError:
-        return ""

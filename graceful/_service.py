@@ -46,6 +46,7 @@ class Service(Generic[F]):
         strategy: StrategyName = "all-at-once",
         max_surge: int = 1,
         preload: bool = False,
+        standby: bool = True,
         watch: bool | Watch | Sequence[str] = False,
         backend_options: dict[str, Any] | None = None,
         entry_options: dict[str, Any] | None = None,
@@ -60,6 +61,7 @@ class Service(Generic[F]):
             strategy=strategy,
             max_surge=max_surge,
             preload=preload,
+            standby=standby,
         )
         self.function = function
         self.listen = list(listen)
@@ -70,6 +72,8 @@ class Service(Generic[F]):
         self.strategy: StrategyName = strategy
         self.max_surge = max_surge
         self.preload = preload
+        #: keep a warm standby interpreter for the next worker start (``_standby.py``)
+        self.standby = standby
         #: what a save reloads (development mode); None: off
         self.watch: Watch | None = as_watch(watch)
         self.backend: Backend = backend
@@ -148,6 +152,7 @@ def check_settings(
     strategy: object = "all-at-once",
     max_surge: object = 1,
     preload: object = False,
+    standby: object = True,
 ) -> None:
     """Refuse a setting of :func:`service` that can never work.
 
@@ -180,8 +185,9 @@ def check_settings(
         raise ConfigError(f"strategy={_short(strategy)} must be 'all-at-once' or 'rolling'")
     if not isinstance(max_surge, int) or isinstance(max_surge, bool) or max_surge < 1:
         raise ConfigError(f"max_surge={_short(max_surge)} must be a whole number of at least 1")
-    if not isinstance(preload, bool):
-        raise ConfigError(f"preload={_short(preload)} must be True or False")
+    for name, value in (("preload", preload), ("standby", standby)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}={_short(value)} must be True or False")
 
 
 def check_supervision(*, health: object, stop_delay: object) -> None:
@@ -235,6 +241,7 @@ def service(
     strategy: StrategyName = "all-at-once",
     max_surge: int = 1,
     preload: bool = False,
+    standby: bool = True,
     watch: bool | Watch | Sequence[str] = False,
 ) -> Callable[[F], Service[F]]: ...
 
@@ -252,6 +259,7 @@ def service(
     strategy: StrategyName = "all-at-once",
     max_surge: int = 1,
     preload: bool = False,
+    standby: bool = True,
     watch: bool | Watch | Sequence[str] = False,
 ) -> Service[F]: ...
 
@@ -268,6 +276,7 @@ def service(
     strategy: StrategyName = "all-at-once",
     max_surge: int = 1,
     preload: bool = False,
+    standby: bool = True,
     watch: bool | Watch | Sequence[str] = False,
 ) -> Service[F] | Callable[[F], Service[F]]:
     """Declare a zero-downtime service.
@@ -308,6 +317,13 @@ def service(
             scaling fork from the same template, so every worker of a generation
             runs the same code. The code must start no thread at import. See the
             README on many workers.
+        standby: while the service is quiet, keep one interpreter spawned and
+            waiting, with graceful, anyio and the event loop imported (never your
+            code). The next reload's first worker (or template) is made from it:
+            it imports your code fresh from disk and starts at once, without the
+            interpreter's start-up. A library upgraded on disk meanwhile is noticed,
+            and the worker is started cold. It costs one idle interpreter's memory.
+            See the README on reload latency.
         watch: development mode: ``True`` reloads on each save of a ``*.py`` file
             under the main script's directory; a list of directories, or a
             :class:`graceful.Watch`, says what to watch. A broken save keeps the
@@ -337,6 +353,7 @@ def service(
             strategy=strategy,
             max_surge=max_surge,
             preload=preload,
+            standby=standby,
         )
         as_watch(watch)
     except ConfigError as exc:
@@ -359,6 +376,7 @@ def service(
             strategy=strategy,
             max_surge=max_surge,
             preload=preload,
+            standby=standby,
             watch=watch,
         )
 

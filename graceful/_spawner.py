@@ -38,6 +38,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,9 +54,18 @@ from ._boot import start_worker
 from ._bytecode import BytecodeCheck, application_roots, bypass_environment, recompile
 from ._decisions import SpawnWorker
 from ._entry import EntryRef
+from ._errors import GracefulError
 from ._listeners import BoundListener
 from ._logging import logger
 from ._release import ReleaseDirectory
+from ._standby import (
+    STANDBY_VARIABLE,
+    Assignment,
+    Standby,
+    StandbyBootstrap,
+    StandbyKeeper,
+    standby_main,
+)
 from ._worker import MainScript, WorkerBootstrap, WorkerOptions
 
 #: Signals a worker must not receive between fork and its own setup: the terminal's
@@ -124,6 +134,14 @@ class ProcessFactory(Protocol):
 
     def generation_ended(self, number: int) -> None:
         """Generation ``number`` will start no more workers (it was retired)."""
+
+    async def run(self) -> None:
+        """The factory's own work for the supervisor's life (keeping a warm standby,
+        see ``_standby.py``); cancelled at the end."""
+
+    def quiet(self) -> None:
+        """The service is quiet (a generation serves, no worker is starting): a good
+        moment for work that would slow a start down."""
 
     def helper_pids(self) -> set[int]:
         """PIDs of the factory's own child processes that are not workers."""
@@ -247,27 +265,121 @@ class SpawningFactory:
         listeners: list[BoundListener],
         options: WorkerOptions,
         release: ReleaseDirectory,
+        *,
+        standby: bool = True,
     ) -> None:
         self.entry = entry
         self.listeners = listeners
         self.options = options
         self.release = release
         self._context = multiprocess.get_context("spawn")
+        #: the warm standby (``_standby.py``); None when turned off
+        self.standby = StandbyKeeper(self.start_standby) if standby else None
 
     async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
+        standby = await self.take_standby(
+            environment, lambda: Assignment(self.working_directory(), worker=self.bootstrap(spawn))
+        )
+        if standby is not None:
+            return self.adopt(spawn, standby)
         return self.spawn(spawn, environment)
+
+    async def take_standby(
+        self, environment: dict[str, str], assignment: Callable[[], Assignment]
+    ) -> Standby | None:
+        """The warm standby, given ``assignment()``; None if there is none, or it
+        cannot be used (the start is then cold). A start that needs an ``environment``
+        of its own (the stale-bytecode bypass) is always cold."""
+        if self.standby is None or environment:
+            return None
+        return await self.standby.take(assignment)
+
+    def working_directory(self) -> str:
+        """Where a process started now starts (a release symlink followed anew)."""
+        self.release.enter()
+        return os.getcwd()
+
+    def adopt(self, spawn: SpawnWorker, standby: Standby) -> SpawnedWorker:
+        """The worker ``spawn`` describes, from a standby that has taken the work:
+        hand it the listeners (any failure kills and reaps it, and is raised)."""
+        control, fd_channel = standby.control, standby.fd_channel
+        with contextlib.ExitStack() as on_failure:
+            on_failure.callback(standby.close)
+            if control is None or fd_channel is None:
+                raise GracefulError("a template's standby cannot become a worker")
+            pidfd = _processes.open_pidfd(standby.pid)
+            hand_over(fd_channel, self.listeners)
+            on_failure.pop_all()
+        standby.link.close()
+        return SpawnedWorker(
+            spawn.serial,
+            spawn.generation,
+            spawn.worker_id,
+            standby.process,
+            control,
+            pidfd,
+            fd_channel,
+            self.listeners,
+        )
+
+    def start_standby(self) -> Standby:
+        """Spawn a standby that will become a worker (see ``_standby.py``)."""
+        return self.spawn_standby(template=False)
+
+    def spawn_standby(self, *, template: bool) -> Standby:
+        """Spawn a standby, with the worker's channels unless it is to become a
+        ``template``. Raises on any failure, having closed what it opened."""
+        with contextlib.ExitStack() as on_failure:
+            link, child_link = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            on_failure.callback(link.close)
+            link.setblocking(False)
+            control = fd_channel = child_control = child_fd_channel = None
+            if not template:
+                control, fd_channel, child_control, child_fd_channel = self.open_channels(
+                    on_failure
+                )
+            with child_link, contextlib.ExitStack() as child_ends:
+                if child_control is not None:
+                    child_ends.callback(child_control.close)
+                if child_fd_channel is not None:
+                    child_ends.callback(child_fd_channel.close)
+                boot = StandbyBootstrap(
+                    entry=self.entry,
+                    options=self.options,
+                    log_level=logger.getEffectiveLevel(),
+                    started_ns=time.time_ns(),
+                    template=template,
+                )
+                process = self._context.Process(
+                    target=standby_main,
+                    args=(boot, child_link, child_control, child_fd_channel),
+                    name="graceful standby",
+                )
+                self.start_process(process, {STANDBY_VARIABLE: "1"})
+            on_failure.pop_all()
+        return Standby(process, link, control, fd_channel)
 
     def generation_ended(self, number: int) -> None:
         pass
 
+    async def run(self) -> None:
+        if self.standby is not None:
+            await self.standby.run()
+
+    def quiet(self) -> None:
+        if self.standby is not None:
+            self.standby.quiet()
+
     def helper_pids(self) -> set[int]:
-        return set()
+        pid = self.standby.pid if self.standby is not None else None
+        return {pid} if pid is not None else set()
 
     def collect_exited(self) -> None:
         pass
 
     def close(self) -> None:
-        pass
+        if self.standby is not None:
+            self.standby.close()
 
     def spawn(self, spawn: SpawnWorker, environment: dict[str, str]) -> SpawnedWorker:
         """Start the worker ``spawn`` describes (see the module docstring)."""

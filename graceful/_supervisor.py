@@ -192,6 +192,7 @@ def _factory(
             report_only=service.watch is not None,
         ),
         release=ReleaseDirectory.adopt(),
+        standby=service.standby,
     )
 
 

@@ -67,6 +67,7 @@ from ._decisions import (
     WorkerExited,
     WorkerFailed,
     WorkerReady,
+    WorkerState,
 )
 from ._dev import SourceWatcher
 from ._dev_terminal import NARRATIVE, DevTerminal
@@ -200,6 +201,7 @@ class SupervisorLoop:
                 if self._follow_signals_too:
                     await tasks.start(self._follow_signals)
                 tasks.start_soon(self._keep_guard)
+                tasks.start_soon(self.factory.run)
                 if self.sources is not None:
                     tasks.start_soon(self.sources.run, self._sources_changed)
                 if os.getpid() == 1 or self._reap_orphans_too:
@@ -222,6 +224,8 @@ class SupervisorLoop:
                     return action.code
                 self._carry_out(action)
             self._tell_factory_of_ended_generations()
+            if self._quiet():
+                self.factory.quiet()
             if self.machine.stop_announced and self._reload_waiters:
                 # asked for before the stop, never to be started
                 for waiter in self._reload_waiters:
@@ -297,6 +301,22 @@ class SupervisorLoop:
                 return
             generation = serving
         self.timelines.mark(generation, phase, anyio.current_time())
+
+    def _quiet(self) -> bool:
+        """A generation serves, and nothing is starting, resuming or stopping: the
+        factory's background work (a standby to warm up) slows nothing down."""
+        machine = self.machine
+        return (
+            machine.serving is not None
+            and machine.starting is None
+            and machine.rollback is None
+            and not machine.stop_announced
+            and not self._spawning
+            and not any(
+                worker.state in (WorkerState.STARTING, WorkerState.RESUMING)
+                for worker in machine.workers.values()
+            )
+        )
 
     def _tell_factory_of_ended_generations(self) -> None:
         """Tell the factory of each generation retired or forgotten since the last

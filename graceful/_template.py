@@ -62,6 +62,7 @@ from ._spawner import (
     hand_over,
     main_script,
 )
+from ._standby import Assignment, Standby
 from ._worker import (
     MainScript,
     WorkerBootstrap,
@@ -81,8 +82,7 @@ _FORK_TIMEOUT = 10.0
 #: Seconds to wait for a template's exit status once its socket has closed.
 _EXIT_STATUS_WAIT = 2.0
 
-#: A template's process name (``/proc/PID/comm``); its workers get the name back
-#: that the template had before.
+#: A template's process name (``/proc/PID/comm``).
 TEMPLATE_NAME = "graceful-tmpl"
 
 
@@ -95,26 +95,24 @@ class TemplateFailed(GracefulError):
 
 @dataclass
 class TemplateBootstrap:
-    """Everything a template receives in its ``Process`` args."""
+    """Everything a template is told at its start (its socket to the supervisor
+    travels beside it)."""
 
     entry: EntryRef
     generation: int
     supervisor_pid: int
     listeners: list[tuple[str, Address]]
-    #: the template's end of its socket to the supervisor
-    forks: socket.socket
     options: WorkerOptions
     log_level: int
     main: MainScript
 
 
-def template_main(boot: TemplateBootstrap) -> None:
+def template_main(boot: TemplateBootstrap, forks: socket.socket) -> None:
     """The target of a template process: import, then fork workers on request until
-    the supervisor closes the socket."""
-    settle_process(f"gen {boot.generation} template", boot.log_level, boot.options)
-    worker_name = _processes.name()
-    _processes.set_name(TEMPLATE_NAME)
-    forks = boot.forks
+    the supervisor closes ``forks``, its end of their socket."""
+    settle_process(
+        f"gen {boot.generation} template", boot.log_level, boot.options, name=TEMPLATE_NAME
+    )
     try:
         import_main_script(boot.main)
         runnable = find_runnable(boot.entry, boot.options.backend)
@@ -140,7 +138,7 @@ def template_main(boot: TemplateBootstrap) -> None:
             worker_id = int(json.loads(data)["fork"])
             if len(fds) != 2:
                 raise ValueError(f"{len(fds)} descriptors instead of 2")
-            pid = _fork_worker(boot, worker_id, fds, worker_name)
+            pid = _fork_worker(boot, forks, worker_id, fds)
         except Exception as exc:
             for fd in fds:
                 with contextlib.suppress(OSError):
@@ -179,7 +177,9 @@ def _send(sock: socket.socket, **message: Any) -> None:
         sys.exit(0)  # the supervisor is done with this generation (or gone)
 
 
-def _fork_worker(boot: TemplateBootstrap, worker_id: int, fds: list[int], name: str) -> int:
+def _fork_worker(
+    boot: TemplateBootstrap, forks: socket.socket, worker_id: int, fds: list[int]
+) -> int:
     """Fork a worker that the supervisor adopts (see the module docstring); its PID."""
     read_end, write_end = os.pipe()
     try:
@@ -195,7 +195,7 @@ def _fork_worker(boot: TemplateBootstrap, worker_id: int, fds: list[int], name: 
             worker = os.fork()
             if worker == 0:
                 os.close(write_end)
-                _processes.set_name(name)
+                forks.close()
                 _become_worker(boot, worker_id, fds)
             os.write(write_end, str(worker).encode())
             code = 0
@@ -216,7 +216,6 @@ def _become_worker(boot: TemplateBootstrap, worker_id: int, fds: list[int]) -> N
     """In the forked worker: run as a worker of the template's generation."""
     code = 1
     try:
-        boot.forks.close()
         control_fd, channel_fd = fds
         worker = WorkerBootstrap(
             entry=boot.entry,
@@ -465,9 +464,13 @@ class TemplateFactory(SpawningFactory):
         listeners: list[BoundListener],
         options: WorkerOptions,
         release: Any,
+        *,
+        standby: bool = True,
     ) -> None:
-        super().__init__(entry, listeners, options, release)
+        super().__init__(entry, listeners, options, release, standby=standby)
         self._templates: dict[int, Template] = {}
+        #: held while a generation's template is being started
+        self._starting = anyio.Lock()
         #: stopped, and not reaped yet
         self._ending: list[Template] = []
         #: generations that have ended: no template is started for them again
@@ -477,11 +480,12 @@ class TemplateFactory(SpawningFactory):
         self.collect_exited()
         if spawn.generation in self._ended:
             raise TemplateFailed(f"generation {spawn.generation} has ended: no more workers")
-        template = self._templates.get(spawn.generation)
-        if template is None:
-            template = self._templates[spawn.generation] = self._start_template(
-                spawn.generation, environment
-            )
+        async with self._starting:
+            template = self._templates.get(spawn.generation)
+            if template is None:
+                template = self._templates[spawn.generation] = await self._start_template(
+                    spawn.generation, environment
+                )
         await template.wait_imported()
         with contextlib.ExitStack() as on_failure:
             channel, fd_channel, child_control, child_fd_channel = self.open_channels(on_failure)
@@ -504,24 +508,21 @@ class TemplateFactory(SpawningFactory):
             self.listeners,
         )
 
-    def _start_template(self, generation: int, environment: dict[str, str]) -> Template:
+    async def _start_template(self, generation: int, environment: dict[str, str]) -> Template:
+        """Generation ``generation``'s template: the warm standby if it can take the
+        work, else a new process."""
+        standby = await self.take_standby(
+            environment,
+            lambda: Assignment(self.working_directory(), template=self._bootstrap(generation)),
+        )
+        if standby is not None:
+            return Template(generation, standby.process, standby.link)
         forks, child_forks = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         forks.setblocking(False)
         with child_forks:
             process = self._context.Process(
                 target=template_main,
-                args=(
-                    TemplateBootstrap(
-                        entry=self.entry,
-                        generation=generation,
-                        supervisor_pid=os.getpid(),
-                        listeners=[(item.spec, item.address) for item in self.listeners],
-                        forks=child_forks,
-                        options=self.options,
-                        log_level=logger.getEffectiveLevel(),
-                        main=main_script(),
-                    ),
-                ),
+                args=(self._bootstrap(generation), child_forks),
                 name=f"graceful gen {generation} template",
             )
             try:
@@ -530,6 +531,21 @@ class TemplateFactory(SpawningFactory):
                 forks.close()
                 raise
         return Template(generation, process, forks)
+
+    def _bootstrap(self, generation: int) -> TemplateBootstrap:
+        return TemplateBootstrap(
+            entry=self.entry,
+            generation=generation,
+            supervisor_pid=os.getpid(),
+            listeners=[(item.spec, item.address) for item in self.listeners],
+            options=self.options,
+            log_level=logger.getEffectiveLevel(),
+            main=main_script(),
+        )
+
+    def start_standby(self) -> Standby:
+        """Spawn a standby that will become a template."""
+        return self.spawn_standby(template=True)
 
     def generation_ended(self, number: int) -> None:
         self._ended.add(number)
@@ -544,9 +560,11 @@ class TemplateFactory(SpawningFactory):
         self._ending = [template for template in self._ending if not template.reap_if_exited()]
 
     def helper_pids(self) -> set[int]:
-        return {template.pid for template in [*self._templates.values(), *self._ending]}
+        templates = [*self._templates.values(), *self._ending]
+        return super().helper_pids() | {template.pid for template in templates}
 
     def close(self) -> None:
+        super().close()
         for template in [*self._templates.values(), *self._ending]:
             template.kill_and_reap()
         self._templates.clear()

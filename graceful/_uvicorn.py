@@ -311,6 +311,21 @@ class GracefulUvicornServer(uvicorn.Server):
         await self._context.ready(parkable=True)
 
 
+def warm_up(options: dict[str, Any]) -> None:
+    """Import, ahead of any app, what serving with ``options`` imports: the HTTP and
+    WebSocket protocols, the lifespan, the event loop (for a warm standby, see
+    ``_standby.py``). Best effort: what cannot be imported now fails, as before,
+    when the worker serves."""
+    with contextlib.suppress(Exception):
+        draining_protocol(options.get("http", "auto"))
+    with contextlib.suppress(Exception):
+        draining_websocket_protocol(options.get("ws", "auto"))
+    lifespan = uvicorn.config.LIFESPAN.get(options.get("lifespan", "auto"))
+    if lifespan is not None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(lifespan.partition(":")[0])
+
+
 def uvicorn_config(app: Any, drain_timeout: float, options: dict[str, Any]) -> uvicorn.Config:
     """A uvicorn ``Config`` for one worker, with graceful's draining protocol."""
     clash = sorted(RESERVED_OPTIONS & options.keys())

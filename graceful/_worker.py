@@ -42,12 +42,13 @@ import anyio.from_thread
 import multiprocess
 import multiprocess.spawn
 
-from . import _wire
+from . import _processes, _wire
 from ._context import Context, SyncContext
 from ._entry import EntryRef, resolve_entry
 from ._errors import ConfigError, one_line
 from ._listeners import Address, Listener
 from ._logging import ensure_visible, logger, report_start_failures_only, start_failures_logged
+from ._processes import WORKER_NAME
 from ._shutdown import ShutdownRequest, drain_on_sigterm, follow_supervisor
 from ._tasks import run_beside
 
@@ -114,6 +115,13 @@ def worker_main(boot: WorkerBootstrap, connection: Any, fd_channel: socket.socke
     settle_process(f"gen {boot.generation} worker {boot.worker_id}", boot.log_level, boot.options)
     control = _wire.ControlChannel(connection)
     control.send(_wire.Progress("graceful"))
+    import_and_run(boot, control, fd_channel)
+
+
+def import_and_run(
+    boot: WorkerBootstrap, control: _wire.ControlChannel, fd_channel: socket.socket
+) -> None:
+    """Import the main script fresh from disk, then :func:`run_worker`."""
     try:
         import_main_script(boot.main)
     except BaseException as exc:  # a KeyboardInterrupt raised at import is a failure too
@@ -123,12 +131,17 @@ def worker_main(boot: WorkerBootstrap, connection: Any, fd_channel: socket.socke
     run_worker(boot, control, fd_channel)
 
 
-def settle_process(role: str, log_level: int, options: WorkerOptions) -> None:
-    """What a worker (or a template) does first: lead a process group of its own,
-    ignore the signals that are not its to act on, and log as ``role``, at the
-    supervisor's level, leaving start-up failures to the supervisor if it says so."""
+def settle_process(
+    role: str, log_level: int, options: WorkerOptions, *, name: str | None = WORKER_NAME
+) -> None:
+    """What a worker (or a template, or a standby) does first: lead a process group
+    of its own, ignore the signals that are not its to act on, take the process
+    name ``name`` (None: keep it), and log as ``role``, at the supervisor's level, leaving start-up
+    failures to the supervisor if it says so."""
     with contextlib.suppress(OSError):  # the supervisor may have done it already
         os.setpgid(0, 0)
+    if name is not None:
+        _processes.set_name(name)
     for ignored in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(ignored, signal.SIG_IGN)
     # The supervisor blocked these around start(); pending ones are now discarded.

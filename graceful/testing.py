@@ -54,6 +54,10 @@ except ImportError as error:  # pragma: no cover - depends on the installation
         "pip install graceful[testing]"
     ) from error
 
+from ._processes import WORKER_NAME
+from ._standby import STANDBY_NAME, STANDBY_VARIABLE
+from ._template import TEMPLATE_NAME
+
 __all__ = [
     "DEFAULT_WAIT",
     "MARKER_VARIABLE",
@@ -61,6 +65,7 @@ __all__ = [
     "children_of",
     "holds_socket",
     "is_alive",
+    "is_standby",
     "is_worker",
     "listening_socket",
     "marked_processes",
@@ -269,6 +274,23 @@ class ServiceProcess:
         guard."""
         return [pid for pid in self.children() if is_worker(pid)]
 
+    def standby_pids(self) -> list[int]:
+        """The started process's live children that are warm standbys (see
+        :func:`is_standby`): warm, or still warming up."""
+        return [pid for pid in self.children() if is_standby(pid)]
+
+    def warm_standby(self, timeout: float = DEFAULT_WAIT) -> int:
+        """Block until the service has one standby and it is warm (it has imported
+        everything and named itself); its PID. AssertionError after ``timeout``."""
+        found: list[int] = []
+
+        def warm() -> bool:
+            found[:] = self.standby_pids()
+            return len(found) == 1 and _process_name(found[0]) == STANDBY_NAME
+
+        poll_until(warm, timeout, "a warm standby")
+        return found[0]
+
     def processes(self) -> list[int]:
         """Every live (not zombie) process this service started, the started
         process included, wherever it now sits in the process tree."""
@@ -374,14 +396,38 @@ def zombie_children(pid: int) -> list[int]:
 
 
 def is_worker(pid: int) -> bool:
-    """True if process ``pid`` is alive and is a graceful worker (a process
-    started by multiprocess's spawn method, which is how graceful starts
-    workers)."""
+    """True if process ``pid`` is alive and is a graceful worker, or a template
+    (``preload``): started by multiprocess's spawn method (how graceful starts
+    them, or forked from a process that was) and not a warm standby (which is not a
+    worker until it is given work; see :func:`is_standby`)."""
     try:
         command = psutil.Process(pid).cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False  # gone (or a zombie, which has no command line), or not ours
-    return any("spawn_main" in arg for arg in command)
+    return any("spawn_main" in arg for arg in command) and not is_standby(pid)
+
+
+def is_standby(pid: int) -> bool:
+    """True if process ``pid`` is alive and is a warm standby (see
+    ``graceful/_standby.py``), warm or still warming up, and not given work yet."""
+    name = _process_name(pid)
+    if name == STANDBY_NAME:
+        return True
+    if name in ("", WORKER_NAME, TEMPLATE_NAME):
+        return False
+    try:  # not named yet: its environment says what it was started as
+        return STANDBY_VARIABLE in psutil.Process(pid).environ()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _process_name(pid: int) -> str:
+    """``/proc/PID/comm``; empty if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""
 
 
 def listening_socket(pid: int, port: int) -> str:

@@ -6,9 +6,10 @@ so a test knows when a request is in flight in a handler. ``on_line`` is code ru
 for every line before it is answered (``line`` is the request, ``CTX`` the
 worker's context). Settings come
 from the environment: ``LISTEN`` (comma-separated specs), ``WORKERS``,
-``READY_TIMEOUT``, ``DRAIN_TIMEOUT``, ``PROBATION``, ``STRATEGY``, ``MAX_SURGE`` and
-``PRELOAD`` (``1`` for ``preload=True``). The sync service takes part in
-probation (parks and resumes) like the async ones.
+``READY_TIMEOUT``, ``DRAIN_TIMEOUT``, ``PROBATION``, ``STRATEGY``, ``MAX_SURGE``,
+``PRELOAD`` (``1`` for ``preload=True``) and ``STANDBY`` (``0`` for
+``standby=False``). The sync service takes part in probation (parks and resumes)
+like the async ones.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ _SERVICE_ARGS = """\
     probation=float(os.environ.get("PROBATION", "30")),
     strategy=os.environ.get("STRATEGY", "all-at-once"),
     max_surge=int(os.environ.get("MAX_SURGE", "1")),
-    preload=os.environ.get("PRELOAD") == "1","""
+    preload=os.environ.get("PRELOAD") == "1",
+    standby=os.environ.get("STANDBY", "1") == "1","""
 
 ASYNC_SERVICE = """\
 import os

@@ -153,6 +153,7 @@ def test_idle_health_clients_cannot_use_up_the_supervisors_descriptors(tmp_path:
     with running(script, env=ENV) as svc:
         svc.wait_serving(1)
         health = health_address(svc.output)
+        svc.warm_standby()  # its channels are the supervisor's descriptors too
         before = psutil.Process(svc.pid).num_fds()
         idle = []
         try:

@@ -14,6 +14,8 @@ import pytest
 from harness import ask, connect, poll_until, read_line, running, zombie_children
 from services import write_service
 
+from graceful._standby import STANDBY_NAME
+
 
 def start_slow_request(sock: socket.socket, seconds: float) -> None:
     """Send ``sleep seconds`` and return once the handler has acknowledged it."""
@@ -168,11 +170,20 @@ def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> Non
     script = write_service(tmp_path / "svc.py", "asyncio")
     with running(script, env={"LISTEN": "127.0.0.1:0", "WORKERS": "2"}) as svc:
         svc.wait_serving(1)
+
         # Settled: two workers, the previous generation's two parked for the
-        # probation, multiprocess's resource tracker and the orphan guard, nothing
-        # left to reap. The supervisor closes a worker's fds in the same step as it
-        # reaps it, and each promotion lets the generation parked before go.
-        settled = lambda: len(svc.children()) == 6 and not zombie_children(svc.pid)  # noqa: E731
+        # probation, multiprocess's resource tracker, the orphan guard and a warm
+        # standby, nothing left to reap. The supervisor closes a worker's fds in the
+        # same step as it reaps it, and each promotion lets the generation parked
+        # before go.
+        def settled() -> bool:
+            standbys = svc.standby_pids()
+            return (
+                len(svc.children()) == 7
+                and not zombie_children(svc.pid)
+                and len(standbys) == 1
+                and Path(f"/proc/{standbys[0]}/comm").read_text().strip() == STANDBY_NAME
+            )
 
         def reload(generation: int) -> None:
             mark = svc.mark()

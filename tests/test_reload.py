@@ -153,9 +153,9 @@ def test_failed_reload_keeps_the_old_generation_serving(tmp_path: Path, breakage
         assert tally.failed == 0, tally.as_dict()
         assert tally.prefixes.get("bad: ", 0) == 0
         # the failed worker was reaped: only generation 3's worker, generation 1's
-        # (parked for generation 3's probation), multiprocess's resource tracker and
-        # the orphan guard remain
-        poll_until(lambda: len(svc.children()) == 4, 10, "only four children left")
+        # (parked for generation 3's probation), multiprocess's resource tracker, the
+        # orphan guard and the standby for the next reload remain
+        poll_until(lambda: len(svc.children()) == 5, 10, "only five children left")
 
 
 def test_sighups_during_a_reload_coalesce_into_one_follow_up(tmp_path: Path) -> None:

@@ -119,6 +119,8 @@ class StandInFactory:
         self.closed = False
         #: set: each start waits for it, and cannot be cancelled meanwhile
         self.uninterruptible: anyio.Event | None = None
+        #: how many workers had been started at each call of quiet()
+        self.quiet_at: list[int] = []
 
     async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> StandIn:
         if self.uninterruptible is not None:
@@ -136,6 +138,12 @@ class StandInFactory:
 
     def generation_ended(self, number: int) -> None:
         self.ended.append(number)
+
+    async def run(self) -> None:
+        pass
+
+    def quiet(self) -> None:
+        self.quiet_at.append(len(self.started))
 
     def helper_pids(self) -> set[int]:
         return set()

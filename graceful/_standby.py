@@ -1,0 +1,407 @@
+"""The warm standby: an interpreter that has imported everything but the user's code.
+
+Most of a cold worker start is not the user's code: a new interpreter, multiprocess
+and dill, anyio and its event loop, graceful's worker code, and for ``graceful
+serve`` the server. None of it changes between reloads. So while the service is
+quiet (a generation serves, nothing is starting), the supervisor keeps one
+*standby*: a process spawned like a worker (multiprocess's spawn context, its own
+process group, the worker's channels already open) that imports all that, then
+waits. The next worker start (the first worker of a reload, or a crashed worker's
+replacement) is handed to it: it imports the user's code fresh from disk and runs
+at once. With ``preload`` the standby becomes the generation's template instead
+(``_template.py``). Another standby is prepared once the service is quiet again.
+Off with ``standby=False`` (``--no-standby``).
+
+What keeps it honest:
+
+* **The code stays fresh.** A standby never imports the user's code: not the main
+  script, not the app, not the entry point (only graceful's own entry points, such
+  as ``graceful serve``'s, are warmed up, and they import the server, never the
+  app). It is given the working directory a spawn would have now (a release
+  symlink is followed anew) and forgets what it knew of the directories on
+  ``sys.path`` before it imports anything of the user's.
+* **A library upgraded meanwhile is noticed.** The standby records what it
+  imported (``_stale_imports.py``); when given work, it checks, and if anything
+  changed on disk it answers ``stale`` and exits: the worker is spawned cold, with
+  every library fresh.
+* **Anything else goes cold too.** No standby yet, one still warming up, one that
+  died, hangs (``ASSIGN_TIMEOUT``), or a generation that needs another
+  environment (the stale-bytecode bypass): the worker is spawned as without it.
+
+Wire, over a ``SOCK_SEQPACKET`` socketpair (the standby's *link*):
+
+* standby to supervisor: ``{"warm": true}`` once imported, or ``{"failed": cause}``;
+* supervisor to standby: one :class:`Assignment`, pickled (the supervisor's own
+  data: nothing the standby sends is unpickled);
+* standby to supervisor: ``{"taken": true}``, or ``{"stale": [what changed]}``
+  before it exits. A worker then closes the link and speaks on the worker's
+  channels; a template goes on with the template protocol on the link.
+
+The supervisor closing its end (or dying) ends a waiting standby.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from multiprocess.reduction import ForkingPickler
+
+from . import _processes, _wire
+from ._entry import EntryRef, resolve_entry
+from ._errors import one_line
+from ._logging import logger
+from ._stale_imports import ImportSnapshot
+from ._worker import WorkerBootstrap, WorkerOptions, import_and_run, settle_process
+
+if TYPE_CHECKING:
+    from ._template import TemplateBootstrap
+
+#: A standby's process name (``/proc/PID/comm``, at most 15 bytes), once it is warm.
+STANDBY_NAME = "graceful-warm"
+
+#: Set in a standby's environment (and removed once it has work), so that tools can
+#: tell a standby that has not named itself yet from a worker.
+STANDBY_VARIABLE = "GRACEFUL_STANDBY"
+
+#: Seconds a standby has to import everything before it is given up.
+WARM_TIMEOUT = 60.0
+
+#: Seconds a standby has to answer an assignment (it checks its imports first).
+ASSIGN_TIMEOUT = 5.0
+
+#: The largest message from a standby, and the largest assignment.
+_MESSAGE_BYTES = 65536
+
+
+# --- the standby's side --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StandbyBootstrap:
+    """What a standby is told at its start (its channels travel beside it)."""
+
+    entry: EntryRef
+    options: WorkerOptions
+    log_level: int
+    #: the supervisor's wall clock (``time.time_ns()``) before it started the standby
+    started_ns: int
+    #: it will become a template (preload), not a worker
+    template: bool
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The work a standby is given: exactly one of ``worker`` and ``template``."""
+
+    #: the working directory a process spawned now would start in
+    cwd: str
+    worker: WorkerBootstrap | None = None
+    template: TemplateBootstrap | None = None
+
+
+def standby_main(
+    boot: StandbyBootstrap, link: socket.socket, control: Any, fd_channel: socket.socket | None
+) -> None:
+    """The target of a standby process: import, report warm, wait for an assignment,
+    check that nothing imported changed, and become what it is assigned."""
+    settle_process("standby", boot.log_level, boot.options, name=None)
+    try:
+        warm_up(boot)
+        snapshot = ImportSnapshot.take(boot.started_ns)
+    except BaseException as exc:
+        _send(link, failed=one_line(exc, where=True))
+        sys.exit(1)
+    _processes.set_name(STANDBY_NAME)
+    _send(link, warm=True)
+    try:
+        data = link.recv(_MESSAGE_BYTES)
+    except OSError:
+        data = b""
+    if not data:
+        sys.exit(0)  # the supervisor is done with it (or gone)
+    assignment: Assignment = ForkingPickler.loads(data)  # from the supervisor
+    changes = snapshot.changes()
+    if changes:
+        _send(link, stale=changes)
+        sys.exit(0)
+    _take(assignment)
+    _send(link, taken=True)
+    if assignment.template is not None:
+        # (not at the top: the template's module imports the spawner's, which imports
+        # this one; a template standby imported it while warming up)
+        from ._template import template_main  # noqa: PLC0415
+
+        template_main(assignment.template, link)
+        return
+    worker = assignment.worker
+    assert worker is not None
+    assert fd_channel is not None
+    link.close()
+    role = f"gen {worker.generation} worker {worker.worker_id}"
+    settle_process(role, worker.log_level, boot.options)
+    import_and_run(worker, _wire.ControlChannel(control), fd_channel)
+
+
+def warm_up(boot: StandbyBootstrap) -> None:
+    """Import what a worker (or a template) of this service imports before the
+    user's code, and what its event loop and server import: never the user's code.
+    graceful's own entry points (``graceful serve``'s) may name more, with a
+    ``graceful_warm_up`` function given the entry options."""
+    for name in _WORKER_MODULES:
+        importlib.import_module(name)
+    if boot.options.backend == "trio":
+        importlib.import_module("anyio._backends._trio")
+    if boot.options.backend_options.get("use_uvloop"):
+        importlib.import_module("uvloop")
+    if boot.template:
+        importlib.import_module("graceful._template")
+    if boot.entry.module.startswith("graceful."):  # graceful's own code, never the user's
+        warm = getattr(resolve_entry(boot.entry), "graceful_warm_up", None)
+        if warm is not None:
+            warm(**boot.options.entry_options)
+
+
+#: What every worker imports before (or while) it runs the user's code: the
+#: decorator and the context the user's code uses, and the event loop the sync and
+#: asyncio paths run (the trio backend is added for trio services).
+_WORKER_MODULES = (
+    "graceful._service",
+    "graceful._context",
+    "graceful._worker",
+    "anyio._backends._asyncio",
+    "anyio.from_thread",
+)
+
+
+def _take(assignment: Assignment) -> None:
+    """Become a process spawned now: its working directory, no standby mark, and no
+    memory of what the directories on ``sys.path`` held."""
+    os.environ.pop(STANDBY_VARIABLE, None)
+    os.chdir(assignment.cwd)
+    importlib.invalidate_caches()
+
+
+def _send(link: socket.socket, **message: Any) -> None:
+    try:
+        link.send(json.dumps(message).encode())
+    except OSError:
+        sys.exit(0)  # the supervisor is done with it (or gone)
+
+
+# --- the supervisor's side -----------------------------------------------------------
+
+
+class Standby:
+    """A standby process, as the supervisor sees it (see the module docstring)."""
+
+    def __init__(
+        self,
+        process: Any,
+        link: socket.socket,
+        control: Any,
+        fd_channel: socket.socket | None,
+    ) -> None:
+        self.process = process
+        #: (kept: the process object forgets it once closed)
+        self.pid: int = process.pid
+        self.link = link
+        #: the supervisor's ends of the worker's channels (None for a template)
+        self.control = control
+        self.fd_channel = fd_channel
+        self.warm = False
+
+    async def wait_warm(self) -> str | None:
+        """Wait until it has imported everything: None once it has, else why not."""
+        answer = await self._receive()
+        if answer.get("warm") is True:
+            self.warm = True
+            return None
+        return str(answer.get("failed", answer or "it exited"))
+
+    async def assign(self, assignment: Assignment) -> str | None:
+        """Give it ``assignment``: None once it took it, else why not (it is then to
+        be discarded). Waits at most :data:`ASSIGN_TIMEOUT` seconds."""
+        try:
+            self.link.send(bytes(ForkingPickler.dumps(assignment)))
+        except OSError as exc:
+            return f"cannot reach it: {exc.strerror or exc}"
+        answer: dict[str, Any] = {}
+        with anyio.move_on_after(ASSIGN_TIMEOUT):
+            answer = await self._receive()
+        if answer.get("taken") is True:
+            return None
+        if "stale" in answer:
+            stale = answer["stale"]
+            changed = ", ".join(str(item) for item in stale) if isinstance(stale, list) else stale
+            return f"what it imported changed on disk: {changed}"
+        if not answer:
+            return f"it did not answer within {ASSIGN_TIMEOUT:g}s"
+        return f"it answered {answer!r}"
+
+    async def wait_exit(self) -> None:
+        """Return once it has exited (its link closes as it does)."""
+        while True:
+            await anyio.wait_readable(self.link)
+            try:
+                if not self.link.recv(_MESSAGE_BYTES, socket.MSG_PEEK):
+                    return
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            await anyio.sleep(0.1)  # an unexpected message: not an exit; look again later
+
+    async def _receive(self) -> dict[str, Any]:
+        """The next message, or {} once the link has closed."""
+        while True:
+            await anyio.wait_readable(self.link)
+            try:
+                data = self.link.recv(_MESSAGE_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return {}
+            if not data:
+                return {}
+            try:
+                answer = json.loads(data)
+            except ValueError:
+                answer = None
+            return answer if isinstance(answer, dict) else {"garbage": repr(data[:80])}
+
+    def close(self) -> None:
+        """Kill it (and its process group), reap it, and close the supervisor's ends."""
+        _processes.kill_group_or_process(self.pid)
+        with contextlib.suppress(Exception):
+            self.process.join()
+            self.process.close()
+        self.release_channels()
+
+    def release_channels(self) -> None:
+        """Close the supervisor's ends of its channels (once they are someone else's
+        or no longer needed)."""
+        self.link.close()
+        if self.control is not None:
+            self.control.close()
+        if self.fd_channel is not None:
+            self.fd_channel.close()
+
+
+class StandbyKeeper:
+    """Keeps one standby while the service is quiet, and hands it out.
+
+    ``start`` spawns a new standby (and may raise). :meth:`run` is a task for the
+    supervisor's life; :meth:`quiet` says when a standby may be prepared (the work
+    of a spawn must not slow a reload down); :meth:`take` hands it out.
+    """
+
+    def __init__(self, start: Callable[[], Standby]) -> None:
+        self._start = start
+        #: warming up or warm; None when there is none
+        self._standby: Standby | None = None
+        self._wake: anyio.Event | None = None
+        #: cancels the watch of the current standby (when it is taken), and is set
+        #: once the watch has ended (nothing waits on the standby's link any more)
+        self._watching: anyio.CancelScope | None = None
+        self._watch_ended: anyio.Event | None = None
+        self._warned = False
+        self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._standby.pid if self._standby is not None else None
+
+    def quiet(self) -> None:
+        """The service is quiet: prepare a standby if there is none."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Prepare a standby whenever asked to and there is none, and watch it until
+        it is taken or exits. Cancelled at the supervisor's end."""
+        self._wake = anyio.Event()
+        while not self._closed:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            if self._standby is not None or self._closed:
+                continue
+            try:
+                standby = self._start()
+            except Exception as exc:
+                self._trouble(f"could not start a standby: {one_line(exc)}")
+                continue
+            self._standby = standby
+            self._watch_ended = ended = anyio.Event()
+            try:
+                with anyio.CancelScope() as self._watching:
+                    await self._watch(standby)
+            except Exception:
+                # a standby only saves time: whatever goes wrong costs it, never
+                # the supervisor
+                logger.exception("could not watch the standby (PID %d)", standby.pid)
+                if self._standby is standby:
+                    self._standby = None
+                    standby.close()
+            finally:
+                self._watching = None
+                ended.set()
+
+    async def _watch(self, standby: Standby) -> None:
+        why: str | None = f"it did not import within {WARM_TIMEOUT:g}s"
+        with anyio.move_on_after(WARM_TIMEOUT):
+            why = await standby.wait_warm()
+        if why is not None:
+            self._standby = None
+            standby.close()
+            self._trouble(f"the standby (PID {standby.pid}) could not warm up: {why}")
+            return
+        logger.debug("a standby (PID %d) is warm", standby.pid)
+        await standby.wait_exit()
+        self._standby = None
+        standby.close()
+        self._trouble(f"the standby (PID {standby.pid}) exited")
+
+    def _trouble(self, what: str) -> None:
+        """Warn once; later troubles are debug lines (a start without a standby only
+        takes longer). Another standby is prepared once the service is quiet again."""
+        level = logging.DEBUG if self._warned else logging.WARNING
+        logger.log(level, "%s; workers start cold until another one is warm", what)
+        self._warned = True
+
+    async def take(self, assignment: Callable[[], Assignment]) -> Standby | None:
+        """The warm standby, given the work ``assignment()`` describes (called once it
+        is sure to be sent); None if there is none, or it could not take the work
+        (it is then discarded, and the caller starts the process cold)."""
+        standby = self._standby
+        if standby is None or not standby.warm:
+            return None
+        self._standby = None
+        with anyio.CancelScope(shield=True):
+            if self._watching is not None and self._watch_ended is not None:
+                self._watching.cancel()
+                await self._watch_ended.wait()
+            why = await standby.assign(assignment())
+        if why is None:
+            return standby
+        logger.info("the standby (PID %d) was not used: %s; starting cold", standby.pid, why)
+        standby.close()
+        return None
+
+    def close(self) -> None:
+        """Kill and reap the standby, if any; prepare no more."""
+        self._closed = True
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            standby.close()
+        if self._wake is not None:
+            self._wake.set()

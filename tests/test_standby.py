@@ -1,0 +1,328 @@
+"""The warm standby, with real supervisors, real signals and real files.
+
+A standby is an interpreter spawned while the service is quiet, with graceful,
+anyio and the event loop imported and never the user's code. The next reload's
+first worker (or, with preload, template) is made from it. These tests check that
+it is used, that the code it runs is the code on disk (and the libraries too,
+upgraded between two reloads), that it can be turned off, and that a standby that
+dies or hangs costs only a cold start.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import signal
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anyio
+import psutil
+import pytest
+from echo_load import Load
+from harness import ServiceProcess, ask, connect, poll_until
+from services import service_source
+
+from graceful._stale_imports import CLOCK_MARGIN_NS, ImportSnapshot
+from graceful.testing import is_alive
+
+#: ``before_serve`` code: the answers name the process (``v1 1234: ``).
+PID_IN_PREFIX = """\
+    global PREFIX
+    PREFIX = PREFIX[:-2] + f" {os.getpid()}: ".encode()
+"""
+
+
+def write_handlers(tmp_path: Path, prefix: str) -> None:
+    """``handlers.py``, which the service imports for its prefix; each import of it
+    is logged (with the importing process's PID) in ``imports.log``."""
+    log = tmp_path / "imports.log"
+    (tmp_path / "handlers.py").write_text(
+        textwrap.dedent(f"""\
+            import os
+            with open({str(log)!r}, "a") as log:
+                log.write(f"{{os.getpid()}}\\n")
+            PREFIX = {f"{prefix}: ".encode()!r}
+        """)
+    )
+
+
+def importers(tmp_path: Path) -> set[int]:
+    """The PIDs that imported the user's code so far."""
+    log = tmp_path / "imports.log"
+    return {int(line) for line in log.read_text().split()} if log.exists() else set()
+
+
+def start(tmp_path: Path, *, env: dict[str, str] | None = None) -> ServiceProcess:
+    script = tmp_path / "svc.py"
+    script.write_text(service_source(prefix_from_module=True, before_serve=PID_IN_PREFIX))
+    settings = {
+        "LISTEN": "127.0.0.1:0",
+        "DRAIN_TIMEOUT": "5",
+        "PROBATION": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **(env or {}),
+    }
+    return ServiceProcess(script, env=settings)
+
+
+def _name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""
+
+
+def answer(svc: ServiceProcess) -> tuple[str, int]:
+    """One answer on a new connection: the version and the PID that answered."""
+    with connect(svc.address()) as client:
+        text = ask(client, "hello").decode()
+    version, pid = text.split(":")[0].split()
+    return version, int(pid)
+
+
+def answers_only(svc: ServiceProcess, version: str) -> int:
+    """Wait until new connections get only ``version``; the PID that answers."""
+    seen: list[int] = []
+
+    def only_new() -> bool:
+        got = [answer(svc) for _ in range(5)]
+        seen[:] = [pid for v, pid in got]
+        return all(v == version for v, _ in got)
+
+    poll_until(only_new, 30, f"only {version} answering")
+    return seen[-1]
+
+
+def reload(svc: ServiceProcess, generation: int) -> None:
+    mark = svc.mark()
+    svc.send(signal.SIGHUP)
+    svc.wait_serving(generation, after=mark, timeout=60)
+
+
+def test_a_reload_is_served_by_the_standby_which_never_held_the_users_code(
+    tmp_path: Path,
+) -> None:
+    write_handlers(tmp_path, "v1")
+    with start(tmp_path) as svc:
+        svc.wait_serving(1)
+        standby = svc.warm_standby()
+        assert standby not in importers(tmp_path)
+        assert standby not in svc.worker_pids()
+        with Load(svc.address(), clients=8) as load:
+            poll_until(lambda: load.tally.ok > 100, 20, "answers")
+            write_handlers(tmp_path, "v2")
+            reload(svc, 2)
+            # the standby became generation 2's worker: it imported the new code
+            assert answers_only(svc, "v2") == standby
+            assert standby in importers(tmp_path)
+            assert standby in svc.worker_pids()
+            served = load.tally.ok
+            poll_until(lambda: load.tally.ok > served + 100, 20, "answers from v2")
+        assert load.tally.failed == 0, load.tally
+        # a new standby is prepared once the service is quiet, again without the code
+        poll_until(lambda: svc.warm_standby() != standby, 30, "a new standby")
+        assert svc.warm_standby() not in importers(tmp_path)
+
+
+@pytest.mark.parametrize("standby", [True, False])
+def test_standby_false_keeps_no_standby(tmp_path: Path, standby: bool) -> None:
+    write_handlers(tmp_path, "v1")
+    with start(tmp_path, env={"STANDBY": "1" if standby else "0"}) as svc:
+        svc.wait_serving(1)
+        [first] = svc.worker_pids()
+        write_handlers(tmp_path, "v2")
+        reload(svc, 2)
+        answers_only(svc, "v2")
+        # the standby is started as soon as generation 2 serves: by the time
+        # generation 1 has drained and exited, it exists if there is to be one
+        poll_until(lambda: not is_alive(first), 30, "generation 1 gone")
+        assert bool(svc.standby_pids()) == standby
+
+
+def test_cli_no_standby(tmp_path: Path) -> None:
+    write_handlers(tmp_path, "v1")
+    script = tmp_path / "svc.py"
+    script.write_text(service_source(prefix_from_module=True, before_serve=PID_IN_PREFIX))
+    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "5", "PROBATION": "0"}
+    args = ["run", "svc:main", "--no-standby"]
+    with ServiceProcess(script, module="graceful", args=args, env=env, cwd=tmp_path) as svc:
+        svc.wait_serving(1)
+        [first] = svc.worker_pids()
+        write_handlers(tmp_path, "v2")
+        reload(svc, 2)
+        answers_only(svc, "v2")
+        poll_until(lambda: not is_alive(first), 30, "generation 1 gone")
+        assert svc.standby_pids() == []
+
+
+def test_a_killed_standby_costs_only_a_cold_start(tmp_path: Path) -> None:
+    write_handlers(tmp_path, "v1")
+    with start(tmp_path) as svc:
+        svc.wait_serving(1)
+        standby = svc.warm_standby()
+        os.kill(standby, signal.SIGKILL)
+        svc.wait_for(rf"the standby \(PID {standby}\) exited")
+        poll_until(lambda: svc.standby_pids() == [], 10, "the dead standby reaped")
+        with Load(svc.address(), clients=8) as load:
+            poll_until(lambda: load.tally.ok > 100, 20, "answers")
+            write_handlers(tmp_path, "v2")
+            reload(svc, 2)
+            assert answers_only(svc, "v2") != standby
+        assert load.tally.failed == 0, load.tally
+        # and after the reload, a new one
+        assert svc.warm_standby() != standby
+
+
+def test_a_hung_standby_is_given_up_and_the_reload_starts_cold(tmp_path: Path) -> None:
+    write_handlers(tmp_path, "v1")
+    with start(tmp_path) as svc:
+        svc.wait_serving(1)
+        standby = svc.warm_standby()
+        os.kill(standby, signal.SIGSTOP)
+        write_handlers(tmp_path, "v2")
+        reload(svc, 2)
+        svc.wait_for(rf"the standby \(PID {standby}\) was not used: it did not answer")
+        assert answers_only(svc, "v2") != standby
+        poll_until(lambda: not is_alive(standby), 10, "the hung standby killed and reaped")
+
+
+def test_with_preload_the_standby_becomes_the_template(tmp_path: Path) -> None:
+    write_handlers(tmp_path, "v1")
+    with start(tmp_path, env={"PRELOAD": "1", "WORKERS": "2"}) as svc:
+        svc.wait_serving(1)
+        standby = svc.warm_standby()
+        assert standby not in importers(tmp_path)
+        write_handlers(tmp_path, "v2")
+        reload(svc, 2)
+        answers_only(svc, "v2")
+        # the template imported the new code once; its workers were forked from it
+        assert standby in importers(tmp_path)
+        assert _name(standby) == "graceful-tmpl"
+        workers = [pid for pid in svc.worker_pids() if _name(pid) == "graceful-worker"]
+        assert workers
+        assert all(psutil.Process(pid).ppid() == svc.pid for pid in workers)
+        assert not importers(tmp_path) & set(workers)
+
+
+# --- a library upgraded between two reloads ------------------------------------------
+
+
+def copy_anyio(site: Path) -> Path:
+    """A copy of the installed anyio (package and metadata) in ``site``; the
+    package's directory."""
+    package = Path(anyio.__file__).parent
+    shutil.copytree(package, site / "anyio", ignore=shutil.ignore_patterns("__pycache__"))
+    [metadata] = [path for path in package.parent.glob("anyio-*.dist-info") if path.is_dir()]
+    shutil.copytree(metadata, site / metadata.name)
+    return site / "anyio"
+
+
+def install_mark(package: Path, mark: str) -> None:
+    """Rewrite ``anyio/__init__.py`` with ``MARK = mark`` appended, as an installer
+    does (a new file renamed into place)."""
+    init = package / "__init__.py"
+    source = init.read_text().split("\nGRACEFUL_TEST_MARK")[0]
+    new = init.with_suffix(".new")
+    new.write_text(f"{source}\nGRACEFUL_TEST_MARK = {mark!r}\n")
+    os.replace(new, init)
+
+
+def bump_version(site: Path, version: str) -> None:
+    """Rename the copy's dist-info to ``version``, as an upgrade does."""
+    [old] = list(site.glob("anyio-*.dist-info"))
+    new = site / f"anyio-{version}.dist-info"
+    old.rename(new)
+
+
+@pytest.mark.parametrize("upgrade", ["imported module", "metadata only"])
+def test_a_library_upgraded_between_two_reloads_is_run_in_its_new_version(
+    tmp_path: Path, upgrade: str
+) -> None:
+    """anyio, which the standby imports before any user code, is upgraded on disk
+    between two reloads: the new generation runs the new version, never the
+    standby's old one (nor a mix)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    package = copy_anyio(site)
+    install_mark(package, "anyio-v1")
+    write_handlers(tmp_path, "v1")
+    script = tmp_path / "svc.py"
+    script.write_text(
+        service_source(
+            prefix_from_module=True,
+            before_serve=PID_IN_PREFIX
+            + "    PREFIX = PREFIX[:-2] + f' {anyio.GRACEFUL_TEST_MARK}: '.encode()\n",
+        )
+    )
+    env = {
+        "LISTEN": "127.0.0.1:0",
+        "DRAIN_TIMEOUT": "5",
+        "PROBATION": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
+    with ServiceProcess(script, env=env) as svc:
+        svc.wait_serving(1)
+        with connect(svc.address()) as client:
+            assert b" anyio-v1: " in ask(client, "hello")
+        [first] = svc.worker_pids()
+        standby = svc.warm_standby()
+        if upgrade == "imported module":
+            install_mark(package, "anyio-v2")
+            expected = b" anyio-v2: "
+        else:
+            # only a module the standby had not imported changed (and the metadata)
+            (package / "graceful_extra.py").write_text("NEW = True\n")
+            expected = b" anyio-v1: "
+        bump_version(site, "99.0.0")
+        reload(svc, 2)
+
+        def new_version() -> bool:
+            with connect(svc.address()) as client:
+                text = ask(client, "hello")
+            pid = int(text.split(b":")[0].split()[1])
+            return expected in text and pid not in (first, standby)
+
+        poll_until(new_version, 30, "the new generation, started cold")
+        svc.wait_for(
+            rf"the standby \(PID {standby}\) was not used: what it imported changed on disk"
+        )
+        assert not is_alive(standby)
+
+
+# --- the snapshot of what a process imported (pure, in this process) -----------------
+
+
+def test_an_import_snapshot_notices_a_changed_module_and_new_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "snapshot_probe.py").write_text("X = 1\n")
+    (root / "probe-1.0.dist-info").mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    # as if this process had started after the files were written (the rule for
+    # files changed after the start is checked below)
+    started = time.time_ns() + 2 * CLOCK_MARGIN_NS
+    snapshot_probe = importlib.import_module("snapshot_probe")
+    try:
+        snapshot = ImportSnapshot.take(started)
+        assert snapshot.changes() == []
+        (root / "probe-1.0.dist-info").rename(root / "probe-2.0.dist-info")
+        assert snapshot.changes() == [f"{root} (probe-1.0.dist-info, probe-2.0.dist-info)"]
+        snapshot = ImportSnapshot.take(started)
+        assert snapshot.changes() == []
+        replacement = root / "snapshot_probe.new"
+        replacement.write_text("X = 2\n")
+        os.replace(replacement, root / "snapshot_probe.py")
+        assert str(root / "snapshot_probe.py") in snapshot.changes()
+        # a file changed after the process started counts, even before the snapshot
+        late = ImportSnapshot.take(os.stat(root / "snapshot_probe.py").st_ctime_ns)
+        assert str(root / "snapshot_probe.py") in late.changes()
+    finally:
+        sys.modules.pop(snapshot_probe.__name__, None)
