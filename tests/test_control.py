@@ -356,6 +356,7 @@ def test_idle_control_clients_cannot_use_up_the_supervisors_descriptors(tmp_path
     with running(script, env=ENV) as svc:
         svc.wait_serving(1)
         poll_until(pid_file.exists, 10, "the PID file")
+        svc.warm_standby()  # its channels are the supervisor's descriptors too
         before = psutil.Process(svc.pid).num_fds()
         idle = []
         try:
