@@ -467,6 +467,12 @@ def _status(args: argparse.Namespace) -> int:
             + (f" (max surge {status['max_surge']})" if status["strategy"] == "rolling" else "")
             + ("; one import per generation (preload)" if status["preload"] else "")
         )
+    standby = status.get("standby", {})
+    if standby is None:
+        print("standby: off (every worker starts cold)")
+    elif standby.get("pid") is not None:
+        state = "warm" if standby["warm"] else "warming up"
+        print(f"standby: {standby['pid']}, {state} (the next worker start is made from it)")
     for generation in status["generations"]:
         if generation.get("may_be_mixed"):
             print(
@@ -520,6 +526,12 @@ def _status(args: argparse.Namespace) -> int:
     if last is not None:
         print(f"last reload: generation {last['generation']} {last['outcome']}", end="")
         print(f" ({last['cause']})" if last["cause"] else f" in {last['seconds']:.3f}s")
+        phases = last.get("phases") or {}
+        if phases:
+            print(
+                "  phases (ms since asked): "
+                + ", ".join(f"{phase} {ms:.1f}" for phase, ms in phases.items() if phase != "asked")
+            )
     counters = status["counters"]
     print(
         f"reloads: {counters['reloads_serving']} serving, {counters['reloads_failed']} failed; "

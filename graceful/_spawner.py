@@ -7,7 +7,10 @@ factory, :class:`SpawningFactory`, starts each worker through multiprocess's
 *spawn* context, so every generation imports the user's code fresh from disk
 (with ``preload``, :class:`graceful._template.TemplateFactory` forks them from one
 template per generation instead); tests give the loop a factory of stand-ins
-(``tests/test_supervisor_loop.py``).
+(``tests/test_supervisor_loop.py``). While the service is quiet, the factory keeps
+a warm standby (``_standby.py``), and a start is handed to it when it can take it:
+the steps below are then the standby's (spawned earlier, with its channels), and a
+start it cannot take is a cold one.
 
 Starting a worker, step by step (any failure at any step is raised as one
 exception, and whatever was already open or started is closed, killed and reaped):
@@ -17,7 +20,9 @@ exception, and whatever was already open or started is closed, killed and reaped
 2. ``Process.start()`` with SIGINT and SIGHUP blocked (the worker unblocks them
    once its own handlers are set), the extra environment of this generation, in
    the release directory, then the worker made the leader of its own process
-   group. The main script is left for the worker to import itself
+   group. Its target is ``_boot.start_worker``, which reports the interpreter up
+   before it imports graceful's worker code (the bootstrap travels pickled).
+   The main script is left for the worker to import itself
    (:class:`~graceful._worker.MainScript`): multiprocess would import it before
    any graceful code runs in the child, so an exception there could not be
    reported, and what it started would be outside the worker's process group;
@@ -142,6 +147,10 @@ class ProcessFactory(Protocol):
     def quiet(self) -> None:
         """The service is quiet (a generation serves, no worker is starting): a good
         moment for work that would slow a start down."""
+
+    def standby(self) -> dict[str, Any] | None:
+        """The warm standby, for ``graceful status``: its ``pid`` (None when there is
+        none at the moment) and whether it is ``warm``; None when turned off."""
 
     def helper_pids(self) -> set[int]:
         """PIDs of the factory's own child processes that are not workers."""
@@ -273,8 +282,8 @@ class SpawningFactory:
         self.options = options
         self.release = release
         self._context = multiprocess.get_context("spawn")
-        #: the warm standby (``_standby.py``); None when turned off
-        self.standby = StandbyKeeper(self.start_standby) if standby else None
+        #: keeps the warm standby (``_standby.py``); None when turned off
+        self.standbys = StandbyKeeper(self.start_standby) if standby else None
 
     async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
         standby = await self.take_standby(
@@ -290,9 +299,9 @@ class SpawningFactory:
         """The warm standby, given ``assignment()``; None if there is none, or it
         cannot be used (the start is then cold). A start that needs an ``environment``
         of its own (the stale-bytecode bypass) is always cold."""
-        if self.standby is None or environment:
+        if self.standbys is None or environment:
             return None
-        return await self.standby.take(assignment)
+        return await self.standbys.take(assignment)
 
     def working_directory(self) -> str:
         """Where a process started now starts (a release symlink followed anew)."""
@@ -363,23 +372,26 @@ class SpawningFactory:
         pass
 
     async def run(self) -> None:
-        if self.standby is not None:
-            await self.standby.run()
+        if self.standbys is not None:
+            await self.standbys.run()
 
     def quiet(self) -> None:
-        if self.standby is not None:
-            self.standby.quiet()
+        if self.standbys is not None:
+            self.standbys.quiet()
+
+    def standby(self) -> dict[str, Any] | None:
+        return self.standbys.describe() if self.standbys is not None else None
 
     def helper_pids(self) -> set[int]:
-        pid = self.standby.pid if self.standby is not None else None
+        pid = self.standbys.pid if self.standbys is not None else None
         return {pid} if pid is not None else set()
 
     def collect_exited(self) -> None:
         pass
 
     def close(self) -> None:
-        if self.standby is not None:
-            self.standby.close()
+        if self.standbys is not None:
+            self.standbys.close()
 
     def spawn(self, spawn: SpawnWorker, environment: dict[str, str]) -> SpawnedWorker:
         """Start the worker ``spawn`` describes (see the module docstring)."""

@@ -321,6 +321,14 @@ class StandbyKeeper:
     def pid(self) -> int | None:
         return self._standby.pid if self._standby is not None else None
 
+    def describe(self) -> dict[str, Any]:
+        """``{"pid": PID or None, "warm": bool}``, for ``graceful status``."""
+        standby = self._standby
+        return {
+            "pid": standby.pid if standby is not None else None,
+            "warm": standby is not None and standby.warm,
+        }
+
     def quiet(self) -> None:
         """The service is quiet: prepare a standby if there is none."""
         if self._wake is not None:

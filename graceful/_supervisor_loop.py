@@ -478,6 +478,8 @@ class SupervisorLoop:
             "strategy": machine.settings.strategy.value,
             "max_surge": machine.settings.max_surge,
             "preload": machine.settings.preload,
+            # the warm standby (None: turned off)
+            "standby": self.factory.standby(),
             "listeners": [
                 {
                     "spec": listener.spec,

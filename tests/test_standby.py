@@ -14,6 +14,7 @@ import importlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -26,6 +27,7 @@ from echo_load import Load
 from harness import ServiceProcess, ask, connect, poll_until
 from services import service_source
 
+from graceful import Control
 from graceful._stale_imports import CLOCK_MARGIN_NS, ImportSnapshot
 from graceful.testing import is_alive
 
@@ -326,3 +328,50 @@ def test_an_import_snapshot_notices_a_changed_module_and_new_metadata(
         assert str(root / "snapshot_probe.py") in late.changes()
     finally:
         sys.modules.pop(snapshot_probe.__name__, None)
+
+
+@pytest.mark.parametrize("standby", [True, False])
+def test_status_shows_the_standby_and_the_last_reloads_phases_in_order(
+    tmp_path: Path, standby: bool
+) -> None:
+    write_handlers(tmp_path, "v1")
+    script = tmp_path / "svc.py"
+    pid_file = tmp_path / "svc.pid"
+    script.write_text(
+        service_source(prefix_from_module=True, before_serve=PID_IN_PREFIX, pid_file=pid_file)
+    )
+    env = {"LISTEN": "127.0.0.1:0", "PROBATION": "0", "STANDBY": "1" if standby else "0"}
+    with ServiceProcess(script, env=env) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        control = Control(pid_file)
+        if standby:
+            pid = svc.warm_standby()
+            assert control.status()["standby"] == {"pid": pid, "warm": True}
+        else:
+            assert control.status()["standby"] is None
+        write_handlers(tmp_path, "v2")
+        reload(svc, 2)
+        answers_only(svc, "v2")
+
+        def closed() -> bool:
+            return "closed" in control.status()["last_reload"]["phases"]
+
+        poll_until(closed, 10, "generation 1 to report its listeners closed")
+        phases = control.status()["last_reload"]["phases"]
+        # made from the standby, the worker had its interpreter and graceful already
+        cold = ["interpreter", "graceful"]
+        expected = ["asked", "spawn", "started", *([] if standby else cold)]
+        expected += ["code", "loop", "ready", "serving", "closed"]
+        assert list(phases) == expected, phases
+        times = list(phases.values())
+        assert times == sorted(times), phases
+        assert times[0] == 0
+        text = subprocess.run(
+            [sys.executable, "-m", "graceful", "status", "--pid-file", str(pid_file)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "phases (ms since asked): spawn " in text, text
+        assert ("standby: off" in text) == (not standby), text

@@ -145,6 +145,9 @@ class StandInFactory:
     def quiet(self) -> None:
         self.quiet_at.append(len(self.started))
 
+    def standby(self) -> dict[str, Any] | None:
+        return None
+
     def helper_pids(self) -> set[int]:
         return set()
 
