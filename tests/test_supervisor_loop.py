@@ -23,7 +23,13 @@ import anyio
 import pytest
 
 from graceful import _wire
-from graceful._decisions import ReloadRequested, Settings, SpawnWorker, StopRequested
+from graceful._decisions import (
+    ReadyTimeout,
+    ReloadRequested,
+    Settings,
+    SpawnWorker,
+    StopRequested,
+)
 from graceful._spawner import Reaped
 from graceful._supervisor_loop import SupervisorLoop
 
@@ -362,3 +368,41 @@ def test_a_worker_called_off_during_a_start_that_cannot_be_interrupted_is_killed
     assert worker.killed  # not left running (and serving) unknown to the supervisor
     assert worker.reaped
     assert loop.watcher.live == {}
+
+
+def test_the_factory_hears_the_service_is_quiet_only_while_a_generation_serves_alone() -> None:
+    """A standby warms up (and costs a core) only when nothing starts: never while
+    a generation's workers start, nor once the stop is asked for."""
+    gate = anyio.Event()
+
+    async def slow_start(worker: StandIn) -> None:
+        await gate.wait()
+        await serve_until_shutdown(worker)
+
+    factory = StandInFactory(
+        lambda spawn: slow_start if spawn.generation == 2 else serve_until_shutdown
+    )
+    loop = make_loop(factory, workers=2)
+    quiet_while_starting: list[int] = []
+
+    async def drive() -> None:
+        await until(lambda: loop.machine.serving == 1)
+        await until(lambda: bool(factory.quiet_at))
+        assert factory.quiet_at[0] == 2  # once generation 1's two workers were ready
+        before = len(factory.quiet_at)
+        loop.events_in.send_nowait(ReloadRequested())
+        await until(lambda: len(factory.started) == 4)
+        # an event while generation 2 starts (a stale timer, which changes nothing)
+        loop.events_in.send_nowait(ReadyTimeout(999))
+        await anyio.wait_all_tasks_blocked()  # the loop has handled it
+        quiet_while_starting.extend(factory.quiet_at[before:])
+        gate.set()
+        await until(lambda: loop.machine.serving == 2)
+        await until(lambda: len(factory.quiet_at) > before)
+        stop_at = len(factory.quiet_at)
+        loop.events_in.send_nowait(StopRequested())
+        await until(lambda: loop.machine.stop_announced)
+        assert len(factory.quiet_at) == stop_at
+
+    assert run(loop, factory, drive) == 0
+    assert quiet_while_starting == []
