@@ -70,6 +70,7 @@ __all__ = [
     "listening_socket",
     "marked_processes",
     "poll_until",
+    "process_name",
     "process_state",
     "reap",
     "running",
@@ -286,7 +287,7 @@ class ServiceProcess:
 
         def warm() -> bool:
             found[:] = self.standby_pids()
-            return len(found) == 1 and _process_name(found[0]) == STANDBY_NAME
+            return len(found) == 1 and process_name(found[0]) == STANDBY_NAME
 
         poll_until(warm, timeout, "a warm standby")
         return found[0]
@@ -410,7 +411,7 @@ def is_worker(pid: int) -> bool:
 def is_standby(pid: int) -> bool:
     """True if process ``pid`` is alive and is a warm standby (see
     ``graceful/_standby.py``), warm or still warming up, and not given work yet."""
-    name = _process_name(pid)
+    name = process_name(pid)
     if name == STANDBY_NAME:
         return True
     if name in ("", WORKER_NAME, TEMPLATE_NAME):
@@ -421,8 +422,9 @@ def is_standby(pid: int) -> bool:
         return False
 
 
-def _process_name(pid: int) -> str:
-    """``/proc/PID/comm``; empty if there is no such process."""
+def process_name(pid: int) -> str:
+    """The name of process ``pid`` as ``/proc/PID/comm`` has it (``graceful-worker``,
+    ``graceful-warm``, ``graceful-tmpl``, ...); empty if there is no such process."""
     try:
         with open(f"/proc/{pid}/comm") as comm:
             return comm.read().strip()

@@ -15,6 +15,7 @@ from harness import ask, connect, poll_until, read_line, running, zombie_childre
 from services import write_service
 
 from graceful._standby import STANDBY_NAME
+from graceful.testing import process_name
 
 
 def start_slow_request(sock: socket.socket, seconds: float) -> None:
@@ -182,7 +183,7 @@ def test_fifty_reloads_leave_no_fd_child_or_zombie_behind(tmp_path: Path) -> Non
                 len(svc.children()) == 7
                 and not zombie_children(svc.pid)
                 and len(standbys) == 1
-                and Path(f"/proc/{standbys[0]}/comm").read_text().strip() == STANDBY_NAME
+                and process_name(standbys[0]) == STANDBY_NAME
             )
 
         def reload(generation: int) -> None:

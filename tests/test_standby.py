@@ -29,7 +29,7 @@ from services import service_source
 
 from graceful import Control
 from graceful._stale_imports import CLOCK_MARGIN_NS, ImportSnapshot
-from graceful.testing import is_alive
+from graceful.testing import is_alive, process_name
 
 #: ``before_serve`` code: the answers name the process (``v1 1234: ``).
 PID_IN_PREFIX = """\
@@ -69,14 +69,6 @@ def start(tmp_path: Path, *, env: dict[str, str] | None = None) -> ServiceProces
         **(env or {}),
     }
     return ServiceProcess(script, env=settings)
-
-
-def _name(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip()
-    except OSError:
-        return ""
 
 
 def answer(svc: ServiceProcess) -> tuple[str, int]:
@@ -131,10 +123,16 @@ def test_a_reload_is_served_by_the_standby_which_never_held_the_users_code(
         assert svc.warm_standby() not in importers(tmp_path)
 
 
-@pytest.mark.parametrize("standby", [True, False])
-def test_standby_false_keeps_no_standby(tmp_path: Path, standby: bool) -> None:
+@pytest.mark.parametrize("how", ["default", "standby=False", "--no-standby"])
+def test_standby_false_or_no_standby_keeps_none(tmp_path: Path, how: str) -> None:
     write_handlers(tmp_path, "v1")
-    with start(tmp_path, env={"STANDBY": "1" if standby else "0"}) as svc:
+    script = tmp_path / "svc.py"
+    script.write_text(service_source(prefix_from_module=True, before_serve=PID_IN_PREFIX))
+    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "5", "PROBATION": "0"}
+    if how == "standby=False":
+        env["STANDBY"] = "0"
+    args = ["run", "svc:main", *(["--no-standby"] if how == "--no-standby" else [])]
+    with ServiceProcess(script, module="graceful", args=args, env=env, cwd=tmp_path) as svc:
         svc.wait_serving(1)
         [first] = svc.worker_pids()
         write_handlers(tmp_path, "v2")
@@ -143,23 +141,7 @@ def test_standby_false_keeps_no_standby(tmp_path: Path, standby: bool) -> None:
         # the standby is started as soon as generation 2 serves: by the time
         # generation 1 has drained and exited, it exists if there is to be one
         poll_until(lambda: not is_alive(first), 30, "generation 1 gone")
-        assert bool(svc.standby_pids()) == standby
-
-
-def test_cli_no_standby(tmp_path: Path) -> None:
-    write_handlers(tmp_path, "v1")
-    script = tmp_path / "svc.py"
-    script.write_text(service_source(prefix_from_module=True, before_serve=PID_IN_PREFIX))
-    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "5", "PROBATION": "0"}
-    args = ["run", "svc:main", "--no-standby"]
-    with ServiceProcess(script, module="graceful", args=args, env=env, cwd=tmp_path) as svc:
-        svc.wait_serving(1)
-        [first] = svc.worker_pids()
-        write_handlers(tmp_path, "v2")
-        reload(svc, 2)
-        answers_only(svc, "v2")
-        poll_until(lambda: not is_alive(first), 30, "generation 1 gone")
-        assert svc.standby_pids() == []
+        assert bool(svc.standby_pids()) == (how == "default")
 
 
 def test_a_killed_standby_costs_only_a_cold_start(tmp_path: Path) -> None:
@@ -204,8 +186,8 @@ def test_with_preload_the_standby_becomes_the_template(tmp_path: Path) -> None:
         answers_only(svc, "v2")
         # the template imported the new code once; its workers were forked from it
         assert standby in importers(tmp_path)
-        assert _name(standby) == "graceful-tmpl"
-        workers = [pid for pid in svc.worker_pids() if _name(pid) == "graceful-worker"]
+        assert process_name(standby) == "graceful-tmpl"
+        workers = [pid for pid in svc.worker_pids() if process_name(pid) == "graceful-worker"]
         assert workers
         assert all(psutil.Process(pid).ppid() == svc.pid for pid in workers)
         assert not importers(tmp_path) & set(workers)
