@@ -55,7 +55,7 @@ import multiprocess.spawn
 from multiprocess.reduction import ForkingPickler
 
 from . import _processes, _wire
-from ._boot import start_worker
+from ._boot import start_standby, start_worker
 from ._bytecode import BytecodeCheck, application_roots, bypass_environment, recompile
 from ._decisions import SpawnWorker
 from ._entry import EntryRef
@@ -69,7 +69,6 @@ from ._standby import (
     Standby,
     StandbyBootstrap,
     StandbyKeeper,
-    standby_main,
 )
 from ._worker import MainScript, WorkerBootstrap, WorkerOptions
 
@@ -144,9 +143,10 @@ class ProcessFactory(Protocol):
         """The factory's own work for the supervisor's life (keeping a warm standby,
         see ``_standby.py``); cancelled at the end."""
 
-    def quiet(self) -> None:
-        """The service is quiet (a generation serves, no worker is starting): a good
-        moment for work that would slow a start down."""
+    def set_quiet(self, quiet: bool) -> None:
+        """Whether the service is quiet now (a generation serves, no worker is
+        starting, no stop), told after every event: the moments for work that would
+        slow a start down."""
 
     def standby(self) -> dict[str, Any] | None:
         """The warm standby, for ``graceful status``: its ``pid`` (None when there is
@@ -360,8 +360,14 @@ class SpawningFactory:
                     template=template,
                 )
                 process = self._context.Process(
-                    target=standby_main,
-                    args=(boot, child_link, child_control, child_fd_channel),
+                    target=start_standby,
+                    args=(
+                        bytes(ForkingPickler.dumps(boot)),
+                        own_directories(),
+                        child_link,
+                        child_control,
+                        child_fd_channel,
+                    ),
                     name="graceful standby",
                 )
                 self.start_process(process, {STANDBY_VARIABLE: "1"})
@@ -375,9 +381,9 @@ class SpawningFactory:
         if self.standbys is not None:
             await self.standbys.run()
 
-    def quiet(self) -> None:
+    def set_quiet(self, quiet: bool) -> None:
         if self.standbys is not None:
-            self.standbys.quiet()
+            self.standbys.set_quiet(quiet)
 
     def standby(self) -> dict[str, Any] | None:
         return self.standbys.describe() if self.standbys is not None else None
@@ -485,6 +491,20 @@ def hand_over(fd_channel: socket.socket, listeners: list[BoundListener]) -> None
     for listener in listeners:
         os.set_blocking(listener.socket.fileno(), False)
     _wire.send_fds(fd_channel, [listener.socket.fileno() for listener in listeners])
+
+
+def own_directories() -> list[str]:
+    """The service's own directories, where its code lives: the script's, and the
+    first entry of ``sys.path`` (the app directory, or the working directory of
+    ``python -m``); never graceful's own. A standby imports nothing from them."""
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found = []
+    script = main_script().path
+    if script is not None:
+        found.append(os.path.dirname(script))
+    if sys.path:
+        found.append(os.path.abspath(sys.path[0] or os.curdir))
+    return [path for path in dict.fromkeys(found) if path != ours]
 
 
 def main_script() -> MainScript:

@@ -15,7 +15,11 @@ later, whether any of it changed:
 * in every ``sys.path`` directory those files came from, the installed
   distributions' metadata (``*.dist-info``, ``*.egg-info``, ``*.pth`` entries):
   an upgrade renames or rewrites it, even when the modules this process loaded
-  kept their bytes (the new version changed only modules not imported yet).
+  kept their bytes (the new version changed only modules not imported yet);
+* a module that now *shadows* one it imported: a top-level name (``queue``,
+  ``anyio``) importable from a ``sys.path`` directory searched before the one it
+  was loaded from (a file the user put beside the script). A new process would
+  import that one instead. The directories are listed again only when they changed.
 
 Anything else (a file that cannot be read any more) counts as changed too: the
 answer errs towards a cold start, which is always correct.
@@ -23,6 +27,7 @@ answer errs towards a cold start, which is always correct.
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import sys
 from dataclasses import dataclass
@@ -71,6 +76,51 @@ def _roots(files: list[str]) -> list[str]:
     return sorted(roots)
 
 
+def top_level_origins() -> dict[str, int]:
+    """The top-level modules imported so far from a ``sys.path`` directory: name ->
+    the index of the first ``sys.path`` entry that is that directory."""
+    index: dict[str, int] = {}
+    for position, entry in enumerate(sys.path):
+        index.setdefault(os.path.abspath(entry or os.curdir), position)
+    found = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if "." in name or not isinstance(path, str):
+            continue
+        directory = os.path.dirname(path)
+        if os.path.basename(path).startswith("__init__."):
+            directory = os.path.dirname(directory)  # a package: found in its parent
+        if directory in index:
+            found[name] = index[directory]
+    return found
+
+
+def importable_names(directory: str) -> set[str]:
+    """The top-level names a ``sys.path`` entry ``directory`` offers: its modules and
+    its regular packages (a directory without ``__init__`` is only a namespace
+    portion, which never hides a module found later)."""
+    suffixes = importlib.machinery.all_suffixes()
+    names = set()
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                if any(os.path.exists(os.path.join(entry.path, "__init__" + s)) for s in suffixes):
+                    names.add(entry.name)
+                continue
+            for suffix in suffixes:
+                if entry.name.endswith(suffix):
+                    names.add(entry.name[: -len(suffix)])
+                    break
+    return names
+
+
+def _directory_identity(path: str) -> Identity | None:
+    try:
+        return _identity(os.stat(path))
+    except OSError:
+        return None
+
+
 def _metadata(root: str) -> dict[str, Identity]:
     found = {}
     with os.scandir(root) as entries:
@@ -89,6 +139,11 @@ class ImportSnapshot:
     started_ns: int
     files: dict[str, Identity]
     metadata: dict[str, dict[str, Identity]]
+    #: top-level module name -> the index of the ``sys.path`` entry it came from
+    origins: dict[str, int]
+    #: the ``sys.path`` entries searched before some of those: (path, index) ->
+    #: the directory's identity then (None: not a directory)
+    searched: dict[tuple[str, int], Identity | None]
 
     @classmethod
     def take(cls, started_ns: int) -> ImportSnapshot:
@@ -107,7 +162,36 @@ class ImportSnapshot:
                 metadata[root] = _metadata(root)
             except OSError:
                 metadata[root] = {}
-        return cls(started_ns, files, metadata)
+        origins = top_level_origins()
+        last = max(origins.values(), default=0)
+        searched = {
+            (os.path.abspath(entry or os.curdir), position): _directory_identity(
+                os.path.abspath(entry or os.curdir)
+            )
+            for position, entry in enumerate(sys.path[:last])
+        }
+        return cls(started_ns, files, metadata, origins, searched)
+
+    def shadows(self, *, every: bool = False) -> list[str]:
+        """Modules that now shadow one this process imported (see the module
+        docstring), as ``path (shadows NAME)``. Only the directories that changed
+        since the snapshot are listed, unless ``every``."""
+        found = []
+        since = self.started_ns - CLOCK_MARGIN_NS
+        for (directory, position), identity in self.searched.items():
+            now = _directory_identity(directory)
+            if now is None or (not every and now == identity and now[4] < since):
+                continue
+            try:
+                names = importable_names(directory)
+            except OSError:
+                continue
+            for name in sorted(names):
+                if self.origins.get(name, -1) > position:
+                    found.append(f"{os.path.join(directory, name)} (shadows {name})")
+                    if len(found) >= _NAMED:
+                        return found
+        return found
 
     def changes(self) -> list[str]:
         """What changed since (one short description per file or directory, at most a
@@ -136,4 +220,4 @@ class ImportSnapshot:
                 changed.append(f"{root} ({', '.join(names[:_NAMED])})")
                 if len(changed) >= _NAMED:
                     return changed
-        return changed
+        return [*changed, *self.shadows()][:_NAMED]

@@ -17,13 +17,17 @@ What keeps it honest:
 * **The code stays fresh.** A standby never imports the user's code: not the main
   script, not the app, not the entry point (only graceful's own entry points, such
   as ``graceful serve``'s, are warmed up, and they import the server, never the
-  app). It is given the working directory a spawn would have now (a release
-  symlink is followed anew) and forgets what it knew of the directories on
-  ``sys.path`` before it imports anything of the user's.
+  app). The service's own directories (the script's, the app directory) are off
+  ``sys.path`` while it imports, so a file there that has a library's name is not
+  imported either: such a file *shadows* the library for a new process, and a
+  standby that would not see it gives up (see below). It is given the working
+  directory a spawn would have now (a release symlink is followed anew) and
+  forgets what it knew of the directories on ``sys.path`` before it imports
+  anything of the user's.
 * **A library upgraded meanwhile is noticed.** The standby records what it
   imported (``_stale_imports.py``); when given work, it checks, and if anything
-  changed on disk it answers ``stale`` and exits: the worker is spawned cold, with
-  every library fresh.
+  changed on disk (or a new file now shadows what it imported) it answers
+  ``stale`` and exits: the worker is spawned cold, with every library fresh.
 * **Anything else goes cold too.** No standby yet, one still warming up, one that
   died, hangs (``ASSIGN_TIMEOUT``), or a generation that needs another
   environment (the stale-bytecode bypass): the worker is spawned as without it.
@@ -79,6 +83,11 @@ WARM_TIMEOUT = 60.0
 #: Seconds a standby has to answer an assignment (it checks its imports first).
 ASSIGN_TIMEOUT = 5.0
 
+#: Seconds before a standby is started again after one failed (to start, to warm up,
+#: or it died), doubled for each failure in a row up to ``RETRY_MOST``.
+RETRY_FIRST = 0.5
+RETRY_MOST = 60.0
+
 #: The largest message from a standby, and the largest assignment.
 _MESSAGE_BYTES = 65536
 
@@ -110,14 +119,29 @@ class Assignment:
 
 
 def standby_main(
-    boot: StandbyBootstrap, link: socket.socket, control: Any, fd_channel: socket.socket | None
+    boot: StandbyBootstrap,
+    link: socket.socket,
+    control: Any,
+    fd_channel: socket.socket | None,
+    *,
+    sys_path: list[str],
 ) -> None:
-    """The target of a standby process: import, report warm, wait for an assignment,
-    check that nothing imported changed, and become what it is assigned."""
+    """A standby's life (its target is ``_boot.start_standby``, which took the
+    service's own directories off ``sys.path``): import, put ``sys_path`` back,
+    report warm, wait for an assignment, check that nothing imported changed, and
+    become what it is assigned."""
     settle_process("standby", boot.log_level, boot.options, name=None)
     try:
         warm_up(boot)
+        sys.path[:] = sys_path
         snapshot = ImportSnapshot.take(boot.started_ns)
+        shadowed = snapshot.shadows(every=True)
+        if shadowed:
+            _send(
+                link,
+                failed=f"the service's own modules shadow what it imported: {', '.join(shadowed)}",
+            )
+            sys.exit(1)
     except BaseException as exc:
         _send(link, failed=one_line(exc, where=True))
         sys.exit(1)
@@ -301,14 +325,21 @@ class StandbyKeeper:
     """Keeps one standby while the service is quiet, and hands it out.
 
     ``start`` spawns a new standby (and may raise). :meth:`run` is a task for the
-    supervisor's life; :meth:`quiet` says when a standby may be prepared (the work
-    of a spawn must not slow a reload down); :meth:`take` hands it out.
+    supervisor's life; :meth:`set_quiet` says when a standby may be prepared (the
+    work of a spawn must not slow a start down); :meth:`take` hands it out. A
+    standby that could not start, warm up, or that died, is replaced while the
+    service is quiet, after a pause that doubles with each such failure in a row
+    (from :data:`RETRY_FIRST` to :data:`RETRY_MOST` seconds).
     """
 
     def __init__(self, start: Callable[[], Standby]) -> None:
         self._start = start
         #: warming up or warm; None when there is none
         self._standby: Standby | None = None
+        self._quiet = False
+        #: failures in a row, and when the next standby may be started after them
+        self._failures = 0
+        self._retry_at = 0.0
         self._wake: anyio.Event | None = None
         #: cancels the watch of the current standby (when it is taken), and is set
         #: once the watch has ended (nothing waits on the standby's link any more)
@@ -329,19 +360,25 @@ class StandbyKeeper:
             "warm": standby is not None and standby.warm,
         }
 
-    def quiet(self) -> None:
-        """The service is quiet: prepare a standby if there is none."""
-        if self._wake is not None:
+    def set_quiet(self, quiet: bool) -> None:
+        """Whether the service is quiet now: a standby is prepared only then."""
+        self._quiet = quiet
+        if quiet and self._wake is not None:
             self._wake.set()
 
     async def run(self) -> None:
-        """Prepare a standby whenever asked to and there is none, and watch it until
-        it is taken or exits. Cancelled at the supervisor's end."""
+        """Prepare a standby whenever the service is quiet and there is none, and
+        watch it until it is taken or exits. Cancelled at the supervisor's end."""
         self._wake = anyio.Event()
         while not self._closed:
             await self._wake.wait()
             self._wake = anyio.Event()
-            if self._standby is not None or self._closed:
+            if self._standby is not None or self._closed or not self._quiet:
+                continue
+            pause = self._retry_at - anyio.current_time()
+            if pause > 0:
+                await anyio.sleep(pause)
+                self._wake.set()  # look again: still quiet, and still none?
                 continue
             try:
                 standby = self._start()
@@ -381,10 +418,15 @@ class StandbyKeeper:
 
     def _trouble(self, what: str) -> None:
         """Warn once; later troubles are debug lines (a start without a standby only
-        takes longer). Another standby is prepared once the service is quiet again."""
+        takes longer). Another standby is prepared after a pause, while quiet."""
         level = logging.DEBUG if self._warned else logging.WARNING
         logger.log(level, "%s; workers start cold until another one is warm", what)
         self._warned = True
+        self._failures += 1
+        pause = min(RETRY_MOST, RETRY_FIRST * 2 ** (self._failures - 1))
+        self._retry_at = anyio.current_time() + pause
+        if self._wake is not None:
+            self._wake.set()
 
     async def take(self, assignment: Callable[[], Assignment]) -> Standby | None:
         """The warm standby, given the work ``assignment()`` describes (called once it
@@ -400,6 +442,7 @@ class StandbyKeeper:
                 await self._watch_ended.wait()
             why = await standby.assign(assignment())
         if why is None:
+            self._failures = 0
             return standby
         logger.info("the standby (PID %d) was not used: %s; starting cold", standby.pid, why)
         standby.close()

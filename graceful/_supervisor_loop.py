@@ -224,8 +224,7 @@ class SupervisorLoop:
                     return action.code
                 self._carry_out(action)
             self._tell_factory_of_ended_generations()
-            if self._quiet():
-                self.factory.quiet()
+            self.factory.set_quiet(self._quiet())
             if self.machine.stop_announced and self._reload_waiters:
                 # asked for before the stop, never to be started
                 for waiter in self._reload_waiters:

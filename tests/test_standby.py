@@ -144,22 +144,22 @@ def test_standby_false_or_no_standby_keeps_none(tmp_path: Path, how: str) -> Non
         assert bool(svc.standby_pids()) == (how == "default")
 
 
-def test_a_killed_standby_costs_only_a_cold_start(tmp_path: Path) -> None:
+def test_a_killed_standby_is_replaced_and_costs_nothing(tmp_path: Path) -> None:
     write_handlers(tmp_path, "v1")
     with start(tmp_path) as svc:
         svc.wait_serving(1)
         standby = svc.warm_standby()
         os.kill(standby, signal.SIGKILL)
         svc.wait_for(rf"the standby \(PID {standby}\) exited")
-        poll_until(lambda: svc.standby_pids() == [], 10, "the dead standby reaped")
+        # replaced while the service is quiet, without waiting for a reload
+        poll_until(lambda: svc.warm_standby() != standby, 30, "a new standby")
+        replacement = svc.warm_standby()
         with Load(svc.address(), clients=8) as load:
             poll_until(lambda: load.tally.ok > 100, 20, "answers")
             write_handlers(tmp_path, "v2")
             reload(svc, 2)
-            assert answers_only(svc, "v2") != standby
+            assert answers_only(svc, "v2") == replacement
         assert load.tally.failed == 0, load.tally
-        # and after the reload, a new one
-        assert svc.warm_standby() != standby
 
 
 def test_a_hung_standby_is_given_up_and_the_reload_starts_cold(tmp_path: Path) -> None:
@@ -191,6 +191,59 @@ def test_with_preload_the_standby_becomes_the_template(tmp_path: Path) -> None:
         assert workers
         assert all(psutil.Process(pid).ppid() == svc.pid for pid in workers)
         assert not importers(tmp_path) & set(workers)
+
+
+SHADOW_QUEUE = """\
+import os, sysconfig
+with open({log!r}, "a") as log:
+    log.write(f"{{os.getpid()}}\\n")
+# the standard library's queue, with a mark: this file shadows it
+_path = os.path.join(sysconfig.get_path("stdlib"), "queue.py")
+exec(compile(open(_path).read(), _path, "exec"))
+USER_SHADOW = True
+"""
+
+#: ``before_serve`` code: the answers say whether ``queue`` is the service's own.
+SHADOW_IN_PREFIX = """\
+    import queue
+    PREFIX = PREFIX[:-2] + f" shadow={getattr(queue, 'USER_SHADOW', False)}: ".encode()
+"""
+
+
+def test_a_module_beside_the_script_that_shadows_a_library_is_never_missed_nor_run_early(
+    tmp_path: Path,
+) -> None:
+    """``queue.py`` beside the script shadows the standard library's for a new
+    process. A standby imported the library's before the file appeared: the next
+    reload starts cold and runs the service's own. The standbys prepared while the
+    file is there never import it, and give up; once it is gone, one is warm again."""
+    shadow_log = tmp_path / "shadow.log"
+    write_handlers(tmp_path, "v1")
+    script = tmp_path / "svc.py"
+    script.write_text(
+        service_source(prefix_from_module=True, before_serve=PID_IN_PREFIX + SHADOW_IN_PREFIX)
+    )
+    env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "5", "PROBATION": "0"}
+    with ServiceProcess(script, env=env) as svc:
+        svc.wait_serving(1)
+        standby = svc.warm_standby()
+        (tmp_path / "queue.py").write_text(SHADOW_QUEUE.format(log=str(shadow_log)))
+        reload(svc, 2)
+        svc.wait_for(rf"the standby \(PID {standby}\) was not used: .*shadows queue")
+        poll_until(lambda: b"shadow=True" in ask_one(svc), 30, "the service's own queue")
+        # the next standbys refuse, without having imported the file
+        svc.wait_for(r"could not warm up: the service's own modules shadow .*queue")
+        importers_of_shadow = {int(pid) for pid in shadow_log.read_text().split()}
+        assert not importers_of_shadow & set(svc.standby_pids())
+        assert standby not in importers_of_shadow
+        (tmp_path / "queue.py").unlink()
+        fresh = svc.warm_standby()
+        assert fresh not in importers_of_shadow
+
+
+def ask_one(svc: ServiceProcess) -> bytes:
+    with connect(svc.address()) as client:
+        return ask(client, "hello")
 
 
 # --- a library upgraded between two reloads ------------------------------------------

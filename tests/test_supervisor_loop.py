@@ -148,8 +148,9 @@ class StandInFactory:
     async def run(self) -> None:
         pass
 
-    def quiet(self) -> None:
-        self.quiet_at.append(len(self.started))
+    def set_quiet(self, quiet: bool) -> None:
+        if quiet:
+            self.quiet_at.append(len(self.started))
 
     def standby(self) -> dict[str, Any] | None:
         return None
