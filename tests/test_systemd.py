@@ -325,13 +325,18 @@ def test_as_pid_1_the_supervisor_reaps_orphans_of_its_workers(tmp_path: Path) ->
                     pass  # reaped meanwhile
             return found
 
+        own = " ".join(psutil.Process(supervisor).cmdline())
+
         def orphans() -> list[int]:
-            # neither a worker nor multiprocess's resource tracker nor the orphan guard:
-            # the re-parented child of the worker's shell (it may not have exec'd sleep)
+            # neither a worker, a standby (nor one forked and not exec'd yet, which
+            # has the supervisor's command line), multiprocess's resource tracker nor
+            # the orphan guard: the re-parented child of the worker's shell (it may
+            # not have exec'd sleep)
             return [
                 pid
                 for pid, (_, cmd) in children().items()
-                if not any(
+                if cmd != own
+                and not any(
                     mark in cmd for mark in ("spawn_main", "resource_tracker", "_orphan_guard")
                 )
             ]
