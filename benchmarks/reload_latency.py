@@ -159,7 +159,8 @@ def reloads(
     for number in range(1, count + 1):
         version = f"v{number}"
         path.write_text(source.format(version=version))
-        time.sleep(0.3)  # let the previous generation drain, and the standby warm up
+        time.sleep(0.3)  # let the previous generation drain
+        wait_for_standby(control)
         mark = svc.mark()
         started = time.monotonic()
         svc.send(signal.SIGHUP)
@@ -207,6 +208,16 @@ def footprint(svc: ServiceProcess) -> dict[str, float]:
                 found["worker" if name == "graceful-worker" else "standby"] = pss_mib(pid)
         time.sleep(0.1)
     return found
+
+
+def wait_for_standby(control: Control) -> None:
+    """Until the standby is warm (at most 10 s), unless it is turned off."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        standby = control.status()["standby"]
+        if standby is None or standby["warm"]:
+            return
+        time.sleep(0.01)
 
 
 def p90(values: list[float]) -> float:

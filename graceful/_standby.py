@@ -83,6 +83,11 @@ WARM_TIMEOUT = 60.0
 #: Seconds a standby has to answer an assignment (it checks its imports first).
 ASSIGN_TIMEOUT = 5.0
 
+#: Seconds the service must have been quiet before a standby is started: the
+#: moments after a reload are the new generation's first requests and the old one's
+#: hand-over, which a spawn's burst of work would slow down.
+SETTLE_DELAY = 0.2
+
 #: Seconds before a standby is started again after one failed (to start, to warm up,
 #: or it died), doubled for each failure in a row up to ``RETRY_MOST``.
 RETRY_FIRST = 0.5
@@ -326,7 +331,8 @@ class StandbyKeeper:
 
     ``start`` spawns a new standby (and may raise). :meth:`run` is a task for the
     supervisor's life; :meth:`set_quiet` says when a standby may be prepared (the
-    work of a spawn must not slow a start down); :meth:`take` hands it out. A
+    work of a spawn must not slow a start, nor the moments after it, down);
+    :meth:`take` hands it out. A
     standby that could not start, warm up, or that died, is replaced while the
     service is quiet, after a pause that doubles with each such failure in a row
     (from :data:`RETRY_FIRST` to :data:`RETRY_MOST` seconds).
@@ -337,6 +343,7 @@ class StandbyKeeper:
         #: warming up or warm; None when there is none
         self._standby: Standby | None = None
         self._quiet = False
+        self._quiet_since = 0.0
         #: failures in a row, and when the next standby may be started after them
         self._failures = 0
         self._retry_at = 0.0
@@ -361,10 +368,16 @@ class StandbyKeeper:
         }
 
     def set_quiet(self, quiet: bool) -> None:
-        """Whether the service is quiet now: a standby is prepared only then."""
+        """Whether the service is quiet now: a standby is prepared only once it has
+        been for :data:`SETTLE_DELAY` seconds."""
+        if quiet and not self._quiet:
+            self._quiet_since = anyio.current_time()
         self._quiet = quiet
         if quiet and self._wake is not None:
             self._wake.set()
+
+    def _quiet_for(self) -> float:
+        return anyio.current_time() - self._quiet_since if self._quiet else 0.0
 
     async def run(self) -> None:
         """Prepare a standby whenever the service is quiet and there is none, and
@@ -375,7 +388,7 @@ class StandbyKeeper:
             self._wake = anyio.Event()
             if self._standby is not None or self._closed or not self._quiet:
                 continue
-            pause = self._retry_at - anyio.current_time()
+            pause = max(self._retry_at - anyio.current_time(), SETTLE_DELAY - self._quiet_for())
             if pause > 0:
                 await anyio.sleep(pause)
                 self._wake.set()  # look again: still quiet, and still none?

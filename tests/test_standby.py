@@ -127,21 +127,27 @@ def test_a_reload_is_served_by_the_standby_which_never_held_the_users_code(
 def test_standby_false_or_no_standby_keeps_none(tmp_path: Path, how: str) -> None:
     write_handlers(tmp_path, "v1")
     script = tmp_path / "svc.py"
-    script.write_text(service_source(prefix_from_module=True, before_serve=PID_IN_PREFIX))
+    pid_file = tmp_path / "svc.pid"
+    script.write_text(
+        service_source(prefix_from_module=True, before_serve=PID_IN_PREFIX, pid_file=pid_file)
+    )
     env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "5", "PROBATION": "0"}
     if how == "standby=False":
         env["STANDBY"] = "0"
     args = ["run", "svc:main", *(["--no-standby"] if how == "--no-standby" else [])]
     with ServiceProcess(script, module="graceful", args=args, env=env, cwd=tmp_path) as svc:
         svc.wait_serving(1)
-        [first] = svc.worker_pids()
+        poll_until(pid_file.exists, 10, "the PID file")
         write_handlers(tmp_path, "v2")
         reload(svc, 2)
         answers_only(svc, "v2")
-        # the standby is started as soon as generation 2 serves: by the time
-        # generation 1 has drained and exited, it exists if there is to be one
-        poll_until(lambda: not is_alive(first), 30, "generation 1 gone")
-        assert bool(svc.standby_pids()) == (how == "default")
+        if how == "default":
+            svc.warm_standby()
+            return
+        # turned off: the supervisor keeps none (it says so), and none ever ran
+        assert Control(pid_file).status()["standby"] is None
+        assert svc.standby_pids() == []
+        assert "standby" not in svc.output
 
 
 def test_a_killed_standby_is_replaced_and_costs_nothing(tmp_path: Path) -> None:
