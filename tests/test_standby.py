@@ -128,13 +128,13 @@ def test_standby_false_or_no_standby_keeps_none(tmp_path: Path, how: str) -> Non
     write_handlers(tmp_path, "v1")
     script = tmp_path / "svc.py"
     pid_file = tmp_path / "svc.pid"
-    script.write_text(
-        service_source(prefix_from_module=True, before_serve=PID_IN_PREFIX, pid_file=pid_file)
-    )
+    script.write_text(service_source(prefix_from_module=True, before_serve=PID_IN_PREFIX))
     env = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "5", "PROBATION": "0"}
     if how == "standby=False":
         env["STANDBY"] = "0"
-    args = ["run", "svc:main", *(["--no-standby"] if how == "--no-standby" else [])]
+    args = ["run", "svc:main", "--pid-file", str(pid_file)]
+    if how == "--no-standby":
+        args.append("--no-standby")
     with ServiceProcess(script, module="graceful", args=args, env=env, cwd=tmp_path) as svc:
         svc.wait_serving(1)
         poll_until(pid_file.exists, 10, "the PID file")
