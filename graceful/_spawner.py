@@ -363,7 +363,7 @@ class SpawningFactory:
                     target=start_standby,
                     args=(
                         bytes(ForkingPickler.dumps(boot)),
-                        own_directories(),
+                        own_directories(self.release.logical_cwd or os.getcwd()),
                         child_link,
                         child_control,
                         child_fd_channel,
@@ -493,17 +493,22 @@ def hand_over(fd_channel: socket.socket, listeners: list[BoundListener]) -> None
     _wire.send_fds(fd_channel, [listener.socket.fileno() for listener in listeners])
 
 
-def own_directories() -> list[str]:
-    """The service's own directories, where its code lives: the script's, and the
-    first entry of ``sys.path`` (the app directory, or the working directory of
-    ``python -m``); never graceful's own. A standby imports nothing from them."""
+def own_directories(cwd: str) -> list[str]:
+    """The service's own directories, where its code lives: the script's, the first
+    entry of ``sys.path`` (the app directory, or the working directory of ``python
+    -m``), and the working directory ``cwd`` if it is on ``sys.path`` (``--app-dir`` puts
+    its directory before it); never graceful's own. A standby imports nothing from
+    them. (Other ``PYTHONPATH`` directories may hold the libraries themselves.)"""
     ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     found = []
     script = main_script().path
     if script is not None:
         found.append(os.path.dirname(script))
-    if sys.path:
-        found.append(os.path.abspath(sys.path[0] or os.curdir))
+    entries = [os.path.abspath(entry or os.curdir) for entry in sys.path]
+    if entries:
+        found.append(entries[0])
+    if cwd in entries:
+        found.append(cwd)
     return [path for path in dict.fromkeys(found) if path != ours]
 
 

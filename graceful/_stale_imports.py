@@ -18,8 +18,10 @@ later, whether any of it changed:
   kept their bytes (the new version changed only modules not imported yet);
 * a module that now *shadows* one it imported: a top-level name (``queue``,
   ``anyio``) importable from a ``sys.path`` directory searched before the one it
-  was loaded from (a file the user put beside the script). A new process would
-  import that one instead. The directories are listed again only when they changed.
+  was loaded from (a file the user put beside the script, or an ``__init__.py``
+  put into a directory there). A new process would import that one instead. The
+  directories are listed anew each time (under a millisecond for a typical
+  ``sys.path``): a package made from a plain directory does not change its parent.
 
 Anything else (a file that cannot be read any more) counts as changed too: the
 answer errs towards a cold start, which is always correct.
@@ -114,13 +116,6 @@ def importable_names(directory: str) -> set[str]:
     return names
 
 
-def _directory_identity(path: str) -> Identity | None:
-    try:
-        return _identity(os.stat(path))
-    except OSError:
-        return None
-
-
 def _metadata(root: str) -> dict[str, Identity]:
     found = {}
     with os.scandir(root) as entries:
@@ -141,9 +136,8 @@ class ImportSnapshot:
     metadata: dict[str, dict[str, Identity]]
     #: top-level module name -> the index of the ``sys.path`` entry it came from
     origins: dict[str, int]
-    #: the ``sys.path`` entries searched before some of those: (path, index) ->
-    #: the directory's identity then (None: not a directory)
-    searched: dict[tuple[str, int], Identity | None]
+    #: the ``sys.path`` entries searched before some of those, with their index
+    searched: list[tuple[str, int]]
 
     @classmethod
     def take(cls, started_ns: int) -> ImportSnapshot:
@@ -164,28 +158,21 @@ class ImportSnapshot:
                 metadata[root] = {}
         origins = top_level_origins()
         last = max(origins.values(), default=0)
-        searched = {
-            (os.path.abspath(entry or os.curdir), position): _directory_identity(
-                os.path.abspath(entry or os.curdir)
-            )
+        searched = [
+            (os.path.abspath(entry or os.curdir), position)
             for position, entry in enumerate(sys.path[:last])
-        }
+        ]
         return cls(started_ns, files, metadata, origins, searched)
 
-    def shadows(self, *, every: bool = False) -> list[str]:
+    def shadows(self) -> list[str]:
         """Modules that now shadow one this process imported (see the module
-        docstring), as ``path (shadows NAME)``. Only the directories that changed
-        since the snapshot are listed, unless ``every``."""
+        docstring), as ``path (shadows NAME)``."""
         found = []
-        since = self.started_ns - CLOCK_MARGIN_NS
-        for (directory, position), identity in self.searched.items():
-            now = _directory_identity(directory)
-            if now is None or (not every and now == identity and now[4] < since):
-                continue
+        for directory, position in self.searched:
             try:
                 names = importable_names(directory)
             except OSError:
-                continue
+                continue  # not a directory (any more): it offers nothing
             for name in sorted(names):
                 if self.origins.get(name, -1) > position:
                     found.append(f"{os.path.join(directory, name)} (shadows {name})")

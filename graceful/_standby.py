@@ -140,7 +140,7 @@ def standby_main(
         warm_up(boot)
         sys.path[:] = sys_path
         snapshot = ImportSnapshot.take(boot.started_ns)
-        shadowed = snapshot.shadows(every=True)
+        shadowed = snapshot.shadows()
         if shadowed:
             _send(
                 link,

@@ -416,3 +416,26 @@ def test_status_shows_the_standby_and_the_last_reloads_phases_in_order(
         ).stdout
         assert "phases (ms since asked): spawn " in text, text
         assert ("standby: off" in text) == (not standby), text
+
+
+def test_an_import_snapshot_notices_a_plain_directory_becoming_a_package_that_shadows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain directory earlier on ``sys.path`` is only a namespace portion: the
+    module found later wins. An ``__init__.py`` put into it makes it the package a
+    new process imports, without changing the directory on ``sys.path``."""
+    early, late = tmp_path / "early", tmp_path / "late"
+    (early / "shadow_probe").mkdir(parents=True)
+    late.mkdir()
+    (late / "shadow_probe.py").write_text("WHERE = 'late'\n")
+    monkeypatch.syspath_prepend(str(late))
+    monkeypatch.syspath_prepend(str(early))
+    probe = importlib.import_module("shadow_probe")
+    try:
+        assert probe.WHERE == "late"
+        snapshot = ImportSnapshot.take(time.time_ns())
+        assert snapshot.shadows() == []
+        (early / "shadow_probe" / "__init__.py").write_text("WHERE = 'early'\n")
+        assert snapshot.shadows() == [f"{early / 'shadow_probe'} (shadows shadow_probe)"]
+    finally:
+        sys.modules.pop("shadow_probe", None)
