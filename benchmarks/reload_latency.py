@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from watch import ask_http, ask_raw
 
 from graceful import Control
 from graceful._timeline import PHASES
@@ -108,21 +109,6 @@ if __name__ == "__main__":
         process.join()
     print(json.dumps(times))
 """
-
-
-def ask_raw(address: tuple[str, int]) -> bytes:
-    with socket.create_connection(address, timeout=2) as sock:
-        sock.sendall(b"hi\n")
-        return sock.recv(100).strip()
-
-
-def ask_http(address: tuple[str, int]) -> bytes:
-    with socket.create_connection(address, timeout=2) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(4096):
-            data += chunk
-        return data.split(b"\r\n\r\n", 1)[-1].strip()
 
 
 def floor(workdir: Path, module: Path, count: int, extra: list[str]) -> list[float]:
