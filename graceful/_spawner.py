@@ -148,7 +148,7 @@ class ProcessFactory(Protocol):
         starting, no stop), told after every event: the moments for work that would
         slow a start down."""
 
-    def standby(self) -> dict[str, Any] | None:
+    def standby_status(self) -> dict[str, Any] | None:
         """The warm standby, for ``graceful status``: its ``pid`` (None when there is
         none at the moment) and whether it is ``warm``; None when turned off."""
 
@@ -385,7 +385,7 @@ class SpawningFactory:
         if self.standbys is not None:
             self.standbys.set_quiet(quiet)
 
-    def standby(self) -> dict[str, Any] | None:
+    def standby_status(self) -> dict[str, Any] | None:
         return self.standbys.describe() if self.standbys is not None else None
 
     def helper_pids(self) -> set[int]:

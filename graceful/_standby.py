@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import os
 import socket
@@ -141,17 +140,16 @@ def standby_main(
         sys.path[:] = sys_path
         snapshot = ImportSnapshot.take(boot.started_ns)
         shadowed = snapshot.shadows()
-        if shadowed:
-            _send(
-                link,
-                failed=f"the service's own modules shadow what it imported: {', '.join(shadowed)}",
-            )
-            sys.exit(1)
     except BaseException as exc:
-        _send(link, failed=one_line(exc, where=True))
+        _wire.send_or_exit(link, failed=one_line(exc, where=True))
+        sys.exit(1)
+    if shadowed:
+        _wire.send_or_exit(
+            link, failed=f"the service's own modules shadow what it imported: {', '.join(shadowed)}"
+        )
         sys.exit(1)
     _processes.set_name(STANDBY_NAME)
-    _send(link, warm=True)
+    _wire.send_or_exit(link, warm=True)
     try:
         data = link.recv(_MESSAGE_BYTES)
     except OSError:
@@ -161,10 +159,10 @@ def standby_main(
     assignment: Assignment = ForkingPickler.loads(data)  # from the supervisor
     changes = snapshot.changes()
     if changes:
-        _send(link, stale=changes)
+        _wire.send_or_exit(link, stale=changes)
         sys.exit(0)
     _take(assignment)
-    _send(link, taken=True)
+    _wire.send_or_exit(link, taken=True)
     if assignment.template is not None:
         # (not at the top: the template's module imports the spawner's, which imports
         # this one; a template standby imported it while warming up)
@@ -218,13 +216,6 @@ def _take(assignment: Assignment) -> None:
     os.environ.pop(STANDBY_VARIABLE, None)
     os.chdir(assignment.cwd)
     importlib.invalidate_caches()
-
-
-def _send(link: socket.socket, **message: Any) -> None:
-    try:
-        link.send(json.dumps(message).encode())
-    except OSError:
-        sys.exit(0)  # the supervisor is done with it (or gone)
 
 
 # --- the supervisor's side -----------------------------------------------------------
@@ -292,21 +283,11 @@ class Standby:
 
     async def _receive(self) -> dict[str, Any]:
         """The next message, or {} once the link has closed."""
-        while True:
-            await anyio.wait_readable(self.link)
-            try:
-                data = self.link.recv(_MESSAGE_BYTES)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return {}
-            if not data:
-                return {}
-            try:
-                answer = json.loads(data)
-            except ValueError:
-                answer = None
-            return answer if isinstance(answer, dict) else {"garbage": repr(data[:80])}
+        try:
+            answer = await _wire.receive_object(self.link, _MESSAGE_BYTES)
+        except _wire.NotAMessage as garbage:
+            return {"garbage": str(garbage)}
+        return {} if answer is None else answer
 
     def close(self) -> None:
         """Kill it (and its process group), reap it, and close the supervisor's ends."""
@@ -314,11 +295,6 @@ class Standby:
         with contextlib.suppress(Exception):
             self.process.join()
             self.process.close()
-        self.release_channels()
-
-    def release_channels(self) -> None:
-        """Close the supervisor's ends of its channels (once they are someone else's
-        or no longer needed)."""
         self.link.close()
         if self.control is not None:
             self.control.close()

@@ -478,7 +478,7 @@ class SupervisorLoop:
             "max_surge": machine.settings.max_surge,
             "preload": machine.settings.preload,
             # the warm standby (None: turned off)
-            "standby": self.factory.standby(),
+            "standby": self.factory.standby_status(),
             "listeners": [
                 {
                     "spec": listener.spec,

@@ -124,9 +124,9 @@ def template_main(boot: TemplateBootstrap, forks: socket.socket) -> None:
         cause = str(exc) if isinstance(exc, ConfigError) else one_line(exc, where=True)
         if not isinstance(exc, ConfigError) and start_failures_logged():
             logger.exception("preloading the code failed")
-        _send(forks, failed=cause)
+        _wire.send_or_exit(forks, failed=cause)
         sys.exit(1)
-    _send(forks, imported=True)
+    _wire.send_or_exit(forks, imported=True)
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(forks, _MESSAGE_BYTES, 2)
@@ -143,9 +143,9 @@ def template_main(boot: TemplateBootstrap, forks: socket.socket) -> None:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            _send(forks, failed=f"could not fork a worker: {one_line(exc)}")
+            _wire.send_or_exit(forks, failed=f"could not fork a worker: {one_line(exc)}")
         else:
-            _send(forks, forked=pid)
+            _wire.send_or_exit(forks, forked=pid)
 
 
 def _refuse_threads() -> None:
@@ -168,13 +168,6 @@ def _refuse_threads() -> None:
             "library's pool?); the forked workers start with none of them",
             native,
         )
-
-
-def _send(sock: socket.socket, **message: Any) -> None:
-    try:
-        sock.send(json.dumps(message).encode())
-    except OSError:
-        sys.exit(0)  # the supervisor is done with this generation (or gone)
 
 
 def _fork_worker(
@@ -331,26 +324,16 @@ class Template:
         return answer, waited
 
     async def _receive(self) -> dict[str, Any]:
-        while True:
-            await anyio.wait_readable(self.forks)
-            try:
-                data = self.forks.recv(_MESSAGE_BYTES)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                raise TemplateFailed(await self._gone())
-            try:
-                answer = json.loads(data)
-            except ValueError:
-                answer = None
-            if not isinstance(answer, dict):
-                self.kill()
-                raise TemplateFailed(
-                    f"the template of generation {self.generation} sent {data[:80]!r}; killed it"
-                )
-            return answer
+        try:
+            answer = await _wire.receive_object(self.forks, _MESSAGE_BYTES)
+        except _wire.NotAMessage as garbage:
+            self.kill()
+            raise TemplateFailed(
+                f"the template of generation {self.generation} sent {garbage}; killed it"
+            ) from None
+        if answer is None:
+            raise TemplateFailed(await self._gone())
+        return answer
 
     async def _gone(self) -> str:
         """Why the template's socket closed: its exit, once it has exited (its

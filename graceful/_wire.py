@@ -305,6 +305,48 @@ async def pump(channel: ControlChannel, into: MemoryObjectSendStream[Received]) 
                 return
 
 
+# --- the JSON messages of a template's or a standby's SOCK_SEQPACKET socket -----------
+
+
+def send_or_exit(sock: socket.socket, **message: Any) -> None:
+    """In a template or a standby: send ``message`` as one JSON datagram to the
+    supervisor; exit quietly (status 0) if it is done with this process, or gone."""
+    try:
+        sock.send(json.dumps(message).encode())
+    except OSError:
+        raise SystemExit(0) from None
+
+
+class NotAMessage(ValueError):
+    """What a template or a standby sent is not a JSON object (``str()``: a preview)."""
+
+
+async def receive_object(sock: socket.socket, limit: int) -> dict[str, Any] | None:
+    """The next JSON object on the non-blocking SOCK_SEQPACKET socket ``sock`` (at
+    most ``limit`` bytes), or None once it has closed. Nothing received is unpickled.
+
+    Raises:
+        NotAMessage: for a datagram that is not a JSON object.
+    """
+    while True:
+        await anyio.wait_readable(sock)
+        try:
+            data = sock.recv(limit)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return None
+        if not data:
+            return None
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise NotAMessage(repr(data[:80]))
+        return answer
+
+
 def send_fds(channel: socket.socket, fds: list[int]) -> None:
     """Send ``fds`` over ``channel`` in as many messages as SCM_MAX_FD requires.
 

@@ -136,8 +136,8 @@ def settle_process(
 ) -> None:
     """What a worker (or a template, or a standby) does first: lead a process group
     of its own, ignore the signals that are not its to act on, take the process
-    name ``name`` (None: keep it), and log as ``role``, at the supervisor's level, leaving start-up
-    failures to the supervisor if it says so."""
+    name ``name`` (None: keep it), and log as ``role``, at the supervisor's level,
+    leaving start-up failures to the supervisor if it says so."""
     with contextlib.suppress(OSError):  # the supervisor may have done it already
         os.setpgid(0, 0)
     if name is not None:

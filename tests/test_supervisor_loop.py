@@ -152,7 +152,7 @@ class StandInFactory:
         if quiet:
             self.quiet_at.append(len(self.started))
 
-    def standby(self) -> dict[str, Any] | None:
+    def standby_status(self) -> dict[str, Any] | None:
         return None
 
     def helper_pids(self) -> set[int]:
