@@ -256,8 +256,10 @@ class Standby:
         except OSError as exc:
             return f"cannot reach it: {exc.strerror or exc}"
         answer: dict[str, Any] = {}
-        with anyio.move_on_after(ASSIGN_TIMEOUT):
+        with anyio.move_on_after(ASSIGN_TIMEOUT) as waited:
             answer = await self._receive()
+        if waited.cancelled_caught:
+            return f"it did not answer within {ASSIGN_TIMEOUT:g}s"
         if answer.get("taken") is True:
             return None
         if "stale" in answer:
@@ -265,7 +267,7 @@ class Standby:
             changed = ", ".join(str(item) for item in stale) if isinstance(stale, list) else stale
             return f"what it imported changed on disk: {changed}"
         if not answer:
-            return f"it did not answer within {ASSIGN_TIMEOUT:g}s"
+            return "it exited before it answered"
         return f"it answered {answer!r}"
 
     async def wait_exit(self) -> None:

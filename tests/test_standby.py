@@ -14,6 +14,7 @@ import importlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,13 +22,14 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import psutil
 import pytest
 from echo_load import Load
 from harness import ServiceProcess, ask, connect, poll_until
 from services import service_source
 
-from graceful import Control
+from graceful import Control, _standby
 from graceful._stale_imports import CLOCK_MARGIN_NS, ImportSnapshot
 from graceful.testing import is_alive, process_name
 
@@ -439,3 +441,47 @@ def test_an_import_snapshot_notices_a_plain_directory_becoming_a_package_that_sh
         assert snapshot.shadows() == [f"{early / 'shadow_probe'} (shadows shadow_probe)"]
     finally:
         sys.modules.pop("shadow_probe", None)
+
+
+@pytest.mark.parametrize(
+    ("standby_does", "why"),
+    [
+        ("takes", None),
+        ("exits", "it exited before it answered"),
+        ("hangs", "it did not answer within 0.2s"),
+        ("lies", "it answered {'garbage': \"b'not json'\"}"),
+    ],
+)
+def test_an_assignment_says_why_a_standby_did_not_take_it(
+    monkeypatch: pytest.MonkeyPatch, standby_does: str, why: str | None
+) -> None:
+    """The supervisor's side of the exchange, against a socket it cannot trust."""
+    monkeypatch.setattr(_standby, "ASSIGN_TIMEOUT", 0.2)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+
+    class Process:
+        pid = os.getpid()
+
+    standby = _standby.Standby(Process(), ours, None, None)
+
+    async def exchange() -> str | None:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(anyio.to_thread.run_sync, play)
+            why = await standby.assign(_standby.Assignment(cwd=str(Path.cwd())))
+        return why
+
+    def play() -> None:
+        theirs.recv(65536)
+        if standby_does == "takes":
+            theirs.send(b'{"taken": true}')
+        elif standby_does == "exits":
+            theirs.close()
+        elif standby_does == "lies":
+            theirs.send(b"not json")
+
+    try:
+        assert anyio.run(exchange) == why
+    finally:
+        ours.close()
+        theirs.close()
