@@ -162,16 +162,22 @@ class ProcessFactory(Protocol):
         """Kill and reap whatever the factory still runs (the supervisor's end)."""
 
 
+@dataclass(kw_only=True)
 class ChildWorker:
     """What a worker does the same way however it was started (spawned, or forked
     from a template and adopted): it is this process's child, in a process group of
     its own, watched through a pidfd, and reaped by ``_collect`` (its exit status,
     once it has exited; the supervisor's descriptors for it are released)."""
 
+    serial: int
+    generation: int
+    worker_id: int
     channel: _wire.ControlChannel
+    #: readable once the process has exited; None where pidfds are unavailable
+    pidfd: int | None
+    #: the supervisor's end of the fd channel, and what to send on it
     fd_channel: socket.socket
     listeners: list[BoundListener]
-    pidfd: int | None
 
     @property
     def pid(self) -> int:
@@ -221,20 +227,11 @@ class ChildWorker:
             self.pidfd = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SpawnedWorker(ChildWorker):
     """A worker started by :class:`SpawningFactory`."""
 
-    serial: int
-    generation: int
-    worker_id: int
     process: Any  # multiprocess SpawnProcess
-    channel: _wire.ControlChannel
-    #: readable once the process has exited; None where pidfds are unavailable
-    pidfd: int | None
-    #: the supervisor's end of the fd channel, and what to send on it
-    fd_channel: socket.socket
-    listeners: list[BoundListener]
 
     @property
     def pid(self) -> int:
@@ -321,14 +318,14 @@ class SpawningFactory:
             on_failure.pop_all()
         standby.link.close()
         return SpawnedWorker(
-            spawn.serial,
-            spawn.generation,
-            spawn.worker_id,
-            standby.process,
-            control,
-            pidfd,
-            fd_channel,
-            self.listeners,
+            serial=spawn.serial,
+            generation=spawn.generation,
+            worker_id=spawn.worker_id,
+            process=standby.process,
+            channel=control,
+            pidfd=pidfd,
+            fd_channel=fd_channel,
+            listeners=self.listeners,
         )
 
     def start_standby(self) -> Standby:
@@ -419,14 +416,14 @@ class SpawningFactory:
             hand_over(fd_channel, self.listeners)
             on_failure.pop_all()
         return SpawnedWorker(
-            spawn.serial,
-            spawn.generation,
-            spawn.worker_id,
-            process,
-            channel,
-            pidfd,
-            fd_channel,
-            self.listeners,
+            serial=spawn.serial,
+            generation=spawn.generation,
+            worker_id=spawn.worker_id,
+            process=process,
+            channel=channel,
+            pidfd=pidfd,
+            fd_channel=fd_channel,
+            listeners=self.listeners,
         )
 
     def open_channels(

@@ -397,21 +397,12 @@ def _describe_status(exitcode: int | None) -> str:
     return f"exit status {exitcode}"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ForkedWorker(ChildWorker):
     """A worker forked from its generation's template and adopted by the supervisor,
     which reaps it with ``waitpid``."""
 
-    serial: int
-    generation: int
-    worker_id: int
     process_id: int
-    channel: _wire.ControlChannel
-    #: readable once the process has exited; None where pidfds are unavailable
-    pidfd: int | None
-    #: the supervisor's end of the fd channel, and what to send on it
-    fd_channel: socket.socket
-    listeners: list[BoundListener]
 
     @property
     def pid(self) -> int:
@@ -481,14 +472,14 @@ class TemplateFactory(SpawningFactory):
             hand_over(fd_channel, self.listeners)
             on_failure.pop_all()
         return ForkedWorker(
-            spawn.serial,
-            spawn.generation,
-            spawn.worker_id,
-            pid,
-            channel,
-            pidfd,
-            fd_channel,
-            self.listeners,
+            serial=spawn.serial,
+            generation=spawn.generation,
+            worker_id=spawn.worker_id,
+            process_id=pid,
+            channel=channel,
+            pidfd=pidfd,
+            fd_channel=fd_channel,
+            listeners=self.listeners,
         )
 
     async def _start_template(self, generation: int, environment: dict[str, str]) -> Template:
