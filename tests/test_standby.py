@@ -18,11 +18,11 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import anyio
-import anyio.to_thread
 import psutil
 import pytest
 from echo_load import Load
@@ -465,12 +465,6 @@ def test_an_assignment_says_why_a_standby_did_not_take_it(
 
     standby = _standby.Standby(Process(), ours, None, None)
 
-    async def exchange() -> str | None:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(anyio.to_thread.run_sync, play)
-            why = await standby.assign(_standby.Assignment(cwd=str(Path.cwd())))
-        return why
-
     def play() -> None:
         theirs.recv(65536)
         if standby_does == "takes":
@@ -480,8 +474,11 @@ def test_an_assignment_says_why_a_standby_did_not_take_it(
         elif standby_does == "lies":
             theirs.send(b"not json")
 
+    peer = threading.Thread(target=play)
+    peer.start()
     try:
-        assert anyio.run(exchange) == why
+        assert anyio.run(standby.assign, _standby.Assignment(cwd=str(Path.cwd()))) == why
     finally:
+        peer.join(5)
         ours.close()
         theirs.close()
