@@ -294,8 +294,12 @@ def supervisor_pidfd(path: str | os.PathLike[str]) -> tuple[int, int | None]:
         pid = _parse_pid(data)
         if pid is None:
             raise GracefulError(f"PID file {text!r} does not hold a PID: {data[:40]!r}")
-        pidfd = _open_pidfd(pid, text)
         holder = graceful_holder(fd)
+        if holder is not None and holder != pid and _innermost_pid(holder) == pid:
+            # written in another PID namespace (a container's PID 1, seen from the
+            # host): the kernel names the lock's holder as this process sees it
+            pid = holder
+        pidfd = _open_pidfd(pid, text)
     finally:
         os.close(fd)
     if holder != pid:
@@ -311,6 +315,19 @@ def supervisor_pidfd(path: str | os.PathLike[str]) -> tuple[int, int | None]:
             f"(stale PID file {text!r}?)"
         )
     return pid, pidfd
+
+
+def _innermost_pid(pid: int) -> int | None:
+    """Process ``pid`` (as this process sees it) as its own PID namespace sees it:
+    the last number of the ``NSpid`` line of ``/proc/PID/status``; None if unknown."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _open_pidfd(pid: int, path: str) -> int | None:

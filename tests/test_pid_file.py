@@ -73,6 +73,33 @@ def test_the_pid_file_of_a_running_supervisor_is_obeyed(tmp_path: Path) -> None:
     assert "stale PID file" in line
 
 
+def test_the_pid_file_of_a_supervisor_in_another_pid_namespace_is_obeyed(
+    tmp_path: Path,
+) -> None:
+    """As PID 1 of a container, the supervisor writes "1"; from the host, the lock's
+    holder is that same process under its host PID, and the commands reach it."""
+    probe = subprocess.run(
+        ["unshare", "--fork", "--pid", "--mount-proc", "true"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"no new PID namespace here: {probe.stderr.decode().strip()}")
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(tmp_path / "svc.py", pid_file=pid_file)
+    wrapper = ("unshare", "--fork", "--pid", "--mount-proc")
+    with running(script, env={"LISTEN": "127.0.0.1:0"}, wrapper=wrapper) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        assert pid_file.read_text() == "1\n"
+        mark = svc.mark()
+        result = graceful_cli("reload", "--pid-file", str(pid_file))
+        assert result.returncode == 0, result.stderr
+        svc.wait_serving(2, after=mark)
+        status = graceful_cli("status", "--json", "--pid-file", str(pid_file))
+        assert status.returncode == 0, status.stderr
+        assert graceful_cli("stop", "--pid-file", str(pid_file)).returncode == 0
+        assert svc.wait_exit() == 0
+
+
 def test_a_supervisor_killed_without_cleanup_leaves_a_pid_file_the_cli_calls_stale(
     tmp_path: Path,
 ) -> None:
