@@ -1,54 +1,126 @@
-"""The first code a spawned worker (or standby) runs, before it imports graceful's code.
+"""The boot entries: the first code a process graceful spawns runs.
 
-A worker's ``Process`` target is :func:`start_worker`, in a module that imports
-nothing, and its :class:`~graceful._worker.WorkerBootstrap` travels pickled inside
-the arguments. So the worker can tell the supervisor that its interpreter is up
-(multiprocess imported, nothing of graceful's yet) before it unpickles the
-bootstrap, which imports graceful's worker code; the supervisor times both (see
-``_timeline.py``).
+These functions are the *spawn targets*, named by module and function in what a
+supervisor sends to every child it spawns. A running supervisor may spawn a child
+that imports a newer (or older) graceful from disk, so this module and the
+signatures here are part of the contract between versions (``_version.py``): they
+never move, and each version keeps taking what earlier ones send.
 
-A standby's target is :func:`start_standby`, for another reason: what it imports
-must never come from the service's own directories, so they are off ``sys.path``
-before anything is imported (see ``_standby.py``).
+Each entry does the same first: says ``hello`` (its graceful and protocol
+versions, its Python) to the supervisor, then checks that its bootstrap starts
+with this version's :data:`~graceful._version.BOOTSTRAP_HEADER`. A bootstrap of
+another protocol is not unpickled: the child exits at once, quietly (status 3),
+and the supervisor, which read the hello, says in one line which versions met.
+Only then is the bootstrap unpickled, which imports graceful's code for the role.
+
+A worker's target is :func:`start_worker`, which imports nothing of graceful's
+worker code before it has reported the interpreter up, so the supervisor can
+time both (see ``_timeline.py``). A standby's target is :func:`start_standby`,
+which takes the service's own directories off ``sys.path`` before it imports
+anything (see ``_standby.py``); a template's is :func:`start_template`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any
 
-#: ``Progress("interpreter")`` as a line of the control protocol (``_wire.py``),
-#: written by hand: the protocol's module is not imported yet.
+from ._version import BOOTSTRAP_HEADER, PROTOCOL, VERSION, python_version
+
+#: The exit status of a child whose bootstrap is of another protocol.
+WRONG_PROTOCOL_EXIT = 3
+
+
+def _hello_json() -> bytes:
+    fields = {
+        "graceful": VERSION,
+        "protocol": PROTOCOL,
+        "python": python_version(),
+        "executable": sys.executable[:300],
+    }
+    return json.dumps(fields, ensure_ascii=True).encode("ascii")
+
+
+def hello_line() -> bytes:
+    """The ``hello`` message of this process as a line of the control protocol
+    (``_wire.Hello``), written by hand: the protocol's module is not imported yet."""
+    return b'["hello",' + _hello_json() + b"]\n"
+
+
+def hello_datagram() -> bytes:
+    """The same, as the first JSON datagram on a standby's or a template's link:
+    ``{"hello": {...}}``."""
+    return b'{"hello":' + _hello_json() + b"}"
+
+
+def _say_hello(link: Any) -> None:
+    try:
+        link.send(hello_datagram())
+    except OSError:
+        os._exit(0)  # the supervisor is done with this process, or gone
+
+
+#: ``Progress("interpreter")``, likewise by hand.
 _INTERPRETER_UP = b'["progress","interpreter"]\n'
 
 
-def start_worker(control: Any, fd_channel: Any, bootstrap: bytes) -> None:
-    """The target of a spawned worker: report the interpreter up, then run the worker
-    that ``bootstrap`` (a pickled :class:`~graceful._worker.WorkerBootstrap`)
-    describes, on ``control`` (a multiprocess Connection) and ``fd_channel``."""
-    os.write(control.fileno(), _INTERPRETER_UP)
+def _unwrap(bootstrap: bytes) -> Any:
+    """The bootstrap object, unpickled, if it is of this protocol; else exit quietly
+    (the supervisor names both versions: it read this child's hello)."""
+    if not bootstrap.startswith(BOOTSTRAP_HEADER):
+        os._exit(WRONG_PROTOCOL_EXIT)
     # Imported here, after the report, so that the report measures the interpreter
-    # alone: this is the point of the module.
+    # alone.
     from multiprocess.reduction import ForkingPickler  # noqa: PLC0415
 
+    return ForkingPickler.loads(bootstrap[len(BOOTSTRAP_HEADER) :])
+
+
+def wrap(bootstrap: Any) -> bytes:
+    """``bootstrap`` as a boot entry takes it: the header, then its pickle."""
+    from multiprocess.reduction import ForkingPickler  # noqa: PLC0415
+
+    return BOOTSTRAP_HEADER + bytes(ForkingPickler.dumps(bootstrap))
+
+
+def start_worker(control: Any, fd_channel: Any, bootstrap: bytes) -> None:
+    """The target of a spawned worker: say hello and report the interpreter up, then
+    run the worker that ``bootstrap`` (a wrapped
+    :class:`~graceful._worker.WorkerBootstrap`) describes, on ``control`` (a
+    multiprocess Connection) and ``fd_channel``."""
+    os.write(control.fileno(), hello_line() + _INTERPRETER_UP)
+    boot = _unwrap(bootstrap)
     from ._worker import worker_main  # noqa: PLC0415
 
-    worker_main(ForkingPickler.loads(bootstrap), control, fd_channel)
+    worker_main(boot, control, fd_channel)
 
 
 def start_standby(
     bootstrap: bytes, hidden: list[str], link: Any, control: Any, fd_channel: Any
 ) -> None:
     """The target of a standby: with the directories ``hidden`` off ``sys.path``,
-    import the standby's code and run it (``bootstrap`` is a pickled
-    :class:`~graceful._standby.StandbyBootstrap`). It puts ``sys.path`` back once it
-    has warmed up."""
+    import the standby's code and run it (``bootstrap`` is a wrapped
+    :class:`~graceful._standby.StandbyBootstrap`). It says hello on its ``link``,
+    and on ``control`` too when it has one (it may become a worker)."""
+    if control is not None:
+        os.write(control.fileno(), hello_line())
+    _say_hello(link)
     path = list(sys.path)
     sys.path[:] = [entry for entry in path if os.path.abspath(entry or os.curdir) not in hidden]
-    # Imported here, once sys.path is without the service's directories: the point.
-    from multiprocess.reduction import ForkingPickler  # noqa: PLC0415
-
+    boot = _unwrap(bootstrap)
     from ._standby import standby_main  # noqa: PLC0415
 
-    standby_main(ForkingPickler.loads(bootstrap), link, control, fd_channel, sys_path=path)
+    standby_main(boot, link, control, fd_channel, sys_path=path)
+
+
+def start_template(bootstrap: bytes, forks: Any) -> None:
+    """The target of a template (``preload``), spawned cold: run the template that
+    ``bootstrap`` (a wrapped :class:`~graceful._template.TemplateBootstrap`)
+    describes, forking workers on request over ``forks``."""
+    _say_hello(forks)
+    boot = _unwrap(bootstrap)
+    from ._template import template_main  # noqa: PLC0415
+
+    template_main(boot, forks)

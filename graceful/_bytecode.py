@@ -61,15 +61,16 @@ _UNCHECKED_HASH = 0b01
 NOWHERE = "/dev/null/graceful-no-bytecode"
 
 
-def application_roots() -> list[str]:
+def application_roots(entries: list[str] | None = None) -> list[str]:
     """The directories the application's own code comes from: the entries of
-    ``sys.path`` that are not part of Python or of an installed environment."""
+    ``entries`` (default ``sys.path``) that are not part of Python or of an
+    installed environment."""
     installed = {
         os.path.realpath(path)
         for path in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)
     }
     roots: list[str] = []
-    for entry in sys.path:
+    for entry in sys.path if entries is None else entries:
         path = os.path.abspath(entry or os.curdir)
         real = os.path.realpath(path)
         if not os.path.isdir(path) or any(

@@ -121,18 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pid-file", metavar="PATH")
     run.add_argument("--app-dir", default=".", metavar="DIR")
     for command in (serve, run):
-        command.add_argument(
-            "--health",
-            metavar="HOST:PORT",
-            help="serve /ready, /live and /metrics over HTTP there (the supervisor)",
-        )
-        command.add_argument(
-            "--stop-delay",
-            type=_seconds_or_zero,
-            default=0.0,
-            metavar="S",
-            help="after SIGTERM, keep serving S seconds with /ready at 503, then drain",
-        )
+        _add_deployment_options(command)
     serve.add_argument(
         "--probation",
         type=_seconds_or_zero,
@@ -276,6 +265,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _add_deployment_options(command: argparse.ArgumentParser) -> None:
+    """The options of ``serve`` and ``run`` about where the supervisor runs."""
+    command.add_argument(
+        "--release-link",
+        metavar="PATH",
+        help="the link a deploy switches between release directories: every worker "
+        "starts from the release it names then (found by itself among the paths the "
+        "service was started through; see the README, Release directories)",
+    )
+    command.add_argument(
+        "--health",
+        metavar="HOST:PORT",
+        help="serve /ready, /live and /metrics over HTTP there (the supervisor)",
+    )
+    command.add_argument(
+        "--stop-delay",
+        type=_seconds_or_zero,
+        default=0.0,
+        metavar="S",
+        help="after SIGTERM, keep serving S seconds with /ready at 503, then drain",
+    )
+
+
 def _use_app_dir(app_dir: str) -> None:
     """Put the app directory first on sys.path. (A symlinked ``$PWD`` is restored
     by the supervisor's ``ReleaseDirectory.adopt``, like any ``sys.path`` entry.)"""
@@ -370,6 +382,7 @@ def _supervise(service: Service[Any], args: argparse.Namespace) -> int:
         service,
         caller=sys._getframe(1),
         pid_file=args.pid_file,
+        release_link=args.release_link,
         health=args.health,
         stop_delay=args.stop_delay,
     )
@@ -461,6 +474,8 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
         return 0
     print(f"supervisor {status['pid']}, up {status['uptime']:.1f}s: {status['status']}")
+    if "graceful" in status:
+        print(f"supervisor runs graceful {status['graceful']} on Python {status['python']}")
     if "workers" in status:
         print(
             f"workers: {status['workers']} per generation; reloads {status['strategy']}"
@@ -474,6 +489,18 @@ def _status(args: argparse.Namespace) -> int:
         state = "warm" if standby["warm"] else "warming up"
         print(f"standby: {standby['pid']}, {state} (the next worker start is made from it)")
     for generation in status["generations"]:
+        if generation.get("graceful") or generation.get("release"):
+            runs = [
+                f"graceful {generation['graceful']}" if generation.get("graceful") else "",
+                f"Python {generation['python']}" if generation.get("python") else "",
+                f"release {generation['release']}" if generation.get("release") else "",
+            ]
+            interpreter = generation.get("interpreter")
+            print(
+                f"generation {generation['generation']} runs "
+                + ", ".join(part for part in runs if part)
+                + (f" ({interpreter})" if interpreter else "")
+            )
         if generation.get("may_be_mixed"):
             print(
                 f"generation {generation['generation']}: workers started after it imported "

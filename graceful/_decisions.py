@@ -704,6 +704,11 @@ class SupervisorStateMachine:
         """The number of the generation that is starting, if any."""
         return self._with_role(Role.STARTING)
 
+    @property
+    def accepting(self) -> int:
+        """How many workers accept connections now (ready, of whichever generation)."""
+        return sum(1 for worker in self.workers.values() if worker.state is WorkerState.READY)
+
     def _with_role(self, role: Role) -> int | None:
         generation = self._generation_with(role)
         return generation.number if generation is not None else None

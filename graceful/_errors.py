@@ -11,6 +11,7 @@ import functools
 import os
 import sysconfig
 import traceback
+from collections.abc import Sequence
 
 
 class GracefulError(Exception):
@@ -89,3 +90,17 @@ def shown_path(path: str) -> str:
         if not relative.startswith(os.pardir):
             return relative
     return path
+
+
+def name_some(items: Sequence[object], most: int = 3, *, longest: int = 200) -> str:
+    """``items`` for one log line: the first ``most``, each cut to ``longest``
+    characters, then "and N more"."""
+    named = [_cut(str(item), longest) for item in items[:most]]
+    text = ", ".join(named)
+    if len(items) > most:
+        text += f" and {len(items) - most} more"
+    return text
+
+
+def _cut(text: str, longest: int) -> str:
+    return text if len(text) <= longest else text[: longest - 3] + "..."

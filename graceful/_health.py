@@ -2,11 +2,18 @@
 
 With ``health="HOST:PORT"`` (``--health``), the supervisor answers:
 
-* ``GET /ready``: 200 while a generation serves and no stop was asked for; 503
-  from the first stop request on (``stop_delay`` included), and before the first
-  generation serves. Load balancers and Kubernetes readiness probes take the
-  instance out of rotation on 503.
-* ``GET /live``: 200 while the supervisor runs (its event loop answers).
+* ``GET /ready``: 200 while a generation serves, at least one worker accepts
+  connections, and no stop was asked for; 503 from the first stop request on
+  (``stop_delay`` included), before the first generation serves, and whenever no
+  worker accepts connections (all crashed, and their replacements cannot start).
+  A 503's body says how many workers accept. Load balancers and Kubernetes readiness
+  probes take the instance out of rotation on 503.
+* ``GET /live``: 200 while the supervisor's event loop answers, unless no worker
+  has accepted connections for longer than ``ready_timeout`` while a generation
+  serves: the supervisor cannot start one (a release it cannot run, a machine out
+  of memory), and restarting the whole service is the remedy left, which is what
+  a liveness probe is for. A bad deploy never gets there: the old generation
+  keeps serving.
 * ``GET /metrics``: Prometheus text format, if ``prometheus_client`` is installed
   (``pip install 'graceful[metrics]'``); 404 saying so otherwise.
 
@@ -199,11 +206,16 @@ class HealthServer:
         if method not in (b"GET", b"HEAD"):
             return 405, b"only GET and HEAD\n", text
         if target == b"/live":
-            return 200, b"live\n", text
+            live, why = self.supervisor.is_live()
+            return (200 if live else 503), f"{why}\n".encode(), text
         if target == b"/ready":
+            machine = self.supervisor.machine
             if self.supervisor.is_ready():
                 return 200, b"ready\n", text
-            return 503, f"not ready: {self.supervisor.machine.status()}\n".encode(), text
+            why = machine.status()
+            if machine.serving is not None:
+                why += f" ({machine.accepting}/{machine.size} workers accept connections)"
+            return 503, f"not ready: {why}\n".encode(), text
         if target == b"/metrics":
             if self.metrics is None:
                 return (

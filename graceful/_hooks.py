@@ -182,6 +182,36 @@ HOOKS = (
         False,
         "where spawn reads the preparation data (wrapped while a worker starts)",
     ),
+    Hook(
+        "multiprocess",
+        'multiprocess.spawn:get_preparation_data"sys_path="',
+        False,
+        "a child computes its own sys.path from its release's interpreter (dropped)",
+    ),
+    Hook(
+        "multiprocess",
+        "multiprocess.spawn:prepare\"os.chdir(data['dir'])\"",
+        False,
+        "a child starts in its release's working directory (data['dir'] replaced)",
+    ),
+    Hook(
+        "multiprocess",
+        "multiprocess.spawn:prepare\"process.ORIGINAL_DIR = data['orig_dir']\"",
+        False,
+        "a child's original directory is in its release (data['orig_dir'] replaced)",
+    ),
+    Hook(
+        "multiprocess",
+        "multiprocess.spawn:set_executable",
+        True,
+        "each child runs its release's interpreter",
+    ),
+    Hook(
+        "multiprocess",
+        "multiprocess.process:ORIGINAL_DIR",
+        False,
+        "the supervisor's original directory, anchored in its release",
+    ),
 )
 
 

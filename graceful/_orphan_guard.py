@@ -68,7 +68,7 @@ class OrphanGuard:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-S", *program, str(drain_timeout), str(kill_grace)],
+                [_interpreter(), "-I", "-S", *program, str(drain_timeout), str(kill_grace)],
                 stdin=theirs.fileno(),
                 stdout=subprocess.DEVNULL,
                 close_fds=True,
@@ -119,16 +119,43 @@ class OrphanGuard:
 
 def _own_program() -> list[str] | None:
     """How ``python -I -S`` runs this file: by its path (a clean line in ``ps``), or
-    as ``-c`` with its source where it is not a plain file (a zip archive)."""
+    as ``-c`` with its source where it is not a plain file (a zip archive), no
+    longer there (a pruned release), or another graceful's now: the source is read
+    when the first guard starts, and is the one run for the supervisor's life."""
+    global _source  # noqa: PLW0603 - read once, for the supervisor's life
     path = globals().get("__file__")
-    if path and os.path.isfile(path):
+    if _source is None:
+        loader = globals().get("__loader__")
+        try:
+            _source = loader.get_source(__name__) if loader is not None else None
+        except (ImportError, OSError):
+            _source = None
+    if path and _source is not None and _reads(path) == _source:
         return [path]
-    loader = globals().get("__loader__")
+    return None if _source is None else ["-c", _source]
+
+
+def _reads(path: str) -> str | None:
+    """What the file at ``path`` holds now (None if it cannot be read): a newer
+    graceful installed meanwhile must not run as this supervisor's guard."""
     try:
-        source: str | None = loader.get_source(__name__) if loader is not None else None
-    except (ImportError, OSError):
+        with open(path, encoding="utf-8") as source:
+            return source.read()
+    except (OSError, UnicodeDecodeError):
         return None
-    return None if source is None else ["-c", source]
+
+
+#: This module's source, read when the first guard starts.
+_source: str | None = None
+
+
+def _interpreter() -> str:
+    """The interpreter to run a guard with: the one this environment is based on
+    (outside any release directory, so a restart never needs a pruned one)."""
+    base = getattr(sys, "_base_executable", None)
+    if base and os.access(base, os.X_OK):
+        return str(base)
+    return sys.executable
 
 
 def _pidfd(pid: int) -> int | None:

@@ -96,6 +96,7 @@ class Service(Generic[F]):
         pid_file: str | os.PathLike[str] | None = None,
         health: str | None = None,
         stop_delay: float = 0.0,
+        release_link: str | os.PathLike[str] | None = None,
     ) -> None:
         """Run the supervisor in this process until it is stopped.
 
@@ -110,6 +111,13 @@ class Service(Generic[F]):
         ``/live`` and ``/metrics`` over HTTP. ``stop_delay`` keeps serving that many
         seconds after the first stop request, while ``/ready`` already answers 503,
         before the drain begins (for load balancers to notice first).
+
+        ``release_link`` names the symbolic link a deploy switches between release
+        directories (``/srv/app/current``), for a service started by physical paths
+        alone; graceful finds it by itself among the paths the service was started
+        through. Every worker is started from the release it names at that moment:
+        its code, working directory, interpreter and packages (see the README,
+        "Release directories").
 
         Returns after a clean stop. Raises ``SystemExit(2)`` for a configuration
         error (one line on stderr, nothing spawned) and ``SystemExit(1)`` if the
@@ -132,7 +140,12 @@ class Service(Generic[F]):
                 'script: put the call under `if __name__ == "__main__":`'
             )
         code = run_supervisor(
-            self, caller=sys._getframe(1), pid_file=pid_file, health=health, stop_delay=stop_delay
+            self,
+            caller=sys._getframe(1),
+            pid_file=pid_file,
+            health=health,
+            stop_delay=stop_delay,
+            release_link=release_link,
         )
         if code:
             raise SystemExit(code)

@@ -19,9 +19,12 @@ exception, and whatever was already open or started is closed, killed and reaped
    listeners' descriptors;
 2. ``Process.start()`` with SIGINT and SIGHUP blocked (the worker unblocks them
    once its own handlers are set), the extra environment of this generation, in
-   the release directory, then the worker made the leader of its own process
-   group. Its target is ``_boot.start_worker``, which reports the interpreter up
-   before it imports graceful's worker code (the bootstrap travels pickled).
+   the release directory the service points to now, with that release's
+   interpreter, working directory and application paths (``_release.py``), then
+   the worker made the leader of its own process group. Its target is
+   ``_boot.start_worker``, which says hello and reports the interpreter up before
+   it imports graceful's worker code (the bootstrap travels pickled, behind the
+   version contract's header: ``_version.py``).
    The main script is left for the worker to import itself
    (:class:`~graceful._worker.MainScript`): multiprocess would import it before
    any graceful code runs in the child, so an exception there could not be
@@ -52,17 +55,16 @@ import anyio
 import anyio.to_thread
 import multiprocess
 import multiprocess.spawn
-from multiprocess.reduction import ForkingPickler
 
 from . import _processes, _wire
-from ._boot import start_standby, start_worker
+from ._boot import start_standby, start_worker, wrap
 from ._bytecode import BytecodeCheck, application_roots, bypass_environment, recompile
 from ._decisions import SpawnWorker
 from ._entry import EntryRef
 from ._errors import GracefulError
 from ._listeners import BoundListener
 from ._logging import logger
-from ._release import ReleaseDirectory
+from ._release import ReleaseError, ReleaseLayout, Runtime
 from ._standby import (
     STANDBY_VARIABLE,
     Assignment,
@@ -100,6 +102,8 @@ class WorkerProcess(Protocol):
     worker_id: int
     #: the worker's messages, and the supervisor's to it
     channel: _wire.ControlChannel
+    #: the release directory it was started from (None: the service has no link)
+    release: str | None
 
     @property
     def pid(self) -> int: ...
@@ -178,6 +182,8 @@ class ChildWorker:
     #: the supervisor's end of the fd channel, and what to send on it
     fd_channel: socket.socket
     listeners: list[BoundListener]
+    #: the release directory it was started from (None: the service has no link)
+    release: str | None = None
 
     @property
     def pid(self) -> int:
@@ -270,7 +276,7 @@ class SpawningFactory:
         entry: EntryRef,
         listeners: list[BoundListener],
         options: WorkerOptions,
-        release: ReleaseDirectory,
+        release: ReleaseLayout,
         *,
         standby: bool = True,
     ) -> None:
@@ -283,29 +289,28 @@ class SpawningFactory:
         self.standbys = StandbyKeeper(self.start_standby) if standby else None
 
     async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
+        runtime = self.release.resolve()
         standby = await self.take_standby(
-            environment, lambda: Assignment(self.working_directory(), worker=self.bootstrap(spawn))
+            environment,
+            runtime,
+            lambda: Assignment(runtime.cwd, worker=self.bootstrap(spawn, runtime)),
         )
         if standby is not None:
-            return self.adopt(spawn, standby)
-        return self.spawn(spawn, environment)
+            return self.adopt(spawn, standby, runtime)
+        return self.spawn(spawn, environment, runtime)
 
     async def take_standby(
-        self, environment: dict[str, str], assignment: Callable[[], Assignment]
+        self, environment: dict[str, str], runtime: Runtime, assignment: Callable[[], Assignment]
     ) -> Standby | None:
         """The warm standby, given ``assignment()``; None if there is none, or it
-        cannot be used (the start is then cold). A start that needs an ``environment``
-        of its own (the stale-bytecode bypass) is always cold."""
+        cannot be used (the start is then cold): it was started from another
+        ``runtime`` (the release link was switched since), or the start needs an
+        ``environment`` of its own (the stale-bytecode bypass)."""
         if self.standbys is None or environment:
             return None
-        return await self.standbys.take(assignment)
+        return await self.standbys.take(assignment, runtime)
 
-    def working_directory(self) -> str:
-        """Where a process started now starts (a release symlink followed anew)."""
-        self.release.enter()
-        return os.getcwd()
-
-    def adopt(self, spawn: SpawnWorker, standby: Standby) -> SpawnedWorker:
+    def adopt(self, spawn: SpawnWorker, standby: Standby, runtime: Runtime) -> SpawnedWorker:
         """The worker ``spawn`` describes, from a standby that has taken the work:
         hand it the listeners (any failure kills and reaps it, and is raised)."""
         control, fd_channel = standby.control, standby.fd_channel
@@ -326,6 +331,7 @@ class SpawningFactory:
             pidfd=pidfd,
             fd_channel=fd_channel,
             listeners=self.listeners,
+            release=runtime.release,
         )
 
     def start_standby(self) -> Standby:
@@ -334,7 +340,9 @@ class SpawningFactory:
 
     def spawn_standby(self, *, template: bool) -> Standby:
         """Spawn a standby, with the worker's channels unless it is to become a
-        ``template``. Raises on any failure, having closed what it opened."""
+        ``template``, from the release the service points to now. Raises on any
+        failure, having closed what it opened."""
+        runtime = self.release.resolve()
         with contextlib.ExitStack() as on_failure:
             link, child_link = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             on_failure.callback(link.close)
@@ -355,21 +363,22 @@ class SpawningFactory:
                     log_level=logger.getEffectiveLevel(),
                     started_ns=time.time_ns(),
                     template=template,
+                    sys_path=runtime.app_path,
                 )
                 process = self._context.Process(
                     target=start_standby,
                     args=(
-                        bytes(ForkingPickler.dumps(boot)),
-                        own_directories(self.release.logical_cwd or os.getcwd()),
+                        wrap(boot),
+                        own_directories(runtime),
                         child_link,
                         child_control,
                         child_fd_channel,
                     ),
                     name="graceful standby",
                 )
-                self.start_process(process, {STANDBY_VARIABLE: "1"})
+                self.start_process(process, {STANDBY_VARIABLE: "1"}, runtime)
             on_failure.pop_all()
-        return Standby(process, link, control, fd_channel)
+        return Standby(process, link, control, fd_channel, runtime=runtime)
 
     def generation_ended(self, number: int) -> None:
         pass
@@ -396,21 +405,20 @@ class SpawningFactory:
         if self.standbys is not None:
             self.standbys.close()
 
-    def spawn(self, spawn: SpawnWorker, environment: dict[str, str]) -> SpawnedWorker:
-        """Start the worker ``spawn`` describes (see the module docstring)."""
+    def spawn(
+        self, spawn: SpawnWorker, environment: dict[str, str], runtime: Runtime
+    ) -> SpawnedWorker:
+        """Start the worker ``spawn`` describes, from ``runtime`` (see the module
+        docstring)."""
         with contextlib.ExitStack() as on_failure:
             channel, fd_channel, child_control, child_fd_channel = self.open_channels(on_failure)
             with contextlib.closing(child_control), child_fd_channel:
                 process = self._context.Process(
                     target=start_worker,
-                    args=(
-                        child_control,
-                        child_fd_channel,
-                        bytes(ForkingPickler.dumps(self.bootstrap(spawn))),
-                    ),
+                    args=(child_control, child_fd_channel, wrap(self.bootstrap(spawn, runtime))),
                     name=f"graceful gen {spawn.generation} worker {spawn.worker_id}",
                 )
-                self.start_process(process, environment)
+                self.start_process(process, environment, runtime)
                 on_failure.callback(kill_and_reap, process)
                 pidfd = _processes.open_pidfd(process.pid)
             hand_over(fd_channel, self.listeners)
@@ -424,6 +432,7 @@ class SpawningFactory:
             pidfd=pidfd,
             fd_channel=fd_channel,
             listeners=self.listeners,
+            release=runtime.release,
         )
 
     def open_channels(
@@ -445,7 +454,7 @@ class SpawningFactory:
         fd_channel.setblocking(False)
         return channel, fd_channel, child_control, child_fd_channel
 
-    def bootstrap(self, spawn: SpawnWorker) -> WorkerBootstrap:
+    def bootstrap(self, spawn: SpawnWorker, runtime: Runtime) -> WorkerBootstrap:
         """What the worker ``spawn`` describes is told at its start."""
         return WorkerBootstrap(
             entry=self.entry,
@@ -455,18 +464,29 @@ class SpawningFactory:
             listeners=[(listener.spec, listener.address) for listener in self.listeners],
             options=self.options,
             log_level=logger.getEffectiveLevel(),
-            main=main_script(),
+            main=main_script(runtime),
         )
 
-    def start_process(self, process: Any, environment: dict[str, str]) -> None:
-        """``process.start()``, with the terminal's signals blocked until the worker
-        has set up its own handlers, and in a process group of its own."""
-        self.release.enter()
+    def start_process(self, process: Any, environment: dict[str, str], runtime: Runtime) -> None:
+        """``process.start()`` from ``runtime`` (its interpreter, working directory and
+        paths), with the terminal's signals blocked until the worker has set up its
+        own handlers, and in a process group of its own.
+
+        The supervisor itself moves into the runtime's working directory: where it
+        was may be a release that is deleted next.
+        """
+        try:
+            os.chdir(runtime.cwd)
+        except OSError as exc:
+            raise ReleaseError(
+                f"cannot enter the working directory {runtime.cwd}: {exc.strerror or exc}"
+            ) from None
+        multiprocess.spawn.set_executable(runtime.executable)
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_DURING_SPAWN)
         saved = {name: os.environ.get(name) for name in environment}
         os.environ.update(environment)
         try:
-            with _main_left_to_the_worker():
+            with _prepared_from(runtime):
                 process.start()
         finally:
             for name, value in saved.items():
@@ -490,49 +510,55 @@ def hand_over(fd_channel: socket.socket, listeners: list[BoundListener]) -> None
     _wire.send_fds(fd_channel, [listener.socket.fileno() for listener in listeners])
 
 
-def own_directories(cwd: str) -> list[str]:
+def own_directories(runtime: Runtime) -> list[str]:
     """The service's own directories, where its code lives: the script's, the first
-    entry of ``sys.path`` (the app directory, or the working directory of ``python
-    -m``), and the working directory ``cwd`` if it is on ``sys.path`` (``--app-dir`` puts
-    its directory before it); never graceful's own. A standby imports nothing from
-    them. (Other ``PYTHONPATH`` directories may hold the libraries themselves.)"""
+    of the application's ``sys.path`` entries (the app directory, or the working
+    directory of ``python -m``), and the working directory if it is one of them
+    (``--app-dir`` puts its directory before it); never graceful's own. A standby
+    imports nothing from them. (Other ``PYTHONPATH`` directories may hold the
+    libraries themselves.)"""
     ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     found = []
-    script = main_script().path
-    if script is not None:
-        found.append(os.path.dirname(script))
-    entries = [os.path.abspath(entry or os.curdir) for entry in sys.path]
-    if entries:
-        found.append(entries[0])
-    if cwd in entries:
-        found.append(cwd)
+    if runtime.main_path is not None:
+        found.append(os.path.dirname(runtime.main_path))
+    if runtime.app_path:
+        found.append(runtime.app_path[0])
+    if runtime.cwd in runtime.app_path:
+        found.append(runtime.cwd)
     return [path for path in dict.fromkeys(found) if path != ours]
 
 
-def main_script() -> MainScript:
-    """How a worker finds the script the user ran, as multiprocess would."""
+def main_script(runtime: Runtime) -> MainScript:
+    """How a worker started from ``runtime`` finds the script the user ran (as
+    multiprocess would), and the application's ``sys.path`` entries."""
     main = sys.modules.get("__main__")
     name = getattr(getattr(main, "__spec__", None), "name", None)
     if name is not None:
-        return MainScript(module=name, path=None)
-    path = getattr(main, "__file__", None)
-    if path is None:
-        return MainScript(module=None, path=None)
-    if not os.path.isabs(path) and multiprocess.process.ORIGINAL_DIR is not None:
-        path = os.path.join(multiprocess.process.ORIGINAL_DIR, path)
-    return MainScript(module=None, path=os.path.normpath(path))
+        return MainScript(module=name, path=None, sys_path=runtime.app_path)
+    return MainScript(module=None, path=runtime.main_path, sys_path=runtime.app_path)
 
 
-#: Set while this thread starts a worker: see :func:`_main_left_to_the_worker`.
-_starting_a_worker = threading.local()
+#: What this thread starts a process from, while it does: see :func:`_prepared_from`.
+_starting = threading.local()
 
 
-def _without_main(original: Callable[[str], dict[str, Any]]) -> Callable[[str], dict[str, Any]]:
+def _for_the_runtime(
+    original: Callable[[str], dict[str, Any]],
+) -> Callable[[str], dict[str, Any]]:
     def get_preparation_data(name: str) -> dict[str, Any]:
         data = original(name)
-        if getattr(_starting_a_worker, "active", False):
+        runtime: Runtime | None = getattr(_starting, "runtime", None)
+        if runtime is not None:
             data.pop("init_main_from_name", None)
             data.pop("init_main_from_path", None)
+            # the child's interpreter computes its own; the application's entries
+            # travel in the bootstrap (MainScript.sys_path)
+            data.pop("sys_path", None)
+            data["dir"] = runtime.cwd
+            if runtime.original_dir is not None:
+                data["orig_dir"] = runtime.original_dir
+            if runtime.argv0 and data.get("sys_argv"):
+                data["sys_argv"] = [runtime.argv0, *data["sys_argv"][1:]]
         return data
 
     get_preparation_data.graceful_wrapped = True  # type: ignore[attr-defined]
@@ -540,20 +566,21 @@ def _without_main(original: Callable[[str], dict[str, Any]]) -> Callable[[str], 
 
 
 @contextlib.contextmanager
-def _main_left_to_the_worker() -> Iterator[None]:
-    """While a worker is started from this thread, keep multiprocess from importing
-    the main script in the child (the worker does, see
+def _prepared_from(runtime: Runtime) -> Iterator[None]:
+    """While this thread starts a process, have multiprocess prepare the child from
+    ``runtime``: its working directory, ``sys.argv[0]``, no ``sys.path`` of the
+    supervisor's, and no import of the main script (the worker does it itself, see
     :func:`graceful._worker.import_main_script`). Only the preparation data of this
     thread's spawn changes: ``__main__`` itself is never touched, and other threads'
     processes are started as usual."""
     spawn = multiprocess.spawn
     if not getattr(spawn.get_preparation_data, "graceful_wrapped", False):
-        spawn.get_preparation_data = _without_main(spawn.get_preparation_data)
-    _starting_a_worker.active = True
+        spawn.get_preparation_data = _for_the_runtime(spawn.get_preparation_data)
+    _starting.runtime = runtime
     try:
         yield
     finally:
-        _starting_a_worker.active = False
+        _starting.runtime = None
 
 
 def kill_and_reap(process: Any) -> None:
@@ -568,7 +595,9 @@ class BytecodeGate:
     compile files) for the spawns that wait together (a generation's workers), and
     again for later ones (a replacement after a crash)."""
 
-    def __init__(self) -> None:
+    def __init__(self, roots: Callable[[], list[str]] = application_roots) -> None:
+        #: the application's directories, where stale bytecode is looked for
+        self._roots = roots
         self._check = BytecodeCheck()
         self._running: anyio.Event | None = None
         self._environment: dict[str, str] = {}
@@ -602,7 +631,7 @@ class BytecodeGate:
         """Check now, in this thread: stale bytecode in the application's directories
         is recompiled from the source, or, where it cannot be, the generation bypasses
         the bytecode cache. Returns the extra environment, and warns once per check."""
-        roots = application_roots()
+        roots = self._roots()
         stale = self._check.stale_sources(roots)
         if self._check.budget_exhausted and not self._budget_warned:
             self._budget_warned = True

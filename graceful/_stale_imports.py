@@ -190,9 +190,9 @@ class ImportSnapshot:
                 now = _identity(os.stat(path))
             except OSError:
                 changed.append(f"{path} (gone)")
-                continue
-            if now != identity or now[4] >= since:
-                changed.append(path)
+            else:
+                if now != identity or now[4] >= since:
+                    changed.append(path)
             if len(changed) >= _NAMED:
                 return changed
         for root, metadata in self.metadata.items():

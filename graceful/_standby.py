@@ -61,8 +61,9 @@ from multiprocess.reduction import ForkingPickler
 
 from . import _processes, _wire
 from ._entry import EntryRef, resolve_entry
-from ._errors import one_line
+from ._errors import name_some, one_line
 from ._logging import logger
+from ._release import Runtime, child_sys_path
 from ._stale_imports import ImportSnapshot
 from ._worker import WorkerBootstrap, WorkerOptions, import_and_run, settle_process
 
@@ -110,6 +111,8 @@ class StandbyBootstrap:
     started_ns: int
     #: it will become a template (preload), not a worker
     template: bool
+    #: the application's ``sys.path`` entries, before the interpreter's own
+    sys_path: list[str]
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ def standby_main(
     settle_process("standby", boot.log_level, boot.options, name=None)
     try:
         warm_up(boot)
-        sys.path[:] = sys_path
+        sys.path[:] = child_sys_path(boot.sys_path, sys_path)
         snapshot = ImportSnapshot.take(boot.started_ns)
         shadowed = snapshot.shadows()
     except BaseException as exc:
@@ -230,8 +233,12 @@ class Standby:
         link: socket.socket,
         control: Any,
         fd_channel: socket.socket | None,
+        *,
+        runtime: Runtime,
     ) -> None:
         self.process = process
+        #: what it was started from: it becomes a process of that release only
+        self.runtime = runtime
         #: (kept: the process object forgets it once closed)
         self.pid: int = process.pid
         self.link = link
@@ -241,8 +248,14 @@ class Standby:
         self.warm = False
 
     async def wait_warm(self) -> str | None:
-        """Wait until it has imported everything: None once it has, else why not."""
+        """Wait until it has imported everything: None once it has, else why not
+        (a standby of a graceful this supervisor cannot speak to, say)."""
         answer = await self._receive()
+        if "hello" in answer:
+            why = _wire.hello_mismatch(answer["hello"], "standby")
+            if why is not None:
+                return why
+            answer = await self._receive()
         if answer.get("warm") is True:
             self.warm = True
             return None
@@ -264,11 +277,11 @@ class Standby:
             return None
         if "stale" in answer:
             stale = answer["stale"]
-            changed = ", ".join(str(item) for item in stale) if isinstance(stale, list) else stale
+            changed = name_some(stale) if isinstance(stale, list) else name_some([stale])
             return f"what it imported changed on disk: {changed}"
         if not answer:
             return "it exited before it answered"
-        return f"it answered {answer!r}"
+        return f"it answered {name_some([repr(answer)])}"
 
     async def wait_exit(self) -> None:
         """Return once it has exited (its link closes as it does)."""
@@ -302,6 +315,12 @@ class Standby:
             self.control.close()
         if self.fd_channel is not None:
             self.fd_channel.close()
+
+
+def _describe_runtime(runtime: Runtime) -> str:
+    if runtime.release is not None:
+        return f"release {runtime.release}"
+    return f"the interpreter {runtime.executable} in {runtime.cwd}"
 
 
 class StandbyKeeper:
@@ -419,19 +438,30 @@ class StandbyKeeper:
         if self._wake is not None:
             self._wake.set()
 
-    async def take(self, assignment: Callable[[], Assignment]) -> Standby | None:
+    async def take(self, assignment: Callable[[], Assignment], runtime: Runtime) -> Standby | None:
         """The warm standby, given the work ``assignment()`` describes (called once it
-        is sure to be sent); None if there is none, or it could not take the work
-        (it is then discarded, and the caller starts the process cold)."""
+        is sure to be sent); None if there is none, it was started from another
+        ``runtime`` (another release), or it could not take the work (it is then
+        discarded, and the caller starts the process cold)."""
         standby = self._standby
         if standby is None or not standby.warm:
             return None
         self._standby = None
-        with anyio.CancelScope(shield=True):
-            if self._watching is not None and self._watch_ended is not None:
-                self._watching.cancel()
-                await self._watch_ended.wait()
-            why = await standby.assign(assignment())
+        try:
+            with anyio.CancelScope(shield=True):
+                if self._watching is not None and self._watch_ended is not None:
+                    self._watching.cancel()
+                    await self._watch_ended.wait()
+                if standby.runtime != runtime:
+                    why: str | None = (
+                        f"it was started from {_describe_runtime(standby.runtime)}; the "
+                        f"service now runs from {_describe_runtime(runtime)}"
+                    )
+                else:
+                    why = await standby.assign(assignment())
+        except BaseException:
+            standby.close()  # whatever failed, it must not outlive its use
+            raise
         if why is None:
             self._failures = 0
             return standby

@@ -10,6 +10,7 @@ releases the PID file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -17,7 +18,9 @@ import types
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import multiprocess
 
+from ._bytecode import application_roots
 from ._control import ControlSocket, control_path
 from ._decisions import Settings, Strategy
 from ._dev import SourceWatcher, Watch, with_paths
@@ -36,7 +39,7 @@ from ._main_script import check_main_guard
 from ._orphan_guard import OrphanGuard
 from ._pidfile import PidFile
 from ._processes import become_subreaper
-from ._release import ReleaseDirectory
+from ._release import ReleaseError, ReleaseLayout
 from ._service import check_supervision
 from ._spawner import BytecodeGate, ProcessFactory, SpawningFactory
 from ._supervisor_loop import ROLLBACK_SIGNAL, SCALE_SIGNALS, SupervisorLoop
@@ -55,11 +58,15 @@ def run_supervisor(
     *,
     health: str | None = None,
     stop_delay: float = 0.0,
+    release_link: str | os.PathLike[str] | None = None,
 ) -> int:
     """Supervise ``service`` in this process; return the exit status.
 
     ``health`` is a listen spec for the health endpoint (``_health.py``);
-    ``stop_delay`` the seconds to keep serving after the first stop request.
+    ``stop_delay`` the seconds to keep serving after the first stop request;
+    ``release_link`` the link that names the release to start workers from
+    (``_release.py``; found among the paths the service was started through when
+    None).
     Configuration errors are logged as one line and give status 2 before anything
     is spawned or left bound.
     """
@@ -74,7 +81,14 @@ def run_supervisor(
         signal.signal(signum, signal.SIG_IGN)
     stop_handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _supervise(service, caller, pid_file, health, stop_delay)
+        return _supervise(
+            service,
+            caller,
+            pid_file=pid_file,
+            health=health,
+            stop_delay=stop_delay,
+            release_link=release_link,
+        )
     finally:
         for signum, handler in stop_handlers.items():
             signal.signal(signum, handler)
@@ -83,9 +97,11 @@ def run_supervisor(
 def _supervise(
     service: Service[Any],
     caller: types.FrameType | None,
+    *,
     pid_file: str | os.PathLike[str] | None,
     health: str | None,
     stop_delay: float,
+    release_link: str | os.PathLike[str] | None,
 ) -> int:
     claimed: PidFile | None = None
     control: ControlSocket | None = None
@@ -103,6 +119,7 @@ def _supervise(
     try:
         entry = entry_ref_for(service, service.function)
         check_main_guard(caller)
+        release = _adopt_release(release_link)
         if pid_file is not None:
             claimed = PidFile.claim(pid_file)
             control = ControlSocket.bind(control_path(claimed.path))
@@ -114,25 +131,18 @@ def _supervise(
             except ConfigError as exc:
                 raise ConfigError(f"health endpoint: {exc}") from None
         check_descriptor_headroom(len(listeners), service.workers)
-        if service.preload and not become_subreaper():
-            raise ConfigError(
-                "preload=True needs this process to become a child subreaper "
-                "(prctl PR_SET_CHILD_SUBREAPER, Linux 3.4 and later), and it could not"
-            )
+        _check_preload(service)
         watch = (
             with_paths(service.watch, [_main_directory()]) if service.watch is not None else None
         )
-    except ConfigError as exc:
+    except (ConfigError, ReleaseError) as exc:
         logger.error("%s", exc)
         clean_up()
         return 2
     loop: SupervisorLoop | None = None
     code = 1
     try:
-        for listener in listeners:
-            logger.info(
-                "listening on %s (listen spec %r)", format_address(listener.address), listener.spec
-            )
+        _announce(listeners, health_listeners, release)
         notifier = Notifier.from_environment()
         settings = Settings(
             workers=service.workers,
@@ -146,14 +156,12 @@ def _supervise(
             preload=service.preload,
             development=service.watch is not None,
         )
-        for listener in health_listeners:
-            logger.info("health endpoint on http://%s/ready", format_address(listener.address))
         terminal = _development_terminal(watch)
         loop = SupervisorLoop(
             settings,
-            _factory(service, entry, listeners),
+            _factory(service, entry, listeners, release),
             listeners=listeners,
-            bytecode=BytecodeGate(),
+            bytecode=BytecodeGate(lambda: application_roots(release.application_directories())),
             pid_file=claimed,
             notifier=notifier,
             start_guard=lambda: OrphanGuard.start(settings.drain_timeout, settings.kill_grace),
@@ -172,12 +180,66 @@ def _supervise(
         return code
     finally:
         clean_up()
+        _end_leftover_children()
         if loop is not None and loop.control is not None:
             loop.control.tell_exit(code)
 
 
+def _adopt_release(release_link: str | os.PathLike[str] | None) -> ReleaseLayout:
+    """The release layout, checked: its interpreter and working directory are there.
+
+    Raises:
+        ConfigError: for a ``release_link`` that is not a link to a directory.
+        ReleaseError: for what is missing.
+    """
+    release = ReleaseLayout.adopt(release_link)
+    release.resolve()
+    return release
+
+
+def _check_preload(service: Service[Any]) -> None:
+    if service.preload and not become_subreaper():
+        raise ConfigError(
+            "preload=True needs this process to become a child subreaper "
+            "(prctl PR_SET_CHILD_SUBREAPER, Linux 3.4 and later), and it could not"
+        )
+
+
+def _announce(
+    listeners: list[BoundListener], health: list[BoundListener], release: ReleaseLayout
+) -> None:
+    """Log where the service listens, its health endpoint and its release link."""
+    for listener in listeners:
+        logger.info(
+            "listening on %s (listen spec %r)", format_address(listener.address), listener.spec
+        )
+    for listener in health:
+        logger.info("health endpoint on http://%s/ready", format_address(listener.address))
+    if release.link is not None:
+        logger.info(
+            "release link %s: each worker starts from the release it names then (now %s)",
+            release.link,
+            release.release(),
+        )
+
+
+def _end_leftover_children() -> None:
+    """Kill and reap whatever multiprocess child is still alive: nothing this
+    supervisor started may hold its exit (multiprocess joins its children at
+    interpreter exit). Each kind of child is stopped by its owner first; this is the
+    net under them, and says so when it catches anything."""
+    for child in multiprocess.active_children():
+        logger.warning("killing %s (PID %s), left running at the stop", child.name, child.pid)
+        with contextlib.suppress(Exception):
+            child.kill()
+            child.join(5)
+
+
 def _factory(
-    service: Service[Any], entry: EntryRef, listeners: list[BoundListener]
+    service: Service[Any],
+    entry: EntryRef,
+    listeners: list[BoundListener],
+    release: ReleaseLayout,
 ) -> ProcessFactory:
     """What starts the workers: a spawn each, or with preload a fork of the
     generation's template."""
@@ -191,7 +253,7 @@ def _factory(
             backend_options=service.backend_options,
             report_only=service.watch is not None,
         ),
-        release=ReleaseDirectory.adopt(),
+        release=release,
         standby=service.standby,
     )
 

@@ -77,9 +77,11 @@ from ._listeners import BoundListener, format_address
 from ._logging import logger
 from ._orphan_guard import OrphanGuard
 from ._pidfile import PidFile
+from ._runtimes import GenerationRuntimes
 from ._spawner import BytecodeGate, ProcessFactory, WorkerProcess
 from ._systemd import Notifier
 from ._timeline import Timelines
+from ._version import PROTOCOL, VERSION, python_version
 from ._watcher import Watcher
 
 #: The signal that asks for a rollback of the generation on probation.
@@ -145,8 +147,14 @@ class SupervisorLoop:
         self._start_guard = start_guard
         self._follow_signals_too = follow_signals
         self.events_in, self._events = anyio.create_memory_object_stream[Event](math.inf)
+        #: what each generation runs (its release, its graceful, its Python)
+        self.runtimes = GenerationRuntimes()
         self.watcher = Watcher(
-            self.events_in, settings.kill_grace, self._stopping_now, self._progress
+            self.events_in,
+            settings.kill_grace,
+            self._stopping_now,
+            self._progress,
+            lambda worker, hello: self.runtimes.hello(worker.generation, worker.release, hello),
         )
         #: the phases of the newest reloads (see ``_timeline.py``)
         self.timelines = Timelines()
@@ -178,6 +186,9 @@ class SupervisorLoop:
         self._started_at = 0.0
         #: a stop was asked for through the control socket
         self._stop_requested = False
+        #: since when no worker accepts connections while a generation serves (the
+        #: loop's clock); None while one does (see :meth:`is_live`)
+        self.unready_since: float | None = None
 
     async def run(self) -> int:
         """Run until the state machine says to exit; return its exit status.
@@ -225,6 +236,7 @@ class SupervisorLoop:
                 self._carry_out(action)
             self._tell_factory_of_ended_generations()
             self.factory.set_quiet(self._quiet())
+            self._note_accepting()
             if self.machine.stop_announced and self._reload_waiters:
                 # asked for before the stop, never to be started
                 for waiter in self._reload_waiters:
@@ -412,8 +424,33 @@ class SupervisorLoop:
         return waiter
 
     def is_ready(self) -> bool:
-        """What ``/ready`` says: a generation serves and no stop was asked for."""
-        return self.machine.serving is not None and not self.machine.stop_announced
+        """What ``/ready`` says: a generation serves, at least one worker accepts
+        connections, and no stop was asked for."""
+        machine = self.machine
+        return machine.serving is not None and not machine.stop_announced and machine.accepting > 0
+
+    def _note_accepting(self) -> None:
+        """Keep :attr:`unready_since` (after every event)."""
+        if self.machine.accepting > 0 or self.machine.serving is None:
+            self.unready_since = None
+        elif self.unready_since is None:
+            self.unready_since = anyio.current_time()
+
+    def is_live(self) -> tuple[bool, str]:
+        """What ``/live`` says, and why: the supervisor answers (this is its event
+        loop), and it has not gone without a worker that accepts connections for
+        longer than ``ready_timeout`` while serving (it cannot start any: a restart of
+        the whole service is the remedy left)."""
+        if self.unready_since is None:
+            return True, "live"
+        without = anyio.current_time() - self.unready_since
+        limit = self.machine.settings.ready_timeout
+        if without <= limit:
+            return True, f"live (no worker accepts connections for {without:.1f}s)"
+        return False, (
+            f"no worker has accepted connections for {without:.1f}s "
+            f"(more than ready_timeout={limit:g}s): {self.machine.status()}"
+        )
 
     def request_stop(self) -> None:
         """Ask for a stop, as the first SIGTERM does. Unlike a second SIGTERM, a second
@@ -434,6 +471,7 @@ class SupervisorLoop:
             Role.RESUMING: "resuming",
         }
         generations = []
+        self.runtimes.forget(set(machine.generations))
         for generation in sorted(machine.generations.values(), key=lambda g: g.number):
             workers = []
             for worker in sorted(machine.workers.values(), key=lambda w: w.serial):
@@ -461,6 +499,8 @@ class SupervisorLoop:
                     # workers started after the generation (crash replacements,
                     # scaling) imported the code on disk at their own start
                     "may_be_mixed": generation.late_spawns > 0 and not machine.settings.preload,
+                    # its release directory, interpreter, graceful and Python versions
+                    **self.runtimes.describe(generation.number),
                     "workers": workers,
                 }
             )
@@ -470,6 +510,9 @@ class SupervisorLoop:
         probation, rejected = machine.probation, machine.rejected
         return {
             "pid": os.getpid(),
+            "graceful": VERSION,
+            "protocol": PROTOCOL,
+            "python": python_version(),
             "uptime": round(now - self._started_at, 3),
             "state": "stopping" if machine.stop_announced else "running",
             "status": machine.status(),

@@ -50,11 +50,13 @@ import anyio
 import multiprocess.connection
 
 from . import _processes, _wire
+from ._boot import start_template, wrap
 from ._decisions import SpawnWorker
 from ._entry import EntryRef
 from ._errors import ConfigError, GracefulError, one_line
 from ._listeners import Address, BoundListener
 from ._logging import logger, start_failures_logged
+from ._release import ReleaseLayout, Runtime
 from ._spawner import (
     ChildWorker,
     SpawningFactory,
@@ -221,11 +223,9 @@ def _become_worker(boot: TemplateBootstrap, worker_id: int, fds: list[int]) -> N
             main=boot.main,
         )
         settle_process(f"gen {boot.generation} worker {worker_id}", boot.log_level, boot.options)
-        run_worker(
-            worker,
-            _wire.ControlChannel(multiprocess.connection.Connection(control_fd)),
-            socket.socket(fileno=channel_fd),
-        )
+        control = _wire.ControlChannel(multiprocess.connection.Connection(control_fd))
+        control.send(_wire.own_hello())
+        run_worker(worker, control, socket.socket(fileno=channel_fd))
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -244,8 +244,12 @@ def _become_worker(boot: TemplateBootstrap, worker_id: int, fds: list[int]) -> N
 class Template:
     """A generation's template process, as the supervisor sees it."""
 
-    def __init__(self, generation: int, process: Any, forks: socket.socket) -> None:
+    def __init__(
+        self, generation: int, process: Any, forks: socket.socket, release: str | None
+    ) -> None:
         self.generation = generation
+        #: the release directory it was started from
+        self.release = release
         self.process = process
         self.forks = forks
         self._lock = anyio.Lock()
@@ -270,9 +274,16 @@ class Template:
                 self._check_open()
                 if not self._imported and self._failure is None:
                     answer = await self._receive()
+                    if "hello" in answer:
+                        self._failure = _wire.hello_mismatch(answer["hello"], "template")
+                        if self._failure is None:
+                            answer = await self._receive()
+                        else:
+                            self.kill()
+                            answer = {}
                     if answer.get("imported") is True:
                         self._imported = True
-                    else:
+                    elif self._failure is None:
                         self._failure = str(answer.get("failed", answer))
         finally:
             self._close_if_stopping()
@@ -437,7 +448,7 @@ class TemplateFactory(SpawningFactory):
         entry: EntryRef,
         listeners: list[BoundListener],
         options: WorkerOptions,
-        release: Any,
+        release: ReleaseLayout,
         *,
         standby: bool = True,
     ) -> None:
@@ -452,13 +463,14 @@ class TemplateFactory(SpawningFactory):
 
     async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
         self.collect_exited()
+        runtime = self.release.resolve()
         if spawn.generation in self._ended:
             raise TemplateFailed(f"generation {spawn.generation} has ended: no more workers")
         async with self._starting:
             template = self._templates.get(spawn.generation)
             if template is None:
                 template = self._templates[spawn.generation] = await self._start_template(
-                    spawn.generation, environment
+                    spawn.generation, environment, runtime
                 )
         await template.wait_imported()
         with contextlib.ExitStack() as on_failure:
@@ -480,33 +492,37 @@ class TemplateFactory(SpawningFactory):
             pidfd=pidfd,
             fd_channel=fd_channel,
             listeners=self.listeners,
+            release=template.release,
         )
 
-    async def _start_template(self, generation: int, environment: dict[str, str]) -> Template:
-        """Generation ``generation``'s template: the warm standby if it can take the
-        work, else a new process."""
+    async def _start_template(
+        self, generation: int, environment: dict[str, str], runtime: Runtime
+    ) -> Template:
+        """Generation ``generation``'s template, from ``runtime``: the warm standby if
+        it can take the work, else a new process."""
         standby = await self.take_standby(
             environment,
-            lambda: Assignment(self.working_directory(), template=self._bootstrap(generation)),
+            runtime,
+            lambda: Assignment(runtime.cwd, template=self._bootstrap(generation, runtime)),
         )
         if standby is not None:
-            return Template(generation, standby.process, standby.link)
+            return Template(generation, standby.process, standby.link, runtime.release)
         forks, child_forks = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         forks.setblocking(False)
         with child_forks:
             process = self._context.Process(
-                target=template_main,
-                args=(self._bootstrap(generation), child_forks),
+                target=start_template,
+                args=(wrap(self._bootstrap(generation, runtime)), child_forks),
                 name=f"graceful gen {generation} template",
             )
             try:
-                self.start_process(process, environment)
+                self.start_process(process, environment, runtime)
             except BaseException:
                 forks.close()
                 raise
-        return Template(generation, process, forks)
+        return Template(generation, process, forks, runtime.release)
 
-    def _bootstrap(self, generation: int) -> TemplateBootstrap:
+    def _bootstrap(self, generation: int, runtime: Runtime) -> TemplateBootstrap:
         return TemplateBootstrap(
             entry=self.entry,
             generation=generation,
@@ -514,7 +530,7 @@ class TemplateFactory(SpawningFactory):
             listeners=[(item.spec, item.address) for item in self.listeners],
             options=self.options,
             log_level=logger.getEffectiveLevel(),
-            main=main_script(),
+            main=main_script(runtime),
         )
 
     def start_standby(self) -> Standby:

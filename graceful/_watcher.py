@@ -46,10 +46,13 @@ class Watcher:
         kill_grace: float,
         stopping_now: Callable[[], bool],
         progress: Callable[[WorkerProcess, str], None] = lambda worker, phase: None,
+        hello: Callable[[WorkerProcess, _wire.Hello], str | None] = lambda worker, hello: None,
     ) -> None:
         self.events = events
         #: told when a worker reaches a phase of its start (``_timeline.py``)
         self._progress = progress
+        #: told what a worker runs (``_runtimes.py``); a cause means it is refused
+        self._hello = hello
         self.kill_grace = kill_grace
         #: True once the service stops at once: sweeps kill without waiting
         self._stopping_now = stopping_now
@@ -100,7 +103,12 @@ class Watcher:
                     return
 
     def _forward(self, worker: WorkerProcess, item: _wire.Received) -> None:
-        if isinstance(item, _wire.Progress):
+        if isinstance(item, _wire.Hello):
+            refused = self._hello(worker, item)
+            if refused is not None:
+                self.events.send_nowait(WorkerFailed(worker.serial, refused))
+                worker.kill()
+        elif isinstance(item, _wire.Progress):
             self._progress(worker, item.phase)
         elif isinstance(item, _wire.Ready):
             self._progress(worker, "ready")

@@ -3,7 +3,8 @@
 Two channels connect them:
 
 * a control channel for small messages in both directions (worker to supervisor:
-  :class:`Ready`, :class:`Failed`, :class:`Broken`, :class:`Progress`; supervisor to worker:
+  :class:`Hello` first, then :class:`Ready`, :class:`Failed`, :class:`Broken`,
+  :class:`Progress`; supervisor to worker:
   :class:`Shutdown`, :class:`Park`, :class:`Resume`). It is
   a ``multiprocessing.Pipe(duplex=True)`` (a unix stream socketpair), on which each
   message is one line of JSON. Each side reads it without blocking, so a peer that
@@ -48,6 +49,26 @@ _READ_SIZE = 16384
 
 #: What the start of every message looks like: ``[`` and printable ASCII.
 _MESSAGE_START = re.compile(rb"(\[[\x20-\x7e]*)?")
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The first message of every child: the graceful ``version`` and ``protocol`` it
+    runs (see ``_version.py``), on which Python (``python``, ``executable``).
+
+    On the wire: ``["hello", {"graceful": ..., "protocol": N, "python": ...,
+    "executable": ...}]``, the same in every protocol; keys a supervisor does not
+    know are ignored, so later versions may add some.
+    """
+
+    graceful: str
+    protocol: int
+    python: str = "?"
+    executable: str = "?"
+
+
+#: The longest string field of a :class:`Hello` that is kept.
+_HELLO_FIELD_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -122,7 +143,7 @@ class ProtocolError:
     detail: str
 
 
-Message: TypeAlias = Ready | Failed | Broken | Progress | Shutdown | Park | Resume
+Message: TypeAlias = Hello | Ready | Failed | Broken | Progress | Shutdown | Park | Resume
 Received: TypeAlias = Message | PeerGone | ProtocolError
 
 
@@ -136,7 +157,9 @@ class Connection(Protocol):
 def encode(message: Message) -> bytes:
     """One message as the line of JSON that travels on the channel."""
     fields: list[Any]
-    if isinstance(message, Ready):
+    if isinstance(message, Hello):
+        fields = ["hello", hello_fields(message)]
+    elif isinstance(message, Ready):
         fields = ["ready", "parkable"] if message.parkable else ["ready"]
     elif isinstance(message, Failed | Broken):
         # At most 6 bytes per character once escaped: 600 fit in MAX_MESSAGE_BYTES.
@@ -169,6 +192,8 @@ def decode(line: bytes) -> Message:
         raise ValueError(f"nested too deep: {_preview(line)}") from None
     if isinstance(fields, list) and fields:
         kind = fields[0]
+        if kind == "hello" and len(fields) == 2 and isinstance(fields[1], dict):
+            return _hello(fields[1], line)
         if kind == "ready" and len(fields) == 1:
             return Ready()
         if kind == "ready" and fields[1:] == ["parkable"]:
@@ -184,6 +209,51 @@ def decode(line: bytes) -> Message:
         if kind == "resume" and len(fields) == 1:
             return Resume()
     raise ValueError(f"unknown message {_preview(line)}")
+
+
+def hello_fields(hello: Hello) -> dict[str, Any]:
+    """The JSON object of a :class:`Hello` (also written by hand in ``_boot.py``)."""
+    return {
+        "graceful": hello.graceful,
+        "protocol": hello.protocol,
+        "python": hello.python,
+        "executable": hello.executable[:_HELLO_FIELD_CHARS],
+    }
+
+
+def own_hello() -> Hello:
+    """This process's :class:`Hello`."""
+    import sys  # noqa: PLC0415
+
+    from ._version import PROTOCOL, VERSION, python_version  # noqa: PLC0415
+
+    return Hello(VERSION, PROTOCOL, python_version(), sys.executable[:_HELLO_FIELD_CHARS])
+
+
+def hello_mismatch(fields: object, role: str) -> str | None:
+    """For the ``hello`` datagram of a standby or a template (``fields``, its JSON
+    object): None if the supervisor can speak to it, else why not, in one line."""
+    from ._version import mismatch  # noqa: PLC0415 - (imports nothing)
+
+    if not isinstance(fields, dict):
+        return f"the {role} sent a malformed hello"
+    try:
+        hello = _hello(fields, b"")
+    except ValueError:
+        return f"the {role} sent a hello without a protocol number"
+    return mismatch(hello.graceful, hello.protocol, role)
+
+
+def _hello(fields: dict[str, Any], line: bytes) -> Hello:
+    protocol = fields.get("protocol")
+    if not isinstance(protocol, int) or isinstance(protocol, bool):
+        raise ValueError(f"a hello without a protocol number: {_preview(line)}")
+
+    def text(key: str) -> str:
+        value = fields.get(key)
+        return printable(value[:_HELLO_FIELD_CHARS]) if isinstance(value, str) else "?"
+
+    return Hello(text("graceful"), protocol, text("python"), text("executable"))
 
 
 def _is_seconds(value: object) -> bool:

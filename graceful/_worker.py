@@ -49,6 +49,7 @@ from ._errors import ConfigError, one_line
 from ._listeners import Address, Listener
 from ._logging import ensure_visible, logger, report_start_failures_only, start_failures_logged
 from ._processes import WORKER_NAME
+from ._release import child_sys_path
 from ._shutdown import ShutdownRequest, drain_on_sigterm, follow_supervisor
 from ._tasks import run_beside
 
@@ -56,10 +57,13 @@ from ._tasks import run_beside
 @dataclass(frozen=True)
 class MainScript:
     """The script the user ran, for the worker to import as ``__mp_main__``: by
-    ``module`` name (``python -m``) or by ``path``; neither for none."""
+    ``module`` name (``python -m``) or by ``path``; neither for none. ``sys_path``
+    is the application's ``sys.path`` entries, in the release the worker is started
+    from, which go before its interpreter's own (``_release.py``)."""
 
     module: str | None
     path: str | None
+    sys_path: list[str]
 
 
 @dataclass(frozen=True)
@@ -213,8 +217,10 @@ def run_worker(
 
 def import_main_script(main: MainScript) -> None:
     """Import the script the user ran, fresh from disk, as ``__mp_main__`` (also
-    ``__main__``), the way multiprocess's spawn would have. While it runs,
-    ``Service.run()`` refuses to start a supervisor (an unguarded call)."""
+    ``__main__``), the way multiprocess's spawn would have, with the application's
+    ``sys.path`` entries first. While it runs, ``Service.run()`` refuses to start a
+    supervisor (an unguarded call)."""
+    sys.path[:] = child_sys_path(main.sys_path, sys.path)
     current = multiprocess.current_process()
     current._inheriting = True
     try:

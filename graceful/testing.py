@@ -109,6 +109,7 @@ class ServiceProcess:
         pass_fds: Sequence[int] = (),
         wrapper: Sequence[str] = (),
         on_line: Callable[[str], None] | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
         """Start ``python script ARGS`` now, in ``cwd`` (default: the script's
         directory), and return without waiting for anything. A relative ``script``
@@ -122,7 +123,10 @@ class ServiceProcess:
         with the marker variable and a ``PYTHONPATH`` under which the service
         imports this same graceful. ``pass_fds`` stay open in the service.
         ``on_line`` is called with each log line (without its newline) as it is
-        read, from the reader thread.
+        read, from the reader thread. ``command`` runs that command (then ``ARGS``)
+        instead of ``python script``, as a user's shell or service manager would
+        (a console script, another interpreter): ``script`` then only sets the
+        default ``cwd``.
 
         Raises what :class:`subprocess.Popen` raises if the command cannot start.
         """
@@ -139,7 +143,9 @@ class ServiceProcess:
             # (keeping symlinks, as a user's command line does)
             script = Path(os.path.abspath(script))
             cwd = script.parent
-        if module is not None:
+        if command is not None:
+            command = list(command)
+        elif module is not None:
             command = [sys.executable, "-m", module]
         elif stdin_script:
             command = [sys.executable, "-"]

@@ -30,6 +30,7 @@ from harness import ServiceProcess, ask, connect, poll_until
 from services import service_source
 
 from graceful import Control, _standby
+from graceful._release import Runtime
 from graceful._stale_imports import CLOCK_MARGIN_NS, ImportSnapshot
 from graceful.testing import is_alive, process_name
 
@@ -373,6 +374,30 @@ def test_an_import_snapshot_notices_a_changed_module_and_new_metadata(
         sys.modules.pop(snapshot_probe.__name__, None)
 
 
+def test_an_import_snapshot_names_at_most_a_few_deleted_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release deleted under a standby: what it says stays one short line."""
+    root = tmp_path / "site"
+    root.mkdir()
+    names = [f"deleted_probe_{index}" for index in range(40)]
+    for name in names:
+        (root / f"{name}.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(root))
+    started = time.time_ns() + 2 * CLOCK_MARGIN_NS
+    for name in names:
+        importlib.import_module(name)
+    try:
+        snapshot = ImportSnapshot.take(started)
+        shutil.rmtree(root)
+        changes = snapshot.changes()
+        assert len(changes) == 3, changes
+        assert all(change.endswith(" (gone)") for change in changes)
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
+
+
 @pytest.mark.parametrize("standby", [True, False])
 def test_status_shows_the_standby_and_the_last_reloads_phases_in_order(
     tmp_path: Path, standby: bool
@@ -463,7 +488,16 @@ def test_an_assignment_says_why_a_standby_did_not_take_it(
     class Process:
         pid = os.getpid()
 
-    standby = _standby.Standby(Process(), ours, None, None)
+    runtime = Runtime(
+        release=None,
+        executable=sys.executable,
+        cwd=os.getcwd(),
+        app_path=[],
+        argv0="",
+        main_path=None,
+        original_dir=None,
+    )
+    standby = _standby.Standby(Process(), ours, None, None, runtime=runtime)
 
     def play() -> None:
         theirs.recv(65536)

@@ -43,6 +43,7 @@ class StandIn:
         self.serial = spawn.serial
         self.generation = spawn.generation
         self.worker_id = spawn.worker_id
+        self.release: str | None = None
         ours, theirs = socket.socketpair()
         self.channel = _wire.ControlChannel(ours)
         #: the worker's own end

@@ -1,0 +1,79 @@
+"""What each generation runs: its release, its interpreter, its graceful.
+
+Every child says ``hello`` first (``_wire.Hello``: its graceful version and
+protocol, its Python), and the factory records the release directory it started
+it from. :class:`GenerationRuntimes` keeps that per generation for ``graceful
+status``, refuses a child whose protocol is not the supervisor's (one line naming
+both versions, see ``_version.py``), and says once per generation when it runs
+another graceful than the supervisor ("generation 5 runs graceful 0.2.1 under
+supervisor 0.2.0").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._logging import logger
+from ._version import PROTOCOL, VERSION, mismatch
+from ._wire import Hello
+
+
+@dataclass
+class GenerationRuntime:
+    """What a generation's workers said they run (the first worker to say it)."""
+
+    release: str | None
+    graceful: str | None = None
+    protocol: int | None = None
+    python: str | None = None
+    interpreter: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "release": self.release,
+            "graceful": self.graceful,
+            "protocol": self.protocol,
+            "python": self.python,
+            "interpreter": self.interpreter,
+        }
+
+
+class GenerationRuntimes:
+    """The runtimes of the generations that have started workers."""
+
+    def __init__(self) -> None:
+        self._generations: dict[int, GenerationRuntime] = {}
+
+    def hello(self, generation: int, release: str | None, hello: Hello) -> str | None:
+        """A worker of ``generation``, started from ``release``, said ``hello``: None
+        if the supervisor can speak to it, else the one line why not (the worker is
+        then to be failed)."""
+        refused = mismatch(hello.graceful, hello.protocol, "worker")
+        if refused is not None:
+            return refused
+        known = self._generations.get(generation)
+        if known is None or known.graceful is None:
+            self._generations[generation] = GenerationRuntime(
+                release, hello.graceful, hello.protocol, hello.python, hello.executable
+            )
+            if hello.graceful != VERSION:
+                logger.info(
+                    "generation %d runs graceful %s under supervisor %s (protocol %d)",
+                    generation,
+                    hello.graceful,
+                    VERSION,
+                    PROTOCOL,
+                )
+        return None
+
+    def describe(self, generation: int) -> dict[str, Any]:
+        """For ``graceful status``: what ``generation`` runs (None where unknown)."""
+        known = self._generations.get(generation, GenerationRuntime(None))
+        return known.describe()
+
+    def forget(self, keep: set[int]) -> None:
+        """Forget the generations not in ``keep`` (they are gone)."""
+        for number in list(self._generations):
+            if number not in keep:
+                del self._generations[number]

@@ -1,0 +1,49 @@
+"""graceful's version, and the version of the contract between its processes.
+
+A running supervisor spawns children that import graceful from disk, which may be
+another install by then (a ``pip install -U``, a new release directory). What
+crosses between them is a contract between versions (see the design notes, "The
+version contract"):
+
+* the boot entries, ``graceful._boot.start_worker``, ``start_standby`` and
+  ``start_template``, with their arguments;
+* the bootstrap each is given: :data:`BOOTSTRAP_HEADER`, then the pickled
+  bootstrap of that protocol;
+* the wire messages (``_wire.py``), the first of which, ``hello``, is the same in
+  every protocol: it says which graceful and which protocol the child runs.
+
+:data:`PROTOCOL` changes whenever any of these does (a bootstrap's fields
+included: ``tests/test_version_contract.py`` pins them), and a supervisor
+refuses, with one line, a child whose protocol is not its own. This module imports
+nothing but ``sys``: the boot entries read it before anything else.
+"""
+
+import sys
+
+#: graceful's version (the package's metadata is read from here).
+VERSION = "0.1.0"
+
+#: The version of the contract between a supervisor and the processes it starts.
+#: 1 was graceful before the contract was written down (no hello).
+PROTOCOL = 2
+
+#: What every bootstrap starts with, before its pickle.
+BOOTSTRAP_HEADER = b"graceful-bootstrap/%d\n" % PROTOCOL
+
+
+def python_version() -> str:
+    """This interpreter's version, as ``3.11.7``."""
+    return ".".join(str(part) for part in sys.version_info[:3])
+
+
+def mismatch(graceful: str, protocol: int, role: str) -> str | None:
+    """None if a child (a ``role``: "worker", "standby", "template") that runs
+    ``graceful`` with ``protocol`` can be spoken to; else the one line that says
+    why not and what to do."""
+    if protocol == PROTOCOL:
+        return None
+    return (
+        f"the {role} runs graceful {graceful} (protocol {protocol}), which this "
+        f"supervisor (graceful {VERSION}, protocol {PROTOCOL}) cannot speak to: restart "
+        f"the service to run graceful {graceful}"
+    )
