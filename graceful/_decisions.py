@@ -1136,6 +1136,8 @@ class SupervisorStateMachine:
             if worker in ready:
                 worker.state = WorkerState.PARKED
                 self._actions.append(ParkWorker(serial, self.settings.drain_timeout))
+            elif worker in parked:
+                continue  # parked by the rollout as it replaced it: kept for the rollback
             elif not worker.killed:
                 self._drain(worker)  # a replacement still starting: not worth keeping
         self.probation = Probation(
@@ -1570,8 +1572,13 @@ class SupervisorStateMachine:
         # reported just before the worker exits: its exit is described by it
         worker.cause = cause
         if worker.state is WorkerState.PARKED:
-            # it gave up its park: it cannot be resumed, and it gets kill_grace to go
+            # it gave up its park: it cannot be resumed, and it gets kill_grace to go;
+            # its slot is free at once (a refill takes its id, see _release)
             worker.state = WorkerState.DRAINING
+            generation = self.generations[worker.generation]
+            if generation.slots.get(worker.worker_id) == serial:
+                del generation.slots[worker.worker_id]
+                generation.leaving.add(serial)
             self._log(
                 logging.WARNING, f"parked {self._describe(worker)} cannot be resumed: {cause}"
             )

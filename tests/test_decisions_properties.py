@@ -77,11 +77,21 @@ class SupervisorWorld(RuleBasedStateMachine):
 
     def send(self, event: Event) -> list[Action]:
         before_exit = bool(self.exit_codes)
+        parked_before = {n for n, g in self.sm.generations.items() if g.role is Role.PARKED}
         actions = self.sm.handle(event, self.now)
         if before_exit:
             assert actions == [], f"{event} after Exit gave {actions}"
         for action in actions:
             self.check_action(action)
+        for number, generation in self.sm.generations.items():
+            if generation.role is Role.PARKED and number not in parked_before:
+                # a generation announced as parked has workers parked for the rollback
+                kept = [
+                    self.sm.workers[serial]
+                    for serial in generation.slots.values()
+                    if self.sm.workers[serial].state is WorkerState.PARKED
+                ]
+                assert kept, f"generation {number} parked with no parked worker after {event}"
         return actions
 
     def check_action(self, action: Action) -> None:

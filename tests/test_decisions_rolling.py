@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import pytest
+
 from test_decisions import SETTINGS, Sim, messages, of_type, shut_down, spawned, timers
 
 from graceful._decisions import (
@@ -29,6 +31,7 @@ from graceful._decisions import (
     StopRequested,
     Strategy,
     WorkerExited,
+    WorkerFailed,
     WorkerReady,
     WorkerState,
 )
@@ -217,6 +220,45 @@ def test_with_preload_and_probation_a_rollout_still_parks_for_the_rollback() -> 
     new = spawned(sim.send(ReloadRequested()))
     actions = sim.send(WorkerReady(new[0], parkable=True))
     assert len(parked(actions)) == 1
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_a_rolling_reload_with_probation_keeps_the_workers_it_parked_for_the_rollback(
+    preload: bool,
+) -> None:
+    sim, old = serving(dataclasses.replace(ROLLING, probation=30.0, preload=preload))
+    new = spawned(sim.send(ReloadRequested()))
+    parked_so_far: list[int] = []
+    while len(new) <= len(old):
+        actions = sim.send(WorkerReady(new[-1], parkable=True))
+        parked_so_far += parked(actions)
+        assert shut_down(actions) == set(), "a worker parked for the rollback was drained"
+        new += spawned(actions)
+        if sim.machine.serving == 2:
+            break
+    assert sim.machine.serving == 2
+    assert sorted(parked_so_far) == sorted(old)
+    assert all(sim.machine.workers[serial].state is WorkerState.PARKED for serial in old)
+    # the new code crashes during its probation: every parked worker resumes
+    actions = sim.send(WorkerExited(new[0], 1))
+    assert sorted(action.serial for action in of_type(actions, ResumeWorker)) == sorted(old)
+
+
+def test_a_parked_worker_that_gives_up_its_park_frees_its_id_for_the_refill() -> None:
+    """Found by the property test: the refill after a failed rollout took id 2 of a
+    2-worker generation while the worker that gave up its park still drained in id 1."""
+    sim, old = serving(dataclasses.replace(ROLLING, workers=2))
+    new = spawned(sim.send(ReloadRequested()))
+    actions = sim.send(WorkerReady(new[0], parkable=True))
+    [gave_up] = parked(actions)
+    new += spawned(actions)
+    sim.send(WorkerFailed(gave_up, "cannot park"))
+    actions = sim.send(WorkerExited(new[0], 0))  # the rollout fails
+    slot = sim.machine.workers[gave_up].worker_id
+    assert timers(actions, RestartDue) == [(SETTINGS.backoff_initial, RestartDue(1, slot))]
+    refill = spawned(sim.send(RestartDue(1, slot)))
+    assert [sim.machine.workers[serial].worker_id for serial in refill] == [slot]
+    assert sorted(sim.machine.generations[1].slots) == [0, 1]
 
 
 def test_scaling_down_then_up_while_a_worker_drains_keeps_ids_below_the_count() -> None:

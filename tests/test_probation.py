@@ -490,3 +490,44 @@ def test_new_code_that_crashes_as_soon_as_it_is_ready_is_rolled_back_too(
         assert_answered_by(since, [old], clients=20)
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
+
+
+@pytest.mark.parametrize("preload", ["0", "1"])
+def test_a_rolling_reload_with_probation_keeps_its_parked_workers_for_the_rollback(
+    tmp_path: Path, preload: str
+) -> None:
+    """Each old worker the rollout parked stays parked through the probation, and a
+    rollback resumes them all (it drained them all before, and could not roll back)."""
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(
+        tmp_path / "svc.py", prefix="old", before_serve=PID_IN_PREFIX, pid_file=pid_file
+    )
+    settings = env(tmp_path, STRATEGY="rolling", PRELOAD=preload)
+    with running(script, env=settings) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        old = sorted(w["pid"] for w in Control(pid_file).status()["generations"][0]["workers"])
+        with Load(svc.address(), clients=16) as load:
+            more_answers(load, 100)
+            script.write_text(
+                service_source(prefix="new", before_serve=PID_IN_PREFIX, pid_file=pid_file)
+            )
+            result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+            assert result.returncode == 0, result.stderr
+            status = Control(pid_file).status()
+            [parked] = [g for g in status["generations"] if g["generation"] == 1]
+            assert parked["state"] == "parked"
+            assert [w["state"] for w in parked["workers"]] == ["parked", "parked"]
+            assert sorted(w["pid"] for w in parked["workers"]) == old
+            [serving] = [g for g in status["generations"] if g["generation"] == 2]
+            new_pids = [w["pid"] for w in serving["workers"]]
+            mark = svc.mark()
+            rolled = graceful_cli("rollback", "--pid-file", str(pid_file))
+            assert rolled.returncode == 0, rolled.stderr
+            svc.wait_for(r"rolled back: generation 1 serves again", after=mark)
+            poll_until(lambda: not any(is_alive(pid) for pid in new_pids), 20, "generation 2 gone")
+            since = more_answers(load, 500)
+        assert load.tally.failed == 0, load.tally.as_dict()
+        assert_answered_by(since, old, clients=16)
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
