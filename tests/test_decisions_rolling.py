@@ -11,7 +11,6 @@ import dataclasses
 import logging
 
 import pytest
-
 from test_decisions import SETTINGS, Sim, messages, of_type, shut_down, spawned, timers
 
 from graceful._decisions import (
