@@ -246,7 +246,7 @@ def test_a_rolling_reload_with_probation_keeps_the_workers_it_parked_for_the_rol
 def test_a_parked_worker_that_gives_up_its_park_frees_its_id_for_the_refill() -> None:
     """Found by the property test: the refill after a failed rollout took id 2 of a
     2-worker generation while the worker that gave up its park still drained in id 1."""
-    sim, old = serving(dataclasses.replace(ROLLING, workers=2))
+    sim, _ = serving(dataclasses.replace(ROLLING, workers=2))
     new = spawned(sim.send(ReloadRequested()))
     actions = sim.send(WorkerReady(new[0], parkable=True))
     [gave_up] = parked(actions)
