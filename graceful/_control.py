@@ -65,7 +65,7 @@ from ._decisions import ReloadOutcome, RollbackEnded, ScaleEnded
 from ._errors import ConfigError, GracefulError
 from ._logging import logger
 from ._pidfile import supervisor_pidfd
-from ._tasks import BoundedReaders, serve_connections
+from ._tasks import BoundedReaders, connection_limit, serve_connections
 
 PROTOCOL_VERSION = 1
 #: The longest request line read, in bytes.
@@ -75,6 +75,10 @@ REQUEST_TIMEOUT = 5.0
 #: At most this many control connections wait for their request at once (``--wait``
 #: clients, which only wait for an answer, do not count); a new one closes the oldest.
 MAX_CONNECTIONS = 32
+#: At most this many control connections are open at once, waiting for an answer
+#: included (fewer under a low descriptor limit: see ``connection_limit``); more wait
+#: in the socket's backlog, where clients retry within their timeout.
+MAX_OPEN_CONNECTIONS = 128
 #: ``struct ucred``: pid, uid, gid.
 _UCRED = struct.Struct("3i")
 
@@ -171,6 +175,38 @@ def _answers(path: str) -> bool:
 _MAX_SOCKET_PATH = 107
 
 
+def _connect_retrying(sock: socket.socket, address: str, deadline: float | None) -> None:
+    """Connect ``sock`` to ``address``; while the supervisor's backlog is full (a
+    busy supervisor: ``EAGAIN``), try again until ``deadline`` (monotonic; None: for
+    ever).
+
+    Raises:
+        TimeoutError: once ``deadline`` has passed.
+        OSError: for any other failure.
+    """
+    pause = 0.005
+    while True:
+        try:
+            sock.connect(address)
+            return
+        except BlockingIOError:
+            if deadline is not None and time.monotonic() + pause >= deadline:
+                raise TimeoutError("the supervisor's control socket stayed busy") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+
+def _refused_by_mode(path: str) -> str:
+    """What a user that may not open the control socket at ``path`` is told."""
+    uid = os.geteuid()
+    try:
+        owner: int | None = os.stat(path).st_uid
+    except OSError:
+        owner = None
+    only = f"only uid {owner} and root may" if owner is not None else "only its owner may"
+    return f"refused: uid {uid} may not control this supervisor ({only}; {path} is mode 0600)"
+
+
 @contextlib.contextmanager
 def _short_path(path: str) -> Iterator[str]:
     """``path``, or, where it is too long for a unix socket address, the same file
@@ -239,7 +275,13 @@ class ControlServer:
 
     async def serve(self, tasks: TaskGroup) -> None:
         """Serve connections in ``tasks`` until cancelled."""
-        await serve_connections(self.sock, tasks, self._handle, "control socket")
+        await serve_connections(
+            self.sock,
+            tasks,
+            self._handle,
+            "control socket",
+            limit=connection_limit(MAX_OPEN_CONNECTIONS),
+        )
 
     async def _handle(self, stream: SocketStream) -> None:
         keep_open = False
@@ -511,17 +553,24 @@ class Control:
         if pidfd is not None:
             os.close(pidfd)
         path = control_path(self.pid_file)
+        deadline = None if timeout is None else time.monotonic() + timeout
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.settimeout(timeout)
         try:
             with _short_path(path) as address:
-                sock.connect(address)
+                _connect_retrying(sock, address, deadline)
         except FileNotFoundError:
             sock.close()
             raise GracefulError(
                 f"supervisor {pid} has no control socket at {path!r} "
                 "(a graceful older than the control socket?)"
             ) from None
+        except PermissionError:
+            sock.close()
+            raise GracefulError(_refused_by_mode(path)) from None
+        except TimeoutError:
+            sock.close()
+            raise
         except OSError as exc:
             sock.close()
             raise GracefulError(f"cannot connect to {path!r}: {exc.strerror or exc}") from None

@@ -35,7 +35,7 @@ from anyio.abc import SocketStream, TaskGroup
 
 from ._decisions import ReloadOutcome, WorkerState
 from ._logging import logger
-from ._tasks import BoundedReaders, serve_connections
+from ._tasks import BoundedReaders, connection_limit, serve_connections
 
 #: The longest request head read, in bytes, and how long a client may take to send it.
 MAX_REQUEST_BYTES = 8192
@@ -44,6 +44,9 @@ REQUEST_TIMEOUT = 5.0
 #: closes the oldest. The supervisor's descriptors are what it starts workers with:
 #: clients that connect and send nothing must not use them up, nor delay a probe.
 MAX_CONNECTIONS = 32
+#: At most this many health connections are open at once; more wait in the socket's
+#: backlog. (Above :data:`MAX_CONNECTIONS`, so that a prompt probe is read at once.)
+MAX_OPEN_CONNECTIONS = 128
 
 _REASONS = {
     200: "OK",
@@ -172,7 +175,13 @@ class HealthServer:
 
     async def serve(self, tasks: TaskGroup) -> None:
         """Serve connections in ``tasks`` until cancelled."""
-        await serve_connections(self.sock, tasks, self._handle, "health endpoint")
+        await serve_connections(
+            self.sock,
+            tasks,
+            self._handle,
+            "health endpoint",
+            limit=connection_limit(MAX_OPEN_CONNECTIONS),
+        )
 
     async def _handle(self, stream: SocketStream) -> None:
         try:

@@ -4,12 +4,14 @@ that a failure reads as its real cause, and a bound on connections being read.""
 from __future__ import annotations
 
 import contextlib
+import math
+import resource
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import anyio
-from anyio.abc import SocketListener, SocketStream, TaskGroup
+from anyio.abc import SocketStream, TaskGroup, UNIXSocketStream
 
 from ._logging import logger
 
@@ -62,20 +64,72 @@ async def serve_connections(
     tasks: TaskGroup,
     handle: Callable[[SocketStream], Coroutine[Any, Any, None]],
     what: str,
+    *,
+    limit: int,
 ) -> None:
     """Accept on the listening ``sock`` forever, running ``handle(stream)`` in
-    ``tasks`` for each connection. Running out of descriptors (or any other failed
-    ``accept()``) is logged, naming ``what``, and retried a little later."""
+    ``tasks`` for each connection, with at most ``limit`` connections open at once
+    (more wait in the socket's backlog, where clients retry within their timeout:
+    the supervisor's descriptors are what it starts workers with).
+
+    A failed ``accept()`` (running out of descriptors, which anyio would report as a
+    broken resource) is logged, naming ``what``, at most every
+    :data:`_ACCEPT_WARNING_INTERVAL` seconds, and retried a little later: it never
+    ends the loop."""
     sock.setblocking(False)
-    listener: SocketListener = await SocketListener.from_socket(sock)
-    while True:
+    unix = sock.family == socket.AF_UNIX
+    open_now = 0
+    freed = anyio.Event()
+    warned_at = -math.inf
+
+    async def run(conn: socket.socket) -> None:
+        nonlocal open_now
         try:
-            stream = await listener.accept()
+            try:
+                stream: SocketStream = await (
+                    UNIXSocketStream.from_socket(conn) if unix else SocketStream.from_socket(conn)
+                )
+            except (OSError, ValueError):
+                conn.close()  # the client left before it could be served
+                return
+            await handle(stream)
+        finally:
+            open_now -= 1
+            freed.set()
+
+    while True:
+        while open_now >= limit:
+            freed = anyio.Event()
+            await freed.wait()
+        await anyio.wait_readable(sock)
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            continue  # another accept took it
         except OSError as exc:
-            logger.warning("%s: accept() failed: %s", what, exc.strerror)
+            now = anyio.current_time()
+            if now - warned_at >= _ACCEPT_WARNING_INTERVAL:
+                warned_at = now
+                logger.warning("%s: accept() failed: %s", what, exc.strerror or exc)
             await anyio.sleep(0.1)
             continue
-        tasks.start_soon(handle, stream)
+        conn.setblocking(False)
+        open_now += 1
+        tasks.start_soon(run, conn)
+
+
+def connection_limit(most: int) -> int:
+    """How many connections one of the supervisor's servers may hold open: ``most``,
+    or an eighth of the descriptor limit if that is less (at least 4): the rest are
+    for its workers."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return most
+    return max(4, min(most, soft // 8))
+
+
+#: Seconds between two warnings of failed ``accept()`` calls on one socket.
+_ACCEPT_WARNING_INTERVAL = 10.0
 
 
 class BoundedReaders:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from harness import ROOT, ask, connect, graceful_cli, poll_until, read_line, run
 from services import service_source, wait_for_file, write_service
 
 from graceful import Control
-from graceful._control import control_path
+from graceful._control import _connect_retrying, control_path
 
 SERVING = r"generation (\d+) serving \(ready in \d+\.\d\ds\)"
 
@@ -261,11 +262,15 @@ def test_another_user_is_refused_and_changes_nothing(world_readable_dir: Path) -
         socket_path = control_path(pid_file)
         assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
 
-        # the socket's mode keeps the other user out
+        # the socket's mode keeps the other user out, and the client says so as the
+        # supervisor would
         result = as_nobody("reload", "--wait", "--pid-file", str(pid_file))
         assert result.returncode == 1
         assert result.stderr.count("\n") == 1
-        assert "Permission denied" in result.stderr
+        assert (
+            f"refused: uid 65534 may not control this supervisor (only uid {os.geteuid()} "
+            f"and root may; {socket_path} is mode 0600)"
+        ) in result.stderr
 
         # and if the mode were wider, the supervisor's own check does
         os.chmod(socket_path, 0o666)
@@ -532,3 +537,88 @@ def test_a_keyboard_interrupt_raised_at_import_is_named(tmp_path: Path) -> None:
         result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
         where = raised_at(script, "raise KeyboardInterrupt")
         assert result.stderr == f"generation 2 failed: worker 0: KeyboardInterrupt {where}\n"
+
+
+def test_more_waiting_clients_than_descriptors_leave_the_supervisor_serving(
+    tmp_path: Path,
+) -> None:
+    """At a descriptor limit of 64, 100 clients each wait for a reload's answer: the
+    supervisor holds a bounded number of them open, leaves the rest in the backlog,
+    and never dies of it; each client gets its answer in the end."""
+    script, pid_file = pid_service(tmp_path, prefix="v1")
+    wrapper = ("prlimit", "--nofile=64:64", "--")
+    with running(script, env={**ENV, "STANDBY": "0"}, wrapper=wrapper) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        path = str(control_path(pid_file))
+        clients: list[socket.socket] = []
+        try:
+            for _ in range(100):
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                client.settimeout(30)
+                # as graceful.Control does: a full backlog is retried
+                _connect_retrying(client, path, time.monotonic() + 30)
+                client.sendall(b'{"graceful": 1, "command": "reload", "wait": true}\n')
+                clients.append(client)
+            # the supervisor is alive, and still answers a client that waits its turn
+            status = Control(pid_file).status(timeout=30)
+            assert status["state"] == "running"
+            assert answer_of(svc.address()) == b"v1: hi\n"
+            answered = 0
+            for client in clients:
+                if b'"ok": true' in client.recv(4096):
+                    answered += 1
+            assert answered == len(clients)
+        finally:
+            for client in clients:
+                client.close()
+        assert svc.proc.poll() is None, svc.output
+        assert "Traceback" not in svc.output
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0, svc.output
+
+
+def test_a_client_waits_for_a_busy_supervisors_backlog_within_its_timeout(
+    tmp_path: Path,
+) -> None:
+    """A full backlog (the supervisor busy) makes a client retry, not fail at once."""
+    script, pid_file = pid_service(tmp_path, prefix="v1")
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        supervisor = psutil.Process(svc.pid)
+        fillers: list[socket.socket] = []
+        results: list[object] = []
+        try:
+            supervisor.suspend()  # busy: it accepts nothing
+            while True:  # fill the backlog
+                filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                filler.setblocking(False)
+                try:
+                    filler.connect(str(control_path(pid_file)))
+                except BlockingIOError:
+                    filler.close()
+                    break
+                fillers.append(filler)
+
+            def ask_status() -> None:
+                try:
+                    results.append(Control(pid_file).status(timeout=10)["state"])
+                except Exception as exc:
+                    results.append(exc)
+
+            asking = threading.Thread(target=ask_status)
+            asking.start()
+            time.sleep(1.0)  # the client is retrying meanwhile (nothing to poll for)
+            assert results == []
+            for filler in fillers:
+                filler.close()
+            supervisor.resume()
+            asking.join(15)
+        finally:
+            supervisor.resume()
+            for filler in fillers:
+                filler.close()
+        assert results == ["running"]
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
