@@ -453,10 +453,11 @@ class SupervisorLoop:
         )
 
     def request_stop(self) -> None:
-        """Ask for a stop, as the first SIGTERM does. Unlike a second SIGTERM, a second
-        request changes nothing: a retried ``graceful stop --wait`` (or a second
-        tool stopping the same service) must not turn a drain into a kill."""
-        if not self._stop_requested:
+        """Ask for a stop, as the first SIGTERM does. Unlike a second SIGTERM, a request
+        after any stop (a signal's included) changes nothing: waiting for a stop (a
+        retried ``graceful stop --wait``, a second tool stopping the same service)
+        must never turn a drain into a kill, nor cut ``stop_delay`` short."""
+        if not self._stop_requested and not self.machine.stop_announced:
             self._stop_requested = True
             self.events_in.send_nowait(StopRequested())
 
@@ -576,6 +577,7 @@ class SupervisorLoop:
             # whatever file someone else put there.
             logger.error("%s; stopping", exc)
             self._exit_at_least = 1
+            self._stop_requested = True
             self.events_in.send_nowait(StopRequested())
 
     @property
@@ -607,6 +609,8 @@ class SupervisorLoop:
                                 ScaleRequested(name, step=SCALE_SIGNALS[signum])
                             )
                         else:
+                            # (a second signal is an operator's escalation: it is sent)
+                            self._stop_requested = True
                             self.events_in.send_nowait(StopRequested())
                 finally:
                     # The receiver resets these to their default actions (which kill,

@@ -454,6 +454,63 @@ def test_two_stop_waits_at_once_are_one_clean_stop(tmp_path: Path) -> None:
         assert "stopping now" not in svc.output
 
 
+@pytest.mark.parametrize("first", ["SIGTERM", "stop"])
+def test_stop_wait_after_a_stop_has_begun_waits_and_never_escalates(
+    tmp_path: Path, first: str
+) -> None:
+    """A stop begun by a signal (or by ``graceful stop``, which sends one), then
+    ``graceful stop --wait``: the wait is only a wait."""
+    script, pid_file = pid_service(tmp_path)
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        with connect(svc.address()) as client:
+            assert ask(client, "sleep 2") == b"v1: sleeping\n"  # the drain waits for it
+            if first == "SIGTERM":
+                svc.send(signal.SIGTERM)
+            else:
+                assert graceful_cli("stop", "--pid-file", str(pid_file)).returncode == 0
+            svc.wait_for("stopping: draining")
+            result = graceful_cli("stop", "--wait", "--pid-file", str(pid_file))
+            assert read_line(client) == b"v1: sleep 2\n"  # answered, not cut off
+        assert result.returncode == 0, result
+        assert result.stdout == "stopped (exit status 0)\n"
+        assert svc.wait_exit() == 0
+        assert "stopping now" not in svc.output
+
+
+def test_stop_wait_during_stop_delay_does_not_cut_it_short(tmp_path: Path) -> None:
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(tmp_path / "svc.py")
+    with running(
+        script,
+        command=[
+            sys.executable,
+            "-m",
+            "graceful",
+            "run",
+            "svc:main",
+            "--pid-file",
+            str(pid_file),
+            "--stop-delay",
+            "3",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+    ) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        svc.send(signal.SIGTERM)
+        asked = time.monotonic()
+        svc.wait_for(r"stopping in 3s \(stop_delay\)")
+        result = graceful_cli("stop", "--wait", "--pid-file", str(pid_file))
+        stopped = time.monotonic()
+        assert result.returncode == 0, result
+        assert stopped - asked >= 3.0, "stop --wait cut the stop delay short"
+        assert svc.wait_exit() == 0
+        assert "stopping now" not in svc.output
+
+
 def test_a_pid_file_path_too_long_for_a_unix_socket_still_works(tmp_path: Path) -> None:
     # Found by an attack: the control socket beside a long PID file path could not be
     # bound (sun_path holds 107 bytes), and the service refused to start.
