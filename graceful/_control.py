@@ -388,9 +388,8 @@ class ControlServer:
         line = _encode(ok=True, exited=code)
         for waiter in self.exit_waiters:
             with contextlib.suppress(OSError):
-                waiter.setblocking(True)
-                waiter.settimeout(1.0)
-                waiter.sendall(line)
+                # never waits: a waiting client has read everything it was sent
+                waiter.send(line, socket.MSG_DONTWAIT)
             waiter.close()
         self.exit_waiters.clear()
 

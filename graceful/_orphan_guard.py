@@ -64,8 +64,10 @@ class OrphanGuard:
         program = _own_program()
         if program is None or not hasattr(os, "pidfd_open"):
             return None
-        # SOCK_SEQPACKET: one message per worker, never merged
+        # SOCK_SEQPACKET: one message per worker, never merged; non-blocking on the
+        # supervisor's side (see watch)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
         try:
             process = subprocess.Popen(
                 [_interpreter(), "-I", "-S", *program, str(drain_timeout), str(kill_grace)],
@@ -87,9 +89,25 @@ class OrphanGuard:
         return self._process.pid
 
     def watch(self, pid: int, pidfd: int) -> None:
-        """Hand the guard worker ``pid`` (its pidfd is duplicated into the guard)."""
-        with contextlib.suppress(OSError):
+        """Hand the guard worker ``pid`` (its pidfd is duplicated into the guard).
+
+        Never blocks: a guard that does not read what it is sent (stopped, stuck)
+        until its socket is full is no guard; it is killed, and the supervisor starts
+        a new one, which is handed every live worker (see ``_keep_guard``)."""
+        try:
             socket.send_fds(self._channel, [str(pid).encode()], [pidfd])
+        except (BlockingIOError, InterruptedError):
+            import logging  # noqa: PLC0415 - the guard itself runs without it
+
+            logging.getLogger("graceful").warning(
+                "the orphan guard (PID %d) does not read what it is sent; killing it, a "
+                "new one takes over",
+                self.pid,
+            )
+            with contextlib.suppress(OSError):
+                self._process.kill()
+        except OSError:
+            pass  # it has exited: the supervisor starts a new one
 
     def reap(self) -> int | None:
         """Reap a guard that has exited on its own; its exit status."""

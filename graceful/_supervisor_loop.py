@@ -211,6 +211,7 @@ class SupervisorLoop:
                     tasks.start_soon(self.health.serve, tasks)
                 if self._follow_signals_too:
                     await tasks.start(self._follow_signals)
+                tasks.start_soon(self.notifier.run)
                 tasks.start_soon(self._keep_guard)
                 tasks.start_soon(self.factory.run)
                 if self.sources is not None:
@@ -261,7 +262,7 @@ class SupervisorLoop:
             case ShutdownWorker(serial, drain_timeout):
                 worker = self.watcher.live.get(serial)
                 if worker is not None:
-                    worker.channel.send(_wire.Shutdown(drain_timeout))
+                    self._tell(worker, _wire.Shutdown(drain_timeout))
                 elif serial in self._spawning:
                     self._spawning[serial].cancel()
             case KillWorker(serial):
@@ -273,7 +274,7 @@ class SupervisorLoop:
             case ParkWorker(serial, drain_timeout):
                 worker = self.watcher.live.get(serial)
                 if worker is not None:
-                    worker.channel.send(_wire.Park(drain_timeout))
+                    self._tell(worker, _wire.Park(drain_timeout))
             case ResumeWorker(serial):
                 self._resume(serial)
             case StopAccepting():
@@ -385,7 +386,20 @@ class SupervisorLoop:
             )
             worker.kill()
             return
-        worker.channel.send(_wire.Resume())
+        self._tell(worker, _wire.Resume())
+
+    def _tell(self, worker: WorkerProcess, message: _wire.Message) -> None:
+        """Send ``message`` to ``worker`` without waiting; a live worker that does not
+        read its control channel (stopped, stuck) cannot be told anything: it is
+        killed (its exit is reported as usual)."""
+        try:
+            worker.channel.send_nowait(message)  # False: gone, its exit is on its way
+        except BlockingIOError:
+            logger.error(
+                "%s does not read its control channel; killing it",
+                self.watcher.describe(worker),
+            )
+            worker.kill()
 
     # -- requests through the control socket ----------------------------------------
 

@@ -19,10 +19,13 @@ Socket activation (the listeners systemd passes in) is ``_activation.py``.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
 import time
+
+import anyio
 
 from ._decisions import Announce, Phase
 
@@ -36,13 +39,20 @@ _MAX_EXTEND = 365 * 24 * 3600.0
 class Notifier:
     """Sends sd_notify messages to ``NOTIFY_SOCKET``, or does nothing if it is unset.
 
-    A failed send is logged once and never stops the service.
+    It never blocks: the socket is non-blocking and connected, so a reader that
+    falls behind (a full queue) makes a send fail with ``EAGAIN`` instead of putting
+    the supervisor to sleep. Messages it cannot send yet wait, in order, at most
+    :data:`MAX_PENDING` of them (the oldest go first), for :meth:`run` to send once
+    the socket is writable again. A failed send is logged once and never stops the
+    service.
     """
 
     def __init__(self, address: str | None) -> None:
         self._address: str | None = None
         self._socket: socket.socket | None = None
         self._warned = False
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._wake: anyio.Event | None = None
         if not address:
             return
         if address.startswith("@"):
@@ -52,6 +62,7 @@ class Notifier:
             return
         self._address = address
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._socket.setblocking(False)
 
     @classmethod
     def from_environment(cls) -> Notifier:
@@ -64,19 +75,64 @@ class Notifier:
         return self._socket is not None
 
     def send(self, **fields: str | int) -> None:
-        """Send one message, ``KEY=VALUE`` per line, in the order given."""
+        """Send one message, ``KEY=VALUE`` per line, in the order given: now, or once
+        the messages before it are sent."""
         if self._socket is None or self._address is None:
             return
         # A value is one line: a newline in it would smuggle in a field of its own.
         message = "\n".join(
             f"{key}={str(value).replace(chr(10), ' ')}" for key, value in fields.items()
         )
+        self._pending.append(message.encode("utf-8", "backslashreplace"))
+        while len(self._pending) > MAX_PENDING:
+            self._pending.popleft()
+            self._warn(
+                f"more than {MAX_PENDING} messages wait (the reader is stuck?); dropping the oldest"
+            )
+        self._flush()
+        if self._pending and self._wake is not None:
+            self._wake.set()
+
+    def _flush(self) -> None:
+        """Send what waits, in order, until the socket would block."""
+        while self._pending:
+            try:
+                self._send_one(self._pending[0])
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._warn(exc.strerror or str(exc))
+            self._pending.popleft()
+
+    def _send_one(self, data: bytes) -> None:
+        assert self._socket is not None
+        assert self._address is not None
         try:
-            self._socket.sendto(message.encode("utf-8", "backslashreplace"), self._address)
-        except OSError as exc:
-            if not self._warned:
-                self._warned = True
-                logger.warning("cannot notify systemd at %s: %s", self._address, exc.strerror)
+            self._socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            raise BlockingIOError from None
+        except OSError:
+            # not connected yet, or the manager made its socket anew: connect again
+            self._socket.connect(self._address)
+            self._socket.send(data)
+
+    def _warn(self, why: str) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning("cannot notify systemd at %s: %s", self._address, why)
+
+    async def run(self) -> None:
+        """Send what could not be sent at once, as the socket becomes writable again;
+        for the supervisor's life (cancelled at its end)."""
+        if self._socket is None:
+            return
+        while True:
+            self._wake = anyio.Event()
+            if not self._pending:
+                await self._wake.wait()
+            if self._pending:
+                await anyio.wait_writable(self._socket)
+                self._flush()
 
     def announce(self, announce: Announce) -> None:
         """Send what the supervisor's state machine announced (see the module
@@ -85,8 +141,13 @@ class Notifier:
 
     def close(self) -> None:
         if self._socket is not None:
+            self._flush()  # what can still go without waiting
             self._socket.close()
             self._socket = None
+
+
+#: The most sd_notify messages that wait for a reader that fell behind.
+MAX_PENDING = 64
 
 
 def notification(announce: Announce) -> dict[str, str | int]:

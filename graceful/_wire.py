@@ -279,8 +279,9 @@ def printable(text: str) -> str:
 class ControlChannel:
     """One end of the control channel.
 
-    Made from a ``multiprocess`` Pipe end, whose descriptor it takes over. Sending
-    blocks (messages are tiny); receiving never does.
+    Made from a ``multiprocess`` Pipe end, whose descriptor it takes over. A worker's
+    sends block (messages are tiny, and the supervisor always reads); the supervisor
+    sends with :meth:`send_nowait`; receiving never blocks.
     """
 
     def __init__(self, connection: Connection) -> None:
@@ -299,6 +300,25 @@ class ControlChannel:
             self._socket.sendall(encode(message))
         except OSError:
             return False
+        return True
+
+    def send_nowait(self, message: Message) -> bool:
+        """Send ``message`` without ever waiting (the supervisor's side: no peer may
+        block it); return False if the other side is already gone.
+
+        Raises:
+            BlockingIOError: if it could not be sent whole because the other side
+                does not read its channel (the channel is then of no more use).
+        """
+        data = encode(message)
+        try:
+            sent = self._socket.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            raise
+        except OSError:
+            return False
+        if sent != len(data):
+            raise BlockingIOError(f"sent {sent} of {len(data)} bytes")
         return True
 
     def receive_available(self) -> list[Received]:

@@ -408,3 +408,19 @@ def test_the_factory_hears_the_service_is_quiet_only_while_a_generation_serves_a
 
     assert run(loop, factory, drive) == 0
     assert quiet_while_starting == []
+
+
+def test_the_supervisors_sends_to_a_worker_never_wait() -> None:
+    """A worker that does not read its control channel: a send fails at once (and the
+    loop kills the worker, see SupervisorLoop._tell); one that is gone: False."""
+    ours, theirs = socket.socketpair()
+    channel = _wire.ControlChannel(ours)
+    try:
+        with pytest.raises(BlockingIOError):  # noqa: PT012 - fills the buffer first
+            for _ in range(1_000_000):
+                channel.send_nowait(_wire.Park(1.0))
+        theirs.close()
+        assert channel.send_nowait(_wire.Resume()) is False
+    finally:
+        channel.close()
+        theirs.close()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +18,9 @@ import psutil
 import pytest
 from harness import NotifySocket, ask, children_of, poll_until, running
 from services import service_source, write_service
+
+from graceful import Control
+from graceful._orphan_guard import OrphanGuard
 
 EXTEND = "EXTEND_TIMEOUT_USEC=32000000"  # ready_timeout 30 s + 2 s kill grace
 
@@ -381,3 +387,77 @@ def test_an_activated_listener_outlives_a_full_restart_of_the_supervisor(tmp_pat
             waiting.close()
             svc.send(signal.SIGTERM)
             assert svc.wait_exit() == 0
+
+
+def test_a_notify_reader_that_falls_behind_never_blocks_the_supervisor(tmp_path: Path) -> None:
+    """A service manager that stops reading its notify socket: the supervisor goes on
+    (status answers, a killed worker is replaced), and once the reader reads again it
+    gets what waited, in order, ending with the newest state."""
+    manager = NotifySocket(str(tmp_path / "notify.sock"))
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(tmp_path / "svc.py", prefix="v1", pid_file=pid_file)
+    env = {"LISTEN": "127.0.0.1:0", "NOTIFY_SOCKET": manager.address, "PROBATION": "0"}
+    try:
+        with running(script, env=env) as svc:
+            svc.wait_serving(1)
+            for generation in range(2, 14):  # a dozen reloads, about 4 messages each
+                mark = svc.mark()
+                svc.send(signal.SIGHUP)
+                svc.wait_serving(generation, after=mark)
+            status = Control(pid_file).status(timeout=5)
+            assert status["generations"][-1]["generation"] == 13
+            [worker] = [w["pid"] for w in status["generations"][-1]["workers"]]
+            mark = svc.mark()
+            os.kill(worker, signal.SIGKILL)
+            svc.wait_for(r"generation 13 worker 0 .*restarting it", after=mark)
+            poll_until(
+                lambda: (
+                    Control(pid_file)
+                    .status(timeout=5)["status"]
+                    .startswith("generation 13 serving, 1/1 workers ready")
+                ),
+                15,
+                "the replacement",
+            )
+            # the reader comes back: what waited arrives in order, the newest last
+            messages = []
+            manager.sock.settimeout(2)
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    messages.append(manager.next())
+            assert messages[0] == f"{EXTEND}\nSTATUS=starting generation 1"
+            assert "generation 13 serving, 1/1 workers ready" in messages[-1]
+            svc.send(signal.SIGTERM)
+            assert svc.wait_exit() == 0
+    finally:
+        manager.close()
+
+
+def test_a_stalled_orphan_guard_is_replaced_and_never_blocks_the_supervisor() -> None:
+    """The supervisor's side of the guard: a stopped guard's socket fills up; handing
+    it a worker never blocks, and the stalled guard is killed for a new one."""
+    guard = OrphanGuard.start(drain_timeout=1.0, kill_grace=1.0)
+    if guard is None:
+        pytest.skip("no orphan guard here (no pidfds)")
+    bystander = subprocess.Popen(["sleep", "60"])
+    pidfd = os.pidfd_open(bystander.pid)
+    try:
+        os.kill(guard.pid, signal.SIGSTOP)
+
+        def hand_it_workers() -> None:
+            for _ in range(2000):
+                guard.watch(bystander.pid, pidfd)
+                if guard.pidfd is not None and select.select([guard.pidfd], [], [], 0)[0]:
+                    return  # killed: its pidfd is readable
+
+        handing = threading.Thread(target=hand_it_workers, daemon=True)
+        handing.start()
+        handing.join(10)
+        assert not handing.is_alive(), "handing a worker to a stalled guard blocked"
+        poll_until(lambda: guard.reap() is not None, 10, "the stalled guard's end")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(guard.pid, signal.SIGKILL)
+        os.close(pidfd)
+        bystander.kill()
+        bystander.wait()
