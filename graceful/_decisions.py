@@ -516,6 +516,10 @@ class Settings:
     #: :attr:`SupervisorStateMachine.size`)
     workers: int = 1
     ready_timeout: float = 30.0
+    #: how long a parked worker has to be ready again once told to resume (at most
+    #: ``ready_timeout``): its code is loaded, so this takes milliseconds, and a
+    #: rollback must not wait for one that is stopped or stuck
+    resume_timeout: float = 3.0
     drain_timeout: float = 30.0
     kill_grace: float = 2.0
     backoff_initial: float = 0.1
@@ -817,7 +821,11 @@ class SupervisorStateMachine:
         """Tell a parked worker to resume; it has ``ready_timeout`` to be ready again."""
         worker.state = WorkerState.RESUMING
         self._actions.append(ResumeWorker(worker.serial))
-        self._actions.append(StartTimer(self.settings.ready_timeout, ReadyTimeout(worker.serial)))
+        self._actions.append(StartTimer(self._resume_timeout, ReadyTimeout(worker.serial)))
+
+    @property
+    def _resume_timeout(self) -> float:
+        return min(self.settings.resume_timeout, self.settings.ready_timeout)
 
     def _kill(self, worker: Worker) -> None:
         if worker.killed or worker.serial not in self.workers:
@@ -1601,7 +1609,7 @@ class SupervisorStateMachine:
     def _on_ready_timeout(self, serial: int, now: float) -> None:
         worker = self.workers.get(serial)
         if worker is not None and worker.state is WorkerState.RESUMING and not worker.killed:
-            worker.cause = f"did not resume within ready_timeout={self.settings.ready_timeout:g}s"
+            worker.cause = f"did not resume within {self._resume_timeout:g}s"
             self._log(logging.WARNING, f"{self._describe(worker)} {worker.cause}; killing it")
             self._kill(worker)
             return

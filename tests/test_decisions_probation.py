@@ -192,14 +192,15 @@ def test_a_parked_worker_that_cannot_resume_fails_the_rollback_only_if_none_resu
     first, second = promoted_twice(sim)
     promote(sim, second)
     actions = sim.send(WorkerExited(second[0], 3))
+    # a resume has resume_timeout (3 s), not ready_timeout (5 s): its code is loaded
     assert timers(actions, ReadyTimeout) == [
-        (5.0, ReadyTimeout(first[0])),
-        (5.0, ReadyTimeout(first[1])),
+        (3.0, ReadyTimeout(first[0])),
+        (3.0, ReadyTimeout(first[1])),
     ]
     sim.send(WorkerExited(first[0], -9))  # died while resuming
-    sim.clock.advance(5)
+    sim.clock.advance(3)
     killing = sim.send(ReadyTimeout(first[1]))
-    assert "did not resume within ready_timeout=5s" in messages(killing)[0]
+    assert "did not resume within 3s" in messages(killing)[0]
     actions = sim.send(WorkerExited(first[1], -9))
     [ended] = of_type(actions, RollbackEnded)
     assert not ended.ok

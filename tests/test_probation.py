@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import json
+import contextlib
 import os
 import signal
 import textwrap
@@ -531,3 +532,40 @@ def test_a_rolling_reload_with_probation_keeps_its_parked_workers_for_the_rollba
         assert_answered_by(since, old, clients=16)
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
+
+
+def test_a_stopped_parked_worker_costs_a_rollback_its_resume_timeout_not_ready_timeout(
+    tmp_path: Path,
+) -> None:
+    """The parked worker is SIGSTOPped and the new code crashes during its probation:
+    the rollback gives the parked worker resume_timeout (3 s) instead of ready_timeout
+    (30 s), then the crashed slot is refilled; no request waits anywhere near 30 s."""
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(tmp_path / "svc.py", prefix="old", pid_file=pid_file)
+    settings = env(tmp_path, WORKERS="1", READY_TIMEOUT="30")
+    with running(script, env=settings) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        [parked] = [w["pid"] for w in Control(pid_file).status()["generations"][0]["workers"]]
+        script.write_text(
+            service_source(
+                prefix="new", before_serve=crash_after_ready("asyncio", 4.0), pid_file=pid_file
+            )
+        )
+        result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+        assert result.returncode == 0, result.stderr
+        os.kill(parked, signal.SIGSTOP)
+        try:
+            with Load(svc.address(), clients=8) as load:
+                mark = svc.mark()
+                svc.wait_for(r"rolling back: generation 2 worker 0 exited", after=mark)
+                svc.wait_for(r"did not resume within 3s; killing it", after=mark, timeout=15)
+                answered = load.tally.ok
+                poll_until(lambda: load.tally.ok > answered + 50, 20, "answers after it")
+            print(f"worst wait during the rollback: {load.tally.max_latency:.2f}s")
+            assert load.tally.max_latency < 10, load.tally.as_dict()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(parked, signal.SIGCONT)
+        svc.send(signal.SIGTERM)
+        svc.wait_exit()
