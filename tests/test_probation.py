@@ -15,8 +15,8 @@ the connections it holds; every failed request must be on one of them.
 from __future__ import annotations
 
 import collections
-import json
 import contextlib
+import json
 import os
 import signal
 import textwrap
