@@ -28,7 +28,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from ._errors import ConfigError
+from ._errors import ConfigError, one_line
 from ._logging import logger
 
 #: Milliseconds without a new change before a batch of changes is reported.
@@ -36,6 +36,9 @@ _QUIET_MS = 50
 
 #: Seconds between looks for a watched directory that has gone.
 _ROOT_POLL = 0.5
+
+#: Milliseconds between two looks at the tree when inotify cannot watch it.
+_POLL_MS = 500
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ class SourceWatcher:
         self._recursive = bool(self._dirs)
         #: a root was deleted: the watcher must be set up again
         self._lost = threading.Event()
+        #: inotify could not watch the tree (its limits): the watcher polls instead
+        self._polling = False
 
     def wanted(self, change: Any, path: str) -> bool:
         """True if a change to ``path`` should reload (``watchfiles``' filter)."""
@@ -188,13 +193,39 @@ class SourceWatcher:
                 yield_on_timeout=True,
                 raise_interrupt=False,
                 recursive=self._recursive,
+                force_polling=self._polling,
+                poll_delay_ms=_POLL_MS,
             ):
                 if changes and not _report(changed, sorted({path for _, path in changes})):
                     return False
                 if self._lost.is_set() or not all(os.path.isdir(root) for root in self.roots):
                     return True
-        except OSError:
-            return True  # a root went away as the watcher was set up
+        except Exception as exc:
+            if not all(os.path.isdir(root) for root in self.roots):
+                return True  # a root went away as the watcher was set up
+            return self._cannot_watch(exc)
+        return False
+
+    def _cannot_watch(self, exc: Exception) -> bool:
+        """The watcher could not be set up, although every root is there (inotify's
+        limits, most often): say so once, and poll instead (True: set it up again);
+        if polling fails too, stop watching (False), the service serving on."""
+        if not self._polling:
+            self._polling = True
+            logger.warning(
+                "cannot watch %s with inotify: %s. Raise the limits (sysctl "
+                "fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=1024); "
+                "watching by polling every %gs until the next start",
+                ", ".join(self.roots),
+                one_line(exc),
+                _POLL_MS / 1000,
+            )
+            return True
+        logger.error(
+            "cannot watch %s by polling either: %s; not watching (SIGHUP reloads)",
+            ", ".join(self.roots),
+            one_line(exc),
+        )
         return False
 
 

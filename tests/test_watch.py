@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -327,3 +328,44 @@ def test_a_watched_directory_deleted_and_made_again_is_followed_again(tmp_path: 
         # what was written there while it was not watched may be new code: reloaded
         assert "✓ generation 2 serving" in next_status(svc, 0)
         assert status_lines(svc)[0].endswith(f"({source.name})"), status_lines(svc)
+
+
+def test_too_few_inotify_watches_fall_back_to_polling_and_keep_serving(tmp_path: Path) -> None:
+    """The tree has more directories than the user may watch (in a user namespace of
+    its own, with max_inotify_watches=5): the supervisor says once what is wrong and
+    how to raise the limit, watches by polling instead, and a save still reloads."""
+    probe = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "true"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"no user namespace here: {probe.stderr.decode().strip()}")
+    for index in range(20):
+        (tmp_path / "tree" / f"d{index}").mkdir(parents=True)
+    limited = (
+        "unshare", "--user", "--map-root-user", "sh", "-c",
+        'echo 5 > /proc/sys/user/max_inotify_watches && exec "$@"', "sh",
+    )  # fmt: skip
+    (tmp_path / "helper.py").write_text("PREFIX = b'v1: '\n")
+    (tmp_path / "handlers.py").write_text("from helper import PREFIX\n")
+    (tmp_path / "svc.py").write_text(service_source(prefix_from_module=True))
+    with ServiceProcess(
+        tmp_path / "svc.py",
+        module="graceful",
+        args=["run", "svc:main", "--watch"],
+        cwd=tmp_path,
+        wrapper=limited,
+        env={"LISTEN": "127.0.0.1:0", "PROBATION": "0", "PYTHONDONTWRITEBYTECODE": "1"},
+    ) as svc:
+        svc.wait_serving(1)
+        svc.wait_for(r"max_user_watches")
+
+        def saved_and_reloaded() -> bool:
+            # saved again until the polling watcher (set up a moment after the
+            # warning, with a first look at the tree) sees a save
+            save(tmp_path / "helper.py", "PREFIX = b'v2: '\n")
+            return answer_of(svc) == b"v2: hello\n"
+
+        poll_until(saved_and_reloaded, 30, "a save reloaded")
+        assert svc.proc.poll() is None
+        assert "Traceback" not in svc.output
+        assert svc.output.count("max_user_watches") == 1, svc.output
