@@ -35,6 +35,7 @@ import sysconfig
 from dataclasses import dataclass, field
 
 from ._errors import ConfigError, GracefulError
+from ._logging import logger
 
 
 class ReleaseError(GracefulError):
@@ -74,6 +75,10 @@ class Runtime:
     main_path: str | None
     #: multiprocess's ``ORIGINAL_DIR`` in the child
     original_dir: str | None
+    #: which interpreter and environment ``executable`` is now (the identities of
+    #: the binary it leads to and of its ``pyvenv.cfg``): a release rebuilt in place
+    #: with another Python has the same paths and another identity
+    identity: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,7 @@ class ReleaseLayout:
         main_file = getattr(main, "__file__", None)
         spec_name = getattr(getattr(main, "__spec__", None), "name", None)
         original = _original_dir()
-        return cls(
+        layout = cls(
             link=link,
             executable=anchor(sys.executable),
             cwd=anchor(cwd),
@@ -128,6 +133,16 @@ class ReleaseLayout:
             main_path=anchor(main_file) if main_file and spec_name is None else None,
             original_dir=anchor(original) if original is not None else None,
         )
+        own = [layout.cwd, *layout.app_path, *([layout.main_path] if layout.main_path else [])]
+        if link is not None and all(path.relative is None for path in own):
+            # the service runs from elsewhere (another release, named physically):
+            # nothing of it would follow the link
+            raise ConfigError(
+                f"release link {link} names {release}, but the service runs from "
+                f"{os.getcwd()}: start it in the release the link names (its working "
+                "directory through the link)"
+            )
+        return layout
 
     def release(self) -> str | None:
         """The release directory the link names now (physical); None without a link.
@@ -185,7 +200,21 @@ class ReleaseLayout:
             argv0=self.argv0.at(release) if self.argv0.path else "",
             main_path=self.main_path.at(release) if self.main_path is not None else None,
             original_dir=self.original_dir.at(release) if self.original_dir else None,
+            identity=_identity(executable),
         )
+
+
+def _identity(executable: str) -> tuple[tuple[int, ...], ...]:
+    """The identity of the interpreter ``executable`` leads to, and of the
+    ``pyvenv.cfg`` of its environment if it has one."""
+    found = []
+    for path in (executable, os.path.join(os.path.dirname(executable), os.pardir, "pyvenv.cfg")):
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        found.append((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
+    return tuple(found)
 
 
 def _logical_cwd() -> str:
@@ -198,7 +227,17 @@ def _logical_cwd() -> str:
             if os.path.samefile(pwd, cwd):
                 return os.path.normpath(pwd)
         except OSError:
-            pass
+            return cwd
+        now = os.path.realpath(pwd)
+        if now != cwd and os.path.dirname(now) == os.path.dirname(cwd):
+            logger.warning(
+                "$PWD=%s names %s now, but the working directory is %s: the link was "
+                "switched after the shell entered it, and graceful cannot tell which "
+                "release to follow; cd into the link again (or pass --release-link)",
+                pwd,
+                now,
+                cwd,
+            )
     return cwd
 
 
@@ -231,7 +270,23 @@ def _relative_to(path: str, link: str | None, release: str | None) -> str | None
     parent = os.path.realpath(os.path.dirname(path))
     if _is_within(parent, release):
         return os.path.relpath(os.path.join(parent, os.path.basename(path)), release)
+    # outside the release, but reached through a link in it (``.venv -> /srv/venvs/
+    # 7f3a``, a virtual environment shared between releases): through that link
+    for entry in _links_in(release):
+        target = os.path.realpath(entry)
+        if _is_within(parent, target):
+            inside = os.path.relpath(os.path.join(parent, os.path.basename(path)), target)
+            return os.path.normpath(os.path.join(os.path.basename(entry), inside))
     return None
+
+
+def _links_in(directory: str) -> list[str]:
+    """The links to directories at the top of ``directory``."""
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(entry.path for entry in entries if entry.is_symlink() and entry.is_dir())
+    except OSError:
+        return []
 
 
 def _is_within(path: str, directory: str) -> bool:
@@ -240,22 +295,39 @@ def _is_within(path: str, directory: str) -> bool:
 
 def find_release_link(cwd: str) -> str | None:
     """The release link among the paths this process was started through: a
-    symbolic link to a directory that holds the working directory, the main
-    script, the application's directories or the interpreter's environment. The
-    deepest one wins (``/srv -> /data/srv`` holds ``/srv/app/current`` too). None
-    when there is none."""
+    symbolic link to a directory that holds the application (the working directory,
+    the main script's directory, the application's ``sys.path`` directories; not
+    the interpreter's environment, which may be a link of its own, shared between
+    releases, nor the interpreter: ``/bin -> usr/bin`` is no release).
+
+    The paths the user named (the logical working directory, ``sys.argv[0]``, the
+    main script, the application's entries) are looked at first, the interpreter's
+    path (a console script's shebang names a release physically) only if they give
+    nothing. Among the links found, the deepest wins (``/srv -> /data/srv`` holds
+    ``/srv/app/current`` too). None when there is none."""
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    candidates = [cwd, sys.executable, *(path for path in (main_file,) if path)]
+    named = [cwd, *(path for path in (main_file,) if path)]
     if sys.argv and sys.argv[0]:
-        candidates.append(sys.argv[0])
+        named.append(sys.argv[0])
     app_entries = application_entries(sys.path, cwd)
-    candidates.extend(app_entries)
-    # what the service runs from (not the interpreter itself: /bin -> usr/bin holds
-    # a system Python, and is no release)
-    held = [os.getcwd(), os.path.realpath(sys.prefix)]
-    held += [os.path.realpath(entry) for entry in app_entries]
+    named.extend(app_entries)
+    environment = os.path.realpath(sys.prefix)
+    held = [os.getcwd()]
     if main_file:
         held.append(os.path.realpath(os.path.dirname(os.path.join(cwd, main_file))))
+    held += [os.path.realpath(entry) for entry in app_entries]
+    # a console script's directory is the environment's, not the application's
+    held = [item for item in held if not _is_within(item, environment)] or [os.getcwd()]
+    for candidates in (named, [sys.executable]):
+        found = _links_holding(candidates, cwd, held)
+        if found:
+            return max(found, key=lambda link: (link.count(os.sep), link))
+    return None
+
+
+def _links_holding(candidates: list[str], cwd: str, held: list[str]) -> set[str]:
+    """The links to directories among the ancestors of ``candidates`` whose target
+    holds one of ``held``."""
     found: set[str] = set()
     for candidate in candidates:
         path = os.path.normpath(os.path.join(cwd, candidate))
@@ -268,9 +340,7 @@ def find_release_link(cwd: str) -> str | None:
             if parent == path:
                 break
             path = parent
-    if not found:
-        return None
-    return max(found, key=lambda link: (link.count(os.sep), link))
+    return found
 
 
 def application_entries(path: list[str], cwd: str) -> list[str]:

@@ -11,7 +11,7 @@ supervisor 0.2.0").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._logging import logger
@@ -28,10 +28,14 @@ class GenerationRuntime:
     protocol: int | None = None
     python: str | None = None
     interpreter: str | None = None
+    #: every release its workers were started from, in order (more than one: the
+    #: link was switched while the generation started, or before a replacement)
+    releases: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
         return {
             "release": self.release,
+            "releases": self.releases,
             "graceful": self.graceful,
             "protocol": self.protocol,
             "python": self.python,
@@ -53,9 +57,23 @@ class GenerationRuntimes:
         if refused is not None:
             return refused
         known = self._generations.get(generation)
+        if known is not None and release is not None and release not in known.releases:
+            known.releases.append(release)
+            logger.warning(
+                "generation %d's workers run from %d releases (%s): the release link was "
+                "switched while they started; reload to run one",
+                generation,
+                len(known.releases),
+                ", ".join(known.releases),
+            )
         if known is None or known.graceful is None:
             self._generations[generation] = GenerationRuntime(
-                release, hello.graceful, hello.protocol, hello.python, hello.executable
+                release,
+                hello.graceful,
+                hello.protocol,
+                hello.python,
+                hello.executable,
+                [release] if release is not None else [],
             )
             if hello.graceful != VERSION:
                 logger.info(
@@ -71,6 +89,11 @@ class GenerationRuntimes:
         """For ``graceful status``: what ``generation`` runs (None where unknown)."""
         known = self._generations.get(generation, GenerationRuntime(None))
         return known.describe()
+
+    def mixed(self, generation: int) -> bool:
+        """Whether ``generation``'s workers were started from more than one release."""
+        known = self._generations.get(generation)
+        return known is not None and len(known.releases) > 1
 
     def forget(self, keep: set[int]) -> None:
         """Forget the generations not in ``keep`` (they are gone)."""

@@ -104,6 +104,9 @@ class WorkerProcess(Protocol):
     channel: _wire.ControlChannel
     #: the release directory it was started from (None: the service has no link)
     release: str | None
+    #: its first message is a ``Hello`` (every process graceful starts; not the
+    #: stand-ins of tests)
+    says_hello: bool
 
     @property
     def pid(self) -> int: ...
@@ -184,6 +187,7 @@ class ChildWorker:
     listeners: list[BoundListener]
     #: the release directory it was started from (None: the service has no link)
     release: str | None = None
+    says_hello: bool = True
 
     @property
     def pid(self) -> int:

@@ -317,6 +317,17 @@ class Standby:
             self.fd_channel.close()
 
 
+def _runtime_changed(was: Runtime, now: Runtime) -> str:
+    if was.release == now.release and was.executable == now.executable:
+        return (
+            f"the interpreter {now.executable} (or its environment) was replaced since it started"
+        )
+    return (
+        f"it was started from {_describe_runtime(was)}; the service now runs from "
+        f"{_describe_runtime(now)}"
+    )
+
+
 def _describe_runtime(runtime: Runtime) -> str:
     if runtime.release is not None:
         return f"release {runtime.release}"
@@ -453,10 +464,7 @@ class StandbyKeeper:
                     self._watching.cancel()
                     await self._watch_ended.wait()
                 if standby.runtime != runtime:
-                    why: str | None = (
-                        f"it was started from {_describe_runtime(standby.runtime)}; the "
-                        f"service now runs from {_describe_runtime(runtime)}"
-                    )
+                    why: str | None = _runtime_changed(standby.runtime, runtime)
                 else:
                     why = await standby.assign(assignment())
         except BaseException:

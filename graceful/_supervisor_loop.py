@@ -513,7 +513,9 @@ class SupervisorLoop:
                     "rolling": generation.rolling,
                     # workers started after the generation (crash replacements,
                     # scaling) imported the code on disk at their own start
-                    "may_be_mixed": generation.late_spawns > 0 and not machine.settings.preload,
+                    # (or were started from different releases)
+                    "may_be_mixed": (generation.late_spawns > 0 and not machine.settings.preload)
+                    or self.runtimes.mixed(generation.number),
                     # its release directory, interpreter, graceful and Python versions
                     **self.runtimes.describe(generation.number),
                     "workers": workers,

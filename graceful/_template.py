@@ -463,14 +463,15 @@ class TemplateFactory(SpawningFactory):
 
     async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
         self.collect_exited()
-        runtime = self.release.resolve()
         if spawn.generation in self._ended:
             raise TemplateFailed(f"generation {spawn.generation} has ended: no more workers")
         async with self._starting:
             template = self._templates.get(spawn.generation)
             if template is None:
+                # (only a new template needs the release: a generation's template forks
+                # its workers whatever the link names meanwhile)
                 template = self._templates[spawn.generation] = await self._start_template(
-                    spawn.generation, environment, runtime
+                    spawn.generation, environment, self.release.resolve()
                 )
         await template.wait_imported()
         with contextlib.ExitStack() as on_failure:

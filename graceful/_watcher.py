@@ -37,6 +37,17 @@ from ._logging import logger
 from ._spawner import WorkerProcess
 
 
+def _silent_exit(worker: WorkerProcess, exitcode: int | None) -> str:
+    """Why a worker exited before its first message, as far as the supervisor can tell."""
+    where = f" of release {worker.release}" if worker.release is not None else ""
+    return (
+        f"exited with code {exitcode} before it said which graceful it runs: the "
+        f"interpreter{where} could not start graceful's boot entry (graceful missing "
+        "from its environment, a broken environment, or a graceful older than the "
+        "version contract); its own output above says which"
+    )
+
+
 class Watcher:
     """The live workers and the tasks that follow them (see the module docstring)."""
 
@@ -60,6 +71,8 @@ class Watcher:
         self.live: dict[int, WorkerProcess] = {}
         #: process groups of reaped workers that still have members, being stopped
         self._sweeping: set[int] = set()
+        #: the live workers that have said hello
+        self._greeted: set[int] = set()
 
     def describe(self, worker: WorkerProcess) -> str:
         return f"generation {worker.generation} worker {worker.worker_id}"
@@ -79,12 +92,15 @@ class Watcher:
             reaped = worker.reap()
             self.live.pop(worker.serial, None)
             exitcode = reaped.exitcode
+            if worker.says_hello and worker.serial not in self._greeted and (exitcode or 0) > 0:
+                self.events.send_nowait(WorkerFailed(worker.serial, _silent_exit(worker, exitcode)))
             if reaped.left_in_group is not None:
                 self._sweep_later(worker, reaped.left_in_group, reaped.left_pids, tasks)
         except Exception:
             logger.exception("could not watch %s; killing it", self.describe(worker))
             self.live.pop(worker.serial, None)
             exitcode = worker.abandon()
+        self._greeted.discard(worker.serial)
         self.events.send_nowait(WorkerExited(worker.serial, exitcode))
 
     async def _exit_of(self, worker: WorkerProcess) -> None:
@@ -104,6 +120,7 @@ class Watcher:
 
     def _forward(self, worker: WorkerProcess, item: _wire.Received) -> None:
         if isinstance(item, _wire.Hello):
+            self._greeted.add(worker.serial)
             refused = self._hello(worker, item)
             if refused is not None:
                 self.events.send_nowait(WorkerFailed(worker.serial, refused))

@@ -20,6 +20,9 @@ from graceful._release import (
     child_sys_path,
     find_release_link,
 )
+from graceful._runtimes import GenerationRuntimes
+from graceful._version import PROTOCOL, VERSION
+from graceful._wire import Hello
 
 
 def test_what_a_fresh_interpreter_puts_on_sys_path_is_its_own() -> None:
@@ -98,3 +101,18 @@ def test_each_resolution_follows_the_link_anew_and_names_what_is_missing(
 def test_a_release_link_that_is_no_link_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is not a symbolic link to a directory"):
         ReleaseLayout.adopt(tmp_path)
+
+
+def test_a_generation_started_from_two_releases_is_said_mixed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The link switched while a generation started: its workers run two releases;
+    status says the generation may be mixed, and the log names both."""
+    runtimes = GenerationRuntimes()
+    hello = Hello(VERSION, PROTOCOL, "3.11.7", "/srv/releases/r2/.venv/bin/python3")
+    assert runtimes.hello(2, "/srv/releases/r2", hello) is None
+    assert not runtimes.mixed(2)
+    assert runtimes.hello(2, "/srv/releases/r3", hello) is None
+    assert runtimes.mixed(2)
+    assert runtimes.describe(2)["releases"] == ["/srv/releases/r2", "/srv/releases/r3"]
+    assert "generation 2's workers run from 2 releases" in caplog.text

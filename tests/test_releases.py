@@ -67,12 +67,28 @@ class Deployment:
     def current(self) -> Path:
         return self.root / "current"
 
-    def release(self, name: str, relpkg_version: str, *, extra: str = "") -> Path:
-        """Make release ``name``: its app, its venv, its ``relpkg`` and console script."""
+    def release(
+        self,
+        name: str,
+        relpkg_version: str,
+        *,
+        extra: str = "",
+        venv_link: bool = False,
+        graceful: bool = True,
+    ) -> Path:
+        """Make release ``name``: its app, its venv, its ``relpkg`` and console script.
+        With ``venv_link``, ``.venv`` is a link to a venv kept outside the release
+        (``venvs/NAME``, as tools that share a venv per requirements hash do); without
+        ``graceful``, graceful cannot be imported in it."""
         release = self.root / "releases" / name
         release.mkdir(parents=True)
         (release / "app.py").write_text(APP.format(release=name, extra=extra))
         venv = release / ".venv"
+        if venv_link:
+            shared_venv = self.root / "venvs" / name
+            shared_venv.parent.mkdir(exist_ok=True)
+            venv.symlink_to(shared_venv)
+            venv = shared_venv
         subprocess.run(
             [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60
         )
@@ -88,7 +104,7 @@ class Deployment:
         # the test environment's packages (graceful's dependencies, the servers) and
         # this graceful, after the release's own site-packages
         shared = sysconfig.get_path("purelib")
-        (site / "shared.pth").write_text(f"{shared}\n{ROOT}\n")
+        (site / "shared.pth").write_text(f"{shared}\n{ROOT}\n" if graceful else f"{shared}\n")
         script = venv / "bin" / "graceful"
         script.write_text(
             f"#!{venv}/bin/python3\nimport re\nimport sys\nfrom graceful._cli import main\n"
@@ -107,10 +123,14 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Deployment:
+def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Deployment:
+    """Releases r1 and r2, each with its own venv (in the release, or linked to it
+    from ``venvs/`` when the test asks for ``"venv_link"``), and ``current ->
+    releases/r1``."""
     deployment = Deployment(tmp_path / "srv")
-    deployment.release("r1", "1.0")
-    deployment.release("r2", "2.0")
+    venv_link = getattr(request, "param", "venv") == "venv_link"
+    deployment.release("r1", "1.0", venv_link=venv_link)
+    deployment.release("r2", "2.0", venv_link=venv_link)
     deployment.switch("r1")
     return deployment
 
@@ -164,15 +184,26 @@ def reload(pid_file: Path) -> subprocess.CompletedProcess[str]:
 
 def runs_release(body: dict[str, str], deployment: Deployment, name: str, version: str) -> bool:
     release = deployment.root / "releases" / name
+    venv = Path(os.path.realpath(release / ".venv"))
     return (
         body["release"] == name
         and body["relpkg"] == version
-        and Path(body["executable"]).parent.parent == release / ".venv"
-        and Path(body["relpkg_file"]).is_relative_to(release)
+        and Path(os.path.realpath(Path(body["executable"]).parent.parent)) == venv
+        and Path(os.path.realpath(body["relpkg_file"])).is_relative_to(venv)
         and Path(body["cwd"]) == release
     )
 
 
+def only_from(address: str, deployment: Deployment, name: str, version: str) -> None:
+    """Wait until five answers in a row come from release ``name``."""
+
+    def five() -> bool:
+        return all(runs_release(answer(address), deployment, name, version) for _ in range(5))
+
+    poll_until(five, 10, f"only release {name} answering")
+
+
+@pytest.mark.parametrize("deployment", ["venv", "venv_link"], indirect=True)
 @pytest.mark.parametrize("invocation", INVOCATIONS)
 def test_a_switched_release_runs_its_own_code_interpreter_and_packages(
     deployment: Deployment, invocation: str, tmp_path: Path
@@ -190,9 +221,8 @@ def test_a_switched_release_runs_its_own_code_interpreter_and_packages(
             assert result.returncode == 0, result.stderr + svc.output
             poll_until(lambda: load.tally.ok > 0, 10, "answers")
         assert load.tally.failed == 0, load.tally.as_dict()
-        for _ in range(5):
-            body = answer(address)
-            assert runs_release(body, deployment, "r2", "2.0"), (body, svc.output)
+        # (generation 1 answers until it has closed its listener, a moment after)
+        only_from(address, deployment, "r2", "2.0")
         described = status(pid_file)
         serving = [g for g in described["generations"] if g["state"] == "serving"]  # type: ignore[attr-defined]
         assert serving[0]["release"] == str(deployment.root / "releases" / "r2")
@@ -213,7 +243,7 @@ def test_a_switched_release_runs_its_own_code_interpreter_and_packages(
         # and a reload still works
         result = reload(pid_file)
         assert result.returncode == 0, result.stderr + svc.output
-        assert runs_release(answer(address), deployment, "r2", "2.0")
+        only_from(address, deployment, "r2", "2.0")
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0, svc.output
 
@@ -279,3 +309,104 @@ def test_a_deleted_working_directory_fails_the_reload_in_one_line_and_the_stop_e
         svc.send(signal.SIGTERM)
         assert svc.wait_exit(timeout=20) == 0, svc.output
         poll_until(lambda: not svc.processes(), 10, "every process of the service gone")
+
+
+def test_a_release_link_that_does_not_name_where_the_service_runs_is_refused(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """Started from r1's physical paths with --release-link naming a link to r2:
+    nothing of the service would follow the link, so it is refused in one line."""
+    deployment.switch("r2")
+    r1 = deployment.root / "releases" / "r1"
+    command = [
+        str(r1 / ".venv/bin/graceful"), "serve", "app:app", "--listen", "127.0.0.1:0",
+        "--release-link", str(deployment.current),
+    ]  # fmt: skip
+    with running(r1 / "app.py", command=command, cwd=r1, env={"PYTHONPATH": ""}) as svc:
+        assert svc.wait_exit() == 2, svc.output
+        [line] = svc.lines
+        assert f"release link {deployment.current} names" in line
+        assert f"but the service runs from {r1}" in line
+
+
+def test_with_preload_a_crash_is_replaced_from_the_template_whatever_the_link_names(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The link names a release that is gone: the serving generation's template
+    still forks a replacement (only a new template needs the release)."""
+    pid_file = tmp_path / "svc.pid"
+    with start(deployment, "service_manager", "--preload", pid_file=pid_file) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        worker = status(pid_file)["generations"][0]["workers"][0]["pid"]  # type: ignore[index]
+        staged = deployment.root / "current.staged"
+        staged.symlink_to("releases/r9")  # a release pruned, or never finished
+        staged.replace(deployment.current)
+        mark = svc.mark()
+        os.kill(worker, signal.SIGKILL)
+        svc.wait_for(r"generation 1 worker 0 .*restarting it", after=mark)
+        poll_until(
+            lambda: runs_release(answer(address), deployment, "r1", "1.0"), 15, "the replacement"
+        )
+        assert "could not start a worker" not in svc.output
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0, svc.output
+
+
+@pytest.mark.parametrize("deployment", ["venv_link"], indirect=True)
+def test_a_standby_of_a_release_rebuilt_in_place_is_not_used(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """r2 is deleted and built again at the same path while a standby from it is warm:
+    the same paths, another interpreter and environment; the reload starts cold."""
+    pid_file = tmp_path / "svc.pid"
+    deployment.switch("r2")
+    with start(deployment, "service_manager", pid_file=pid_file) as svc:
+        svc.wait_serving(1)
+        svc.warm_standby()
+        shutil.rmtree(deployment.root / "releases" / "r2")
+        if (deployment.root / "venvs" / "r2").exists():
+            shutil.rmtree(deployment.root / "venvs" / "r2")
+        deployment.release("r2", "2.1", venv_link=(deployment.root / "venvs").exists())
+        mark = svc.mark()
+        result = reload(pid_file)
+        assert result.returncode == 0, result.stderr + svc.output
+        svc.wait_for(
+            r"the standby \(PID \d+\) was not used: the interpreter .* was replaced", after=mark
+        )
+        only_from(svc.address(), deployment, "r2", "2.1")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0, svc.output
+
+
+def test_a_release_that_cannot_run_graceful_fails_the_reload_in_one_line(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    deployment.release("r3", "3.0", graceful=False)
+    pid_file = tmp_path / "svc.pid"
+    with start(deployment, "service_manager", "--no-standby", pid_file=pid_file) as svc:
+        svc.wait_serving(1)
+        deployment.switch("r3")
+        result = reload(pid_file)
+        assert result.returncode == 1
+        assert "before it said which graceful it runs: the interpreter of release " in (
+            result.stderr
+        )
+        assert str(deployment.root / "releases" / "r3") in result.stderr
+        assert runs_release(answer(svc.address()), deployment, "r1", "1.0")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0, svc.output
+
+
+def test_a_stale_pwd_from_before_a_switch_is_said(deployment: Deployment, tmp_path: Path) -> None:
+    """The shell entered ``current`` when it named r1; the link names r2 now: graceful
+    cannot tell which the user meant, and says so."""
+    r1 = deployment.root / "releases" / "r1"
+    deployment.switch("r2")
+    command = [str(r1 / ".venv/bin/graceful"), "serve", "app:app", "--listen", "127.0.0.1:0"]
+    env = {"PYTHONPATH": "", "PWD": str(deployment.current)}
+    with running(r1 / "app.py", command=command, cwd=r1, env=env) as svc:
+        svc.wait_serving(1)
+        svc.wait_for(rf"\$PWD={deployment.current} names .*r2 now, but the working directory is")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0, svc.output

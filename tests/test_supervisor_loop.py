@@ -44,6 +44,7 @@ class StandIn:
         self.generation = spawn.generation
         self.worker_id = spawn.worker_id
         self.release: str | None = None
+        self.says_hello = False
         ours, theirs = socket.socketpair()
         self.channel = _wire.ControlChannel(ours)
         #: the worker's own end
