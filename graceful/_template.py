@@ -263,6 +263,11 @@ class Template:
         pid: int = self.process.pid
         return pid
 
+    @property
+    def imported(self) -> bool:
+        """It has imported the code and forks workers on request."""
+        return self._imported
+
     async def wait_imported(self) -> None:
         """Return once the template has imported the code.
 
@@ -543,6 +548,10 @@ class TemplateFactory(SpawningFactory):
         template = self._templates.pop(number, None)
         if template is not None:
             template.stop()
+            if not template.imported:
+                # still importing (hung, or the generation failed meanwhile): it would
+                # never read its closed socket
+                template.kill()
             self._ending.append(template)
         self.collect_exited()
 

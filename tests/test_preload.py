@@ -399,3 +399,24 @@ def test_what_a_retired_template_started_at_import_is_stopped_when_it_exits(
         # waiting for another reload or the stop
         poll_until(lambda: len(helpers()) == 2, 10, "one template's helper left")
         poll_until(lambda: len(templates(svc)) == 1, 10, "one template left")
+
+
+def test_a_template_whose_import_hangs_is_killed_when_its_generation_fails(
+    tmp_path: Path,
+) -> None:
+    """Three reloads into code whose import hangs, each failing at ready_timeout:
+    no template is left behind."""
+    handlers(tmp_path, "v1")
+    with preloaded(tmp_path, workers=2, READY_TIMEOUT="1") as svc:
+        svc.wait_serving(1)
+        assert len(templates(svc)) == 1
+        handlers(tmp_path, "v2", "import time\ntime.sleep(3600)\n")
+        for generation in (2, 3, 4):
+            mark = svc.mark()
+            svc.send(signal.SIGHUP)
+            svc.wait_for(rf"reload failed: generation {generation}: ", after=mark)
+        poll_until(lambda: len(templates(svc)) == 1, 10, "only the serving template left")
+        with connect(svc.address()) as client:
+            assert ask(client, "still").startswith(b"v1 ")
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
