@@ -437,10 +437,23 @@ def _scale(args: argparse.Namespace) -> int:
     if not args.wait:
         return 0
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    crashed_before: dict[str, int] | None = None
     while True:
         status = control.status()
         serving = [g for g in status["generations"] if g["state"] == "serving"]
         ready = [w for g in serving for w in g["workers"] if w["state"] == "ready"]
+        crashes = {slot: crash for g in serving for slot, crash in g.get("crashes", {}).items()}
+        counts = {slot: crash["count"] for slot, crash in crashes.items()}
+        if crashed_before is None:
+            crashed_before = counts
+        for slot, count in counts.items():
+            if count != crashed_before.get(slot, 0):  # (it changes only at a crash)
+                print(
+                    f"worker {slot} {crashes[slot]['cause']} (the scaling goes on: the "
+                    "slot is restarted with a backoff)",
+                    file=sys.stderr,
+                )
+                return 1
         if status["workers"] != args.workers:
             print(f"scaled to {status['workers']} workers since", file=sys.stderr)
             return 1

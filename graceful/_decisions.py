@@ -614,6 +614,8 @@ class Generation:
     leaving: set[int] = field(default_factory=set)
     #: worker_id -> consecutive crashes, for the backoff
     crashes: dict[int, int] = field(default_factory=dict)
+    #: worker_id -> how its last crash happened (one line), for ``status``
+    crash_causes: dict[int, str] = field(default_factory=dict)
     #: started by a rolling reload: its workers come ``max_surge`` at a time
     rolling: bool = False
     #: workers started into it after it started (crash replacements, scaling up):
@@ -1564,6 +1566,7 @@ class SupervisorStateMachine:
             crashes = 0
         crashes += 1
         generation.crashes[worker.worker_id] = crashes
+        generation.crash_causes[worker.worker_id] = how
         self.counters.worker_crashes += 1
         delay = min(self.settings.backoff_initial * 2 ** (crashes - 1), self.settings.backoff_max)
         self._log(

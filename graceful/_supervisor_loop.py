@@ -516,6 +516,14 @@ class SupervisorLoop:
                     # (or were started from different releases)
                     "may_be_mixed": (generation.late_spawns > 0 and not machine.settings.preload)
                     or self.runtimes.mixed(generation.number),
+                    # each slot's crashes in a row, and how the last one happened
+                    "crashes": {
+                        str(worker_id): {
+                            "count": count,
+                            "cause": generation.crash_causes.get(worker_id),
+                        }
+                        for worker_id, count in sorted(generation.crashes.items())
+                    },
                     # its release directory, interpreter, graceful and Python versions
                     **self.runtimes.describe(generation.number),
                     "workers": workers,

@@ -198,6 +198,30 @@ def test_graceful_scale_waits_for_the_workers_and_refuses_zero(tmp_path: Path) -
         assert "the fleet may be mixed" in shown.stdout
 
 
+def test_graceful_scale_wait_ends_with_the_cause_when_the_added_workers_crash(
+    tmp_path: Path,
+) -> None:
+    """The code on disk now fails at import: the workers a scale-up adds crash, and
+    ``scale --wait`` says why and exits 1 (it waited for ever)."""
+    pid_file = tmp_path / "svc.pid"
+    script = tmp_path / "svc.py"
+    script.write_text(service_source(prefix="v1", pid_file=pid_file))
+    with running(script, env=env(WORKERS="1")) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        script.write_text(
+            "raise RuntimeError('the database is gone')\n"
+            + service_source(prefix="v2", pid_file=pid_file)
+        )
+        done = graceful_cli("scale", "3", "--pid-file", str(pid_file), "--wait")
+        assert done.returncode == 1, done
+        [line] = done.stderr.splitlines()
+        assert "RuntimeError: the database is gone" in line, line
+        assert "the scaling goes on" in line
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
 @pytest.mark.parametrize("preload", [[], ["--preload"]])
 def test_graceful_serve_rolls_three_uvicorn_workers_under_keep_alive_load(
     tmp_path: Path, preload: list[str]
