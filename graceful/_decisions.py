@@ -873,6 +873,9 @@ class SupervisorStateMachine:
                     f"; rolled back from generation {self.rejected.generation}: "
                     f"{self.rejected.cause}"
                 )
+                empty = self._empty_slots(generation)
+                if empty:
+                    line += f"; {empty} slot(s) empty until the next reload"
             starting = self._generation_with(Role.STARTING)
             if starting is not None and starting.rolling:
                 done = len(self._workers_in(starting, WorkerState.READY))
@@ -1325,6 +1328,18 @@ class SupervisorStateMachine:
         self._actions.append(
             ProbationEnded(rollback.from_generation, "rolled back", rollback.cause)
         )
+        empty = self._empty_slots(target)
+        if empty:
+            self._log(
+                logging.ERROR,
+                f"generation {target.number} serves with {self.size - empty}/{self.size} "
+                f"workers: {empty} slot(s) (added since it was parked) stay empty until the "
+                "next reload, as they would start the code on disk, which was rolled back",
+            )
+
+    def _empty_slots(self, generation: Generation) -> int:
+        """How many of ``generation``'s slots have no worker (not even one starting)."""
+        return max(0, self.size - len(self._members(generation)))
 
     def _retire(self, generation: Generation) -> None:
         generation.role = Role.RETIRED

@@ -25,6 +25,7 @@ from graceful._decisions import (
     Role,
     RollbackEnded,
     RollbackRequested,
+    ScaleRequested,
     Start,
     StopRequested,
     WorkerBroken,
@@ -276,3 +277,24 @@ def test_a_parked_worker_that_gives_up_is_no_rollback_target() -> None:
     assert timers(actions, DrainTimeout) == [(1.0, DrainTimeout(first[0]))]
     assert "parked generation 1 worker 0 cannot be resumed" in messages(actions)[0]
     assert resumed(sim.send(RollbackRequested("SIGUSR2"))) == {first[1]}
+
+
+def test_slots_added_during_a_probation_are_said_to_stay_empty_after_the_rollback() -> None:
+    """Scaled from 2 to 4 during generation 2's probation, then rolled back: the two
+    added slots are not started from the rolled-back code on disk, and the log and
+    the status line say so."""
+    sim = Sim(PROBATION)
+    _, second = promoted_twice(sim)
+    promote(sim, second)
+    added = spawned(sim.send(ScaleRequested("a test", workers=4)))
+    promote(sim, added)
+    actions = sim.send(RollbackRequested("a test"))
+    actions += promote(sim, sorted(resumed(actions)))
+    assert of_type(actions, RollbackEnded)[0].ok
+    assert any(
+        "generation 1 serves with 2/4 workers: 2 slot(s) (added since it was parked) stay "
+        "empty until the next reload" in message
+        for message in messages(actions)
+    ), messages(actions)
+    assert "2/4 workers ready" in sim.machine.status()
+    assert "2 slot(s) empty until the next reload" in sim.machine.status()

@@ -569,3 +569,25 @@ def test_a_stopped_parked_worker_costs_a_rollback_its_resume_timeout_not_ready_t
                 os.kill(parked, signal.SIGCONT)
         svc.send(signal.SIGTERM)
         svc.wait_exit()
+
+
+def test_after_a_rollback_the_slots_scaled_up_during_the_probation_are_said_empty(
+    tmp_path: Path,
+) -> None:
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(tmp_path / "svc.py", prefix="old", pid_file=pid_file)
+    with running(script, env=env(tmp_path)) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        script.write_text(service_source(prefix="new", pid_file=pid_file))
+        assert graceful_cli("reload", "--wait", "--pid-file", str(pid_file)).returncode == 0
+        scaled = graceful_cli("scale", "4", "--wait", "--pid-file", str(pid_file))
+        assert scaled.returncode == 0, scaled.stderr
+        mark = svc.mark()
+        assert graceful_cli("rollback", "--pid-file", str(pid_file)).returncode == 0
+        svc.wait_for(r"generation 1 serves with 2/4 workers: 2 slot\(s\)", after=mark)
+        shown = graceful_cli("status", "--pid-file", str(pid_file)).stdout
+        assert "2/4 workers ready" in shown
+        assert "2 slot(s) empty until the next reload" in shown
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
