@@ -64,7 +64,7 @@ from anyio.abc import SocketStream, TaskGroup
 from ._decisions import ReloadOutcome, RollbackEnded, ScaleEnded
 from ._errors import ConfigError, GracefulError
 from ._logging import logger
-from ._pidfile import supervisor_pidfd
+from ._pidfile import open_directory, supervisor_pidfd
 from ._tasks import BoundedReaders, connection_limit, serve_connections
 
 PROTOCOL_VERSION = 1
@@ -104,6 +104,8 @@ class ControlSocket:
     sock: socket.socket
     #: (st_dev, st_ino) of the socket file this process bound
     identity: tuple[int, int]
+    #: its directory, held open (see :func:`graceful._pidfile.open_directory`)
+    dir_fd: int | None = None
 
     @classmethod
     def bind(cls, path: str) -> ControlSocket:
@@ -147,16 +149,21 @@ class ControlSocket:
         finally:
             os.umask(previous)
         sock.setblocking(False)
-        return cls(path, sock, (info.st_dev, info.st_ino))
+        return cls(path, sock, (info.st_dev, info.st_ino), open_directory(os.path.dirname(path)))
 
     def close(self) -> None:
         """Close the socket and remove its file, if it is still the one this process
-        made (never another file, nor another process's socket)."""
+        made (never another file, nor another process's socket), in the directory it
+        was made in, even if that was renamed since."""
         self.sock.close()
+        name = os.path.basename(self.path) if self.dir_fd is not None else self.path
         with contextlib.suppress(OSError):
-            there = os.lstat(self.path)
+            there = os.lstat(name, dir_fd=self.dir_fd)
             if (there.st_dev, there.st_ino) == self.identity:
-                os.unlink(self.path)
+                os.unlink(name, dir_fd=self.dir_fd)
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
 
 
 def _answers(path: str) -> bool:

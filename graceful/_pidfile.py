@@ -55,6 +55,9 @@ class PidFile:
         self.path = path
         self._fd: int | None = fd
         self._staged: str | None = staged
+        #: the PID file's directory, held open: the file is replaced and removed
+        #: there even if the directory is renamed meanwhile
+        self._dir_fd: int | None = open_directory(os.path.dirname(path))
 
     @classmethod
     def claim(cls, path: str | os.PathLike[str]) -> PidFile:
@@ -80,6 +83,11 @@ class PidFile:
         fd = _stage(text, directory, staged)
         return cls(absolute, fd, staged)
 
+    def _named(self, path: str) -> str:
+        """``path`` as named through the directory descriptor (the path itself
+        without one)."""
+        return os.path.basename(path) if self._dir_fd is not None else path
+
     def publish(self) -> None:
         """Move the staged file into place (atomically).
 
@@ -90,12 +98,14 @@ class PidFile:
         if self._staged is None or self._fd is None:
             return
         try:
-            mine, there = os.fstat(self._fd), os.lstat(self._staged)
+            staged, name = self._named(self._staged), self._named(self.path)
+            mine = os.fstat(self._fd)
+            there = os.lstat(staged, dir_fd=self._dir_fd)
             if (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino):
                 raise GracefulError(
                     f"cannot write PID file {self.path}: its staged file was replaced"
                 )
-            os.replace(self._staged, self.path)
+            os.replace(staged, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         except OSError as exc:
             raise GracefulError(f"cannot write PID file {self.path}: {exc.strerror}") from None
         self._staged = None
@@ -107,12 +117,24 @@ class PidFile:
             return
         with contextlib.suppress(OSError):
             mine = os.fstat(self._fd)
-            path = self._staged or self.path
-            there = os.lstat(path)
+            name = self._named(self._staged or self.path)
+            there = os.lstat(name, dir_fd=self._dir_fd)
             if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
-                os.unlink(path)
+                os.unlink(name, dir_fd=self._dir_fd)
         os.close(self._fd)
         self._fd = None
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+
+def open_directory(directory: str) -> int | None:
+    """A descriptor of ``directory`` to name files in it by (``dir_fd=``) whatever it
+    is called later; None if it cannot be opened (the path is used then)."""
+    try:
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def _stage(text: str, directory: str, staged: str) -> int:

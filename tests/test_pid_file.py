@@ -262,3 +262,20 @@ def test_a_stale_staged_file_of_another_user_is_one_line(tmp_path: Path) -> None
         assert "cannot remove the stale" in errors[0]
         assert "Traceback" not in svc.output
     assert planted.exists()
+
+
+def test_a_clean_stop_removes_its_pid_file_and_socket_from_a_renamed_directory(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    pid_file = run_dir / "svc.pid"
+    script = write_service(tmp_path / "svc.py", pid_file=pid_file)
+    with running(script, env={"LISTEN": "127.0.0.1:0"}) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        moved = tmp_path / "run.moved"
+        run_dir.rename(moved)
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+    assert sorted(path.name for path in moved.iterdir()) == []
