@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from ._decisions import STOPPING, SUPERSEDED, ReloadOutcome
 from ._dev import Watch
-from ._errors import shown_path
+from ._errors import name_some, shown_path
 from ._logging import logger
 
 #: A reload's narrative log records carry this attribute (see ``Log.narrative``).
@@ -48,7 +48,7 @@ class DevTerminal:
     def started(self, number: int) -> None:
         """Generation ``number`` started: it runs the changes seen until now (none: a
         reload asked for otherwise, such as SIGHUP)."""
-        names = ", ".join(shown_path(path) for path in self._pending)
+        names = name_some([shown_path(path) for path in self._pending], most=3)
         self._why[number] = names or "reload"
         self._pending = []
 

@@ -71,7 +71,7 @@ from ._decisions import (
 )
 from ._dev import SourceWatcher
 from ._dev_terminal import NARRATIVE, DevTerminal
-from ._errors import GracefulError, one_line
+from ._errors import GracefulError, name_some, one_line
 from ._health import HealthServer
 from ._listeners import BoundListener, format_address
 from ._logging import logger
@@ -420,7 +420,7 @@ class SupervisorLoop:
         return waiter
 
     def _sources_changed(self, paths: list[str]) -> None:
-        logger.debug("changed: %s", ", ".join(paths))
+        logger.debug("changed: %s", name_some(paths, most=10))
         if self.terminal is not None:
             self.terminal.changed(paths)
         self.events_in.send_nowait(ReloadRequested())

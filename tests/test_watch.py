@@ -369,3 +369,19 @@ def test_too_few_inotify_watches_fall_back_to_polling_and_keep_serving(tmp_path:
         assert svc.proc.poll() is None
         assert "Traceback" not in svc.output
         assert svc.output.count("max_user_watches") == 1, svc.output
+
+
+def test_a_save_of_thousands_of_files_is_one_short_status_line(tmp_path: Path) -> None:
+    with watched_echo(tmp_path, "--watch") as svc:
+        svc.wait_serving(1)
+        seen = len(status_lines(svc))
+        batch = tmp_path / "generated"
+        batch.mkdir()
+        for index in range(2000):
+            (batch / f"m{index}.py").write_text("X = 1\n")
+        next_status(svc, seen)
+        lines = status_lines(svc)[seen:]
+        # (the saves may come in more than one batch: every line is short, and a big
+        # batch names a few files and counts the rest)
+        assert all(len(line) < 400 for line in lines), lines
+        assert any(re.search(r"and \d+ more\)", line) for line in lines), lines
