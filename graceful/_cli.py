@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from ._asgi import asgi_service, module_exists
 from ._control import Control
@@ -244,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "run":
             return _run(args)
+        # a client command: a reader that closed its end early (``| head -1``) ends
+        # nothing but the printing
+        sys.stdout = _PipeSafe(sys.stdout)
         if args.command == "status":
             return _status(args)
         if args.command == "rollback":
@@ -263,6 +266,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GracefulError as exc:
         logger.error("%s", exc)
         return 1
+
+
+class _PipeSafe:
+    """``stream`` (standard output), once its reader is gone, quietly discarding what
+    is written, so that the command ends as it would have, with its own status."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                self._stream.write(text)
+            except BrokenPipeError:
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self._gone = True
+        # what is still buffered is flushed at exit: into /dev/null, not a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _add_deployment_options(command: argparse.ArgumentParser) -> None:

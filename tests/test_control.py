@@ -679,3 +679,30 @@ def test_a_client_waits_for_a_busy_supervisors_backlog_within_its_timeout(
         assert results == ["running"]
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
+
+
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["reload", "--wait"]])
+def test_a_reader_that_closed_its_end_is_a_quiet_exit(tmp_path: Path, command: list[str]) -> None:
+    """``graceful status | head -1``: the reader is gone before the command prints."""
+    script, pid_file = pid_service(tmp_path)
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # gone before anything is written
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "graceful", *command, "--pid-file", str(pid_file)],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+                env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                check=False,
+            )
+        finally:
+            os.close(write_end)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
