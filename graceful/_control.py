@@ -488,7 +488,7 @@ class Control:
             raise GracefulError(f"unexpected answer from the supervisor: {answer}")
         probation = reload.get("probation")
         return ReloadOutcome(
-            generation=int(reload.get("generation") or 0),
+            generation=int(reload.get("generation") or 0),  # 0: it never started
             outcome=str(reload.get("outcome")),
             cause=None if reload.get("cause") is None else str(reload.get("cause")),
             seconds=float(reload.get("seconds") or 0.0),

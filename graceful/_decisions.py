@@ -373,6 +373,7 @@ class ReloadOutcome:
     with ``cause``, ``seconds`` after it started; later ``rolled back`` (with
     ``cause``) if its probation failed."""
 
+    #: 0 for a reload that never started (the service was stopping)
     generation: int
     outcome: str
     cause: str | None
@@ -387,6 +388,8 @@ class ReloadOutcome:
         return self.outcome == "serving" and self.probation in (None, "passed", "cut short")
 
     def __str__(self) -> str:
+        if self.generation == 0:  # a reload that never started (a stop came first)
+            return f"reload {self.outcome}: {self.cause}"
         if self.outcome == "serving":
             return f"generation {self.generation} serving in {self.seconds:.3f}s"
         return f"generation {self.generation} {self.outcome}: {self.cause}"
@@ -574,6 +577,9 @@ class Worker:
     state: WorkerState = WorkerState.STARTING
     ready_at: float | None = None
     cause: str | None = None
+    #: ``cause`` is what the worker itself reported (a ``Failed`` message): a noun
+    #: phrase, said as "failed: CAUSE"
+    reported: bool = False
     killed: bool = False
     #: told to stop while still starting (by a stop of the service): it gets only
     #: ``kill_grace`` to finish
@@ -1464,6 +1470,8 @@ class SupervisorStateMachine:
             del generation.slots[worker.worker_id]
         generation.leaving.discard(serial)
         how = worker.cause or _exit_description(exitcode)
+        # what it did, as a verb phrase ("generation 1 worker 2 failed: RuntimeError...")
+        did = f"failed: {how}" if worker.reported else how
         if worker.state is WorkerState.DRAINING:
             if worker.killed or exitcode in (0, None):
                 pass
@@ -1479,14 +1487,14 @@ class SupervisorStateMachine:
                 self._log(logging.WARNING, f"{self._describe(worker)} exited while draining: {how}")
         elif worker.state is WorkerState.PARKED:
             self._log(
-                logging.WARNING, f"parked {self._describe(worker)} {how}; it cannot be resumed"
+                logging.WARNING, f"parked {self._describe(worker)} {did}; it cannot be resumed"
             )
         elif worker.state is WorkerState.RESUMING:
             if not worker.killed:  # a kill was logged with its reason
-                self._log(logging.WARNING, f"{self._describe(worker)} {how} while resuming")
+                self._log(logging.WARNING, f"{self._describe(worker)} {did} while resuming")
             if generation.role is Role.SERVING and self.stopping is Stopping.NO:
                 # resumed after a failed rollout: its slot is refilled as for a crash
-                self._schedule_restart(generation, worker, how, now)
+                self._schedule_restart(generation, worker, did, now)
             self._rollback_progress(now)
         elif generation.role is Role.STARTING:
             when = (
@@ -1501,7 +1509,7 @@ class SupervisorStateMachine:
             )
             self._fail_generation(generation, worker, cause, now)
         elif generation.role is Role.SERVING and self.stopping is Stopping.NO:
-            self._on_serving_exit(generation, worker, how, now)
+            self._on_serving_exit(generation, worker, did, now)
         if (
             not generation.slots
             and not generation.leaving
@@ -1597,6 +1605,7 @@ class SupervisorStateMachine:
             return
         # reported just before the worker exits: its exit is described by it
         worker.cause = cause
+        worker.reported = True
         if worker.state is WorkerState.PARKED:
             # it gave up its park: it cannot be resumed, and it gets kill_grace to go;
             # its slot is free at once (a refill takes its id, see _release)

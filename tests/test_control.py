@@ -25,6 +25,7 @@ from services import service_source, wait_for_file, write_service
 
 from graceful import Control
 from graceful._control import _connect_retrying, control_path
+from graceful._decisions import STOPPING, ReloadOutcome
 
 SERVING = r"generation (\d+) serving \(ready in \d+\.\d\ds\)"
 
@@ -706,3 +707,9 @@ def test_a_reader_that_closed_its_end_is_a_quiet_exit(tmp_path: Path, command: l
         assert result.stderr == ""
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
+
+
+def test_a_reload_outcome_that_never_started_reads_as_such() -> None:
+    assert str(ReloadOutcome(0, "failed", STOPPING, 0.0)) == (
+        "reload failed: the service is stopping"
+    )

@@ -538,7 +538,7 @@ def test_serving_worker_crash_log_names_the_cause_it_reported() -> None:
     actions = sim.send_all([WorkerFailed(first, "MemoryError"), WorkerExited(first, 1)])
 
     assert messages(actions, logging.WARNING) == [
-        "generation 1 worker 0 MemoryError; restarting it in 0.1s"
+        "generation 1 worker 0 failed: MemoryError; restarting it in 0.1s"
     ]
 
 
