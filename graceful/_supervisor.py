@@ -34,7 +34,7 @@ from ._listeners import (
     format_address,
     most_workers,
 )
-from ._logging import ensure_visible, logger
+from ._logging import ensure_visible, logger, written_without_waiting
 from ._main_script import check_main_guard
 from ._orphan_guard import OrphanGuard
 from ._pidfile import PidFile
@@ -81,14 +81,15 @@ def run_supervisor(
         signal.signal(signum, signal.SIG_IGN)
     stop_handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _supervise(
-            service,
-            caller,
-            pid_file=pid_file,
-            health=health,
-            stop_delay=stop_delay,
-            release_link=release_link,
-        )
+        with written_without_waiting():
+            return _supervise(
+                service,
+                caller,
+                pid_file=pid_file,
+                health=health,
+                stop_delay=stop_delay,
+                release_link=release_link,
+            )
     finally:
         for signum, handler in stop_handlers.items():
             signal.signal(signum, handler)

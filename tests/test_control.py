@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -713,3 +715,40 @@ def test_a_reload_outcome_that_never_started_reads_as_such() -> None:
     assert str(ReloadOutcome(0, "failed", STOPPING, 0.0)) == (
         "reload failed: the service is stopping"
     )
+
+
+def test_a_stderr_reader_that_falls_behind_never_blocks_the_supervisor(tmp_path: Path) -> None:
+    """The supervisor logs into a 4 KiB pipe nobody reads: every reload still ends,
+    status answers, and the stop is not held by lines that cannot be written (they
+    get a few seconds, then the supervisor exits)."""
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(tmp_path / "svc.py", prefix="v1", pid_file=pid_file)
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **ENV, STANDBY="0", PROBATION="0")
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.DEVNULL,
+        stderr=write_end,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    os.close(write_end)
+    try:
+        poll_until(pid_file.exists, 30, "the PID file")
+        for _ in range(40):  # a few hundred lines: far more than the pipe holds
+            outcome = Control(pid_file).reload(timeout=30)
+            assert outcome.succeeded, outcome
+        assert Control(pid_file).status(timeout=10)["state"] == "running"
+        Control(pid_file).stop(timeout=30)  # (the stop writes what waited)
+        seen = b""
+        while chunk := os.read(read_end, 65536):
+            seen += chunk
+        assert "generation 1 is serving" in seen.decode()
+        assert process.wait(30) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+        os.close(read_end)
