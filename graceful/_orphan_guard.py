@@ -54,6 +54,9 @@ class OrphanGuard:
         self._process = process
         self._channel = channel
         self.pidfd: int | None = _pidfd(process.pid)
+        #: workers not handed over yet (the socket was full), with a duplicate of
+        #: each pidfd, in order
+        self._pending: list[tuple[int, int]] = []
 
     @classmethod
     def start(cls, drain_timeout: float, kill_grace: float) -> OrphanGuard | None:
@@ -91,23 +94,48 @@ class OrphanGuard:
     def watch(self, pid: int, pidfd: int) -> None:
         """Hand the guard worker ``pid`` (its pidfd is duplicated into the guard).
 
-        Never blocks: a guard that does not read what it is sent (stopped, stuck)
-        until its socket is full is no guard; it is killed, and the supervisor starts
-        a new one, which is handed every live worker (see ``_keep_guard``)."""
-        try:
-            socket.send_fds(self._channel, [str(pid).encode()], [pidfd])
-        except (BlockingIOError, InterruptedError):
-            import logging  # noqa: PLC0415 - the guard itself runs without it
+        Never blocks: what the socket cannot take now (a guard just started, and not
+        reading yet, is handed every live worker at once) waits, in order, for
+        :meth:`flush`; the supervisor's loop flushes it as the socket has room, and
+        kills a guard that reads nothing for a long time (see ``_keep_guard``)."""
+        if not self._pending:
+            try:
+                socket.send_fds(self._channel, [str(pid).encode()], [pidfd])
+                return
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                return  # it has exited: the supervisor starts a new one
+        with contextlib.suppress(OSError):
+            self._pending.append((pid, os.dup(pidfd)))
 
-            logging.getLogger("graceful").warning(
-                "the orphan guard (PID %d) does not read what it is sent; killing it, a "
-                "new one takes over",
-                self.pid,
-            )
-            with contextlib.suppress(OSError):
-                self._process.kill()
-        except OSError:
-            pass  # it has exited: the supervisor starts a new one
+    @property
+    def has_pending(self) -> bool:
+        """Some workers wait to be handed over (see :meth:`watch`)."""
+        return bool(self._pending)
+
+    @property
+    def channel(self) -> socket.socket:
+        """The supervisor's end of the guard's socket (to wait until it has room)."""
+        return self._channel
+
+    def flush(self) -> None:
+        """Hand over what waits, in order, until the socket is full again."""
+        while self._pending:
+            pid, pidfd = self._pending[0]
+            try:
+                socket.send_fds(self._channel, [str(pid).encode()], [pidfd])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                pass  # it has exited: its successor is handed every live worker
+            self._pending.pop(0)
+            os.close(pidfd)
+
+    def kill(self) -> None:
+        """SIGKILL the guard (it is reaped by :meth:`reap`)."""
+        with contextlib.suppress(OSError):
+            self._process.kill()
 
     def reap(self) -> int | None:
         """Reap a guard that has exited on its own; its exit status."""
@@ -129,6 +157,9 @@ class OrphanGuard:
             self._process.wait()
 
     def _close_descriptors(self) -> None:
+        for _, pidfd in self._pending:
+            os.close(pidfd)
+        self._pending.clear()
         self._channel.close()
         if self.pidfd is not None:
             os.close(self.pidfd)

@@ -90,6 +90,12 @@ ROLLBACK_SIGNAL = signal.SIGUSR2
 #: The signals that add a worker and remove one (gunicorn's and uvicorn's convention).
 SCALE_SIGNALS = {signal.SIGTTIN: 1, signal.SIGTTOU: -1}
 
+#: Seconds an orphan guard may leave what it is sent unread before it is replaced.
+GUARD_STALL = 10.0
+
+#: Seconds between two tries to start an orphan guard after one could not start.
+GUARD_RETRY = 5.0
+
 #: who asks, in a :class:`ScaleRequested` from the control socket
 _SCALE_REQUEST = "graceful scale"
 
@@ -171,6 +177,8 @@ class SupervisorLoop:
         self._exit_at_least = 0
         #: stops the workers if this process dies (see ``_orphan_guard.py``)
         self._guard: OrphanGuard | None = None
+        #: set when the guard has workers waiting to be handed over
+        self._guard_has_pending: anyio.Event | None = None
         self.control = ControlServer(control, self) if control is not None else None
         self.health = HealthServer(health, self) if health is not None else None
         #: ``reload --wait`` requests not yet bound to the generation that answers them
@@ -649,28 +657,67 @@ class SupervisorLoop:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, followed)
 
     async def _keep_guard(self) -> None:
-        """Start a new orphan guard whenever the current one dies (someone killed it),
-        and hand it every live worker."""
-        while (
-            self._start_guard is not None
-            and self._guard is not None
-            and self._guard.pidfd is not None
-        ):
-            await anyio.wait_readable(self._guard.pidfd)
-            pid, status = self._guard.pid, self._guard.reap()
+        """Start a new orphan guard whenever the current one dies (someone killed it,
+        or it read nothing for :data:`GUARD_STALL` seconds), and hand it every live
+        worker; a guard that cannot be started is tried again every
+        :data:`GUARD_RETRY` seconds."""
+        if self._start_guard is None or self._guard is None:
+            return  # none here (no pidfds)
+        while True:
+            guard = self._guard
+            if guard is None or guard.pidfd is None:
+                await anyio.sleep(GUARD_RETRY)
+                self._guard = self._start_guard()
+                if self._guard is not None:
+                    logger.warning("started a new orphan guard (PID %d)", self._guard.pid)
+                    self._hand_guard_every_worker()
+                continue
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._flush_guard, guard)
+                await anyio.wait_readable(guard.pidfd)
+                tasks.cancel_scope.cancel()
+            pid, status = guard.pid, guard.reap()
             self._guard = self._start_guard()
             logger.warning(
                 "the orphan guard (PID %d) exited with status %s; %s",
                 pid,
                 status,
-                "started a new one" if self._guard is not None else "could not start a new one",
+                "started a new one"
+                if self._guard is not None
+                else f"could not start a new one (trying again every {GUARD_RETRY:g}s)",
             )
-            for worker in self.watcher.live.values():
-                self._guard_watch(worker)
+            self._hand_guard_every_worker()
+
+    def _hand_guard_every_worker(self) -> None:
+        for worker in self.watcher.live.values():
+            self._guard_watch(worker)
+
+    async def _flush_guard(self, guard: OrphanGuard) -> None:
+        """Hand ``guard`` what its socket could not take at once, as it reads; kill it
+        if it reads nothing for :data:`GUARD_STALL` seconds."""
+        while True:
+            self._guard_has_pending = anyio.Event()
+            if not guard.has_pending:
+                await self._guard_has_pending.wait()
+            while guard.has_pending:
+                with anyio.move_on_after(GUARD_STALL) as waited:
+                    await anyio.wait_writable(guard.channel)
+                if waited.cancelled_caught:
+                    logger.warning(
+                        "the orphan guard (PID %d) read nothing for %gs; killing it, a new "
+                        "one takes over",
+                        guard.pid,
+                        GUARD_STALL,
+                    )
+                    guard.kill()
+                    return
+                guard.flush()
 
     def _guard_watch(self, worker: WorkerProcess) -> None:
         if self._guard is not None and worker.exit_fd is not None:
             self._guard.watch(worker.pid, worker.exit_fd)
+            if self._guard.has_pending and self._guard_has_pending is not None:
+                self._guard_has_pending.set()
 
     async def _reap_orphans(self, *, task_status: TaskStatus[None]) -> None:
         """As PID 1 (in a container), reap every child that is not a worker.

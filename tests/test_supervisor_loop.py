@@ -12,9 +12,11 @@ real processes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 import anyio
 import pytest
 
-from graceful import _wire
+from graceful import _supervisor_loop, _wire
 from graceful._decisions import (
     ReadyTimeout,
     ReloadRequested,
@@ -30,6 +32,7 @@ from graceful._decisions import (
     SpawnWorker,
     StopRequested,
 )
+from graceful._orphan_guard import OrphanGuard
 from graceful._spawner import Reaped
 from graceful._supervisor_loop import SupervisorLoop
 
@@ -425,3 +428,46 @@ def test_the_supervisors_sends_to_a_worker_never_wait() -> None:
     finally:
         channel.close()
         theirs.close()
+
+
+def test_a_guard_that_reads_nothing_is_replaced_and_the_loop_never_waits_for_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real orphan guard, stopped, with a small socket: the workers it cannot take
+    wait in the supervisor, the loop goes on (reloads serve), and after GUARD_STALL
+    the guard is killed and a new one is handed every live worker."""
+    monkeypatch.setattr(_supervisor_loop, "GUARD_STALL", 0.5)
+    guards: list[OrphanGuard] = []
+
+    def start_guard() -> OrphanGuard | None:
+        guard = OrphanGuard.start(drain_timeout=1.0, kill_grace=1.0)
+        if guard is not None:
+            if not guards:  # the first one: stopped, and its socket as small as can be
+                guard.channel.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+                os.kill(guard.pid, signal.SIGSTOP)
+            guards.append(guard)
+        return guard
+
+    factory = StandInFactory(lambda spawn: serve_until_shutdown)
+    loop = SupervisorLoop(
+        Settings(workers=2, ready_timeout=5.0, drain_timeout=5.0, kill_grace=0.5),
+        factory,
+        follow_signals=False,
+        start_guard=start_guard,
+    )
+
+    async def drive() -> None:
+        await until(lambda: loop.machine.serving == 1)
+        for generation in range(2, 12):  # far more workers than the stopped guard takes
+            loop.events_in.send_nowait(ReloadRequested())
+            await until(lambda generation=generation: loop.machine.serving == generation)
+        await until(lambda: len(guards) == 2)
+        loop.events_in.send_nowait(StopRequested())
+
+    try:
+        assert run(loop, factory, drive) == 0
+    finally:
+        for guard in guards:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(guard.pid, signal.SIGKILL)
+    assert "read nothing for 0.5s; killing it" in caplog.text
