@@ -460,7 +460,11 @@ def test_a_guard_that_reads_nothing_is_replaced_and_the_loop_never_waits_for_it(
         await until(lambda: loop.machine.serving == 1)
         for generation in range(2, 12):  # far more workers than the stopped guard takes
             loop.events_in.send_nowait(ReloadRequested())
-            await until(lambda generation=generation: loop.machine.serving == generation)
+
+            def serving(generation: int = generation) -> bool:
+                return loop.machine.serving == generation
+
+            await until(serving)
         await until(lambda: len(guards) == 2)
         loop.events_in.send_nowait(StopRequested())
 
