@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
 from ._asgi import asgi_service, module_exists
-from ._control import Control
+from ._control import Control, NoControlSocket
 from ._dev import Watch, as_watch, with_paths
 from ._entry import import_module, walk
 from ._errors import ConfigError, GracefulError
@@ -259,7 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--timeout needs --wait")
         if args.wait:
             return _reload_and_wait(args) if args.command == "reload" else _stop_and_wait(args)
-        return _signal(args.pid_file, signal.SIGHUP if args.command == "reload" else signal.SIGTERM)
+        if args.command == "stop":
+            return _stop(args.pid_file)
+        return _signal(args.pid_file, signal.SIGHUP)
     except ConfigError as exc:
         logger.error("%s", exc)
         return 2
@@ -423,6 +425,20 @@ def _supervise(service: Service[Any], args: argparse.Namespace) -> int:
         health=args.health,
         stop_delay=args.stop_delay,
     )
+
+
+def _stop(pid_file: str) -> int:
+    """Ask for a stop through the control socket (a second one only joins the first;
+    see the README), or with SIGTERM where there is none."""
+    try:
+        Control(pid_file).request("stop", timeout=_CLIENT_TIMEOUT)
+    except NoControlSocket:
+        return _signal(pid_file, signal.SIGTERM)
+    return 0
+
+
+#: Seconds a client command that does not wait gives the supervisor to answer.
+_CLIENT_TIMEOUT = 10.0
 
 
 def _signal(pid_file: str, signum: signal.Signals) -> int:

@@ -390,6 +390,36 @@ class ControlServer:
             await _answer(stream, ok=False, error=f"unknown command {command!r}")
         return False
 
+    def last_words(self) -> None:
+        """Once the supervisor's loop has ended, and before the socket closes: answer
+        the connections still waiting in its backlog, without waiting for anything (a
+        ``stop --wait`` asked for in the last moments of a stop must not be reset). A
+        ``stop`` is answered as requested (and, with ``wait``, told the exit status
+        by :meth:`tell_exit`); anything else that the supervisor is exiting."""
+        for _ in range(MAX_OPEN_CONNECTIONS):
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # nothing more waits (or the socket is closed)
+            with conn:
+                conn.setblocking(False)
+                try:
+                    data = conn.recv(MAX_REQUEST_BYTES + 1, socket.MSG_PEEK)
+                    line = data.partition(b"\n")[0]
+                    request = json.loads(line) if data.endswith(b"\n") or b"\n" in data else {}
+                except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+                    request = {}
+                _, uid, _ = peer_credentials(conn)
+                if not isinstance(request, dict) or uid not in self.allowed_uids:
+                    request = {}
+                with contextlib.suppress(OSError):
+                    if request.get("command") == "stop":
+                        conn.send(_encode(ok=True, stop="requested", pid=os.getpid()))
+                        if request.get("wait") is True:
+                            self.exit_waiters.append(conn.dup())
+                    else:
+                        conn.send(_encode(ok=False, error="the supervisor is exiting"))
+
     def tell_exit(self, code: int) -> None:
         """Tell every ``stop --wait`` client the exit status, and let them go."""
         line = _encode(ok=True, exited=code)
@@ -452,6 +482,10 @@ async def _read_request(stream: SocketStream) -> dict[str, Any]:
 
 
 # --- the client ------------------------------------------------------------------------
+
+
+class NoControlSocket(GracefulError):
+    """The supervisor named by the PID file has no control socket."""
 
 
 class Control:
@@ -567,7 +601,7 @@ class Control:
                 _connect_retrying(sock, address, deadline)
         except FileNotFoundError:
             sock.close()
-            raise GracefulError(
+            raise NoControlSocket(
                 f"supervisor {pid} has no control socket at {path!r} "
                 "(a graceful older than the control socket?)"
             ) from None

@@ -180,6 +180,8 @@ def _supervise(
         logger.info("stopped (exit status %d)", code)
         return code
     finally:
+        if loop is not None and loop.control is not None:
+            loop.control.last_words()
         clean_up()
         _end_leftover_children()
         if loop is not None and loop.control is not None:

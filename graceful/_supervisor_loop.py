@@ -194,6 +194,8 @@ class SupervisorLoop:
         self._started_at = 0.0
         #: a stop was asked for through the control socket
         self._stop_requested = False
+        #: stop signals (SIGTERM, SIGINT) received
+        self._stop_signals = 0
         #: since when no worker accepts connections while a generation serves (the
         #: loop's clock); None while one does (see :meth:`is_live`)
         self.unready_since: float | None = None
@@ -474,6 +476,17 @@ class SupervisorLoop:
             f"(more than ready_timeout={limit:g}s): {self.machine.status()}"
         )
 
+    def _stop_signalled(self) -> None:
+        """SIGTERM or SIGINT: a stop, if none was asked for; a second signal escalates
+        it (an operator's decision), but a first one after a stop asked for through
+        the control socket (``graceful stop``) only joins it."""
+        if self._stop_signals or not self._stop_requested:
+            self.events_in.send_nowait(StopRequested())
+        else:
+            logger.info("stop signal: the stop already asked for goes on")
+        self._stop_signals += 1
+        self._stop_requested = True
+
     def request_stop(self) -> None:
         """Ask for a stop, as the first SIGTERM does. Unlike a second SIGTERM, a request
         after any stop (a signal's included) changes nothing: waiting for a stop (a
@@ -641,9 +654,7 @@ class SupervisorLoop:
                                 ScaleRequested(name, step=SCALE_SIGNALS[signum])
                             )
                         else:
-                            # (a second signal is an operator's escalation: it is sent)
-                            self._stop_requested = True
-                            self.events_in.send_nowait(StopRequested())
+                            self._stop_signalled()
                 finally:
                     # The receiver resets these to their default actions (which kill,
                     # or raise KeyboardInterrupt) as it closes. Once the supervisor

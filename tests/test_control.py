@@ -25,9 +25,10 @@ import pytest
 from harness import ROOT, ask, connect, graceful_cli, poll_until, read_line, running
 from services import service_source, wait_for_file, write_service
 
-from graceful import Control
+from graceful import Control, GracefulError
 from graceful._control import _connect_retrying, control_path
 from graceful._decisions import STOPPING, ReloadOutcome
+from graceful._pidfile import supervisor_pidfd
 
 SERVING = r"generation (\d+) serving \(ready in \d+\.\d\ds\)"
 
@@ -752,3 +753,54 @@ def test_a_stderr_reader_that_falls_behind_never_blocks_the_supervisor(tmp_path:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
         os.close(read_end)
+
+
+@pytest.mark.parametrize("then", ["graceful stop", "SIGTERM"])
+def test_a_stop_asked_for_twice_drains_unless_a_second_signal_comes(
+    tmp_path: Path, then: str
+) -> None:
+    """``graceful stop`` (through the control socket), then ``graceful stop`` again or
+    a first SIGTERM (``systemctl stop``, ``docker stop``): the stop is joined, the
+    request in flight is answered; only a second signal would escalate."""
+    script, pid_file = pid_service(tmp_path)
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        with connect(svc.address()) as client:
+            assert ask(client, "sleep 2") == b"v1: sleeping\n"
+            assert graceful_cli("stop", "--pid-file", str(pid_file)).returncode == 0
+            svc.wait_for("stopping: draining")
+            if then == "SIGTERM":
+                svc.send(signal.SIGTERM)
+                svc.wait_for("stop signal: the stop already asked for goes on")
+            else:
+                assert graceful_cli("stop", "--pid-file", str(pid_file)).returncode == 0
+            assert read_line(client) == b"v1: sleep 2\n"
+        assert svc.wait_exit() == 0
+        assert "stopping now" not in svc.output
+
+
+def test_stop_wait_in_the_last_moments_of_a_stop_gets_the_exit_status(tmp_path: Path) -> None:
+    """SIGTERM, then stop --wait at once, many times: the request lands as the
+    supervisor ends (in the control socket's backlog, say), and is answered."""
+    for attempt in range(8):
+        directory = tmp_path / str(attempt)
+        directory.mkdir()
+        script, pid_file = pid_service(directory)
+        with running(script, env={**ENV, "STANDBY": "0"}) as svc:
+            svc.wait_serving(1)
+            poll_until(pid_file.exists, 10, "the PID file")
+            control = Control(pid_file)
+            pid, pidfd = supervisor_pidfd(pid_file)
+            if pidfd is not None:
+                os.close(pidfd)
+            time.sleep(attempt * 0.015)  # the race is the point: land anywhere in it
+            svc.send(signal.SIGTERM)
+            try:
+                code = control.stop(timeout=30)
+            except GracefulError as exc:
+                # the PID file was gone already: the stop had ended
+                assert "no PID file" in str(exc) or "not a graceful supervisor" in str(exc), exc
+            else:
+                assert code == 0
+            assert svc.wait_exit() == 0
