@@ -180,12 +180,13 @@ def _supervise(
         logger.info("stopped (exit status %d)", code)
         return code
     finally:
-        if loop is not None and loop.control is not None:
-            loop.control.last_words()
+        control_server = loop.control if loop is not None else None
+        if control_server is not None:
+            control_server.last_words()
         clean_up()
         _end_leftover_children()
-        if loop is not None and loop.control is not None:
-            loop.control.tell_exit(code)
+        if control_server is not None:
+            control_server.tell_exit(code)
 
 
 def _adopt_release(release_link: str | os.PathLike[str] | None) -> ReleaseLayout:

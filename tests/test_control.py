@@ -28,7 +28,6 @@ from services import service_source, wait_for_file, write_service
 from graceful import Control, GracefulError
 from graceful._control import _connect_retrying, control_path
 from graceful._decisions import STOPPING, ReloadOutcome
-from graceful._pidfile import supervisor_pidfd
 
 SERVING = r"generation (\d+) serving \(ready in \d+\.\d\ds\)"
 
@@ -791,9 +790,6 @@ def test_stop_wait_in_the_last_moments_of_a_stop_gets_the_exit_status(tmp_path: 
             svc.wait_serving(1)
             poll_until(pid_file.exists, 10, "the PID file")
             control = Control(pid_file)
-            pid, pidfd = supervisor_pidfd(pid_file)
-            if pidfd is not None:
-                os.close(pidfd)
             time.sleep(attempt * 0.015)  # the race is the point: land anywhere in it
             svc.send(signal.SIGTERM)
             try:
