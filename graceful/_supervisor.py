@@ -15,13 +15,14 @@ import os
 import signal
 import sys
 import types
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import multiprocess
 
 from ._bytecode import application_roots
-from ._control import ControlSocket, control_path
+from ._control import ControlServer, ControlSocket, control_path
 from ._decisions import Settings, Strategy
 from ._dev import SourceWatcher, Watch, with_paths
 from ._dev_terminal import DevTerminal, quiet_reload_narrative
@@ -180,13 +181,19 @@ def _supervise(
         logger.info("stopped (exit status %d)", code)
         return code
     finally:
-        control_server = loop.control if loop is not None else None
-        if control_server is not None:
-            control_server.last_words()
-        clean_up()
-        _end_leftover_children()
-        if control_server is not None:
-            control_server.tell_exit(code)
+        _finish(loop.control if loop is not None else None, code, clean_up)
+
+
+def _finish(control: ControlServer | None, code: int, clean_up: Callable[[], None]) -> None:
+    """The supervisor's last steps, however it ended: answer the control socket's
+    backlog, release what was bound and claimed, kill any child left, and tell the
+    ``stop --wait`` clients the exit status."""
+    if control is not None:
+        control.last_words()
+    clean_up()
+    _end_leftover_children()
+    if control is not None:
+        control.tell_exit(code)
 
 
 def _adopt_release(release_link: str | os.PathLike[str] | None) -> ReleaseLayout:
