@@ -278,7 +278,10 @@ class ControlServer:
         self.allowed_uids = {os.geteuid(), 0}
         #: connections of ``stop --wait`` clients, told the exit status at the end
         self.exit_waiters: list[socket.socket] = []
-        self._readers = BoundedReaders(MAX_CONNECTIONS)
+        # fewer than the connections held open, so that a new one always finds room
+        # to displace the oldest that sends nothing (see connection_limit)
+        self._open = connection_limit(MAX_OPEN_CONNECTIONS)
+        self._readers = BoundedReaders(min(MAX_CONNECTIONS, max(1, self._open // 2)))
 
     async def serve(self, tasks: TaskGroup) -> None:
         """Serve connections in ``tasks`` until cancelled."""
@@ -287,7 +290,7 @@ class ControlServer:
             tasks,
             self._handle,
             "control socket",
-            limit=connection_limit(MAX_OPEN_CONNECTIONS),
+            limit=self._open,
         )
 
     async def _handle(self, stream: SocketStream) -> None:
@@ -352,7 +355,8 @@ class ControlServer:
             if not wait:
                 await _answer(stream, ok=True, reload="requested")
                 return False
-            await waiter.done.wait()
+            if not await _done_or_gone(stream, waiter.done):
+                return False
             result = waiter.result
             if isinstance(result, ReloadOutcome):
                 await _answer(stream, ok=result.succeeded, reload=_outcome(result))
@@ -364,7 +368,8 @@ class ControlServer:
                 )
         elif command == "rollback":
             waiter = self.supervisor.request_rollback(by="graceful rollback")
-            await waiter.done.wait()
+            if not await _done_or_gone(stream, waiter.done):
+                return False
             ended = waiter.result
             assert isinstance(ended, RollbackEnded), ended
             await _answer(stream, ok=ended.ok, rollback=ended.detail)
@@ -376,7 +381,8 @@ class ControlServer:
                 )
                 return False
             waiter = self.supervisor.request_scale(workers)
-            await waiter.done.wait()
+            if not await _done_or_gone(stream, waiter.done):
+                return False
             scaled = waiter.result
             assert isinstance(scaled, ScaleEnded), scaled
             await _answer(stream, ok=scaled.ok, scale=scaled.detail)
@@ -443,6 +449,28 @@ def _outcome(outcome: ReloadOutcome) -> dict[str, Any]:
 
 def _encode(**fields: Any) -> bytes:
     return (json.dumps({"graceful": PROTOCOL_VERSION, **fields}) + "\n").encode()
+
+
+async def _done_or_gone(stream: SocketStream, done: anyio.Event) -> bool:
+    """Wait until ``done`` is set (True), or the client has gone (False: a client
+    that left must not keep its connection, and a slot, until then)."""
+    gone = False
+    async with anyio.create_task_group() as tasks:
+
+        async def until_the_client_leaves() -> None:
+            nonlocal gone
+            with contextlib.suppress(
+                anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
+            ):
+                while True:
+                    await stream.receive()  # (it has nothing more to say: ignored)
+            gone = True
+            tasks.cancel_scope.cancel()
+
+        tasks.start_soon(until_the_client_leaves)
+        await done.wait()
+        tasks.cancel_scope.cancel()
+    return not gone
 
 
 async def _answer(stream: SocketStream, **fields: Any) -> None:

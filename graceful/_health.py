@@ -171,7 +171,9 @@ class HealthServer:
         self.sock = sock
         self.supervisor = supervisor
         self.metrics = Metrics.create(supervisor)
-        self._readers = BoundedReaders(MAX_CONNECTIONS)
+        # fewer than the connections held open (see the control socket's)
+        self._open = connection_limit(MAX_OPEN_CONNECTIONS)
+        self._readers = BoundedReaders(min(MAX_CONNECTIONS, max(1, self._open // 2)))
 
     async def serve(self, tasks: TaskGroup) -> None:
         """Serve connections in ``tasks`` until cancelled."""
@@ -180,7 +182,7 @@ class HealthServer:
             tasks,
             self._handle,
             "health endpoint",
-            limit=connection_limit(MAX_OPEN_CONNECTIONS),
+            limit=self._open,
         )
 
     async def _handle(self, stream: SocketStream) -> None:

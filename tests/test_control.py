@@ -799,3 +799,57 @@ def test_stop_wait_in_the_last_moments_of_a_stop_gets_the_exit_status(tmp_path: 
             # the exit status, or (the PID file gone already: the stop had ended) that
             assert outcome == 0 or "no PID file" in str(outcome), outcome
             assert svc.wait_exit() == 0
+
+
+def test_wait_clients_that_left_free_their_connections_at_once(tmp_path: Path) -> None:
+    """128 ``reload --wait`` clients leave while a slow reload runs: their connections
+    are freed then, not when the reload ends, so status answers meanwhile."""
+    script, pid_file = pid_service(tmp_path, prefix="v1")
+    with running(script, env={**ENV, "READY_TIMEOUT": "60"}) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        started = tmp_path / "importing"
+        script.write_text(
+            f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(8)\n"
+            + service_source(prefix="v2", pid_file=pid_file)
+        )
+        path = str(control_path(pid_file))
+        clients = []
+        for _ in range(128):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            _connect_retrying(client, path, time.monotonic() + 30)
+            client.sendall(b'{"graceful": 1, "command": "reload", "wait": true}\n')
+            clients.append(client)
+        poll_until(started.exists, 20, "the slow reload importing")
+        for client in clients:
+            client.close()
+        assert Control(pid_file).status(timeout=4)["state"] == "running"
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+def test_under_a_low_descriptor_limit_idle_clients_never_keep_status_out(tmp_path: Path) -> None:
+    """At a limit of 128 descriptors (16 control connections), 100 clients that connect
+    and send nothing: a status request still gets in and is answered."""
+    script, pid_file = pid_service(tmp_path)
+    wrapper = ("prlimit", "--nofile=128:128", "--")
+    with running(script, env={**ENV, "STANDBY": "0"}, wrapper=wrapper) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        idle = []
+        try:
+            for _ in range(100):
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                client.setblocking(False)
+                try:
+                    client.connect(str(control_path(pid_file)))
+                except BlockingIOError:
+                    client.close()
+                    continue
+                idle.append(client)
+            assert Control(pid_file).status(timeout=10)["state"] == "running"
+        finally:
+            for client in idle:
+                client.close()
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
