@@ -246,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         # a client command: a reader that closed its end early (``| head -1``) ends
         # nothing but the printing
-        sys.stdout = _PipeSafe(sys.stdout)
+        if sys.stdout is not None:
+            sys.stdout = _PipeSafe(sys.stdout)
         if args.command == "status":
             return _status(args)
         if args.command == "rollback":
@@ -268,6 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GracefulError as exc:
         logger.error("%s", exc)
         return 1
+    except TimeoutError:
+        logger.error(
+            "the supervisor did not answer in time (busy, or stopped?); what was asked "
+            "for may still be carried out"
+        )
+        return 1
 
 
 class _PipeSafe:
@@ -282,19 +289,21 @@ class _PipeSafe:
         if not self._gone:
             try:
                 self._stream.write(text)
-            except BrokenPipeError:
-                self._reader_gone()
+            except OSError as exc:
+                self._reader_gone(exc)
         return len(text)
 
     def flush(self) -> None:
         if not self._gone:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
-                self._reader_gone()
+            except OSError as exc:
+                self._reader_gone(exc)
 
-    def _reader_gone(self) -> None:
+    def _reader_gone(self, exc: OSError) -> None:
         self._gone = True
+        if not isinstance(exc, BrokenPipeError):  # a full disk, say: said, once
+            logger.error("cannot write the output: %s", exc.strerror or exc)
         # what is still buffered is flushed at exit: into /dev/null, not a traceback
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, self._stream.fileno())

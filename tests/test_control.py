@@ -853,3 +853,35 @@ def test_under_a_low_descriptor_limit_idle_clients_never_keep_status_out(tmp_pat
                 client.close()
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
+
+
+def test_client_output_to_a_closed_or_full_stdout_and_a_silent_supervisor_are_one_line(
+    tmp_path: Path,
+) -> None:
+    script, pid_file = pid_service(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "graceful", "status", "--pid-file", str(pid_file)]
+    with running(script, env=ENV) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        closed = subprocess.run(
+            ["sh", "-c", '"$@" >&-', "sh", *command], capture_output=True, text=True, env=env
+        )
+        assert (closed.returncode, closed.stderr) == (0, ""), closed
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                command, stdout=full, stderr=subprocess.PIPE, text=True, env=env
+            )
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "cannot write the output: No space left on device" in result.stderr
+        # a supervisor that does not answer (stopped): one line after the client's timeout
+        os.kill(svc.pid, signal.SIGSTOP)
+        try:
+            silent = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        finally:
+            os.kill(svc.pid, signal.SIGCONT)
+        assert silent.returncode == 1
+        assert silent.stderr.count("\n") == 1, silent.stderr
+        assert "the supervisor did not answer in time" in silent.stderr
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
