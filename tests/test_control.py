@@ -865,19 +865,25 @@ def test_client_output_to_a_closed_or_full_stdout_and_a_silent_supervisor_are_on
         svc.wait_serving(1)
         poll_until(pid_file.exists, 10, "the PID file")
         closed = subprocess.run(
-            ["sh", "-c", '"$@" >&-', "sh", *command], capture_output=True, text=True, env=env
+            ["sh", "-c", '"$@" >&-', "sh", *command],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
         )
         assert (closed.returncode, closed.stderr) == (0, ""), closed
         with open("/dev/full", "w") as full:
             result = subprocess.run(
-                command, stdout=full, stderr=subprocess.PIPE, text=True, env=env
+                command, stdout=full, stderr=subprocess.PIPE, text=True, env=env, check=False
             )
         assert result.stderr.count("\n") == 1, result.stderr
         assert "cannot write the output: No space left on device" in result.stderr
         # a supervisor that does not answer (stopped): one line after the client's timeout
         os.kill(svc.pid, signal.SIGSTOP)
         try:
-            silent = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+            silent = subprocess.run(
+                command, capture_output=True, text=True, env=env, timeout=60, check=False
+            )
         finally:
             os.kill(svc.pid, signal.SIGCONT)
         assert silent.returncode == 1
