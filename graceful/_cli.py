@@ -508,6 +508,16 @@ def _scale(args: argparse.Namespace) -> int:
         counts = {slot: crash["count"] for slot, crash in crashes.items()}
         if crashed_before is None:
             crashed_before = counts
+        rolled_back = status.get("rolled_back") or {}
+        starting = [w for g in serving for w in g["workers"] if w["state"] == "starting"]
+        if rolled_back.get("empty_slots") and not starting:
+            print(
+                f"{len(ready)}/{args.workers} workers ready: {rolled_back['empty_slots']} "
+                "slot(s) stay empty until the next reload (the code on disk was rolled "
+                f"back: {rolled_back['cause']})",
+                file=sys.stderr,
+            )
+            return 1
         for slot, count in counts.items():
             if count != crashed_before.get(slot, 0):  # (it changes only at a crash)
                 print(
@@ -519,7 +529,6 @@ def _scale(args: argparse.Namespace) -> int:
         if status["workers"] != args.workers:
             print(f"scaled to {status['workers']} workers since", file=sys.stderr)
             return 1
-        starting = [w for g in serving for w in g["workers"] if w["state"] == "starting"]
         if len(ready) == args.workers and not starting:  # removed ones may still drain
             print(f"{args.workers} workers ready")
             return 0

@@ -1343,6 +1343,12 @@ class SupervisorStateMachine:
                 "next reload, as they would start the code on disk, which was rolled back",
             )
 
+    def empty_slots(self) -> int:
+        """How many of the serving generation's slots have no worker, not even one
+        starting (after a rollback, the rejected-code rule leaves them so)."""
+        serving = self._generation_with(Role.SERVING)
+        return self._empty_slots(serving) if serving is not None else 0
+
     def _empty_slots(self, generation: Generation) -> int:
         """How many of ``generation``'s slots have no worker (not even one starting)."""
         return max(0, self.size - len(self._members(generation)))

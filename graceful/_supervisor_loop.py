@@ -604,6 +604,8 @@ class SupervisorLoop:
                 "generation": rejected.generation,
                 "cause": rejected.cause,
                 "serving_generation": rejected.serving,
+                # slots left empty until the next reload (the rejected-code rule)
+                "empty_slots": machine.empty_slots(),
             },
             "counters": {
                 "reloads_serving": counters.reloads_serving,

@@ -43,6 +43,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -83,6 +84,9 @@ _FORK_TIMEOUT = 10.0
 
 #: Seconds to wait for a template's exit status once its socket has closed.
 _EXIT_STATUS_WAIT = 2.0
+
+#: Seconds a template told to stop has to exit before it is killed.
+TEMPLATE_EXIT_GRACE = 5.0
 
 #: A template's process name (``/proc/PID/comm``).
 TEMPLATE_NAME = "graceful-tmpl"
@@ -257,6 +261,8 @@ class Template:
         self._failure: str | None = None
         #: no more forks: the socket closes once no exchange is under way
         self._stopping = False
+        #: when it was told to stop (``time.monotonic()``), if it was
+        self.stopped_at: float | None = None
 
     @property
     def pid(self) -> int:
@@ -376,6 +382,8 @@ class Template:
         at once, or once the exchange under way has ended (a fork asked for is
         answered, so that its worker is known and can be stopped)."""
         self._stopping = True
+        if self.stopped_at is None:
+            self.stopped_at = time.monotonic()
         self._close_if_stopping()
 
     def _close_if_stopping(self) -> None:
@@ -556,8 +564,22 @@ class TemplateFactory(SpawningFactory):
         self.collect_exited()
 
     def collect_exited(self) -> None:
-        """Reap the stopped templates that have exited, and stop what they left."""
+        """Reap the stopped templates that have exited, and stop what they left; kill
+        those that were told to stop more than :data:`TEMPLATE_EXIT_GRACE` seconds ago
+        and have not exited (stopped, or stuck: they never read their closed socket)."""
+        now = time.monotonic()
+        for template in self._ending:
+            if template.stopped_at is not None and now - template.stopped_at > TEMPLATE_EXIT_GRACE:
+                template.kill()
         self._ending = [template for template in self._ending if not template.reap_if_exited()]
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(super().run)
+            while True:  # a template that does not exit when told is found in time
+                await anyio.sleep(TEMPLATE_EXIT_GRACE / 2)
+                if self._ending:
+                    self.collect_exited()
 
     def helper_pids(self) -> set[int]:
         templates = [*self._templates.values(), *self._ending]

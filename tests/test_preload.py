@@ -420,3 +420,24 @@ def test_a_template_whose_import_hangs_is_killed_when_its_generation_fails(
             assert ask(client, "still").startswith(b"v1 ")
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
+
+
+def test_a_template_that_does_not_exit_when_its_generation_ends_is_killed(
+    tmp_path: Path,
+) -> None:
+    """Generation 1's template is stopped (SIGSTOP) when a reload retires it: it can
+    never read its closed socket, and is killed a few seconds later instead of
+    holding the whole imported app until the service stops."""
+    handlers(tmp_path, "v1")
+    with preloaded(tmp_path, workers=1) as svc:
+        svc.wait_serving(1)
+        [first] = templates(svc)
+        os.kill(first, signal.SIGSTOP)
+        handlers(tmp_path, "v2")
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        svc.wait_serving(2, after=mark)
+        poll_until(lambda: first not in templates(svc), 20, "the stopped template killed")
+        assert len(templates(svc)) == 1
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0

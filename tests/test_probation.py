@@ -19,7 +19,9 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import textwrap
+import threading
 from pathlib import Path
 
 import psutil
@@ -589,5 +591,40 @@ def test_after_a_rollback_the_slots_scaled_up_during_the_probation_are_said_empt
         shown = graceful_cli("status", "--pid-file", str(pid_file)).stdout
         assert "2/4 workers ready" in shown
         assert "2 slot(s) empty until the next reload" in shown
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+def test_scale_wait_during_a_probation_ends_when_a_rollback_leaves_slots_empty(
+    tmp_path: Path,
+) -> None:
+    """``scale 3 --wait`` while the added worker starts slowly, then a rollback: the
+    slot stays empty until the next reload, and the waiting client says so (it waited
+    for ever)."""
+    pid_file = tmp_path / "svc.pid"
+    script = write_service(tmp_path / "svc.py", prefix="old", pid_file=pid_file)
+    with running(script, env=env(tmp_path)) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        script.write_text(service_source(prefix="new", pid_file=pid_file))
+        assert graceful_cli("reload", "--wait", "--pid-file", str(pid_file)).returncode == 0
+        importing = tmp_path / "importing"
+        script.write_text(
+            f"import time\nopen({str(importing)!r}, 'w').close()\ntime.sleep(3)\n"
+            + service_source(prefix="new", pid_file=pid_file)
+        )
+        results: list[subprocess.CompletedProcess[str]] = []
+        scaling = threading.Thread(
+            target=lambda: results.append(
+                graceful_cli("scale", "3", "--wait", "--pid-file", str(pid_file))
+            )
+        )
+        scaling.start()
+        poll_until(importing.exists, 20, "the added worker importing")
+        assert graceful_cli("rollback", "--pid-file", str(pid_file)).returncode == 0
+        scaling.join(40)
+        [result] = results
+        assert result.returncode == 1, result
+        assert "slot(s) stay empty until the next reload" in result.stderr
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
