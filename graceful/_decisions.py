@@ -1339,8 +1339,9 @@ class SupervisorStateMachine:
             self._log(
                 logging.ERROR,
                 f"generation {target.number} serves with {self.size - empty}/{self.size} "
-                f"workers: {empty} slot(s) (added since it was parked) stay empty until the "
-                "next reload, as they would start the code on disk, which was rolled back",
+                f"workers: {empty} slot(s) (added since it was parked, or whose parked worker "
+                "did not resume) stay empty until the next reload, as they would start the "
+                "code on disk, which was rolled back",
             )
 
     def empty_slots(self) -> int:

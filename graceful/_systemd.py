@@ -142,6 +142,12 @@ class Notifier:
     def close(self) -> None:
         if self._socket is not None:
             self._flush()  # what can still go without waiting
+            if self._pending:
+                logger.warning(
+                    "%d sd_notify messages were not delivered: the reader at %s did not read them",
+                    len(self._pending),
+                    self._address,
+                )
             self._socket.close()
             self._socket = None
 

@@ -20,6 +20,7 @@ from services import service_source, write_service
 
 from graceful import Control
 from graceful._orphan_guard import OrphanGuard
+from graceful._systemd import Notifier
 
 EXTEND = "EXTEND_TIMEOUT_USEC=32000000"  # ready_timeout 30 s + 2 s kill grace
 
@@ -467,3 +468,19 @@ def test_a_new_guard_handed_hundreds_of_workers_at_once_takes_them_all() -> None
         os.close(pidfd)
         bystander.kill()
         bystander.wait()
+
+
+def test_notify_messages_a_stuck_reader_never_took_are_said_at_the_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader = NotifySocket(str(tmp_path / "notify.sock"))
+    notifier = Notifier(reader.address)
+    try:
+        started = time.monotonic()
+        for index in range(200):  # far more than the reader's queue holds
+            notifier.send(STATUS=f"line {index}")
+        assert time.monotonic() - started < 5  # never waited
+        notifier.close()
+    finally:
+        reader.close()
+    assert re.search(r"\d+ sd_notify messages were not delivered", caplog.text), caplog.text
