@@ -510,9 +510,9 @@ def _scale(args: argparse.Namespace) -> int:
             crashed_before = counts
         rolled_back = status.get("rolled_back") or {}
         starting = [w for g in serving for w in g["workers"] if w["state"] == "starting"]
-        if rolled_back.get("empty_slots") and not starting:
+        if rolled_back and status.get("empty_slots") and not starting:
             print(
-                f"{len(ready)}/{args.workers} workers ready: {rolled_back['empty_slots']} "
+                f"{len(ready)}/{args.workers} workers ready: {status['empty_slots']} "
                 "slot(s) stay empty until the next reload (the code on disk was rolled "
                 f"back: {rolled_back['cause']})",
                 file=sys.stderr,

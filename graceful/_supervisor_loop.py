@@ -562,6 +562,9 @@ class SupervisorLoop:
             "uptime": round(now - self._started_at, 3),
             "state": "stopping" if machine.stop_announced else "running",
             "status": machine.status(),
+            # slots of the serving generation with no worker, not even one starting
+            # (after a rollback: left so until the next reload)
+            "empty_slots": machine.empty_slots(),
             "workers": machine.size,
             "strategy": machine.settings.strategy.value,
             "max_surge": machine.settings.max_surge,
@@ -604,8 +607,6 @@ class SupervisorLoop:
                 "generation": rejected.generation,
                 "cause": rejected.cause,
                 "serving_generation": rejected.serving,
-                # slots left empty until the next reload (the rejected-code rule)
-                "empty_slots": machine.empty_slots(),
             },
             "counters": {
                 "reloads_serving": counters.reloads_serving,
