@@ -281,7 +281,7 @@ class ControlServer:
         # fewer than the connections held open, so that a new one always finds room
         # to displace the oldest that sends nothing (see connection_limit)
         self._open = connection_limit(MAX_OPEN_CONNECTIONS)
-        self._readers = BoundedReaders(min(MAX_CONNECTIONS, max(1, self._open // 2)))
+        self._readers = BoundedReaders(min(MAX_CONNECTIONS, max(1, self._open - 2)))
 
     async def serve(self, tasks: TaskGroup) -> None:
         """Serve connections in ``tasks`` until cancelled."""

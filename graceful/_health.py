@@ -45,8 +45,10 @@ REQUEST_TIMEOUT = 5.0
 #: clients that connect and send nothing must not use them up, nor delay a probe.
 MAX_CONNECTIONS = 32
 #: At most this many health connections are open at once; more wait in the socket's
-#: backlog. (Above :data:`MAX_CONNECTIONS`, so that a prompt probe is read at once.)
-MAX_OPEN_CONNECTIONS = 128
+#: backlog. (Just above :data:`MAX_CONNECTIONS`: a new connection always finds room,
+#: and displaces the oldest that sends nothing, so a probe is read at once; a health
+#: answer is immediate, so nothing else holds a connection.)
+MAX_OPEN_CONNECTIONS = MAX_CONNECTIONS + 2
 
 _REASONS = {
     200: "OK",
@@ -173,7 +175,7 @@ class HealthServer:
         self.metrics = Metrics.create(supervisor)
         # fewer than the connections held open (see the control socket's)
         self._open = connection_limit(MAX_OPEN_CONNECTIONS)
-        self._readers = BoundedReaders(min(MAX_CONNECTIONS, max(1, self._open // 2)))
+        self._readers = BoundedReaders(min(MAX_CONNECTIONS, max(1, self._open - 2)))
 
     async def serve(self, tasks: TaskGroup) -> None:
         """Serve connections in ``tasks`` until cancelled."""
