@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
-    ensure_visible("supervisor")
+    # this process is the supervisor for serve and run, a client for the rest
+    ensure_visible("supervisor" if args.command in ("serve", "run") else "client")
     try:
         if args.command == "serve":
             return _serve(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,9 @@ def test_pid_file_in_a_missing_directory_is_refused_before_starting(tmp_path: Pa
     assert result.returncode == 2
     assert "does not exist" in result.stderr
     assert "starting generation" not in result.stderr
+
+
+def test_a_client_commands_error_line_names_the_client_not_the_supervisor(tmp_path: Path) -> None:
+    result = graceful_cli("status", "--pid-file", str(tmp_path / "nope.pid"))
+    assert result.returncode == 1
+    assert re.fullmatch(r"graceful\[\d+\] client: ERROR no PID file at .*\n", result.stderr)
