@@ -278,6 +278,9 @@ class ControlServer:
         self.allowed_uids = {os.geteuid(), 0}
         #: connections of ``stop --wait`` clients, told the exit status at the end
         self.exit_waiters: list[socket.socket] = []
+        #: connections whose request was being read or carried out as the supervisor
+        #: ended, with what arrived of it (see last_words)
+        self._unfinished: list[tuple[socket.socket, bytes]] = []
         # fewer than the connections held open, so that a new one always finds room
         # to displace the oldest that sends nothing (see connection_limit)
         self._open = connection_limit(MAX_OPEN_CONNECTIONS)
@@ -295,8 +298,10 @@ class ControlServer:
 
     async def _handle(self, stream: SocketStream) -> None:
         keep_open = False
+        raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        #: what arrived of the request so far
+        received = bytearray()
         try:
-            raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             _, uid, _ = peer_credentials(raw)
             # The request is read before anything is decided: closing with it unread
             # would reset the connection, and the client would never see the answer.
@@ -304,7 +309,7 @@ class ControlServer:
             problem = ""
             with self._readers.reading() as reading:
                 try:
-                    request = await _read_request(stream)
+                    request = await _read_request(stream, received)
                 except ValueError as exc:
                     problem = str(exc)
             if reading.cancelled_caught:
@@ -322,6 +327,13 @@ class ControlServer:
                 await _answer(stream, ok=False, error=problem)
                 return
             keep_open = await self._dispatch(stream, raw, request)
+        except anyio.get_cancelled_exc_class():
+            # the supervisor is ending: what this client asked for is answered by
+            # last_words, from what arrived of its request
+            if not keep_open:
+                with contextlib.suppress(OSError):
+                    self._unfinished.append((raw.dup(), bytes(received)))
+            raise
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass  # the client left; nothing it asked for is undone
         except Exception:
@@ -402,29 +414,41 @@ class ControlServer:
         ``stop --wait`` asked for in the last moments of a stop must not be reset). A
         ``stop`` is answered as requested (and, with ``wait``, told the exit status
         by :meth:`tell_exit`); anything else that the supervisor is exiting."""
+        unfinished, self._unfinished = self._unfinished, []
+        for conn, received in unfinished:
+            self._last_word(conn, received)
         for _ in range(MAX_OPEN_CONNECTIONS):
             try:
                 conn, _ = self.sock.accept()
             except OSError:
                 return  # nothing more waits (or the socket is closed)
-            with conn:
-                conn.setblocking(False)
-                try:
-                    data = conn.recv(MAX_REQUEST_BYTES + 1, socket.MSG_PEEK)
-                    line = data.partition(b"\n")[0]
-                    request = json.loads(line) if data.endswith(b"\n") or b"\n" in data else {}
-                except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-                    request = {}
+            self._last_word(conn, b"")
+
+    def _last_word(self, conn: socket.socket, received: bytes) -> None:
+        """Answer ``conn``, whose request began with ``received``, without waiting."""
+        with conn:
+            conn.setblocking(False)
+            data = received
+            with contextlib.suppress(OSError):
+                data += conn.recv(MAX_REQUEST_BYTES + 1)
+            line, newline, _ = data.partition(b"\n")
+            try:
+                request = json.loads(line) if newline else {}
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                request = {}
+            try:
                 _, uid, _ = peer_credentials(conn)
-                if not isinstance(request, dict) or uid not in self.allowed_uids:
-                    request = {}
-                with contextlib.suppress(OSError):
-                    if request.get("command") == "stop":
-                        conn.send(_encode(ok=True, stop="requested", pid=os.getpid()))
-                        if request.get("wait") is True:
-                            self.exit_waiters.append(conn.dup())
-                    else:
-                        conn.send(_encode(ok=False, error="the supervisor is exiting"))
+            except OSError:
+                return
+            if not isinstance(request, dict) or uid not in self.allowed_uids:
+                request = {}
+            with contextlib.suppress(OSError):
+                if request.get("command") == "stop":
+                    conn.send(_encode(ok=True, stop="requested", pid=os.getpid()))
+                    if request.get("wait") is True:
+                        self.exit_waiters.append(conn.dup())
+                else:
+                    conn.send(_encode(ok=False, error="the supervisor is exiting"))
 
     def tell_exit(self, code: int) -> None:
         """Tell every ``stop --wait`` client the exit status, and let them go."""
@@ -478,16 +502,21 @@ async def _answer(stream: SocketStream, **fields: Any) -> None:
         await stream.send(_encode(**fields))
 
 
-async def _read_request(stream: SocketStream) -> dict[str, Any]:
-    data = b""
+async def _read_request(stream: SocketStream, received: bytearray) -> dict[str, Any]:
+    """Read one request line from ``stream``, keeping what arrives in ``received``.
+
+    Raises:
+        ValueError: for anything but a request of this protocol (the text says why).
+    """
     ended = False
     with anyio.move_on_after(REQUEST_TIMEOUT):
-        while b"\n" not in data and len(data) <= MAX_REQUEST_BYTES:
+        while b"\n" not in received and len(received) <= MAX_REQUEST_BYTES:
             try:
-                data += await stream.receive(MAX_REQUEST_BYTES + 1 - len(data))
+                received += await stream.receive(MAX_REQUEST_BYTES + 1 - len(received))
             except anyio.EndOfStream:
                 ended = True
                 break
+    data = bytes(received)
     line, newline, _ = data.partition(b"\n")
     if not newline:
         if len(data) > MAX_REQUEST_BYTES:
