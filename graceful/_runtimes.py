@@ -23,7 +23,6 @@ from ._wire import Hello
 class GenerationRuntime:
     """What a generation's workers said they run (the first worker to say it)."""
 
-    release: str | None
     graceful: str | None = None
     protocol: int | None = None
     python: str | None = None
@@ -34,7 +33,8 @@ class GenerationRuntime:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "release": self.release,
+            # the first one's
+            "release": self.releases[0] if self.releases else None,
             "releases": self.releases,
             "graceful": self.graceful,
             "protocol": self.protocol,
@@ -66,9 +66,8 @@ class GenerationRuntimes:
                 len(known.releases),
                 ", ".join(known.releases),
             )
-        if known is None or known.graceful is None:
+        if known is None:
             self._generations[generation] = GenerationRuntime(
-                release,
                 hello.graceful,
                 hello.protocol,
                 hello.python,
@@ -87,8 +86,7 @@ class GenerationRuntimes:
 
     def describe(self, generation: int) -> dict[str, Any]:
         """For ``graceful status``: what ``generation`` runs (None where unknown)."""
-        known = self._generations.get(generation, GenerationRuntime(None))
-        return known.describe()
+        return self._generations.get(generation, GenerationRuntime()).describe()
 
     def mixed(self, generation: int) -> bool:
         """Whether ``generation``'s workers were started from more than one release."""
