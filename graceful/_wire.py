@@ -222,12 +222,12 @@ def hello_fields(hello: Hello) -> dict[str, Any]:
 
 
 def own_hello() -> Hello:
-    """This process's :class:`Hello`."""
-    import sys  # noqa: PLC0415
+    """This process's :class:`Hello`: the one the boot entries write by hand."""
+    from ._boot import hello_line  # noqa: PLC0415 - (imports only _version)
 
-    from ._version import PROTOCOL, VERSION, python_version  # noqa: PLC0415
-
-    return Hello(VERSION, PROTOCOL, python_version(), sys.executable[:_HELLO_FIELD_CHARS])
+    hello = decode(hello_line().rstrip(b"\n"))
+    assert isinstance(hello, Hello)
+    return hello
 
 
 def hello_mismatch(fields: object, role: str) -> str | None:
