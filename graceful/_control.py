@@ -281,10 +281,8 @@ class ControlServer:
         #: connections whose request was being read or carried out as the supervisor
         #: ended, with what arrived of it (see last_words)
         self._unfinished: list[tuple[socket.socket, bytes]] = []
-        # fewer than the connections held open, so that a new one always finds room
-        # to displace the oldest that sends nothing (see connection_limit)
         self._open = connection_limit(MAX_OPEN_CONNECTIONS)
-        self._readers = BoundedReaders(min(MAX_CONNECTIONS, max(1, self._open - 2)))
+        self._readers = BoundedReaders.within(self._open, MAX_CONNECTIONS)
 
     async def serve(self, tasks: TaskGroup) -> None:
         """Serve connections in ``tasks`` until cancelled."""
@@ -433,14 +431,14 @@ class ControlServer:
                 data += conn.recv(MAX_REQUEST_BYTES + 1)
             line, newline, _ = data.partition(b"\n")
             try:
-                request = json.loads(line) if newline else {}
-            except (ValueError, UnicodeDecodeError, RecursionError):
+                request = _parse_request(line) if newline else {}
+            except ValueError:
                 request = {}
             try:
                 _, uid, _ = peer_credentials(conn)
             except OSError:
                 return
-            if not isinstance(request, dict) or uid not in self.allowed_uids:
+            if uid not in self.allowed_uids:
                 request = {}
             with contextlib.suppress(OSError):
                 if request.get("command") == "stop":
@@ -524,6 +522,15 @@ async def _read_request(stream: SocketStream, received: bytearray) -> dict[str, 
         if ended:
             raise ValueError("the connection ended before a complete request line")
         raise ValueError(f"no complete request line within {REQUEST_TIMEOUT:g}s")
+    return _parse_request(line)
+
+
+def _parse_request(line: bytes) -> dict[str, Any]:
+    """The request on ``line`` (without its newline).
+
+    Raises:
+        ValueError: if it is not a request of this protocol (the text says why).
+    """
     try:
         request = json.loads(line)
     except (ValueError, UnicodeDecodeError, RecursionError):

@@ -173,9 +173,8 @@ class HealthServer:
         self.sock = sock
         self.supervisor = supervisor
         self.metrics = Metrics.create(supervisor)
-        # fewer than the connections held open (see the control socket's)
         self._open = connection_limit(MAX_OPEN_CONNECTIONS)
-        self._readers = BoundedReaders(min(MAX_CONNECTIONS, max(1, self._open - 2)))
+        self._readers = BoundedReaders.within(self._open, MAX_CONNECTIONS)
 
     async def serve(self, tasks: TaskGroup) -> None:
         """Serve connections in ``tasks`` until cancelled."""

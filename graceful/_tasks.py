@@ -142,6 +142,13 @@ class BoundedReaders:
         self.limit = limit
         self._waiting: dict[int, anyio.CancelScope] = {}
 
+    @classmethod
+    def within(cls, open_limit: int, most: int) -> BoundedReaders:
+        """Readers for a server that holds ``open_limit`` connections open: at most
+        ``most``, and always two fewer than ``open_limit``, so that a new connection
+        finds room to be accepted and displace the oldest that sends nothing."""
+        return cls(min(most, max(1, open_limit - 2)))
+
     @contextlib.contextmanager
     def reading(self) -> Iterator[anyio.CancelScope]:
         """Wrap the read of one request; the scope's ``cancelled_caught`` says,
