@@ -98,16 +98,9 @@ class OrphanGuard:
         reading yet, is handed every live worker at once) waits, in order, for
         :meth:`flush`; the supervisor's loop flushes it as the socket has room, and
         kills a guard that reads nothing for a long time (see ``_keep_guard``)."""
-        if not self._pending:
-            try:
-                socket.send_fds(self._channel, [str(pid).encode()], [pidfd])
-                return
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                return  # it has exited: the supervisor starts a new one
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # (out of descriptors: not guarded)
             self._pending.append((pid, os.dup(pidfd)))
+        self.flush()
 
     @property
     def has_pending(self) -> bool:
