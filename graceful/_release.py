@@ -104,6 +104,7 @@ class ReleaseLayout:
             ConfigError: if ``release_link`` is not a symbolic link to a directory.
         """
         cwd = _logical_cwd()
+        app_entries = application_entries(sys.path, cwd)
         if release_link is not None:
             link: str | None = os.path.normpath(os.path.join(cwd, os.fspath(release_link)))
             assert link is not None
@@ -113,7 +114,7 @@ class ReleaseLayout:
                     "directory"
                 )
         else:
-            link = find_release_link(cwd)
+            link = find_release_link(cwd, app_entries)
         release = os.path.realpath(link) if link is not None else None
 
         def anchor(path: str) -> Anchored:
@@ -128,7 +129,7 @@ class ReleaseLayout:
             link=link,
             executable=anchor(sys.executable),
             cwd=anchor(cwd),
-            app_path=[anchor(entry) for entry in application_entries(sys.path, cwd)],
+            app_path=[anchor(entry) for entry in app_entries],
             argv0=anchor(sys.argv[0]) if sys.argv and sys.argv[0] else Anchored(""),
             main_path=anchor(main_file) if main_file and spec_name is None else None,
             original_dir=anchor(original) if original is not None else None,
@@ -169,8 +170,11 @@ class ReleaseLayout:
             release = self.release()
         except ReleaseError:
             return []
-        entries = dict.fromkeys(entry.at(release) for entry in self.app_path)
-        return [entry for entry in entries if os.path.isdir(entry)]
+        return [entry for entry in self._app_path_at(release) if os.path.isdir(entry)]
+
+    def _app_path_at(self, release: str | None) -> list[str]:
+        """The application's ``sys.path`` entries in ``release``, without repeats."""
+        return list(dict.fromkeys(entry.at(release) for entry in self.app_path))
 
     def resolve(self) -> Runtime:
         """The :class:`Runtime` of a process started now.
@@ -196,7 +200,7 @@ class ReleaseLayout:
             release=release,
             executable=executable,
             cwd=cwd,
-            app_path=list(dict.fromkeys(entry.at(release) for entry in self.app_path)),
+            app_path=self._app_path_at(release),
             argv0=self.argv0.at(release) if self.argv0.path else "",
             main_path=self.main_path.at(release) if self.main_path is not None else None,
             original_dir=self.original_dir.at(release) if self.original_dir else None,
@@ -293,7 +297,7 @@ def _is_within(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
-def find_release_link(cwd: str) -> str | None:
+def find_release_link(cwd: str, app_entries: list[str] | None = None) -> str | None:
     """The release link among the paths this process was started through: a
     symbolic link to a directory that holds the application (the working directory,
     the main script's directory, the application's ``sys.path`` directories; not
@@ -304,12 +308,14 @@ def find_release_link(cwd: str) -> str | None:
     main script, the application's entries) are looked at first, the interpreter's
     path (a console script's shebang names a release physically) only if they give
     nothing. Among the links found, the deepest wins (``/srv -> /data/srv`` holds
-    ``/srv/app/current`` too). None when there is none."""
+    ``/srv/app/current`` too). None when there is none. ``app_entries`` are the
+    application's ``sys.path`` entries (see :func:`application_entries`), if known."""
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     named = [cwd, *(path for path in (main_file,) if path)]
     if sys.argv and sys.argv[0]:
         named.append(sys.argv[0])
-    app_entries = application_entries(sys.path, cwd)
+    if app_entries is None:
+        app_entries = application_entries(sys.path, cwd)
     named.extend(app_entries)
     environment = os.path.realpath(sys.prefix)
     held = [os.getcwd()]
