@@ -26,32 +26,14 @@ from pathlib import Path
 import pytest
 from harness import ROOT, ServiceProcess, ask, connect, graceful_cli, poll_until, running
 from http_load import HttpLoad
-from services import write_service
+from services import minimal_asgi_app, write_service
 
-APP = """\
-import json
-import os
-import sys
-
-import relpkg
-
-RELEASE = {release!r}
-{extra}
-
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({{"type": message["type"] + ".complete"}})
-            if message["type"] == "lifespan.shutdown":
-                return
-    body = json.dumps(
-        {{"release": RELEASE, "relpkg": relpkg.VERSION, "executable": sys.executable,
-         "prefix": sys.prefix, "cwd": os.getcwd(), "relpkg_file": relpkg.__file__}}
-    )
-    await send({{"type": "http.response.start", "status": 200, "headers": []}})
-    await send({{"type": "http.response.body", "body": body.encode()}})
-"""
+#: What each release's app answers (``minimal_asgi_app``'s body): its release,
+#: ``relpkg``'s version, and the interpreter, environment and working directory.
+ANSWER = (
+    'json.dumps({"release": MESSAGE, "relpkg": relpkg.VERSION, "executable": sys.executable,'
+    ' "prefix": sys.prefix, "cwd": os.getcwd(), "relpkg_file": relpkg.__file__})'
+)
 
 #: How each start is made, as a user's shell or service manager makes it.
 INVOCATIONS = ("shell", "service_manager", "python_m")
@@ -82,7 +64,11 @@ class Deployment:
         ``graceful``, graceful cannot be imported in it."""
         release = self.root / "releases" / name
         release.mkdir(parents=True)
-        (release / "app.py").write_text(APP.format(release=name, extra=extra))
+        (release / "app.py").write_text(
+            minimal_asgi_app(
+                name, header=f"import json\nimport sys\nimport relpkg\n{extra}", body=ANSWER
+            )
+        )
         venv = release / ".venv"
         if venv_link:
             shared_venv = self.root / "venvs" / name
