@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from watch import ask_http, ask_raw
 
 from graceful import Control
-from graceful._timeline import PHASES
+from graceful.core.timeline import PHASES
 from graceful.testing import ServiceProcess
 
 RAW = """\

@@ -2,7 +2,7 @@
 
 import sys
 
-from graceful._cli import main
+from graceful.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,44 +15,21 @@ Only then is the bootstrap unpickled, which imports graceful's code for the role
 
 A worker's target is :func:`start_worker`, which imports nothing of graceful's
 worker code before it has reported the interpreter up, so the supervisor can
-time both (see ``_timeline.py``). A standby's target is :func:`start_standby`,
+time both (see :mod:`graceful.core.timeline`). A standby's target is :func:`start_standby`,
 which takes the service's own directories off ``sys.path`` before it imports
-anything (see ``_standby.py``); a template's is :func:`start_template`.
+anything (see :mod:`graceful.spawn.standby`); a template's is :func:`start_template`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
 
-from ._version import BOOTSTRAP_HEADER, PROTOCOL, VERSION, python_version
+from graceful._version import BOOTSTRAP_HEADER, hello_datagram, hello_line
 
 #: The exit status of a child whose bootstrap is of another protocol.
 WRONG_PROTOCOL_EXIT = 3
-
-
-def _hello_json() -> bytes:
-    fields = {
-        "graceful": VERSION,
-        "protocol": PROTOCOL,
-        "python": python_version(),
-        "executable": sys.executable[:300],
-    }
-    return json.dumps(fields, ensure_ascii=True).encode("ascii")
-
-
-def hello_line() -> bytes:
-    """The ``hello`` message of this process as a line of the control protocol
-    (``_wire.Hello``), written by hand: the protocol's module is not imported yet."""
-    return b'["hello",' + _hello_json() + b"]\n"
-
-
-def hello_datagram() -> bytes:
-    """The same, as the first JSON datagram on a standby's or a template's link:
-    ``{"hello": {...}}``."""
-    return b'{"hello":' + _hello_json() + b"}"
 
 
 def _say_hello(link: Any) -> None:
@@ -88,11 +65,11 @@ def wrap(bootstrap: Any) -> bytes:
 def start_worker(control: Any, fd_channel: Any, bootstrap: bytes) -> None:
     """The target of a spawned worker: say hello and report the interpreter up, then
     run the worker that ``bootstrap`` (a wrapped
-    :class:`~graceful._worker.WorkerBootstrap`) describes, on ``control`` (a
+    :class:`~graceful.wire.bootstrap.WorkerBootstrap`) describes, on ``control`` (a
     multiprocess Connection) and ``fd_channel``."""
     os.write(control.fileno(), hello_line() + _INTERPRETER_UP)
     boot = _unwrap(bootstrap)
-    from ._worker import worker_main  # noqa: PLC0415
+    from graceful.child.worker import worker_main  # noqa: PLC0415
 
     worker_main(boot, control, fd_channel)
 
@@ -102,7 +79,7 @@ def start_standby(
 ) -> None:
     """The target of a standby: with the directories ``hidden`` off ``sys.path``,
     import the standby's code and run it (``bootstrap`` is a wrapped
-    :class:`~graceful._standby.StandbyBootstrap`). It says hello on its ``link``,
+    :class:`~graceful.wire.bootstrap.StandbyBootstrap`). It says hello on its ``link``,
     and on ``control`` too when it has one (it may become a worker)."""
     if control is not None:
         os.write(control.fileno(), hello_line())
@@ -110,17 +87,17 @@ def start_standby(
     path = list(sys.path)
     sys.path[:] = [entry for entry in path if os.path.abspath(entry or os.curdir) not in hidden]
     boot = _unwrap(bootstrap)
-    from ._standby import standby_main  # noqa: PLC0415
+    from graceful.child.standby import standby_main  # noqa: PLC0415
 
     standby_main(boot, link, control, fd_channel, sys_path=path)
 
 
 def start_template(bootstrap: bytes, forks: Any) -> None:
     """The target of a template (``preload``), spawned cold: run the template that
-    ``bootstrap`` (a wrapped :class:`~graceful._template.TemplateBootstrap`)
+    ``bootstrap`` (a wrapped :class:`~graceful.wire.bootstrap.TemplateBootstrap`)
     describes, forking workers on request over ``forks``."""
     _say_hello(forks)
     boot = _unwrap(bootstrap)
-    from ._template import template_main  # noqa: PLC0415
+    from graceful.child.template import template_main  # noqa: PLC0415
 
     template_main(boot, forks)

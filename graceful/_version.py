@@ -8,24 +8,28 @@ version contract"):
 * the boot entries, ``graceful._boot.start_worker``, ``start_standby`` and
   ``start_template``, with their arguments;
 * the bootstrap each is given: :data:`BOOTSTRAP_HEADER`, then the pickled
-  bootstrap of that protocol;
-* the wire messages (``_wire.py``), the first of which, ``hello``, is the same in
+  bootstrap of that protocol (the types of :mod:`graceful.wire.bootstrap`, named in
+  the pickle by module and name);
+* the wire messages (:mod:`graceful.wire.messages`), the first of which, ``hello``, is the same in
   every protocol: it says which graceful and which protocol the child runs.
 
 :data:`PROTOCOL` changes whenever any of these does (a bootstrap's fields
 included: ``tests/test_version_contract.py`` pins them), and a supervisor
 refuses, with one line, a child whose protocol is not its own. This module imports
-nothing but ``sys``: the boot entries read it before anything else.
+nothing but ``sys`` and ``json``: the boot entries read it before anything else.
 """
 
+import json
 import sys
 
 #: graceful's version (the package's metadata is read from here).
 VERSION = "0.1.0"
 
 #: The version of the contract between a supervisor and the processes it starts.
-#: 1 was graceful before the contract was written down (no hello).
-PROTOCOL = 2
+#: 1 was graceful before the contract was written down (no hello); 3 moved the
+#: bootstrap types into one module, :mod:`graceful.wire.bootstrap` (a pickle names
+#: each type by its module).
+PROTOCOL = 3
 
 #: What every bootstrap starts with, before its pickle.
 BOOTSTRAP_HEADER = b"graceful-bootstrap/%d\n" % PROTOCOL
@@ -47,3 +51,26 @@ def mismatch(graceful: str, protocol: int, role: str) -> str | None:
         f"supervisor (graceful {VERSION}, protocol {PROTOCOL}) cannot speak to: restart "
         f"the service to run graceful {graceful}"
     )
+
+
+def _hello_json() -> bytes:
+    fields = {
+        "graceful": VERSION,
+        "protocol": PROTOCOL,
+        "python": python_version(),
+        "executable": sys.executable[:300],
+    }
+    return json.dumps(fields, ensure_ascii=True).encode("ascii")
+
+
+def hello_line() -> bytes:
+    """The ``hello`` message of this process as a line of the control protocol
+    (:class:`graceful.wire.messages.Hello`), written by hand: the boot entries say it
+    before anything else is imported."""
+    return b'["hello",' + _hello_json() + b"]\n"
+
+
+def hello_datagram() -> bytes:
+    """The same, as the first JSON datagram on a standby's or a template's link:
+    ``{"hello": {...}}``."""
+    return b'{"hello":' + _hello_json() + b"}"

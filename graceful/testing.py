@@ -54,9 +54,9 @@ except ImportError as error:  # pragma: no cover - depends on the installation
         "pip install graceful[testing]"
     ) from error
 
-from ._processes import WORKER_NAME
-from ._standby import STANDBY_NAME, STANDBY_VARIABLE
-from ._template import TEMPLATE_NAME
+from graceful.base.processes import WORKER_NAME
+from graceful.child.standby import STANDBY_NAME, STANDBY_VARIABLE
+from graceful.child.template import TEMPLATE_NAME
 
 __all__ = [
     "DEFAULT_WAIT",
@@ -416,7 +416,7 @@ def is_worker(pid: int) -> bool:
 
 def is_standby(pid: int) -> bool:
     """True if process ``pid`` is alive and is a warm standby (see
-    ``graceful/_standby.py``), warm or still warming up, and not given work yet."""
+    :mod:`graceful.spawn.standby`), warm or still warming up, and not given work yet."""
     name = process_name(pid)
     if name == STANDBY_NAME:
         return True

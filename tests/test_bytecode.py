@@ -13,8 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from graceful._bytecode import BytecodeCheck, recompile
-from graceful._spawner import BytecodeGate
+from graceful.code.bytecode import BytecodeCheck, recompile
+from graceful.spawn.spawner import BytecodeGate
 
 
 def compiled(path: Path, source: str) -> Path:

@@ -9,10 +9,10 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from graceful import _wire
-from graceful._context import Context
-from graceful._listeners import Listener
-from graceful._shutdown import ShutdownRequest, follow_supervisor
+from graceful.child.context import Context
+from graceful.child.shutdown import ShutdownRequest, follow_supervisor
+from graceful.sockets.listeners import Listener
+from graceful.wire import messages as _wire
 
 pytestmark = pytest.mark.anyio
 

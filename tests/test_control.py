@@ -26,8 +26,9 @@ from harness import ROOT, ask, connect, graceful_cli, poll_until, read_line, run
 from services import service_source, wait_for_file, write_service
 
 from graceful import Control, GracefulError
-from graceful._control import _connect_retrying, control_path
-from graceful._decisions import STOPPING, ReloadOutcome
+from graceful.control.client import _connect_retrying
+from graceful.control.protocol import control_path
+from graceful.core.machine import STOPPING, ReloadOutcome
 
 SERVING = r"generation (\d+) serving \(ready in \d+\.\d\ds\)"
 
@@ -239,7 +240,7 @@ def world_readable_dir() -> Iterator[Path]:
 #: the interpreter's own files may be out of nobody's reach (a pyenv under /root)
 AS_NOBODY = (
     "import os, sys\n"
-    "from graceful._cli import main\n"
+    "from graceful.cli import main\n"
     "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )

@@ -1,5 +1,5 @@
 """Every private name graceful relies on in uvicorn, hypercorn and multiprocess is
-still there (see ``graceful/_hooks.py``). A failure names the hook, so that an
+still there (see :mod:`graceful.base.hooks`). A failure names the hook, so that an
 upgrade that removes one fails here, loudly, and not at run time."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import importlib.util
 
 import pytest
 
-from graceful._hooks import HOOKS, Hook, _problem, missing_hooks
+from graceful.base.hooks import HOOKS, Hook, _problem, missing_hooks
 
 
 @pytest.mark.parametrize("hook", HOOKS, ids=[hook.where for hook in HOOKS])

@@ -34,7 +34,7 @@ from harness import (
 )
 from services import service_source, wait_for_file, write_service
 
-from graceful import _wire
+from graceful.wire import messages as _wire
 
 
 def assert_port_is_free(host: str, port: str) -> None:
@@ -524,7 +524,7 @@ def guards_of(svc: ServiceProcess) -> list[int]:
 
 def _runs_orphan_guard(pid: int) -> bool:
     try:
-        return any("_orphan_guard" in arg for arg in psutil.Process(pid).cmdline())
+        return any(arg.endswith("child/guard.py") for arg in psutil.Process(pid).cmdline())
     except psutil.NoSuchProcess:
         return False
 
@@ -782,7 +782,7 @@ def test_the_guard_signals_only_group_members_that_started_before_the_worker_exi
     """A process that reuses a dead worker's number as its own group (a new session
     leader, once the worker has been reaped) started after the worker exited; the
     guard's selection leaves it alone."""
-    from graceful import _orphan_guard  # noqa: PLC0415 - the guard's own helpers
+    from graceful.child import guard as _orphan_guard  # noqa: PLC0415 - the guard's own helpers
 
     before = _orphan_guard._ticks()
     newcomer = subprocess.Popen(["sleep", "30"], process_group=0)

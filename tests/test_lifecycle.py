@@ -14,7 +14,7 @@ import pytest
 from harness import ask, connect, poll_until, read_line, running, zombie_children
 from services import write_service
 
-from graceful._standby import STANDBY_NAME
+from graceful.child.standby import STANDBY_NAME
 from graceful.testing import process_name
 
 

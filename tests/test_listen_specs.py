@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from graceful._errors import ConfigError
-from graceful._listeners import (
+from graceful.base.errors import ConfigError
+from graceful.sockets.listeners import (
     BoundListener,
     FdSpec,
     ParsedSpec,

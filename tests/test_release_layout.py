@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from graceful._errors import ConfigError
-from graceful._release import (
+from graceful._version import PROTOCOL, VERSION
+from graceful.base.errors import ConfigError
+from graceful.code.release import (
     Anchored,
     ReleaseError,
     ReleaseLayout,
@@ -20,9 +21,8 @@ from graceful._release import (
     child_sys_path,
     find_release_link,
 )
-from graceful._runtimes import GenerationRuntimes
-from graceful._version import PROTOCOL, VERSION
-from graceful._wire import Hello
+from graceful.supervisor.runtimes import GenerationRuntimes
+from graceful.wire.messages import Hello
 
 
 def test_what_a_fresh_interpreter_puts_on_sys_path_is_its_own() -> None:

@@ -93,7 +93,7 @@ class Deployment:
         (site / "shared.pth").write_text(f"{shared}\n{ROOT}\n" if graceful else f"{shared}\n")
         script = venv / "bin" / "graceful"
         script.write_text(
-            f"#!{venv}/bin/python3\nimport re\nimport sys\nfrom graceful._cli import main\n"
+            f"#!{venv}/bin/python3\nimport re\nimport sys\nfrom graceful.cli import main\n"
             "if __name__ == '__main__':\n"
             "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
             "    sys.exit(main())\n"

@@ -29,10 +29,12 @@ from echo_load import Load
 from harness import ServiceProcess, ask, connect, poll_until
 from services import service_source
 
-from graceful import Control, _standby
-from graceful._release import Runtime
-from graceful._stale_imports import CLOCK_MARGIN_NS, ImportSnapshot
+from graceful import Control
+from graceful.code.release import Runtime
+from graceful.code.stale_imports import CLOCK_MARGIN_NS, ImportSnapshot
+from graceful.spawn import standby as _standby
 from graceful.testing import is_alive, process_name
+from graceful.wire.bootstrap import Assignment
 
 #: ``before_serve`` code: the answers name the process (``v1 1234: ``).
 PID_IN_PREFIX = """\
@@ -511,7 +513,7 @@ def test_an_assignment_says_why_a_standby_did_not_take_it(
     peer = threading.Thread(target=play)
     peer.start()
     try:
-        assert anyio.run(standby.assign, _standby.Assignment(cwd=str(Path.cwd()))) == why
+        assert anyio.run(standby.assign, Assignment(cwd=str(Path.cwd()))) == why
     finally:
         peer.join(5)
         ours.close()

@@ -1,7 +1,7 @@
 """The supervisor's loop through its process seam: stand-in workers, no processes.
 
-:class:`graceful._supervisor_loop.SupervisorLoop` asks a
-:class:`graceful._spawner.ProcessFactory` for workers and from then on uses only
+:class:`graceful.supervisor.loop.SupervisorLoop` asks a
+:class:`graceful.spawn.spawner.ProcessFactory` for workers and from then on uses only
 their control channel, exit descriptor, kill and reap. Here the factory hands out
 stand-ins whose channel is a real socketpair and whose exit descriptor is a real
 pipe, each driven by a small script, so that the loop's own edges (a factory that
@@ -24,17 +24,18 @@ from typing import Any
 import anyio
 import pytest
 
-from graceful import _supervisor_loop, _wire
-from graceful._decisions import (
+from graceful.core.machine import (
     ReadyTimeout,
     ReloadRequested,
     Settings,
     SpawnWorker,
     StopRequested,
 )
-from graceful._orphan_guard import OrphanGuard
-from graceful._spawner import Reaped
-from graceful._supervisor_loop import SupervisorLoop
+from graceful.spawn.guard import OrphanGuard
+from graceful.spawn.spawner import Reaped
+from graceful.supervisor import loop as _supervisor_loop
+from graceful.supervisor.loop import SupervisorLoop
+from graceful.wire import messages as _wire
 
 Script = Callable[["StandIn"], Coroutine[Any, Any, None]]
 

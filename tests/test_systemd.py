@@ -19,8 +19,8 @@ from harness import NotifySocket, ask, children_of, poll_until, running
 from services import service_source, write_service
 
 from graceful import Control
-from graceful._orphan_guard import OrphanGuard
-from graceful._systemd import Notifier
+from graceful.spawn.guard import OrphanGuard
+from graceful.supervisor.systemd import Notifier
 
 EXTEND = "EXTEND_TIMEOUT_USEC=32000000"  # ready_timeout 30 s + 2 s kill grace
 
@@ -343,7 +343,7 @@ def test_as_pid_1_the_supervisor_reaps_orphans_of_its_workers(tmp_path: Path) ->
                 for pid, (_, cmd) in children().items()
                 if cmd != own
                 and not any(
-                    mark in cmd for mark in ("spawn_main", "resource_tracker", "_orphan_guard")
+                    mark in cmd for mark in ("spawn_main", "resource_tracker", "child/guard.py")
                 )
             ]
 

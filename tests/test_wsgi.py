@@ -15,7 +15,7 @@ import pytest
 from harness import ServiceProcess, graceful_cli, poll_until
 from http_load import HttpLoad
 
-from graceful._interfaces import as_asgi3, detect
+from graceful.code.interfaces import as_asgi3, detect
 
 WSGI_APP = """\
 import os

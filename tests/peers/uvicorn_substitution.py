@@ -15,7 +15,7 @@ from __future__ import annotations
 import types
 from typing import Any
 
-from graceful._uvicorn import draining_protocol, draining_websocket_protocol
+from graceful.servers.uvicorn import draining_protocol, draining_websocket_protocol
 
 #: uvicorn's class names, and the option graceful builds its subclass from
 HTTP = {"H11Protocol": "h11", "HttpToolsProtocol": "httptools"}

@@ -1,0 +1,276 @@
+"""The worker side: what runs in each spawned process of a generation.
+
+:func:`worker_main` runs in a fresh interpreter started by multiprocess's spawn
+context. It:
+
+1. makes itself the leader of a process group of its own, so that whatever it
+   starts can be stopped with it (see :mod:`graceful.base.processes`);
+2. ignores SIGINT and SIGHUP (shutdown is the supervisor's decision; Ctrl-C in a
+   terminal reaches the whole process group), and SIGTTIN and SIGTTOU (it is not
+   in the terminal's foreground group), and turns SIGTERM into a drain;
+3. imports the main script the user ran, fresh from disk (multiprocess is kept
+   from doing it: see :mod:`graceful.spawn.spawner`), so that an exception there is reported
+   like any other, and whatever it starts is in the worker's process group;
+4. receives the listeners' descriptors over the fd channel (kept open: a rollback
+   sends them again to a parked worker);
+5. looks the entry point up by name in the fresh code;
+6. runs it with a :class:`Context` on the entry's anyio backend, or with a
+   :class:`SyncContext` for a plain function, while a control task follows the
+   supervisor's messages.
+
+A failure before or during the entry function is reported to the supervisor as one
+line (:class:`graceful.wire.messages.Failed`) before the process exits with status 1.
+graceful's own errors (:class:`ConfigError`, such as an app that cannot be
+imported) are one line on stderr too; anything else also leaves its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import anyio
+import anyio.from_thread
+import multiprocess
+import multiprocess.spawn
+
+from graceful.base import processes as _processes
+from graceful.base.errors import ConfigError, one_line
+from graceful.base.log import (
+    ensure_visible,
+    logger,
+    report_start_failures_only,
+    start_failures_logged,
+)
+from graceful.base.processes import WORKER_NAME
+from graceful.base.tasks import run_beside
+from graceful.child.context import Context, SyncContext
+from graceful.child.shutdown import ShutdownRequest, drain_on_sigterm, follow_supervisor
+from graceful.code.entry import resolve_entry
+from graceful.code.release import child_sys_path
+from graceful.sockets.listeners import Listener
+from graceful.wire import messages as _wire
+from graceful.wire.bootstrap import EntryRef, MainScript, WorkerBootstrap, WorkerOptions
+
+
+@dataclass(frozen=True)
+class Runnable:
+    """The entry function as found in the fresh code, with how to run it."""
+
+    function: Callable[..., Any]
+    backend: str
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.function)
+
+
+def worker_main(boot: WorkerBootstrap, connection: Any, fd_channel: socket.socket) -> None:
+    """A spawned worker's life (see the module docstring), on its control channel
+    (``connection``, a multiprocess Connection end) and ``fd_channel``, which
+    spawn passes to the child as objects beside ``boot``. Exits 0 after a normal
+    return."""
+    settle_process(f"gen {boot.generation} worker {boot.worker_id}", boot.log_level, boot.options)
+    control = _wire.ControlChannel(connection)
+    control.send(_wire.Progress("graceful"))
+    import_and_run(boot, control, fd_channel)
+
+
+def import_and_run(
+    boot: WorkerBootstrap, control: _wire.ControlChannel, fd_channel: socket.socket
+) -> None:
+    """Import the main script fresh from disk, then :func:`run_worker`."""
+    try:
+        import_main_script(boot.main)
+    except BaseException as exc:  # a KeyboardInterrupt raised at import is a failure too
+        if start_failures_logged():
+            logger.exception("importing the main script failed")
+        _fail(control, one_line(exc, where=True), log=False)
+    run_worker(boot, control, fd_channel)
+
+
+def settle_process(
+    role: str, log_level: int, options: WorkerOptions, *, name: str | None = WORKER_NAME
+) -> None:
+    """What a worker (or a template, or a standby) does first: lead a process group
+    of its own, ignore the signals that are not its to act on, take the process
+    name ``name`` (None: keep it), and log as ``role``, at the supervisor's level,
+    leaving start-up failures to the supervisor if it says so."""
+    with contextlib.suppress(OSError):  # the supervisor may have done it already
+        os.setpgid(0, 0)
+    if name is not None:
+        _processes.set_name(name)
+    for ignored in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(ignored, signal.SIG_IGN)
+    # The supervisor blocked these around start(); pending ones are now discarded.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGHUP})
+    ensure_visible(role)
+    if log_level:
+        logger.setLevel(log_level)
+    if options.report_only:
+        report_start_failures_only()  # for the servers' own start-up errors too
+
+
+def run_worker(
+    boot: WorkerBootstrap, control: _wire.ControlChannel, fd_channel: socket.socket
+) -> None:
+    """A worker's life once the user's code is imported (by this process, or by the
+    template it was forked from): take the listeners, find the entry point, run it."""
+    options = boot.options
+    log = start_failures_logged()
+    try:
+        listeners = _receive_listeners(boot, fd_channel)
+    except (OSError, ConnectionError) as exc:
+        _fail(control, f"could not receive the listeners: {exc}")
+    try:
+        runnable = find_runnable(boot.entry, boot.options.backend)
+    except ConfigError as exc:
+        _fail(control, str(exc), log=log)
+    if not getattr(runnable.function, "graceful_imports_code", False):
+        control.send(_wire.Progress("code"))
+
+    shutdown = ShutdownRequest(options.drain_timeout)
+    context = Context(
+        listeners=listeners,
+        generation=boot.generation,
+        worker_id=boot.worker_id,
+        control=control,
+        shutdown=shutdown,
+    )
+
+    def take_listeners_back() -> None:
+        context.listeners_sent_again(_receive_listeners(boot, fd_channel))
+
+    try:
+        entry = functools.partial(runnable.function, **options.entry_options)
+        if runnable.is_async:
+            anyio.run(
+                _run_async,
+                entry,
+                context,
+                lambda: follow_supervisor(control, shutdown, take_listeners_back),
+                shutdown,
+                backend=runnable.backend,
+                backend_options=options.backend_options if runnable.backend == "asyncio" else None,
+            )
+        else:
+            _run_sync(
+                entry,
+                context,
+                lambda: follow_supervisor(control, shutdown, take_listeners_back),
+                shutdown,
+            )
+    except ConfigError as exc:
+        _fail(control, str(exc), log=log or context.ready_sent)
+    except Exception as exc:
+        control.send(_wire.Failed(one_line(exc, where=True)))
+        if not log and not context.ready_sent:
+            sys.exit(1)  # reported; the supervisor prints it
+        raise
+
+
+def import_main_script(main: MainScript) -> None:
+    """Import the script the user ran, fresh from disk, as ``__mp_main__`` (also
+    ``__main__``), the way multiprocess's spawn would have, with the application's
+    ``sys.path`` entries first. While it runs, ``Service.run()`` refuses to start a
+    supervisor (an unguarded call)."""
+    sys.path[:] = child_sys_path(main.sys_path, sys.path)
+    current = multiprocess.current_process()
+    current._inheriting = True
+    try:
+        if main.module is not None:
+            multiprocess.spawn._fixup_main_from_name(main.module)
+        elif main.path is not None:
+            multiprocess.spawn._fixup_main_from_path(main.path)
+    finally:
+        del current._inheriting
+
+
+def _receive_listeners(boot: WorkerBootstrap, fd_channel: socket.socket) -> list[Listener]:
+    """The listeners the supervisor sends on the fd channel: at start, and before each
+    resume (they are already there: sent before the message that announces them).
+
+    Raises:
+        ConnectionError: if they did not all arrive (see :func:`_wire.recv_fds`).
+    """
+    fd_channel.settimeout(_LISTENERS_TIMEOUT)
+    fds = _wire.recv_fds(fd_channel)
+    return [
+        Listener(socket.socket(fileno=fd), spec, address)
+        for fd, (spec, address) in zip(fds, boot.listeners, strict=True)
+    ]
+
+
+#: Seconds to wait for listeners the supervisor has announced.
+_LISTENERS_TIMEOUT = 10.0
+
+
+def _fail(control: _wire.ControlChannel, cause: str, *, log: bool = True) -> NoReturn:
+    if log:
+        logger.error("%s", cause)
+    control.send(_wire.Failed(cause))
+    sys.exit(1)
+
+
+def find_runnable(entry: EntryRef, backend: str) -> Runnable:
+    """The entry point ``entry`` in the code imported, with the backend it names
+    (``backend`` if it names none).
+
+    Raises:
+        ConfigError: if it is missing or not callable.
+    """
+    target = resolve_entry(entry)
+    describe = getattr(target, "__graceful_runnable__", None)
+    if describe is not None:
+        function, named = describe()
+        return Runnable(function, named)
+    if callable(target):
+        return Runnable(target, backend)
+    raise ConfigError(f"entry point {entry} is not callable in the code on disk")
+
+
+async def _run_async(
+    function: Callable[[Context], Any],
+    context: Context,
+    follow: Callable[[], Coroutine[Any, Any, None]],
+    shutdown: ShutdownRequest,
+) -> None:
+    context.report_progress("loop")
+    # The entry's own exception reaches the process as itself (a SystemExit keeps
+    # its exit status) rather than wrapped in an exception group.
+    await run_beside(
+        lambda: function(context),
+        follow,
+        lambda: drain_on_sigterm(shutdown),
+    )
+
+
+def _run_sync(
+    function: Callable[[SyncContext], Any],
+    context: Context,
+    follow: Callable[[], Coroutine[Any, Any, None]],
+    shutdown: ShutdownRequest,
+) -> None:
+    with anyio.from_thread.start_blocking_portal() as portal:
+        context.report_progress("loop")
+        following = portal.start_task_soon(follow)
+        previous = signal.signal(
+            signal.SIGTERM, lambda *_: portal.start_task_soon(_request_soon, shutdown)
+        )
+        try:
+            function(SyncContext(context, portal, shutdown))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            following.cancel()
+
+
+async def _request_soon(shutdown: ShutdownRequest) -> None:
+    shutdown.request()

@@ -1,0 +1,654 @@
+"""The ``graceful`` command line (also ``python -m graceful``).
+
+    graceful serve pkg.module:app --listen 127.0.0.1:8080 [--workers N] [--watch] ...
+    graceful run pkg.module:main [--pid-file PATH] [--watch]
+    graceful reload --pid-file PATH [--wait [--through-probation] [--timeout S]]
+    graceful rollback --pid-file PATH [--timeout S]
+    graceful scale N --pid-file PATH [--wait [--timeout S]]
+    graceful stop --pid-file PATH [--wait [--timeout S]]
+    graceful status --pid-file PATH [--json]
+
+Usage errors print one line and exit 2; a service that fails to start exits as
+:meth:`graceful.Service.run` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn, TextIO
+
+from graceful.api.asgi import asgi_service
+from graceful.api.service import Service
+from graceful.base.errors import ConfigError, GracefulError
+from graceful.base.log import ensure_visible, logger
+from graceful.code.entry import import_module, walk
+from graceful.code.interfaces import DEFAULT_THREADS, INTERFACES
+from graceful.control.client import Control, NoControlSocket
+from graceful.control.pidfile import signal_supervisor
+from graceful.dev.watch import Watch, as_watch, with_paths
+from graceful.servers.asgi import module_exists
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors reduced to one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds above 0")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        pass
+    return _positive_float(text)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of at least 1")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="graceful", description="Zero-downtime restarts for Python services.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="serve an ASGI or WSGI app (uvicorn or hypercorn)")
+    serve.add_argument("app", help="the app as package.module:attribute")
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="SPEC",
+        help="HOST:PORT, :PORT, [IPv6]:PORT, unix:PATH or fd:N; repeatable "
+        "(default 127.0.0.1:8000)",
+    )
+    serve.add_argument("--workers", type=_positive_int, default=1, metavar="N")
+    serve.add_argument("--server", choices=("uvicorn", "hypercorn"), default="uvicorn")
+    serve.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    serve.add_argument("--ready-timeout", type=_positive_float, default=30.0, metavar="S")
+    serve.add_argument("--drain-timeout", type=_positive_float, default=30.0, metavar="S")
+    serve.add_argument("--pid-file", metavar="PATH")
+    serve.add_argument("--factory", action="store_true", help="APP is a factory to call")
+    serve.add_argument(
+        "--no-access-log", action="store_true", help="do not log each request (uvicorn)"
+    )
+    serve.add_argument(
+        "--app-dir", default=".", metavar="DIR", help="put DIR first on sys.path (default: .)"
+    )
+    serve.add_argument(
+        "--interface",
+        choices=INTERFACES,
+        default="auto",
+        help="the app's kind; auto recognises WSGI apps (Flask, Django's wsgi.py) too",
+    )
+    serve.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=DEFAULT_THREADS,
+        metavar="N",
+        help=f"threads that run a WSGI app, per worker (default {DEFAULT_THREADS})",
+    )
+    serve.add_argument(
+        "--ready-hook",
+        metavar="MODULE:FUNCTION",
+        help="call it in each worker after the app is imported, before it is ready; "
+        "if it raises, the reload fails",
+    )
+
+    run = commands.add_parser("run", help="run an @graceful.service entry point")
+    run.add_argument("entry", help="the service as package.module:name")
+    run.add_argument("--pid-file", metavar="PATH")
+    run.add_argument("--app-dir", default=".", metavar="DIR")
+    for command in (serve, run):
+        _add_deployment_options(command)
+    serve.add_argument(
+        "--probation",
+        type=_seconds_or_zero,
+        default=30.0,
+        metavar="S",
+        help="keep the previous generation parked S seconds after a reload, to roll "
+        "back to if the new one crashes (default 30; 0: off)",
+    )
+    run.add_argument(
+        "--probation",
+        type=_seconds_or_zero,
+        metavar="S",
+        help="as for serve; default: the service's own probation= (30)",
+    )
+    for command, default in ((serve, "all-at-once"), (run, None)):
+        command.add_argument(
+            "--strategy",
+            choices=("all-at-once", "rolling"),
+            default=default,
+            help="how a reload replaces the workers: all at once (default), or "
+            "rolling, --max-surge at a time"
+            + ("" if default else "; default: the service's own strategy="),
+        )
+        command.add_argument(
+            "--max-surge",
+            type=_positive_int,
+            default=1 if default else None,
+            metavar="K",
+            help="rolling: new workers started beyond --workers at a time (default 1)",
+        )
+        command.add_argument(
+            "--preload",
+            action="store_true",
+            default=None,
+            help="import the app once per generation, in a template process that "
+            "forks the workers (shared memory, and every worker runs the same code)",
+        )
+        command.add_argument(
+            "--no-standby",
+            dest="standby",
+            action="store_false",
+            default=None,
+            help="keep no warm standby interpreter for the next reload (it saves one "
+            "idle interpreter's memory; reloads then start every worker cold)",
+        )
+    for command in (serve, run):
+        command.add_argument(
+            "--watch",
+            action="store_true",
+            help="development: reload on each save (a broken save keeps the running "
+            "code serving); watches the app's directory and --app-dir",
+        )
+        command.add_argument(
+            "--watch-dir",
+            action="append",
+            metavar="DIR",
+            help="watch DIR instead (repeatable; implies --watch)",
+        )
+        command.add_argument(
+            "--watch-include",
+            action="append",
+            metavar="GLOB",
+            help="file names that reload (repeatable; default *.py)",
+        )
+        command.add_argument(
+            "--watch-exclude",
+            action="append",
+            metavar="GLOB",
+            help="file or directory names to ignore (repeatable)",
+        )
+
+    for name, what, waits_for in (
+        ("reload", "reload", "the reload has ended: exit 0 if the new code serves, 1 if not"),
+        ("stop", "drain and stop", "the supervisor has exited, and exit with its status"),
+    ):
+        command = commands.add_parser(name, help=f"{what} the supervisor named by a PID file")
+        command.add_argument("--pid-file", required=True, metavar="PATH")
+        command.add_argument("--wait", action="store_true", help=f"wait until {waits_for}")
+        command.add_argument(
+            "--timeout", type=_positive_float, metavar="S", help="with --wait: give up after S s"
+        )
+    reload = commands.choices["reload"]
+    reload.add_argument(
+        "--through-probation",
+        action="store_true",
+        help="implies --wait: also wait for the new generation's probation; exit 1 if "
+        "it was rolled back",
+    )
+    rollback = commands.add_parser(
+        "rollback",
+        help="roll back to the parked generation (during a probation); as SIGUSR2",
+    )
+    rollback.add_argument("--pid-file", required=True, metavar="PATH")
+    rollback.add_argument("--timeout", type=_positive_float, metavar="S", help="give up after S s")
+    scale = commands.add_parser(
+        "scale", help="run N workers per generation (SIGTTIN / SIGTTOU: one more / less)"
+    )
+    scale.add_argument("workers", type=_positive_int, metavar="N")
+    scale.add_argument("--pid-file", required=True, metavar="PATH")
+    scale.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until N workers of the serving generation are ready",
+    )
+    scale.add_argument(
+        "--timeout", type=_positive_float, metavar="S", help="with --wait: give up after S s"
+    )
+    status = commands.add_parser("status", help="show the state of the supervisor")
+    status.add_argument("--pid-file", required=True, metavar="PATH")
+    status.add_argument("--json", action="store_true", help="print it as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    # this process is the supervisor for serve and run, a client for the rest
+    ensure_visible("supervisor" if args.command in ("serve", "run") else "client")
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "run":
+            return _run(args)
+        # a client command: a reader that closed its end early (``| head -1``) ends
+        # nothing but the printing
+        if sys.stdout is not None:
+            sys.stdout = _PipeSafe(sys.stdout)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "rollback":
+            return _rollback(args)
+        if args.command == "scale":
+            return _scale(args)
+        if args.command == "reload" and args.through_probation:
+            args.wait = True
+        if args.timeout is not None and not args.wait:
+            raise ConfigError("--timeout needs --wait")
+        if args.wait:
+            return _reload_and_wait(args) if args.command == "reload" else _stop_and_wait(args)
+        if args.command == "stop":
+            return _stop(args.pid_file)
+        return _signal(args.pid_file, signal.SIGHUP)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    except GracefulError as exc:
+        logger.error("%s", exc)
+        return 1
+    except TimeoutError:
+        logger.error(
+            "the supervisor did not answer in time (busy, or stopped?); what was asked "
+            "for may still be carried out"
+        )
+        return 1
+
+
+class _PipeSafe:
+    """``stream`` (standard output), once its reader is gone, quietly discarding what
+    is written, so that the command ends as it would have, with its own status."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                self._stream.write(text)
+            except OSError as exc:
+                self._reader_gone(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except OSError as exc:
+                self._reader_gone(exc)
+
+    def _reader_gone(self, exc: OSError) -> None:
+        self._gone = True
+        if not isinstance(exc, BrokenPipeError):  # a full disk, say: said, once
+            logger.error("cannot write the output: %s", exc.strerror or exc)
+        # what is still buffered is flushed at exit: into /dev/null, not a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _add_deployment_options(command: argparse.ArgumentParser) -> None:
+    """The options of ``serve`` and ``run`` about where the supervisor runs."""
+    command.add_argument(
+        "--release-link",
+        metavar="PATH",
+        help="the link a deploy switches between release directories: every worker "
+        "starts from the release it names then (found by itself among the paths the "
+        "service was started through; see the README, Release directories)",
+    )
+    command.add_argument(
+        "--health",
+        metavar="HOST:PORT",
+        help="serve /ready, /live and /metrics over HTTP there (the supervisor)",
+    )
+    command.add_argument(
+        "--stop-delay",
+        type=_seconds_or_zero,
+        default=0.0,
+        metavar="S",
+        help="after SIGTERM, keep serving S seconds with /ready at 503, then drain",
+    )
+
+
+def _use_app_dir(app_dir: str) -> None:
+    """Put the app directory first on sys.path. (A symlinked ``$PWD`` is restored
+    by the supervisor's ``ReleaseDirectory.adopt``, like any ``sys.path`` entry.)"""
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _use_app_dir(args.app_dir)
+    module = args.app.partition(":")[0]
+    service = asgi_service(
+        args.app,
+        listen=args.listen or ["127.0.0.1:8000"],
+        server=args.server,
+        workers=args.workers,
+        ready_timeout=args.ready_timeout,
+        drain_timeout=args.drain_timeout,
+        factory=args.factory,
+        backend=args.backend,
+        server_options={"access_log": False}
+        if args.no_access_log and args.server == "uvicorn"
+        else {},
+        probation=args.probation,
+        strategy=args.strategy,
+        max_surge=args.max_surge,
+        preload=bool(args.preload),
+        standby=args.standby is not False,
+        interface=args.interface,
+        threads=args.threads,
+        ready_hook=args.ready_hook,
+    )
+    service.watch = _watch(args, module)
+    return _supervise(service, args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    _use_app_dir(args.app_dir)
+    module_name, sep, name = args.entry.partition(":")
+    if not sep or not module_name or not name:
+        raise ConfigError(f"entry {args.entry!r} must look like 'package.module:name'")
+    target = walk(import_module(module_name), name)
+    if target is None:
+        raise ConfigError(f"module {module_name!r} has no {name!r}")
+    if not isinstance(target, Service):
+        raise ConfigError(f"{args.entry} is not a @graceful.service (got {type(target).__name__})")
+    overrides = {
+        "probation": args.probation,
+        "strategy": args.strategy,
+        "max_surge": args.max_surge,
+        "preload": args.preload,
+        "standby": args.standby,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(target, name, value)
+    watch = _watch(args, module_name)
+    if watch is not None:
+        target.watch = watch
+    return _supervise(target, args)
+
+
+def _watch(args: argparse.Namespace, module: str) -> Watch | None:
+    """``--watch`` and its options, with the default directories: the app's (or the
+    entry's) module's, and ``--app-dir`` unless it holds that one."""
+    if not args.watch and not args.watch_dir:
+        if args.watch_include or args.watch_exclude:
+            raise ConfigError("--watch-include and --watch-exclude need --watch")
+        return None
+    watch = as_watch(
+        Watch(
+            paths=tuple(args.watch_dir or ()),
+            include=tuple(args.watch_include or ("*.py",)),
+            exclude=tuple(args.watch_exclude or ()),
+        )
+    )
+    assert watch is not None
+    app_dir = os.path.abspath(args.app_dir)
+    defaults = [app_dir]
+    spec = importlib.util.find_spec(module) if module_exists(module) else None
+    if spec is not None and spec.origin:
+        directory = os.path.dirname(os.path.abspath(spec.origin))
+        if not (directory + os.sep).startswith(app_dir + os.sep):
+            defaults.append(directory)
+    return with_paths(watch, defaults)
+
+
+def _supervise(service: Service[Any], args: argparse.Namespace) -> int:
+    from graceful.supervisor.run import run_supervisor  # noqa: PLC0415 - see Service.run
+
+    return run_supervisor(
+        service,
+        caller=sys._getframe(1),
+        pid_file=args.pid_file,
+        release_link=args.release_link,
+        health=args.health,
+        stop_delay=args.stop_delay,
+    )
+
+
+def _stop(pid_file: str) -> int:
+    """Ask for a stop through the control socket (a second one only joins the first;
+    see the README), or with SIGTERM where there is none."""
+    try:
+        Control(pid_file).request("stop", timeout=_CLIENT_TIMEOUT)
+    except NoControlSocket:
+        return _signal(pid_file, signal.SIGTERM)
+    return 0
+
+
+#: Seconds a client command that does not wait gives the supervisor to answer.
+_CLIENT_TIMEOUT = 10.0
+
+
+def _signal(pid_file: str, signum: signal.Signals) -> int:
+    signal_supervisor(pid_file, signum)
+    return 0
+
+
+def _reload_and_wait(args: argparse.Namespace) -> int:
+    try:
+        outcome = Control(args.pid_file).reload(
+            timeout=args.timeout, through_probation=args.through_probation
+        )
+    except TimeoutError:
+        print(f"timed out after {args.timeout:g}s (the reload goes on)", file=sys.stderr)
+        return 1
+    if outcome.outcome == "rolled back":
+        print(f"rolled back: {outcome.cause}", file=sys.stderr)
+        return 1
+    if outcome.outcome == "serving":
+        line = f"generation {outcome.generation} serving (ready in {outcome.seconds:.2f}s)"
+        if outcome.probation is not None:
+            line += {
+                "passed": ", passed its probation",
+                "cut short": ", its probation cut short by a newer reload",
+            }.get(outcome.probation, f"; probation {outcome.probation}: {outcome.cause}")
+        elif args.through_probation:
+            line += ", without probation (off, or the previous generation cannot be parked)"
+        print(line, file=sys.stdout if outcome.succeeded else sys.stderr)
+        return 0 if outcome.succeeded else 1
+    where = f"generation {outcome.generation} failed" if outcome.generation else "reload failed"
+    print(f"{where}: {outcome.cause}", file=sys.stderr)
+    return 1
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    try:
+        print(Control(args.pid_file).rollback(timeout=args.timeout))
+    except TimeoutError:
+        print(f"timed out after {args.timeout:g}s (the rollback goes on)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.wait:
+        raise ConfigError("--timeout needs --wait")
+    control = Control(args.pid_file)
+    print(control.scale(args.workers))
+    if not args.wait:
+        return 0
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    crashed_before: dict[str, int] | None = None
+    while True:
+        status = control.status()
+        serving = [g for g in status["generations"] if g["state"] == "serving"]
+        ready = [w for g in serving for w in g["workers"] if w["state"] == "ready"]
+        crashes = {slot: crash for g in serving for slot, crash in g.get("crashes", {}).items()}
+        counts = {slot: crash["count"] for slot, crash in crashes.items()}
+        if crashed_before is None:
+            crashed_before = counts
+        rolled_back = status.get("rolled_back") or {}
+        starting = [w for g in serving for w in g["workers"] if w["state"] == "starting"]
+        if rolled_back and status.get("empty_slots") and not starting:
+            print(
+                f"{len(ready)}/{args.workers} workers ready: {status['empty_slots']} "
+                "slot(s) stay empty until the next reload (the code on disk was rolled "
+                f"back: {rolled_back['cause']})",
+                file=sys.stderr,
+            )
+            return 1
+        for slot, count in counts.items():
+            if count != crashed_before.get(slot, 0):  # (it changes only at a crash)
+                print(
+                    f"worker {slot} {crashes[slot]['cause']} (the scaling goes on: the "
+                    "slot is restarted with a backoff)",
+                    file=sys.stderr,
+                )
+                return 1
+        if status["workers"] != args.workers:
+            print(f"scaled to {status['workers']} workers since", file=sys.stderr)
+            return 1
+        if len(ready) == args.workers and not starting:  # removed ones may still drain
+            print(f"{args.workers} workers ready")
+            return 0
+        if deadline is not None and time.monotonic() >= deadline:
+            print(
+                f"timed out after {args.timeout:g}s with {len(ready)} workers ready "
+                "(the scaling goes on)",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.1)
+
+
+def _stop_and_wait(args: argparse.Namespace) -> int:
+    try:
+        code = Control(args.pid_file).stop(timeout=args.timeout)
+    except TimeoutError:
+        print(f"timed out after {args.timeout:g}s (the stop goes on)", file=sys.stderr)
+        return 1
+    print(f"stopped (exit status {code})")
+    return code
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = Control(args.pid_file).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"supervisor {status['pid']}, up {status['uptime']:.1f}s: {status['status']}")
+    if "graceful" in status:
+        print(f"supervisor runs graceful {status['graceful']} on Python {status['python']}")
+    if "workers" in status:
+        print(
+            f"workers: {status['workers']} per generation; reloads {status['strategy']}"
+            + (f" (max surge {status['max_surge']})" if status["strategy"] == "rolling" else "")
+            + ("; one import per generation (preload)" if status["preload"] else "")
+        )
+    standby = status.get("standby", {})
+    if standby is None:
+        print("standby: off (every worker starts cold)")
+    elif standby.get("pid") is not None:
+        state = "warm" if standby["warm"] else "warming up"
+        print(f"standby: {standby['pid']}, {state} (the next worker start is made from it)")
+    for generation in status["generations"]:
+        if generation.get("graceful") or generation.get("release"):
+            runs = [
+                f"graceful {generation['graceful']}" if generation.get("graceful") else "",
+                f"Python {generation['python']}" if generation.get("python") else "",
+                f"release {generation['release']}" if generation.get("release") else "",
+            ]
+            interpreter = generation.get("interpreter")
+            print(
+                f"generation {generation['generation']} runs "
+                + ", ".join(part for part in runs if part)
+                + (f" ({interpreter})" if interpreter else "")
+            )
+        if generation.get("may_be_mixed"):
+            print(
+                f"generation {generation['generation']}: workers started after it imported "
+                "the code on disk at their own start: the fleet may be mixed (see --preload)"
+            )
+    for listener in status["listeners"]:
+        state = "listening on" if listener.get("open", True) else "released"
+        print(f"{state} {listener['address']}")
+    rows = [("generation", "state", "worker", "pid", "worker state", "ready in", "restarts")]
+    for generation in status["generations"]:
+        for worker in generation["workers"] or [{}]:
+            ready_in = worker.get("ready_in")
+            rows.append(
+                (
+                    str(generation["generation"]),
+                    generation["state"],
+                    str(worker.get("worker_id", "-")),
+                    str(worker.get("pid") or "-"),
+                    worker.get("state", "-"),
+                    "-" if ready_in is None else f"{ready_in:.3f}s",
+                    str(worker.get("restarts", "-")),
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    if status.get("probation"):
+        probation = status["probation"]
+        parked = probation["parked_generation"]
+        print(
+            f"probation: generation {probation['generation']}, "
+            f"{probation['seconds_left']:.0f}s left; "
+            + (
+                f"generation {parked} parked (graceful rollback brings it back)"
+                if parked is not None
+                else "nothing left to roll back to (the parked workers are gone)"
+            )
+        )
+    if status.get("rolled_back"):
+        rolled = status["rolled_back"]
+        print(
+            f"ROLLED BACK: generation {rolled['serving_generation']} serves again; "
+            f"generation {rolled['generation']} was rolled back: {rolled['cause']}. "
+            "The code on disk is the rolled-back code: crashed workers are not restarted "
+            "from it until the next reload"
+        )
+    last = status["last_reload"]
+    if last is not None:
+        print(f"last reload: generation {last['generation']} {last['outcome']}", end="")
+        print(f" ({last['cause']})" if last["cause"] else f" in {last['seconds']:.3f}s")
+        phases = last.get("phases") or {}
+        if phases:
+            print(
+                "  phases (ms since asked): "
+                + ", ".join(f"{phase} {ms:.1f}" for phase, ms in phases.items() if phase != "asked")
+            )
+    counters = status["counters"]
+    print(
+        f"reloads: {counters['reloads_serving']} serving, {counters['reloads_failed']} failed; "
+        f"worker crashes: {counters['worker_crashes']}; "
+        f"rollbacks: {counters.get('rollbacks', 0)}"
+    )
+    return 0

@@ -1,0 +1,170 @@
+"""An ASGI or WSGI app inside a worker: found, loaded and served by the server
+``graceful serve`` names (the supervisor's side: :mod:`graceful.api.asgi`)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import inspect
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from graceful.base.errors import ConfigError, one_line
+from graceful.base.log import logger
+from graceful.child.context import Context
+from graceful.code.entry import import_module, walk
+from graceful.code.interfaces import DEFAULT_THREADS, Interface, as_asgi3
+
+
+def module_exists(name: str) -> bool:
+    """True if module ``name`` can be found, without running any of its code or its
+    packages': the top-level name is looked up by the import system's finders, and
+    each submodule in its parent package's directories.
+
+    A package whose ``__init__`` computes its ``__path__`` (``pkgutil.extend_path``)
+    may hold submodules elsewhere: for such a package only, the lookup imports it, as
+    a worker would.
+
+    Raises:
+        ConfigError: if importing such a package fails.
+    """
+    top, _, rest = name.partition(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return False
+    parent = top
+    for part in rest.split(".") if rest else []:
+        if spec is None or spec.submodule_search_locations is None:
+            return False
+        found = importlib.machinery.PathFinder.find_spec(
+            part, list(spec.submodule_search_locations)
+        )
+        if found is None and _computes_its_path(spec):
+            try:
+                found = importlib.util.find_spec(f"{parent}.{part}")
+            except Exception as exc:
+                raise ConfigError(f"cannot import {parent!r}: {one_line(exc)}") from exc
+        spec, parent = found, f"{parent}.{part}"
+    return spec is not None
+
+
+def _computes_its_path(spec: importlib.machinery.ModuleSpec) -> bool:
+    origin = spec.origin
+    if not origin or not origin.endswith("__init__.py"):
+        return False
+    try:
+        with open(origin, encoding="utf-8", errors="replace") as file:
+            return "__path__" in file.read()
+    except OSError:
+        return False
+
+
+def load_app(app: str, factory: bool) -> Any:
+    """Import ``"module:attribute"`` (fresh in each worker) and return the ASGI app.
+
+    Raises:
+        ConfigError: one line naming the app and the cause, also when what the name
+            leads to (or the factory returns) is not callable.
+    """
+    module_name, _, attribute = app.partition(":")
+    target = walk(import_module(module_name, f" for app {app!r}"), attribute)
+    if target is None:
+        raise ConfigError(f"app {app!r}: module {module_name!r} has no {attribute!r}")
+    if factory:
+        try:
+            target = target()
+        except Exception as exc:
+            raise ConfigError(f"app factory {app!r} failed: {one_line(exc, where=True)}") from exc
+    if not callable(target):
+        made = "the factory returned" if factory else "it is"
+        raise ConfigError(
+            f"app {app!r} is not an ASGI application: {made} {type(target).__name__!r}, "
+            "which is not callable"
+        )
+    return target
+
+
+async def run_ready_hook(ref: str) -> None:
+    """Import the hook named ``"module:function"`` (fresh, in this worker) and call
+    it: awaited if it is a coroutine function, else in a thread.
+
+    Raises:
+        ConfigError: one line naming the hook, if it cannot be found or raises.
+    """
+    module_name, _, name = ref.partition(":")
+    hook = walk(import_module(module_name, f" for ready hook {ref!r}"), name)
+    if hook is None or not callable(hook):
+        raise ConfigError(f"ready hook {ref!r}: module {module_name!r} has no function {name!r}")
+    try:
+        if inspect.iscoroutinefunction(hook):
+            await hook()
+        else:
+            await anyio.to_thread.run_sync(hook)
+    except Exception as exc:
+        raise ConfigError(f"ready hook {ref!r} failed: {one_line(exc, where=True)}") from exc
+
+
+def preload_app(*, app: str, server: str, **_: Any) -> None:
+    """With ``preload``, in the generation's template: import what every worker would
+    import first, once (graceful's integration of ``server``, and the app's module,
+    fresh from disk); the forked workers find them imported.
+
+    Raises:
+        ConfigError: if the app's module cannot be imported.
+    """
+    import_module(f"graceful.servers.{server}")
+    import_module(app.partition(":")[0], f" for app {app!r}")
+
+
+def warm_up_server(*, server: str, backend: str, options: dict[str, Any], **_: Any) -> None:
+    """For a warm standby (:mod:`graceful.spawn.standby`): import graceful's integration of
+    ``server`` and what serving imports, never the app."""
+    if server == "uvicorn":
+        from graceful.servers.uvicorn import warm_up  # noqa: PLC0415 - uvicorn is optional
+
+        warm_up(options)
+    else:
+        from graceful.servers.hypercorn import warm_up as warm_up_hypercorn  # noqa: PLC0415
+
+        warm_up_hypercorn(backend)
+
+
+async def asgi_worker(
+    context: Context,
+    *,
+    app: str,
+    server: str,
+    factory: bool,
+    backend: str,
+    drain_timeout: float,
+    options: dict[str, Any],
+    interface: Interface = "auto",
+    threads: int = DEFAULT_THREADS,
+    ready_hook: str | None = None,
+) -> None:
+    """The worker entry of :func:`serve_asgi`: load the app, run the ready hook, serve
+    the app, drain, return."""
+    application, kind = as_asgi3(load_app(app, factory), interface, threads)
+    context.report_progress("code")
+    if interface == "auto" and kind != "asgi3":
+        logger.debug("app %r is a %s app", app, kind)
+    if ready_hook is not None:
+        await run_ready_hook(ready_hook)
+    if server == "uvicorn":
+        from graceful.servers.uvicorn import serve_uvicorn  # noqa: PLC0415
+
+        await serve_uvicorn(context, application, drain_timeout, options)
+    else:
+        from graceful.servers.hypercorn import serve_hypercorn  # noqa: PLC0415
+
+        await serve_hypercorn(context, application, backend, drain_timeout, options)
+
+
+asgi_worker.graceful_preload = preload_app  # type: ignore[attr-defined]
+asgi_worker.graceful_warm_up = warm_up_server  # type: ignore[attr-defined]
+#: the worker reports the user's code imported once the app is (not the main script)
+asgi_worker.graceful_imports_code = True  # type: ignore[attr-defined]

@@ -1,0 +1,271 @@
+"""Health checks and metrics over HTTP, served by the supervisor itself.
+
+With ``health="HOST:PORT"`` (``--health``), the supervisor answers:
+
+* ``GET /ready``: 200 while a generation serves, at least one worker accepts
+  connections, and no stop was asked for; 503 from the first stop request on
+  (``stop_delay`` included), before the first generation serves, and whenever no
+  worker accepts connections (all crashed, and their replacements cannot start).
+  A 503's body says how many workers accept. Load balancers and Kubernetes readiness
+  probes take the instance out of rotation on 503.
+* ``GET /live``: 200 while the supervisor's event loop answers, unless no worker
+  has accepted connections for longer than ``ready_timeout`` while a generation
+  serves: the supervisor cannot start one (a release it cannot run, a machine out
+  of memory), and restarting the whole service is the remedy left, which is what
+  a liveness probe is for. A bad deploy never gets there: the old generation
+  keeps serving.
+* ``GET /metrics``: Prometheus text format, if ``prometheus_client`` is installed
+  (``pip install 'graceful[metrics]'``); 404 saying so otherwise.
+
+The endpoint reads at most 8 KiB of request head within 5 s, answers
+``HTTP/1.1`` with ``Connection: close``, and never blocks the supervisor: it runs
+as tasks of the supervisor's event loop, and every answer is computed from the
+state machine's state without waiting for anything. This is HTTP at its tiniest
+(one request line, one response), written by hand like sd_notify.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import Any
+
+import anyio
+from anyio.abc import SocketStream, TaskGroup
+
+from graceful.base.log import logger
+from graceful.base.tasks import BoundedReaders, connection_limit, serve_connections
+from graceful.core.machine import ReloadOutcome, WorkerState
+
+#: The longest request head read, in bytes, and how long a client may take to send it.
+MAX_REQUEST_BYTES = 8192
+REQUEST_TIMEOUT = 5.0
+#: At most this many health connections wait for their request at once; a new one
+#: closes the oldest. The supervisor's descriptors are what it starts workers with:
+#: clients that connect and send nothing must not use them up, nor delay a probe.
+MAX_CONNECTIONS = 32
+#: At most this many health connections are open at once; more wait in the socket's
+#: backlog. (Just above :data:`MAX_CONNECTIONS`: a new connection always finds room,
+#: and displaces the oldest that sends nothing, so a probe is read at once; a health
+#: answer is immediate, so nothing else holds a connection.)
+MAX_OPEN_CONNECTIONS = MAX_CONNECTIONS + 2
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+_NO_METRICS = b"metrics need prometheus_client: pip install 'graceful[metrics]'\n"
+#: The reload durations histogram's upper bounds, in seconds.
+RELOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The supervisor's Prometheus metrics, if ``prometheus_client`` is installed."""
+
+    def __init__(self, supervisor: Any) -> None:
+        from prometheus_client import CollectorRegistry, Histogram  # noqa: PLC0415
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.reload_seconds = Histogram(
+            "graceful_reload_duration_seconds",
+            "Time from a reload's start to its end, by outcome.",
+            ["outcome"],
+            buckets=RELOAD_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_StateCollector(supervisor))
+
+    @classmethod
+    def create(cls, supervisor: Any) -> Metrics | None:
+        """Metrics for ``supervisor``, or None without ``prometheus_client``."""
+        try:
+            return cls(supervisor)
+        except ImportError:
+            return None
+
+    def observe_reload(self, outcome: ReloadOutcome) -> None:
+        self.reload_seconds.labels(outcome.outcome).observe(outcome.seconds)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest  # noqa: PLC0415
+
+        text: bytes = generate_latest(self.registry)
+        return text
+
+
+class _StateCollector:
+    """Counters and gauges read from the state machine at each scrape."""
+
+    def __init__(self, supervisor: Any) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Any:
+        from prometheus_client.core import (  # noqa: PLC0415
+            CounterMetricFamily,
+            GaugeMetricFamily,
+        )
+
+        machine = self.supervisor.machine
+        counters = machine.counters
+        reloads = CounterMetricFamily(
+            "graceful_reloads", "Reloads that ended, by outcome.", labels=["outcome"]
+        )
+        reloads.add_metric(["serving"], counters.reloads_serving)
+        reloads.add_metric(["failed"], counters.reloads_failed)
+        yield reloads
+        yield CounterMetricFamily(
+            "graceful_worker_crashes",
+            "Workers of the serving generation that exited unexpectedly.",
+            value=counters.worker_crashes,
+        )
+        yield CounterMetricFamily(
+            "graceful_worker_restarts",
+            "Replacements started for crashed workers.",
+            value=counters.worker_restarts,
+        )
+        yield CounterMetricFamily(
+            "graceful_rollbacks",
+            "Rollbacks to a parked generation that completed.",
+            value=counters.rollbacks,
+        )
+        yield GaugeMetricFamily(
+            "graceful_on_probation",
+            "1 while the serving generation is on probation (the previous one parked).",
+            value=1 if machine.probation is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "graceful_rolled_back",
+            "1 from a rollback until the next reload: the code on disk was rolled back.",
+            value=1 if machine.rejected is not None else 0,
+        )
+        workers = GaugeMetricFamily(
+            "graceful_workers", "Worker processes, by state.", labels=["state"]
+        )
+        for state in WorkerState:
+            count = sum(1 for worker in machine.workers.values() if worker.state is state)
+            workers.add_metric([state.value], count)
+        yield workers
+        yield GaugeMetricFamily(
+            "graceful_workers_wanted",
+            "Workers per generation, as configured and scaled (SIGTTIN, SIGTTOU, graceful scale).",
+            value=machine.size,
+        )
+        yield GaugeMetricFamily(
+            "graceful_serving_generation",
+            "The number of the generation that serves (0 for none).",
+            value=machine.serving or 0,
+        )
+        yield GaugeMetricFamily(
+            "graceful_ready",
+            "1 while /ready answers 200, else 0.",
+            value=1 if self.supervisor.is_ready() else 0,
+        )
+
+
+class HealthServer:
+    """Serves ``/ready``, ``/live`` and ``/metrics`` on ``sock`` for ``supervisor``
+    (a :class:`~graceful.supervisor.loop.SupervisorLoop`)."""
+
+    def __init__(self, sock: socket.socket, supervisor: Any) -> None:
+        self.sock = sock
+        self.supervisor = supervisor
+        self.metrics = Metrics.create(supervisor)
+        self._open = connection_limit(MAX_OPEN_CONNECTIONS)
+        self._readers = BoundedReaders.within(self._open, MAX_CONNECTIONS)
+
+    async def serve(self, tasks: TaskGroup) -> None:
+        """Serve connections in ``tasks`` until cancelled."""
+        await serve_connections(
+            self.sock,
+            tasks,
+            self._handle,
+            "health endpoint",
+            limit=self._open,
+        )
+
+    async def _handle(self, stream: SocketStream) -> None:
+        try:
+            await self._answer_on(stream)
+        except Exception:
+            # A request, or a failing metrics collector, costs that connection only.
+            logger.exception("health endpoint: a request failed")
+
+    async def _answer_on(self, stream: SocketStream) -> None:
+        async with stream:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                head: bytes | None = None
+                with self._readers.reading() as reading:
+                    head = await _read_head(stream)
+                if reading.cancelled_caught:
+                    return  # a newer connection took its place
+                status, body, content_type = self._answer(head)
+                with anyio.move_on_after(REQUEST_TIMEOUT):
+                    await stream.send(_response(status, body, content_type, head))
+
+    def _answer(self, head: bytes | None) -> tuple[int, bytes, str]:
+        text = "text/plain; charset=utf-8"
+        if head is None:
+            return 400, b"bad request\n", text
+        request_line = head.split(b"\n", 1)[0].rstrip(b"\r").split(b" ")
+        if len(request_line) != 3 or request_line[2] not in (b"HTTP/1.0", b"HTTP/1.1"):
+            return 400, b"bad request\n", text
+        method, target = request_line[0], request_line[1].split(b"?", 1)[0]
+        if target.startswith((b"http://", b"https://")):  # absolute-form
+            target = b"/" + target.split(b"/", 3)[3] if target.count(b"/") >= 3 else b"/"
+        if method not in (b"GET", b"HEAD"):
+            return 405, b"only GET and HEAD\n", text
+        if target == b"/live":
+            live, why = self.supervisor.is_live()
+            return (200 if live else 503), f"{why}\n".encode(), text
+        if target == b"/ready":
+            machine = self.supervisor.machine
+            if self.supervisor.is_ready():
+                return 200, b"ready\n", text
+            why = machine.status()
+            if machine.serving is not None:
+                why += f" ({machine.accepting}/{machine.size} workers accept connections)"
+            return 503, f"not ready: {why}\n".encode(), text
+        if target == b"/metrics":
+            if self.metrics is None:
+                return (
+                    404,
+                    b"metrics need prometheus_client: pip install 'graceful[metrics]'\n",
+                    text,
+                )
+            return 200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"
+        return 404, b"not found: try /ready, /live or /metrics\n", text
+
+
+async def _read_head(stream: SocketStream) -> bytes | None:
+    data = b""
+    with anyio.move_on_after(REQUEST_TIMEOUT):
+        while not _complete(data) and len(data) <= MAX_REQUEST_BYTES:
+            try:
+                data += await stream.receive(MAX_REQUEST_BYTES + 1 - len(data))
+            except anyio.EndOfStream:
+                break
+    if not _complete(data):
+        return None
+    return data
+
+
+def _complete(data: bytes) -> bool:
+    """True once ``data`` holds a whole request head (lines may end in a bare LF)."""
+    return b"\r\n\r\n" in data or b"\n\n" in data
+
+
+def _response(status: int, body: bytes, content_type: str, head: bytes | None) -> bytes:
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS[status]}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+        "Connection: close",
+    ]
+    header = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    if head is not None and head.startswith(b"HEAD "):
+        return header
+    return header + body

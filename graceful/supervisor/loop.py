@@ -1,0 +1,815 @@
+"""The supervisor's event loop: events in, the state machine's actions carried out.
+
+:class:`graceful.core.machine.SupervisorStateMachine` decides; :class:`SupervisorLoop`
+only feeds it events and carries out its actions. Every input (a signal, a
+worker's message, a worker's exit, a timer) is funnelled into one memory object
+stream and handled one at a time, so the decisions never race each other.
+
+Task layout, all inside one task group whose lifetime is :meth:`SupervisorLoop.run`:
+
+* one signal task (SIGHUP, SIGTERM, SIGINT, SIGUSR2 for a rollback, and SIGTTIN
+  and SIGTTOU to scale);
+* per worker, one spawn task (it waits for the bytecode check, then asks the
+  :class:`~graceful.spawn.spawner.ProcessFactory`), then one watcher
+  (:mod:`graceful.spawn.watcher`) that relays its messages, reaps it and reports its exit;
+* per timer, one sleeping task (stale timers fire harmlessly: the state machine
+  ignores events about workers that are gone);
+* one task that restarts the orphan guard (:mod:`graceful.spawn.guard`) if it dies, and,
+  as PID 1, one that reaps the orphans re-parented to it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import multiprocess.resource_tracker
+from anyio.abc import TaskGroup, TaskStatus
+
+from graceful._version import PROTOCOL, VERSION, python_version
+from graceful.base import processes as _processes
+from graceful.base.errors import GracefulError, name_some, one_line
+from graceful.base.log import logger
+from graceful.control.pidfile import PidFile
+from graceful.control.server import ControlServer, ReloadWaiter
+from graceful.core.machine import (
+    STOPPING,
+    Action,
+    Announce,
+    DrainTimeout,
+    Event,
+    Exit,
+    GenerationServing,
+    GenerationStarted,
+    KillWorker,
+    Log,
+    ParkWorker,
+    ProbationEnded,
+    ReadyTimeout,
+    ReloadEnded,
+    ReloadRequested,
+    ResumeWorker,
+    Role,
+    RollbackEnded,
+    RollbackRequested,
+    ScaleEnded,
+    ScaleRequested,
+    Settings,
+    ShutdownWorker,
+    SpawnWorker,
+    Start,
+    StartTimer,
+    StopAccepting,
+    Stopping,
+    StopRequested,
+    SupervisorStateMachine,
+    WorkerExited,
+    WorkerFailed,
+    WorkerReady,
+    WorkerState,
+)
+from graceful.core.timeline import Timelines
+from graceful.dev.terminal import NARRATIVE, DevTerminal
+from graceful.dev.watch import SourceWatcher
+from graceful.sockets.listeners import BoundListener, format_address
+from graceful.spawn.guard import OrphanGuard
+from graceful.spawn.spawner import BytecodeGate, ProcessFactory, WorkerProcess
+from graceful.spawn.watcher import Watcher
+from graceful.supervisor.health import HealthServer
+from graceful.supervisor.runtimes import GenerationRuntimes
+from graceful.supervisor.systemd import Notifier
+from graceful.wire import messages as _wire
+
+#: The signal that asks for a rollback of the generation on probation.
+ROLLBACK_SIGNAL = signal.SIGUSR2
+
+#: The signals that add a worker and remove one (gunicorn's and uvicorn's convention).
+SCALE_SIGNALS = {signal.SIGTTIN: 1, signal.SIGTTOU: -1}
+
+#: Seconds an orphan guard may leave what it is sent unread before it is replaced.
+GUARD_STALL = 10.0
+
+#: Seconds between two tries to start an orphan guard after one could not start.
+GUARD_RETRY = 5.0
+
+#: who asks, in a :class:`ScaleRequested` from the control socket
+_SCALE_REQUEST = "graceful scale"
+
+
+class SupervisorLoop:
+    """Runs the supervisor: a :class:`SupervisorStateMachine` and the processes,
+    signals and timers it decides about.
+
+    Args:
+        settings: the state machine's settings.
+        factory: starts the workers (the seam to the kernel).
+        listeners: released at the stop, those this process bound itself.
+        bytecode: the stale-bytecode check spawns wait for; None for none.
+        pid_file: published once generation 1 serves.
+        notifier: told what the state machine announces.
+        start_guard: starts an orphan guard (None where it cannot run); None for no
+            guard.
+        follow_signals: turn SIGHUP into a reload and SIGTERM and SIGINT into stops
+            (and leave them ignored afterwards). Off only for tests in a shared
+            process, which send their events through :attr:`events_in`.
+        control: a listening control socket (see :mod:`graceful.control.server`) to serve.
+        health: a listening socket for the health endpoint (see :mod:`graceful.supervisor.health`).
+        reap_orphans: reap every child that is not a worker nor the factory's (also
+            done as PID 1): this process is a child subreaper.
+        watch: reload when these sources change (development mode, :mod:`graceful.dev.watch`),
+            and report each reload on ``terminal``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        factory: ProcessFactory,
+        *,
+        listeners: list[BoundListener] | None = None,
+        bytecode: BytecodeGate | None = None,
+        pid_file: PidFile | None = None,
+        notifier: Notifier | None = None,
+        start_guard: Callable[[], OrphanGuard | None] | None = None,
+        follow_signals: bool = True,
+        control: socket.socket | None = None,
+        health: socket.socket | None = None,
+        reap_orphans: bool = False,
+        watch: SourceWatcher | None = None,
+        terminal: DevTerminal | None = None,
+    ) -> None:
+        self.machine = SupervisorStateMachine(settings)
+        self._reap_orphans_too = reap_orphans
+        self.sources = watch
+        self.terminal = terminal
+        self.factory = factory
+        self.listeners = listeners or []
+        self.bytecode = bytecode
+        self.pid_file = pid_file
+        self.notifier = notifier or Notifier(None)
+        self._start_guard = start_guard
+        self._follow_signals_too = follow_signals
+        self.events_in, self._events = anyio.create_memory_object_stream[Event](math.inf)
+        #: what each generation runs (its release, its graceful, its Python)
+        self.runtimes = GenerationRuntimes()
+        self.watcher = Watcher(
+            self.events_in,
+            settings.kill_grace,
+            self._stopping_now,
+            self._progress,
+            lambda worker, hello: self.runtimes.hello(worker.generation, worker.release, hello),
+        )
+        #: the phases of the newest reloads (see :mod:`graceful.core.timeline`)
+        self.timelines = Timelines()
+        self._tasks: TaskGroup | None = None
+        #: pending timers by the event they will send
+        self._timers: dict[Event, anyio.CancelScope] = {}
+        #: workers being started (waiting for the bytecode check, or for the
+        #: factory), by serial: told to shut down or die meanwhile, they are called
+        #: off (cancelled) instead
+        self._spawning: dict[int, anyio.CancelScope] = {}
+        #: generations the factory may still start workers for
+        self._generations_known: set[int] = set()
+        #: the exit status is at least this (1 once the service had to stop itself)
+        self._exit_at_least = 0
+        #: stops the workers if this process dies (see :mod:`graceful.spawn.guard`)
+        self._guard: OrphanGuard | None = None
+        #: set when the guard has workers waiting to be handed over
+        self._guard_has_pending: anyio.Event | None = None
+        self.control = ControlServer(control, self) if control is not None else None
+        self.health = HealthServer(health, self) if health is not None else None
+        #: ``reload --wait`` requests not yet bound to the generation that answers them
+        self._reload_waiters: list[ReloadWaiter] = []
+        #: generation number -> the requests its reload's end answers
+        self._waiting_for: dict[int, list[ReloadWaiter]] = {}
+        #: generation number -> the requests its probation's end answers
+        self._waiting_for_probation: dict[int, list[ReloadWaiter]] = {}
+        #: ``graceful rollback`` requests, answered when the rollback ends
+        self._rollback_waiters: list[ReloadWaiter] = []
+        #: ``graceful scale`` requests, answered once decided
+        self._scale_waiters: list[ReloadWaiter] = []
+        self._started_at = 0.0
+        #: a stop was asked for through the control socket
+        self._stop_requested = False
+        #: stop signals (SIGTERM, SIGINT) received
+        self._stop_signals = 0
+        #: since when no worker accepts connections while a generation serves (the
+        #: loop's clock); None while one does (see :meth:`is_live`)
+        self.unready_since: float | None = None
+
+    async def run(self) -> int:
+        """Run until the state machine says to exit; return its exit status.
+
+        Whatever way this ends (even by an exception or cancellation), every worker
+        still alive, and whatever it left in its process group, is killed, and every
+        worker is reaped before it returns.
+        """
+        if self._start_guard is not None:
+            self._guard = self._start_guard()
+            if self._guard is None:
+                logger.debug("no orphan guard: pidfds are not available")
+        self._started_at = anyio.current_time()
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                if self.control is not None:
+                    tasks.start_soon(self.control.serve, tasks)
+                if self.health is not None:
+                    tasks.start_soon(self.health.serve, tasks)
+                if self._follow_signals_too:
+                    await tasks.start(self._follow_signals)
+                tasks.start_soon(self.notifier.run)
+                tasks.start_soon(self._keep_guard)
+                tasks.start_soon(self.factory.run)
+                if self.sources is not None:
+                    tasks.start_soon(self.sources.run, self._sources_changed)
+                if os.getpid() == 1 or self._reap_orphans_too:
+                    await tasks.start(self._reap_orphans)
+                code = await self._decide(Start())
+                await self.watcher.finish_sweeps()
+                tasks.cancel_scope.cancel()
+            return max(code, self._exit_at_least)
+        finally:
+            self.watcher.kill_and_reap_all()
+            self.factory.close()
+            if self._guard is not None:
+                self._guard.close()
+
+    async def _decide(self, first: Event) -> int:
+        event: Event = first
+        while True:
+            for action in self.machine.handle(event, anyio.current_time()):
+                if isinstance(action, Exit):
+                    return action.code
+                self._carry_out(action)
+            self._tell_factory_of_ended_generations()
+            self.factory.set_quiet(self._quiet())
+            self._note_accepting()
+            if self.machine.stop_announced and self._reload_waiters:
+                # asked for before the stop, never to be started
+                for waiter in self._reload_waiters:
+                    waiter.resolve(STOPPING)
+                self._reload_waiters.clear()
+            event = await self._events.receive()
+            if isinstance(event, ReloadRequested):
+                self.timelines.asked(anyio.current_time())
+            self._drop_stale_timers(event)
+
+    def _carry_out(self, action: Action) -> None:
+        match action:
+            case Log(level, message, narrative):
+                logger.log(level, "%s", message, extra={NARRATIVE: narrative})
+            case GenerationServing(number, first):
+                self.timelines.mark(number, "serving", anyio.current_time())
+                if first and self.pid_file is not None:
+                    self._publish_pid_file(self.pid_file)
+            case SpawnWorker():
+                self._spawning[action.serial] = anyio.CancelScope()
+                self._task_group.start_soon(self._spawn_worker, action)
+            case ShutdownWorker(serial, drain_timeout):
+                worker = self.watcher.live.get(serial)
+                if worker is not None:
+                    self._tell(worker, _wire.Shutdown(drain_timeout))
+                elif serial in self._spawning:
+                    self._spawning[serial].cancel()
+            case KillWorker(serial):
+                worker = self.watcher.live.get(serial)
+                if worker is not None:
+                    worker.kill()
+                elif serial in self._spawning:
+                    self._spawning[serial].cancel()
+            case ParkWorker(serial, drain_timeout):
+                worker = self.watcher.live.get(serial)
+                if worker is not None:
+                    self._tell(worker, _wire.Park(drain_timeout))
+            case ResumeWorker(serial):
+                self._resume(serial)
+            case StopAccepting():
+                for listener in self.listeners:
+                    if not listener.adopted:
+                        listener.close()
+                for waiter in self._reload_waiters:
+                    waiter.resolve(STOPPING)
+                self._reload_waiters.clear()
+            case GenerationStarted(number, first):
+                self.timelines.started(number, anyio.current_time())
+                if self.terminal is not None:
+                    self.terminal.started(number)
+                if not first:
+                    self._waiting_for.setdefault(number, []).extend(self._reload_waiters)
+                    self._reload_waiters.clear()
+            case ReloadEnded() | ProbationEnded() | RollbackEnded():
+                self._answer_waiters(action)
+            case ScaleEnded(_, _, by):
+                # requests through the control socket are decided in their order
+                if by == _SCALE_REQUEST and self._scale_waiters:
+                    self._scale_waiters.pop(0).resolve(action)
+            case StartTimer(delay, event):
+                self._task_group.start_soon(self._timer, delay, event)
+            case Announce():
+                self.notifier.announce(action)
+
+    def _progress(self, worker: WorkerProcess, phase: str) -> None:
+        """``worker`` reached ``phase`` (one of ``_timeline.PHASES``): on its own
+        generation's timeline, or for ``closed`` (a worker being replaced), on the
+        serving generation's."""
+        generation = worker.generation
+        serving = self.machine.serving
+        if phase == "closed":
+            if serving is None or serving == generation:
+                return
+            generation = serving
+        self.timelines.mark(generation, phase, anyio.current_time())
+
+    def _quiet(self) -> bool:
+        """A generation serves, and nothing is starting, resuming or stopping: the
+        factory's background work (a standby to warm up) slows nothing down."""
+        machine = self.machine
+        return (
+            machine.serving is not None
+            and machine.starting is None
+            and machine.rollback is None
+            and not machine.stop_announced
+            and not self._spawning
+            and not any(
+                worker.state in (WorkerState.STARTING, WorkerState.RESUMING)
+                for worker in machine.workers.values()
+            )
+        )
+
+    def _tell_factory_of_ended_generations(self) -> None:
+        """Tell the factory of each generation retired or forgotten since the last
+        event: no worker will be started into it again."""
+        live = {
+            number
+            for number, generation in self.machine.generations.items()
+            if generation.role is not Role.RETIRED
+        }
+        for number in sorted(self._generations_known - live):
+            self.factory.generation_ended(number)
+        self._generations_known = live
+
+    def _answer_waiters(self, ended: ReloadEnded | ProbationEnded | RollbackEnded) -> None:
+        """Tell whoever waits for a reload, its probation, or a rollback how it ended."""
+        match ended:
+            case ReloadEnded(outcome):
+                if self.health is not None and self.health.metrics is not None:
+                    self.health.metrics.observe_reload(outcome)
+                if self.terminal is not None:
+                    self.terminal.reload_ended(outcome, self.machine.serving)
+                probation = self.machine.probation
+                on_probation = probation is not None and probation.generation == outcome.generation
+                for waiter in self._waiting_for.pop(outcome.generation, []):
+                    if waiter.through_probation and on_probation:
+                        waiter.promoted = outcome
+                        self._waiting_for_probation.setdefault(outcome.generation, []).append(
+                            waiter
+                        )
+                    else:
+                        waiter.resolve(outcome)
+            case ProbationEnded(generation, outcome, detail):
+                for waiter in self._waiting_for_probation.pop(generation, []):
+                    waiter.resolve_probation(outcome, detail)
+            case RollbackEnded(ok, detail):
+                if self.terminal is not None:
+                    self.terminal.rollback_ended(ok, detail)
+                for waiter in self._rollback_waiters:
+                    waiter.resolve(ended)
+                self._rollback_waiters.clear()
+
+    def _resume(self, serial: int) -> None:
+        """Hand a parked worker the listeners again, then tell it to resume. One that
+        cannot take them is killed (its exit ends its part in the rollback)."""
+        worker = self.watcher.live.get(serial)
+        if worker is None:
+            return
+        try:
+            worker.hand_listeners()
+        except OSError as exc:
+            logger.error(
+                "%s: cannot hand it the listeners (%s); killing it",
+                self.watcher.describe(worker),
+                exc.strerror or exc,
+            )
+            worker.kill()
+            return
+        self._tell(worker, _wire.Resume())
+
+    def _tell(self, worker: WorkerProcess, message: _wire.Message) -> None:
+        """Send ``message`` to ``worker`` without waiting; a live worker that does not
+        read its control channel (stopped, stuck) cannot be told anything: it is
+        killed (its exit is reported as usual)."""
+        try:
+            worker.channel.send_nowait(message)  # False: gone, its exit is on its way
+        except BlockingIOError:
+            logger.error(
+                "%s does not read its control channel; killing it",
+                self.watcher.describe(worker),
+            )
+            worker.kill()
+
+    # -- requests through the control socket ----------------------------------------
+
+    def request_rollback(self, by: str) -> ReloadWaiter:
+        """Ask for a rollback of the generation on probation; the waiter learns how it
+        ended (a :class:`RollbackEnded`)."""
+        waiter = ReloadWaiter()
+        self._rollback_waiters.append(waiter)
+        self.events_in.send_nowait(RollbackRequested(by))
+        return waiter
+
+    def request_scale(self, workers: int) -> ReloadWaiter:
+        """Ask for ``workers`` workers per generation; the waiter learns what was done
+        (a :class:`ScaleEnded`)."""
+        waiter = ReloadWaiter()
+        self._scale_waiters.append(waiter)
+        self.events_in.send_nowait(ScaleRequested(_SCALE_REQUEST, workers=workers))
+        return waiter
+
+    def _sources_changed(self, paths: list[str]) -> None:
+        logger.debug("changed: %s", name_some(paths, most=10))
+        if self.terminal is not None:
+            self.terminal.changed(paths)
+        self.events_in.send_nowait(ReloadRequested())
+
+    def request_reload(self, through_probation: bool = False) -> ReloadWaiter:
+        """Ask for a reload; the waiter learns how the reload that runs code read
+        after this request ended (coalesced requests share one), and with
+        ``through_probation``, how its probation ended."""
+        waiter = ReloadWaiter(through_probation=through_probation)
+        if self.machine.stop_announced:
+            waiter.resolve(STOPPING)
+            return waiter
+        self._reload_waiters.append(waiter)
+        self.events_in.send_nowait(ReloadRequested())
+        return waiter
+
+    def is_ready(self) -> bool:
+        """What ``/ready`` says: a generation serves, at least one worker accepts
+        connections, and no stop was asked for."""
+        machine = self.machine
+        return machine.serving is not None and not machine.stop_announced and machine.accepting > 0
+
+    def _note_accepting(self) -> None:
+        """Keep :attr:`unready_since` (after every event)."""
+        if self.machine.accepting > 0 or self.machine.serving is None:
+            self.unready_since = None
+        elif self.unready_since is None:
+            self.unready_since = anyio.current_time()
+
+    def is_live(self) -> tuple[bool, str]:
+        """What ``/live`` says, and why: the supervisor answers (this is its event
+        loop), and it has not gone without a worker that accepts connections for
+        longer than ``ready_timeout`` while serving (it cannot start any: a restart of
+        the whole service is the remedy left)."""
+        if self.unready_since is None:
+            return True, "live"
+        without = anyio.current_time() - self.unready_since
+        limit = self.machine.settings.ready_timeout
+        if without <= limit:
+            return True, f"live (no worker accepts connections for {without:.1f}s)"
+        return False, (
+            f"no worker has accepted connections for {without:.1f}s "
+            f"(more than ready_timeout={limit:g}s): {self.machine.status()}"
+        )
+
+    def _stop_signalled(self) -> None:
+        """SIGTERM or SIGINT: a stop, if none was asked for; a second signal escalates
+        it (an operator's decision), but a first one after a stop asked for through
+        the control socket (``graceful stop``) only joins it."""
+        if self._stop_signals or not self._stop_requested:
+            self.events_in.send_nowait(StopRequested())
+        else:
+            logger.info("stop signal: the stop already asked for goes on")
+        self._stop_signals += 1
+        self._stop_requested = True
+
+    def request_stop(self) -> None:
+        """Ask for a stop, as the first SIGTERM does. Unlike a second SIGTERM, a request
+        after any stop (a signal's included) changes nothing: waiting for a stop (a
+        retried ``graceful stop --wait``, a second tool stopping the same service)
+        must never turn a drain into a kill, nor cut ``stop_delay`` short."""
+        if not self._stop_requested and not self.machine.stop_announced:
+            self._stop_requested = True
+            self.events_in.send_nowait(StopRequested())
+
+    def status(self) -> dict[str, Any]:
+        """The supervisor's state, as ``graceful status --json`` prints it."""
+        machine, now = self.machine, anyio.current_time()
+        states = {
+            Role.STARTING: "starting",
+            Role.SERVING: "serving",
+            Role.RETIRED: "draining",
+            Role.PARKED: "parked",
+            Role.RESUMING: "resuming",
+        }
+        generations = []
+        self.runtimes.forget(set(machine.generations))
+        for generation in sorted(machine.generations.values(), key=lambda g: g.number):
+            workers = []
+            for worker in sorted(machine.workers.values(), key=lambda w: w.serial):
+                if worker.generation != generation.number:
+                    continue
+                process = self.watcher.live.get(worker.serial)
+                workers.append(
+                    {
+                        "pid": process.pid if process is not None else None,
+                        "worker_id": worker.worker_id,
+                        "state": worker.state.value,
+                        "ready_in": None
+                        if worker.ready_at is None
+                        else round(worker.ready_at - worker.started_at, 6),
+                        "restarts": generation.crashes.get(worker.worker_id, 0),
+                        "runs_rejected_code": worker.runs_rejected_code,
+                    }
+                )
+            generations.append(
+                {
+                    "generation": generation.number,
+                    "state": states[generation.role],
+                    "age": round(now - generation.started_at, 3),
+                    "rolling": generation.rolling,
+                    # workers started after the generation (crash replacements,
+                    # scaling) imported the code on disk at their own start
+                    # (or were started from different releases)
+                    "may_be_mixed": (generation.late_spawns > 0 and not machine.settings.preload)
+                    or self.runtimes.mixed(generation.number),
+                    # each slot's crashes in a row, and how the last one happened
+                    "crashes": {
+                        str(worker_id): {
+                            "count": count,
+                            "cause": generation.crash_causes.get(worker_id),
+                        }
+                        for worker_id, count in sorted(generation.crashes.items())
+                    },
+                    # its release directory, interpreter, graceful and Python versions
+                    **self.runtimes.describe(generation.number),
+                    "workers": workers,
+                }
+            )
+        last = machine.last_reload
+        timeline = None if last is None else self.timelines.get(last.generation)
+        counters = machine.counters
+        probation, rejected = machine.probation, machine.rejected
+        return {
+            "pid": os.getpid(),
+            "graceful": VERSION,
+            "protocol": PROTOCOL,
+            "python": python_version(),
+            "uptime": round(now - self._started_at, 3),
+            "state": "stopping" if machine.stop_announced else "running",
+            "status": machine.status(),
+            # slots of the serving generation with no worker, not even one starting
+            # (after a rollback: left so until the next reload)
+            "empty_slots": machine.empty_slots(),
+            "workers": machine.size,
+            "strategy": machine.settings.strategy.value,
+            "max_surge": machine.settings.max_surge,
+            "preload": machine.settings.preload,
+            # the warm standby (None: turned off)
+            "standby": self.factory.standby_status(),
+            "listeners": [
+                {
+                    "spec": listener.spec,
+                    "address": format_address(listener.address),
+                    # released at the stop (those the supervisor bound itself)
+                    "open": listener.socket.fileno() != -1,
+                }
+                for listener in self.listeners
+            ],
+            "generations": generations,
+            "last_reload": None
+            if last is None
+            else {
+                "generation": last.generation,
+                "outcome": last.outcome,
+                "cause": last.cause,
+                "seconds": round(last.seconds, 6),
+                # milliseconds since it was asked for (see graceful/core/timeline.py)
+                "phases": {} if timeline is None else timeline.milliseconds(),
+            },
+            "probation": None
+            if probation is None
+            else {
+                "generation": probation.generation,
+                # None once every parked worker is gone: nothing to roll back to
+                "parked_generation": probation.parked
+                if probation.parked in machine.generations
+                else None,
+                "seconds_left": round(max(0.0, probation.until - now), 3),
+            },
+            "rolled_back": None
+            if rejected is None
+            else {
+                "generation": rejected.generation,
+                "cause": rejected.cause,
+                "serving_generation": rejected.serving,
+            },
+            "counters": {
+                "reloads_serving": counters.reloads_serving,
+                "reloads_failed": counters.reloads_failed,
+                "worker_crashes": counters.worker_crashes,
+                "worker_restarts": counters.worker_restarts,
+                "rollbacks": counters.rollbacks,
+            },
+        }
+
+    def _publish_pid_file(self, pid_file: PidFile) -> None:
+        try:
+            pid_file.publish()
+        except GracefulError as exc:
+            # Running on without it would leave `graceful stop` and `reload` to
+            # whatever file someone else put there.
+            logger.error("%s; stopping", exc)
+            self._exit_at_least = 1
+            self._stop_requested = True
+            self.events_in.send_nowait(StopRequested())
+
+    @property
+    def _task_group(self) -> TaskGroup:
+        assert self._tasks is not None, "the supervisor is not running"
+        return self._tasks
+
+    def _stopping_now(self) -> bool:
+        return self.machine.stopping is Stopping.NOW
+
+    # -- inputs ---------------------------------------------------------------------
+
+    async def _follow_signals(self, *, task_status: TaskStatus[None]) -> None:
+        stops = {signal.SIGTERM, signal.SIGINT}
+        followed = {signal.SIGHUP, ROLLBACK_SIGNAL, *SCALE_SIGNALS, *stops}
+        try:
+            with anyio.open_signal_receiver(*followed) as signals:
+                try:
+                    task_status.started()
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            logger.info("SIGHUP: reloading")
+                            self.events_in.send_nowait(ReloadRequested())
+                        elif signum == ROLLBACK_SIGNAL:
+                            self.events_in.send_nowait(RollbackRequested(ROLLBACK_SIGNAL.name))
+                        elif signum in SCALE_SIGNALS:
+                            name = signal.Signals(signum).name
+                            self.events_in.send_nowait(
+                                ScaleRequested(name, step=SCALE_SIGNALS[signum])
+                            )
+                        else:
+                            self._stop_signalled()
+                finally:
+                    # The receiver resets these to their default actions (which kill,
+                    # or raise KeyboardInterrupt) as it closes. Once the supervisor
+                    # stops listening, a reload or a rollback has nothing to act on
+                    # and the stop is already under way: hold them until they are
+                    # ignored.
+                    signal.pthread_sigmask(signal.SIG_BLOCK, followed)
+        finally:
+            for signum in followed:
+                signal.signal(signum, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, followed)
+
+    async def _keep_guard(self) -> None:
+        """Start a new orphan guard whenever the current one dies (someone killed it,
+        or it read nothing for :data:`GUARD_STALL` seconds), and hand it every live
+        worker; a guard that cannot be started is tried again every
+        :data:`GUARD_RETRY` seconds."""
+        if self._start_guard is None or self._guard is None:
+            return  # none here (no pidfds)
+        while True:
+            guard = self._guard
+            if guard is None or guard.pidfd is None:
+                await anyio.sleep(GUARD_RETRY)
+                self._guard = self._start_guard()
+                if self._guard is not None:
+                    logger.warning("started a new orphan guard (PID %d)", self._guard.pid)
+                    self._hand_guard_every_worker()
+                continue
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._flush_guard, guard)
+                await anyio.wait_readable(guard.pidfd)
+                tasks.cancel_scope.cancel()
+            pid, status = guard.pid, guard.reap()
+            self._guard = self._start_guard()
+            logger.warning(
+                "the orphan guard (PID %d) exited with status %s; %s",
+                pid,
+                status,
+                "started a new one"
+                if self._guard is not None
+                else f"could not start a new one (trying again every {GUARD_RETRY:g}s)",
+            )
+            self._hand_guard_every_worker()
+
+    def _hand_guard_every_worker(self) -> None:
+        for worker in self.watcher.live.values():
+            self._guard_watch(worker)
+
+    async def _flush_guard(self, guard: OrphanGuard) -> None:
+        """Hand ``guard`` what its socket could not take at once, as it reads; kill it
+        if it reads nothing for :data:`GUARD_STALL` seconds."""
+        while True:
+            self._guard_has_pending = anyio.Event()
+            if not guard.has_pending:
+                await self._guard_has_pending.wait()
+            while guard.has_pending:
+                with anyio.move_on_after(GUARD_STALL) as waited:
+                    await anyio.wait_writable(guard.channel)
+                if waited.cancelled_caught:
+                    logger.warning(
+                        "the orphan guard (PID %d) read nothing for %gs; killing it, a new "
+                        "one takes over",
+                        guard.pid,
+                        GUARD_STALL,
+                    )
+                    guard.kill()
+                    return
+                guard.flush()
+
+    def _guard_watch(self, worker: WorkerProcess) -> None:
+        if self._guard is not None and worker.exit_fd is not None:
+            self._guard.watch(worker.pid, worker.exit_fd)
+            if self._guard.has_pending and self._guard_has_pending is not None:
+                self._guard_has_pending.set()
+
+    async def _reap_orphans(self, *, task_status: TaskStatus[None]) -> None:
+        """As PID 1 (in a container), reap every child that is not a worker.
+
+        Processes a worker leaves behind are re-parented to PID 1 when the worker
+        exits; without this they would stay zombies for the container's life.
+        Workers themselves are reaped by their watchers, which need their status.
+        """
+        with anyio.open_signal_receiver(signal.SIGCHLD) as signals:
+            task_status.started()
+            self._reap_strays()
+            async for _ in signals:
+                self._reap_strays()
+
+    def _reap_strays(self) -> None:
+        self.factory.collect_exited()
+        ours = {worker.pid for worker in self.watcher.live.values()} | self.factory.helper_pids()
+        tracker: int | None = getattr(multiprocess.resource_tracker._resource_tracker, "_pid", None)
+        guard = self._guard.pid if self._guard is not None else None
+        for pid in _processes.stray_zombies(exclude={*ours, tracker, guard}):
+            _processes.reap_zombie(pid)
+
+    async def _timer(self, delay: float, event: Event) -> None:
+        with anyio.CancelScope() as scope:
+            self._timers[event] = scope
+            try:
+                await anyio.sleep(delay)
+                self.events_in.send_nowait(event)
+            finally:
+                self._timers.pop(event, None)
+
+    def _drop_stale_timers(self, event: Event) -> None:
+        """Cancel the timers that ``event`` made pointless, so that frequent reloads do
+        not pile up sleeping tasks. (The state machine ignores stale timers anyway.)"""
+        stale: list[Event] = []
+        if isinstance(event, WorkerReady):
+            stale = [ReadyTimeout(event.serial)]
+        elif isinstance(event, WorkerExited):
+            stale = [ReadyTimeout(event.serial), DrainTimeout(event.serial)]
+        for timer in stale:
+            scope = self._timers.get(timer)
+            if scope is not None:
+                scope.cancel()
+
+    # -- starting workers -----------------------------------------------------------
+
+    async def _spawn_worker(self, spawn: SpawnWorker) -> None:
+        """Start the worker ``spawn`` names, once the application's bytecode has been
+        checked. Any failure, at any step, is reported as that worker failing to
+        start, never raised. A worker called off meanwhile (a stop, a missed
+        ready_timeout) is not started: it is reported as exited."""
+        worker: WorkerProcess | None = None
+        called_off = self._spawning[spawn.serial]
+        try:
+            with called_off:
+                environment = (
+                    await self.bytecode.environment_for(spawn.generation)
+                    if self.bytecode is not None
+                    else {}
+                )
+                self.timelines.mark(spawn.generation, "spawn", anyio.current_time())
+                worker = await self.factory.start(spawn, environment)
+                self.timelines.mark(spawn.generation, "started", anyio.current_time())
+        except Exception as exc:
+            self.events_in.send_nowait(
+                WorkerFailed(spawn.serial, f"could not start a worker: {one_line(exc)}")
+            )
+        finally:
+            del self._spawning[spawn.serial]
+        if worker is None:  # failed, or called off before it started
+            self.events_in.send_nowait(WorkerExited(spawn.serial, None))
+            return
+        if called_off.cancel_called:
+            # called off while the factory could not be interrupted (a template's
+            # fork): it started all the same, and never served; its exit is
+            # reported once it is reaped
+            worker.kill()
+        self._guard_watch(worker)
+        self.watcher.live[worker.serial] = worker
+        self._task_group.start_soon(self.watcher.watch, worker, self._task_group)

@@ -1,0 +1,289 @@
+"""Starting and ending a supervisor: the checks before anything runs, the clean-up after.
+
+:func:`run_supervisor` is what ``Service.run()`` and the CLI call. It refuses bad
+input with one line and exit status 2 before anything is spawned or left bound
+(the entry point, the ``__main__`` guard, the PID file, the listeners, the
+descriptor limit), then runs a :class:`~graceful.supervisor.loop.SupervisorLoop`
+with the real process factory, and, however that ends, closes the listeners and
+releases the PID file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import multiprocess
+
+from graceful.api.service import check_supervision
+from graceful.base.errors import ConfigError
+from graceful.base.log import ensure_visible, logger, written_without_waiting
+from graceful.base.processes import become_subreaper
+from graceful.code.bytecode import application_roots
+from graceful.code.entry import entry_ref_for
+from graceful.code.main_script import check_main_guard
+from graceful.code.release import ReleaseError, ReleaseLayout
+from graceful.control.pidfile import PidFile
+from graceful.control.protocol import control_path
+from graceful.control.server import ControlServer, ControlSocket
+from graceful.core.machine import Settings, Strategy
+from graceful.dev.terminal import DevTerminal, quiet_reload_narrative
+from graceful.dev.watch import SourceWatcher, Watch, with_paths
+from graceful.sockets.listeners import (
+    BoundListener,
+    bind_listeners,
+    check_descriptor_headroom,
+    format_address,
+    most_workers,
+)
+from graceful.spawn.guard import OrphanGuard
+from graceful.spawn.spawner import BytecodeGate, ProcessFactory, SpawningFactory
+from graceful.spawn.template import TemplateFactory
+from graceful.supervisor.loop import ROLLBACK_SIGNAL, SCALE_SIGNALS, SupervisorLoop
+from graceful.supervisor.systemd import Notifier
+from graceful.wire.bootstrap import EntryRef, WorkerOptions
+
+if TYPE_CHECKING:
+    from graceful.api.service import Service
+
+
+def run_supervisor(
+    service: Service[Any],
+    caller: types.FrameType | None,
+    pid_file: str | os.PathLike[str] | None = None,
+    *,
+    health: str | None = None,
+    stop_delay: float = 0.0,
+    release_link: str | os.PathLike[str] | None = None,
+) -> int:
+    """Supervise ``service`` in this process; return the exit status.
+
+    ``health`` is a listen spec for the health endpoint (:mod:`graceful.supervisor.health`);
+    ``stop_delay`` the seconds to keep serving after the first stop request;
+    ``release_link`` the link that names the release to start workers from
+    (:mod:`graceful.code.release`; found among the paths the service was started through when
+    None).
+    Configuration errors are logged as one line and give status 2 before anything
+    is spawned or left bound.
+    """
+    ensure_visible("supervisor")
+    # A reload, a rollback or a scaling (SIGTTIN and SIGTTOU) requested before the
+    # supervisor listens for it, or after it has stopped, has nothing to act on:
+    # ignored, rather than its default action killing (or stopping) the process and
+    # leaving the PID file behind. They stay ignored when this returns. SIGTERM and
+    # SIGINT are ignored from the end of the supervisor's loop to the end of its
+    # clean-up, then restored.
+    for signum in (signal.SIGHUP, ROLLBACK_SIGNAL, *SCALE_SIGNALS):
+        signal.signal(signum, signal.SIG_IGN)
+    stop_handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with written_without_waiting():
+            return _supervise(
+                service,
+                caller,
+                pid_file=pid_file,
+                health=health,
+                stop_delay=stop_delay,
+                release_link=release_link,
+            )
+    finally:
+        for signum, handler in stop_handlers.items():
+            signal.signal(signum, handler)
+
+
+def _supervise(
+    service: Service[Any],
+    caller: types.FrameType | None,
+    *,
+    pid_file: str | os.PathLike[str] | None,
+    health: str | None,
+    stop_delay: float,
+    release_link: str | os.PathLike[str] | None,
+) -> int:
+    claimed: PidFile | None = None
+    control: ControlSocket | None = None
+    listeners: list[BoundListener] = []
+    health_listeners: list[BoundListener] = []
+
+    def clean_up() -> None:
+        for listener in [*listeners, *health_listeners]:
+            listener.close()
+        if control is not None:
+            control.close()
+        if claimed is not None:
+            claimed.release()
+
+    try:
+        entry = entry_ref_for(service, service.function)
+        check_main_guard(caller)
+        release = _adopt_release(release_link)
+        if pid_file is not None:
+            claimed = PidFile.claim(pid_file)
+            control = ControlSocket.bind(control_path(claimed.path))
+        check_supervision(health=health, stop_delay=stop_delay)
+        listeners = bind_listeners(service.listen)
+        if health is not None:
+            try:
+                health_listeners = bind_listeners([health])
+            except ConfigError as exc:
+                raise ConfigError(f"health endpoint: {exc}") from None
+        check_descriptor_headroom(len(listeners), service.workers)
+        _check_preload(service)
+        watch = (
+            with_paths(service.watch, [_main_directory()]) if service.watch is not None else None
+        )
+    except (ConfigError, ReleaseError) as exc:
+        logger.error("%s", exc)
+        clean_up()
+        return 2
+    loop: SupervisorLoop | None = None
+    code = 1
+    try:
+        _announce(listeners, health_listeners, release)
+        notifier = Notifier.from_environment()
+        settings = Settings(
+            workers=service.workers,
+            ready_timeout=service.ready_timeout,
+            drain_timeout=service.drain_timeout,
+            stop_delay=stop_delay,
+            probation=service.probation,
+            strategy=Strategy(service.strategy),
+            max_surge=service.max_surge,
+            max_workers=most_workers(),
+            preload=service.preload,
+            development=service.watch is not None,
+        )
+        terminal = _development_terminal(watch)
+        loop = SupervisorLoop(
+            settings,
+            _factory(service, entry, listeners, release),
+            listeners=listeners,
+            bytecode=BytecodeGate(lambda: application_roots(release.application_directories())),
+            pid_file=claimed,
+            notifier=notifier,
+            start_guard=lambda: OrphanGuard.start(settings.drain_timeout, settings.kill_grace),
+            control=control.sock if control is not None else None,
+            health=health_listeners[0].socket if health_listeners else None,
+            # forked workers are adopted: they, and what they leave, are reaped here
+            reap_orphans=service.preload,
+            watch=SourceWatcher(watch) if watch is not None else None,
+            terminal=terminal,
+        )
+        try:
+            code = anyio.run(loop.run, backend="asyncio")
+        finally:
+            notifier.close()
+        logger.info("stopped (exit status %d)", code)
+        return code
+    finally:
+        _finish(loop.control if loop is not None else None, code, clean_up)
+
+
+def _finish(control: ControlServer | None, code: int, clean_up: Callable[[], None]) -> None:
+    """The supervisor's last steps, however it ended: answer the control socket's
+    backlog, release what was bound and claimed, kill any child left, and tell the
+    ``stop --wait`` clients the exit status."""
+    if control is not None:
+        control.last_words()
+    clean_up()
+    _end_leftover_children()
+    if control is not None:
+        control.tell_exit(code)
+
+
+def _adopt_release(release_link: str | os.PathLike[str] | None) -> ReleaseLayout:
+    """The release layout, checked: its interpreter and working directory are there.
+
+    Raises:
+        ConfigError: for a ``release_link`` that is not a link to a directory.
+        ReleaseError: for what is missing.
+    """
+    release = ReleaseLayout.adopt(release_link)
+    release.resolve()
+    return release
+
+
+def _check_preload(service: Service[Any]) -> None:
+    if service.preload and not become_subreaper():
+        raise ConfigError(
+            "preload=True needs this process to become a child subreaper "
+            "(prctl PR_SET_CHILD_SUBREAPER, Linux 3.4 and later), and it could not"
+        )
+
+
+def _announce(
+    listeners: list[BoundListener], health: list[BoundListener], release: ReleaseLayout
+) -> None:
+    """Log where the service listens, its health endpoint and its release link."""
+    for listener in listeners:
+        logger.info(
+            "listening on %s (listen spec %r)", format_address(listener.address), listener.spec
+        )
+    for listener in health:
+        logger.info("health endpoint on http://%s/ready", format_address(listener.address))
+    if release.link is not None:
+        logger.info(
+            "release link %s: each worker starts from the release it names then (now %s)",
+            release.link,
+            release.release(),
+        )
+
+
+def _end_leftover_children() -> None:
+    """Kill and reap whatever multiprocess child is still alive: nothing this
+    supervisor started may hold its exit (multiprocess joins its children at
+    interpreter exit). Each kind of child is stopped by its owner first; this is the
+    net under them, and says so when it catches anything."""
+    for child in multiprocess.active_children():
+        logger.warning("killing %s (PID %s), left running at the stop", child.name, child.pid)
+        with contextlib.suppress(Exception):
+            child.kill()
+            child.join(5)
+
+
+def _factory(
+    service: Service[Any],
+    entry: EntryRef,
+    listeners: list[BoundListener],
+    release: ReleaseLayout,
+) -> ProcessFactory:
+    """What starts the workers: a spawn each, or with preload a fork of the
+    generation's template."""
+    return (TemplateFactory if service.preload else SpawningFactory)(
+        entry,
+        listeners,
+        WorkerOptions(
+            drain_timeout=service.drain_timeout,
+            backend=service.backend,
+            entry_options=service.entry_options,
+            backend_options=service.backend_options,
+            report_only=service.watch is not None,
+        ),
+        release=release,
+        standby=service.standby,
+    )
+
+
+def _development_terminal(watch: Watch | None) -> DevTerminal | None:
+    """With ``watch``: the terminal that reports each reload in one line (and the
+    supervisor's own account of reloads left out of its log)."""
+    if watch is None:
+        return None
+    terminal = DevTerminal()
+    terminal.watching(watch)
+    quiet_reload_narrative()
+    return terminal
+
+
+def _main_directory() -> str:
+    """The directory of the script (or ``-m`` module) the user ran: what ``watch``
+    follows by default."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
