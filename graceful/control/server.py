@@ -9,7 +9,7 @@ import os
 import socket
 import stat
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import SocketStream, TaskGroup
@@ -29,6 +29,7 @@ from graceful.control.protocol import (
     short_path,
 )
 from graceful.core.machine import ReloadOutcome, RollbackEnded, ScaleEnded
+from graceful.core.snapshot import Snapshot
 
 
 @dataclass
@@ -145,15 +146,35 @@ class ReloadWaiter:
         )
 
 
+class Steered(Protocol):
+    """What the control socket needs of the supervisor (its loop provides it)."""
+
+    def snapshot(self) -> Snapshot:
+        """The supervisor's state now."""
+        ...
+
+    def request_reload(self, through_probation: bool = False) -> ReloadWaiter:
+        """Ask for a reload; the waiter learns how it ended."""
+        ...
+
+    def request_rollback(self, by: str) -> ReloadWaiter:
+        """Ask for a rollback; the waiter learns how it ended."""
+        ...
+
+    def request_scale(self, workers: int) -> ReloadWaiter:
+        """Ask for ``workers`` workers per generation; the waiter learns what was done."""
+        ...
+
+    def request_stop(self) -> None:
+        """Ask for a stop, as the first SIGTERM does."""
+        ...
+
+
 class ControlServer:
-    """Serves the control socket inside the supervisor's event loop.
+    """Serves the control socket inside the supervisor's event loop, for
+    ``supervisor``."""
 
-    ``supervisor`` is the :class:`~graceful.supervisor.loop.SupervisorLoop` (typed
-    loosely to keep the import one-way): it supplies ``status()``,
-    ``request_reload(wait)`` and ``request_stop()``.
-    """
-
-    def __init__(self, sock: socket.socket, supervisor: Any) -> None:
+    def __init__(self, sock: socket.socket, supervisor: Steered) -> None:
         self.sock = sock
         self.supervisor = supervisor
         self.allowed_uids = {os.geteuid(), 0}
@@ -232,7 +253,7 @@ class ControlServer:
             await _answer(stream, ok=False, error=f"'wait' must be true or false, not {wait!r}")
             return False
         if command == "status":
-            await _answer(stream, ok=True, status=self.supervisor.status())
+            await _answer(stream, ok=True, status=self.supervisor.snapshot().as_json())
         elif command == "reload":
             through_probation = request.get("probation", False)
             if not isinstance(through_probation, bool):

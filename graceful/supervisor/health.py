@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import SocketStream, TaskGroup
 
 from graceful.base.log import logger
 from graceful.base.tasks import BoundedReaders, connection_limit, serve_connections
-from graceful.core.machine import ReloadOutcome, WorkerState
+from graceful.core.machine import ReloadOutcome
+from graceful.core.snapshot import Snapshot
 
 #: The longest request head read, in bytes, and how long a client may take to send it.
 MAX_REQUEST_BYTES = 8192
@@ -62,13 +63,21 @@ _NO_METRICS = b"metrics need prometheus_client: pip install 'graceful[metrics]'\
 RELOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+class Observed(Protocol):
+    """What the health endpoint needs of the supervisor (its loop provides it)."""
+
+    def snapshot(self) -> Snapshot:
+        """The supervisor's state now."""
+        ...
+
+
 class Metrics:
     """The supervisor's Prometheus metrics, if ``prometheus_client`` is installed."""
 
-    def __init__(self, supervisor: Any) -> None:
+    def __init__(self, supervisor: Observed) -> None:
         from prometheus_client import CollectorRegistry, Histogram  # noqa: PLC0415
 
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()
         self.reload_seconds = Histogram(
             "graceful_reload_duration_seconds",
             "Time from a reload's start to its end, by outcome.",
@@ -79,7 +88,7 @@ class Metrics:
         self.registry.register(_StateCollector(supervisor))
 
     @classmethod
-    def create(cls, supervisor: Any) -> Metrics | None:
+    def create(cls, supervisor: Observed) -> Metrics | None:
         """Metrics for ``supervisor``, or None without ``prometheus_client``."""
         try:
             return cls(supervisor)
@@ -97,9 +106,9 @@ class Metrics:
 
 
 class _StateCollector:
-    """Counters and gauges read from the state machine at each scrape."""
+    """Counters and gauges read from a snapshot taken at each scrape."""
 
-    def __init__(self, supervisor: Any) -> None:
+    def __init__(self, supervisor: Observed) -> None:
         self.supervisor = supervisor
 
     def collect(self) -> Any:
@@ -108,8 +117,8 @@ class _StateCollector:
             GaugeMetricFamily,
         )
 
-        machine = self.supervisor.machine
-        counters = machine.counters
+        snapshot = self.supervisor.snapshot()
+        counters = snapshot.counters
         reloads = CounterMetricFamily(
             "graceful_reloads", "Reloads that ended, by outcome.", labels=["outcome"]
         )
@@ -134,42 +143,40 @@ class _StateCollector:
         yield GaugeMetricFamily(
             "graceful_on_probation",
             "1 while the serving generation is on probation (the previous one parked).",
-            value=1 if machine.probation is not None else 0,
+            value=1 if snapshot.probation is not None else 0,
         )
         yield GaugeMetricFamily(
             "graceful_rolled_back",
             "1 from a rollback until the next reload: the code on disk was rolled back.",
-            value=1 if machine.rejected is not None else 0,
+            value=1 if snapshot.rolled_back is not None else 0,
         )
         workers = GaugeMetricFamily(
             "graceful_workers", "Worker processes, by state.", labels=["state"]
         )
-        for state in WorkerState:
-            count = sum(1 for worker in machine.workers.values() if worker.state is state)
-            workers.add_metric([state.value], count)
+        for state, count in snapshot.workers_by_state.items():
+            workers.add_metric([state], count)
         yield workers
         yield GaugeMetricFamily(
             "graceful_workers_wanted",
             "Workers per generation, as configured and scaled (SIGTTIN, SIGTTOU, graceful scale).",
-            value=machine.size,
+            value=snapshot.workers,
         )
         yield GaugeMetricFamily(
             "graceful_serving_generation",
             "The number of the generation that serves (0 for none).",
-            value=machine.serving or 0,
+            value=snapshot.serving or 0,
         )
         yield GaugeMetricFamily(
             "graceful_ready",
             "1 while /ready answers 200, else 0.",
-            value=1 if self.supervisor.is_ready() else 0,
+            value=1 if snapshot.health.ready else 0,
         )
 
 
 class HealthServer:
-    """Serves ``/ready``, ``/live`` and ``/metrics`` on ``sock`` for ``supervisor``
-    (a :class:`~graceful.supervisor.loop.SupervisorLoop`)."""
+    """Serves ``/ready``, ``/live`` and ``/metrics`` on ``sock`` for ``supervisor``."""
 
-    def __init__(self, sock: socket.socket, supervisor: Any) -> None:
+    def __init__(self, sock: socket.socket, supervisor: Observed) -> None:
         self.sock = sock
         self.supervisor = supervisor
         self.metrics = Metrics.create(supervisor)
@@ -218,16 +225,13 @@ class HealthServer:
         if method not in (b"GET", b"HEAD"):
             return 405, b"only GET and HEAD\n", text
         if target == b"/live":
-            live, why = self.supervisor.is_live()
-            return (200 if live else 503), f"{why}\n".encode(), text
+            health = self.supervisor.snapshot().health
+            return (200 if health.live else 503), f"{health.live_why}\n".encode(), text
         if target == b"/ready":
-            machine = self.supervisor.machine
-            if self.supervisor.is_ready():
+            snapshot = self.supervisor.snapshot()
+            if snapshot.health.ready:
                 return 200, b"ready\n", text
-            why = machine.status()
-            if machine.serving is not None:
-                why += f" ({machine.accepting}/{machine.size} workers accept connections)"
-            return 503, f"not ready: {why}\n".encode(), text
+            return 503, f"not ready: {snapshot.not_ready_because()}\n".encode(), text
         if target == b"/metrics":
             if self.metrics is None:
                 return (

@@ -25,13 +25,11 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 import multiprocess.resource_tracker
 from anyio.abc import TaskGroup, TaskStatus
 
-from graceful._version import PROTOCOL, VERSION, python_version
 from graceful.base import processes as _processes
 from graceful.base.errors import GracefulError, name_some, one_line
 from graceful.base.log import logger
@@ -73,13 +71,15 @@ from graceful.core.machine import (
     WorkerReady,
     WorkerState,
 )
+from graceful.core.snapshot import Snapshot
 from graceful.core.timeline import Timelines
 from graceful.dev.terminal import NARRATIVE, DevTerminal
 from graceful.dev.watch import SourceWatcher
-from graceful.sockets.listeners import BoundListener, format_address
+from graceful.sockets.listeners import BoundListener
 from graceful.spawn.guard import OrphanGuard
 from graceful.spawn.spawner import BytecodeGate, ProcessFactory, WorkerProcess
 from graceful.spawn.watcher import Watcher
+from graceful.supervisor import status
 from graceful.supervisor.health import HealthServer
 from graceful.supervisor.runtimes import GenerationRuntimes
 from graceful.supervisor.systemd import Notifier
@@ -448,34 +448,12 @@ class SupervisorLoop:
         self.events_in.send_nowait(ReloadRequested())
         return waiter
 
-    def is_ready(self) -> bool:
-        """What ``/ready`` says: a generation serves, at least one worker accepts
-        connections, and no stop was asked for."""
-        machine = self.machine
-        return machine.serving is not None and not machine.stop_announced and machine.accepting > 0
-
     def _note_accepting(self) -> None:
         """Keep :attr:`unready_since` (after every event)."""
         if self.machine.accepting > 0 or self.machine.serving is None:
             self.unready_since = None
         elif self.unready_since is None:
             self.unready_since = anyio.current_time()
-
-    def is_live(self) -> tuple[bool, str]:
-        """What ``/live`` says, and why: the supervisor answers (this is its event
-        loop), and it has not gone without a worker that accepts connections for
-        longer than ``ready_timeout`` while serving (it cannot start any: a restart of
-        the whole service is the remedy left)."""
-        if self.unready_since is None:
-            return True, "live"
-        without = anyio.current_time() - self.unready_since
-        limit = self.machine.settings.ready_timeout
-        if without <= limit:
-            return True, f"live (no worker accepts connections for {without:.1f}s)"
-        return False, (
-            f"no worker has accepted connections for {without:.1f}s "
-            f"(more than ready_timeout={limit:g}s): {self.machine.status()}"
-        )
 
     def _stop_signalled(self) -> None:
         """SIGTERM or SIGINT: a stop, if none was asked for; a second signal escalates
@@ -497,126 +475,22 @@ class SupervisorLoop:
             self._stop_requested = True
             self.events_in.send_nowait(StopRequested())
 
-    def status(self) -> dict[str, Any]:
-        """The supervisor's state, as ``graceful status --json`` prints it."""
-        machine, now = self.machine, anyio.current_time()
-        states = {
-            Role.STARTING: "starting",
-            Role.SERVING: "serving",
-            Role.RETIRED: "draining",
-            Role.PARKED: "parked",
-            Role.RESUMING: "resuming",
-        }
-        generations = []
-        self.runtimes.forget(set(machine.generations))
-        for generation in sorted(machine.generations.values(), key=lambda g: g.number):
-            workers = []
-            for worker in sorted(machine.workers.values(), key=lambda w: w.serial):
-                if worker.generation != generation.number:
-                    continue
-                process = self.watcher.live.get(worker.serial)
-                workers.append(
-                    {
-                        "pid": process.pid if process is not None else None,
-                        "worker_id": worker.worker_id,
-                        "state": worker.state.value,
-                        "ready_in": None
-                        if worker.ready_at is None
-                        else round(worker.ready_at - worker.started_at, 6),
-                        "restarts": generation.crashes.get(worker.worker_id, 0),
-                        "runs_rejected_code": worker.runs_rejected_code,
-                    }
-                )
-            generations.append(
-                {
-                    "generation": generation.number,
-                    "state": states[generation.role],
-                    "age": round(now - generation.started_at, 3),
-                    "rolling": generation.rolling,
-                    # workers started after the generation (crash replacements,
-                    # scaling) imported the code on disk at their own start
-                    # (or were started from different releases)
-                    "may_be_mixed": (generation.late_spawns > 0 and not machine.settings.preload)
-                    or self.runtimes.mixed(generation.number),
-                    # each slot's crashes in a row, and how the last one happened
-                    "crashes": {
-                        str(worker_id): {
-                            "count": count,
-                            "cause": generation.crash_causes.get(worker_id),
-                        }
-                        for worker_id, count in sorted(generation.crashes.items())
-                    },
-                    # its release directory, interpreter, graceful and Python versions
-                    **self.runtimes.describe(generation.number),
-                    "workers": workers,
-                }
-            )
-        last = machine.last_reload
-        timeline = None if last is None else self.timelines.get(last.generation)
-        counters = machine.counters
-        probation, rejected = machine.probation, machine.rejected
-        return {
-            "pid": os.getpid(),
-            "graceful": VERSION,
-            "protocol": PROTOCOL,
-            "python": python_version(),
-            "uptime": round(now - self._started_at, 3),
-            "state": "stopping" if machine.stop_announced else "running",
-            "status": machine.status(),
-            # slots of the serving generation with no worker, not even one starting
-            # (after a rollback: left so until the next reload)
-            "empty_slots": machine.empty_slots(),
-            "workers": machine.size,
-            "strategy": machine.settings.strategy.value,
-            "max_surge": machine.settings.max_surge,
-            "preload": machine.settings.preload,
-            # the warm standby (None: turned off)
-            "standby": self.factory.standby_status(),
-            "listeners": [
-                {
-                    "spec": listener.spec,
-                    "address": format_address(listener.address),
-                    # released at the stop (those the supervisor bound itself)
-                    "open": listener.socket.fileno() != -1,
-                }
-                for listener in self.listeners
-            ],
-            "generations": generations,
-            "last_reload": None
-            if last is None
-            else {
-                "generation": last.generation,
-                "outcome": last.outcome,
-                "cause": last.cause,
-                "seconds": round(last.seconds, 6),
-                # milliseconds since it was asked for (see graceful/core/timeline.py)
-                "phases": {} if timeline is None else timeline.milliseconds(),
-            },
-            "probation": None
-            if probation is None
-            else {
-                "generation": probation.generation,
-                # None once every parked worker is gone: nothing to roll back to
-                "parked_generation": probation.parked
-                if probation.parked in machine.generations
-                else None,
-                "seconds_left": round(max(0.0, probation.until - now), 3),
-            },
-            "rolled_back": None
-            if rejected is None
-            else {
-                "generation": rejected.generation,
-                "cause": rejected.cause,
-                "serving_generation": rejected.serving,
-            },
-            "counters": {
-                "reloads_serving": counters.reloads_serving,
-                "reloads_failed": counters.reloads_failed,
-                "worker_crashes": counters.worker_crashes,
-                "worker_restarts": counters.worker_restarts,
-                "rollbacks": counters.rollbacks,
-            },
-        }
+    def snapshot(self) -> Snapshot:
+        """The supervisor's state now: what ``status``, ``/ready``, ``/live`` and
+        ``/metrics`` render."""
+        return status.take(
+            self.machine,
+            anyio.current_time(),
+            status.Surroundings(
+                started_at=self._started_at,
+                unready_since=self.unready_since,
+                pid_of=lambda serial: getattr(self.watcher.live.get(serial), "pid", None),
+                runtimes=self.runtimes,
+                timelines=self.timelines,
+                standby=self.factory.standby_status(),
+                listeners=self.listeners,
+            ),
+        )
 
     def _publish_pid_file(self, pid_file: PidFile) -> None:
         try:

@@ -1,0 +1,198 @@
+"""One read-only snapshot of the supervisor's state.
+
+The supervisor's loop takes a :class:`Snapshot` whenever someone asks (``graceful
+status``, a ``/ready`` or ``/live`` probe, a ``/metrics`` scrape), and each of them
+renders it: no reader walks the state machine's internals, and all of them see the
+same facts. A snapshot is plain data: it holds no reference into the live state,
+so rendering it can never change what the supervisor does.
+
+``graceful status --json`` prints :meth:`Snapshot.as_json`; its fields are
+described on the operations page of the documentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """One worker of a generation."""
+
+    #: None while it is being started (or once it is gone)
+    pid: int | None
+    worker_id: int
+    #: a :class:`~graceful.core.machine.WorkerState` value
+    state: str
+    #: seconds from its start to its ready message; None before
+    ready_in: float | None
+    #: its slot's crashes in a row
+    restarts: int
+    runs_rejected_code: bool
+
+
+@dataclass(frozen=True)
+class CrashView:
+    """A slot's crashes in a row, and how the last one happened."""
+
+    count: int
+    cause: str | None
+
+
+@dataclass(frozen=True)
+class GenerationView:
+    """One generation."""
+
+    generation: int
+    #: starting, serving, draining, parked or resuming
+    state: str
+    age: float
+    rolling: bool
+    #: its workers may run different code: some were started after the generation
+    #: (crash replacements, scaling), or from different releases
+    may_be_mixed: bool
+    #: by worker id
+    crashes: dict[int, CrashView]
+    #: its release directory, interpreter, graceful and Python versions
+    runtime: dict[str, Any]
+    workers: tuple[WorkerView, ...]
+
+
+@dataclass(frozen=True)
+class ListenerView:
+    spec: str
+    address: str
+    #: released at the stop (those the supervisor bound itself)
+    open: bool
+
+
+@dataclass(frozen=True)
+class ReloadView:
+    """How the newest reload ended."""
+
+    generation: int
+    outcome: str
+    cause: str | None
+    seconds: float
+    #: milliseconds since it was asked for, by phase (:mod:`graceful.core.timeline`)
+    phases: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ProbationView:
+    generation: int
+    #: None once every parked worker is gone: nothing to roll back to
+    parked_generation: int | None
+    seconds_left: float
+
+
+@dataclass(frozen=True)
+class RolledBackView:
+    """The code on disk was rolled back (until the next reload)."""
+
+    generation: int
+    cause: str
+    serving_generation: int | None
+
+
+@dataclass(frozen=True)
+class CountersView:
+    reloads_serving: int
+    reloads_failed: int
+    worker_crashes: int
+    worker_restarts: int
+    rollbacks: int
+
+
+@dataclass(frozen=True)
+class Health:
+    """What ``/ready`` and ``/live`` answer."""
+
+    #: a generation serves, at least one worker accepts connections, no stop asked
+    ready: bool
+    #: the supervisor has not gone longer than ``ready_timeout`` without a worker
+    #: that accepts connections while a generation serves
+    live: bool
+    #: the one line that explains ``live``
+    live_why: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The supervisor's state at one moment (see the module's docstring)."""
+
+    pid: int
+    graceful: str
+    protocol: int
+    python: str
+    uptime: float
+    stopping: bool
+    #: the state machine's one-line summary
+    status: str
+    #: slots of the serving generation with no worker, not even one starting
+    empty_slots: int
+    #: workers per generation, as configured and scaled
+    workers: int
+    #: the settings ``status`` shows (strategy, max_surge, preload)
+    settings: dict[str, Any]
+    #: the warm standby: its pid and whether it is warm; None when turned off
+    standby: dict[str, Any] | None
+    listeners: tuple[ListenerView, ...]
+    generations: tuple[GenerationView, ...]
+    last_reload: ReloadView | None
+    probation: ProbationView | None
+    rolled_back: RolledBackView | None
+    counters: CountersView
+    #: the number of the generation that serves, None for none
+    serving: int | None
+    #: workers of the serving generation that accept connections
+    accepting: int
+    health: Health
+    #: worker processes by state value (every state, zeros included)
+    workers_by_state: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """What ``graceful status --json`` prints."""
+        return {
+            "pid": self.pid,
+            "graceful": self.graceful,
+            "protocol": self.protocol,
+            "python": self.python,
+            "uptime": self.uptime,
+            "state": "stopping" if self.stopping else "running",
+            "status": self.status,
+            "empty_slots": self.empty_slots,
+            "workers": self.workers,
+            **self.settings,
+            "standby": self.standby,
+            "listeners": [asdict(listener) for listener in self.listeners],
+            "generations": [_generation_json(generation) for generation in self.generations],
+            "last_reload": None if self.last_reload is None else asdict(self.last_reload),
+            "probation": None if self.probation is None else asdict(self.probation),
+            "rolled_back": None if self.rolled_back is None else asdict(self.rolled_back),
+            "counters": asdict(self.counters),
+        }
+
+    def not_ready_because(self) -> str:
+        """Why ``/ready`` answers 503 (meaningful while :attr:`Health.ready` is
+        false)."""
+        why = self.status
+        if self.serving is not None:
+            why += f" ({self.accepting}/{self.workers} workers accept connections)"
+        return why
+
+
+def _generation_json(generation: GenerationView) -> dict[str, Any]:
+    return {
+        "generation": generation.generation,
+        "state": generation.state,
+        "age": generation.age,
+        "rolling": generation.rolling,
+        "may_be_mixed": generation.may_be_mixed,
+        "crashes": {
+            str(worker_id): asdict(crash) for worker_id, crash in generation.crashes.items()
+        },
+        **generation.runtime,
+        "workers": [asdict(worker) for worker in generation.workers],
+    }

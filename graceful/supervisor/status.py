@@ -1,0 +1,185 @@
+"""Taking the supervisor's :class:`~graceful.core.snapshot.Snapshot`: the state
+machine's state, with what only the supervisor's loop knows (process ids, what each
+generation runs, the reload timelines, the standby, the listeners)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from graceful._version import PROTOCOL, VERSION, python_version
+from graceful.core.machine import Role, SupervisorStateMachine, Worker, WorkerState
+from graceful.core.snapshot import (
+    CountersView,
+    CrashView,
+    GenerationView,
+    Health,
+    ListenerView,
+    ProbationView,
+    ReloadView,
+    RolledBackView,
+    Snapshot,
+    WorkerView,
+)
+from graceful.core.timeline import Timelines
+from graceful.sockets.listeners import BoundListener, format_address
+from graceful.supervisor.runtimes import GenerationRuntimes
+
+_STATES = {
+    Role.STARTING: "starting",
+    Role.SERVING: "serving",
+    Role.RETIRED: "draining",
+    Role.PARKED: "parked",
+    Role.RESUMING: "resuming",
+}
+
+
+@dataclass(frozen=True)
+class Surroundings:
+    """What the supervisor's loop knows beside the state machine."""
+
+    started_at: float
+    #: since when no worker accepts connections while a generation serves (None
+    #: while one does)
+    unready_since: float | None
+    pid_of: Callable[[int], int | None]
+    runtimes: GenerationRuntimes
+    timelines: Timelines
+    standby: dict[str, Any] | None
+    listeners: Sequence[BoundListener]
+
+
+def take(machine: SupervisorStateMachine, now: float, around: Surroundings) -> Snapshot:
+    """The supervisor's state at ``now`` (the loop's clock)."""
+    around.runtimes.forget(set(machine.generations))
+    last = machine.last_reload
+    timeline = None if last is None else around.timelines.get(last.generation)
+    probation, rejected, counters = machine.probation, machine.rejected, machine.counters
+    settings = machine.settings
+    return Snapshot(
+        pid=os.getpid(),
+        graceful=VERSION,
+        protocol=PROTOCOL,
+        python=python_version(),
+        uptime=round(now - around.started_at, 3),
+        stopping=machine.stop_announced,
+        status=machine.status(),
+        empty_slots=machine.empty_slots(),
+        workers=machine.size,
+        settings={
+            "strategy": settings.strategy.value,
+            "max_surge": settings.max_surge,
+            "preload": settings.preload,
+        },
+        standby=around.standby,
+        listeners=tuple(
+            ListenerView(
+                spec=listener.spec,
+                address=format_address(listener.address),
+                open=listener.socket.fileno() != -1,
+            )
+            for listener in around.listeners
+        ),
+        generations=tuple(_generations(machine, now, around)),
+        last_reload=None
+        if last is None
+        else ReloadView(
+            generation=last.generation,
+            outcome=last.outcome,
+            cause=last.cause,
+            seconds=round(last.seconds, 6),
+            phases={} if timeline is None else timeline.milliseconds(),
+        ),
+        probation=None
+        if probation is None
+        else ProbationView(
+            generation=probation.generation,
+            parked_generation=probation.parked if probation.parked in machine.generations else None,
+            seconds_left=round(max(0.0, probation.until - now), 3),
+        ),
+        rolled_back=None
+        if rejected is None
+        else RolledBackView(
+            generation=rejected.generation,
+            cause=rejected.cause,
+            serving_generation=rejected.serving,
+        ),
+        counters=CountersView(
+            reloads_serving=counters.reloads_serving,
+            reloads_failed=counters.reloads_failed,
+            worker_crashes=counters.worker_crashes,
+            worker_restarts=counters.worker_restarts,
+            rollbacks=counters.rollbacks,
+        ),
+        serving=machine.serving,
+        accepting=machine.accepting,
+        health=_health(machine, now, around.unready_since),
+        workers_by_state=_by_state(machine.workers.values()),
+    )
+
+
+def _generations(
+    machine: SupervisorStateMachine, now: float, around: Surroundings
+) -> list[GenerationView]:
+    views = []
+    for generation in sorted(machine.generations.values(), key=lambda g: g.number):
+        workers = tuple(
+            WorkerView(
+                pid=around.pid_of(worker.serial),
+                worker_id=worker.worker_id,
+                state=worker.state.value,
+                ready_in=None
+                if worker.ready_at is None
+                else round(worker.ready_at - worker.started_at, 6),
+                restarts=generation.crashes.get(worker.worker_id, 0),
+                runs_rejected_code=worker.runs_rejected_code,
+            )
+            for worker in sorted(machine.workers.values(), key=lambda w: w.serial)
+            if worker.generation == generation.number
+        )
+        views.append(
+            GenerationView(
+                generation=generation.number,
+                state=_STATES[generation.role],
+                age=round(now - generation.started_at, 3),
+                rolling=generation.rolling,
+                may_be_mixed=(generation.late_spawns > 0 and not machine.settings.preload)
+                or around.runtimes.mixed(generation.number),
+                crashes={
+                    worker_id: CrashView(count, generation.crash_causes.get(worker_id))
+                    for worker_id, count in sorted(generation.crashes.items())
+                },
+                runtime=around.runtimes.describe(generation.number),
+                workers=workers,
+            )
+        )
+    return views
+
+
+def _health(machine: SupervisorStateMachine, now: float, unready_since: float | None) -> Health:
+    ready = machine.serving is not None and not machine.stop_announced and machine.accepting > 0
+    if unready_since is None:
+        return Health(ready=ready, live=True, live_why="live")
+    without = now - unready_since
+    limit = machine.settings.ready_timeout
+    if without <= limit:
+        return Health(
+            ready=ready,
+            live=True,
+            live_why=f"live (no worker accepts connections for {without:.1f}s)",
+        )
+    return Health(
+        ready=ready,
+        live=False,
+        live_why=f"no worker has accepted connections for {without:.1f}s "
+        f"(more than ready_timeout={limit:g}s): {machine.status()}",
+    )
+
+
+def _by_state(workers: Iterable[Worker]) -> dict[str, int]:
+    counts = dict.fromkeys((state.value for state in WorkerState), 0)
+    for worker in workers:
+        counts[worker.state.value] += 1
+    return counts
