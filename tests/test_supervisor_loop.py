@@ -31,9 +31,9 @@ from graceful.core.machine import (
     SpawnWorker,
     StopRequested,
 )
+from graceful.spawn import guard as orphan_guard
 from graceful.spawn.guard import OrphanGuard
 from graceful.spawn.spawner import Reaped
-from graceful.supervisor import loop as _supervisor_loop
 from graceful.supervisor.loop import SupervisorLoop
 from graceful.wire import messages as _wire
 
@@ -437,7 +437,7 @@ def test_a_guard_that_reads_nothing_is_replaced_and_the_loop_never_waits_for_it(
     """A real orphan guard, stopped, with a small socket: the workers it cannot take
     wait in the supervisor, the loop goes on (reloads serve), and after GUARD_STALL
     the guard is killed and a new one is handed every live worker."""
-    monkeypatch.setattr(_supervisor_loop, "GUARD_STALL", 0.5)
+    monkeypatch.setattr(orphan_guard, "GUARD_STALL", 0.5)
     guards: list[OrphanGuard] = []
 
     def start_guard() -> OrphanGuard | None:

@@ -37,9 +37,14 @@ import importlib.abc
 import os
 import socket
 import sys
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+import anyio
+
+from graceful.base.log import logger
 from graceful.child import guard as program
+from graceful.spawn.spawner import WorkerProcess
 
 if TYPE_CHECKING:
     import subprocess
@@ -95,7 +100,7 @@ class OrphanGuard:
         Never blocks: what the socket cannot take now (a guard just started, and not
         reading yet, is handed every live worker at once) waits, in order, for
         :meth:`flush`; the supervisor's loop flushes it as the socket has room, and
-        kills a guard that reads nothing for a long time (see ``_keep_guard``)."""
+        kills a guard that reads nothing for a long time (see :class:`GuardKeeper`)."""
         with contextlib.suppress(OSError):  # (out of descriptors: not guarded)
             self._pending.append((pid, os.dup(pidfd)))
         self.flush()
@@ -155,6 +160,114 @@ class OrphanGuard:
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
+
+
+#: Seconds an orphan guard may leave what it is sent unread before it is replaced.
+GUARD_STALL = 10.0
+
+#: Seconds between two tries to start an orphan guard after one could not start.
+GUARD_RETRY = 5.0
+
+
+class GuardKeeper:
+    """Keeps one orphan guard for the supervisor's life and hands it every worker.
+
+    ``start`` starts a guard (None where none can run); ``live`` lists the workers
+    alive now, each handed to a new guard. Nothing here blocks the supervisor: a
+    guard that reads nothing for :data:`GUARD_STALL` seconds is killed and
+    replaced, and one that cannot start is tried again every :data:`GUARD_RETRY`
+    seconds.
+    """
+
+    def __init__(
+        self,
+        start: Callable[[], OrphanGuard | None] | None,
+        live: Callable[[], Iterable[WorkerProcess]],
+    ) -> None:
+        self._start = start
+        self._live = live
+        self.guard: OrphanGuard | None = None
+        #: set when the guard has workers waiting to be handed over
+        self._has_pending: anyio.Event | None = None
+
+    def start(self) -> None:
+        """Start the first guard (before any worker)."""
+        if self._start is not None:
+            self.guard = self._start()
+            if self.guard is None:
+                logger.debug("no orphan guard: pidfds are not available")
+
+    @property
+    def pid(self) -> int | None:
+        return self.guard.pid if self.guard is not None else None
+
+    async def keep(self) -> None:
+        """Start a new guard whenever the current one dies (someone killed it, or it
+        read nothing for :data:`GUARD_STALL` seconds), and hand it every live worker.
+        Runs until cancelled."""
+        if self._start is None or self.guard is None:
+            return  # none here (no pidfds)
+        while True:
+            guard = self.guard
+            if guard is None or guard.pidfd is None:
+                await anyio.sleep(GUARD_RETRY)
+                self.guard = self._start()
+                if self.guard is not None:
+                    logger.warning("started a new orphan guard (PID %d)", self.guard.pid)
+                    self._hand_every_worker()
+                continue
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._flush, guard)
+                await anyio.wait_readable(guard.pidfd)
+                tasks.cancel_scope.cancel()
+            pid, status = guard.pid, guard.reap()
+            self.guard = self._start()
+            logger.warning(
+                "the orphan guard (PID %d) exited with status %s; %s",
+                pid,
+                status,
+                "started a new one"
+                if self.guard is not None
+                else f"could not start a new one (trying again every {GUARD_RETRY:g}s)",
+            )
+            self._hand_every_worker()
+
+    def watch(self, worker: WorkerProcess) -> None:
+        """Hand ``worker`` to the guard (never blocks)."""
+        if self.guard is not None and worker.exit_fd is not None:
+            self.guard.watch(worker.pid, worker.exit_fd)
+            if self.guard.has_pending and self._has_pending is not None:
+                self._has_pending.set()
+
+    def close(self) -> None:
+        """Let the guard go (every worker has been reaped) and reap it."""
+        if self.guard is not None:
+            self.guard.close()
+
+    def _hand_every_worker(self) -> None:
+        for worker in self._live():
+            self.watch(worker)
+
+    async def _flush(self, guard: OrphanGuard) -> None:
+        """Hand ``guard`` what its socket could not take at once, as it reads; kill it
+        if it reads nothing for :data:`GUARD_STALL` seconds."""
+        while True:
+            self._has_pending = anyio.Event()
+            if not guard.has_pending:
+                await self._has_pending.wait()
+            while guard.has_pending:
+                with anyio.move_on_after(GUARD_STALL) as waited:
+                    await anyio.wait_writable(guard.channel)
+                if waited.cancelled_caught:
+                    logger.warning(
+                        "the orphan guard (PID %d) read nothing for %gs; killing it, a new "
+                        "one takes over",
+                        guard.pid,
+                        GUARD_STALL,
+                    )
+                    guard.kill()
+                    return
+                guard.flush()
 
 
 def _own_program() -> list[str] | None:

@@ -76,7 +76,7 @@ from graceful.core.timeline import Timelines
 from graceful.dev.terminal import NARRATIVE, DevTerminal
 from graceful.dev.watch import SourceWatcher
 from graceful.sockets.listeners import BoundListener
-from graceful.spawn.guard import OrphanGuard
+from graceful.spawn.guard import GuardKeeper, OrphanGuard
 from graceful.spawn.spawner import BytecodeGate, ProcessFactory, WorkerProcess
 from graceful.spawn.watcher import Watcher
 from graceful.supervisor import status
@@ -90,12 +90,6 @@ ROLLBACK_SIGNAL = signal.SIGUSR2
 
 #: The signals that add a worker and remove one (gunicorn's and uvicorn's convention).
 SCALE_SIGNALS = {signal.SIGTTIN: 1, signal.SIGTTOU: -1}
-
-#: Seconds an orphan guard may leave what it is sent unread before it is replaced.
-GUARD_STALL = 10.0
-
-#: Seconds between two tries to start an orphan guard after one could not start.
-GUARD_RETRY = 5.0
 
 #: who asks, in a :class:`ScaleRequested` from the control socket
 _SCALE_REQUEST = "graceful scale"
@@ -151,7 +145,6 @@ class SupervisorLoop:
         self.bytecode = bytecode
         self.pid_file = pid_file
         self.notifier = notifier or Notifier(None)
-        self._start_guard = start_guard
         self._follow_signals_too = follow_signals
         self.events_in, self._events = anyio.create_memory_object_stream[Event](math.inf)
         #: what each generation runs (its release, its graceful, its Python)
@@ -177,9 +170,7 @@ class SupervisorLoop:
         #: the exit status is at least this (1 once the service had to stop itself)
         self._exit_at_least = 0
         #: stops the workers if this process dies (see :mod:`graceful.spawn.guard`)
-        self._guard: OrphanGuard | None = None
-        #: set when the guard has workers waiting to be handed over
-        self._guard_has_pending: anyio.Event | None = None
+        self.guard = GuardKeeper(start_guard, self.watcher.live.values)
         self.control = ControlServer(control, self) if control is not None else None
         self.health = HealthServer(health, self) if health is not None else None
         #: ``reload --wait`` requests not yet bound to the generation that answers them
@@ -208,10 +199,7 @@ class SupervisorLoop:
         still alive, and whatever it left in its process group, is killed, and every
         worker is reaped before it returns.
         """
-        if self._start_guard is not None:
-            self._guard = self._start_guard()
-            if self._guard is None:
-                logger.debug("no orphan guard: pidfds are not available")
+        self.guard.start()
         self._started_at = anyio.current_time()
         try:
             async with anyio.create_task_group() as tasks:
@@ -223,7 +211,7 @@ class SupervisorLoop:
                 if self._follow_signals_too:
                     await tasks.start(self._follow_signals)
                 tasks.start_soon(self.notifier.run)
-                tasks.start_soon(self._keep_guard)
+                tasks.start_soon(self.guard.keep)
                 tasks.start_soon(self.factory.run)
                 if self.sources is not None:
                     tasks.start_soon(self.sources.run, self._sources_changed)
@@ -236,8 +224,7 @@ class SupervisorLoop:
         finally:
             self.watcher.kill_and_reap_all()
             self.factory.close()
-            if self._guard is not None:
-                self._guard.close()
+            self.guard.close()
 
     async def _decide(self, first: Event) -> int:
         event: Event = first
@@ -545,69 +532,6 @@ class SupervisorLoop:
                 signal.signal(signum, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, followed)
 
-    async def _keep_guard(self) -> None:
-        """Start a new orphan guard whenever the current one dies (someone killed it,
-        or it read nothing for :data:`GUARD_STALL` seconds), and hand it every live
-        worker; a guard that cannot be started is tried again every
-        :data:`GUARD_RETRY` seconds."""
-        if self._start_guard is None or self._guard is None:
-            return  # none here (no pidfds)
-        while True:
-            guard = self._guard
-            if guard is None or guard.pidfd is None:
-                await anyio.sleep(GUARD_RETRY)
-                self._guard = self._start_guard()
-                if self._guard is not None:
-                    logger.warning("started a new orphan guard (PID %d)", self._guard.pid)
-                    self._hand_guard_every_worker()
-                continue
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._flush_guard, guard)
-                await anyio.wait_readable(guard.pidfd)
-                tasks.cancel_scope.cancel()
-            pid, status = guard.pid, guard.reap()
-            self._guard = self._start_guard()
-            logger.warning(
-                "the orphan guard (PID %d) exited with status %s; %s",
-                pid,
-                status,
-                "started a new one"
-                if self._guard is not None
-                else f"could not start a new one (trying again every {GUARD_RETRY:g}s)",
-            )
-            self._hand_guard_every_worker()
-
-    def _hand_guard_every_worker(self) -> None:
-        for worker in self.watcher.live.values():
-            self._guard_watch(worker)
-
-    async def _flush_guard(self, guard: OrphanGuard) -> None:
-        """Hand ``guard`` what its socket could not take at once, as it reads; kill it
-        if it reads nothing for :data:`GUARD_STALL` seconds."""
-        while True:
-            self._guard_has_pending = anyio.Event()
-            if not guard.has_pending:
-                await self._guard_has_pending.wait()
-            while guard.has_pending:
-                with anyio.move_on_after(GUARD_STALL) as waited:
-                    await anyio.wait_writable(guard.channel)
-                if waited.cancelled_caught:
-                    logger.warning(
-                        "the orphan guard (PID %d) read nothing for %gs; killing it, a new "
-                        "one takes over",
-                        guard.pid,
-                        GUARD_STALL,
-                    )
-                    guard.kill()
-                    return
-                guard.flush()
-
-    def _guard_watch(self, worker: WorkerProcess) -> None:
-        if self._guard is not None and worker.exit_fd is not None:
-            self._guard.watch(worker.pid, worker.exit_fd)
-            if self._guard.has_pending and self._guard_has_pending is not None:
-                self._guard_has_pending.set()
-
     async def _reap_orphans(self, *, task_status: TaskStatus[None]) -> None:
         """As PID 1 (in a container), reap every child that is not a worker.
 
@@ -625,8 +549,7 @@ class SupervisorLoop:
         self.factory.collect_exited()
         ours = {worker.pid for worker in self.watcher.live.values()} | self.factory.helper_pids()
         tracker: int | None = getattr(multiprocess.resource_tracker._resource_tracker, "_pid", None)
-        guard = self._guard.pid if self._guard is not None else None
-        for pid in _processes.stray_zombies(exclude={*ours, tracker, guard}):
+        for pid in _processes.stray_zombies(exclude={*ours, tracker, self.guard.pid}):
             _processes.reap_zombie(pid)
 
     async def _timer(self, delay: float, event: Event) -> None:
@@ -684,6 +607,6 @@ class SupervisorLoop:
             # fork): it started all the same, and never served; its exit is
             # reported once it is reaped
             worker.kill()
-        self._guard_watch(worker)
+        self.guard.watch(worker)
         self.watcher.live[worker.serial] = worker
         self._task_group.start_soon(self.watcher.watch, worker, self._task_group)
