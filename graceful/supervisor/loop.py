@@ -36,7 +36,6 @@ from graceful.base.log import logger
 from graceful.control.pidfile import PidFile
 from graceful.control.server import ControlServer, ReloadWaiter
 from graceful.core.machine import (
-    STOPPING,
     Action,
     Announce,
     DrainTimeout,
@@ -83,6 +82,7 @@ from graceful.supervisor import status
 from graceful.supervisor.health import HealthServer
 from graceful.supervisor.runtimes import GenerationRuntimes
 from graceful.supervisor.systemd import Notifier
+from graceful.supervisor.waiters import SCALE_REQUEST, Waiters
 from graceful.wire import messages as _wire
 
 #: The signal that asks for a rollback of the generation on probation.
@@ -90,9 +90,6 @@ ROLLBACK_SIGNAL = signal.SIGUSR2
 
 #: The signals that add a worker and remove one (gunicorn's and uvicorn's convention).
 SCALE_SIGNALS = {signal.SIGTTIN: 1, signal.SIGTTOU: -1}
-
-#: who asks, in a :class:`ScaleRequested` from the control socket
-_SCALE_REQUEST = "graceful scale"
 
 
 class SupervisorLoop:
@@ -173,16 +170,8 @@ class SupervisorLoop:
         self.guard = GuardKeeper(start_guard, self.watcher.live.values)
         self.control = ControlServer(control, self) if control is not None else None
         self.health = HealthServer(health, self) if health is not None else None
-        #: ``reload --wait`` requests not yet bound to the generation that answers them
-        self._reload_waiters: list[ReloadWaiter] = []
-        #: generation number -> the requests its reload's end answers
-        self._waiting_for: dict[int, list[ReloadWaiter]] = {}
-        #: generation number -> the requests its probation's end answers
-        self._waiting_for_probation: dict[int, list[ReloadWaiter]] = {}
-        #: ``graceful rollback`` requests, answered when the rollback ends
-        self._rollback_waiters: list[ReloadWaiter] = []
-        #: ``graceful scale`` requests, answered once decided
-        self._scale_waiters: list[ReloadWaiter] = []
+        #: the requests through the control socket, until answered
+        self.waiters = Waiters()
         self._started_at = 0.0
         #: a stop was asked for through the control socket
         self._stop_requested = False
@@ -236,11 +225,8 @@ class SupervisorLoop:
             self._tell_factory_of_ended_generations()
             self.factory.set_quiet(self._quiet())
             self._note_accepting()
-            if self.machine.stop_announced and self._reload_waiters:
-                # asked for before the stop, never to be started
-                for waiter in self._reload_waiters:
-                    waiter.resolve(STOPPING)
-                self._reload_waiters.clear()
+            if self.machine.stop_announced:
+                self.waiters.stopping()
             event = await self._events.receive()
             if isinstance(event, ReloadRequested):
                 self.timelines.asked(anyio.current_time())
@@ -279,22 +265,17 @@ class SupervisorLoop:
                 for listener in self.listeners:
                     if not listener.adopted:
                         listener.close()
-                for waiter in self._reload_waiters:
-                    waiter.resolve(STOPPING)
-                self._reload_waiters.clear()
+                self.waiters.stopping()
             case GenerationStarted(number, first):
                 self.timelines.started(number, anyio.current_time())
                 if self.terminal is not None:
                     self.terminal.started(number)
                 if not first:
-                    self._waiting_for.setdefault(number, []).extend(self._reload_waiters)
-                    self._reload_waiters.clear()
+                    self.waiters.generation_started(number)
             case ReloadEnded() | ProbationEnded() | RollbackEnded():
                 self._answer_waiters(action)
-            case ScaleEnded(_, _, by):
-                # requests through the control socket are decided in their order
-                if by == _SCALE_REQUEST and self._scale_waiters:
-                    self._scale_waiters.pop(0).resolve(action)
+            case ScaleEnded():
+                self.waiters.scale_ended(action)
             case StartTimer(delay, event):
                 self._task_group.start_soon(self._timer, delay, event)
             case Announce():
@@ -350,23 +331,13 @@ class SupervisorLoop:
                     self.terminal.reload_ended(outcome, self.machine.serving)
                 probation = self.machine.probation
                 on_probation = probation is not None and probation.generation == outcome.generation
-                for waiter in self._waiting_for.pop(outcome.generation, []):
-                    if waiter.through_probation and on_probation:
-                        waiter.promoted = outcome
-                        self._waiting_for_probation.setdefault(outcome.generation, []).append(
-                            waiter
-                        )
-                    else:
-                        waiter.resolve(outcome)
-            case ProbationEnded(generation, outcome, detail):
-                for waiter in self._waiting_for_probation.pop(generation, []):
-                    waiter.resolve_probation(outcome, detail)
+                self.waiters.reload_ended(outcome, on_probation)
+            case ProbationEnded():
+                self.waiters.probation_ended(ended)
             case RollbackEnded(ok, detail):
                 if self.terminal is not None:
                     self.terminal.rollback_ended(ok, detail)
-                for waiter in self._rollback_waiters:
-                    waiter.resolve(ended)
-                self._rollback_waiters.clear()
+                self.waiters.rollback_ended(ended)
 
     def _resume(self, serial: int) -> None:
         """Hand a parked worker the listeners again, then tell it to resume. One that
@@ -404,17 +375,15 @@ class SupervisorLoop:
     def request_rollback(self, by: str) -> ReloadWaiter:
         """Ask for a rollback of the generation on probation; the waiter learns how it
         ended (a :class:`RollbackEnded`)."""
-        waiter = ReloadWaiter()
-        self._rollback_waiters.append(waiter)
+        waiter = self.waiters.rollback()
         self.events_in.send_nowait(RollbackRequested(by))
         return waiter
 
     def request_scale(self, workers: int) -> ReloadWaiter:
         """Ask for ``workers`` workers per generation; the waiter learns what was done
         (a :class:`ScaleEnded`)."""
-        waiter = ReloadWaiter()
-        self._scale_waiters.append(waiter)
-        self.events_in.send_nowait(ScaleRequested(_SCALE_REQUEST, workers=workers))
+        waiter = self.waiters.scale()
+        self.events_in.send_nowait(ScaleRequested(SCALE_REQUEST, workers=workers))
         return waiter
 
     def _sources_changed(self, paths: list[str]) -> None:
@@ -427,11 +396,10 @@ class SupervisorLoop:
         """Ask for a reload; the waiter learns how the reload that runs code read
         after this request ended (coalesced requests share one), and with
         ``through_probation``, how its probation ended."""
-        waiter = ReloadWaiter(through_probation=through_probation)
+        waiter = self.waiters.reload(through_probation)
         if self.machine.stop_announced:
-            waiter.resolve(STOPPING)
+            self.waiters.stopping()
             return waiter
-        self._reload_waiters.append(waiter)
         self.events_in.send_nowait(ReloadRequested())
         return waiter
 
