@@ -81,15 +81,10 @@ from graceful.spawn.watcher import Watcher
 from graceful.supervisor import status
 from graceful.supervisor.health import HealthServer
 from graceful.supervisor.runtimes import GenerationRuntimes
+from graceful.supervisor.signals import follow_signals
 from graceful.supervisor.systemd import Notifier
 from graceful.supervisor.waiters import SCALE_REQUEST, Waiters
 from graceful.wire import messages as _wire
-
-#: The signal that asks for a rollback of the generation on probation.
-ROLLBACK_SIGNAL = signal.SIGUSR2
-
-#: The signals that add a worker and remove one (gunicorn's and uvicorn's convention).
-SCALE_SIGNALS = {signal.SIGTTIN: 1, signal.SIGTTOU: -1}
 
 
 class SupervisorLoop:
@@ -198,7 +193,7 @@ class SupervisorLoop:
                 if self.health is not None:
                     tasks.start_soon(self.health.serve, tasks)
                 if self._follow_signals_too:
-                    await tasks.start(self._follow_signals)
+                    await tasks.start(follow_signals, self.events_in, self._stop_signalled)
                 tasks.start_soon(self.notifier.run)
                 tasks.start_soon(self.guard.keep)
                 tasks.start_soon(self.factory.run)
@@ -467,38 +462,6 @@ class SupervisorLoop:
         return self.machine.stopping is Stopping.NOW
 
     # -- inputs ---------------------------------------------------------------------
-
-    async def _follow_signals(self, *, task_status: TaskStatus[None]) -> None:
-        stops = {signal.SIGTERM, signal.SIGINT}
-        followed = {signal.SIGHUP, ROLLBACK_SIGNAL, *SCALE_SIGNALS, *stops}
-        try:
-            with anyio.open_signal_receiver(*followed) as signals:
-                try:
-                    task_status.started()
-                    async for signum in signals:
-                        if signum == signal.SIGHUP:
-                            logger.info("SIGHUP: reloading")
-                            self.events_in.send_nowait(ReloadRequested())
-                        elif signum == ROLLBACK_SIGNAL:
-                            self.events_in.send_nowait(RollbackRequested(ROLLBACK_SIGNAL.name))
-                        elif signum in SCALE_SIGNALS:
-                            name = signal.Signals(signum).name
-                            self.events_in.send_nowait(
-                                ScaleRequested(name, step=SCALE_SIGNALS[signum])
-                            )
-                        else:
-                            self._stop_signalled()
-                finally:
-                    # The receiver resets these to their default actions (which kill,
-                    # or raise KeyboardInterrupt) as it closes. Once the supervisor
-                    # stops listening, a reload or a rollback has nothing to act on
-                    # and the stop is already under way: hold them until they are
-                    # ignored.
-                    signal.pthread_sigmask(signal.SIG_BLOCK, followed)
-        finally:
-            for signum in followed:
-                signal.signal(signum, signal.SIG_IGN)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, followed)
 
     async def _reap_orphans(self, *, task_status: TaskStatus[None]) -> None:
         """As PID 1 (in a container), reap every child that is not a worker.

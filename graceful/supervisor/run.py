@@ -45,7 +45,8 @@ from graceful.sockets.listeners import (
 from graceful.spawn.guard import OrphanGuard
 from graceful.spawn.spawner import BytecodeGate, ProcessFactory, SpawningFactory
 from graceful.spawn.template import TemplateFactory
-from graceful.supervisor.loop import ROLLBACK_SIGNAL, SCALE_SIGNALS, SupervisorLoop
+from graceful.supervisor.loop import SupervisorLoop
+from graceful.supervisor.signals import ROLLBACK_SIGNAL, SCALE_SIGNALS
 from graceful.supervisor.systemd import Notifier
 from graceful.wire.bootstrap import EntryRef, WorkerOptions
 
