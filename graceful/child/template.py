@@ -18,6 +18,7 @@ from graceful.base.log import logger, start_failures_logged
 from graceful.child.worker import find_runnable, import_main_script, run_worker, settle_process
 from graceful.wire import messages as _wire
 from graceful.wire.bootstrap import TemplateBootstrap, WorkerBootstrap
+from graceful.wire.fds import receive_with
 
 #: A template's process name (``/proc/PID/comm``).
 TEMPLATE_NAME = "graceful-tmpl"
@@ -45,7 +46,7 @@ def template_main(boot: TemplateBootstrap, forks: socket.socket) -> None:
     _wire.send_or_exit(forks, imported=True)
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(forks, _wire.LINK_MESSAGE_BYTES, 2)
+            data, fds = receive_with(forks, _wire.LINK_MESSAGE_BYTES, 2)
         except OSError:
             data, fds = b"", []
         if not data:

@@ -59,6 +59,7 @@ from graceful.code.release import child_sys_path
 from graceful.sockets.listeners import Listener
 from graceful.wire import messages as _wire
 from graceful.wire.bootstrap import EntryRef, MainScript, WorkerBootstrap, WorkerOptions
+from graceful.wire.fds import receive_all
 
 
 @dataclass(frozen=True)
@@ -199,10 +200,10 @@ def _receive_listeners(boot: WorkerBootstrap, fd_channel: socket.socket) -> list
     resume (they are already there: sent before the message that announces them).
 
     Raises:
-        ConnectionError: if they did not all arrive (see :func:`_wire.recv_fds`).
+        ConnectionError: if they did not all arrive (see :func:`graceful.wire.fds.receive_all`).
     """
     fd_channel.settimeout(_LISTENERS_TIMEOUT)
-    fds = _wire.recv_fds(fd_channel)
+    fds = receive_all(fd_channel)
     return [
         Listener(socket.socket(fileno=fd), spec, address)
         for fd, (spec, address) in zip(fds, boot.listeners, strict=True)

@@ -45,6 +45,7 @@ import anyio
 from graceful.base.log import logger
 from graceful.child import guard as program
 from graceful.spawn.spawner import WorkerProcess
+from graceful.wire.fds import send_with
 
 if TYPE_CHECKING:
     import subprocess
@@ -120,7 +121,7 @@ class OrphanGuard:
         while self._pending:
             pid, pidfd = self._pending[0]
             try:
-                socket.send_fds(self._channel, [str(pid).encode()], [pidfd])
+                send_with(self._channel, str(pid).encode(), [pidfd])
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:

@@ -30,7 +30,7 @@ exception, and whatever was already open or started is closed, killed and reaped
    any graceful code runs in the child, so an exception there could not be
    reported, and what it started would be outside the worker's process group;
 3. a pidfd for it, so that its exit is noticed whatever its children hold;
-4. the listeners sent over the socketpair (``socket.send_fds``), non-blocking. The
+4. the listeners sent over the socketpair (:func:`graceful.wire.fds.send_all`), non-blocking. The
    socketpair stays open: a rollback sends them again to a parked worker
    (:meth:`WorkerProcess.hand_listeners`).
 
@@ -75,6 +75,7 @@ from graceful.wire.bootstrap import (
     WorkerBootstrap,
     WorkerOptions,
 )
+from graceful.wire.fds import send_all
 
 #: Signals a worker must not receive between fork and its own setup: the terminal's
 #: Ctrl-C reaches the whole foreground process group, and SIGHUP may too.
@@ -513,7 +514,7 @@ def hand_over(fd_channel: socket.socket, listeners: list[BoundListener]) -> None
     # open file description): hand them over non-blocking.
     for listener in listeners:
         os.set_blocking(listener.socket.fileno(), False)
-    _wire.send_fds(fd_channel, [listener.socket.fileno() for listener in listeners])
+    send_all(fd_channel, [listener.socket.fileno() for listener in listeners])
 
 
 def own_directories(runtime: Runtime) -> list[str]:

@@ -64,6 +64,7 @@ from graceful.spawn.spawner import (
 from graceful.spawn.standby import Standby
 from graceful.wire import messages as _wire
 from graceful.wire.bootstrap import Assignment, EntryRef, TemplateBootstrap, WorkerOptions
+from graceful.wire.fds import send_with
 
 #: Seconds a template has to answer a fork request.
 _FORK_TIMEOUT = 10.0
@@ -168,7 +169,7 @@ class Template:
         """Ask for a fork and wait for the answer, shielded (see :meth:`fork`)."""
         with anyio.CancelScope(shield=True):
             try:
-                socket.send_fds(self.forks, [json.dumps({"fork": worker_id}).encode()], fds)
+                send_with(self.forks, json.dumps({"fork": worker_id}).encode(), fds)
             except OSError as exc:
                 gone = await self._gone()
                 raise TemplateFailed(

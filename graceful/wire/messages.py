@@ -11,9 +11,9 @@ Two channels connect them:
   writes half a message, garbage, or an endless line cannot stall the reader: the
   reader sees a :class:`ProtocolError` at worst. Nothing received is unpickled.
   :func:`pump` bridges a channel into an anyio memory object stream.
-* a ``socket.socketpair()`` that carries the listeners' file descriptors with
-  ``socket.send_fds`` (at most :data:`MAX_FDS_PER_MESSAGE` per message): at start,
-  and again before each :class:`Resume`. It stays open for the worker's life.
+* a ``socket.socketpair()``, the *fd channel*, that carries the listeners' file
+  descriptors (:mod:`graceful.wire.fds`): at start, and again before each
+  :class:`Resume`. It stays open for the worker's life.
 """
 
 from __future__ import annotations
@@ -30,9 +30,6 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from graceful._version import hello_line
-
-#: SCM_MAX_FD on Linux: one ``sendmsg`` carries at most this many descriptors.
-MAX_FDS_PER_MESSAGE = 253
 
 #: The longest control message either side accepts, newline included. A ``Failed``
 #: cause is cut to fit.
@@ -436,48 +433,6 @@ async def receive_object(sock: socket.socket, limit: int) -> dict[str, Any] | No
         if not isinstance(answer, dict):
             raise NotAMessage(repr(data[:80]))
         return answer
-
-
-def send_fds(channel: socket.socket, fds: list[int]) -> None:
-    """Send ``fds`` over ``channel`` in as many messages as SCM_MAX_FD requires.
-
-    The count goes first, as 4 bytes, so that the receiver knows when it has all.
-    """
-    channel.sendall(len(fds).to_bytes(4, "big"))
-    for start in range(0, len(fds), MAX_FDS_PER_MESSAGE):
-        chunk = fds[start : start + MAX_FDS_PER_MESSAGE]
-        socket.send_fds(channel, [b"F"], chunk)
-
-
-def recv_fds(channel: socket.socket) -> list[int]:
-    """Receive the descriptors :func:`send_fds` sent, each set non-inheritable.
-
-    Raises:
-        ConnectionError: if the channel closes before every descriptor arrived, or
-            this process had no room for them (its descriptor limit).
-    """
-    header = b""
-    while len(header) < 4:
-        part = channel.recv(4 - len(header))
-        if not part:
-            raise ConnectionError("the supervisor closed the fd channel before sending listeners")
-        header += part
-    expected = int.from_bytes(header, "big")
-    fds: list[int] = []
-    while len(fds) < expected:
-        data, received, flags, _addr = socket.recv_fds(channel, 1, MAX_FDS_PER_MESSAGE)
-        for fd in received:
-            # recv_fds ignores MSG_CMSG_CLOEXEC on 3.11: set it ourselves.
-            os.set_inheritable(fd, False)
-        fds.extend(received)
-        if flags & socket.MSG_CTRUNC:
-            raise ConnectionError(
-                f"received {len(fds)} of {expected} listener fds: this process's "
-                "file descriptor limit is too low"
-            )
-        if not data:
-            raise ConnectionError(f"received {len(fds)} of {expected} listener fds")
-    return fds
 
 
 #: The largest message on a standby's or a template's link (a ``SOCK_SEQPACKET``
