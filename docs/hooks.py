@@ -80,7 +80,7 @@ def markdown_of(
             continue
         out.append(line)
         i += 1
-    return _roles("\n".join(out), resolve or (lambda target: target))
+    return _doc_links(_roles("\n".join(out), resolve or (lambda target: target)))
 
 
 def _roles(text: str, resolve: Callable[[str], str]) -> str:
@@ -93,6 +93,24 @@ def _roles(text: str, resolve: Callable[[str], str]) -> str:
     # a role is never rewritten inside a code span (``:class:`x` `` as an example)
     parts = re.split(r"(``.*?``)", text)
     return "".join(part if part.startswith("``") else _ROLE.sub(link, part) for part in parts)
+
+
+_DOC_PATH = re.compile(r"(?<![\w/.`])docs/(?P<page>[\w/-]+\.md)")
+
+
+def _doc_links(text: str) -> str:
+    """Each mention of a page of the site (``docs/guides/x.md``, outside code spans)
+    as a link to it, wherever the text is rendered (mkdocs resolves a link that
+    starts with ``/`` from ``docs/``). A mention of a page that does not exist fails
+    the build."""
+
+    def link(match: re.Match[str]) -> str:
+        if not (_ROOT / "docs" / match["page"]).is_file():
+            raise PluginError(f"docs: {match[0]} is mentioned but does not exist")
+        return f"[`{match[0]}`](/{match['page']})"
+
+    parts = re.split(r"(``.*?``|`[^`]*`)", text)
+    return "".join(p if p.startswith("`") else _DOC_PATH.sub(link, p) for p in parts)
 
 
 def _table(lines: list[str], start: int) -> tuple[list[str], int]:
@@ -261,7 +279,7 @@ def _arguments(parser: argparse.ArgumentParser) -> list[str]:
             what = "required" + ("; " + what if what else "")
         if action.option_strings and "append" in type(action).__name__.lower():
             what += "" if "repeatable" in what else ("; " if what else "") + "repeatable"
-        rows.append(f"| {name} | {shown or '—'} | {_cell(what) if what else '—'} |")
+        rows.append(f"| {name} | {shown or '—'} | {_doc_links(_cell(what)) if what else '—'} |")
     return rows
 
 
