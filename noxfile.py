@@ -37,6 +37,14 @@ def examples(session: nox.Session) -> None:
     session.run("pytest", "-n", "auto", "tests/test_examples.py", *session.posargs)
 
 
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, built into site/ with ``mkdocs build --strict``: a broken
+    link, a broken cross-reference or a docstring warning fails it."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
 #: The server versions graceful supports, as pyproject.toml bounds them: the oldest
 #: and the newest are tested by the ``servers`` session.
 SERVER_VERSIONS = {

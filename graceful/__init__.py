@@ -26,15 +26,17 @@ Which process runs a file, by package (each imports only from those below it;
 ``lint-imports`` checks it):
 
 =====================  ======================================================
+package                the process that runs it
+=====================  ======================================================
 ``cli``, ``api``       the process the user starts, before it supervises
 ``supervisor``         the supervisor
 ``control``, ``dev``   the supervisor (``control.client``: the command line)
 ``spawn``              the supervisor: its side of each process it starts
 ``_boot``              every process graceful spawns, first (never moves)
 ``servers``, ``child`` workers, standbys, templates, the orphan guard
-``code``, ``wire``,    both sides
-``sockets``, ``core``,
-``base``
+``code``, ``wire``     both sides
+``sockets``, ``core``  both sides
+``base``               both sides
 =====================  ======================================================
 """
 

@@ -322,7 +322,7 @@ def _add_deployment_options(command: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="the link a deploy switches between release directories: every worker "
         "starts from the release it names then (found by itself among the paths the "
-        "service was started through; see the README, Release directories)",
+        "service was started through; see docs/guides/releases.md)",
     )
     command.add_argument(
         "--health",
@@ -440,7 +440,7 @@ def _supervise(service: Service[Any], args: argparse.Namespace) -> int:
 
 def _stop(pid_file: str) -> int:
     """Ask for a stop through the control socket (a second one only joins the first;
-    see the README), or with SIGTERM where there is none."""
+    see docs/operations/control.md), or with SIGTERM where there is none."""
     try:
         Control(pid_file).request("stop", timeout=_CLIENT_TIMEOUT)
     except NoControlSocket:

@@ -62,7 +62,7 @@ def serve_asgi(
     and reports ready only after the server accepts and the app's lifespan startup
     has completed. A lifespan startup failure fails the generation; the previous
     one keeps serving. On a reload the old generation stops accepting at once and
-    drains its keep-alive connections without losing a request (see the README for
+    drains its keep-alive connections without losing a request (see docs/guides/asgi-wsgi.md for
     each server's exact guarantees).
 
     Args:

@@ -116,8 +116,8 @@ class Service(Generic[F]):
         directories (``/srv/app/current``), for a service started by physical paths
         alone; graceful finds it by itself among the paths the service was started
         through. Every worker is started from the release it names at that moment:
-        its code, working directory, interpreter and packages (see the README,
-        "Release directories").
+        its code, working directory, interpreter and packages (see
+        docs/guides/releases.md).
 
         Returns after a clean stop. Raises ``SystemExit(2)`` for a configuration
         error (one line on stderr, nothing spawned) and ``SystemExit(1)`` if the
@@ -308,39 +308,22 @@ def service(
         ready_timeout: seconds a new generation has to report ready.
         drain_timeout: seconds an old generation has to finish in-flight work.
         backend: ``"asyncio"`` or ``"trio"``; ignored for a plain function.
-        probation: seconds after a reload during which the previous generation
-            stays parked (drained, alive, no listener), to be resumed at once if a
-            worker of the new one crashes, declares itself broken
-            (:meth:`Context.declare_broken`), or ``graceful rollback`` / SIGUSR2
-            asks. 0 turns it off. Workers that serve with :meth:`Context.serve`,
-            uvicorn, or that pass ``parkable=True`` to :meth:`Context.ready` take
-            part; others drain and exit as without it. See the README on probation.
-        strategy: how a reload replaces the workers. ``"all-at-once"`` starts a
-            whole new generation and drains the old one once every new worker is
-            ready (twice the workers for a moment). ``"rolling"`` starts
-            ``max_surge`` new workers at a time and parks an old worker for each new
-            one ready, so that at most ``workers + max_surge`` hold the listeners;
-            if a new worker fails, every replaced old worker resumes (never a mixed
-            fleet). Rolling needs parkable workers (as for ``probation``), or
-            ``preload``; otherwise a reload warns and replaces all at once.
+        probation: seconds the previous generation stays parked after a reload, to
+            be resumed at once if the new one crashes, declares itself broken
+            (:meth:`Context.declare_broken`) or is rolled back; 0 turns it off. See
+            docs/guides/probation.md.
+        strategy: how a reload replaces the workers: ``"all-at-once"``, or
+            ``"rolling"``, ``max_surge`` at a time and never leaving a mixed fleet.
+            See docs/guides/many-workers.md.
         max_surge: with ``"rolling"``, new workers started beyond ``workers``.
         preload: import the code once per generation, in a template process that
-            forks the generation's workers (sharing the imported code and data
-            copy-on-write), instead of once per worker. Crash replacements and
-            scaling fork from the same template, so every worker of a generation
-            runs the same code. The code must start no thread at import. See the
-            README on many workers.
-        standby: while the service is quiet, keep one interpreter spawned and
-            waiting, with graceful, anyio and the event loop imported (never your
-            code). The next reload's first worker (or template) is made from it:
-            it imports your code fresh from disk and starts at once, without the
-            interpreter's start-up. A library upgraded on disk meanwhile is noticed,
-            and the worker is started cold. It costs one idle interpreter's memory.
-            See the README on reload latency.
+            forks the generation's workers. See docs/guides/many-workers.md.
+        standby: keep a warm interpreter (never your code) for the next worker
+            start. See docs/guides/reload-latency.md.
         watch: development mode: ``True`` reloads on each save of a ``*.py`` file
             under the main script's directory; a list of directories, or a
-            :class:`graceful.Watch`, says what to watch. A broken save keeps the
-            running code serving. See the README on development mode.
+            :class:`graceful.Watch`, says what to watch. See
+            docs/guides/development-mode.md.
 
     ``listen``, ``workers`` and the timeouts are fixed when the supervisor starts;
     a reload runs the new function with the backend the new code names.

@@ -17,7 +17,7 @@ adapter, the one uvicorn's documentation recommends over its own deprecated
 ``WSGIMiddleware``) in a pool of ``threads`` threads, on graceful's draining
 uvicorn protocols: it gets the same keep-alive-aware drain, readiness, probation
 and rollback as an ASGI app. Why this path and not a threaded WSGI server is
-measured in the README ("WSGI apps").
+measured in docs/guides/asgi-wsgi.md.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ just accepted whose first request it has not read yet (``TCPServer._idle_timeout
 waits on the worker's ``terminated`` event). A client that sends a request on such
 a connection at that moment sees the connection close without an answer.
 hypercorn has no option or hook to keep idle connections through a drain, so
-that window stays open. The README gives the measured cost.
+that window stays open. docs/benchmarks.md gives the measured cost.
 """
 
 from __future__ import annotations

@@ -663,8 +663,8 @@ class BytecodeGate:
             what = "recompiled it"
         logger.warning(
             "stale bytecode: %s changed after its .pyc was written but kept its size and "
-            "modification time (a deploy with rsync -a, tar or cp -p?); %s. See the README "
-            "on stale bytecode to avoid this",
+            "modification time (a deploy with rsync -a, tar or cp -p?); %s. See "
+            "docs/operations/troubleshooting.md (Stale bytecode) to avoid this",
             named,
             what,
         )
