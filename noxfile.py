@@ -25,7 +25,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the package, the tests, the examples, the benchmarks and the docs hooks."""
+    """mypy --strict over the package, tests, examples, benchmarks and the docs hooks."""
     session.install("-e", ".[test,docs]", "mypy>=1.10", "types-psutil", "nox", "matplotlib>=3.8")
     session.run("mypy")
 

@@ -29,12 +29,11 @@ from graceful.api.asgi import asgi_service
 from graceful.api.service import Service
 from graceful.base.errors import ConfigError, GracefulError
 from graceful.base.log import ensure_visible, logger
-from graceful.code.entry import import_module, walk
+from graceful.code.entry import import_module, module_exists, walk
 from graceful.code.interfaces import DEFAULT_THREADS, INTERFACES
 from graceful.control.client import Control, NoControlSocket
 from graceful.control.pidfile import signal_supervisor
 from graceful.dev.watch import Watch, as_watch, with_paths
-from graceful.servers.asgi import module_exists
 
 
 class _Parser(argparse.ArgumentParser):

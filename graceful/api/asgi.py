@@ -18,9 +18,10 @@ from typing import Any, Literal
 from graceful.api.service import Backend, Service, StrategyName, check_settings
 from graceful.base.errors import ConfigError
 from graceful.base.log import ensure_visible, logger
+from graceful.code.entry import module_exists
 from graceful.code.interfaces import DEFAULT_THREADS, Interface, check_interface
 from graceful.dev.watch import Watch
-from graceful.servers.asgi import asgi_worker, module_exists
+from graceful.servers.asgi import asgi_worker
 from graceful.sockets.listeners import parse_listen_spec
 
 Server = Literal["uvicorn", "hypercorn"]

@@ -14,7 +14,7 @@ from multiprocess.reduction import ForkingPickler
 from graceful.base import processes as _processes
 from graceful.base.errors import one_line
 from graceful.child.worker import import_and_run, settle_process
-from graceful.code.entry import resolve_entry
+from graceful.code.entry import resolve_entry, traits_of
 from graceful.code.release import child_sys_path
 from graceful.code.stale_imports import ImportSnapshot
 from graceful.wire import messages as _wire
@@ -93,7 +93,8 @@ def warm_up(boot: StandbyBootstrap) -> None:
     """Import what a worker (or a template) of this service imports before the
     user's code, and what its event loop and server import: never the user's code.
     graceful's own entry points (``graceful serve``'s) may name more, with a
-    ``graceful_warm_up`` function given the entry options."""
+    ``warm_up`` trait (:class:`~graceful.code.entry.EntryTraits`), given the entry
+    options."""
     for name in _WORKER_MODULES:
         importlib.import_module(name)
     if boot.options.backend == "trio":
@@ -103,7 +104,7 @@ def warm_up(boot: StandbyBootstrap) -> None:
     if boot.template:
         importlib.import_module("graceful.spawn.template")
     if boot.entry.module.startswith("graceful."):  # graceful's own code, never the user's
-        warm = getattr(resolve_entry(boot.entry), "graceful_warm_up", None)
+        warm = traits_of(resolve_entry(boot.entry)).warm_up
         if warm is not None:
             warm(**boot.options.entry_options)
 

@@ -15,7 +15,9 @@ import multiprocess.connection
 
 from graceful.base.errors import ConfigError, one_line
 from graceful.base.log import logger, start_failures_logged
-from graceful.child.worker import find_runnable, import_main_script, run_worker, settle_process
+from graceful.child.worker import run_worker, settle_process
+from graceful.code.entry import find_runnable, traits_of
+from graceful.code.main_script import import_main_script
 from graceful.wire import messages as _wire
 from graceful.wire.bootstrap import TemplateBootstrap, WorkerBootstrap
 from graceful.wire.fds import receive_with
@@ -33,7 +35,7 @@ def template_main(boot: TemplateBootstrap, forks: socket.socket) -> None:
     try:
         import_main_script(boot.main)
         runnable = find_runnable(boot.entry, boot.options.backend)
-        preload = getattr(runnable.function, "graceful_preload", None)
+        preload = traits_of(runnable.function).preload
         if preload is not None:
             preload(**boot.options.entry_options)
         _refuse_threads()

@@ -28,19 +28,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import os
 import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import anyio
 import anyio.from_thread
-import multiprocess
-import multiprocess.spawn
 
 from graceful.base import processes as _processes
 from graceful.base.errors import ConfigError, one_line
@@ -54,24 +50,12 @@ from graceful.base.processes import WORKER_NAME
 from graceful.base.tasks import run_beside
 from graceful.child.context import Context, SyncContext
 from graceful.child.shutdown import ShutdownRequest, drain_on_sigterm, follow_supervisor
-from graceful.code.entry import resolve_entry
-from graceful.code.release import child_sys_path
+from graceful.code.entry import find_runnable, traits_of
+from graceful.code.main_script import import_main_script
 from graceful.sockets.listeners import Listener
 from graceful.wire import messages as _wire
-from graceful.wire.bootstrap import EntryRef, MainScript, WorkerBootstrap, WorkerOptions
+from graceful.wire.bootstrap import WorkerBootstrap, WorkerOptions
 from graceful.wire.fds import receive_all
-
-
-@dataclass(frozen=True)
-class Runnable:
-    """The entry function as found in the fresh code, with how to run it."""
-
-    function: Callable[..., Any]
-    backend: str
-
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.function)
 
 
 def worker_main(boot: WorkerBootstrap, connection: Any, fd_channel: socket.socket) -> None:
@@ -135,7 +119,7 @@ def run_worker(
         runnable = find_runnable(boot.entry, boot.options.backend)
     except ConfigError as exc:
         _fail(control, str(exc), log=log)
-    if not getattr(runnable.function, "graceful_imports_code", False):
+    if not traits_of(runnable.function).imports_code:
         control.send(_wire.Progress("code"))
 
     shutdown = ShutdownRequest(options.drain_timeout)
@@ -178,23 +162,6 @@ def run_worker(
         raise
 
 
-def import_main_script(main: MainScript) -> None:
-    """Import the script the user ran, fresh from disk, as ``__mp_main__`` (also
-    ``__main__``), the way multiprocess's spawn would have, with the application's
-    ``sys.path`` entries first. While it runs, ``Service.run()`` refuses to start a
-    supervisor (an unguarded call)."""
-    sys.path[:] = child_sys_path(main.sys_path, sys.path)
-    current = multiprocess.current_process()
-    current._inheriting = True
-    try:
-        if main.module is not None:
-            multiprocess.spawn._fixup_main_from_name(main.module)
-        elif main.path is not None:
-            multiprocess.spawn._fixup_main_from_path(main.path)
-    finally:
-        del current._inheriting
-
-
 def _receive_listeners(boot: WorkerBootstrap, fd_channel: socket.socket) -> list[Listener]:
     """The listeners the supervisor sends on the fd channel: at start, and before each
     resume (they are already there: sent before the message that announces them).
@@ -219,23 +186,6 @@ def _fail(control: _wire.ControlChannel, cause: str, *, log: bool = True) -> NoR
         logger.error("%s", cause)
     control.send(_wire.Failed(cause))
     sys.exit(1)
-
-
-def find_runnable(entry: EntryRef, backend: str) -> Runnable:
-    """The entry point ``entry`` in the code imported, with the backend it names
-    (``backend`` if it names none).
-
-    Raises:
-        ConfigError: if it is missing or not callable.
-    """
-    target = resolve_entry(entry)
-    describe = getattr(target, "__graceful_runnable__", None)
-    if describe is not None:
-        function, named = describe()
-        return Runnable(function, named)
-    if callable(target):
-        return Runnable(target, backend)
-    raise ConfigError(f"entry point {entry} is not callable in the code on disk")
 
 
 async def _run_async(

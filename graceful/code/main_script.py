@@ -12,7 +12,12 @@ import ast
 import sys
 import types
 
+import multiprocess
+import multiprocess.spawn
+
 from graceful.base.errors import ConfigError
+from graceful.code.release import Runtime, child_sys_path
+from graceful.wire.bootstrap import MainScript
 
 
 def check_main_guard(frame: types.FrameType | None) -> None:
@@ -69,3 +74,30 @@ def _is_main_test(test: ast.expr) -> bool:
     names = [s for s in sides if isinstance(s, ast.Name) and s.id == "__name__"]
     consts = [s for s in sides if isinstance(s, ast.Constant) and s.value == "__main__"]
     return len(names) == 1 and len(consts) == 1
+
+
+def main_script_for(runtime: Runtime) -> MainScript:
+    """How a worker started from ``runtime`` finds the script the user ran (as
+    multiprocess would), and the application's ``sys.path`` entries."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:
+        return MainScript(module=name, path=None, sys_path=runtime.app_path)
+    return MainScript(module=None, path=runtime.main_path, sys_path=runtime.app_path)
+
+
+def import_main_script(main: MainScript) -> None:
+    """Import the script the user ran, fresh from disk, as ``__mp_main__`` (also
+    ``__main__``), the way multiprocess's spawn would have, with the application's
+    ``sys.path`` entries first. While it runs, ``Service.run()`` refuses to start a
+    supervisor (an unguarded call)."""
+    sys.path[:] = child_sys_path(main.sys_path, sys.path)
+    current = multiprocess.current_process()
+    current._inheriting = True
+    try:
+        if main.module is not None:
+            multiprocess.spawn._fixup_main_from_name(main.module)
+        elif main.path is not None:
+            multiprocess.spawn._fixup_main_from_path(main.path)
+    finally:
+        del current._inheriting

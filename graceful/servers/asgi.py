@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.machinery
-import importlib.util
 import inspect
 from typing import Any
 
@@ -15,52 +12,8 @@ import anyio.to_thread
 from graceful.base.errors import ConfigError, one_line
 from graceful.base.log import logger
 from graceful.child.context import Context
-from graceful.code.entry import import_module, walk
+from graceful.code.entry import EntryTraits, declare_traits, import_module, walk
 from graceful.code.interfaces import DEFAULT_THREADS, Interface, as_asgi3
-
-
-def module_exists(name: str) -> bool:
-    """True if module ``name`` can be found, without running any of its code or its
-    packages': the top-level name is looked up by the import system's finders, and
-    each submodule in its parent package's directories.
-
-    A package whose ``__init__`` computes its ``__path__`` (``pkgutil.extend_path``)
-    may hold submodules elsewhere: for such a package only, the lookup imports it, as
-    a worker would.
-
-    Raises:
-        ConfigError: if importing such a package fails.
-    """
-    top, _, rest = name.partition(".")
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return False
-    parent = top
-    for part in rest.split(".") if rest else []:
-        if spec is None or spec.submodule_search_locations is None:
-            return False
-        found = importlib.machinery.PathFinder.find_spec(
-            part, list(spec.submodule_search_locations)
-        )
-        if found is None and _computes_its_path(spec):
-            try:
-                found = importlib.util.find_spec(f"{parent}.{part}")
-            except Exception as exc:
-                raise ConfigError(f"cannot import {parent!r}: {one_line(exc)}") from exc
-        spec, parent = found, f"{parent}.{part}"
-    return spec is not None
-
-
-def _computes_its_path(spec: importlib.machinery.ModuleSpec) -> bool:
-    origin = spec.origin
-    if not origin or not origin.endswith("__init__.py"):
-        return False
-    try:
-        with open(origin, encoding="utf-8", errors="replace") as file:
-            return "__path__" in file.read()
-    except OSError:
-        return False
 
 
 def load_app(app: str, factory: bool) -> Any:
@@ -164,7 +117,7 @@ async def asgi_worker(
         await serve_hypercorn(context, application, backend, drain_timeout, options)
 
 
-asgi_worker.graceful_preload = preload_app  # type: ignore[attr-defined]
-asgi_worker.graceful_warm_up = warm_up_server  # type: ignore[attr-defined]
-#: the worker reports the user's code imported once the app is (not the main script)
-asgi_worker.graceful_imports_code = True  # type: ignore[attr-defined]
+# the worker reports the user's code imported once the app is (not the main script)
+declare_traits(
+    asgi_worker, EntryTraits(preload=preload_app, warm_up=warm_up_server, imports_code=True)
+)

@@ -44,7 +44,6 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,6 +61,7 @@ from graceful.base.errors import GracefulError
 from graceful.base.log import logger
 from graceful.child.standby import STANDBY_VARIABLE
 from graceful.code.bytecode import BytecodeCheck, application_roots, bypass_environment, recompile
+from graceful.code.main_script import main_script_for
 from graceful.code.release import ReleaseError, ReleaseLayout, Runtime
 from graceful.core.machine import SpawnWorker
 from graceful.sockets.listeners import BoundListener
@@ -70,7 +70,6 @@ from graceful.wire import messages as _wire
 from graceful.wire.bootstrap import (
     Assignment,
     EntryRef,
-    MainScript,
     StandbyBootstrap,
     WorkerBootstrap,
     WorkerOptions,
@@ -471,7 +470,7 @@ class SpawningFactory:
             listeners=[(listener.spec, listener.address) for listener in self.listeners],
             options=self.options,
             log_level=logger.getEffectiveLevel(),
-            main=main_script(runtime),
+            main=main_script_for(runtime),
         )
 
     def start_process(self, process: Any, environment: dict[str, str], runtime: Runtime) -> None:
@@ -535,16 +534,6 @@ def own_directories(runtime: Runtime) -> list[str]:
     return [path for path in dict.fromkeys(found) if path != ours]
 
 
-def main_script(runtime: Runtime) -> MainScript:
-    """How a worker started from ``runtime`` finds the script the user ran (as
-    multiprocess would), and the application's ``sys.path`` entries."""
-    main = sys.modules.get("__main__")
-    name = getattr(getattr(main, "__spec__", None), "name", None)
-    if name is not None:
-        return MainScript(module=name, path=None, sys_path=runtime.app_path)
-    return MainScript(module=None, path=runtime.main_path, sys_path=runtime.app_path)
-
-
 #: What this thread starts a process from, while it does: see :func:`_prepared_from`.
 _starting = threading.local()
 
@@ -577,7 +566,7 @@ def _prepared_from(runtime: Runtime) -> Iterator[None]:
     """While this thread starts a process, have multiprocess prepare the child from
     ``runtime``: its working directory, ``sys.argv[0]``, no ``sys.path`` of the
     supervisor's, and no import of the main script (the worker does it itself, see
-    :func:`graceful.child.worker.import_main_script`). Only the preparation data of this
+    :func:`graceful.code.main_script.import_main_script`). Only the preparation data of this
     thread's spawn changes: ``__main__`` itself is never touched, and other threads'
     processes are started as usual."""
     spawn = multiprocess.spawn

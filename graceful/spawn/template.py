@@ -51,6 +51,7 @@ from graceful._boot import start_template, wrap
 from graceful.base import processes as _processes
 from graceful.base.errors import GracefulError
 from graceful.base.log import logger
+from graceful.code.main_script import main_script_for
 from graceful.code.release import ReleaseLayout, Runtime
 from graceful.core.machine import SpawnWorker
 from graceful.sockets.listeners import BoundListener
@@ -59,7 +60,6 @@ from graceful.spawn.spawner import (
     SpawningFactory,
     WorkerProcess,
     hand_over,
-    main_script,
 )
 from graceful.spawn.standby import Standby
 from graceful.wire import messages as _wire
@@ -382,7 +382,7 @@ class TemplateFactory(SpawningFactory):
             listeners=[(item.spec, item.address) for item in self.listeners],
             options=self.options,
             log_level=logger.getEffectiveLevel(),
-            main=main_script(runtime),
+            main=main_script_for(runtime),
         )
 
     def start_standby(self) -> Standby:
