@@ -52,8 +52,8 @@ PINNED = {
         "start_standby": ["bootstrap", "hidden", "link", "control", "fd_channel"],
         "start_template": ["bootstrap", "forks"],
         "WorkerBootstrap": [
-            "entry", "generation", "worker_id", "supervisor_pid", "listeners", "options",
-            "log_level", "main",
+            "entry", "generation", "supervisor_pid", "listeners", "options", "log_level",
+            "main", "worker_id",
         ],
         "TemplateBootstrap": [
             "entry", "generation", "supervisor_pid", "listeners", "options", "log_level",

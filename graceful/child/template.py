@@ -129,16 +129,7 @@ def _become_worker(boot: TemplateBootstrap, worker_id: int, fds: list[int]) -> N
     code = 1
     try:
         control_fd, channel_fd = fds
-        worker = WorkerBootstrap(
-            entry=boot.entry,
-            generation=boot.generation,
-            worker_id=worker_id,
-            supervisor_pid=boot.supervisor_pid,
-            listeners=boot.listeners,
-            options=boot.options,
-            log_level=boot.log_level,
-            main=boot.main,
-        )
+        worker = WorkerBootstrap.of(boot, worker_id)
         settle_process(f"gen {boot.generation} worker {worker_id}", boot.log_level, boot.options)
         control = _wire.ControlChannel(multiprocess.connection.Connection(control_fd))
         control.send(_wire.own_hello())

@@ -71,6 +71,7 @@ from graceful.wire.bootstrap import (
     Assignment,
     EntryRef,
     StandbyBootstrap,
+    TemplateBootstrap,
     WorkerBootstrap,
     WorkerOptions,
 )
@@ -324,21 +325,10 @@ class SpawningFactory:
             on_failure.callback(standby.close)
             if control is None or fd_channel is None:
                 raise GracefulError("a template's standby cannot become a worker")
-            pidfd = _processes.open_pidfd(standby.pid)
-            hand_over(fd_channel, self.listeners)
+            handed = self.hand_over(spawn, standby.pid, control, fd_channel, runtime.release)
             on_failure.pop_all()
         standby.link.close()
-        return SpawnedWorker(
-            serial=spawn.serial,
-            generation=spawn.generation,
-            worker_id=spawn.worker_id,
-            process=standby.process,
-            channel=control,
-            pidfd=pidfd,
-            fd_channel=fd_channel,
-            listeners=self.listeners,
-            release=runtime.release,
-        )
+        return SpawnedWorker(process=standby.process, **handed)
 
     def start_standby(self) -> Standby:
         """Spawn a standby that will become a worker (see :mod:`graceful.spawn.standby`)."""
@@ -426,20 +416,32 @@ class SpawningFactory:
                 )
                 self.start_process(process, environment, runtime)
                 on_failure.callback(kill_and_reap, process)
-                pidfd = _processes.open_pidfd(process.pid)
-            hand_over(fd_channel, self.listeners)
+            handed = self.hand_over(spawn, process.pid, channel, fd_channel, runtime.release)
             on_failure.pop_all()
-        return SpawnedWorker(
-            serial=spawn.serial,
-            generation=spawn.generation,
-            worker_id=spawn.worker_id,
-            process=process,
-            channel=channel,
-            pidfd=pidfd,
-            fd_channel=fd_channel,
-            listeners=self.listeners,
-            release=runtime.release,
-        )
+        return SpawnedWorker(process=process, **handed)
+
+    def hand_over(
+        self,
+        spawn: SpawnWorker,
+        pid: int,
+        channel: _wire.ControlChannel,
+        fd_channel: socket.socket,
+        release: str | None,
+    ) -> dict[str, Any]:
+        """Watch the worker ``spawn`` describes, now running as ``pid``, and hand it the
+        listeners: the fields of its :class:`ChildWorker`. Raises if either fails."""
+        pidfd = _processes.open_pidfd(pid)
+        hand_over(fd_channel, self.listeners)
+        return {
+            "serial": spawn.serial,
+            "generation": spawn.generation,
+            "worker_id": spawn.worker_id,
+            "channel": channel,
+            "pidfd": pidfd,
+            "fd_channel": fd_channel,
+            "listeners": self.listeners,
+            "release": release,
+        }
 
     def open_channels(
         self, on_failure: contextlib.ExitStack
@@ -462,10 +464,16 @@ class SpawningFactory:
 
     def bootstrap(self, spawn: SpawnWorker, runtime: Runtime) -> WorkerBootstrap:
         """What the worker ``spawn`` describes is told at its start."""
-        return WorkerBootstrap(
+        return WorkerBootstrap.of(
+            self.generation_bootstrap(spawn.generation, runtime), spawn.worker_id
+        )
+
+    def generation_bootstrap(self, generation: int, runtime: Runtime) -> TemplateBootstrap:
+        """What every worker of ``generation`` started from ``runtime`` is told (and
+        its template, with ``preload``)."""
+        return TemplateBootstrap(
             entry=self.entry,
-            generation=spawn.generation,
-            worker_id=spawn.worker_id,
+            generation=generation,
             supervisor_pid=os.getpid(),
             listeners=[(listener.spec, listener.address) for listener in self.listeners],
             options=self.options,

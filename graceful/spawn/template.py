@@ -50,8 +50,6 @@ import anyio
 from graceful._boot import start_template, wrap
 from graceful.base import processes as _processes
 from graceful.base.errors import GracefulError
-from graceful.base.log import logger
-from graceful.code.main_script import main_script_for
 from graceful.code.release import ReleaseLayout, Runtime
 from graceful.core.machine import SpawnWorker
 from graceful.sockets.listeners import BoundListener
@@ -59,11 +57,10 @@ from graceful.spawn.spawner import (
     ChildWorker,
     SpawningFactory,
     WorkerProcess,
-    hand_over,
 )
 from graceful.spawn.standby import Standby
 from graceful.wire import messages as _wire
-from graceful.wire.bootstrap import Assignment, EntryRef, TemplateBootstrap, WorkerOptions
+from graceful.wire.bootstrap import Assignment, EntryRef, WorkerOptions
 from graceful.wire.fds import send_with
 
 #: Seconds a template has to answer a fork request.
@@ -332,20 +329,9 @@ class TemplateFactory(SpawningFactory):
                     spawn.worker_id, [child_control.fileno(), child_fd_channel.fileno()]
                 )
             on_failure.callback(_kill_and_reap_pid, pid)
-            pidfd = _processes.open_pidfd(pid)
-            hand_over(fd_channel, self.listeners)
+            handed = self.hand_over(spawn, pid, channel, fd_channel, template.release)
             on_failure.pop_all()
-        return ForkedWorker(
-            serial=spawn.serial,
-            generation=spawn.generation,
-            worker_id=spawn.worker_id,
-            process_id=pid,
-            channel=channel,
-            pidfd=pidfd,
-            fd_channel=fd_channel,
-            listeners=self.listeners,
-            release=template.release,
-        )
+        return ForkedWorker(process_id=pid, **handed)
 
     async def _start_template(
         self, generation: int, environment: dict[str, str], runtime: Runtime
@@ -355,7 +341,9 @@ class TemplateFactory(SpawningFactory):
         standby = await self.take_standby(
             environment,
             runtime,
-            lambda: Assignment(runtime.cwd, template=self._bootstrap(generation, runtime)),
+            lambda: Assignment(
+                runtime.cwd, template=self.generation_bootstrap(generation, runtime)
+            ),
         )
         if standby is not None:
             return Template(generation, standby.process, standby.link, runtime.release)
@@ -364,7 +352,7 @@ class TemplateFactory(SpawningFactory):
         with child_forks:
             process = self._context.Process(
                 target=start_template,
-                args=(wrap(self._bootstrap(generation, runtime)), child_forks),
+                args=(wrap(self.generation_bootstrap(generation, runtime)), child_forks),
                 name=f"graceful gen {generation} template",
             )
             try:
@@ -373,17 +361,6 @@ class TemplateFactory(SpawningFactory):
                 forks.close()
                 raise
         return Template(generation, process, forks, runtime.release)
-
-    def _bootstrap(self, generation: int, runtime: Runtime) -> TemplateBootstrap:
-        return TemplateBootstrap(
-            entry=self.entry,
-            generation=generation,
-            supervisor_pid=os.getpid(),
-            listeners=[(item.spec, item.address) for item in self.listeners],
-            options=self.options,
-            log_level=logger.getEffectiveLevel(),
-            main=main_script_for(runtime),
-        )
 
     def start_standby(self) -> Standby:
         """Spawn a standby that will become a template."""

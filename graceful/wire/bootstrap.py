@@ -6,6 +6,7 @@ These types are part of the contract between graceful versions
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,15 +57,13 @@ class WorkerOptions:
 
 
 @dataclass
-class WorkerBootstrap:
-    """Everything a worker receives from the supervisor in its ``Process`` args.
-
-    The channels to the supervisor travel beside it (see :func:`worker_main`).
-    """
+class TemplateBootstrap:
+    """Everything a generation's template is told at its start (its socket to the
+    supervisor travels beside it): what each of the generation's workers is told,
+    but which worker it is."""
 
     entry: EntryRef
     generation: int
-    worker_id: int
     supervisor_pid: int
     listeners: list[tuple[str, Address]]
     options: WorkerOptions
@@ -73,17 +72,19 @@ class WorkerBootstrap:
 
 
 @dataclass
-class TemplateBootstrap:
-    """Everything a template is told at its start (its socket to the supervisor
-    travels beside it)."""
+class WorkerBootstrap(TemplateBootstrap):
+    """Everything a worker receives from the supervisor in its ``Process`` args (its
+    channels to the supervisor travel beside it), or from its template."""
 
-    entry: EntryRef
-    generation: int
-    supervisor_pid: int
-    listeners: list[tuple[str, Address]]
-    options: WorkerOptions
-    log_level: int
-    main: MainScript
+    worker_id: int
+
+    @classmethod
+    def of(cls, generation: TemplateBootstrap, worker_id: int) -> WorkerBootstrap:
+        """Worker ``worker_id`` of the generation ``generation`` describes."""
+        fields = {
+            field.name: getattr(generation, field.name) for field in dataclasses.fields(generation)
+        }
+        return cls(**fields, worker_id=worker_id)
 
 
 @dataclass(frozen=True)
