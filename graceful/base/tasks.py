@@ -163,3 +163,25 @@ class BoundedReaders:
                 yield scope
         finally:
             self._waiting.pop(id(scope), None)
+
+
+class ConnectionServer:
+    """A server that runs as tasks of the supervisor's event loop (the control
+    socket, the health endpoint) on the listening ``sock``: at most ``most_open``
+    connections at once (see :func:`connection_limit`), at most ``most_reading`` of
+    them waiting for their request (see :class:`BoundedReaders`). A subclass
+    answers each connection in :meth:`handle`."""
+
+    def __init__(self, sock: socket.socket, what: str, most_open: int, most_reading: int) -> None:
+        self.sock = sock
+        self._what = what
+        self._open = connection_limit(most_open)
+        self._readers = BoundedReaders.within(self._open, most_reading)
+
+    async def serve(self, tasks: TaskGroup) -> None:
+        """Serve connections in ``tasks`` until cancelled."""
+        await serve_connections(self.sock, tasks, self.handle, self._what, limit=self._open)
+
+    async def handle(self, stream: SocketStream) -> None:
+        """Answer one connection (it is closed after)."""
+        raise NotImplementedError

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import SocketStream, TaskGroup
+from anyio.abc import SocketStream
 
 from graceful.base.errors import ConfigError
 from graceful.base.log import logger
-from graceful.base.tasks import BoundedReaders, connection_limit, serve_connections
+from graceful.base.tasks import ConnectionServer
 from graceful.control.pidfile import open_directory
 from graceful.control.protocol import (
     MAX_CONNECTIONS,
@@ -170,12 +170,12 @@ class Steered(Protocol):
         ...
 
 
-class ControlServer:
+class ControlServer(ConnectionServer):
     """Serves the control socket inside the supervisor's event loop, for
     ``supervisor``."""
 
     def __init__(self, sock: socket.socket, supervisor: Steered) -> None:
-        self.sock = sock
+        super().__init__(sock, "control socket", MAX_OPEN_CONNECTIONS, MAX_CONNECTIONS)
         self.supervisor = supervisor
         self.allowed_uids = {os.geteuid(), 0}
         #: connections of ``stop --wait`` clients, told the exit status at the end
@@ -183,20 +183,8 @@ class ControlServer:
         #: connections whose request was being read or carried out as the supervisor
         #: ended, with what arrived of it (see last_words)
         self._unfinished: list[tuple[socket.socket, bytes]] = []
-        self._open = connection_limit(MAX_OPEN_CONNECTIONS)
-        self._readers = BoundedReaders.within(self._open, MAX_CONNECTIONS)
 
-    async def serve(self, tasks: TaskGroup) -> None:
-        """Serve connections in ``tasks`` until cancelled."""
-        await serve_connections(
-            self.sock,
-            tasks,
-            self._handle,
-            "control socket",
-            limit=self._open,
-        )
-
-    async def _handle(self, stream: SocketStream) -> None:
+    async def handle(self, stream: SocketStream) -> None:
         keep_open = False
         raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
         #: what arrived of the request so far

@@ -31,10 +31,10 @@ import socket
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import SocketStream, TaskGroup
+from anyio.abc import SocketStream
 
 from graceful.base.log import logger
-from graceful.base.tasks import BoundedReaders, connection_limit, serve_connections
+from graceful.base.tasks import ConnectionServer
 from graceful.core.machine import ReloadOutcome
 from graceful.core.snapshot import Snapshot
 
@@ -173,27 +173,15 @@ class _StateCollector:
         )
 
 
-class HealthServer:
+class HealthServer(ConnectionServer):
     """Serves ``/ready``, ``/live`` and ``/metrics`` on ``sock`` for ``supervisor``."""
 
     def __init__(self, sock: socket.socket, supervisor: Observed) -> None:
-        self.sock = sock
+        super().__init__(sock, "health endpoint", MAX_OPEN_CONNECTIONS, MAX_CONNECTIONS)
         self.supervisor = supervisor
         self.metrics = Metrics.create(supervisor)
-        self._open = connection_limit(MAX_OPEN_CONNECTIONS)
-        self._readers = BoundedReaders.within(self._open, MAX_CONNECTIONS)
 
-    async def serve(self, tasks: TaskGroup) -> None:
-        """Serve connections in ``tasks`` until cancelled."""
-        await serve_connections(
-            self.sock,
-            tasks,
-            self._handle,
-            "health endpoint",
-            limit=self._open,
-        )
-
-    async def _handle(self, stream: SocketStream) -> None:
+    async def handle(self, stream: SocketStream) -> None:
         try:
             await self._answer_on(stream)
         except Exception:
