@@ -23,7 +23,7 @@ import resource
 import socket
 import stat
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from graceful.base.errors import ConfigError
 from graceful.sockets.activation import sockets_named
@@ -354,13 +354,23 @@ def _bind_tcp(spec: str, parsed: TCPSpec) -> BoundListener:
         if family == socket.AF_INET6:
             # ":PORT" means both stacks; an explicit IPv6 address means only IPv6.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(parsed.host != ""))
-        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {spec!r}: {_describe(exc)}") from None
+    _listen(sock, sockaddr, spec)
+    return BoundListener(sock, spec, sock.getsockname())
+
+
+def _listen(sock: socket.socket, address: Any, spec: str) -> None:
+    """Bind ``sock`` to ``address`` and listen, non-blocking; on failure close it and
+    raise :class:`ConfigError` naming ``spec``."""
+    try:
+        sock.bind(address)
         sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {spec!r}: {_describe(exc)}") from None
     sock.setblocking(False)
-    return BoundListener(sock, spec, sock.getsockname())
 
 
 def _bind_unix(spec: str, parsed: UnixSpec) -> BoundListener:
@@ -370,13 +380,7 @@ def _bind_unix(spec: str, parsed: UnixSpec) -> BoundListener:
         address = os.path.abspath(parsed.path)
         _clear_stale_unix_socket(spec, address)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(address)
-        sock.listen(BACKLOG)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {spec!r}: {_describe(exc)}") from None
-    sock.setblocking(False)
+    _listen(sock, address, spec)
     owned = None
     if not parsed.is_abstract:
         st = os.lstat(address)
