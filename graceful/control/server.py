@@ -268,11 +268,7 @@ class ControlServer(ConnectionServer):
                 )
         elif command == "rollback":
             waiter = self.supervisor.request_rollback(by="graceful rollback")
-            if not await _done_or_gone(stream, waiter.done):
-                return False
-            ended = waiter.result
-            assert isinstance(ended, RollbackEnded), ended
-            await _answer(stream, ok=ended.ok, rollback=ended.detail)
+            await _answer_when_decided(stream, waiter, "rollback")
         elif command == "scale":
             workers = request.get("workers")
             if not isinstance(workers, int) or isinstance(workers, bool):
@@ -280,12 +276,7 @@ class ControlServer(ConnectionServer):
                     stream, ok=False, error=f"'workers' must be a whole number, not {workers!r}"
                 )
                 return False
-            waiter = self.supervisor.request_scale(workers)
-            if not await _done_or_gone(stream, waiter.done):
-                return False
-            scaled = waiter.result
-            assert isinstance(scaled, ScaleEnded), scaled
-            await _answer(stream, ok=scaled.ok, scale=scaled.detail)
+            await _answer_when_decided(stream, self.supervisor.request_scale(workers), "scale")
         elif command == "stop":
             self.supervisor.request_stop()
             await _answer(stream, ok=True, stop="requested", pid=os.getpid())
@@ -357,6 +348,15 @@ def _outcome(outcome: ReloadOutcome) -> dict[str, Any]:
         "seconds": round(outcome.seconds, 6),
         "probation": outcome.probation,
     }
+
+
+async def _answer_when_decided(stream: SocketStream, waiter: ReloadWaiter, what: str) -> None:
+    """Answer a rollback or a scaling request once the supervisor has decided it:
+    ``{"ok": ..., what: detail}`` (nothing if the client has gone meanwhile)."""
+    if await _done_or_gone(stream, waiter.done):
+        decided = waiter.result
+        assert isinstance(decided, RollbackEnded | ScaleEnded), decided
+        await _answer(stream, ok=decided.ok, **{what: decided.detail})
 
 
 async def _done_or_gone(stream: SocketStream, done: anyio.Event) -> bool:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from graceful.core.machine import Counters
+
 
 @dataclass(frozen=True)
 class WorkerView:
@@ -97,15 +99,6 @@ class RolledBackView:
 
 
 @dataclass(frozen=True)
-class CountersView:
-    reloads_serving: int
-    reloads_failed: int
-    worker_crashes: int
-    worker_restarts: int
-    rollbacks: int
-
-
-@dataclass(frozen=True)
 class Health:
     """What ``/ready`` and ``/live`` answer."""
 
@@ -143,7 +136,8 @@ class Snapshot:
     last_reload: ReloadView | None
     probation: ProbationView | None
     rolled_back: RolledBackView | None
-    counters: CountersView
+    #: a copy of the state machine's
+    counters: Counters
     #: the number of the generation that serves, None for none
     serving: int | None
     #: workers of the serving generation that accept connections

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from graceful._version import PROTOCOL, VERSION, python_version
 from graceful.core.machine import Role, SupervisorStateMachine, Worker, WorkerState
 from graceful.core.snapshot import (
-    CountersView,
     CrashView,
     GenerationView,
     Health,
@@ -106,13 +105,7 @@ def take(machine: SupervisorStateMachine, now: float, around: Surroundings) -> S
             cause=rejected.cause,
             serving_generation=rejected.serving,
         ),
-        counters=CountersView(
-            reloads_serving=counters.reloads_serving,
-            reloads_failed=counters.reloads_failed,
-            worker_crashes=counters.worker_crashes,
-            worker_restarts=counters.worker_restarts,
-            rollbacks=counters.rollbacks,
-        ),
+        counters=replace(counters),
         serving=machine.serving,
         accepting=machine.accepting,
         health=_health(machine, now, around.unready_since),
