@@ -35,14 +35,6 @@ class WorkerView:
 
 
 @dataclass(frozen=True)
-class CrashView:
-    """A slot's crashes in a row, and how the last one happened."""
-
-    count: int
-    cause: str | None
-
-
-@dataclass(frozen=True)
 class GenerationView:
     """One generation."""
 
@@ -54,8 +46,8 @@ class GenerationView:
     #: its workers may run different code: some were started after the generation
     #: (crash replacements, scaling), or from different releases
     may_be_mixed: bool
-    #: by worker id
-    crashes: dict[int, CrashView]
+    #: by worker id: the slot's crashes in a row, and how the last one happened
+    crashes: dict[int, tuple[int, str | None]]
     #: its release directory, interpreter, graceful and Python versions
     runtime: dict[str, Any]
     workers: tuple[WorkerView, ...]
@@ -63,6 +55,8 @@ class GenerationView:
 
 @dataclass(frozen=True)
 class ListenerView:
+    """A listener, by the spec it was bound from and the address it got."""
+
     spec: str
     address: str
     #: released at the stop (those the supervisor bound itself)
@@ -83,6 +77,8 @@ class ReloadView:
 
 @dataclass(frozen=True)
 class ProbationView:
+    """The serving generation's probation, while it lasts."""
+
     generation: int
     #: None once every parked worker is gone: nothing to roll back to
     parked_generation: int | None
@@ -96,19 +92,6 @@ class RolledBackView:
     generation: int
     cause: str
     serving_generation: int | None
-
-
-@dataclass(frozen=True)
-class Health:
-    """What ``/ready`` and ``/live`` answer."""
-
-    #: a generation serves, at least one worker accepts connections, no stop asked
-    ready: bool
-    #: the supervisor has not gone longer than ``ready_timeout`` without a worker
-    #: that accepts connections while a generation serves
-    live: bool
-    #: the one line that explains ``live``
-    live_why: str
 
 
 @dataclass(frozen=True)
@@ -142,7 +125,14 @@ class Snapshot:
     serving: int | None
     #: workers of the serving generation that accept connections
     accepting: int
-    health: Health
+    #: what ``/ready`` answers: a generation serves, at least one worker accepts
+    #: connections, and no stop was asked for
+    ready: bool
+    #: what ``/live`` answers: the supervisor has not gone longer than
+    #: ``ready_timeout`` without a worker that accepts connections while a
+    #: generation serves; ``live_why`` says it in one line
+    live: bool
+    live_why: str
     #: worker processes by state value (every state, zeros included)
     workers_by_state: dict[str, int] = field(default_factory=dict)
 
@@ -169,8 +159,7 @@ class Snapshot:
         }
 
     def not_ready_because(self) -> str:
-        """Why ``/ready`` answers 503 (meaningful while :attr:`Health.ready` is
-        false)."""
+        """Why ``/ready`` answers 503 (meaningful while :attr:`ready` is false)."""
         why = self.status
         if self.serving is not None:
             why += f" ({self.accepting}/{self.workers} workers accept connections)"
@@ -185,7 +174,8 @@ def _generation_json(generation: GenerationView) -> dict[str, Any]:
         "rolling": generation.rolling,
         "may_be_mixed": generation.may_be_mixed,
         "crashes": {
-            str(worker_id): asdict(crash) for worker_id, crash in generation.crashes.items()
+            str(worker_id): {"count": count, "cause": cause}
+            for worker_id, (count, cause) in generation.crashes.items()
         },
         **generation.runtime,
         "workers": [asdict(worker) for worker in generation.workers],

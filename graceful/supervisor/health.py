@@ -169,7 +169,7 @@ class _StateCollector:
         yield GaugeMetricFamily(
             "graceful_ready",
             "1 while /ready answers 200, else 0.",
-            value=1 if snapshot.health.ready else 0,
+            value=1 if snapshot.ready else 0,
         )
 
 
@@ -213,11 +213,11 @@ class HealthServer(ConnectionServer):
         if method not in (b"GET", b"HEAD"):
             return 405, b"only GET and HEAD\n", text
         if target == b"/live":
-            health = self.supervisor.snapshot().health
-            return (200 if health.live else 503), f"{health.live_why}\n".encode(), text
+            snapshot = self.supervisor.snapshot()
+            return (200 if snapshot.live else 503), f"{snapshot.live_why}\n".encode(), text
         if target == b"/ready":
             snapshot = self.supervisor.snapshot()
-            if snapshot.health.ready:
+            if snapshot.ready:
                 return 200, b"ready\n", text
             return 503, f"not ready: {snapshot.not_ready_because()}\n".encode(), text
         if target == b"/metrics":

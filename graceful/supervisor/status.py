@@ -12,9 +12,7 @@ from typing import Any
 from graceful._version import PROTOCOL, VERSION, python_version
 from graceful.core.machine import Role, SupervisorStateMachine, Worker, WorkerState
 from graceful.core.snapshot import (
-    CrashView,
     GenerationView,
-    Health,
     ListenerView,
     ProbationView,
     ReloadView,
@@ -53,9 +51,6 @@ class Surroundings:
 def take(machine: SupervisorStateMachine, now: float, around: Surroundings) -> Snapshot:
     """The supervisor's state at ``now`` (the loop's clock)."""
     around.runtimes.forget(set(machine.generations))
-    last = machine.last_reload
-    timeline = None if last is None else around.timelines.get(last.generation)
-    probation, rejected, counters = machine.probation, machine.rejected, machine.counters
     settings = machine.settings
     return Snapshot(
         pid=os.getpid(),
@@ -82,35 +77,39 @@ def take(machine: SupervisorStateMachine, now: float, around: Surroundings) -> S
             for listener in around.listeners
         ),
         generations=tuple(_generations(machine, now, around)),
-        last_reload=None
-        if last is None
-        else ReloadView(
-            generation=last.generation,
-            outcome=last.outcome,
-            cause=last.cause,
-            seconds=round(last.seconds, 6),
-            phases={} if timeline is None else timeline.milliseconds(),
-        ),
-        probation=None
-        if probation is None
-        else ProbationView(
-            generation=probation.generation,
-            parked_generation=probation.parked if probation.parked in machine.generations else None,
-            seconds_left=round(max(0.0, probation.until - now), 3),
-        ),
-        rolled_back=None
-        if rejected is None
-        else RolledBackView(
-            generation=rejected.generation,
-            cause=rejected.cause,
-            serving_generation=rejected.serving,
-        ),
-        counters=replace(counters),
+        last_reload=_last_reload(machine, around.timelines),
+        probation=_probation(machine, now),
+        rolled_back=_rolled_back(machine),
+        counters=replace(machine.counters),
         serving=machine.serving,
         accepting=machine.accepting,
-        health=_health(machine, now, around.unready_since),
+        **_health(machine, now, around.unready_since),
         workers_by_state=_by_state(machine.workers.values()),
     )
+
+
+def _last_reload(machine: SupervisorStateMachine, timelines: Timelines) -> ReloadView | None:
+    last = machine.last_reload
+    if last is None:
+        return None
+    timeline = timelines.get(last.generation)
+    phases = {} if timeline is None else timeline.milliseconds()
+    return ReloadView(last.generation, last.outcome, last.cause, round(last.seconds, 6), phases)
+
+
+def _probation(machine: SupervisorStateMachine, now: float) -> ProbationView | None:
+    probation = machine.probation
+    if probation is None:
+        return None
+    parked = probation.parked if probation.parked in machine.generations else None
+    return ProbationView(probation.generation, parked, round(max(0.0, probation.until - now), 3))
+
+
+def _rolled_back(machine: SupervisorStateMachine) -> RolledBackView | None:
+    rejected = machine.rejected
+    if rejected is None:
+        return None
+    return RolledBackView(rejected.generation, rejected.cause, rejected.serving)
 
 
 def _generations(
@@ -141,7 +140,7 @@ def _generations(
                 may_be_mixed=(generation.late_spawns > 0 and not machine.settings.preload)
                 or around.runtimes.mixed(generation.number),
                 crashes={
-                    worker_id: CrashView(count, generation.crash_causes.get(worker_id))
+                    worker_id: (count, generation.crash_causes.get(worker_id))
                     for worker_id, count in sorted(generation.crashes.items())
                 },
                 runtime=around.runtimes.describe(generation.number),
@@ -151,24 +150,23 @@ def _generations(
     return views
 
 
-def _health(machine: SupervisorStateMachine, now: float, unready_since: float | None) -> Health:
+def _health(
+    machine: SupervisorStateMachine, now: float, unready_since: float | None
+) -> dict[str, Any]:
+    """The snapshot's ``ready``, ``live`` and ``live_why``."""
     ready = machine.serving is not None and not machine.stop_announced and machine.accepting > 0
-    if unready_since is None:
-        return Health(ready=ready, live=True, live_why="live")
-    without = now - unready_since
+    without = 0.0 if unready_since is None else now - unready_since
     limit = machine.settings.ready_timeout
-    if without <= limit:
-        return Health(
-            ready=ready,
-            live=True,
-            live_why=f"live (no worker accepts connections for {without:.1f}s)",
+    if unready_since is None:
+        live_why = "live"
+    elif without <= limit:
+        live_why = f"live (no worker accepts connections for {without:.1f}s)"
+    else:
+        live_why = (
+            f"no worker has accepted connections for {without:.1f}s "
+            f"(more than ready_timeout={limit:g}s): {machine.status()}"
         )
-    return Health(
-        ready=ready,
-        live=False,
-        live_why=f"no worker has accepted connections for {without:.1f}s "
-        f"(more than ready_timeout={limit:g}s): {machine.status()}",
-    )
+    return {"ready": ready, "live": without <= limit, "live_why": live_why}
 
 
 def _by_state(workers: Iterable[Worker]) -> dict[str, int]:
