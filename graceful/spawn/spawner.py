@@ -275,25 +275,31 @@ class SpawnedWorker(ChildWorker):
         self._close_channels()
 
 
+@dataclass(frozen=True)
+class Launch:
+    """What every worker of the service is started from."""
+
+    entry: EntryRef
+    #: handed to each worker
+    listeners: list[BoundListener]
+    options: WorkerOptions
+    #: where each start finds its release (its interpreter, paths, directory)
+    release: ReleaseLayout
+    #: keep a warm standby for the next start
+    standby: bool = True
+
+
 class SpawningFactory:
     """Starts workers with multiprocess's spawn context (see the module docstring)."""
 
-    def __init__(
-        self,
-        entry: EntryRef,
-        listeners: list[BoundListener],
-        options: WorkerOptions,
-        release: ReleaseLayout,
-        *,
-        standby: bool = True,
-    ) -> None:
-        self.entry = entry
-        self.listeners = listeners
-        self.options = options
-        self.release = release
+    def __init__(self, launch: Launch) -> None:
+        self.entry = launch.entry
+        self.listeners = launch.listeners
+        self.options = launch.options
+        self.release = launch.release
         self._context = multiprocess.get_context("spawn")
         #: keeps the warm standby (:mod:`graceful.spawn.standby`); None when turned off
-        self.standbys = StandbyKeeper(self.start_standby) if standby else None
+        self.standbys = StandbyKeeper(self.start_standby) if launch.standby else None
 
     async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
         runtime = self.release.resolve()

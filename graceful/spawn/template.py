@@ -50,17 +50,17 @@ import anyio
 from graceful._boot import start_template, wrap
 from graceful.base import processes as _processes
 from graceful.base.errors import GracefulError
-from graceful.code.release import ReleaseLayout, Runtime
+from graceful.code.release import Runtime
 from graceful.core.machine import SpawnWorker
-from graceful.sockets.listeners import BoundListener
 from graceful.spawn.spawner import (
     ChildWorker,
+    Launch,
     SpawningFactory,
     WorkerProcess,
 )
 from graceful.spawn.standby import Standby
 from graceful.wire import messages as _wire
-from graceful.wire.bootstrap import Assignment, EntryRef, WorkerOptions
+from graceful.wire.bootstrap import Assignment
 from graceful.wire.fds import send_with
 
 #: Seconds a template has to answer a fork request.
@@ -291,16 +291,8 @@ class TemplateFactory(SpawningFactory):
     generation (see the module docstring). Needs this process to be a child
     subreaper (:func:`graceful.base.processes.become_subreaper`)."""
 
-    def __init__(
-        self,
-        entry: EntryRef,
-        listeners: list[BoundListener],
-        options: WorkerOptions,
-        release: ReleaseLayout,
-        *,
-        standby: bool = True,
-    ) -> None:
-        super().__init__(entry, listeners, options, release, standby=standby)
+    def __init__(self, launch: Launch) -> None:
+        super().__init__(launch)
         self._templates: dict[int, Template] = {}
         #: held while a generation's template is being started
         self._starting = anyio.Lock()

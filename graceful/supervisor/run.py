@@ -43,7 +43,7 @@ from graceful.sockets.listeners import (
     most_workers,
 )
 from graceful.spawn.guard import OrphanGuard
-from graceful.spawn.spawner import BytecodeGate, ProcessFactory, SpawningFactory
+from graceful.spawn.spawner import BytecodeGate, Launch, ProcessFactory, SpawningFactory
 from graceful.spawn.template import TemplateFactory
 from graceful.supervisor.loop import SupervisorLoop
 from graceful.supervisor.signals import ROLLBACK_SIGNAL, SCALE_SIGNALS
@@ -256,19 +256,15 @@ def _factory(
 ) -> ProcessFactory:
     """What starts the workers: a spawn each, or with preload a fork of the
     generation's template."""
-    return (TemplateFactory if service.preload else SpawningFactory)(
-        entry,
-        listeners,
-        WorkerOptions(
-            drain_timeout=service.drain_timeout,
-            backend=service.backend,
-            entry_options=service.entry_options,
-            backend_options=service.backend_options,
-            report_only=service.watch is not None,
-        ),
-        release=release,
-        standby=service.standby,
+    options = WorkerOptions(
+        drain_timeout=service.drain_timeout,
+        backend=service.backend,
+        entry_options=service.entry_options,
+        backend_options=service.backend_options,
+        report_only=service.watch is not None,
     )
+    launch = Launch(entry, listeners, options, release, standby=service.standby)
+    return TemplateFactory(launch) if service.preload else SpawningFactory(launch)
 
 
 def _development_terminal(watch: Watch | None) -> DevTerminal | None:
