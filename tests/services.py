@@ -14,7 +14,14 @@ like the async ones.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+
+from echo_asyncio import lines
+
+#: The line reader of ``examples/echo_asyncio.py``, written into every async service
+#: so that the service stands alone on disk.
+_LINES = inspect.getsource(lines)
 
 _SERVICE_ARGS = """\
     listen=os.environ["LISTEN"].split(","),
@@ -29,6 +36,7 @@ _SERVICE_ARGS = """\
 
 ASYNC_SERVICE = """\
 import os
+from collections.abc import AsyncIterator
 
 import anyio
 from anyio.abc import SocketStream
@@ -40,13 +48,10 @@ PREFIX = {prefix}
 CTX = None
 
 
+{lines}
+
 async def echo(stream: SocketStream) -> None:
-    lines = BufferedByteReceiveStream(stream)
-    while True:
-        try:
-            line = await lines.receive_until(b"\\n", 65536)
-        except Exception:
-            return
+    async for line in lines(stream):
 {on_line}
         if line.startswith(b"sleep "):
             await stream.send(PREFIX + b"sleeping\\n")
@@ -162,6 +167,7 @@ def service_source(
         imports=imports,
         prefix=prefix_value,
         service_args=_SERVICE_ARGS,
+        lines=_LINES,
         backend=kind,
         before_serve=before_serve or "    pass",
         run_args=", ".join(arguments),
