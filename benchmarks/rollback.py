@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
+from common import LINES
 
 from graceful.testing import ServiceProcess, poll_until
 
@@ -44,7 +45,10 @@ SERVICE = """\
 import os
 import time
 
+from collections.abc import AsyncIterator
+
 import anyio
+from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import graceful
@@ -53,13 +57,10 @@ PREFIX = {prefix!r}
 ARM = os.environ["BENCH_ARM"]
 
 
+{lines}
+
 async def echo(stream):
-    lines = BufferedByteReceiveStream(stream)
-    while True:
-        try:
-            line = await lines.receive_until(b"\\n", 65536)
-        except Exception:
-            return
+    async for line in lines(stream):
         await stream.send(PREFIX + b" " + str(os.getpid()).encode() + b" " + line + b"\\n")
 
 
@@ -135,7 +136,7 @@ def crash_to_answer(
 
 def start(workdir: Path, probation: float, workers: int) -> tuple[ServiceProcess, Path]:
     script = workdir / "svc.py"
-    script.write_text(SERVICE.format(prefix=b"old"))
+    script.write_text(SERVICE.format(prefix=b"old", lines=LINES))
     arm = workdir / "arm"
     env = {
         "BENCH_ARM": str(arm),
@@ -170,7 +171,7 @@ def rollbacks(workdir: Path, rounds: int, workers: int) -> tuple[list[float], li
         generation = 1
         for _ in range(rounds):
             parked = sorted(svc.worker_pids())
-            (workdir / "svc.py").write_text(SERVICE.format(prefix=b"crashes"))
+            (workdir / "svc.py").write_text(SERVICE.format(prefix=b"crashes", lines=LINES))
             generation += 1
             mark = svc.mark()
             svc.send(signal.SIGHUP)
@@ -181,7 +182,7 @@ def rollbacks(workdir: Path, rounds: int, workers: int) -> tuple[list[float], li
             times.append(crash_to_answer(address_of(svc), arm, lambda prefix, _: prefix == b"old"))
             svc.wait_for(r"rolled back: generation \d+ serves again", after=mark)
             poll_until(functools.partial(workers_are, svc, parked), 30, "the rollback")
-            (workdir / "svc.py").write_text(SERVICE.format(prefix=b"old"))
+            (workdir / "svc.py").write_text(SERVICE.format(prefix=b"old", lines=LINES))
     finally:
         svc.close()
     return times, memory
@@ -193,7 +194,7 @@ def respawns(workdir: Path, rounds: int, workers: int) -> list[float]:
     svc, arm = start(workdir, probation=0, workers=workers)
     times: list[float] = []
     try:
-        (workdir / "svc.py").write_text(SERVICE.format(prefix=b"crashes"))
+        (workdir / "svc.py").write_text(SERVICE.format(prefix=b"crashes", lines=LINES))
         mark = svc.mark()
         svc.send(signal.SIGHUP)
         svc.wait_serving(2, after=mark)

@@ -35,12 +35,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
+from common import LINES
 
 from graceful.testing import ServiceProcess, holds_socket, listening_socket, poll_until
 
 SERVICE = """\
 import os
+from collections.abc import AsyncIterator
 
+from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import graceful
@@ -49,13 +52,10 @@ import graceful
 MODEL = b"m" * ({megabytes} << 20)
 
 
+{lines}
+
 async def echo(stream):
-    lines = BufferedByteReceiveStream(stream)
-    while True:
-        try:
-            line = await lines.receive_until(b"\\n", 65536)
-        except Exception:
-            return
+    async for line in lines(stream):
         await stream.send(line + b"\\n")
 
 
@@ -235,7 +235,7 @@ def main() -> None:
     counts = [int(n) for n in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        (workdir / "svc.py").write_text(SERVICE.format(megabytes=args.megabytes))
+        (workdir / "svc.py").write_text(SERVICE.format(megabytes=args.megabytes, lines=LINES))
         print(
             f"# graceful: many workers, an app that writes {args.megabytes} MiB at import "
             f"({os.cpu_count()} CPUs)"
