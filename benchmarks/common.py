@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: pieces of the services they write to disk and the
-clients that ask those services.
+"""What the benchmark scripts share: pieces of the services they write to disk, the
+clients that ask those services, and the arithmetic of their reports.
 
 The echo services reuse the line reader of ``examples/echo_asyncio.py``: its source
 (:data:`LINES`) is written into each service's file, so that the service stands alone
@@ -87,3 +87,8 @@ def until_answer(
             pass
         time.sleep(interval)
     return False
+
+
+def p90(values: list[float]) -> float:
+    """The 90th percentile of ``values`` (nearest rank)."""
+    return sorted(values)[max(0, round(0.9 * len(values)) - 1)]

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import VERSION_ECHO, ask_http, ask_raw, until_answer
+from common import VERSION_ECHO, ask_http, ask_raw, p90, until_answer
 
 from graceful import Control
 from graceful.core.timeline import PHASES
@@ -174,10 +174,6 @@ def wait_for_standby(control: Control) -> None:
         if standby is None or standby["warm"]:
             return
         time.sleep(0.01)
-
-
-def p90(values: list[float]) -> float:
-    return sorted(values)[max(0, round(0.9 * len(values)) - 1)]
 
 
 def report(

@@ -27,14 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import p90
+
 from graceful import Control
 from graceful.testing import ServiceProcess, poll_until
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def p90(values: list[float]) -> float:
-    return sorted(values)[max(0, round(0.9 * len(values)) - 1)]
 
 
 Timings = tuple[list[float], list[float]]

@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
-from common import LINES
+from common import LINES, p90
 
 from graceful.testing import ServiceProcess, poll_until
 
@@ -94,10 +94,6 @@ async def main(ctx):
 if __name__ == "__main__":
     main.run()
 """
-
-
-def p90(values: list[float]) -> float:
-    return sorted(values)[max(0, round(0.9 * len(values)) - 1)]
 
 
 def ask(address: tuple[str, int]) -> tuple[bytes, int] | None:
