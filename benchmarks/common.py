@@ -92,3 +92,14 @@ def until_answer(
 def p90(values: list[float]) -> float:
     """The 90th percentile of ``values`` (nearest rank)."""
     return sorted(values)[max(0, round(0.9 * len(values)) - 1)]
+
+
+def print_row(*cells: object) -> None:
+    """Print one row of a Markdown table, its cells as they are (formatted by the caller)."""
+    print("| " + " | ".join(str(cell) for cell in cells) + " |")
+
+
+def print_header(*columns: str) -> None:
+    """Print the head of a Markdown table: the column names, then the rule under them."""
+    print_row(*columns)
+    print("|" + "---|" * len(columns))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import VERSION_ECHO, ask_http, ask_raw, p90, until_answer
+from common import VERSION_ECHO, ask_http, ask_raw, p90, print_header, print_row, until_answer
 
 from graceful import Control
 from graceful.core.timeline import PHASES
@@ -186,16 +186,20 @@ def report(
     ms = [a * 1000 for a in answers]
     median = statistics.median(ms)
     standby = f"{memory['standby']:.1f}" if "standby" in memory else "—"
-    print(
-        f"| {name} | {median:.1f} | {p90(ms):.1f} | {floor_ms:.1f} | "
-        f"{median / floor_ms:.2f} | {memory.get('worker', 0):.1f} | {standby} | "
-        + " | ".join(
+    print_row(
+        name,
+        f"{median:.1f}",
+        f"{p90(ms):.1f}",
+        f"{floor_ms:.1f}",
+        f"{median / floor_ms:.2f}",
+        f"{memory.get('worker', 0):.1f}",
+        standby,
+        *(
             f"{statistics.median(p[phase] for p in phases if phase in p):.1f}"
             if any(phase in p for p in phases)
             else "—"
             for phase in PHASES[1:]
-        )
-        + " |"
+        ),
     )
 
 
@@ -209,11 +213,16 @@ def main() -> None:
         help="comma-separated: standby, no-standby, default (no option given)",
     )
     args = parser.parse_args()
-    print(
-        "| service | SIGHUP to new answer, median (ms) | p90 | cold-spawn floor, median (ms) "
-        "| ratio | worker PSS (MiB) | standby PSS (MiB) | " + " | ".join(PHASES[1:]) + " |"
+    print_header(
+        "service",
+        "SIGHUP to new answer, median (ms)",
+        "p90",
+        "cold-spawn floor, median (ms)",
+        "ratio",
+        "worker PSS (MiB)",
+        "standby PSS (MiB)",
+        *PHASES[1:],
     )
-    print("|---|" + "---|" * (6 + len(PHASES) - 1))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         raw = workdir / "svc.py"

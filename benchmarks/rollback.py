@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
-from common import LINES, p90
+from common import LINES, p90, print_header, print_row
 
 from graceful.testing import ServiceProcess, poll_until
 
@@ -215,13 +215,12 @@ def main() -> None:
         rolled, memory = rollbacks(Path(first), args.rounds, args.workers)
         respawned = respawns(Path(second), args.rounds, args.workers)
     print(f"{args.rounds} crashes each, {args.workers} worker(s), echo service, milliseconds")
-    print("| path | crash to answering, median | p90 |")
-    print("|---|---|---|")
+    print_header("path", "crash to answering, median", "p90")
     for name, values in (
         ("rollback: the parked generation resumes", rolled),
         ("respawn from disk, restart backoff subtracted (the spawn floor)", respawned),
     ):
-        print(f"| {name} | {statistics.median(values) * 1000:.1f} | {p90(values) * 1000:.1f} |")
+        print_row(name, f"{statistics.median(values) * 1000:.1f}", f"{p90(values) * 1000:.1f}")
     print(
         f"parked generation ({args.workers} process(es)): USS {memory[0] / 2**20:.1f} MiB, "
         f"PSS {memory[1] / 2**20:.1f} MiB"

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 import psutil
-from common import LINES
+from common import LINES, print_header, print_row
 from echo_load import Load
 
 from graceful.testing import ServiceProcess, poll_until
@@ -123,14 +123,17 @@ def main() -> int:
         f"{args.workers} workers) under {args.clients} clients in {took:.0f} s"
     )
     print()
-    print(
-        "| reloads | supervisor fds | supervisor RSS (MiB) | live children | zombies | processes |"
+    print_header(
+        "reloads", "supervisor fds", "supervisor RSS (MiB)", "live children", "zombies", "processes"
     )
-    print("|---|---|---|---|---|---|")
     for done, row in rows:
-        print(
-            f"| {done} | {row['fds']:.0f} | {row['rss_mib']:.1f} | {row['children']:.0f} | "
-            f"{row['zombies']:.0f} | {row['processes']:.0f} |"
+        print_row(
+            done,
+            f"{row['fds']:.0f}",
+            f"{row['rss_mib']:.1f}",
+            f"{row['children']:.0f}",
+            f"{row['zombies']:.0f}",
+            f"{row['processes']:.0f}",
         )
     print()
     print(

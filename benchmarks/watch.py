@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import VERSION_ECHO, ask_http, ask_raw, until_answer
+from common import VERSION_ECHO, ask_http, ask_raw, print_header, print_row, until_answer
 
 from graceful.testing import ServiceProcess
 
@@ -79,10 +79,12 @@ def measure(
         reloads.append(float(took.group(2)))
         time.sleep(0.3)  # let the previous generation drain before the next save
     answers_ms = sorted(a * 1000 for a in answers)
-    print(
-        f"| {name} | {statistics.median(answers_ms):.0f} | "
-        f"{answers_ms[int(0.9 * (len(answers_ms) - 1))]:.0f} | "
-        f"{statistics.median(reloads) * 1000:.0f} | {saves} |"
+    print_row(
+        name,
+        f"{statistics.median(answers_ms):.0f}",
+        f"{answers_ms[int(0.9 * (len(answers_ms) - 1))]:.0f}",
+        f"{statistics.median(reloads) * 1000:.0f}",
+        saves,
     )
 
 
@@ -90,11 +92,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--saves", type=int, default=12)
     args = parser.parse_args()
-    print(
-        "| service | save to new answer, median (ms) | p90 (ms) | "
-        "reload alone, median (ms) | saves |"
+    print_header(
+        "service",
+        "save to new answer, median (ms)",
+        "p90 (ms)",
+        "reload alone, median (ms)",
+        "saves",
     )
-    print("|---|---|---|---|---|")
     services = [
         # (name, file, source, graceful's arguments, how to ask)
         ("graceful run (raw asyncio echo)", "svc.py", VERSION_ECHO,
