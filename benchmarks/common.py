@@ -1,5 +1,5 @@
 """What the benchmark scripts share: pieces of the services they write to disk, the
-clients that ask those services, and the arithmetic of their reports.
+clients that ask those services, the arithmetic of their reports and the tables they print.
 
 The echo services reuse the line reader of ``examples/echo_asyncio.py``: its source
 (:data:`LINES`) is written into each service's file, so that the service stands alone
