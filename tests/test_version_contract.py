@@ -23,39 +23,57 @@ from services import pid_service
 from graceful import _boot, _version
 from graceful.wire import bootstrap, messages
 
-#: What crossed from a supervisor to its children in protocol 2: the parameters of
-#: the spawn targets and the fields of the types pickled.
-_PROTOCOL_2 = {
-    "start_worker": ["control", "fd_channel", "bootstrap"],
-    "start_standby": ["bootstrap", "hidden", "link", "control", "fd_channel"],
-    "start_template": ["bootstrap", "forks"],
-    "WorkerBootstrap": [
-        "entry", "generation", "worker_id", "supervisor_pid", "listeners", "options",
-        "log_level", "main",
-    ],
-    "TemplateBootstrap": [
-        "entry", "generation", "supervisor_pid", "listeners", "options", "log_level",
-        "main",
-    ],
-    "StandbyBootstrap": [
-        "entry", "options", "log_level", "started_ns", "template", "sys_path",
-    ],
-    "Assignment": ["cwd", "worker", "template"],
-    "WorkerOptions": [
-        "drain_timeout", "backend", "entry_options", "backend_options", "report_only",
-    ],
-    "MainScript": ["module", "path", "sys_path"],
-    "EntryRef": ["module", "qualname"],
-    "Hello": ["graceful", "protocol", "python", "executable"],
-}  # fmt: skip
-
 #: The shape of everything that crosses from a supervisor to its children, by protocol.
 PINNED = {
-    2: _PROTOCOL_2,
-    # 3: the same fields; the bootstrap types moved, and a pickle names each type by
-    # its module: moving one is a new protocol
-    3: {**_PROTOCOL_2, "modules": ["graceful.wire.bootstrap", "graceful.wire.messages"]},
-}
+    2: {
+        "start_worker": ["control", "fd_channel", "bootstrap"],
+        "start_standby": ["bootstrap", "hidden", "link", "control", "fd_channel"],
+        "start_template": ["bootstrap", "forks"],
+        "WorkerBootstrap": [
+            "entry", "generation", "worker_id", "supervisor_pid", "listeners", "options",
+            "log_level", "main",
+        ],
+        "TemplateBootstrap": [
+            "entry", "generation", "supervisor_pid", "listeners", "options", "log_level",
+            "main",
+        ],
+        "StandbyBootstrap": [
+            "entry", "options", "log_level", "started_ns", "template", "sys_path",
+        ],
+        "Assignment": ["cwd", "worker", "template"],
+        "WorkerOptions": [
+            "drain_timeout", "backend", "entry_options", "backend_options", "report_only",
+        ],
+        "MainScript": ["module", "path", "sys_path"],
+        "EntryRef": ["module", "qualname"],
+        "Hello": ["graceful", "protocol", "python", "executable"],
+    },
+    3: {
+        "start_worker": ["control", "fd_channel", "bootstrap"],
+        "start_standby": ["bootstrap", "hidden", "link", "control", "fd_channel"],
+        "start_template": ["bootstrap", "forks"],
+        "WorkerBootstrap": [
+            "entry", "generation", "worker_id", "supervisor_pid", "listeners", "options",
+            "log_level", "main",
+        ],
+        "TemplateBootstrap": [
+            "entry", "generation", "supervisor_pid", "listeners", "options", "log_level",
+            "main",
+        ],
+        "StandbyBootstrap": [
+            "entry", "options", "log_level", "started_ns", "template", "sys_path",
+        ],
+        "Assignment": ["cwd", "worker", "template"],
+        "WorkerOptions": [
+            "drain_timeout", "backend", "entry_options", "backend_options", "report_only",
+        ],
+        "MainScript": ["module", "path", "sys_path"],
+        "EntryRef": ["module", "qualname"],
+        "Hello": ["graceful", "protocol", "python", "executable"],
+        # a pickle names each type by its module: moving one is a new protocol
+        "modules": ["graceful.wire.bootstrap", "graceful.wire.messages"],
+    },
+}  # fmt: skip
 
 
 def current_shape() -> dict[str, list[str]]:
