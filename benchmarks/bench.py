@@ -618,26 +618,9 @@ def plots(results: dict[str, Any]) -> None:
 def run_scenarios(wanted: set[str], quick: bool, results: dict[str, Any]) -> None:
     """Run the ``wanted`` scenarios, storing each one's figures in ``results``."""
     if "restarts" in wanted:
-        rows = []
-        for kind in contenders.ALL:
-            for keep_alive in (True, False):
-                log(f"restarts: {kind.name}, {'keep-alive' if keep_alive else 'close'}")
-                rows.append(
-                    restarts_under_load(
-                        kind, keep_alive=keep_alive, restarts=5 if quick else 20, interval=0.8
-                    )
-                )
-        results["restarts"] = rows
+        results["restarts"] = restarts_rows(contenders.ALL, quick, "restarts")
     if "slow_start" in wanted:
-        rows = []
-        for kind in contenders.ALL:
-            log(f"slow start: {kind.name}")
-            rows.append(
-                restarts_under_load(
-                    kind, keep_alive=True, restarts=2 if quick else 3, interval=4.5, slow_start=3.0
-                )
-            )
-        results["slow_start"] = rows
+        results["slow_start"] = slow_start_rows(contenders.ALL, quick, "slow start")
     if "reload_latency" in wanted:
         log("reload latency")
         results["reload_latency"] = reload_latency(5 if quick else 20)
@@ -674,26 +657,42 @@ def wsgi_scenarios(quick: bool) -> dict[str, Any]:
         figures["io_5ms"] = throughput_side_by_side(kinds, rounds, seconds)
     finally:
         del os.environ["BENCH_IO_MS"]
+    figures["restarts"] = restarts_rows(kinds, quick, "wsgi restarts")
+    figures["slow_start"] = slow_start_rows(kinds, quick, "wsgi slow start")
+    return figures
+
+
+def restarts_rows(
+    kinds: list[type[contenders.Contender]], quick: bool, label: str
+) -> list[dict[str, Any]]:
+    """Restarts under load of every contender in ``kinds``, on keep-alive connections
+    and on a new connection per request (each logged as ``label``)."""
     rows = []
     for kind in kinds:
         for keep_alive in (True, False):
-            log(f"wsgi restarts: {kind.name}, {'keep-alive' if keep_alive else 'close'}")
+            log(f"{label}: {kind.name}, {'keep-alive' if keep_alive else 'close'}")
             rows.append(
                 restarts_under_load(
                     kind, keep_alive=keep_alive, restarts=5 if quick else 20, interval=0.8
                 )
             )
-    figures["restarts"] = rows
+    return rows
+
+
+def slow_start_rows(
+    kinds: list[type[contenders.Contender]], quick: bool, label: str
+) -> list[dict[str, Any]]:
+    """Restarts under load of every contender in ``kinds`` with an app that takes 3 s
+    to start (each logged as ``label``)."""
     rows = []
     for kind in kinds:
-        log(f"wsgi slow start: {kind.name}")
+        log(f"{label}: {kind.name}")
         rows.append(
             restarts_under_load(
                 kind, keep_alive=True, restarts=2 if quick else 3, interval=4.5, slow_start=3.0
             )
         )
-    figures["slow_start"] = rows
-    return figures
+    return rows
 
 
 SCENARIOS = ("restarts", "slow_start", "reload_latency", "overhead", "scale", "wsgi")

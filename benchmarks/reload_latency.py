@@ -35,33 +35,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from watch import ask_http, ask_raw
+from common import VERSION_ECHO, ask_http, ask_raw, p90, print_header, print_row, until_answer
 
 from graceful import Control
 from graceful.core.timeline import PHASES
 from graceful.testing import ServiceProcess
-
-RAW = """\
-import sys
-
-import graceful
-
-VERSION = {version!r}
-
-
-async def echo(stream):
-    await stream.receive()
-    await stream.send(VERSION.encode() + b"\\n")
-
-
-@graceful.service(listen=["127.0.0.1:0"], probation=0, standby="--no-standby" not in sys.argv)
-async def main(ctx):
-    await ctx.serve(echo)
-
-
-if __name__ == "__main__":
-    main.run(pid_file=sys.argv[1])
-"""
 
 ASGI = """\
 VERSION = {version!r}
@@ -150,15 +128,7 @@ def reloads(
         mark = svc.mark()
         started = time.monotonic()
         svc.send(signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if ask(address) == version.encode():
-                    break
-            except OSError:
-                pass
-            time.sleep(0.001)
-        else:
+        if not until_answer(ask, address, version.encode(), interval=0.001):
             raise SystemExit(f"{version} never answered:\n{svc.output}")
         answers.append(time.monotonic() - started)
         svc.wait_serving(number + 1, after=mark, timeout=30)
@@ -206,10 +176,6 @@ def wait_for_standby(control: Control) -> None:
         time.sleep(0.01)
 
 
-def p90(values: list[float]) -> float:
-    return sorted(values)[max(0, round(0.9 * len(values)) - 1)]
-
-
 def report(
     name: str,
     answers: list[float],
@@ -220,16 +186,20 @@ def report(
     ms = [a * 1000 for a in answers]
     median = statistics.median(ms)
     standby = f"{memory['standby']:.1f}" if "standby" in memory else "—"
-    print(
-        f"| {name} | {median:.1f} | {p90(ms):.1f} | {floor_ms:.1f} | "
-        f"{median / floor_ms:.2f} | {memory.get('worker', 0):.1f} | {standby} | "
-        + " | ".join(
+    print_row(
+        name,
+        f"{median:.1f}",
+        f"{p90(ms):.1f}",
+        f"{floor_ms:.1f}",
+        f"{median / floor_ms:.2f}",
+        f"{memory.get('worker', 0):.1f}",
+        standby,
+        *(
             f"{statistics.median(p[phase] for p in phases if phase in p):.1f}"
             if any(phase in p for p in phases)
             else "—"
             for phase in PHASES[1:]
-        )
-        + " |"
+        ),
     )
 
 
@@ -243,15 +213,20 @@ def main() -> None:
         help="comma-separated: standby, no-standby, default (no option given)",
     )
     args = parser.parse_args()
-    print(
-        "| service | SIGHUP to new answer, median (ms) | p90 | cold-spawn floor, median (ms) "
-        "| ratio | worker PSS (MiB) | standby PSS (MiB) | " + " | ".join(PHASES[1:]) + " |"
+    print_header(
+        "service",
+        "SIGHUP to new answer, median (ms)",
+        "p90",
+        "cold-spawn floor, median (ms)",
+        "ratio",
+        "worker PSS (MiB)",
+        "standby PSS (MiB)",
+        *PHASES[1:],
     )
-    print("|---|" + "---|" * (6 + len(PHASES) - 1))
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         raw = workdir / "svc.py"
-        raw.write_text(RAW.format(version="v0"))
+        raw.write_text(VERSION_ECHO.format(version="v0"))
         asgi = workdir / "app.py"
         asgi.write_text(ASGI.format(version="v0"))
         for label in args.modes.split(","):
@@ -260,8 +235,8 @@ def main() -> None:
             flags = ["--no-standby"] if label == "no-standby" else []
             with ServiceProcess(raw, args=[str(pid_file), *flags], cwd=workdir) as svc:
                 answers, phases = reloads(
-                    svc, pid_file=pid_file, path=raw, source=RAW, ask=ask_raw, count=args.reloads,
-                    memory=memory,
+                    svc, pid_file=pid_file, path=raw, source=VERSION_ECHO, ask=ask_raw,
+                    count=args.reloads, memory=memory,
                 )  # fmt: skip
             floor_ms = statistics.median(floor(workdir, raw, args.floors, [])) * 1000
             report(f"raw @graceful.service, {label}", answers, phases, floor_ms, memory)

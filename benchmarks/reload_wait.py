@@ -27,14 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import p90, print_header, print_row
+
 from graceful import Control
 from graceful.testing import ServiceProcess, poll_until
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def p90(values: list[float]) -> float:
-    return sorted(values)[max(0, round(0.9 * len(values)) - 1)]
 
 
 Timings = tuple[list[float], list[float]]
@@ -109,12 +107,14 @@ def main() -> None:
         finally:
             svc.close()
     print(f"{n} reloads each, echo example, milliseconds")
-    print("| way | wall median | wall p90 | beyond the reload itself, median | p90 |")
-    print("|---|---|---|---|---|")
+    print_header("way", "wall median", "wall p90", "beyond the reload itself, median", "p90")
     for name, (walls, extra) in results.items():
-        print(
-            f"| {name} | {statistics.median(walls) * 1000:.1f} | {p90(walls) * 1000:.1f} "
-            f"| {statistics.median(extra) * 1000:.1f} | {p90(extra) * 1000:.1f} |"
+        print_row(
+            name,
+            f"{statistics.median(walls) * 1000:.1f}",
+            f"{p90(walls) * 1000:.1f}",
+            f"{statistics.median(extra) * 1000:.1f}",
+            f"{p90(extra) * 1000:.1f}",
         )
 
 

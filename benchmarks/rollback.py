@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
+from common import LINES, p90, print_header, print_row
 
 from graceful.testing import ServiceProcess, poll_until
 
@@ -44,7 +45,10 @@ SERVICE = """\
 import os
 import time
 
+from collections.abc import AsyncIterator
+
 import anyio
+from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import graceful
@@ -53,13 +57,10 @@ PREFIX = {prefix!r}
 ARM = os.environ["BENCH_ARM"]
 
 
+{lines}
+
 async def echo(stream):
-    lines = BufferedByteReceiveStream(stream)
-    while True:
-        try:
-            line = await lines.receive_until(b"\\n", 65536)
-        except Exception:
-            return
+    async for line in lines(stream):
         await stream.send(PREFIX + b" " + str(os.getpid()).encode() + b" " + line + b"\\n")
 
 
@@ -93,10 +94,6 @@ async def main(ctx):
 if __name__ == "__main__":
     main.run()
 """
-
-
-def p90(values: list[float]) -> float:
-    return sorted(values)[max(0, round(0.9 * len(values)) - 1)]
 
 
 def ask(address: tuple[str, int]) -> tuple[bytes, int] | None:
@@ -135,7 +132,7 @@ def crash_to_answer(
 
 def start(workdir: Path, probation: float, workers: int) -> tuple[ServiceProcess, Path]:
     script = workdir / "svc.py"
-    script.write_text(SERVICE.format(prefix=b"old"))
+    script.write_text(SERVICE.format(prefix=b"old", lines=LINES))
     arm = workdir / "arm"
     env = {
         "BENCH_ARM": str(arm),
@@ -170,7 +167,7 @@ def rollbacks(workdir: Path, rounds: int, workers: int) -> tuple[list[float], li
         generation = 1
         for _ in range(rounds):
             parked = sorted(svc.worker_pids())
-            (workdir / "svc.py").write_text(SERVICE.format(prefix=b"crashes"))
+            (workdir / "svc.py").write_text(SERVICE.format(prefix=b"crashes", lines=LINES))
             generation += 1
             mark = svc.mark()
             svc.send(signal.SIGHUP)
@@ -181,7 +178,7 @@ def rollbacks(workdir: Path, rounds: int, workers: int) -> tuple[list[float], li
             times.append(crash_to_answer(address_of(svc), arm, lambda prefix, _: prefix == b"old"))
             svc.wait_for(r"rolled back: generation \d+ serves again", after=mark)
             poll_until(functools.partial(workers_are, svc, parked), 30, "the rollback")
-            (workdir / "svc.py").write_text(SERVICE.format(prefix=b"old"))
+            (workdir / "svc.py").write_text(SERVICE.format(prefix=b"old", lines=LINES))
     finally:
         svc.close()
     return times, memory
@@ -193,7 +190,7 @@ def respawns(workdir: Path, rounds: int, workers: int) -> list[float]:
     svc, arm = start(workdir, probation=0, workers=workers)
     times: list[float] = []
     try:
-        (workdir / "svc.py").write_text(SERVICE.format(prefix=b"crashes"))
+        (workdir / "svc.py").write_text(SERVICE.format(prefix=b"crashes", lines=LINES))
         mark = svc.mark()
         svc.send(signal.SIGHUP)
         svc.wait_serving(2, after=mark)
@@ -218,13 +215,12 @@ def main() -> None:
         rolled, memory = rollbacks(Path(first), args.rounds, args.workers)
         respawned = respawns(Path(second), args.rounds, args.workers)
     print(f"{args.rounds} crashes each, {args.workers} worker(s), echo service, milliseconds")
-    print("| path | crash to answering, median | p90 |")
-    print("|---|---|---|")
+    print_header("path", "crash to answering, median", "p90")
     for name, values in (
         ("rollback: the parked generation resumes", rolled),
         ("respawn from disk, restart backoff subtracted (the spawn floor)", respawned),
     ):
-        print(f"| {name} | {statistics.median(values) * 1000:.1f} | {p90(values) * 1000:.1f} |")
+        print_row(name, f"{statistics.median(values) * 1000:.1f}", f"{p90(values) * 1000:.1f}")
     print(
         f"parked generation ({args.workers} process(es)): USS {memory[0] / 2**20:.1f} MiB, "
         f"PSS {memory[1] / 2**20:.1f} MiB"

@@ -25,25 +25,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 import psutil
+from common import LINES, print_header, print_row
 from echo_load import Load
 
 from graceful.testing import ServiceProcess, poll_until
 
 SERVICE = """\
+from collections.abc import AsyncIterator
+
+from anyio.abc import SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
 import graceful
 
 PREFIX = {prefix!r}
 
 
-async def echo(stream):
-    from anyio.streams.buffered import BufferedByteReceiveStream
+{lines}
 
-    lines = BufferedByteReceiveStream(stream)
-    while True:
-        try:
-            line = await lines.receive_until(b"\\n", 65536)
-        except Exception:
-            return
+async def echo(stream):
+    async for line in lines(stream):
         await stream.send(PREFIX + line + b"\\n")
 
 
@@ -88,7 +89,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         script = Path(directory) / "svc.py"
-        script.write_text(SERVICE.format(prefix=b"v1: ", workers=args.workers))
+        script.write_text(SERVICE.format(prefix=b"v1: ", workers=args.workers, lines=LINES))
         env = {"PYTHONDONTWRITEBYTECODE": "1"}
         with ServiceProcess(script, env=env) as svc:
             svc.wait_serving(1)
@@ -99,7 +100,9 @@ def main() -> int:
                 poll_until(lambda: load.tally.ok > 100, 20, "answers")
                 for generation in range(2, args.reloads + 2):
                     script.write_text(
-                        SERVICE.format(prefix=f"v{generation}: ".encode(), workers=args.workers)
+                        SERVICE.format(
+                            prefix=f"v{generation}: ".encode(), workers=args.workers, lines=LINES
+                        )
                     )
                     mark = svc.mark()
                     svc.send(signal.SIGHUP)
@@ -120,14 +123,17 @@ def main() -> int:
         f"{args.workers} workers) under {args.clients} clients in {took:.0f} s"
     )
     print()
-    print(
-        "| reloads | supervisor fds | supervisor RSS (MiB) | live children | zombies | processes |"
+    print_header(
+        "reloads", "supervisor fds", "supervisor RSS (MiB)", "live children", "zombies", "processes"
     )
-    print("|---|---|---|---|---|---|")
     for done, row in rows:
-        print(
-            f"| {done} | {row['fds']:.0f} | {row['rss_mib']:.1f} | {row['children']:.0f} | "
-            f"{row['zombies']:.0f} | {row['processes']:.0f} |"
+        print_row(
+            done,
+            f"{row['fds']:.0f}",
+            f"{row['rss_mib']:.1f}",
+            f"{row['children']:.0f}",
+            f"{row['zombies']:.0f}",
+            f"{row['processes']:.0f}",
         )
     print()
     print(

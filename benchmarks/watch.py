@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import statistics
 import sys
 import tempfile
@@ -25,23 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import VERSION_ECHO, ask_http, ask_raw, print_header, print_row, until_answer
+
 from graceful.testing import ServiceProcess
-
-ECHO = """\
-import graceful
-
-VERSION = {version!r}
-
-
-async def echo(stream):
-    await stream.receive()
-    await stream.send(VERSION.encode() + b"\\n")
-
-
-@graceful.service(listen=["127.0.0.1:0"], probation=0)
-async def main(ctx):
-    await ctx.serve(echo)
-"""
 
 STARLETTE = """\
 from starlette.applications import Starlette
@@ -59,21 +44,6 @@ app = Starlette(routes=[Route("/", home)])
 """
 
 SERVING = re.compile(r"generation (\d+) serving in ([\d.]+)s")
-
-
-def ask_raw(address: tuple[str, int]) -> bytes:
-    with socket.create_connection(address, timeout=2) as sock:
-        sock.sendall(b"hi\n")
-        return sock.recv(100).strip()
-
-
-def ask_http(address: tuple[str, int]) -> bytes:
-    with socket.create_connection(address, timeout=2) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(4096):
-            data += chunk
-        return data.split(b"\r\n\r\n", 1)[-1].strip()
 
 
 def save(path: Path, text: str) -> None:
@@ -100,13 +70,8 @@ def measure(
         mark = svc.mark()
         started = time.monotonic()
         save(path, source.format(version=version))
-        while True:
-            try:
-                if ask(address) == version.encode():
-                    break
-            except OSError:
-                pass
-            time.sleep(0.002)
+        if not until_answer(ask, address, version.encode(), interval=0.002):
+            raise SystemExit(f"{version} never answered:\n{svc.output}")
         answers.append(time.monotonic() - started)
         found = svc.wait_for(r"generation \d+ serving in", after=mark, timeout=30)
         took = SERVING.search(found.string)
@@ -114,10 +79,12 @@ def measure(
         reloads.append(float(took.group(2)))
         time.sleep(0.3)  # let the previous generation drain before the next save
     answers_ms = sorted(a * 1000 for a in answers)
-    print(
-        f"| {name} | {statistics.median(answers_ms):.0f} | "
-        f"{answers_ms[int(0.9 * (len(answers_ms) - 1))]:.0f} | "
-        f"{statistics.median(reloads) * 1000:.0f} | {saves} |"
+    print_row(
+        name,
+        f"{statistics.median(answers_ms):.0f}",
+        f"{answers_ms[int(0.9 * (len(answers_ms) - 1))]:.0f}",
+        f"{statistics.median(reloads) * 1000:.0f}",
+        saves,
     )
 
 
@@ -125,35 +92,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--saves", type=int, default=12)
     args = parser.parse_args()
-    print(
-        "| service | save to new answer, median (ms) | p90 (ms) | "
-        "reload alone, median (ms) | saves |"
+    print_header(
+        "service",
+        "save to new answer, median (ms)",
+        "p90 (ms)",
+        "reload alone, median (ms)",
+        "saves",
     )
-    print("|---|---|---|---|---|")
+    services = [
+        # (name, file, source, graceful's arguments, how to ask)
+        ("graceful run (raw asyncio echo)", "svc.py", VERSION_ECHO,
+         ["run", "svc:main", "--watch"], ask_raw),
+        ("graceful serve (Starlette on uvicorn)", "app.py", STARLETTE,
+         ["serve", "app:app", "--watch", "--listen", "127.0.0.1:0", "--no-access-log",
+          "--probation", "0"], ask_http),
+    ]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        svc_py = workdir / "svc.py"
-        save(svc_py, ECHO.format(version="v0"))
-        with ServiceProcess(
-            svc_py, module="graceful", args=["run", "svc:main", "--watch"], cwd=workdir
-        ) as svc:
-            measure(
-                "graceful run (raw asyncio echo)",
-                svc=svc, path=svc_py, source=ECHO, ask=ask_raw, saves=args.saves,
-            )  # fmt: skip
-        app_py = workdir / "app.py"
-        save(app_py, STARLETTE.format(version="v0"))
-        with ServiceProcess(
-            app_py,
-            module="graceful",
-            args=["serve", "app:app", "--watch", "--listen", "127.0.0.1:0", "--no-access-log",
-                  "--probation", "0"],
-            cwd=workdir,
-        ) as svc:  # fmt: skip
-            measure(
-                "graceful serve (Starlette on uvicorn)",
-                svc=svc, path=app_py, source=STARLETTE, ask=ask_http, saves=args.saves,
-            )  # fmt: skip
+        for name, filename, source, arguments, ask in services:
+            path = workdir / filename
+            save(path, source.format(version="v0"))
+            with ServiceProcess(path, module="graceful", args=arguments, cwd=workdir) as svc:
+                measure(name, svc=svc, path=path, source=source, ask=ask, saves=args.saves)
 
 
 if __name__ == "__main__":

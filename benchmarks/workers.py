@@ -35,12 +35,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
+from common import LINES, print_header, print_row
 
 from graceful.testing import ServiceProcess, holds_socket, listening_socket, poll_until
 
 SERVICE = """\
 import os
+from collections.abc import AsyncIterator
 
+from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import graceful
@@ -49,13 +52,10 @@ import graceful
 MODEL = b"m" * ({megabytes} << 20)
 
 
+{lines}
+
 async def echo(stream):
-    lines = BufferedByteReceiveStream(stream)
-    while True:
-        try:
-            line = await lines.receive_until(b"\\n", 65536)
-        except Exception:
-            return
+    async for line in lines(stream):
         await stream.send(line + b"\\n")
 
 
@@ -148,11 +148,15 @@ def memory(svc: ServiceProcess) -> tuple[list[float], float]:
 
 def reload_table(workdir: Path, counts: list[int], rounds: int) -> None:
     print("\n## Reload time and memory against workers\n")
-    print(
-        "| workers | reload, spawn (ms) | reload, preload (ms) | ratio | "
-        "PSS/worker, spawn (MiB) | PSS/worker, preload, template included (MiB) | ratio |"
+    print_header(
+        "workers",
+        "reload, spawn (ms)",
+        "reload, preload (ms)",
+        "ratio",
+        "PSS/worker, spawn (MiB)",
+        "PSS/worker, preload, template included (MiB)",
+        "ratio",
     )
-    print("|---|---|---|---|---|---|---|")
     for workers in counts:
         row: dict[bool, tuple[float, float]] = {}
         for preload in (False, True):
@@ -162,9 +166,14 @@ def reload_table(workdir: Path, counts: list[int], rounds: int) -> None:
                 pss, template = memory(svc)
                 row[preload] = (statistics.median(times) * 1000, (sum(pss) + template) / workers)
         (spawn_ms, spawn_pss), (fork_ms, fork_pss) = row[False], row[True]
-        print(
-            f"| {workers} | {spawn_ms:.0f} | {fork_ms:.0f} | {fork_ms / spawn_ms:.2f} | "
-            f"{spawn_pss:.1f} | {fork_pss:.1f} | {fork_pss / spawn_pss:.2f} |"
+        print_row(
+            workers,
+            f"{spawn_ms:.0f}",
+            f"{fork_ms:.0f}",
+            f"{fork_ms / spawn_ms:.2f}",
+            f"{spawn_pss:.1f}",
+            f"{fork_pss:.1f}",
+            f"{fork_pss / spawn_pss:.2f}",
         )
 
 
@@ -205,11 +214,17 @@ class Peaks:
 def peak_table(workdir: Path) -> None:
     workers = 4
     print(f"\n## Peak during one reload: {workers} workers, max_surge=1, probation off\n")
-    print(
-        "| strategy | preload | steady PSS (MiB) | peak worker processes | "
-        "peak listener holders | peak PSS (MiB) | peak / steady | reload (ms) | samples |"
+    print_header(
+        "strategy",
+        "preload",
+        "steady PSS (MiB)",
+        "peak worker processes",
+        "peak listener holders",
+        "peak PSS (MiB)",
+        "peak / steady",
+        "reload (ms)",
+        "samples",
     )
-    print("|---|---|---|---|---|---|---|---|---|")
     for preload in (False, True):
         for strategy in ("all-at-once", "rolling"):
             with start(workdir, workers, preload, strategy) as svc:
@@ -219,10 +234,16 @@ def peak_table(workdir: Path) -> None:
                 with Peaks(svc, port) as peaks:
                     seconds = reload_seconds(svc, 2)
                     settle(svc, workers)
-                print(
-                    f"| {strategy} | {'yes' if preload else 'no'} | {steady:.0f} | "
-                    f"{peaks.workers} | {peaks.holders} | {peaks.pss:.0f} | "
-                    f"{peaks.pss / steady:.2f} | {seconds * 1000:.0f} | {peaks.samples} |"
+                print_row(
+                    strategy,
+                    "yes" if preload else "no",
+                    f"{steady:.0f}",
+                    peaks.workers,
+                    peaks.holders,
+                    f"{peaks.pss:.0f}",
+                    f"{peaks.pss / steady:.2f}",
+                    f"{seconds * 1000:.0f}",
+                    peaks.samples,
                 )
 
 
@@ -235,7 +256,7 @@ def main() -> None:
     counts = [int(n) for n in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        (workdir / "svc.py").write_text(SERVICE.format(megabytes=args.megabytes))
+        (workdir / "svc.py").write_text(SERVICE.format(megabytes=args.megabytes, lines=LINES))
         print(
             f"# graceful: many workers, an app that writes {args.megabytes} MiB at import "
             f"({os.cpu_count()} CPUs)"

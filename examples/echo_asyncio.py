@@ -13,6 +13,7 @@ new generation is ready.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
@@ -23,14 +24,20 @@ PREFIX = b"echo: "
 LISTEN = os.environ.get("ECHO_LISTEN", "127.0.0.1:8080").split(",")
 
 
-async def echo(stream: SocketStream) -> None:
-    """Answer every line with PREFIX + line, until the client closes."""
-    lines = BufferedByteReceiveStream(stream)
+async def lines(stream: SocketStream) -> AsyncIterator[bytes]:
+    """Each line the client sends (without its newline), until it closes the connection."""
+    buffered = BufferedByteReceiveStream(stream)
     while True:
         try:
-            line = await lines.receive_until(b"\n", 65536)
+            line = await buffered.receive_until(b"\n", 65536)
         except Exception:
             return  # the client went away (EOF, reset, or an over-long line)
+        yield line
+
+
+async def echo(stream: SocketStream) -> None:
+    """Answer every line with PREFIX + line, until the client closes."""
+    async for line in lines(stream):
         await stream.send(PREFIX + line + b"\n")
 
 

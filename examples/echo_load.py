@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Self
 
 #: requests a long-lived client sends on one connection before it opens a new one
 REQUESTS_PER_CONNECTION = 200
@@ -129,7 +130,7 @@ class Load:
         self._thread = threading.Thread(target=lambda: asyncio.run(self.run()), daemon=True)
         self._thread.start()
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         """Start the load in a background thread; it stops when the block ends."""
         self.start()
         return self

@@ -7,6 +7,7 @@ kill -HUP <pid>                     # reload; kill -TERM <pid> to stop
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
 import trio
 from anyio.abc import SocketStream
@@ -18,14 +19,20 @@ PREFIX = b"echo (trio): "
 LISTEN = os.environ.get("ECHO_LISTEN", "127.0.0.1:8080").split(",")
 
 
-async def echo(stream: SocketStream) -> None:
-    """Answer every line with PREFIX + line, until the client closes."""
-    lines = BufferedByteReceiveStream(stream)
+async def lines(stream: SocketStream) -> AsyncIterator[bytes]:
+    """Each line the client sends (without its newline), until it closes the connection."""
+    buffered = BufferedByteReceiveStream(stream)
     while True:
         try:
-            line = await lines.receive_until(b"\n", 65536)
+            line = await buffered.receive_until(b"\n", 65536)
         except Exception:
-            return
+            return  # the client went away (EOF, reset, or an over-long line)
+        yield line
+
+
+async def echo(stream: SocketStream) -> None:
+    """Answer every line with PREFIX + line, until the client closes."""
+    async for line in lines(stream):
         await stream.send(PREFIX + line + b"\n")
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import psutil
@@ -42,7 +44,9 @@ __all__ = [
     "children_of",
     "connect",
     "graceful_cli",
+    "graceful_serve",
     "holds_listener",
+    "hup",
     "is_alive",
     "is_worker",
     "marked_processes",
@@ -50,6 +54,7 @@ __all__ = [
     "process_state",
     "read_line",
     "reap",
+    "reload",
     "running",
     "sticky_directory",
     "zombie_children",
@@ -70,6 +75,28 @@ def graceful_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedPro
         cwd=cwd,
         check=False,
     )
+
+
+def graceful_serve(
+    app: Path, *options: str, env: Mapping[str, str] | None = None
+) -> ServiceProcess:
+    """``graceful serve app:app`` for the ``app.py`` at ``app``, started in its directory:
+    on a free port, without an access log, with ``options`` added."""
+    args = ["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log", *options]
+    return ServiceProcess(app, module="graceful", args=args, env=env)
+
+
+def hup(svc: ServiceProcess) -> int:
+    """Send SIGHUP (a reload); the mark of the output just before it, for the waits
+    on what the reload logs."""
+    mark = svc.mark()
+    svc.send(signal.SIGHUP)
+    return mark
+
+
+def reload(svc: ServiceProcess, generation: int, timeout: float = 60.0) -> None:
+    """SIGHUP, then wait until ``generation`` serves."""
+    svc.wait_serving(generation, after=hup(svc), timeout=timeout)
 
 
 def connect(address: str) -> socket.socket:

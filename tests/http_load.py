@@ -11,47 +11,39 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import threading
 import time
 from dataclasses import dataclass, field
 
 import httpx
+from echo_load import Load, Tally
 from harness import poll_until
 
 
 @dataclass
-class HttpTally:
-    ok: int = 0
-    failures: collections.Counter[str] = field(default_factory=collections.Counter)
-    bodies: collections.Counter[str] = field(default_factory=collections.Counter)
-    max_latency: float = 0.0
+class HttpTally(Tally):
+    """The echo load's tally, with the responses' bodies (stripped) counted in
+    ``bodies`` (``prefixes`` and ``failed_on`` stay empty)."""
 
-    @property
-    def failed(self) -> int:
-        return sum(self.failures.values())
+    bodies: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "ok": self.ok,
-            "failed": self.failed,
-            "failures": dict(self.failures),
-            "bodies": dict(self.bodies),
-            "max_latency_s": round(self.max_latency, 3),
-        }
+        figures = super().as_dict()
+        del figures["prefixes"]
+        return {**figures, "bodies": dict(self.bodies)}
 
 
-class HttpLoad:
-    """``clients`` concurrent keep-alive clients on ``url`` until :meth:`stop`."""
+class HttpLoad(Load):
+    """``clients`` concurrent keep-alive clients on ``url`` until :meth:`stop`: the
+    echo load of ``examples/echo_load.py`` (its thread, its stop) with HTTP clients."""
+
+    tally: HttpTally
 
     def __init__(self, url: str, clients: int = 50, timeout: float = 10.0) -> None:
+        super().__init__(url, clients, timeout)
         self.url = url
-        self.clients = clients
-        self.timeout = timeout
         self.tally = HttpTally()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    async def _client(self) -> None:
+    async def _http_client(self) -> None:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         async with httpx.AsyncClient(limits=limits, timeout=self.timeout) as client:
             while not self._stopping.is_set():
@@ -68,27 +60,14 @@ class HttpLoad:
                 else:
                     self.tally.failures[f"HTTP {response.status_code}"] += 1
 
-    async def _run(self) -> None:
-        await asyncio.gather(*(self._client() for _ in range(self.clients)))
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-        self._thread.start()
-
-    def __enter__(self) -> HttpLoad:
-        """Start the load in a background thread; it stops when the block ends."""
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    async def run(self) -> HttpTally:
+        """Run every client until :meth:`stop`; return the tally."""
+        await asyncio.gather(*(self._http_client() for _ in range(self.clients)))
+        return self.tally
 
     def stop(self, timeout: float = 30.0) -> HttpTally:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise RuntimeError(f"the HTTP load did not stop within {timeout}s")
+        """Stop every client after its current request; return the tally."""
+        super().stop(timeout)
         return self.tally
 
     def wait_for_body(self, body: str, timeout: float = 15.0) -> None:

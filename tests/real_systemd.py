@@ -153,11 +153,19 @@ class Container:
         text = (ROOT / "examples/echo_asyncio.py").read_text()
         path.write_text(text.replace('PREFIX = b"echo: "', source_change))
 
-    def start(self, unit: str) -> None:
+    def start(self, unit: str, source_change: str) -> None:
+        """``systemctl start unit`` on the echo example with ``source_change``."""
+        self.set_prefix(source_change)
         started = self.sh(f"systemctl start {unit}", check=False)
         if started.returncode != 0:
             journal = self.sh(f"journalctl -u {unit} --no-pager -n 40", check=False).stdout
             raise SystemExit(f"FAILED: systemctl start {unit}\n{started.stderr}{journal}")
+
+    def reload(self, unit: str, source_change: str) -> subprocess.CompletedProcess[str]:
+        """``systemctl reload unit`` once the release has the echo example with
+        ``source_change``; its result."""
+        self.set_prefix(source_change)
+        return self.sh(f"systemctl reload {unit}", check=False)
 
     def show(self, unit: str, prop: str) -> str:
         return self.sh(f"systemctl show -P {prop} {unit}").stdout.strip()
@@ -180,17 +188,14 @@ def expect(condition: bool, what: str) -> None:
 def check_notify_reload(box: Container) -> None:
     unit = "graceful-echo.service"
     step(f"{unit}: Type=notify-reload")
-    box.set_prefix('PREFIX = b"v1: "')
-    box.start(unit)
+    box.start(unit, 'PREFIX = b"v1: "')
     expect(box.answer() == "v1: hi", "it serves generation 1")
     main_pid = box.show(unit, "MainPID")
-    box.set_prefix('PREFIX = b"v2: "')
-    reload = box.sh(f"systemctl reload {unit}", check=False)
+    reload = box.reload(unit, 'PREFIX = b"v2: "')
     expect(reload.returncode == 0, "systemctl reload exits 0 on good code")
     expect(box.answer() == "v2: hi", "the new code answers once systemctl reload returns")
     expect(box.show(unit, "MainPID") == main_pid, "the MainPID stays")
-    box.set_prefix('PREFIX = b"v3: "\nraise RuntimeError("boom")')
-    reload = box.sh(f"systemctl reload {unit}", check=False)
+    reload = box.reload(unit, 'PREFIX = b"v3: "\nraise RuntimeError("boom")')
     expect(box.answer() == "v2: hi", "after a reload whose code raises, the old code serves")
     status = box.show(unit, "StatusText")
     expect("RuntimeError: boom" in status, f"StatusText names the cause: {status!r}")
@@ -205,15 +210,12 @@ def check_notify_reload(box: Container) -> None:
 def check_checked_reload(box: Container) -> None:
     unit = "graceful-echo-checked.service"
     step(f"{unit}: Type=notify with ExecReload=graceful reload --wait")
-    box.set_prefix('PREFIX = b"v1: "')
-    box.start(unit)
+    box.start(unit, 'PREFIX = b"v1: "')
     expect(box.answer() == "v1: hi", "it serves generation 1")
-    box.set_prefix('PREFIX = b"v2: "')
-    reload = box.sh(f"systemctl reload {unit}", check=False)
+    reload = box.reload(unit, 'PREFIX = b"v2: "')
     expect(reload.returncode == 0, "systemctl reload exits 0 on good code")
     expect(box.answer() == "v2: hi", "the new code answers once systemctl reload returns")
-    box.set_prefix('PREFIX = b"v3: "\nraise RuntimeError("boom")')
-    reload = box.sh(f"systemctl reload {unit}", check=False)
+    reload = box.reload(unit, 'PREFIX = b"v3: "\nraise RuntimeError("boom")')
     expect(reload.returncode != 0, "systemctl reload fails when the new code raises")
     expect(box.show(unit, "ActiveState") == "active", "the service stays active")
     expect(box.answer() == "v2: hi", "the old code keeps serving")

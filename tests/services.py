@@ -14,7 +14,14 @@ like the async ones.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+
+from echo_asyncio import lines
+
+#: The line reader of ``examples/echo_asyncio.py``, written into every async service
+#: so that the service stands alone on disk.
+_LINES = inspect.getsource(lines)
 
 _SERVICE_ARGS = """\
     listen=os.environ["LISTEN"].split(","),
@@ -29,6 +36,7 @@ _SERVICE_ARGS = """\
 
 ASYNC_SERVICE = """\
 import os
+from collections.abc import AsyncIterator
 
 import anyio
 from anyio.abc import SocketStream
@@ -40,13 +48,10 @@ PREFIX = {prefix}
 CTX = None
 
 
+{lines}
+
 async def echo(stream: SocketStream) -> None:
-    lines = BufferedByteReceiveStream(stream)
-    while True:
-        try:
-            line = await lines.receive_until(b"\\n", 65536)
-        except Exception:
-            return
+    async for line in lines(stream):
 {on_line}
         if line.startswith(b"sleep "):
             await stream.send(PREFIX + b"sleeping\\n")
@@ -162,6 +167,7 @@ def service_source(
         imports=imports,
         prefix=prefix_value,
         service_args=_SERVICE_ARGS,
+        lines=_LINES,
         backend=kind,
         before_serve=before_serve or "    pass",
         run_args=", ".join(arguments),
@@ -172,6 +178,14 @@ def service_source(
 def write_service(path: Path, kind: str = "asyncio", **options: object) -> Path:
     path.write_text(service_source(kind, **options))  # type: ignore[arg-type]
     return path
+
+
+def pid_service(directory: Path, kind: str = "asyncio", **options: object) -> tuple[Path, Path]:
+    """``svc.py`` in ``directory`` (:func:`write_service`), whose supervisor writes its
+    PID to ``svc.pid`` beside it; (script, pid_file)."""
+    pid_file = directory / "svc.pid"
+    script = write_service(directory / "svc.py", kind, pid_file=pid_file, **options)
+    return script, pid_file
 
 
 MINIMAL_ASGI_APP = """\
@@ -196,3 +210,76 @@ def minimal_asgi_app(message: str, *, header: str = "", body: str = "MESSAGE") -
     """Source of a plain ASGI app (no framework) that answers ``body`` (an expression;
     ``MESSAGE`` is ``message``), with ``header`` code run at import."""
     return MINIMAL_ASGI_APP.format(header=header, message=message, body=body)
+
+
+STARLETTE_APP = """\
+import contextlib
+import os
+
+import anyio
+from starlette import applications, responses, routing
+{imports}
+MESSAGE = {message!r}
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+{lifespan}
+    yield
+
+
+async def home(request):
+    return responses.PlainTextResponse(MESSAGE)
+
+
+async def slow(request):
+    await anyio.sleep(float(request.query_params.get("s", "1")))
+    return responses.PlainTextResponse(MESSAGE + " slow")
+
+
+async def hold(request):
+    while not os.path.exists(request.query_params["until"]):
+        await anyio.sleep(0.01)
+    return responses.PlainTextResponse(MESSAGE + " held")
+
+
+async def ticks(websocket):
+    await websocket.accept()
+    n = 0
+    while True:
+        await websocket.send_text(f"{{MESSAGE}} {{n}}")
+        n += 1
+        await anyio.sleep(0.1)
+
+
+async def events(request):
+    async def stream():
+        for n in range(100_000):
+            yield f"data: {{MESSAGE}} {{n}}\\n\\n"
+            await anyio.sleep(0.1)
+
+    return responses.StreamingResponse(stream(), media_type="text/event-stream")
+
+
+app = applications.Starlette(
+    routes=[
+        routing.Route("/", home),
+        routing.Route("/slow", slow),
+        routing.Route("/hold", hold),
+        routing.Route("/events", events),
+        routing.WebSocketRoute("/ws", ticks),
+    ],
+    lifespan=lifespan,
+)
+"""
+
+
+def starlette_app(message: str, *, lifespan: str = "    pass", imports: str = "") -> str:
+    """Source of a Starlette app whose routes answer with ``message``: ``/``; ``/slow?s=S``
+    after S seconds; ``/hold?until=PATH`` once PATH exists; ``/events``, a stream of
+    server-sent events; ``/ws``, a WebSocket that sends a message every 0.1 s.
+
+    ``lifespan`` is the code of its lifespan's start-up (indent it by four spaces);
+    ``imports`` is code on line 6, before anything else runs (tests name that line).
+    """
+    return STARLETTE_APP.format(message=message, lifespan=lifespan, imports=imports)

@@ -15,70 +15,14 @@ import pytest
 from harness import (
     ServiceProcess,
     connect,
+    graceful_serve,
     holds_listener,
+    hup,
     poll_until,
     running,
 )
 from http_load import HttpLoad
-
-STARLETTE_APP = """\
-import contextlib
-import os
-
-import anyio
-from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
-
-MESSAGE = {message!r}
-START_UP_SECONDS = {start_up}
-
-
-@contextlib.asynccontextmanager
-async def lifespan(app):
-{lifespan_body}
-    yield
-
-
-async def home(request):
-    return PlainTextResponse(MESSAGE)
-
-
-async def slow(request):
-    await anyio.sleep(float(request.query_params.get("s", "1")))
-    return PlainTextResponse(MESSAGE + " slow")
-
-
-async def hold(request):
-    while not os.path.exists(request.query_params["until"]):
-        await anyio.sleep(0.01)
-    return PlainTextResponse(MESSAGE + " held")
-
-
-async def ticks(websocket):
-    await websocket.accept()
-    n = 0
-    while True:
-        await websocket.send_text(f"{{MESSAGE}} {{n}}")
-        n += 1
-        await anyio.sleep(0.1)
-
-
-async def events(request):
-    async def stream():
-        for n in range(100_000):
-            yield f"data: {{MESSAGE}} {{n}}\\n\\n"
-            await anyio.sleep(0.1)
-
-    return StreamingResponse(stream(), media_type="text/event-stream")
-
-
-app = Starlette(
-    routes=[Route("/", home), Route("/slow", slow), Route("/hold", hold),
-            Route("/events", events), WebSocketRoute("/ws", ticks)],
-    lifespan=lifespan,
-)
-"""
+from services import starlette_app
 
 SERVERS = {
     "uvicorn": ["--server", "uvicorn"],
@@ -92,29 +36,21 @@ def write_app(
 ) -> None:
     """Write the app; its lifespan startup takes ``start_up`` seconds, or lasts until
     the file ``gate`` exists, and then fails if ``fail``."""
-    body = "    await anyio.sleep(START_UP_SECONDS)"
+    body = f"    await anyio.sleep({start_up!r})"
     if gate is not None:
         body += f"\n    while not os.path.exists({str(gate)!r}):\n        await anyio.sleep(0.01)"
     if fail:
         body += "\n    raise RuntimeError('the database is unreachable')"
-    path.write_text(STARLETTE_APP.format(message=message, start_up=start_up, lifespan_body=body))
+    path.write_text(starlette_app(message, lifespan=body))
 
 
 def serve(tmp_path: Path, *extra: str, drain: float = 30.0) -> ServiceProcess:
-    return ServiceProcess(
-        tmp_path / "app.py",
-        module="graceful",
-        args=["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
-              "--drain-timeout", str(drain), *extra],
-        cwd=tmp_path,
-    )  # fmt: skip
+    return graceful_serve(tmp_path / "app.py", "--drain-timeout", str(drain), *extra)
 
 
 def reload(svc: ServiceProcess, generation: int) -> re.Match[str]:
-    mark = svc.mark()
-    svc.send(signal.SIGHUP)
     return svc.wait_for(
-        rf"generation {generation} is serving \(ready in ([\d.]+)s\)", after=mark, timeout=60
+        rf"generation {generation} is serving \(ready in ([\d.]+)s\)", after=hup(svc), timeout=60
     )
 
 
@@ -169,15 +105,12 @@ def test_slow_start_app_does_not_stall_requests_during_reload(tmp_path: Path) ->
     app = tmp_path / "app.py"
     gate = tmp_path / "start-up-done"
     write_app(app, "v1")
-    with running(app, module="graceful", cwd=tmp_path, args=[
-        "serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
-    ]) as svc:  # fmt: skip
+    with serve(tmp_path) as svc:
         svc.wait_serving(1)
         with HttpLoad(f"http://{svc.address()}/", clients=50) as load:
             load.wait_for_body("v1")
             write_app(app, "v2", gate=gate)
-            mark = svc.mark()
-            svc.send(signal.SIGHUP)
+            mark = hup(svc)
             svc.wait_for("starting generation 2", after=mark)
             # Generation 2's start-up lasts until the test opens the gate. Meanwhile
             # generation 1 keeps answering: nobody waits for the start-up.
@@ -202,8 +135,7 @@ def test_lifespan_startup_failure_keeps_the_old_generation(tmp_path: Path, serve
         with HttpLoad(f"http://{svc.address()}/", clients=10) as load:
             load.wait_for_body("good")
             write_app(app, "bad", fail=True)
-            mark = svc.mark()
-            svc.send(signal.SIGHUP)
+            mark = hup(svc)
             failure = svc.wait_for(r"reload failed: generation 2: (.*)", after=mark)
             assert "generation 1 keeps serving" in failure.group(0)
             served = load.tally.ok
@@ -255,7 +187,9 @@ DRAIN_CASES = {
 
 
 def serve_asgi_script(tmp_path: Path, case: str) -> Path:
-    """A script that serves app:app with ``graceful.serve_asgi`` (the Python API)."""
+    """The app answering "old", and a script that serves it with ``graceful.serve_asgi``
+    (the Python API)."""
+    write_app(tmp_path / "app.py", "old")
     server, http = DRAIN_CASES[case]
     options = f", http={http!r}" if http else ""
     script = tmp_path / "run.py"
@@ -276,7 +210,6 @@ def serve_asgi_script(tmp_path: Path, case: str) -> Path:
 def test_request_on_an_idle_keep_alive_connection_during_drain_is_answered_with_close(
     tmp_path: Path, case: str
 ) -> None:
-    write_app(tmp_path / "app.py", "old")
     with running(serve_asgi_script(tmp_path, case)) as svc:
         svc.wait_serving(1)
         with connect(svc.address()) as client:
@@ -307,7 +240,6 @@ def test_request_on_an_idle_keep_alive_connection_during_drain_is_answered_with_
 def test_response_in_flight_when_the_drain_starts_announces_close(
     tmp_path: Path, case: str
 ) -> None:
-    write_app(tmp_path / "app.py", "old")
     with running(serve_asgi_script(tmp_path, case)) as svc:
         svc.wait_serving(1)
         [old_worker] = svc.worker_pids()

@@ -16,14 +16,24 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from harness import ROOT, ask, connect, graceful_cli, poll_until, read_line, running
-from services import service_source, wait_for_file, write_service
+from harness import (
+    ROOT,
+    ServiceProcess,
+    ask,
+    connect,
+    graceful_cli,
+    poll_until,
+    read_line,
+    reload,
+    running,
+)
+from services import pid_service, service_source, wait_for_file, write_service
 
 from graceful import Control, GracefulError
 from graceful.control.client import _connect_retrying
@@ -32,12 +42,21 @@ from graceful.core.machine import STOPPING, ReloadOutcome
 
 SERVING = r"generation (\d+) serving \(ready in \d+\.\d\ds\)"
 
+ENV = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "5"}
 
-def pid_service(tmp_path: Path, **options: Any) -> tuple[Path, Path]:
-    """A service script with a PID file beside it; (script, pid_file)."""
-    pid_file = tmp_path / "svc.pid"
-    script = write_service(tmp_path / "svc.py", pid_file=pid_file, **options)
-    return script, pid_file
+
+@contextlib.contextmanager
+def launched(
+    directory: Path, *, env: Mapping[str, str] = ENV, wrapper: Sequence[str] = (), **options: Any
+) -> Iterator[tuple[ServiceProcess, Path]]:
+    """:func:`pid_service` in ``directory``, started with ``env`` (behind ``wrapper``);
+    once generation 1 serves and the PID file is written, (svc, pid_file). The
+    script is ``svc.script``."""
+    script, pid_file = pid_service(directory, **options)
+    with running(script, env=env, wrapper=wrapper) as svc:
+        svc.wait_serving(1)
+        poll_until(pid_file.exists, 10, "the PID file")
+        yield svc, pid_file
 
 
 def raised_at(script: Path, text: str) -> str:
@@ -45,20 +64,27 @@ def raised_at(script: Path, text: str) -> str:
     return f"({script.name}, line {next(i for i, x in enumerate(lines, 1) if text in x)})"
 
 
+def connect_unless_full(path: str) -> socket.socket | None:
+    """A connection to the unix socket at ``path`` that sends nothing, or None if its
+    backlog is full (the connection would block)."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.setblocking(False)
+    try:
+        client.connect(path)
+    except BlockingIOError:
+        client.close()
+        return None
+    return client
+
+
 def answer_of(address: str) -> bytes:
     with connect(address) as client:
         return ask(client, "hi")
 
 
-ENV = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "5"}
-
-
 def test_reload_wait_on_good_code_says_which_generation_serves(tmp_path: Path) -> None:
-    script, pid_file = pid_service(tmp_path, prefix="v1")
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
-        script.write_text(service_source(prefix="v2", pid_file=pid_file))
+    with launched(tmp_path, prefix="v1") as (svc, pid_file):
+        svc.script.write_text(service_source(prefix="v2", pid_file=pid_file))
 
         result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
 
@@ -72,19 +98,16 @@ def test_reload_wait_on_good_code_says_which_generation_serves(tmp_path: Path) -
 def test_reload_wait_on_code_that_raises_at_import_names_the_cause_in_one_line(
     tmp_path: Path,
 ) -> None:
-    script, pid_file = pid_service(tmp_path, prefix="v1")
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(tmp_path, prefix="v1") as (svc, pid_file):
         broken = service_source(prefix="v2", pid_file=pid_file).replace(
             "CTX = None", "CTX = None\nraise RuntimeError('boom')"
         )
-        script.write_text(broken)
+        svc.script.write_text(broken)
 
         result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
 
         assert result.returncode == 1
-        where = raised_at(script, "raise RuntimeError")
+        where = raised_at(svc.script, "raise RuntimeError")
         assert result.stderr == f"generation 2 failed: worker 0: RuntimeError: boom {where}\n"
         assert result.stdout == ""
         assert answer_of(svc.address()) == b"v1: hi\n"
@@ -93,12 +116,9 @@ def test_reload_wait_on_code_that_raises_at_import_names_the_cause_in_one_line(
 def test_reload_wait_on_code_that_hangs_past_ready_timeout_fails_with_the_cause(
     tmp_path: Path,
 ) -> None:
-    script, pid_file = pid_service(tmp_path, prefix="v1")
-    with running(script, env={**ENV, "READY_TIMEOUT": "1"}) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(tmp_path, prefix="v1", env={**ENV, "READY_TIMEOUT": "1"}) as (svc, pid_file):
         never = tmp_path / "never"
-        script.write_text(
+        svc.script.write_text(
             service_source(prefix="v2", pid_file=pid_file, before_serve=wait_for_file(never))
         )
 
@@ -112,12 +132,9 @@ def test_reload_wait_on_code_that_hangs_past_ready_timeout_fails_with_the_cause(
 
 
 def test_reload_wait_gives_up_after_its_timeout_and_the_reload_goes_on(tmp_path: Path) -> None:
-    script, pid_file = pid_service(tmp_path, prefix="v1")
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(tmp_path, prefix="v1") as (svc, pid_file):
         go = tmp_path / "go"
-        script.write_text(
+        svc.script.write_text(
             service_source(prefix="v2", pid_file=pid_file, before_serve=wait_for_file(go))
         )
 
@@ -132,13 +149,10 @@ def test_reload_wait_gives_up_after_its_timeout_and_the_reload_goes_on(tmp_path:
 def test_a_reload_asked_while_another_starts_waits_for_the_one_that_runs_its_code(
     tmp_path: Path,
 ) -> None:
-    script, pid_file = pid_service(tmp_path, prefix="v1")
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(tmp_path, prefix="v1") as (svc, pid_file):
         go2, waiting = tmp_path / "go2", tmp_path / "waiting"
         hold = f"    open({str(waiting)!r}, 'w').close()\n" + wait_for_file(go2)
-        script.write_text(service_source(prefix="v2", pid_file=pid_file, before_serve=hold))
+        svc.script.write_text(service_source(prefix="v2", pid_file=pid_file, before_serve=hold))
         results: dict[str, subprocess.CompletedProcess[str]] = {}
 
         def wait_for_reload(name: str) -> None:
@@ -148,7 +162,7 @@ def test_a_reload_asked_while_another_starts_waits_for_the_one_that_runs_its_cod
         first.start()
         # generation 2 has read its code, and waits
         poll_until(waiting.exists, 30, "generation 2 to start")
-        script.write_text(service_source(prefix="v3", pid_file=pid_file))
+        svc.script.write_text(service_source(prefix="v3", pid_file=pid_file))
         second = threading.Thread(target=wait_for_reload, args=("second",))
         second.start()
         svc.wait_for("one more reload will follow it")
@@ -162,11 +176,7 @@ def test_a_reload_asked_while_another_starts_waits_for_the_one_that_runs_its_cod
 
 
 def test_status_json_names_the_real_processes_before_and_after_a_reload(tmp_path: Path) -> None:
-    script, pid_file = pid_service(tmp_path, prefix="v1")
-    with running(script, env={**ENV, "WORKERS": "2"}) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
-
+    with launched(tmp_path, prefix="v1", env={**ENV, "WORKERS": "2"}) as (svc, pid_file):
         before = json.loads(graceful_cli("status", "--json", "--pid-file", str(pid_file)).stdout)
 
         assert before["pid"] == svc.pid
@@ -210,11 +220,7 @@ def test_status_json_names_the_real_processes_before_and_after_a_reload(tmp_path
 def test_stop_wait_returns_once_the_supervisor_has_exited_with_its_status(
     tmp_path: Path,
 ) -> None:
-    script, pid_file = pid_service(tmp_path)
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
-
+    with launched(tmp_path) as (svc, pid_file):
         result = graceful_cli("stop", "--wait", "--pid-file", str(pid_file))
 
         assert result.returncode == 0, result.stderr
@@ -259,10 +265,7 @@ def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
 def test_another_user_is_refused_and_changes_nothing(world_readable_dir: Path) -> None:
-    script, pid_file = pid_service(world_readable_dir, prefix="v1")
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(world_readable_dir, prefix="v1") as (svc, pid_file):
         socket_path = control_path(pid_file)
         assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
 
@@ -337,10 +340,7 @@ def test_a_control_socket_path_held_by_another_file_is_one_line_and_left_alone(
 
 
 def test_a_reload_asked_for_during_a_stop_fails_at_once(tmp_path: Path) -> None:
-    script, pid_file = pid_service(tmp_path, prefix="v1")
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(tmp_path, prefix="v1") as (svc, pid_file):
         with connect(svc.address()) as client:
             assert ask(client, "sleep 3") == b"v1: sleeping\n"  # keeps the drain busy
             svc.send(signal.SIGTERM)
@@ -361,10 +361,7 @@ def test_a_reload_asked_for_during_a_stop_fails_at_once(tmp_path: Path) -> None:
 
 
 def test_idle_control_clients_cannot_use_up_the_supervisors_descriptors(tmp_path: Path) -> None:
-    script, pid_file = pid_service(tmp_path)
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(tmp_path) as (svc, pid_file):
         svc.warm_standby()  # its channels are the supervisor's descriptors too
         before = psutil.Process(svc.pid).num_fds()
         idle = []
@@ -384,9 +381,7 @@ def test_idle_control_clients_cannot_use_up_the_supervisors_descriptors(tmp_path
             # and a real request is answered at once, not after the idle ones' 5 s
             status = Control(pid_file).status(timeout=3)
             assert status["generations"][0]["generation"] == 1
-            mark = svc.mark()
-            svc.send(signal.SIGHUP)
-            svc.wait_serving(2, after=mark)
+            reload(svc, 2)
         finally:
             for client in idle:
                 client.close()
@@ -414,10 +409,7 @@ def test_idle_control_clients_cannot_use_up_the_supervisors_descriptors(tmp_path
 def test_a_malformed_request_gets_one_error_line_and_changes_nothing(
     tmp_path: Path, request_line: bytes, error: str
 ) -> None:
-    script, pid_file = pid_service(tmp_path)
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(tmp_path) as (_, pid_file):
         with socket.socket(socket.AF_UNIX) as client:
             client.settimeout(10)
             client.connect(control_path(pid_file))
@@ -433,10 +425,7 @@ def test_a_malformed_request_gets_one_error_line_and_changes_nothing(
 def test_two_stop_waits_at_once_are_one_clean_stop(tmp_path: Path) -> None:
     # Found by an attack: the second request escalated to "stop now", which killed
     # the draining worker and made the exit status 1.
-    script, pid_file = pid_service(tmp_path)
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(tmp_path) as (svc, pid_file):
         results: list[subprocess.CompletedProcess[str]] = []
 
         def stop() -> None:
@@ -464,10 +453,7 @@ def test_stop_wait_after_a_stop_has_begun_waits_and_never_escalates(
 ) -> None:
     """A stop begun by a signal (or by ``graceful stop``, which sends one), then
     ``graceful stop --wait``: the wait is only a wait."""
-    script, pid_file = pid_service(tmp_path)
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(tmp_path) as (svc, pid_file):
         with connect(svc.address()) as client:
             assert ask(client, "sleep 2") == b"v1: sleeping\n"  # the drain waits for it
             if first == "SIGTERM":
@@ -586,17 +572,14 @@ def test_the_supervisors_own_threads_never_see_main_change_during_a_spawn(
 
 
 def test_a_keyboard_interrupt_raised_at_import_is_named(tmp_path: Path) -> None:
-    script, pid_file = pid_service(tmp_path)
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
-        script.write_text(
+    with launched(tmp_path) as (svc, pid_file):
+        svc.script.write_text(
             service_source(pid_file=pid_file).replace(
                 "CTX = None", "CTX = None\nraise KeyboardInterrupt"
             )
         )
         result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
-        where = raised_at(script, "raise KeyboardInterrupt")
+        where = raised_at(svc.script, "raise KeyboardInterrupt")
         assert result.stderr == f"generation 2 failed: worker 0: KeyboardInterrupt {where}\n"
 
 
@@ -606,11 +589,9 @@ def test_more_waiting_clients_than_descriptors_leave_the_supervisor_serving(
     """At a descriptor limit of 64, 100 clients each wait for a reload's answer: the
     supervisor holds a bounded number of them open, leaves the rest in the backlog,
     and never dies of it; each client gets its answer in the end."""
-    script, pid_file = pid_service(tmp_path, prefix="v1")
     wrapper = ("prlimit", "--nofile=64:64", "--")
-    with running(script, env={**ENV, "STANDBY": "0"}, wrapper=wrapper) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    env = {**ENV, "STANDBY": "0"}
+    with launched(tmp_path, prefix="v1", env=env, wrapper=wrapper) as (svc, pid_file):
         path = str(control_path(pid_file))
         clients: list[socket.socket] = []
         try:
@@ -643,23 +624,14 @@ def test_a_client_waits_for_a_busy_supervisors_backlog_within_its_timeout(
     tmp_path: Path,
 ) -> None:
     """A full backlog (the supervisor busy) makes a client retry, not fail at once."""
-    script, pid_file = pid_service(tmp_path, prefix="v1")
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(tmp_path, prefix="v1") as (svc, pid_file):
         supervisor = psutil.Process(svc.pid)
         fillers: list[socket.socket] = []
         results: list[object] = []
         try:
             supervisor.suspend()  # busy: it accepts nothing
-            while True:  # fill the backlog
-                filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                filler.setblocking(False)
-                try:
-                    filler.connect(str(control_path(pid_file)))
-                except BlockingIOError:
-                    filler.close()
-                    break
+            path = control_path(pid_file)
+            while (filler := connect_unless_full(path)) is not None:  # fill the backlog
                 fillers.append(filler)
 
             def ask_status() -> None:
@@ -688,10 +660,7 @@ def test_a_client_waits_for_a_busy_supervisors_backlog_within_its_timeout(
 @pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["reload", "--wait"]])
 def test_a_reader_that_closed_its_end_is_a_quiet_exit(tmp_path: Path, command: list[str]) -> None:
     """``graceful status | head -1``: the reader is gone before the command prints."""
-    script, pid_file = pid_service(tmp_path)
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(tmp_path) as (svc, pid_file):
         read_end, write_end = os.pipe()
         os.close(read_end)  # gone before anything is written
         try:
@@ -762,10 +731,7 @@ def test_a_stop_asked_for_twice_drains_unless_a_second_signal_comes(
     """``graceful stop`` (through the control socket), then ``graceful stop`` again or
     a first SIGTERM (``systemctl stop``, ``docker stop``): the stop is joined, the
     request in flight is answered; only a second signal would escalate."""
-    script, pid_file = pid_service(tmp_path)
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(tmp_path) as (svc, pid_file):
         with connect(svc.address()) as client:
             assert ask(client, "sleep 2") == b"v1: sleeping\n"
             assert graceful_cli("stop", "--pid-file", str(pid_file)).returncode == 0
@@ -786,10 +752,7 @@ def test_stop_wait_in_the_last_moments_of_a_stop_gets_the_exit_status(tmp_path: 
     for attempt in range(8):
         directory = tmp_path / str(attempt)
         directory.mkdir()
-        script, pid_file = pid_service(directory)
-        with running(script, env={**ENV, "STANDBY": "0"}) as svc:
-            svc.wait_serving(1)
-            poll_until(pid_file.exists, 10, "the PID file")
+        with launched(directory, env={**ENV, "STANDBY": "0"}) as (svc, pid_file):
             control = Control(pid_file)
             time.sleep(attempt * 0.015)  # the race is the point: land anywhere in it
             svc.send(signal.SIGTERM)
@@ -805,12 +768,9 @@ def test_stop_wait_in_the_last_moments_of_a_stop_gets_the_exit_status(tmp_path: 
 def test_wait_clients_that_left_free_their_connections_at_once(tmp_path: Path) -> None:
     """128 ``reload --wait`` clients leave while a slow reload runs: their connections
     are freed then, not when the reload ends, so status answers meanwhile."""
-    script, pid_file = pid_service(tmp_path, prefix="v1")
-    with running(script, env={**ENV, "READY_TIMEOUT": "60"}) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(tmp_path, prefix="v1", env={**ENV, "READY_TIMEOUT": "60"}) as (svc, pid_file):
         started = tmp_path / "importing"
-        script.write_text(
+        svc.script.write_text(
             f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(8)\n"
             + service_source(prefix="v2", pid_file=pid_file)
         )
@@ -832,22 +792,13 @@ def test_wait_clients_that_left_free_their_connections_at_once(tmp_path: Path) -
 def test_under_a_low_descriptor_limit_idle_clients_never_keep_status_out(tmp_path: Path) -> None:
     """At a limit of 128 descriptors (16 control connections), 100 clients that connect
     and send nothing: a status request still gets in and is answered."""
-    script, pid_file = pid_service(tmp_path)
     wrapper = ("prlimit", "--nofile=128:128", "--")
-    with running(script, env={**ENV, "STANDBY": "0"}, wrapper=wrapper) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with launched(tmp_path, env={**ENV, "STANDBY": "0"}, wrapper=wrapper) as (svc, pid_file):
         idle = []
         try:
             for _ in range(100):
-                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                client.setblocking(False)
-                try:
-                    client.connect(str(control_path(pid_file)))
-                except BlockingIOError:
-                    client.close()
-                    continue
-                idle.append(client)
+                if (client := connect_unless_full(control_path(pid_file))) is not None:
+                    idle.append(client)
             assert Control(pid_file).status(timeout=10)["state"] == "running"
         finally:
             for client in idle:

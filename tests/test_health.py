@@ -3,15 +3,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import re
 import signal
 import socket
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import psutil
-from harness import NotifySocket, ask, connect, graceful_cli, poll_until, running
+from harness import (
+    NotifySocket,
+    ServiceProcess,
+    ask,
+    connect,
+    graceful_cli,
+    poll_until,
+    reload,
+    running,
+)
 from services import service_source, wait_for_file, write_service
 
 ENV = {"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "5"}
@@ -24,6 +35,19 @@ def health_service(tmp_path: Path, prefix: str = "v1", stop_delay: float = 0.0) 
         pid_file=tmp_path / "svc.pid",
         run_args=f"health='127.0.0.1:0', stop_delay={stop_delay}",
     )
+
+
+@contextlib.contextmanager
+def running_with_health(
+    tmp_path: Path, *, stop_delay: float = 0.0, env: Mapping[str, str] = ENV
+) -> Iterator[tuple[ServiceProcess, tuple[str, int]]]:
+    """:func:`health_service` started with ``env``; once generation 1 serves and its
+    PID file is written, (svc, the health endpoint's address)."""
+    script = health_service(tmp_path, stop_delay=stop_delay)
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        poll_until((tmp_path / "svc.pid").exists, 10, "the PID file")
+        yield svc, health_address(svc.output)
 
 
 def health_address(output: str) -> tuple[str, int]:
@@ -43,10 +67,7 @@ def get(address: tuple[str, int], path: str, method: str = "GET") -> tuple[int, 
 
 
 def test_ready_and_live_while_serving_then_503_through_stop_delay(tmp_path: Path) -> None:
-    script = health_service(tmp_path, stop_delay=30)
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        health = health_address(svc.output)
+    with running_with_health(tmp_path, stop_delay=30) as (svc, health):
         assert get(health, "/ready") == (200, "ready\n")
         assert get(health, "/live") == (200, "live\n")
         assert get(health, "/nope")[0] == 404
@@ -69,10 +90,7 @@ def test_ready_and_live_while_serving_then_503_through_stop_delay(tmp_path: Path
 
 
 def test_stop_delay_ends_by_itself_and_then_drains(tmp_path: Path) -> None:
-    script = health_service(tmp_path, stop_delay=1)
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        health = health_address(svc.output)
+    with running_with_health(tmp_path, stop_delay=1) as (svc, health):
         mark = svc.mark()
         started = time.monotonic()
         svc.send(signal.SIGTERM)
@@ -86,17 +104,13 @@ def test_stop_delay_ends_by_itself_and_then_drains(tmp_path: Path) -> None:
 
 
 def test_metrics_count_reloads_by_outcome(tmp_path: Path) -> None:
-    script = health_service(tmp_path)
     pid_file = tmp_path / "svc.pid"
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
-        health = health_address(svc.output)
+    with running_with_health(tmp_path) as (svc, health):
         good = service_source(prefix="v2", pid_file=pid_file, run_args="health='127.0.0.1:0'")
         bad = good.replace("CTX = None", "CTX = None\nraise RuntimeError('boom')")
         outcomes = []
         for source in (good, bad, good, bad, good):
-            script.write_text(source)
+            svc.script.write_text(source)
             outcomes.append(graceful_cli("reload", "--wait", "--pid-file", str(pid_file)))
         assert [r.returncode for r in outcomes] == [0, 1, 0, 1, 0]
 
@@ -149,10 +163,7 @@ def test_ready_is_503_until_the_first_generation_serves(tmp_path: Path) -> None:
 
 
 def test_idle_health_clients_cannot_use_up_the_supervisors_descriptors(tmp_path: Path) -> None:
-    script = health_service(tmp_path)
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        health = health_address(svc.output)
+    with running_with_health(tmp_path) as (svc, health):
         svc.warm_standby()  # its channels are the supervisor's descriptors too
         before = psutil.Process(svc.pid).num_fds()
         idle = []
@@ -173,9 +184,7 @@ def test_idle_health_clients_cannot_use_up_the_supervisors_descriptors(tmp_path:
             finally:
                 connection.close()
             # the supervisor still has descriptors to start a generation with
-            mark = svc.mark()
-            svc.send(signal.SIGHUP)
-            svc.wait_serving(2, after=mark)
+            reload(svc, 2)
         finally:
             for client in idle:
                 client.close()
@@ -183,10 +192,7 @@ def test_idle_health_clients_cannot_use_up_the_supervisors_descriptors(tmp_path:
 
 
 def test_requests_as_clients_write_them(tmp_path: Path) -> None:
-    script = health_service(tmp_path)
-    with running(script, env=ENV) as svc:
-        svc.wait_serving(1)
-        health = health_address(svc.output)
+    with running_with_health(tmp_path) as (_, health):
 
         def raw(request: bytes) -> bytes:
             with socket.create_connection(health, timeout=10) as client:
@@ -202,15 +208,12 @@ def test_requests_as_clients_write_them(tmp_path: Path) -> None:
 
 
 def test_metrics_and_the_notify_status_record_a_probation_and_a_rollback(tmp_path: Path) -> None:
-    script = health_service(tmp_path)
     pid_file = tmp_path / "svc.pid"
     notify = NotifySocket(str(tmp_path / "notify.sock"))
     try:
-        with running(script, env={**ENV, "NOTIFY_SOCKET": notify.address}) as svc:
-            svc.wait_serving(1)
-            poll_until(pid_file.exists, 10, "the PID file")
-            health = health_address(svc.output)
-            script.write_text(
+        env = {**ENV, "NOTIFY_SOCKET": notify.address}
+        with running_with_health(tmp_path, env=env) as (svc, health):
+            svc.script.write_text(
                 service_source(prefix="v2", pid_file=pid_file, run_args="health='127.0.0.1:0'")
             )
             assert graceful_cli("reload", "--wait", "--pid-file", str(pid_file)).returncode == 0

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -25,11 +26,13 @@ from harness import (
     ask,
     connect,
     holds_listener,
+    hup,
     is_alive,
     poll_until,
     process_state,
     read_line,
     reap,
+    reload,
     running,
 )
 from services import service_source, wait_for_file, write_service
@@ -44,12 +47,6 @@ def assert_port_is_free(host: str, port: str) -> None:
         successor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         successor.bind((host, int(port)))
         successor.listen()
-
-
-def reload(svc: ServiceProcess, generation: int) -> None:
-    mark = svc.mark()
-    svc.send(signal.SIGHUP)
-    svc.wait_serving(generation, after=mark)
 
 
 def wait_for_prefix(load: Load, prefix: str, timeout: float = 15.0) -> None:
@@ -175,8 +172,7 @@ def test_running_out_of_descriptors_at_a_reload_fails_only_the_reload(
             # one descriptor left: the reload cannot even make its pipes
             resource.prlimit(svc.pid, resource.RLIMIT_NOFILE, (in_use + 1, limits[1]))
             script.write_text(service_source(prefix="v2"))
-            mark = svc.mark()
-            svc.send(signal.SIGHUP)
+            mark = hup(svc)
             failure = svc.wait_for(r"reload failed: generation 2: .*", after=mark).group(0)
             assert "Too many open files" in failure, failure
             assert "generation 1 keeps serving" in failure
@@ -380,8 +376,7 @@ def test_a_new_generation_that_lies_before_it_is_ready_fails_the_reload(tmp_path
             # it lies, then waits: it never accepts a connection, so none is lost
             lie = f"    os.write(ctx._control.fileno(), {LIES['junk']})\n    await anyio.sleep(60)"
             script.write_text(service_source(prefix="bad", before_serve=lie))
-            mark = svc.mark()
-            svc.send(signal.SIGHUP)
+            mark = hup(svc)
             failure = svc.wait_for(r"reload failed: generation 2: .*", after=mark).group(0)
             assert "sent a malformed control message" in failure
             assert "generation 1 keeps serving" in failure
@@ -414,6 +409,18 @@ BLOCKS = {
 }
 
 
+@contextlib.contextmanager
+def blocked_worker(svc: ServiceProcess) -> Iterator[tuple[int, socket.socket]]:
+    """The service's only worker, blocked by ``block`` sent on a new connection (it
+    answers ``blocking`` first): (its PID, the connection). Once the block ends, the
+    connection is closed and the worker reaped."""
+    [worker] = svc.worker_pids()
+    with connect(svc.address()) as client:
+        client.sendall(b"block\n")
+        yield worker, client
+    reap([worker])
+
+
 @pytest.mark.parametrize("kind", sorted(BLOCKS))
 def test_a_blocked_worker_is_gone_soon_after_its_supervisor_is_killed(
     tmp_path: Path, kind: str
@@ -422,14 +429,11 @@ def test_a_blocked_worker_is_gone_soon_after_its_supervisor_is_killed(
     with running(script, env={"LISTEN": "127.0.0.1:0", "DRAIN_TIMEOUT": "1"}) as svc:
         svc.wait_serving(1)
         host, _, port = svc.address().rpartition(":")
-        [worker] = svc.worker_pids()
-        with connect(svc.address()) as client:
-            client.sendall(b"block\n")
+        with blocked_worker(svc) as (worker, client):
             assert read_line(client) == b"v1: blocking\n"
             svc.send(signal.SIGKILL)
             # drain_timeout (1 s) plus the worker's own kill grace (2 s), with room to spare
             poll_until(lambda: not is_alive(worker), 15, "the orphaned worker to exit")
-        reap([worker])
         assert_port_is_free(host, port)
 
 
@@ -469,8 +473,7 @@ def test_a_worker_hung_while_importing_is_gone_soon_after_its_supervisor_is_kill
             "CTX = None\nif __name__ == '__mp_main__':\n    __import__('time').sleep(3600)",
         )
         script.write_text(hangs)
-        mark = svc.mark()
-        svc.send(signal.SIGHUP)
+        mark = hup(svc)
         svc.wait_for("starting generation 2", after=mark)
         poll_until(lambda: len(svc.worker_pids()) == 2, 10, "generation 2's worker")
         workers = svc.worker_pids()
@@ -490,8 +493,7 @@ def test_what_a_worker_left_is_stopped_even_if_the_supervisor_dies_while_sweepin
         svc.wait_serving(1)
         [child] = left_behind(record)
         script.write_text(service_source(prefix="v2"))
-        mark = svc.mark()
-        svc.send(signal.SIGHUP)
+        mark = hup(svc)
         # the supervisor starts its 2 s sweep of the child, and dies in the middle of it
         svc.wait_for(rf"generation 1 worker 0 left 1 process \({child}\) behind", after=mark)
         svc.send(signal.SIGKILL)
@@ -508,13 +510,10 @@ def test_a_killed_orphan_guard_is_replaced(tmp_path: Path) -> None:
         svc.wait_for(rf"the orphan guard \(PID {guard}\) exited .*; started a new one")
         poll_until(lambda: len(guards_of(svc)) == 1, 10, "the new guard")
         # and the new guard does its job
-        [worker] = svc.worker_pids()
-        with connect(svc.address()) as client:
-            client.sendall(b"block\n")
+        with blocked_worker(svc) as (worker, client):
             assert read_line(client) == b"v1: blocking\n"
             svc.send(signal.SIGKILL)
             poll_until(lambda: not is_alive(worker), 15, "the stuck worker to be killed")
-        reap([worker])
 
 
 def guards_of(svc: ServiceProcess) -> list[int]:
@@ -627,8 +626,7 @@ def test_a_listener_made_blocking_by_another_generation_does_not_stall_a_worker(
             "    await anyio.sleep(3)"
         )
         script.write_text(service_source(prefix="v2", before_serve=blocking_start))
-        mark = svc.mark()
-        svc.send(signal.SIGHUP)
+        mark = hup(svc)
         poll_until(started.exists, 15, "generation 2 to make the listener blocking")
         # Both workers of generation 1 wake up for each new connection; the one that
         # loses the race for it must not then block in accept().
@@ -697,8 +695,7 @@ def test_a_stop_during_a_slow_start_refuses_new_connections_and_ends_cleanly(
         address = svc.address()
         # generation 2 holds the listeners and will not be ready before the stop
         script.write_text(service_source(prefix="v2", before_serve=wait_for_file(gate)))
-        mark = svc.mark()
-        svc.send(signal.SIGHUP)
+        mark = hup(svc)
         svc.wait_for("starting generation 2", after=mark)
         poll_until(lambda: len(svc.worker_pids()) == 2, 10, "generation 2's worker")
         svc.send(signal.SIGTERM)
@@ -764,8 +761,7 @@ def test_a_reload_to_an_app_that_is_not_callable_fails(tmp_path: Path, value: st
     with running(app, module="graceful", args=args, cwd=tmp_path) as svc:
         svc.wait_serving(1)
         app.write_text(f"app = {value}\n")
-        mark = svc.mark()
-        svc.send(signal.SIGHUP)
+        mark = hup(svc)
         failure = svc.wait_for(r"reload failed: generation 2: .*", after=mark).group(0)
         assert "is not an ASGI application" in failure, failure
         assert "generation 1 keeps serving" in failure

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from echo_load import Load
-from harness import ServiceProcess, graceful_cli, poll_until, running
+from harness import ServiceProcess, graceful_cli, graceful_serve, hup, poll_until, running
 from http_load import HttpLoad
-from services import minimal_asgi_app, service_source, wait_for_file, write_service
+from services import minimal_asgi_app, pid_service, service_source, wait_for_file, write_service
 
 from graceful import Control
 from graceful.testing import holds_socket, listening_socket
@@ -95,8 +95,7 @@ def test_a_rolling_reload_of_four_workers_keeps_at_most_five_on_the_listener(
             # the new workers wait at the gate, holding the listeners, until the
             # sampler has seen them: the peak is reached, not hoped for
             script.write_text(service_source(prefix="v2", before_serve=wait_for_file(gate)))
-            mark = svc.mark()
-            svc.send(signal.SIGHUP)
+            mark = hup(svc)
             poll_until(lambda: len(holders.now()) == cap, 30, f"{cap} listener holders")
             gate.touch()
             svc.wait_serving(2, after=mark)
@@ -116,9 +115,7 @@ def test_a_rolling_reload_of_four_workers_keeps_at_most_five_on_the_listener(
 def test_a_new_version_failing_in_one_slot_leaves_every_answer_on_the_old_code(
     tmp_path: Path, preload: str
 ) -> None:
-    script = write_service(tmp_path / "svc.py", prefix="old")
-    pid_file = tmp_path / "svc.pid"
-    script.write_text(service_source(prefix="old", pid_file=pid_file))
+    script, pid_file = pid_service(tmp_path, prefix="old")
     with running(script, env=env(STRATEGY="rolling", PRELOAD=preload)) as svc:
         svc.wait_serving(1)
         old = sorted(svc.worker_pids())
@@ -127,8 +124,7 @@ def test_a_new_version_failing_in_one_slot_leaves_every_answer_on_the_old_code(
             # worker 2 of the new code cannot start; 0 and 1 start and serve first
             broken = "    if ctx.worker_id == 2:\n        raise RuntimeError('slot 2 is broken')\n"
             script.write_text(service_source(prefix="new", before_serve=broken, pid_file=pid_file))
-            mark = svc.mark()
-            svc.send(signal.SIGHUP)
+            mark = hup(svc)
             svc.wait_for(r"generation 2 worker 1 is ready|reload failed", after=mark)
             svc.wait_for(r"reload failed: generation 2: worker 2.*slot 2 is broken", after=mark)
             if preload == "0":
@@ -148,9 +144,7 @@ def test_a_new_version_failing_in_one_slot_leaves_every_answer_on_the_old_code(
 
 
 def test_sigttin_and_sigttou_add_and_remove_one_worker_and_lose_nothing(tmp_path: Path) -> None:
-    pid_file = tmp_path / "svc.pid"
-    script = tmp_path / "svc.py"
-    script.write_text(service_source(prefix="v1", pid_file=pid_file))
+    script, pid_file = pid_service(tmp_path, prefix="v1")
     with running(script, env=env(WORKERS="2")) as svc:
         svc.wait_serving(1)
         with Load(svc.address(), clients=16) as load:
@@ -178,9 +172,7 @@ def test_sigttin_and_sigttou_add_and_remove_one_worker_and_lose_nothing(tmp_path
 
 
 def test_graceful_scale_waits_for_the_workers_and_refuses_zero(tmp_path: Path) -> None:
-    pid_file = tmp_path / "svc.pid"
-    script = tmp_path / "svc.py"
-    script.write_text(service_source(prefix="v1", pid_file=pid_file))
+    script, pid_file = pid_service(tmp_path, prefix="v1")
     with running(script, env=env(WORKERS="1")) as svc:
         svc.wait_serving(1)
         poll_until(pid_file.exists, 10, "the PID file")
@@ -203,9 +195,7 @@ def test_graceful_scale_wait_ends_with_the_cause_when_the_added_workers_crash(
 ) -> None:
     """The code on disk now fails at import: the workers a scale-up adds crash, and
     ``scale --wait`` says why and exits 1 (it waited for ever)."""
-    pid_file = tmp_path / "svc.pid"
-    script = tmp_path / "svc.py"
-    script.write_text(service_source(prefix="v1", pid_file=pid_file))
+    script, pid_file = pid_service(tmp_path, prefix="v1")
     with running(script, env=env(WORKERS="1")) as svc:
         svc.wait_serving(1)
         poll_until(pid_file.exists, 10, "the PID file")
@@ -228,22 +218,23 @@ def test_graceful_serve_rolls_three_uvicorn_workers_under_keep_alive_load(
 ) -> None:
     app = tmp_path / "app.py"
     app.write_text(minimal_asgi_app("v1"))
-    with running(
-        app,
-        module="graceful",
-        args=["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
-              "--workers", "3", "--strategy", "rolling", "--probation", "0",
-              "--drain-timeout", "5", *preload],
-        cwd=tmp_path,
-        env={"PYTHONDONTWRITEBYTECODE": "1"},
-    ) as svc:  # fmt: skip
+    options = [
+        "--workers",
+        "3",
+        "--strategy",
+        "rolling",
+        "--probation",
+        "0",
+        "--drain-timeout",
+        "5",
+    ]
+    with graceful_serve(app, *options, *preload, env={"PYTHONDONTWRITEBYTECODE": "1"}) as svc:
         svc.wait_serving(1)
         with HttpLoad(f"http://{svc.address()}/", clients=12) as load:
             poll_until(lambda: load.tally.ok > 300, 20, "answers")
             for generation, message in ((2, "v2"), (3, "v3")):
                 app.write_text(minimal_asgi_app(message))
-                mark = svc.mark()
-                svc.send(signal.SIGHUP)
+                mark = hup(svc)
                 svc.wait_for(r"rolling: 1 at a time", after=mark)
                 svc.wait_serving(generation, after=mark)
                 load.wait_for_body(message)

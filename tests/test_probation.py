@@ -22,14 +22,15 @@ import signal
 import subprocess
 import textwrap
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 from echo_load import Load
-from harness import ServiceProcess, graceful_cli, is_alive, poll_until, running
+from harness import ServiceProcess, graceful_cli, graceful_serve, hup, is_alive, poll_until, running
 from http_load import HttpLoad
-from services import service_source, write_service
+from services import pid_service, service_source, write_service
 
 from graceful import Control
 
@@ -38,6 +39,23 @@ PID_IN_PREFIX = """\
     global PREFIX
     PREFIX = PREFIX[:-2] + f" {os.getpid()}: ".encode()
 """
+
+
+@pytest.fixture
+def kind() -> str:
+    """The service's backend: asyncio, unless a test is parametrized with another."""
+    return "asyncio"
+
+
+@pytest.fixture
+def script(tmp_path: Path, kind: str) -> Path:
+    """``svc.py`` with the old code on ``kind``, whose answers name the process
+    (:data:`PID_IN_PREFIX`), and whose supervisor writes its PID to ``svc.pid``."""
+    pid_file = tmp_path / "svc.pid"
+    return write_service(
+        tmp_path / "svc.py", kind, prefix="old", before_serve=PID_IN_PREFIX, pid_file=pid_file
+    )
+
 
 #: Records the client ports of the connections this worker holds on the service's
 #: port (``SERVICE_PORT``, known before: a worker told to drain no longer holds the
@@ -117,15 +135,33 @@ def env(tmp_path: Path, **more: str) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def started(script: Path, tmp_path: Path, **settings: str) -> Iterator[ServiceProcess]:
+    """``script`` run with :func:`env` (``settings`` added); once generation 1 serves
+    and the supervisor has written ``svc.pid``."""
+    with running(script, env=env(tmp_path, **settings)) as svc:
+        svc.wait_serving(1)
+        poll_until((tmp_path / "svc.pid").exists, 10, "the PID file")
+        yield svc
+
+
+def killed(svc: ServiceProcess, pid: int, then: str) -> int:
+    """SIGKILL worker ``pid``, then wait until the supervisor logs ``then`` (a regular
+    expression); the mark of the output from just before the kill."""
+    mark = svc.mark()
+    os.kill(pid, signal.SIGKILL)
+    svc.wait_for(then, after=mark)
+    return mark
+
+
 def wait_until_only(svc: ServiceProcess, pids: list[int]) -> None:
     poll_until(lambda: sorted(svc.worker_pids()) == sorted(pids), 20, f"only workers {pids} left")
 
 
 @pytest.mark.parametrize("kind", ["asyncio", "trio"])
 def test_new_code_that_crashes_after_ready_is_rolled_back_to_the_parked_processes(
-    tmp_path: Path, kind: str
+    tmp_path: Path, script: Path, kind: str
 ) -> None:
-    script = write_service(tmp_path / "svc.py", kind, prefix="old", before_serve=PID_IN_PREFIX)
     with running(script, env=env(tmp_path)) as svc:
         svc.wait_serving(1)
         old = sorted(svc.worker_pids())
@@ -136,8 +172,7 @@ def test_new_code_that_crashes_after_ready_is_rolled_back_to_the_parked_processe
                     kind, prefix="new", before_serve=PID_IN_PREFIX + crash_after_ready(kind)
                 )
             )
-            mark = svc.mark()
-            svc.send(signal.SIGHUP)
+            mark = hup(svc)
             svc.wait_serving(2, after=mark)
             svc.wait_for(r"rolling back: generation 2 worker \d exited with code 3", after=mark)
             svc.wait_for(r"rolled back: generation 1 serves again", after=mark)
@@ -164,9 +199,8 @@ def test_new_code_that_crashes_after_ready_is_rolled_back_to_the_parked_processe
 
 
 def test_a_worker_that_declares_itself_broken_is_rolled_back_without_a_failed_request(
-    tmp_path: Path,
+    tmp_path: Path, script: Path
 ) -> None:
-    script = write_service(tmp_path / "svc.py", prefix="old", before_serve=PID_IN_PREFIX)
     broken = PID_IN_PREFIX + textwrap.indent(
         "async def declare():\n"
         "    await anyio.sleep(0.5)\n"
@@ -180,8 +214,7 @@ def test_a_worker_that_declares_itself_broken_is_rolled_back_without_a_failed_re
         with Load(svc.address(), clients=24) as load:
             more_answers(load, 100)
             script.write_text(service_source(prefix="new", before_serve=broken))
-            mark = svc.mark()
-            svc.send(signal.SIGHUP)
+            mark = hup(svc)
             svc.wait_serving(2, after=mark)
             svc.wait_for(
                 r"rolling back: generation 2 worker \d declared itself broken: "
@@ -199,15 +232,10 @@ def test_a_worker_that_declares_itself_broken_is_rolled_back_without_a_failed_re
 
 @pytest.mark.parametrize(("kind", "how"), [("asyncio", "cli"), ("sync", "SIGUSR2")])
 def test_a_manual_rollback_brings_the_parked_processes_back(
-    tmp_path: Path, kind: str, how: str
+    tmp_path: Path, script: Path, kind: str, how: str
 ) -> None:
     pid_file = tmp_path / "svc.pid"
-    script = write_service(
-        tmp_path / "svc.py", kind, prefix="old", before_serve=PID_IN_PREFIX, pid_file=pid_file
-    )
-    with running(script, env=env(tmp_path)) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with started(script, tmp_path) as svc:
         old = sorted(svc.worker_pids())
         with Load(svc.address(), clients=24) as load:
             more_answers(load, 100)
@@ -262,16 +290,14 @@ def test_a_manual_rollback_brings_the_parked_processes_back(
 
 
 def test_the_parked_generation_exits_when_the_probation_ends_and_a_later_crash_restarts(
-    tmp_path: Path,
+    tmp_path: Path, script: Path
 ) -> None:
-    script = write_service(tmp_path / "svc.py", prefix="old", before_serve=PID_IN_PREFIX)
     with running(script, env=env(tmp_path, PROBATION="2")) as svc:
         svc.wait_serving(1)
         old = sorted(svc.worker_pids())
         with Load(svc.address(), clients=24) as load:
             script.write_text(service_source(prefix="new", before_serve=PID_IN_PREFIX))
-            mark = svc.mark()
-            svc.send(signal.SIGHUP)
+            mark = hup(svc)
             svc.wait_serving(2, after=mark)
             assert all(is_alive(pid) for pid in old)  # parked
             svc.wait_for(r"generation 2 passed its probation \(2s\); parked generation 1 exits")
@@ -292,15 +318,10 @@ def test_the_parked_generation_exits_when_the_probation_ends_and_a_later_crash_r
 
 
 def test_after_a_rollback_the_rejected_code_on_disk_is_not_respawned_until_a_reload(
-    tmp_path: Path,
+    tmp_path: Path, script: Path
 ) -> None:
     pid_file = tmp_path / "svc.pid"
-    script = write_service(
-        tmp_path / "svc.py", prefix="old", before_serve=PID_IN_PREFIX, pid_file=pid_file
-    )
-    with running(script, env=env(tmp_path)) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with started(script, tmp_path) as svc:
         old = sorted(svc.worker_pids())
         script.write_text(
             service_source(prefix="rejected", before_serve=PID_IN_PREFIX, pid_file=pid_file)
@@ -310,12 +331,11 @@ def test_after_a_rollback_the_rejected_code_on_disk_is_not_respawned_until_a_rel
         wait_until_only(svc, old)
 
         # one of the two old workers dies: it is not replaced from the rejected code
-        mark = svc.mark()
-        os.kill(old[0], signal.SIGKILL)
-        svc.wait_for(
-            r"not restarting it: the code on disk is generation 2's, which was rolled back "
+        killed(
+            svc,
+            old[0],
+            then=r"not restarting it: the code on disk is generation 2's, which was rolled back "
             r"\(generation 2 rolled back by graceful rollback\)\. Serving with 1/2 workers",
-            after=mark,
         )
         status = Control(pid_file).status()
         [generation] = status["generations"]
@@ -328,12 +348,11 @@ def test_after_a_rollback_the_rejected_code_on_disk_is_not_respawned_until_a_rel
         assert load.tally.failed == 0, load.tally.as_dict()
 
         # the last one dies: as the last resort, the code on disk is started, loudly
-        mark = svc.mark()
-        os.kill(old[1], signal.SIGKILL)
-        svc.wait_for(
-            r"was the last worker: restarting it from the code on disk, although generation "
+        mark = killed(
+            svc,
+            old[1],
+            then=r"was the last worker: restarting it from the code on disk, although generation "
             r"2's code was rolled back",
-            after=mark,
         )
         svc.wait_for(r"generation 1 worker \d is back in service", after=mark)
         status = Control(pid_file).status()
@@ -355,11 +374,8 @@ def test_after_a_rollback_the_rejected_code_on_disk_is_not_respawned_until_a_rel
 
 
 def test_reload_wait_through_probation_reports_the_rollback_or_the_pass(tmp_path: Path) -> None:
-    pid_file = tmp_path / "svc.pid"
-    script = write_service(tmp_path / "svc.py", prefix="old", pid_file=pid_file)
-    with running(script, env=env(tmp_path, PROBATION="4")) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    script, pid_file = pid_service(tmp_path, prefix="old")
+    with started(script, tmp_path, PROBATION="4") as svc:
         script.write_text(
             service_source(
                 prefix="new", before_serve=crash_after_ready("asyncio"), pid_file=pid_file
@@ -431,15 +447,8 @@ def test_uvicorn_new_code_that_crashes_after_its_lifespan_startup_is_rolled_back
     app.write_text(ASGI_APP.format(message="old", crash=False, record_and_crash=RECORD_AND_CRASH))
     record = tmp_path / "crashes"
     record.mkdir()
-    svc = ServiceProcess(
-        app,
-        module="graceful",
-        args=["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
-              "--workers", "2", "--drain-timeout", "5", "--probation", "60"],
-        cwd=tmp_path,
-        env={"CRASH_RECORD": str(record)},
-    )  # fmt: skip
-    with svc:
+    options = ["--workers", "2", "--drain-timeout", "5", "--probation", "60"]
+    with graceful_serve(app, *options, env={"CRASH_RECORD": str(record)}) as svc:
         svc.wait_serving(1)
         old = sorted(svc.worker_pids())
         with HttpLoad(f"http://{svc.address()}/", clients=24) as load:
@@ -447,8 +456,7 @@ def test_uvicorn_new_code_that_crashes_after_its_lifespan_startup_is_rolled_back
             app.write_text(
                 ASGI_APP.format(message="new", crash=True, record_and_crash=RECORD_AND_CRASH)
             )
-            mark = svc.mark()
-            svc.send(signal.SIGHUP)
+            mark = hup(svc)
             svc.wait_serving(2, after=mark)
             svc.wait_for(r"rolled back: generation 1 serves again", after=mark)
             wait_until_only(svc, old)
@@ -471,11 +479,10 @@ def test_uvicorn_new_code_that_crashes_after_its_lifespan_startup_is_rolled_back
 
 @pytest.mark.parametrize("kind", ["asyncio", "sync"])
 def test_new_code_that_crashes_as_soon_as_it_is_ready_is_rolled_back_too(
-    tmp_path: Path, kind: str
+    tmp_path: Path, script: Path, kind: str
 ) -> None:
     """The park and the resume reach the old worker back to back (see
     tests/test_context_park.py): it must still resume."""
-    script = write_service(tmp_path / "svc.py", kind, prefix="old", before_serve=PID_IN_PREFIX)
     crash_at_once = (
         PID_IN_PREFIX + "    __import__('threading').Timer(0.05, os._exit, (3,)).start()\n"
     )
@@ -485,8 +492,7 @@ def test_new_code_that_crashes_as_soon_as_it_is_ready_is_rolled_back_too(
         with Load(svc.address(), clients=20) as load:
             more_answers(load, 100)
             script.write_text(service_source(kind, prefix="new", before_serve=crash_at_once))
-            mark = svc.mark()
-            svc.send(signal.SIGHUP)
+            mark = hup(svc)
             svc.wait_for(r"rolled back: generation 1 serves again", after=mark)
             wait_until_only(svc, [old])
             since = more_answers(load, 500)
@@ -497,18 +503,12 @@ def test_new_code_that_crashes_as_soon_as_it_is_ready_is_rolled_back_too(
 
 @pytest.mark.parametrize("preload", ["0", "1"])
 def test_a_rolling_reload_with_probation_keeps_its_parked_workers_for_the_rollback(
-    tmp_path: Path, preload: str
+    tmp_path: Path, script: Path, preload: str
 ) -> None:
     """Each old worker the rollout parked stays parked through the probation, and a
     rollback resumes them all (it drained them all before, and could not roll back)."""
     pid_file = tmp_path / "svc.pid"
-    script = write_service(
-        tmp_path / "svc.py", prefix="old", before_serve=PID_IN_PREFIX, pid_file=pid_file
-    )
-    settings = env(tmp_path, STRATEGY="rolling", PRELOAD=preload)
-    with running(script, env=settings) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    with started(script, tmp_path, STRATEGY="rolling", PRELOAD=preload) as svc:
         old = sorted(w["pid"] for w in Control(pid_file).status()["generations"][0]["workers"])
         with Load(svc.address(), clients=16) as load:
             more_answers(load, 100)
@@ -542,12 +542,8 @@ def test_a_stopped_parked_worker_costs_a_rollback_its_resume_timeout_not_ready_t
     """The parked worker is SIGSTOPped and the new code crashes during its probation:
     the rollback gives the parked worker resume_timeout (3 s) instead of ready_timeout
     (30 s), then the crashed slot is refilled; no request waits anywhere near 30 s."""
-    pid_file = tmp_path / "svc.pid"
-    script = write_service(tmp_path / "svc.py", prefix="old", pid_file=pid_file)
-    settings = env(tmp_path, WORKERS="1", READY_TIMEOUT="30")
-    with running(script, env=settings) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    script, pid_file = pid_service(tmp_path, prefix="old")
+    with started(script, tmp_path, WORKERS="1", READY_TIMEOUT="30") as svc:
         [parked] = [w["pid"] for w in Control(pid_file).status()["generations"][0]["workers"]]
         script.write_text(
             service_source(
@@ -576,11 +572,8 @@ def test_a_stopped_parked_worker_costs_a_rollback_its_resume_timeout_not_ready_t
 def test_after_a_rollback_the_slots_scaled_up_during_the_probation_are_said_empty(
     tmp_path: Path,
 ) -> None:
-    pid_file = tmp_path / "svc.pid"
-    script = write_service(tmp_path / "svc.py", prefix="old", pid_file=pid_file)
-    with running(script, env=env(tmp_path)) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    script, pid_file = pid_service(tmp_path, prefix="old")
+    with started(script, tmp_path) as svc:
         script.write_text(service_source(prefix="new", pid_file=pid_file))
         assert graceful_cli("reload", "--wait", "--pid-file", str(pid_file)).returncode == 0
         scaled = graceful_cli("scale", "4", "--wait", "--pid-file", str(pid_file))
@@ -601,11 +594,8 @@ def test_scale_wait_during_a_probation_ends_when_a_rollback_leaves_slots_empty(
     """``scale 3 --wait`` while the added worker starts slowly, then a rollback: the
     slot stays empty until the next reload, and the waiting client says so (it waited
     for ever)."""
-    pid_file = tmp_path / "svc.pid"
-    script = write_service(tmp_path / "svc.py", prefix="old", pid_file=pid_file)
-    with running(script, env=env(tmp_path)) as svc:
-        svc.wait_serving(1)
-        poll_until(pid_file.exists, 10, "the PID file")
+    script, pid_file = pid_service(tmp_path, prefix="old")
+    with started(script, tmp_path) as svc:
         script.write_text(service_source(prefix="new", pid_file=pid_file))
         assert graceful_cli("reload", "--wait", "--pid-file", str(pid_file)).returncode == 0
         importing = tmp_path / "importing"

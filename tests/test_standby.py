@@ -10,6 +10,7 @@ dies or hangs costs only a cold start.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
@@ -20,13 +21,14 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import psutil
 import pytest
 from echo_load import Load
-from harness import ServiceProcess, ask, connect, poll_until
+from harness import ServiceProcess, ask, connect, poll_until, reload
 from services import service_source
 
 from graceful import Control
@@ -97,19 +99,22 @@ def answers_only(svc: ServiceProcess, version: str) -> int:
     return seen[-1]
 
 
-def reload(svc: ServiceProcess, generation: int) -> None:
-    mark = svc.mark()
-    svc.send(signal.SIGHUP)
-    svc.wait_serving(generation, after=mark, timeout=60)
+@contextlib.contextmanager
+def warm(
+    tmp_path: Path, *, env: dict[str, str] | None = None
+) -> Iterator[tuple[ServiceProcess, int]]:
+    """:func:`start` on handlers ``v1``; once generation 1 serves and the standby is
+    warm, (svc, the standby's PID)."""
+    write_handlers(tmp_path, "v1")
+    with start(tmp_path, env=env) as svc:
+        svc.wait_serving(1)
+        yield svc, svc.warm_standby()
 
 
 def test_a_reload_is_served_by_the_standby_which_never_held_the_users_code(
     tmp_path: Path,
 ) -> None:
-    write_handlers(tmp_path, "v1")
-    with start(tmp_path) as svc:
-        svc.wait_serving(1)
-        standby = svc.warm_standby()
+    with warm(tmp_path) as (svc, standby):
         assert standby not in importers(tmp_path)
         assert standby not in svc.worker_pids()
         with Load(svc.address(), clients=8) as load:
@@ -156,10 +161,7 @@ def test_standby_false_or_no_standby_keeps_none(tmp_path: Path, how: str) -> Non
 
 
 def test_a_killed_standby_is_replaced_and_costs_nothing(tmp_path: Path) -> None:
-    write_handlers(tmp_path, "v1")
-    with start(tmp_path) as svc:
-        svc.wait_serving(1)
-        standby = svc.warm_standby()
+    with warm(tmp_path) as (svc, standby):
         os.kill(standby, signal.SIGKILL)
         svc.wait_for(rf"the standby \(PID {standby}\) exited")
         # replaced while the service is quiet, without waiting for a reload
@@ -174,10 +176,7 @@ def test_a_killed_standby_is_replaced_and_costs_nothing(tmp_path: Path) -> None:
 
 
 def test_a_hung_standby_is_given_up_and_the_reload_starts_cold(tmp_path: Path) -> None:
-    write_handlers(tmp_path, "v1")
-    with start(tmp_path) as svc:
-        svc.wait_serving(1)
-        standby = svc.warm_standby()
+    with warm(tmp_path) as (svc, standby):
         os.kill(standby, signal.SIGSTOP)
         write_handlers(tmp_path, "v2")
         reload(svc, 2)
@@ -187,10 +186,7 @@ def test_a_hung_standby_is_given_up_and_the_reload_starts_cold(tmp_path: Path) -
 
 
 def test_with_preload_the_standby_becomes_the_template(tmp_path: Path) -> None:
-    write_handlers(tmp_path, "v1")
-    with start(tmp_path, env={"PRELOAD": "1", "WORKERS": "2"}) as svc:
-        svc.wait_serving(1)
-        standby = svc.warm_standby()
+    with warm(tmp_path, env={"PRELOAD": "1", "WORKERS": "2"}) as (svc, standby):
         assert standby not in importers(tmp_path)
         write_handlers(tmp_path, "v2")
         reload(svc, 2)

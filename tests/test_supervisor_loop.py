@@ -204,6 +204,18 @@ async def until(predicate: Callable[[], bool]) -> None:
         await anyio.sleep(0.005)
 
 
+def reload_once_then_stop(loop: SupervisorLoop) -> Callable[[], Awaitable[None]]:
+    """A drive: once generation 1 serves, one reload; once it is over, a stop."""
+
+    async def drive() -> None:
+        await until(lambda: loop.machine.serving == 1)
+        loop.events_in.send_nowait(ReloadRequested())
+        await until(lambda: loop.machine.last_reload is not None)
+        loop.events_in.send_nowait(StopRequested())
+
+    return drive
+
+
 def make_loop(factory: StandInFactory, workers: int = 2) -> SupervisorLoop:
     return SupervisorLoop(
         Settings(workers=workers, ready_timeout=5.0, drain_timeout=5.0, kill_grace=0.5),
@@ -267,12 +279,7 @@ def test_a_cause_written_just_before_the_exit_names_the_failure() -> None:
     factory = StandInFactory(lambda spawn: crash if spawn.generation == 2 else serve_until_shutdown)
     loop = make_loop(factory, workers=1)
 
-    async def drive() -> None:
-        await until(lambda: loop.machine.serving == 1)
-        loop.events_in.send_nowait(ReloadRequested())
-        await until(lambda: loop.machine.last_reload is not None)
-        loop.events_in.send_nowait(StopRequested())
-
+    drive = reload_once_then_stop(loop)
     assert run(loop, factory, drive) == 0
     assert str(loop.machine.last_reload) == (
         "generation 2 failed: worker 0: RuntimeError: boom (app.py, line 3)"
@@ -287,12 +294,7 @@ def test_a_worker_that_writes_junk_is_killed_through_the_seam() -> None:
     factory = StandInFactory(lambda spawn: junk if spawn.generation == 2 else serve_until_shutdown)
     loop = make_loop(factory, workers=1)
 
-    async def drive() -> None:
-        await until(lambda: loop.machine.serving == 1)
-        loop.events_in.send_nowait(ReloadRequested())
-        await until(lambda: loop.machine.last_reload is not None)
-        loop.events_in.send_nowait(StopRequested())
-
+    drive = reload_once_then_stop(loop)
     assert run(loop, factory, drive) == 0
     [liar] = [w for w in factory.started if w.generation == 2]
     assert liar.killed

@@ -13,11 +13,12 @@ import inspect
 import json
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 from harness import ROOT, ask, connect, graceful_cli, running
-from services import write_service
+from services import pid_service
 
 from graceful import _boot, _version
 from graceful.wire import bootstrap, messages
@@ -141,20 +142,28 @@ def install_graceful_beside(app_dir: Path, version: str, protocol: int) -> None:
     (copy / "_version.py").write_text(source)
 
 
+def reload_with_graceful_beside(
+    tmp_path: Path, version: str, protocol: int
+) -> subprocess.CompletedProcess[str]:
+    """Install graceful ``version`` (speaking ``protocol``) beside the service in
+    ``tmp_path`` (:func:`install_graceful_beside`), write its code anew (``v2``), and
+    ``graceful reload --wait``: the reload's result."""
+    install_graceful_beside(tmp_path, version, protocol)
+    _, pid_file = pid_service(tmp_path, prefix="v2")
+    return graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+
+
 @pytest.mark.parametrize("standby", ["1", "0"])
 def test_a_child_of_another_protocol_fails_the_reload_in_one_line(
     tmp_path: Path, standby: str
 ) -> None:
-    pid_file = tmp_path / "svc.pid"
-    script = write_service(tmp_path / "svc.py", "asyncio", prefix="v1", pid_file=pid_file)
+    script, _ = pid_service(tmp_path, prefix="v1")
     env = {"LISTEN": "127.0.0.1:0", "PROBATION": "0", "STANDBY": standby}
     with running(script, env=env) as svc:
         svc.wait_serving(1)
         if standby == "1":
             svc.warm_standby()
-        install_graceful_beside(tmp_path, "9.9.9", 99)
-        write_service(script, "asyncio", prefix="v2", pid_file=pid_file)
-        result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+        result = reload_with_graceful_beside(tmp_path, "9.9.9", 99)
         assert result.returncode == 1, result.stdout + result.stderr
         expected = (
             f"the worker runs graceful 9.9.9 (protocol 99), which this supervisor "
@@ -174,14 +183,11 @@ def test_a_child_of_another_protocol_fails_the_reload_in_one_line(
 def test_a_child_of_a_newer_compatible_graceful_is_named_once_and_in_status(
     tmp_path: Path,
 ) -> None:
-    pid_file = tmp_path / "svc.pid"
-    script = write_service(tmp_path / "svc.py", "asyncio", prefix="v1", pid_file=pid_file)
+    script, pid_file = pid_service(tmp_path, prefix="v1")
     env = {"LISTEN": "127.0.0.1:0", "PROBATION": "0", "WORKERS": "2"}
     with running(script, env=env) as svc:
         svc.wait_serving(1)
-        install_graceful_beside(tmp_path, "0.1.1", _version.PROTOCOL)
-        write_service(script, "asyncio", prefix="v2", pid_file=pid_file)
-        result = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+        result = reload_with_graceful_beside(tmp_path, "0.1.1", _version.PROTOCOL)
         assert result.returncode == 0, result.stdout + result.stderr
         line = (
             f"generation 2 runs graceful 0.1.1 under supervisor {_version.VERSION} "

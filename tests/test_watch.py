@@ -17,38 +17,14 @@ from pathlib import Path
 import pytest
 from harness import ServiceProcess, connect, poll_until, read_line, running
 from http_load import HttpLoad
-from services import service_source
-
-STARLETTE_APP = """\
-import contextlib
-
-from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
-{imports}
-MESSAGE = {message!r}
-
-
-@contextlib.asynccontextmanager
-async def lifespan(app):
-{lifespan}
-    yield
-
-
-async def home(request):
-    return PlainTextResponse(MESSAGE)
-
-
-app = Starlette(routes=[Route("/", home)], lifespan=lifespan)
-"""
+from services import service_source, starlette_app
 
 #: what each of 20 saves writes: a version that serves, or one of three broken ones
 FAILING_LIFESPAN = "    raise RuntimeError('lifespan of save 16 failed')"
 BROKEN = {
     5: ("syntax", "MESSAGE = 'v5'\ndef broken(:\n    pass\n"),
-    11: ("import", STARLETTE_APP.format(imports="import no_such_module_11", message="v11",
-                                        lifespan="    pass")),
-    16: ("lifespan", STARLETTE_APP.format(imports="", message="v16", lifespan=FAILING_LIFESPAN)),
+    11: ("import", starlette_app("v11", imports="import no_such_module_11")),
+    16: ("lifespan", starlette_app("v16", lifespan=FAILING_LIFESPAN)),
 }  # fmt: skip
 
 #: what each broken save's status line must name: its file, line and message
@@ -84,7 +60,7 @@ def next_status(svc: ServiceProcess, seen: int) -> str:
 
 def test_twenty_saves_under_load_with_three_broken_lose_no_request(tmp_path: Path) -> None:
     app = tmp_path / "app.py"
-    save(app, STARLETTE_APP.format(imports="", message="v0", lifespan="    pass"))
+    save(app, starlette_app("v0"))
     with running(
         app,
         module="graceful",
@@ -99,11 +75,7 @@ def test_twenty_saves_under_load_with_three_broken_lose_no_request(tmp_path: Pat
             load.wait_for_body("v0")
             for number in range(1, 21):
                 broken = BROKEN.get(number)
-                text = (
-                    broken[1]
-                    if broken
-                    else STARLETTE_APP.format(imports="", message=f"v{number}", lifespan="    pass")
-                )
+                text = broken[1] if broken else starlette_app(f"v{number}")
                 save(app, text)
                 line = next_status(svc, number - 1)
                 if broken:
@@ -280,8 +252,7 @@ def test_a_save_that_hangs_is_superseded_by_the_next_one(tmp_path: Path) -> None
 
 def test_an_app_broken_at_start_waits_for_a_fix(tmp_path: Path) -> None:
     app = tmp_path / "app.py"
-    save(app, STARLETTE_APP.format(imports="import no_such_module_yet", message="v1",
-                                   lifespan="    pass"))  # fmt: skip
+    save(app, starlette_app("v1", imports="import no_such_module_yet"))
     with running(
         app,
         module="graceful",
@@ -295,7 +266,7 @@ def test_an_app_broken_at_start_waits_for_a_fix(tmp_path: Path) -> None:
         assert "nothing serves yet: waiting for a change" in line
         assert svc.proc.poll() is None  # still there, its listener bound
         with HttpLoad(f"http://{svc.address()}/", clients=4) as load:
-            save(app, STARLETTE_APP.format(imports="", message="v2", lifespan="    pass"))
+            save(app, starlette_app("v2"))
             assert "✓ generation 2 serving" in next_status(svc, 1)
             # what waited in the backlog meanwhile is answered by the fixed code
             load.wait_for_body("v2")

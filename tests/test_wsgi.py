@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import ServiceProcess, graceful_cli, poll_until
+from harness import ServiceProcess, graceful_cli, graceful_serve, hup, poll_until, reload
 from http_load import HttpLoad
 
 from graceful.code.interfaces import as_asgi3, detect
@@ -67,35 +67,30 @@ def write_app(path: Path, version: str) -> None:
     path.write_text(WSGI_APP.format(version=version))
 
 
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    """``app.py`` in ``tmp_path``, at version ``v1``."""
+    path = tmp_path / "app.py"
+    write_app(path, "v1")
+    return path
+
+
 def serve(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> ServiceProcess:
-    return ServiceProcess(
-        tmp_path / "app.py",
-        module="graceful",
-        args=["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log",
-              "--drain-timeout", "5", *extra],
-        cwd=tmp_path,
-        env={"CLOSED_MARK": str(tmp_path / "closed"), **(env or {})},
-    )  # fmt: skip
-
-
-def reload(svc: ServiceProcess, generation: int) -> None:
-    mark = svc.mark()
-    svc.send(signal.SIGHUP)
-    svc.wait_serving(generation, after=mark, timeout=60)
+    env = {"CLOSED_MARK": str(tmp_path / "closed"), **(env or {})}
+    return graceful_serve(tmp_path / "app.py", "--drain-timeout", "5", *extra, env=env)
 
 
 @pytest.mark.parametrize("interface", ["wsgi", "auto"])
 def test_a_wsgi_app_reloads_under_load_without_a_failed_request(
-    tmp_path: Path, interface: str
+    tmp_path: Path, app: Path, interface: str
 ) -> None:
-    write_app(tmp_path / "app.py", "v1")
     with serve(tmp_path, "--interface", interface, "--workers", "2") as svc:
         svc.wait_serving(1)
         url = f"http://{svc.address()}/"
         with HttpLoad(url, clients=24) as load:
             poll_until(lambda: load.tally.ok > 200, 15, "answers from v1")
             for generation, version in ((2, "v2"), (3, "v3")):
-                write_app(tmp_path / "app.py", version)
+                write_app(app, version)
                 reload(svc, generation)
                 poll_until(
                     lambda v=version: any(body.startswith(v) for body in load.tally.bodies),  # type: ignore[misc]
@@ -108,9 +103,8 @@ def test_a_wsgi_app_reloads_under_load_without_a_failed_request(
 
 
 def test_request_bodies_streamed_responses_and_close_behave_as_wsgi_promises(
-    tmp_path: Path,
+    tmp_path: Path, app: Path
 ) -> None:
-    write_app(tmp_path / "app.py", "v1")
     with serve(tmp_path, "--interface", "wsgi", "--threads", "4") as svc:
         svc.wait_serving(1)
         with httpx.Client(base_url=f"http://{svc.address()}", timeout=10) as client:
@@ -156,8 +150,7 @@ def hooked(tmp_path: Path) -> ServiceProcess:
     return serve(tmp_path, "--ready-hook", "hooks:warm_up", env=env)
 
 
-def test_the_ready_hook_gates_readiness(tmp_path: Path) -> None:
-    write_app(tmp_path / "app.py", "v1")
+def test_the_ready_hook_gates_readiness(tmp_path: Path, app: Path) -> None:
     gate = tmp_path / "gate"
     gate.touch()
     with hooked(tmp_path) as svc:
@@ -166,9 +159,8 @@ def test_the_ready_hook_gates_readiness(tmp_path: Path) -> None:
         url = f"http://{svc.address()}/"
         # the next generation is not ready while its hook runs: v1 keeps answering
         gate.unlink()
-        write_app(tmp_path / "app.py", "v2")
-        mark = svc.mark()
-        svc.send(signal.SIGHUP)
+        write_app(app, "v2")
+        mark = hup(svc)
         svc.wait_for("starting generation 2", after=mark)
         for _ in range(20):
             assert httpx.get(url, timeout=10).text.startswith("v1")
@@ -180,17 +172,15 @@ def test_the_ready_hook_gates_readiness(tmp_path: Path) -> None:
         assert svc.wait_exit() == 0
 
 
-def test_a_ready_hook_that_raises_fails_the_reload(tmp_path: Path) -> None:
-    write_app(tmp_path / "app.py", "v1")
+def test_a_ready_hook_that_raises_fails_the_reload(tmp_path: Path, app: Path) -> None:
     (tmp_path / "gate").touch()
     with hooked(tmp_path) as svc:
         svc.wait_serving(1)
         url = f"http://{svc.address()}/"
         # a hook that raises fails the reload; the old generation keeps serving
         (tmp_path / "hooks.py").write_text(HOOKS + "\n\nwarm_up = broken\n")
-        write_app(tmp_path / "app.py", "v2")
-        mark = svc.mark()
-        svc.send(signal.SIGHUP)
+        write_app(app, "v2")
+        mark = hup(svc)
         failure = svc.wait_for(r"reload failed: generation 2: (.*)", after=mark)
         assert "ready hook 'hooks:warm_up' failed: RuntimeError: the database is unreachable" in (
             failure.group(1)
@@ -202,9 +192,8 @@ def test_a_ready_hook_that_raises_fails_the_reload(tmp_path: Path) -> None:
 
 
 def test_bad_interface_threads_and_hook_are_one_line_before_anything_starts(
-    tmp_path: Path,
+    tmp_path: Path, app: Path
 ) -> None:
-    write_app(tmp_path / "app.py", "v1")
     for extra, message in (
         (["--threads", "0"], "'0' must be a whole number of at least 1"),
         (["--interface", "asgi4"], "invalid choice: 'asgi4'"),
@@ -305,13 +294,12 @@ def test_an_asgi2_app_is_served(tmp_path: Path) -> None:
 
 
 def test_a_parked_wsgi_worker_with_a_request_still_running_at_its_deadline_is_not_resumed(
-    tmp_path: Path,
+    tmp_path: Path, app: Path
 ) -> None:
     """Found by an attack: the parked worker cancelled the endless stream at its drain
     deadline, which cannot stop a WSGI thread; the thread then waited forever, and a
     rollback resumed a worker with no thread left, ready by its own account, that
     answered nothing. Such a worker now says it cannot be resumed, and goes."""
-    write_app(tmp_path / "app.py", "v1")
     pid_file = tmp_path / "app.pid"
     with serve(
         tmp_path, "--interface", "wsgi", "--threads", "1", "--drain-timeout", "2",
@@ -323,7 +311,7 @@ def test_a_parked_wsgi_worker_with_a_request_still_running_at_its_deadline_is_no
         with socket.create_connection((host, int(port)), timeout=10) as stream:
             stream.sendall(b"GET /forever HTTP/1.1\r\nHost: t\r\n\r\n")
             assert stream.recv(4096).startswith(b"HTTP/1.1 200")
-            write_app(tmp_path / "app.py", "v2")
+            write_app(app, "v2")
             reload(svc, 2)
             svc.wait_for(
                 r"parked generation 1 worker 0 cannot be resumed: 1 request\(s\) still "

@@ -14,22 +14,20 @@ VERSION = "v0000"
 BODY = f"hello {VERSION}\n".encode()
 PID = str(os.getpid()).encode()
 
+Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 
-async def app(
-    scope: MutableMapping[str, Any],
-    receive: Callable[[], Awaitable[Message]],
-    send: Callable[[Message], Awaitable[None]],
-) -> None:
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 time.sleep(float(os.environ.get("BENCH_SLOW_START", "0")))
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
                 return
     headers = [
         (b"content-type", b"text/plain"),
