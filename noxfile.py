@@ -17,10 +17,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff: lint rules and formatting of every Python file."""
-    session.install("ruff>=0.6")
+    """ruff: lint rules and formatting of every Python file; the package's layers."""
+    session.install("-e", ".", "ruff>=0.6", "import-linter>=2.1")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    # the package's layers (pyproject.toml, [tool.importlinter])
+    session.run("lint-imports")
 
 
 @nox.session
