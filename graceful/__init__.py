@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from graceful.child.context import Context, SyncContext
     from graceful.control.client import Control
     from graceful.core.machine import ReloadOutcome
-    from graceful.dev.watch import Watch
+    from graceful.core.settings import Watch
     from graceful.sockets.listeners import Listener, parse_listen_spec
 
 #: public name -> the module that defines it
@@ -65,7 +65,7 @@ _MODULE_OF = {
     "ReloadOutcome": "graceful.core.machine",
     "Service": "graceful.api.service",
     "SyncContext": "graceful.child.context",
-    "Watch": "graceful.dev.watch",
+    "Watch": "graceful.core.settings",
     "parse_listen_spec": "graceful.sockets.listeners",
     "serve_asgi": "graceful.api.asgi",
     "service": "graceful.api.service",

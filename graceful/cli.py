@@ -17,23 +17,35 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
 from graceful.api.asgi import asgi_service
-from graceful.api.service import Service
+from graceful.api.service import Service, service_settings, supervise
 from graceful.base.errors import ConfigError, GracefulError
 from graceful.base.log import ensure_visible, logger
 from graceful.code.entry import import_module, module_exists, walk
-from graceful.code.interfaces import DEFAULT_THREADS, INTERFACES
 from graceful.control.client import Control, NoControlSocket
 from graceful.control.pidfile import signal_supervisor
-from graceful.dev.watch import Watch, as_watch, with_paths
+from graceful.core.settings import (
+    SECONDS,
+    WHOLE,
+    CommandLine,
+    Entry,
+    ServerSettings,
+    ServiceSettings,
+    Setting,
+    Watch,
+    checked,
+    settings_of,
+    shown,
+    taken_by,
+)
+from graceful.dev.watch import with_paths
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,31 +55,60 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds above 0")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
-    return value
+def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` as an argparse type: its refusal is argparse's one-line usage error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
-def _seconds_or_zero(text: str) -> float:
-    try:
-        if float(text) == 0:
-            return 0.0
-    except ValueError:
-        pass
-    return _positive_float(text)
+#: the ``--timeout`` and ``scale N`` arguments, read as the settings' are
+_SECONDS, _WHOLE = _argument(SECONDS.parse), _argument(WHOLE.parse)
 
 
-def _positive_int(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of at least 1")
-    return int(text)
+def _add_settings(command: argparse.ArgumentParser, entry: Entry) -> None:
+    """An option for each setting with a flag that ``entry`` takes, from its declaration
+    (:mod:`graceful.core.settings`). Every default is None, for "not given": the
+    declared default applies then, or for ``graceful run``, the service's own."""
+    overrides = settings_of(ServiceSettings) if entry == "graceful run" else ()
+    for setting in taken_by(entry):
+        if setting.flag is None:
+            continue
+        how: dict[str, Any] = {}
+        kind = setting.kind
+        if kind.cli == "switch":
+            how["action"] = "store_false" if setting.default is True else "store_true"
+        else:
+            how["metavar"] = None if kind.choices else setting.metavar
+            how["choices"] = kind.choices or None
+            how["type"] = _argument(setting.parse)
+            if kind.cli == "repeat":
+                how["action"] = "append"
+        command.add_argument(
+            setting.flag,
+            dest=setting.name,
+            default=None,
+            help=_help(setting, overridden=setting in overrides).replace("%", "%%"),
+            **how,
+        )
+
+
+def _help(setting: Setting, *, overridden: bool) -> str:
+    text = setting.help
+    if setting.kind.cli == "switch" and setting.default is True:
+        text = f"turn off: {text}"
+    if setting.kind.cli == "repeat":
+        text += "; repeatable"
+    if overridden:
+        return f"{text} (default: the service's own)"
+    if setting.kind.cli == "switch" or setting.default in (None, ()):
+        return text
+    return f"{text} (default: {shown(setting.default)})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,122 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve an ASGI or WSGI app (uvicorn or hypercorn)")
     serve.add_argument("app", help="the app as package.module:attribute")
-    serve.add_argument(
-        "--listen",
-        action="append",
-        metavar="SPEC",
-        help="HOST:PORT, :PORT, [IPv6]:PORT, unix:PATH or fd:N; repeatable "
-        "(default 127.0.0.1:8000)",
-    )
-    serve.add_argument("--workers", type=_positive_int, default=1, metavar="N")
-    serve.add_argument("--server", choices=("uvicorn", "hypercorn"), default="uvicorn")
-    serve.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
-    serve.add_argument("--ready-timeout", type=_positive_float, default=30.0, metavar="S")
-    serve.add_argument("--drain-timeout", type=_positive_float, default=30.0, metavar="S")
-    serve.add_argument("--pid-file", metavar="PATH")
-    serve.add_argument("--factory", action="store_true", help="APP is a factory to call")
-    serve.add_argument(
-        "--no-access-log", action="store_true", help="do not log each request (uvicorn)"
-    )
-    serve.add_argument(
-        "--app-dir", default=".", metavar="DIR", help="put DIR first on sys.path (default: .)"
-    )
-    serve.add_argument(
-        "--interface",
-        choices=INTERFACES,
-        default="auto",
-        help="the app's kind; auto recognises WSGI apps (Flask, Django's wsgi.py) too",
-    )
-    serve.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=DEFAULT_THREADS,
-        metavar="N",
-        help=f"threads that run a WSGI app, per worker (default {DEFAULT_THREADS})",
-    )
-    serve.add_argument(
-        "--ready-hook",
-        metavar="MODULE:FUNCTION",
-        help="call it in each worker after the app is imported, before it is ready; "
-        "if it raises, the reload fails",
-    )
-
+    _add_settings(serve, "graceful serve")
     run = commands.add_parser("run", help="run an @graceful.service entry point")
     run.add_argument("entry", help="the service as package.module:name")
-    run.add_argument("--pid-file", metavar="PATH")
-    run.add_argument("--app-dir", default=".", metavar="DIR")
-    for command in (serve, run):
-        _add_deployment_options(command)
-    serve.add_argument(
-        "--probation",
-        type=_seconds_or_zero,
-        default=30.0,
-        metavar="S",
-        help="keep the previous generation parked S seconds after a reload, to roll "
-        "back to if the new one crashes (default 30; 0: off)",
-    )
-    run.add_argument(
-        "--probation",
-        type=_seconds_or_zero,
-        metavar="S",
-        help="as for serve; default: the service's own probation= (30)",
-    )
-    for command, default in ((serve, "all-at-once"), (run, None)):
-        command.add_argument(
-            "--strategy",
-            choices=("all-at-once", "rolling"),
-            default=default,
-            help="how a reload replaces the workers: all at once (default), or "
-            "rolling, --max-surge at a time"
-            + ("" if default else "; default: the service's own strategy="),
-        )
-        command.add_argument(
-            "--max-surge",
-            type=_positive_int,
-            default=1 if default else None,
-            metavar="K",
-            help="rolling: new workers started beyond --workers at a time (default 1)",
-        )
-        command.add_argument(
-            "--preload",
-            action="store_true",
-            default=None,
-            help="import the app once per generation, in a template process that "
-            "forks the workers (shared memory, and every worker runs the same code)",
-        )
-        command.add_argument(
-            "--no-standby",
-            dest="standby",
-            action="store_false",
-            default=None,
-            help="keep no warm standby interpreter for the next reload (it saves one "
-            "idle interpreter's memory; reloads then start every worker cold)",
-        )
-    for command in (serve, run):
-        command.add_argument(
-            "--watch",
-            action="store_true",
-            help="development: reload on each save (a broken save keeps the running "
-            "code serving); watches the app's directory and --app-dir",
-        )
-        command.add_argument(
-            "--watch-dir",
-            action="append",
-            metavar="DIR",
-            help="watch DIR instead (repeatable; implies --watch)",
-        )
-        command.add_argument(
-            "--watch-include",
-            action="append",
-            metavar="GLOB",
-            help="file names that reload (repeatable; default *.py)",
-        )
-        command.add_argument(
-            "--watch-exclude",
-            action="append",
-            metavar="GLOB",
-            help="file or directory names to ignore (repeatable)",
-        )
+    _add_settings(run, "graceful run")
 
     for name, what, waits_for in (
         ("reload", "reload", "the reload has ended: exit 0 if the new code serves, 1 if not"),
@@ -201,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--pid-file", required=True, metavar="PATH")
         command.add_argument("--wait", action="store_true", help=f"wait until {waits_for}")
         command.add_argument(
-            "--timeout", type=_positive_float, metavar="S", help="with --wait: give up after S s"
+            "--timeout",
+            type=_SECONDS,
+            metavar="S",
+            help="with --wait: give up after S s",
         )
     reload = commands.choices["reload"]
     reload.add_argument(
@@ -215,11 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="roll back to the parked generation (during a probation); as SIGUSR2",
     )
     rollback.add_argument("--pid-file", required=True, metavar="PATH")
-    rollback.add_argument("--timeout", type=_positive_float, metavar="S", help="give up after S s")
+    rollback.add_argument("--timeout", type=_SECONDS, metavar="S", help="give up after S s")
     scale = commands.add_parser(
         "scale", help="run N workers per generation (SIGTTIN / SIGTTOU: one more / less)"
     )
-    scale.add_argument("workers", type=_positive_int, metavar="N")
+    scale.add_argument("workers", type=_WHOLE, metavar="N")
     scale.add_argument("--pid-file", required=True, metavar="PATH")
     scale.add_argument(
         "--wait",
@@ -227,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait until N workers of the serving generation are ready",
     )
     scale.add_argument(
-        "--timeout", type=_positive_float, metavar="S", help="with --wait: give up after S s"
+        "--timeout",
+        type=_SECONDS,
+        metavar="S",
+        help="with --wait: give up after S s",
     )
     status = commands.add_parser("status", help="show the state of the supervisor")
     status.add_argument("--pid-file", required=True, metavar="PATH")
@@ -314,29 +249,6 @@ class _PipeSafe:
         return getattr(self._stream, name)
 
 
-def _add_deployment_options(command: argparse.ArgumentParser) -> None:
-    """The options of ``serve`` and ``run`` about where the supervisor runs."""
-    command.add_argument(
-        "--release-link",
-        metavar="PATH",
-        help="the link a deploy switches between release directories: every worker "
-        "starts from the release it names then (found by itself among the paths the "
-        "service was started through; see docs/guides/releases.md)",
-    )
-    command.add_argument(
-        "--health",
-        metavar="HOST:PORT",
-        help="serve /ready, /live and /metrics over HTTP there (the supervisor)",
-    )
-    command.add_argument(
-        "--stop-delay",
-        type=_seconds_or_zero,
-        default=0.0,
-        metavar="S",
-        help="after SIGTERM, keep serving S seconds with /ready at 503, then drain",
-    )
-
-
 def _use_app_dir(app_dir: str) -> None:
     """Put the app directory first on sys.path. (A symlinked ``$PWD`` is restored
     by the supervisor's ``ReleaseDirectory.adopt``, like any ``sys.path`` entry.)"""
@@ -346,35 +258,20 @@ def _use_app_dir(app_dir: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    _use_app_dir(args.app_dir)
-    module = args.app.partition(":")[0]
-    service = asgi_service(
-        args.app,
-        listen=args.listen or ["127.0.0.1:8000"],
-        server=args.server,
-        workers=args.workers,
-        ready_timeout=args.ready_timeout,
-        drain_timeout=args.drain_timeout,
-        factory=args.factory,
-        backend=args.backend,
-        server_options={"access_log": False}
-        if args.no_access_log and args.server == "uvicorn"
-        else {},
-        probation=args.probation,
-        strategy=args.strategy,
-        max_surge=args.max_surge,
-        preload=bool(args.preload),
-        standby=args.standby is not False,
-        interface=args.interface,
-        threads=args.threads,
-        ready_hook=args.ready_hook,
-    )
-    service.watch = _watch(args, module)
-    return _supervise(service, args)
+    given = _given(args, "graceful serve")
+    command = checked(CommandLine, given, "graceful serve")
+    _use_app_dir(command.app_dir)
+    given["watch"] = _watch(command, given, args.app.partition(":")[0])
+    uvicorn = checked(ServerSettings, given, "graceful serve").server == "uvicorn"
+    server_options = {} if command.access_log or not uvicorn else {"access_log": False}
+    service = asgi_service(args.app, given, server_options)
+    return supervise(service, given, "graceful serve", caller=sys._getframe())
 
 
 def _run(args: argparse.Namespace) -> int:
-    _use_app_dir(args.app_dir)
+    given = _given(args, "graceful run")
+    command = checked(CommandLine, given, "graceful run")
+    _use_app_dir(command.app_dir)
     module_name, sep, name = args.entry.partition(":")
     if not sep or not module_name or not name:
         raise ConfigError(f"entry {args.entry!r} must look like 'package.module:name'")
@@ -383,38 +280,33 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"module {module_name!r} has no {name!r}")
     if not isinstance(target, Service):
         raise ConfigError(f"{args.entry} is not a @graceful.service (got {type(target).__name__})")
-    overrides = {
-        "probation": args.probation,
-        "strategy": args.strategy,
-        "max_surge": args.max_surge,
-        "preload": args.preload,
-        "standby": args.standby,
-    }
-    for name, value in overrides.items():
-        if value is not None:
-            setattr(target, name, value)
-    watch = _watch(args, module_name)
+    overrides = {s.name: given[s.name] for s in settings_of(ServiceSettings) if s.name in given}
+    watch = _watch(command, given, module_name)
+    overrides.pop("watch", None)  # the switch: what it watches is ``watch``
     if watch is not None:
-        target.watch = watch
-    return _supervise(target, args)
+        overrides["watch"] = watch
+    settings = service_settings(overrides, "graceful run", base=target.settings)
+    return supervise(target, given, "graceful run", caller=sys._getframe(), settings=settings)
 
 
-def _watch(args: argparse.Namespace, module: str) -> Watch | None:
+def _given(args: argparse.Namespace, entry: Entry) -> dict[str, object]:
+    """The settings given on the command line of ``entry``, by name."""
+    return {
+        setting.name: getattr(args, setting.name)
+        for setting in taken_by(entry)
+        if getattr(args, setting.name, None) is not None
+    }
+
+
+def _watch(command: CommandLine, given: dict[str, object], module: str) -> Watch | None:
     """``--watch`` and its options, with the default directories: the app's (or the
     entry's) module's, and ``--app-dir`` unless it holds that one."""
-    if not args.watch and not args.watch_dir:
-        if args.watch_include or args.watch_exclude:
+    if not given.get("watch") and "watch_dir" not in given:
+        if "watch_include" in given or "watch_exclude" in given:
             raise ConfigError("--watch-include and --watch-exclude need --watch")
         return None
-    watch = as_watch(
-        Watch(
-            paths=tuple(args.watch_dir or ()),
-            include=tuple(args.watch_include or ("*.py",)),
-            exclude=tuple(args.watch_exclude or ()),
-        )
-    )
-    assert watch is not None
-    app_dir = os.path.abspath(args.app_dir)
+    watch = Watch(command.watch_dir, command.watch_include, command.watch_exclude)
+    app_dir = os.path.abspath(command.app_dir)
     defaults = [app_dir]
     spec = importlib.util.find_spec(module) if module_exists(module) else None
     if spec is not None and spec.origin:
@@ -422,19 +314,6 @@ def _watch(args: argparse.Namespace, module: str) -> Watch | None:
         if not (directory + os.sep).startswith(app_dir + os.sep):
             defaults.append(directory)
     return with_paths(watch, defaults)
-
-
-def _supervise(service: Service[Any], args: argparse.Namespace) -> int:
-    from graceful.supervisor.run import run_supervisor  # noqa: PLC0415 - see Service.run
-
-    return run_supervisor(
-        service,
-        caller=sys._getframe(1),
-        pid_file=args.pid_file,
-        release_link=args.release_link,
-        health=args.health,
-        stop_delay=args.stop_delay,
-    )
 
 
 def _stop(pid_file: str) -> int:

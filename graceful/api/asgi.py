@@ -8,23 +8,34 @@ options as keyword arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.machinery
 import importlib.util
 import os
-from collections.abc import Sequence
-from typing import Any, Literal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from graceful.api.service import Backend, Service, StrategyName, check_settings
+from graceful.api.service import Service, service_settings, supervise
 from graceful.base.errors import ConfigError
 from graceful.base.log import ensure_visible, logger
 from graceful.code.entry import module_exists
-from graceful.code.interfaces import DEFAULT_THREADS, Interface, check_interface
-from graceful.dev.watch import Watch
+from graceful.code.interfaces import need_adapter
+from graceful.core.settings import (
+    DEFAULT_THREADS,
+    Backend,
+    Interface,
+    Server,
+    ServerSettings,
+    StrategyName,
+    Watch,
+    checked,
+    taken_by,
+)
 from graceful.servers.asgi import asgi_worker
 from graceful.sockets.listeners import parse_listen_spec
 
-Server = Literal["uvicorn", "hypercorn"]
 _EXTRAS = {
     "uvicorn": "graceful[uvicorn]",
     "hypercorn": "graceful[hypercorn]",
@@ -45,6 +56,7 @@ def serve_asgi(
     pid_file: str | os.PathLike[str] | None = None,
     health: str | None = None,
     stop_delay: float = 0.0,
+    release_link: str | os.PathLike[str] | None = None,
     probation: float = 30.0,
     strategy: StrategyName = "all-at-once",
     max_surge: int = 1,
@@ -90,84 +102,43 @@ def serve_asgi(
     with status 2 and one line on stderr for every argument it can check before
     starting (the app's module must exist, but is not imported here).
     """
+    given = dict(locals())  # the arguments, by name: the signature is their one list
+    del given["app"], given["server_options"]
+    for setting in taken_by("serve_asgi"):  # one declared since the signature was written
+        if setting.name in server_options:
+            given[setting.name] = server_options.pop(setting.name)
     try:
-        service = asgi_service(
-            app,
-            listen=list(listen),
-            server=server,
-            workers=workers,
-            ready_timeout=ready_timeout,
-            drain_timeout=drain_timeout,
-            factory=factory,
-            backend=backend,
-            server_options=server_options,
-            probation=probation,
-            strategy=strategy,
-            max_surge=max_surge,
-            preload=preload,
-            standby=standby,
-            watch=watch,
-            interface=interface,
-            threads=threads,
-            ready_hook=ready_hook,
-        )
+        service = asgi_service(app, given, server_options)
     except ConfigError as exc:
         ensure_visible("supervisor")
         logger.error("%s", exc)
         raise SystemExit(2) from None
-    service.run(pid_file=pid_file, health=health, stop_delay=stop_delay)
+    code = supervise(service, given, "serve_asgi", caller=sys._getframe(1))
+    if code:
+        raise SystemExit(code)
 
 
 def asgi_service(
-    app: str,
-    *,
-    listen: list[str],
-    server: str,
-    workers: int,
-    ready_timeout: float,
-    drain_timeout: float,
-    factory: bool,
-    backend: str,
-    server_options: dict[str, Any],
-    probation: float = 30.0,
-    strategy: str = "all-at-once",
-    max_surge: int = 1,
-    preload: bool = False,
-    standby: bool = True,
-    watch: bool | Watch | Sequence[str] = False,
-    interface: str = "auto",
-    threads: int = DEFAULT_THREADS,
-    ready_hook: str | None = None,
+    app: str, given: Mapping[str, object], server_options: dict[str, Any]
 ) -> Service[Any]:
-    """The :class:`Service` that serves ``app``, after checking everything that can be
-    checked without importing the app.
+    """The :class:`Service` that serves ``app``, with the settings ``given`` (as
+    ``serve_asgi`` takes them), after checking everything that can be checked without
+    importing the app.
 
     Raises:
-        ConfigError: for a malformed app string, an unknown or missing server, a
-            backend the server cannot run on, or an option the server refuses.
+        ConfigError: for a malformed app string, a setting that can never work, a
+            missing server, a backend the server cannot run on, or an option the
+            server refuses.
     """
     module, sep, attribute = app.partition(":")
     if not sep or not module or not attribute:
         raise ConfigError(f"app {app!r} must look like 'package.module:attribute'")
-    check_settings(
-        listen=listen,
-        workers=workers,
-        ready_timeout=ready_timeout,
-        drain_timeout=drain_timeout,
-        backend=backend,
-        probation=probation,
-        strategy=strategy,
-        max_surge=max_surge,
-        preload=preload,
-        standby=standby,
-    )
-    for spec in listen:
+    settings = service_settings(given, "serve_asgi")
+    hosting = checked(ServerSettings, given, "serve_asgi")
+    server, backend = hosting.server, settings.backend
+    for spec in settings.listen:
         if isinstance(spec, str):
             parse_listen_spec(spec)
-    if server not in ("uvicorn", "hypercorn"):
-        raise ConfigError(f"server={server!r} must be 'uvicorn' or 'hypercorn'")
-    if backend not in ("asyncio", "trio"):
-        raise ConfigError(f"backend={backend!r} must be 'asyncio' or 'trio'")
     if server == "uvicorn" and backend != "asyncio":
         raise ConfigError("uvicorn runs on asyncio only; use server='hypercorn' for trio")
     for needed in (server, backend if backend == "trio" else None):
@@ -178,18 +149,18 @@ def asgi_service(
             f"cannot find module {module!r} for app {app!r} (is the app directory on "
             "sys.path? see --app-dir)"
         )
-    check_interface(interface, threads)
-    if ready_hook is not None:
-        hook_module, sep, hook_name = str(ready_hook).partition(":")
-        if not sep or not hook_module or not hook_name:
-            raise ConfigError(f"ready hook {ready_hook!r} must look like 'package.module:function'")
+    need_adapter(hosting.interface)
+    if hosting.ready_hook is not None:
+        hook_module = hosting.ready_hook.partition(":")[0]
         if not module_exists(hook_module):
-            raise ConfigError(f"cannot find module {hook_module!r} for ready hook {ready_hook!r}")
+            raise ConfigError(
+                f"cannot find module {hook_module!r} for ready hook {hosting.ready_hook!r}"
+            )
     backend_options: dict[str, Any] = {}
     if server == "uvicorn":
         from graceful.servers.uvicorn import uvicorn_config  # noqa: PLC0415 - uvicorn is optional
 
-        uvicorn_config(app, drain_timeout, server_options)  # refuses bad options now
+        uvicorn_config(app, settings.drain_timeout, server_options)  # refuses bad options now
         loop = server_options.get("loop", "auto")
         uvloop = importlib.util.find_spec("uvloop") is not None
         if loop == "uvloop" and not uvloop:
@@ -202,27 +173,14 @@ def asgi_service(
         check_options(server_options)
     return Service(
         asgi_worker,
-        listen=listen,
-        workers=workers,
-        ready_timeout=ready_timeout,
-        drain_timeout=drain_timeout,
-        backend=backend,  # type: ignore[arg-type]
-        probation=probation,
-        strategy=strategy,  # type: ignore[arg-type]
-        max_surge=max_surge,
-        preload=preload,
-        standby=standby,
-        watch=watch,
+        settings,
         backend_options=backend_options,
+        # the keyword arguments of asgi_worker
         entry_options={
             "app": app,
-            "server": server,
-            "factory": factory,
+            **dataclasses.asdict(hosting),
             "backend": backend,
-            "drain_timeout": drain_timeout,
+            "drain_timeout": settings.drain_timeout,
             "options": server_options,
-            "interface": interface,
-            "threads": threads,
-            "ready_hook": ready_hook,
         },
     )

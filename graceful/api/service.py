@@ -1,28 +1,35 @@
-"""The public decorator: ``@graceful.service(...)`` and the :class:`Service` it returns."""
+"""The public decorator: ``@graceful.service(...)`` and the :class:`Service` it returns.
+
+Its keyword arguments are the fields of
+:class:`~graceful.core.settings.ServiceSettings`, where each is declared, checked and
+described; :meth:`Service.run`'s are those of :class:`~graceful.core.settings.Supervision`.
+"""
 
 from __future__ import annotations
 
-import math
 import os
-import socket
 import sys
 import types
-from collections.abc import Callable, Sequence
-from typing import Any, Generic, Literal, NoReturn, TypeVar, overload
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, NoReturn, ParamSpec, Protocol, TypeVar, overload
 
 import multiprocess
 
 from graceful.base.errors import ConfigError
 from graceful.base.log import ensure_visible, logger
-from graceful.dev.watch import Watch, as_watch
+from graceful.core.settings import (
+    Backend,
+    Entry,
+    ServiceSettings,
+    Supervision,
+    checked,
+    overridden,
+    taken_by,
+)
+from graceful.dev.watch import need_watchfiles
 
-Backend = Literal["asyncio", "trio"]
-#: how a reload replaces a generation's workers (see ``_decisions.Strategy``)
-StrategyName = Literal["all-at-once", "rolling"]
 F = TypeVar("F", bound=Callable[..., Any])
-
-_BACKENDS = ("asyncio", "trio")
-_STRATEGIES = ("all-at-once", "rolling")
+P = ParamSpec("P")
 
 
 class Service(Generic[F]):
@@ -36,47 +43,14 @@ class Service(Generic[F]):
     def __init__(
         self,
         function: F,
+        settings: ServiceSettings,
         *,
-        listen: Sequence[str | socket.socket],
-        workers: int,
-        ready_timeout: float,
-        drain_timeout: float,
-        backend: Backend,
-        probation: float = 30.0,
-        strategy: StrategyName = "all-at-once",
-        max_surge: int = 1,
-        preload: bool = False,
-        standby: bool = True,
-        watch: bool | Watch | Sequence[str] = False,
         backend_options: dict[str, Any] | None = None,
         entry_options: dict[str, Any] | None = None,
     ) -> None:
-        check_settings(
-            listen=listen,
-            workers=workers,
-            ready_timeout=ready_timeout,
-            drain_timeout=drain_timeout,
-            backend=backend,
-            probation=probation,
-            strategy=strategy,
-            max_surge=max_surge,
-            preload=preload,
-            standby=standby,
-        )
         self.function = function
-        self.listen = list(listen)
-        self.workers = workers
-        self.ready_timeout = float(ready_timeout)
-        self.drain_timeout = float(drain_timeout)
-        self.probation = float(probation)
-        self.strategy: StrategyName = strategy
-        self.max_surge = max_surge
-        self.preload = preload
-        #: keep a warm standby interpreter for the next worker start (:mod:`graceful.spawn.standby`)
-        self.standby = standby
-        #: what a save reloads (development mode); None: off
-        self.watch: Watch | None = as_watch(watch)
-        self.backend: Backend = backend
+        #: how to supervise it, checked
+        self.settings = settings
         #: ``anyio.run`` backend options for the workers (asyncio only)
         self.backend_options = dict(backend_options or {})
         #: keyword arguments every worker passes to ``function`` after the context
@@ -88,7 +62,7 @@ class Service(Generic[F]):
 
     def __graceful_runnable__(self) -> tuple[F, Backend]:
         """What a worker runs: the function and its backend (read from fresh code)."""
-        return self.function, self.backend
+        return self.function, self.settings.backend
 
     def run(
         self,
@@ -101,132 +75,93 @@ class Service(Generic[F]):
         """Run the supervisor in this process until it is stopped.
 
         Binds the listeners, starts generation 1, and then serves reloads (SIGHUP)
-        and a stop (SIGTERM / SIGINT) until every worker has exited. With
-        ``pid_file``, the supervisor's PID is written there (atomically) once the
-        first generation is ready, and the file is removed at exit; beside it, a
+        and a stop (SIGTERM / SIGINT) until every worker has exited. The keyword
+        arguments are the settings of :class:`~graceful.core.settings.Supervision`
+        (docs/reference/settings.md tells each): the PID file, beside which a
         control socket answers ``graceful reload --wait``, ``status`` and
-        ``stop --wait`` (and :class:`graceful.Control`).
-
-        ``health`` (a listen spec such as ``"127.0.0.1:9000"``) serves ``/ready``,
-        ``/live`` and ``/metrics`` over HTTP. ``stop_delay`` keeps serving that many
-        seconds after the first stop request, while ``/ready`` already answers 503,
-        before the drain begins (for load balancers to notice first).
-
-        ``release_link`` names the symbolic link a deploy switches between release
-        directories (``/srv/app/current``), for a service started by physical paths
-        alone; graceful finds it by itself among the paths the service was started
-        through. Every worker is started from the release it names at that moment:
-        its code, working directory, interpreter and packages (see
-        docs/guides/releases.md).
+        ``stop --wait`` (and :class:`graceful.Control`), the health endpoint, the
+        delay before the drain, and the release link (docs/guides/releases.md).
 
         Returns after a clean stop. Raises ``SystemExit(2)`` for a configuration
         error (one line on stderr, nothing spawned) and ``SystemExit(1)`` if the
         first generation never became ready or a stop had to kill workers.
 
-        Signals: from the call on, SIGHUP is ignored except while the supervisor
-        listens for it (a reload with nothing to reload must not kill the process),
-        and it stays ignored when this returns. SIGTERM and SIGINT are the
+        Signals: once the arguments are checked, SIGHUP is ignored except while the
+        supervisor listens for it (a reload with nothing to reload must not kill the
+        process), and it stays ignored when this returns. SIGTERM and SIGINT are the
         supervisor's while it runs, ignored during its final clean-up, and restored
         to their previous handlers before this returns.
         """
-        # Imported here, not at the top: every worker imports this module when it
-        # re-runs the main script, and never needs the supervisor (its state machine
-        # alone costs ~12 ms of import time, paid on every reload).
-        from graceful.supervisor.run import run_supervisor  # noqa: PLC0415
-
-        if getattr(multiprocess.current_process(), "_inheriting", False):
-            raise ConfigError(
-                f"{self.__qualname__}.run() was called while a worker imported the main "
-                'script: put the call under `if __name__ == "__main__":`'
-            )
-        code = run_supervisor(
-            self,
-            caller=sys._getframe(1),
-            pid_file=pid_file,
-            health=health,
-            stop_delay=stop_delay,
-            release_link=release_link,
-        )
+        supervision = dict(locals())  # the arguments, by name: the signature is their one list
+        del supervision["self"]
+        code = supervise(self, supervision, "Service.run", caller=sys._getframe(1))
         if code:
             raise SystemExit(code)
 
     def __repr__(self) -> str:
-        return f"<graceful.Service {self.__module__}:{self.__qualname__} listen={self.listen!r}>"
+        listen = list(self.settings.listen)
+        return f"<graceful.Service {self.__module__}:{self.__qualname__} listen={listen!r}>"
 
 
-def check_settings(
+def supervise(
+    service: Service[Any],
+    supervision: Mapping[str, object],
+    entry: Entry,
     *,
-    listen: object,
-    workers: object,
-    ready_timeout: object,
-    drain_timeout: object,
-    backend: object,
-    probation: object = 0.0,
-    strategy: object = "all-at-once",
-    max_surge: object = 1,
-    preload: object = False,
-    standby: object = True,
-) -> None:
-    """Refuse a setting of :func:`service` that can never work.
+    caller: types.FrameType | None,
+    settings: ServiceSettings | None = None,
+) -> int:
+    """Supervise ``service`` in this process, with the settings of
+    :class:`~graceful.core.settings.Supervision` in ``supervision`` (as ``entry`` took
+    them) and ``settings`` in place of its own; the exit status, 2 for a setting
+    that can never work (logged in one line).
 
     Raises:
-        ConfigError: naming the first such setting.
+        ConfigError: if called in a worker that imported the main script.
     """
-    if listen is None:
-        raise ConfigError("@graceful.service needs listen=[...], as in listen=[':8080']")
-    if isinstance(listen, str | socket.socket):
-        raise ConfigError(f"listen={listen!r} must be a list of specs, as in listen=[{listen!r}]")
-    if not isinstance(listen, list | tuple) or not all(
-        isinstance(spec, str | socket.socket) for spec in listen
-    ):
+    # Imported here, not at the top: every worker imports this module when it
+    # re-runs the main script, and never needs the supervisor (its state machine
+    # alone costs ~12 ms of import time, paid on every reload).
+    from graceful.supervisor.run import run_supervisor  # noqa: PLC0415
+
+    if getattr(multiprocess.current_process(), "_inheriting", False):
         raise ConfigError(
-            f"listen={_short(listen)} must be a list of listen specs (strings) or sockets, "
-            "as in listen=[':8080']"
+            f"{service.__qualname__}.run() was called while a worker imported the main "
+            'script: put the call under `if __name__ == "__main__":`'
         )
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ConfigError(f"workers={_short(workers)} must be a whole number of at least 1")
-    for name, value in (("ready_timeout", ready_timeout), ("drain_timeout", drain_timeout)):
-        if not _is_seconds(value):
-            raise ConfigError(f"{name}={_short(value)} must be a finite number of seconds above 0")
-    if backend not in _BACKENDS:
-        raise ConfigError(f"backend={backend!r} must be one of {', '.join(_BACKENDS)}")
-    if probation != 0 and not _is_seconds(probation):
-        raise ConfigError(
-            f"probation={_short(probation)} must be a finite number of seconds (0 for none)"
-        )
-    if strategy not in _STRATEGIES:
-        raise ConfigError(f"strategy={_short(strategy)} must be 'all-at-once' or 'rolling'")
-    if not isinstance(max_surge, int) or isinstance(max_surge, bool) or max_surge < 1:
-        raise ConfigError(f"max_surge={_short(max_surge)} must be a whole number of at least 1")
-    for name, value in (("preload", preload), ("standby", standby)):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}={_short(value)} must be True or False")
-
-
-def check_supervision(*, health: object, stop_delay: object) -> None:
-    """Refuse a supervision option that can never work.
-
-    Raises:
-        ConfigError: naming it.
-    """
-    if health is not None and not isinstance(health, str):
-        raise ConfigError(f"health={_short(health)} must be a listen spec, as in '127.0.0.1:9000'")
-    if stop_delay != 0 and not _is_seconds(stop_delay):
-        raise ConfigError(f"stop_delay={_short(stop_delay)} must be a finite number of seconds")
-
-
-def _is_seconds(value: object) -> bool:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
     try:
-        return math.isfinite(value) and value > 0
-    except OverflowError:  # an int too large for a float
-        return False
+        checked_supervision = checked(Supervision, supervision, entry)
+    except ConfigError as exc:
+        ensure_visible("supervisor")
+        logger.error("%s", exc)
+        return 2
+    return run_supervisor(
+        service.function,
+        settings or service.settings,
+        checked_supervision,
+        caller=caller,
+        target=service,
+        entry_options=service.entry_options,
+        backend_options=service.backend_options,
+    )
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def service_settings(
+    given: Mapping[str, object], entry: Entry, *, base: ServiceSettings | None = None
+) -> ServiceSettings:
+    """The settings of a service, from ``given`` as ``entry`` took them (over ``base``,
+    when given), checked.
+
+    Raises:
+        ConfigError: naming the first that can never work (or ``watch`` without
+            ``watchfiles`` installed).
+    """
+    if base is None:
+        settings = checked(ServiceSettings, given, entry)
+    else:
+        settings = overridden(base, given, entry)
+    need_watchfiles(settings.watching)
+    return settings
 
 
 def refuse_in_script(error: ConfigError, frame: types.FrameType | None) -> NoReturn:
@@ -242,56 +177,28 @@ def refuse_in_script(error: ConfigError, frame: types.FrameType | None) -> NoRet
     raise SystemExit(2)
 
 
-@overload
-def service(
-    *,
-    listen: Sequence[str | socket.socket],
-    workers: int = 1,
-    ready_timeout: float = 30.0,
-    drain_timeout: float = 30.0,
-    backend: Backend = "asyncio",
-    probation: float = 30.0,
-    strategy: StrategyName = "all-at-once",
-    max_surge: int = 1,
-    preload: bool = False,
-    standby: bool = True,
-    watch: bool | Watch | Sequence[str] = False,
-) -> Callable[[F], Service[F]]: ...
+class _Decorator(Protocol[P]):
+    """The type of :func:`service`: the keyword arguments ``P`` (the settings), and
+    the function to decorate or not."""
+
+    @overload
+    def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> Callable[[F], Service[F]]: ...
+
+    @overload
+    def __call__(self, function: F, /, *args: P.args, **kwargs: P.kwargs) -> Service[F]: ...
 
 
-@overload
-def service(
-    function: F,
-    *,
-    listen: Sequence[str | socket.socket],
-    workers: int = 1,
-    ready_timeout: float = 30.0,
-    drain_timeout: float = 30.0,
-    backend: Backend = "asyncio",
-    probation: float = 30.0,
-    strategy: StrategyName = "all-at-once",
-    max_surge: int = 1,
-    preload: bool = False,
-    standby: bool = True,
-    watch: bool | Watch | Sequence[str] = False,
-) -> Service[F]: ...
+def _keywords_of(settings: Callable[P, object]) -> Callable[[Callable[..., Any]], _Decorator[P]]:
+    """Type the decorator as taking the keyword arguments of ``settings``."""
+
+    def typed(decorator: Callable[..., Any]) -> _Decorator[P]:
+        return decorator
+
+    return typed
 
 
-def service(
-    function: F | None = None,
-    *,
-    listen: Sequence[str | socket.socket] | None = None,
-    workers: int = 1,
-    ready_timeout: float = 30.0,
-    drain_timeout: float = 30.0,
-    backend: Backend = "asyncio",
-    probation: float = 30.0,
-    strategy: StrategyName = "all-at-once",
-    max_surge: int = 1,
-    preload: bool = False,
-    standby: bool = True,
-    watch: bool | Watch | Sequence[str] = False,
-) -> Service[F] | Callable[[F], Service[F]]:
+@_keywords_of(ServiceSettings)
+def service(function: Callable[..., Any] | None = None, **settings: Any) -> Any:
     """Declare a zero-downtime service.
 
     Decorate either ``async def main(ctx: graceful.Context)`` (run on ``backend``,
@@ -300,33 +207,11 @@ def service(
     call ``ctx.ready()`` (``ctx.serve()`` does) and return after shutdown is
     requested.
 
-    Args:
-        listen: listen specs (``":8080"``, ``"HOST:PORT"``, ``"[::1]:PORT"``,
-            ``"unix:/path"``, ``"fd:N"``) or already-bound sockets. Bound once, by
-            the supervisor.
-        workers: processes per generation, all sharing the listeners.
-        ready_timeout: seconds a new generation has to report ready.
-        drain_timeout: seconds an old generation has to finish in-flight work.
-        backend: ``"asyncio"`` or ``"trio"``; ignored for a plain function.
-        probation: seconds the previous generation stays parked after a reload, to
-            be resumed at once if the new one crashes, declares itself broken
-            (:meth:`Context.declare_broken`) or is rolled back; 0 turns it off. See
-            docs/guides/probation.md.
-        strategy: how a reload replaces the workers: ``"all-at-once"``, or
-            ``"rolling"``, ``max_surge`` at a time and never leaving a mixed fleet.
-            See docs/guides/many-workers.md.
-        max_surge: with ``"rolling"``, new workers started beyond ``workers``.
-        preload: import the code once per generation, in a template process that
-            forks the generation's workers. See docs/guides/many-workers.md.
-        standby: keep a warm interpreter (never your code) for the next worker
-            start. See docs/guides/reload-latency.md.
-        watch: development mode: ``True`` reloads on each save of a ``*.py`` file
-            under the main script's directory; a list of directories, or a
-            :class:`graceful.Watch`, says what to watch. See
-            docs/guides/development-mode.md.
-
-    ``listen``, ``workers`` and the timeouts are fixed when the supervisor starts;
-    a reload runs the new function with the backend the new code names.
+    The keyword arguments are the settings of
+    :class:`~graceful.core.settings.ServiceSettings` (docs/reference/settings.md
+    tells each); ``listen`` is required. ``listen``, ``workers`` and the timeouts
+    are fixed when the supervisor starts; a reload runs the new function with the
+    backend the new code names.
 
     Arguments are checked here, where they are written. A value that can never work
     raises :class:`ConfigError`, naming it, so that an importer or a test sees the
@@ -336,22 +221,14 @@ def service(
 
     Raises:
         ConfigError: for a value that can never work, naming it.
+        TypeError: for a keyword that is not a setting.
     """
     caller = sys._getframe(1)
+    unknown = settings.keys() - {setting.name for setting in taken_by("@graceful.service")}
+    if unknown:
+        raise TypeError(f"service() got an unexpected keyword argument {min(unknown)!r}")
     try:
-        check_settings(
-            listen=listen,
-            workers=workers,
-            ready_timeout=ready_timeout,
-            drain_timeout=drain_timeout,
-            backend=backend,
-            probation=probation,
-            strategy=strategy,
-            max_surge=max_surge,
-            preload=preload,
-            standby=standby,
-        )
-        as_watch(watch)
+        checked_settings = service_settings(settings, "@graceful.service")
     except ConfigError as exc:
         refuse_in_script(exc, caller)
 
@@ -360,21 +237,7 @@ def service(
             refuse_in_script(
                 ConfigError(f"@graceful.service decorates a function, not {fn!r}"), caller
             )
-        assert listen is not None  # checked above
-        return Service(
-            fn,
-            listen=listen,
-            workers=workers,
-            ready_timeout=ready_timeout,
-            drain_timeout=drain_timeout,
-            backend=backend,
-            probation=probation,
-            strategy=strategy,
-            max_surge=max_surge,
-            preload=preload,
-            standby=standby,
-            watch=watch,
-        )
+        return Service(fn, checked_settings)
 
     if function is not None:
         return decorate(function)

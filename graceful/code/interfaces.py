@@ -28,25 +28,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from graceful.base.errors import ConfigError
-
-Interface = Literal["auto", "asgi3", "asgi2", "wsgi"]
-INTERFACES: tuple[Interface, ...] = ("auto", "asgi3", "asgi2", "wsgi")
-
-#: a2wsgi's own default, and about what gunicorn's gthread users run per worker
-DEFAULT_THREADS = 10
+from graceful.core.settings import Interface
 
 
-def check_interface(interface: object, threads: object) -> None:
-    """Refuse an ``interface`` or ``threads`` value that can never work, or WSGI
-    without its adapter installed.
+def need_adapter(interface: Interface) -> None:
+    """Refuse WSGI without its adapter installed.
 
     Raises:
-        ConfigError: naming the value.
+        ConfigError: saying what to install.
     """
-    if interface not in INTERFACES:
-        raise ConfigError(f"interface={interface!r} must be one of {', '.join(INTERFACES)}")
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ConfigError(f"threads={threads!r} must be a whole number of at least 1")
     if interface == "wsgi" and importlib.util.find_spec("a2wsgi") is None:
         raise ConfigError("interface='wsgi' needs a2wsgi: pip install 'graceful[wsgi]'")
 

@@ -17,7 +17,7 @@ from typing import IO, Any
 from graceful.base.errors import name_some, shown_path
 from graceful.base.log import logger
 from graceful.core.machine import STOPPING, SUPERSEDED, ReloadOutcome
-from graceful.dev.watch import Watch
+from graceful.core.settings import Watch
 
 #: A reload's narrative log records carry this attribute (see ``Log.narrative``).
 NARRATIVE = "graceful_reload_narrative"

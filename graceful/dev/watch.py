@@ -1,6 +1,7 @@
 """Development mode: a save reloads the service (``--watch``), one status line per reload.
 
-:class:`Watch` says what to watch. :class:`SourceWatcher` runs in the supervisor:
+:class:`Watch` (the ``watch`` setting's value, :mod:`graceful.core.settings`) says
+what to watch. :class:`SourceWatcher` runs in the supervisor:
 it follows the files with ``watchfiles`` (the library uvicorn uses), in a thread of
 its own that blocks every signal (the supervisor's signals are its main thread's),
 and turns each batch of changes into a reload. A burst of saves is one batch, and
@@ -20,7 +21,6 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import anyio.to_thread
 
 from graceful.base.errors import ConfigError, one_line
 from graceful.base.log import logger
+from graceful.core.settings import Watch
 
 #: Milliseconds without a new change before a batch of changes is reported.
 _QUIET_MS = 50
@@ -41,50 +42,14 @@ _ROOT_POLL = 0.5
 _POLL_MS = 500
 
 
-@dataclass(frozen=True)
-class Watch:
-    """What ``watch=`` follows.
-
-    Args:
-        paths: directories to watch, recursively, or files (each reloads whatever its
-            name); empty for the default: the directory of the main script or of the
-            app's module (and ``--app-dir``).
-        include: glob patterns a changed file's name must match (``*.py``).
-        exclude: glob patterns of names (files or directories) to leave out, on
-            top of what is always left out (``__pycache__``, ``.git``, editors'
-            swap files, ...).
-    """
-
-    paths: tuple[str, ...] = ()
-    include: tuple[str, ...] = ("*.py",)
-    exclude: tuple[str, ...] = ()
-
-
-def as_watch(value: object) -> Watch | None:
-    """``watch=`` as given: False/None (off), True (the defaults), a :class:`Watch`,
-    or a list of directories.
+def need_watchfiles(watch: Watch | None) -> None:
+    """Refuse ``watch`` (development mode on) without ``watchfiles`` installed.
 
     Raises:
-        ConfigError: for anything else, or if ``watchfiles`` is not installed.
+        ConfigError: saying what to install.
     """
-    if value is None or value is False:
-        return None
-    if value is True:
-        watch = Watch()
-    elif isinstance(value, Watch):
-        watch = value
-    elif isinstance(value, list | tuple) and all(isinstance(p, str | Path) for p in value):
-        watch = Watch(paths=tuple(str(p) for p in value))
-    else:
-        raise ConfigError(
-            f"watch={value!r} must be True, a list of directories, or a graceful.Watch"
-        )
-    for pattern in (*watch.include, *watch.exclude):
-        if not isinstance(pattern, str) or not pattern:
-            raise ConfigError(f"watch pattern {pattern!r} must be a non-empty glob, as '*.py'")
-    if importlib.util.find_spec("watchfiles") is None:
+    if watch is not None and importlib.util.find_spec("watchfiles") is None:
         raise ConfigError("watch needs watchfiles: pip install 'graceful[watch]'")
-    return watch
 
 
 def with_paths(watch: Watch, defaults: Sequence[str]) -> Watch:

@@ -13,7 +13,8 @@ from graceful.base.errors import ConfigError, one_line
 from graceful.base.log import logger
 from graceful.child.context import Context
 from graceful.code.entry import EntryTraits, declare_traits, import_module, walk
-from graceful.code.interfaces import DEFAULT_THREADS, Interface, as_asgi3
+from graceful.code.interfaces import as_asgi3
+from graceful.core.settings import DEFAULT_THREADS, Interface
 
 
 def load_app(app: str, factory: bool) -> Any:

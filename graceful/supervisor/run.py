@@ -16,12 +16,11 @@ import signal
 import sys
 import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import multiprocess
 
-from graceful.api.service import check_supervision
 from graceful.base.errors import ConfigError
 from graceful.base.log import ensure_visible, logger, written_without_waiting
 from graceful.base.processes import become_subreaper
@@ -33,8 +32,9 @@ from graceful.control.pidfile import PidFile
 from graceful.control.protocol import control_path
 from graceful.control.server import ControlServer, ControlSocket
 from graceful.core.machine import Settings, Strategy
+from graceful.core.settings import ServiceSettings, Supervision, Watch
 from graceful.dev.terminal import DevTerminal, quiet_reload_narrative
-from graceful.dev.watch import SourceWatcher, Watch, with_paths
+from graceful.dev.watch import SourceWatcher, with_paths
 from graceful.sockets.listeners import (
     BoundListener,
     bind_listeners,
@@ -43,35 +43,33 @@ from graceful.sockets.listeners import (
     most_workers,
 )
 from graceful.spawn.guard import OrphanGuard
-from graceful.spawn.spawner import BytecodeGate, Launch, ProcessFactory, SpawningFactory
+from graceful.spawn.spawner import BytecodeGate, Launch, SpawningFactory
 from graceful.spawn.template import TemplateFactory
 from graceful.supervisor.loop import SupervisorLoop
 from graceful.supervisor.signals import ROLLBACK_SIGNAL, SCALE_SIGNALS
 from graceful.supervisor.systemd import Notifier
-from graceful.wire.bootstrap import EntryRef, WorkerOptions
-
-if TYPE_CHECKING:
-    from graceful.api.service import Service
+from graceful.wire.bootstrap import WorkerOptions
 
 
 def run_supervisor(
-    service: Service[Any],
-    caller: types.FrameType | None,
-    pid_file: str | os.PathLike[str] | None = None,
+    function: Callable[..., Any],
+    settings: ServiceSettings,
+    supervision: Supervision,
     *,
-    health: str | None = None,
-    stop_delay: float = 0.0,
-    release_link: str | os.PathLike[str] | None = None,
+    caller: types.FrameType | None,
+    target: object = None,
+    entry_options: dict[str, Any] | None = None,
+    backend_options: dict[str, Any] | None = None,
 ) -> int:
-    """Supervise ``service`` in this process; return the exit status.
+    """Supervise workers that run ``function`` in this process; return the exit status.
 
-    ``health`` is a listen spec for the health endpoint (:mod:`graceful.supervisor.health`);
-    ``stop_delay`` the seconds to keep serving after the first stop request;
-    ``release_link`` the link that names the release to start workers from
-    (:mod:`graceful.code.release`; found among the paths the service was started through when
-    None).
-    Configuration errors are logged as one line and give status 2 before anything
-    is spawned or left bound.
+    ``settings`` and ``supervision`` are checked (:mod:`graceful.core.settings`).
+    ``target`` is what the entry's name must lead to in a fresh import (the
+    ``@graceful.service`` object; ``function`` itself when None); every worker passes
+    ``entry_options`` to ``function`` as keyword arguments, and ``backend_options`` to
+    ``anyio.run``. ``caller`` is the frame that started the supervisor (for the
+    ``__main__`` guard). Configuration errors are logged as one line and give status 2
+    before anything is spawned or left bound.
     """
     ensure_visible("supervisor")
     # A reload, a rollback or a scaling (SIGTTIN and SIGTTOU) requested before the
@@ -86,12 +84,13 @@ def run_supervisor(
     try:
         with written_without_waiting():
             return _supervise(
-                service,
-                caller,
-                pid_file=pid_file,
-                health=health,
-                stop_delay=stop_delay,
-                release_link=release_link,
+                function,
+                function if target is None else target,
+                settings,
+                supervision,
+                caller=caller,
+                entry_options=dict(entry_options or {}),
+                backend_options=dict(backend_options or {}),
             )
     finally:
         for signum, handler in stop_handlers.items():
@@ -99,13 +98,14 @@ def run_supervisor(
 
 
 def _supervise(
-    service: Service[Any],
-    caller: types.FrameType | None,
+    function: Callable[..., Any],
+    target: object,
+    settings: ServiceSettings,
+    supervision: Supervision,
     *,
-    pid_file: str | os.PathLike[str] | None,
-    health: str | None,
-    stop_delay: float,
-    release_link: str | os.PathLike[str] | None,
+    caller: types.FrameType | None,
+    entry_options: dict[str, Any],
+    backend_options: dict[str, Any],
 ) -> int:
     claimed: PidFile | None = None
     control: ControlSocket | None = None
@@ -121,24 +121,22 @@ def _supervise(
             claimed.release()
 
     try:
-        entry = entry_ref_for(service, service.function)
+        entry = entry_ref_for(target, function)
         check_main_guard(caller)
-        release = _adopt_release(release_link)
-        if pid_file is not None:
-            claimed = PidFile.claim(pid_file)
+        release = _adopt_release(supervision.release_link)
+        if supervision.pid_file is not None:
+            claimed = PidFile.claim(supervision.pid_file)
             control = ControlSocket.bind(control_path(claimed.path))
-        check_supervision(health=health, stop_delay=stop_delay)
-        listeners = bind_listeners(service.listen)
-        if health is not None:
+        listeners = bind_listeners(list(settings.listen))
+        if supervision.health is not None:
             try:
-                health_listeners = bind_listeners([health])
+                health_listeners = bind_listeners([supervision.health])
             except ConfigError as exc:
                 raise ConfigError(f"health endpoint: {exc}") from None
-        check_descriptor_headroom(len(listeners), service.workers)
-        _check_preload(service)
-        watch = (
-            with_paths(service.watch, [_main_directory()]) if service.watch is not None else None
-        )
+        check_descriptor_headroom(len(listeners), settings.workers)
+        _check_preload(settings)
+        watching = settings.watching
+        watch = with_paths(watching, [_main_directory()]) if watching is not None else None
     except (ConfigError, ReleaseError) as exc:
         logger.error("%s", exc)
         clean_up()
@@ -148,31 +146,21 @@ def _supervise(
     try:
         _announce(listeners, health_listeners, release)
         notifier = Notifier.from_environment()
-        settings = Settings(
-            workers=service.workers,
-            ready_timeout=service.ready_timeout,
-            drain_timeout=service.drain_timeout,
-            stop_delay=stop_delay,
-            probation=service.probation,
-            strategy=Strategy(service.strategy),
-            max_surge=service.max_surge,
-            max_workers=most_workers(),
-            preload=service.preload,
-            development=service.watch is not None,
-        )
+        decided, options = _passed_on(settings, supervision, entry_options, backend_options)
+        launch = Launch(entry, listeners, options, release, standby=settings.standby)
         terminal = _development_terminal(watch)
         loop = SupervisorLoop(
-            settings,
-            _factory(service, entry, listeners, release),
+            decided,
+            TemplateFactory(launch) if settings.preload else SpawningFactory(launch),
             listeners=listeners,
             bytecode=BytecodeGate(lambda: application_roots(release.application_directories())),
             pid_file=claimed,
             notifier=notifier,
-            start_guard=lambda: OrphanGuard.start(settings.drain_timeout, settings.kill_grace),
+            start_guard=lambda: OrphanGuard.start(decided.drain_timeout, decided.kill_grace),
             control=control.sock if control is not None else None,
             health=health_listeners[0].socket if health_listeners else None,
             # forked workers are adopted: they, and what they leave, are reaped here
-            reap_orphans=service.preload,
+            reap_orphans=settings.preload,
             watch=SourceWatcher(watch) if watch is not None else None,
             terminal=terminal,
         )
@@ -184,6 +172,37 @@ def _supervise(
         return code
     finally:
         _finish(loop.control if loop is not None else None, code, clean_up)
+
+
+def _passed_on(
+    settings: ServiceSettings,
+    supervision: Supervision,
+    entry_options: dict[str, Any],
+    backend_options: dict[str, Any],
+) -> tuple[Settings, WorkerOptions]:
+    """What the state machine and every worker are told, from the checked settings
+    (after the listeners are bound: the descriptor limit's reckoning counts them)."""
+    development = settings.watching is not None
+    decided = Settings(
+        workers=settings.workers,
+        ready_timeout=settings.ready_timeout,
+        drain_timeout=settings.drain_timeout,
+        stop_delay=supervision.stop_delay,
+        probation=settings.probation,
+        strategy=Strategy(settings.strategy),
+        max_surge=settings.max_surge,
+        max_workers=most_workers(),
+        preload=settings.preload,
+        development=development,
+    )
+    options = WorkerOptions(
+        drain_timeout=settings.drain_timeout,
+        backend=settings.backend,
+        entry_options=entry_options,
+        backend_options=backend_options,
+        report_only=development,
+    )
+    return decided, options
 
 
 def _finish(control: ControlServer | None, code: int, clean_up: Callable[[], None]) -> None:
@@ -210,8 +229,8 @@ def _adopt_release(release_link: str | os.PathLike[str] | None) -> ReleaseLayout
     return release
 
 
-def _check_preload(service: Service[Any]) -> None:
-    if service.preload and not become_subreaper():
+def _check_preload(settings: ServiceSettings) -> None:
+    if settings.preload and not become_subreaper():
         raise ConfigError(
             "preload=True needs this process to become a child subreaper "
             "(prctl PR_SET_CHILD_SUBREAPER, Linux 3.4 and later), and it could not"
@@ -246,25 +265,6 @@ def _end_leftover_children() -> None:
         with contextlib.suppress(Exception):
             child.kill()
             child.join(5)
-
-
-def _factory(
-    service: Service[Any],
-    entry: EntryRef,
-    listeners: list[BoundListener],
-    release: ReleaseLayout,
-) -> ProcessFactory:
-    """What starts the workers: a spawn each, or with preload a fork of the
-    generation's template."""
-    options = WorkerOptions(
-        drain_timeout=service.drain_timeout,
-        backend=service.backend,
-        entry_options=service.entry_options,
-        backend_options=service.backend_options,
-        report_only=service.watch is not None,
-    )
-    launch = Launch(entry, listeners, options, release, standby=service.standby)
-    return TemplateFactory(launch) if service.preload else SpawningFactory(launch)
 
 
 def _development_terminal(watch: Watch | None) -> DevTerminal | None:

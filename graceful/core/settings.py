@@ -1,0 +1,658 @@
+"""Every setting of a service, declared once.
+
+A setting is a field of one of four groups, by who takes it:
+:class:`ServiceSettings` (``@graceful.service``, ``serve_asgi``, both commands),
+:class:`ServerSettings` (``serve_asgi`` and ``graceful serve``), :class:`Supervision`
+(``Service.run()``, ``serve_asgi``, both commands) and :class:`CommandLine` (the
+commands alone). Its declaration (:func:`setting`) gives its type and default (the
+field's), its :class:`Kind` (how it is checked, shown, and read from the command
+line), its flag, its one-line help and its scope.
+
+Derived from it: :data:`SETTINGS` (what the settings reference shows), :func:`checked`
+(the validation of every entry point), the decorator's signature (the fields of
+:class:`ServiceSettings`), the options of ``graceful serve`` and ``graceful run``,
+and :func:`for_status`. Adding a setting is one field here plus its behaviour.
+
+Pure: no I/O; the standard library and :mod:`graceful.base.errors` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar, Literal, TypeGuard, TypeVar, dataclass_transform
+
+from graceful.base.errors import ConfigError
+
+#: When a setting's value is read: once, when the supervisor starts, or for each
+#: generation, from the code it imports (the backend a decorated function names).
+Scope = Literal["supervisor", "generation"]
+#: The entry points that take settings.
+Entry = Literal["@graceful.service", "Service.run", "serve_asgi", "graceful serve", "graceful run"]
+
+Backend = Literal["asyncio", "trio"]
+#: how a reload replaces a generation's workers (``graceful.core.machine.Strategy``)
+StrategyName = Literal["all-at-once", "rolling"]
+Server = Literal["uvicorn", "hypercorn"]
+#: what kind of app ``graceful serve`` serves (:mod:`graceful.code.interfaces`)
+Interface = Literal["auto", "asgi3", "asgi2", "wsgi"]
+INTERFACES: tuple[Interface, ...] = ("auto", "asgi3", "asgi2", "wsgi")
+#: threads that run a WSGI app: a2wsgi's own default, and about what gunicorn's
+#: gthread users run per worker
+DEFAULT_THREADS = 10
+
+G = TypeVar("G")
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What ``watch=`` follows.
+
+    Args:
+        paths: directories to watch, recursively, or files (each reloads whatever its
+            name); empty for the default: the directory of the main script or of the
+            app's module (and ``--app-dir``).
+        include: glob patterns a changed file's name must match (``*.py``).
+        exclude: glob patterns of names (files or directories) to leave out, on
+            top of what is always left out (``__pycache__``, ``.git``, editors'
+            swap files, ...).
+    """
+
+    paths: tuple[str, ...] = ()
+    include: tuple[str, ...] = ("*.py",)
+    exclude: tuple[str, ...] = ()
+
+
+# -- kinds: what a setting takes ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a setting takes: how its type is shown, how a value is checked (and
+    normalised), and how the command line reads it.
+
+    ``check(name, value)`` returns the value to use, or raises :class:`ConfigError`
+    in one line naming ``name=value``. ``parse(text)`` turns a command-line word into
+    a value, or raises :class:`ConfigError` in one line naming the word. ``cli`` is
+    how a flag takes it: ``"value"`` (one word, or one of ``choices``), ``"switch"``
+    (no word: the flag turns the default around), ``"repeat"`` (one word per use).
+    """
+
+    label: str
+    check: Callable[[str, Any], Any]
+    parse: Callable[[str], Any] = str
+    cli: Literal["value", "switch", "repeat"] = "value"
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_whole(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_seconds(value: object) -> TypeGuard[float]:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value) and value > 0
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _check_whole(name: str, value: object) -> int:
+    if not _is_whole(value):
+        raise ConfigError(f"{name}={_short(value)} must be a whole number of at least 1")
+    return value
+
+
+def _parse_whole(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{text!r} must be a whole number of at least 1")
+    return int(text)
+
+
+def _check_seconds(name: str, value: object) -> float:
+    if not _is_seconds(value):
+        raise ConfigError(f"{name}={_short(value)} must be a finite number of seconds above 0")
+    return float(value)
+
+
+def _parse_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{text!r} must be a finite number of seconds above 0")
+    if not value > 0:
+        raise ConfigError(f"{text!r} must be above 0")
+    return value
+
+
+def _seconds_or_zero(zero_means: str) -> Kind:
+    """Seconds, or 0 (which ``zero_means``, as shown after the refusal)."""
+
+    def check(name: str, value: object) -> float:
+        if value == 0:
+            return 0.0
+        if not _is_seconds(value):
+            raise ConfigError(
+                f"{name}={_short(value)} must be a finite number of seconds{zero_means}"
+            )
+        return float(value)
+
+    def parse(text: str) -> float:
+        try:
+            if float(text) == 0:
+                return 0.0
+        except ValueError:
+            pass
+        return _parse_seconds(text)
+
+    return Kind("float (seconds; 0: off)" if zero_means else "float (seconds, or 0)", check, parse)
+
+
+def _choice(*choices: str, quoted: bool = False) -> Kind:
+    """One of ``choices``, named in the refusal as ``'a' or 'b'`` (``quoted``) or as
+    ``one of a, b``."""
+    names = [repr(choice) for choice in choices]
+    label = ", ".join(names[:-1]) + " or " + names[-1]
+    expected = label if quoted else "one of " + ", ".join(choices)
+
+    def check(name: str, value: object) -> object:
+        if value not in choices:
+            raise ConfigError(f"{name}={_short(value)} must be {expected}")
+        return value
+
+    return Kind(label, check, choices=choices)
+
+
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={_short(value)} must be True or False")
+    return value
+
+
+def _as_given(name: str, value: object) -> object:
+    """For a setting whose value is checked where it is used (a path)."""
+    return value
+
+
+def _check_listen(name: str, value: object) -> tuple[str | socket.socket, ...]:
+    if value is None:
+        raise ConfigError("@graceful.service needs listen=[...], as in listen=[':8080']")
+    if isinstance(value, str | socket.socket):
+        raise ConfigError(f"listen={value!r} must be a list of specs, as in listen=[{value!r}]")
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(spec, str | socket.socket) for spec in value
+    ):
+        raise ConfigError(
+            f"listen={_short(value)} must be a list of listen specs (strings) or sockets, "
+            "as in listen=[':8080']"
+        )
+    return tuple(value)
+
+
+def _check_watch(name: str, value: object) -> Watch | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        watch = Watch()
+    elif isinstance(value, Watch):
+        watch = value
+    elif isinstance(value, list | tuple) and all(isinstance(p, str | os.PathLike) for p in value):
+        watch = Watch(paths=tuple(os.fspath(p) for p in value))
+    else:
+        raise ConfigError(
+            f"watch={value!r} must be True, a list of directories, or a graceful.Watch"
+        )
+    for pattern in (*watch.include, *watch.exclude):
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"watch pattern {pattern!r} must be a non-empty glob, as '*.py'")
+    return watch
+
+
+def _check_health(name: str, value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{name}={_short(value)} must be a listen spec, as in '127.0.0.1:9000'")
+    return value
+
+
+def _check_ready_hook(name: str, value: object) -> str | None:
+    if value is not None:
+        module, sep, function = str(value).partition(":")
+        if not sep or not module or not function:
+            raise ConfigError(f"ready hook {value!r} must look like 'package.module:function'")
+    return None if value is None else str(value)
+
+
+def _check_words(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ConfigError(f"{name}={_short(value)} must be a list of strings")
+    return tuple(str(word) for word in value)
+
+
+WHOLE = Kind("int (at least 1)", _check_whole, _parse_whole, metavar="N")
+SECONDS = Kind("float (seconds)", _check_seconds, _parse_seconds, metavar="S")
+SWITCH = Kind("bool", _check_flag, cli="switch")
+PATH = Kind("path", _as_given, metavar="PATH")
+LISTEN = Kind("list of listen specs (or sockets)", _check_listen, cli="repeat", metavar="SPEC")
+WORDS = Kind("list of strings", _check_words, cli="repeat")
+
+
+# -- the declaration ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting, as declared: what the settings reference shows, and what every
+    entry point derives its handling of the setting from."""
+
+    name: str
+    #: what it takes, as the reference shows it (``"float (seconds)"``)
+    type_label: str
+    #: its default, as the reference shows it
+    default_label: str
+    #: the command-line flag (``"--drain-timeout"``); None: no flag
+    flag: str | None
+    #: the environment variable that sets it; None: none
+    env: str | None
+    help: str
+    scope: Scope
+    default: object
+    kind: Kind
+    #: the entry points that take it
+    entries: tuple[Entry, ...]
+    #: the entry points where it has no default (a value must be given)
+    required_in: tuple[Entry, ...] = ()
+    metavar: str | None = None
+    #: shown by ``graceful status`` (:func:`for_status`)
+    status: bool = False
+
+    def check(self, value: object) -> Any:
+        """``value``, normalised; raises :class:`ConfigError` in one line naming it."""
+        return self.kind.check(self.name, value)
+
+    def parse(self, text: str) -> Any:
+        """The value a command-line word gives; raises :class:`ConfigError` in one line."""
+        return self.kind.parse(text)
+
+
+_DECLARED = "graceful.setting"
+_NONE: Any = object()  # no default given
+
+
+def setting(
+    kind: Kind,
+    help: str,
+    *,
+    scope: Scope,
+    default: Any = _NONE,
+    flag: str | None = None,
+    env: str | None = None,
+    entries: tuple[Entry, ...] = (),
+    required_in: tuple[Entry, ...] = (),
+    otherwise: Any = _NONE,
+    metavar: str | None = None,
+    status: bool = False,
+    default_label: str | None = None,
+) -> Any:
+    """Declare the field it is assigned to as a setting, taken by ``entries`` (its
+    group's when empty). A setting that the entry points ``required_in`` require has
+    no ``default`` (its field is a required keyword), and the ``otherwise`` default
+    of the other entry points."""
+    if required_in:
+        if default is not _NONE or otherwise is _NONE:
+            raise TypeError("a required setting has no default, and a default otherwise")
+        default = otherwise
+    declared = Setting(
+        name="",  # the field's, once its group is built (settings_of)
+        type_label=kind.label,
+        default_label=shown(default) if default_label is None else default_label,
+        flag=flag,
+        env=env,
+        help=help,
+        scope=scope,
+        default=default,
+        kind=kind,
+        entries=entries,
+        required_in=required_in,
+        metavar=metavar or kind.metavar,
+        status=status,
+    )
+    if required_in:
+        return dataclasses.field(metadata={_DECLARED: declared})
+    return dataclasses.field(default=default, metadata={_DECLARED: declared})
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(setting,))
+def _group(cls: type[G]) -> type[G]:
+    """A group of settings: a frozen dataclass whose fields are declared by
+    :func:`setting`, each a keyword of its constructor."""
+    return dataclass(frozen=True, kw_only=True)(cls)
+
+
+#: the commands that start a supervisor
+_COMMANDS: tuple[Entry, ...] = ("graceful serve", "graceful run")
+
+
+def shown(value: object) -> str:
+    """A setting's value as help and the reference show it."""
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value)) if value else "none"
+    return str(value)
+
+
+@_group
+class ServiceSettings:
+    """The settings of ``@graceful.service`` (its keyword arguments), checked."""
+
+    ENTRIES: ClassVar[tuple[Entry, ...]] = ("@graceful.service", "serve_asgi", *_COMMANDS)
+
+    listen: Sequence[str | socket.socket] = setting(
+        LISTEN,
+        "where to listen: HOST:PORT, :PORT, [IPv6]:PORT, unix:PATH or fd:N; bound once, "
+        "by the supervisor",
+        scope="supervisor",
+        required_in=("@graceful.service",),
+        otherwise=("127.0.0.1:8000",),
+        default_label="127.0.0.1:8000 (required by @graceful.service)",
+        flag="--listen",
+    )
+    workers: int = setting(
+        WHOLE,
+        "worker processes per generation, all sharing the listeners",
+        scope="supervisor",
+        default=1,
+        flag="--workers",
+    )
+    ready_timeout: float = setting(
+        SECONDS,
+        "seconds a new generation has to report ready",
+        scope="supervisor",
+        default=30.0,
+        flag="--ready-timeout",
+    )
+    drain_timeout: float = setting(
+        SECONDS,
+        "seconds an old generation has to finish its work before it is killed",
+        scope="supervisor",
+        default=30.0,
+        flag="--drain-timeout",
+    )
+    backend: Backend = setting(
+        _choice("asyncio", "trio"),
+        "the workers' event loop (trio: with hypercorn); a plain function runs in a thread",
+        scope="generation",
+        default="asyncio",
+        flag="--backend",
+        entries=("@graceful.service", "serve_asgi", "graceful serve"),
+    )
+    probation: float = setting(
+        _seconds_or_zero(" (0 for none)"),
+        "seconds the previous generation stays parked after a reload, resumed at once "
+        "if the new one fails",
+        scope="supervisor",
+        default=30.0,
+        flag="--probation",
+        metavar="S",
+    )
+    strategy: StrategyName = setting(
+        _choice("all-at-once", "rolling", quoted=True),
+        "how a reload replaces the workers: all at once, or rolling, max_surge at a time",
+        scope="supervisor",
+        default="all-at-once",
+        flag="--strategy",
+        status=True,
+    )
+    max_surge: int = setting(
+        WHOLE,
+        "rolling: new workers started beyond workers at a time",
+        scope="supervisor",
+        default=1,
+        flag="--max-surge",
+        metavar="K",
+        status=True,
+    )
+    preload: bool = setting(
+        SWITCH,
+        "import the code once per generation, in a template process that forks the "
+        "workers (shared memory; every worker runs the same code)",
+        scope="supervisor",
+        default=False,
+        flag="--preload",
+        status=True,
+    )
+    standby: bool = setting(
+        SWITCH,
+        "keep a warm interpreter for the next reload's first worker (one idle "
+        "interpreter's memory)",
+        scope="supervisor",
+        default=True,
+        flag="--no-standby",
+    )
+    watch: bool | Watch | Sequence[str] | None = setting(
+        Kind("bool, list of directories, or graceful.Watch", _check_watch, cli="switch"),
+        "development mode: reload on each save; a broken save keeps the running code serving",
+        scope="supervisor",
+        default=False,
+        flag="--watch",
+    )
+
+    @property
+    def watching(self) -> Watch | None:
+        """What ``watch`` follows (None: development mode is off)."""
+        return _check_watch("watch", self.watch)
+
+
+@_group
+class ServerSettings:
+    """The settings of the server ``serve_asgi`` runs in each worker, checked."""
+
+    ENTRIES: ClassVar[tuple[Entry, ...]] = ("serve_asgi", "graceful serve")
+
+    server: Server = setting(
+        _choice("uvicorn", "hypercorn", quoted=True),
+        "the server each worker runs: uvicorn (asyncio) or hypercorn (asyncio or trio)",
+        scope="supervisor",
+        default="uvicorn",
+        flag="--server",
+    )
+    factory: bool = setting(
+        SWITCH,
+        "the app is a factory: call it with no arguments to build the app",
+        scope="supervisor",
+        default=False,
+        flag="--factory",
+    )
+    interface: Interface = setting(
+        _choice(*INTERFACES),
+        "the app's kind; auto recognises WSGI apps (Flask, Django's wsgi.py) too",
+        scope="supervisor",
+        default="auto",
+        flag="--interface",
+    )
+    threads: int = setting(
+        WHOLE,
+        "threads that run a WSGI app, per worker",
+        scope="supervisor",
+        default=DEFAULT_THREADS,
+        flag="--threads",
+    )
+    ready_hook: str | None = setting(
+        Kind("'module:function'", _check_ready_hook),
+        "called in each worker after the app is imported (awaited, or run in a thread), "
+        "before it is ready; if it raises, the reload fails",
+        scope="supervisor",
+        default=None,
+        flag="--ready-hook",
+        metavar="MODULE:FUNCTION",
+    )
+
+
+@_group
+class Supervision:
+    """The settings of ``Service.run()``: where and how the supervisor runs, checked."""
+
+    ENTRIES: ClassVar[tuple[Entry, ...]] = ("Service.run", "serve_asgi", *_COMMANDS)
+
+    pid_file: str | os.PathLike[str] | None = setting(
+        PATH,
+        "the supervisor's PID file, written once the first generation is ready; a "
+        "control socket beside it answers graceful reload, status and stop",
+        scope="supervisor",
+        default=None,
+        flag="--pid-file",
+    )
+    health: str | None = setting(
+        Kind("listen spec", _check_health),
+        "serve /ready, /live and /metrics over HTTP there (the supervisor)",
+        scope="supervisor",
+        default=None,
+        flag="--health",
+        metavar="HOST:PORT",
+    )
+    stop_delay: float = setting(
+        _seconds_or_zero(""),
+        "after the first stop request, keep serving this long with /ready at 503, then drain",
+        scope="supervisor",
+        default=0.0,
+        flag="--stop-delay",
+        metavar="S",
+    )
+    release_link: str | os.PathLike[str] | None = setting(
+        PATH,
+        "the link a deploy switches between release directories: each worker starts "
+        "from the release it names then (found by itself when not given)",
+        scope="supervisor",
+        default=None,
+        flag="--release-link",
+    )
+
+
+@_group
+class CommandLine:
+    """The settings of the ``graceful serve`` and ``graceful run`` commands alone."""
+
+    ENTRIES: ClassVar[tuple[Entry, ...]] = _COMMANDS
+
+    app_dir: str = setting(
+        PATH,
+        "put this directory first on sys.path",
+        scope="supervisor",
+        default=".",
+        flag="--app-dir",
+        metavar="DIR",
+    )
+    access_log: bool = setting(
+        SWITCH,
+        "log each request (uvicorn)",
+        scope="supervisor",
+        default=True,
+        flag="--no-access-log",
+        entries=("graceful serve",),
+    )
+    watch_dir: tuple[str, ...] = setting(
+        WORDS,
+        "watch this directory instead of the app's (implies --watch)",
+        scope="supervisor",
+        default=(),
+        flag="--watch-dir",
+        metavar="DIR",
+    )
+    watch_include: tuple[str, ...] = setting(
+        WORDS,
+        "names of the files that reload (a glob), with --watch",
+        scope="supervisor",
+        default=("*.py",),
+        flag="--watch-include",
+        metavar="GLOB",
+    )
+    watch_exclude: tuple[str, ...] = setting(
+        WORDS,
+        "names of files or directories to ignore (a glob), with --watch",
+        scope="supervisor",
+        default=(),
+        flag="--watch-exclude",
+        metavar="GLOB",
+    )
+
+
+def settings_of(group: type[Any]) -> tuple[Setting, ...]:
+    """The settings ``group`` declares, in order, each named after its field."""
+    return tuple(
+        dataclasses.replace(
+            field.metadata[_DECLARED],
+            name=field.name,
+            entries=field.metadata[_DECLARED].entries or group.ENTRIES,
+        )
+        for field in dataclasses.fields(group)
+    )
+
+
+#: Every setting, in the order the reference lists them.
+SETTINGS: tuple[Setting, ...] = (
+    *settings_of(ServiceSettings),
+    *settings_of(ServerSettings),
+    *settings_of(Supervision),
+    *settings_of(CommandLine),
+)
+
+_BY_GROUP: dict[type[Any], tuple[Setting, ...]] = {
+    group: settings_of(group)
+    for group in (ServiceSettings, ServerSettings, Supervision, CommandLine)
+}
+
+
+def taken_by(entry: Entry) -> tuple[Setting, ...]:
+    """The settings ``entry`` takes, in order."""
+    return tuple(setting for setting in SETTINGS if entry in setting.entries)
+
+
+def checked(group: type[G], given: Mapping[str, object], entry: Entry) -> G:
+    """``group`` with the values ``given`` (by name; names of other groups are left
+    alone), each checked and normalised, and every other setting at its default.
+
+    Raises:
+        ConfigError: naming the first value that can never work, or a setting that
+            ``entry`` requires and that is not given.
+    """
+    values: dict[str, object] = {}
+    for declared in _BY_GROUP[group]:
+        if declared.name in given:
+            value = given[declared.name]
+        else:
+            value = None if entry in declared.required_in else declared.default
+        values[declared.name] = declared.check(value)
+    return group(**values)
+
+
+def overridden(values: G, changes: Mapping[str, object], entry: Entry) -> G:
+    """``values`` (a group) with ``changes``, checked as :func:`checked` does."""
+    current = {
+        declared.name: getattr(values, declared.name) for declared in _BY_GROUP[type(values)]
+    }
+    return checked(type(values), {**current, **changes}, entry)
+
+
+def for_status(values: object) -> dict[str, object]:
+    """The settings ``graceful status`` shows (those declared with ``status=True``),
+    by name, from ``values``: any object with them as attributes (a
+    :class:`ServiceSettings`, or the state machine's ``Settings``); an enum is shown
+    by its value."""
+    shown: dict[str, object] = {}
+    for declared in SETTINGS:
+        if declared.status:
+            value = getattr(values, declared.name)
+            shown[declared.name] = value.value if isinstance(value, Enum) else value
+    return shown
