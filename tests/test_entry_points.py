@@ -1,0 +1,62 @@
+"""Every entry point takes exactly the settings declared for it
+(graceful.core.settings): the typed signatures written out by hand cannot drift from
+the declaration, and the command line's options are the declared flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import graceful
+from graceful.api.service import Service
+from graceful.cli import build_parser
+from graceful.core.settings import SETTINGS, Entry, ServiceSettings, taken_by
+
+
+def keyword_defaults(function: Callable[..., Any]) -> dict[str, object]:
+    parameters = inspect.signature(function).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+@pytest.mark.parametrize(
+    ("function", "entry"), [(graceful.serve_asgi, "serve_asgi"), (Service.run, "Service.run")]
+)
+def test_a_signature_written_out_names_the_declared_settings_and_defaults(
+    function: Callable[..., Any], entry: Entry
+) -> None:
+    declared = {setting.name: setting.default for setting in taken_by(entry)}
+    assert keyword_defaults(function) == declared
+
+
+def test_the_decorator_takes_the_declared_settings_and_no_other() -> None:
+    fields = {field.name for field in dataclasses.fields(ServiceSettings)}
+    assert fields == {setting.name for setting in taken_by("@graceful.service")}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'server'"):
+        graceful.service(listen=[":8080"], server="uvicorn")  # type: ignore[call-overload]
+
+
+def options(command: str) -> set[str]:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        option
+        for action in commands.choices[command]._actions
+        for option in action.option_strings
+        if option not in {"--help", "-h"}
+    }
+
+
+@pytest.mark.parametrize(
+    ("command", "entry"), [("serve", "graceful serve"), ("run", "graceful run")]
+)
+def test_the_commands_options_are_the_declared_flags(command: str, entry: Entry) -> None:
+    assert options(command) == {s.flag for s in taken_by(entry) if s.flag is not None}
+
+
+def test_every_setting_is_taken_somewhere() -> None:
+    assert all(setting.entries for setting in SETTINGS)
