@@ -96,6 +96,33 @@ def test_run_refuses_what_is_not_a_service(tmp_path: Path) -> None:
     assert "plain:main is not a @graceful.service (got function)" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (("--max-surge", "0"), "'0' must be a whole number of at least 1"),
+        (("--probation", "-1"), "'-1' must be above 0"),
+        (("--workers", "0"), "'0' must be a whole number of at least 1"),
+        (("--drain-timeout", "inf"), "'inf' must be a finite number of seconds above 0"),
+        (("--listen", "localhost"), "invalid listen spec 'localhost': expected HOST:PORT"),
+        (("--watch", "--watch-include", ""), "watch pattern '' must be a non-empty glob"),
+    ],
+)
+def test_run_refuses_a_bad_override_of_the_services_settings_in_one_line(
+    tmp_path: Path, override: tuple[str, ...], message: str
+) -> None:
+    (tmp_path / "svc.py").write_text(
+        "import graceful\n\n"
+        "@graceful.service(listen=['127.0.0.1:0'])\n"
+        "async def main(ctx):\n"
+        "    await ctx.serve(lambda stream: stream.aclose())\n"
+    )
+    result = graceful_cli("run", "svc:main", *override, cwd=tmp_path)
+    assert result.returncode == 2, result
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert message in lines[0]
+
+
 def test_pid_file_in_a_missing_directory_is_refused_before_starting(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text("async def app(scope, receive, send): ...\n")
     result = graceful_cli(
