@@ -1,6 +1,7 @@
 """Every entry point takes exactly the settings declared for it
 (graceful.core.settings): the typed signatures written out by hand cannot drift from
-the declaration, and the command line's options are the declared flags."""
+the declaration, the command line's options are the declared flags, and the
+supervisor passes the checked values on."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import pytest
 import graceful
 from graceful.api.service import Service
 from graceful.cli import build_parser
-from graceful.core.settings import SETTINGS, Entry, ServiceSettings, taken_by
+from graceful.core.machine import Strategy
+from graceful.core.settings import SETTINGS, Entry, ServiceSettings, Supervision, checked, taken_by
+from graceful.supervisor.run import _passed_on
 
 
 def keyword_defaults(function: Callable[..., Any]) -> dict[str, object]:
@@ -60,3 +63,32 @@ def test_the_commands_options_are_the_declared_flags(command: str, entry: Entry)
 
 def test_every_setting_is_taken_somewhere() -> None:
     assert all(setting.entries for setting in SETTINGS)
+
+
+def test_the_state_machine_and_the_workers_are_told_the_checked_settings() -> None:
+    settings = checked(
+        ServiceSettings,
+        {
+            "workers": 3,
+            "ready_timeout": 4,
+            "drain_timeout": 5,
+            "backend": "trio",
+            "probation": 0,
+            "strategy": "rolling",
+            "max_surge": 2,
+            "preload": True,
+        },
+        "serve_asgi",
+    )
+    supervision = checked(Supervision, {"stop_delay": 6}, "serve_asgi")
+    decided, options = _passed_on(settings, supervision, {"app": "x:y"}, {})
+    assert (decided.workers, decided.ready_timeout, decided.drain_timeout) == (3, 4.0, 5.0)
+    assert (decided.probation, decided.stop_delay) == (0.0, 6.0)
+    assert (decided.strategy, decided.max_surge, decided.preload) == (Strategy.ROLLING, 2, True)
+    assert not decided.development
+    assert (options.drain_timeout, options.backend, options.entry_options) == (
+        5.0,
+        "trio",
+        {"app": "x:y"},
+    )
+    assert not options.report_only

@@ -11,6 +11,7 @@ releases the PID file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -32,7 +33,7 @@ from graceful.control.pidfile import PidFile
 from graceful.control.protocol import control_path
 from graceful.control.server import ControlServer, ControlSocket
 from graceful.core.machine import Settings, Strategy
-from graceful.core.settings import ServiceSettings, Supervision, Watch
+from graceful.core.settings import ServiceSettings, Supervision, Watch, settings_of
 from graceful.dev.terminal import DevTerminal, quiet_reload_narrative
 from graceful.dev.watch import SourceWatcher, with_paths
 from graceful.sockets.listeners import (
@@ -180,29 +181,42 @@ def _passed_on(
     entry_options: dict[str, Any],
     backend_options: dict[str, Any],
 ) -> tuple[Settings, WorkerOptions]:
-    """What the state machine and every worker are told, from the checked settings
-    (after the listeners are bound: the descriptor limit's reckoning counts them)."""
+    """What the state machine and every worker are told: each checked setting that
+    they have a field of the same name for, and what is computed here (after the
+    listeners are bound: the descriptor limit's reckoning counts them)."""
     development = settings.watching is not None
     decided = Settings(
-        workers=settings.workers,
-        ready_timeout=settings.ready_timeout,
-        drain_timeout=settings.drain_timeout,
-        stop_delay=supervision.stop_delay,
-        probation=settings.probation,
-        strategy=Strategy(settings.strategy),
-        max_surge=settings.max_surge,
-        max_workers=most_workers(),
-        preload=settings.preload,
-        development=development,
+        **_by_name(
+            Settings,
+            (settings, supervision),
+            strategy=Strategy(settings.strategy),
+            max_workers=most_workers(),
+            development=development,
+        )
     )
     options = WorkerOptions(
-        drain_timeout=settings.drain_timeout,
-        backend=settings.backend,
-        entry_options=entry_options,
-        backend_options=backend_options,
-        report_only=development,
+        **_by_name(
+            WorkerOptions,
+            (settings,),
+            entry_options=entry_options,
+            backend_options=backend_options,
+            report_only=development,
+        )
     )
     return decided, options
+
+
+def _by_name(receiver: type[Any], groups: tuple[Any, ...], **computed: Any) -> dict[str, Any]:
+    """The keyword arguments of ``receiver``: each setting of ``groups`` that it has a
+    field of the same name for, then ``computed``."""
+    fields = {field.name for field in dataclasses.fields(receiver)}
+    named = {
+        setting.name: getattr(group, setting.name)
+        for group in groups
+        for setting in settings_of(type(group))
+        if setting.name in fields
+    }
+    return {**named, **computed}
 
 
 def _finish(control: ControlServer | None, code: int, clean_up: Callable[[], None]) -> None:
