@@ -81,26 +81,18 @@ def serve_asgi(
     Args:
         app: ``"module:attribute"``; with ``factory=True`` the attribute is called
             with no arguments to build the app.
-        server: ``"uvicorn"`` (asyncio) or ``"hypercorn"`` (asyncio or trio).
-        backend: ``"asyncio"`` or, with hypercorn, ``"trio"``.
         server_options: passed to ``uvicorn.Config`` or ``hypercorn.Config`` (they
             must be picklable). ``listen``/``workers`` replace the servers' own
             host, port, bind and workers settings.
-        interface: ``"auto"`` (recognise the app's kind in each worker),
-            ``"asgi3"``, ``"asgi2"`` or ``"wsgi"`` (see :mod:`graceful.code.interfaces`).
-        threads: the thread pool that runs a WSGI app, per worker.
-        ready_hook: ``"module:function"``, called (awaited if it is a coroutine
-            function, else run in a thread) in each worker after the app is
-            imported and before it accepts: a warm-up or a check, such as
-            ``django.setup()`` and a database query. If it raises, the worker
-            fails, and so does the reload: the old generation keeps serving.
 
-    Other arguments are those of :func:`graceful.service` and :meth:`Service.run`
-    (``probation`` works with uvicorn; hypercorn's workers cannot be parked, so
-    with hypercorn the previous generation drains and exits at once).
-    Returns after a clean stop; raises ``SystemExit`` as :meth:`Service.run` does,
-    with status 2 and one line on stderr for every argument it can check before
-    starting (the app's module must exist, but is not imported here).
+    The other keyword arguments are the settings of ``serve_asgi``
+    (docs/reference/settings.md tells each): those of :func:`graceful.service`, of
+    :meth:`Service.run`, and the server's (``probation`` works with uvicorn;
+    hypercorn's workers cannot be parked, so with hypercorn the previous generation
+    drains and exits at once). Returns after a clean stop; raises ``SystemExit`` as
+    :meth:`Service.run` does, with status 2 and one line on stderr for every
+    argument it can check before starting (the app's module must exist, but is not
+    imported here).
     """
     given = dict(locals())  # the arguments, by name: the signature is their one list
     del given["app"], given["server_options"]
