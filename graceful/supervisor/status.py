@@ -11,6 +11,7 @@ from typing import Any
 
 from graceful._version import PROTOCOL, VERSION, python_version
 from graceful.core.machine import Role, SupervisorStateMachine, Worker, WorkerState
+from graceful.core.settings import for_status
 from graceful.core.snapshot import (
     GenerationView,
     ListenerView,
@@ -51,7 +52,6 @@ class Surroundings:
 def take(machine: SupervisorStateMachine, now: float, around: Surroundings) -> Snapshot:
     """The supervisor's state at ``now`` (the loop's clock)."""
     around.runtimes.forget(set(machine.generations))
-    settings = machine.settings
     return Snapshot(
         pid=os.getpid(),
         graceful=VERSION,
@@ -62,11 +62,7 @@ def take(machine: SupervisorStateMachine, now: float, around: Surroundings) -> S
         status=machine.status(),
         empty_slots=machine.empty_slots(),
         workers=machine.size,
-        settings={
-            "strategy": settings.strategy.value,
-            "max_surge": settings.max_surge,
-            "preload": settings.preload,
-        },
+        settings=for_status(machine.settings),
         standby=around.standby,
         listeners=tuple(
             ListenerView(
