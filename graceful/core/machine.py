@@ -176,327 +176,92 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import TypeAlias
 
-#: The cause of a reload that a newer change superseded (development mode).
-SUPERSEDED = "superseded by a newer change"
-#: The cause of a reload (or a rollback) that the service's stop ended.
-STOPPING = "the service is stopping"
-
-# --- events ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Start:
-    """The supervisor has bound its listeners and starts generation 1."""
-
-
-@dataclass(frozen=True)
-class ReloadRequested:
-    """SIGHUP, or a programmatic reload."""
-
-
-@dataclass(frozen=True)
-class StopRequested:
-    """SIGTERM, SIGINT or ``graceful stop``. With ``stop_delay``, the first one only
-    announces the stop and the service keeps serving until :class:`StopDelayOver`;
-    another one drains at once. The one after the drain began means: stop now."""
-
-
-@dataclass(frozen=True)
-class StopDelayOver:
-    """``stop_delay`` seconds have passed since the first stop request."""
-
-
-@dataclass(frozen=True)
-class WorkerReady:
-    """The worker accepts (again, after a resume). ``parkable``: its server can be
-    parked and resumed (see :class:`ParkWorker`)."""
-
-    serial: int
-    parkable: bool = False
-
-
-@dataclass(frozen=True)
-class WorkerBroken:
-    """The app declared this worker broken (``Context.declare_broken``): during its
-    generation's probation, a reason to roll back."""
-
-    serial: int
-    cause: str
-
-
-@dataclass(frozen=True)
-class RollbackRequested:
-    """``graceful rollback`` or SIGUSR2: roll back the generation on probation."""
-
-    by: str
-
-
-@dataclass(frozen=True)
-class ProbationOver:
-    """``probation`` seconds have passed since generation ``generation`` was promoted."""
-
-    generation: int
-
-
-@dataclass(frozen=True)
-class ScaleRequested:
-    """SIGTTIN (``step=1``), SIGTTOU (``step=-1``) or ``graceful scale N``
-    (``workers=N``): change the number of workers per generation."""
-
-    by: str
-    workers: int | None = None
-    step: int = 0
-
-
-@dataclass(frozen=True)
-class WorkerFailed:
-    """The worker reported why it is about to exit."""
-
-    serial: int
-    cause: str
-
-
-@dataclass(frozen=True)
-class WorkerMisbehaved:
-    """The worker wrote something on its control channel that is not a control
-    message (``detail`` says what). Nothing more is read from it."""
-
-    serial: int
-    detail: str
-
-
-@dataclass(frozen=True)
-class WorkerExited:
-    serial: int
-    exitcode: int | None
-
-
-@dataclass(frozen=True)
-class ReadyTimeout:
-    serial: int
-
-
-@dataclass(frozen=True)
-class DrainTimeout:
-    serial: int
-
-
-@dataclass(frozen=True)
-class RestartDue:
-    generation: int
-    worker_id: int
-
-
-Event: TypeAlias = (
-    Start
-    | ReloadRequested
-    | StopRequested
-    | WorkerReady
-    | WorkerFailed
-    | WorkerMisbehaved
-    | WorkerExited
-    | ReadyTimeout
-    | DrainTimeout
-    | RestartDue
-    | StopDelayOver
-    | WorkerBroken
-    | RollbackRequested
-    | ProbationOver
-    | ScaleRequested
+from graceful.core.actions import (
+    STOPPING,
+    SUPERSEDED,
+    Action,
+    Announce,
+    Exit,
+    GenerationServing,
+    GenerationStarted,
+    KillWorker,
+    Log,
+    ParkWorker,
+    Phase,
+    ProbationEnded,
+    ReloadEnded,
+    ReloadOutcome,
+    ResumeWorker,
+    RollbackEnded,
+    ScaleEnded,
+    ShutdownWorker,
+    SpawnWorker,
+    StartTimer,
+    StopAccepting,
+    WorkerOrder,
+)
+from graceful.core.events import (
+    DrainTimeout,
+    Event,
+    ProbationOver,
+    ReadyTimeout,
+    ReloadRequested,
+    RestartDue,
+    RollbackRequested,
+    ScaleRequested,
+    Start,
+    StopDelayOver,
+    StopRequested,
+    WorkerBroken,
+    WorkerEvent,
+    WorkerExited,
+    WorkerFailed,
+    WorkerMisbehaved,
+    WorkerReady,
 )
 
-# --- actions -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SpawnWorker:
-    serial: int
-    generation: int
-    worker_id: int
-
-
-@dataclass(frozen=True)
-class ShutdownWorker:
-    serial: int
-    drain_timeout: float
-
-
-@dataclass(frozen=True)
-class KillWorker:
-    serial: int
-
-
-@dataclass(frozen=True)
-class ParkWorker:
-    """Stop accepting and drain exactly as for :class:`ShutdownWorker`, but stay alive
-    with the code loaded and no listener, until resumed or shut down."""
-
-    serial: int
-    drain_timeout: float
-
-
-@dataclass(frozen=True)
-class ResumeWorker:
-    """Hand a parked worker the listeners again and tell it to accept; it reports
-    ready once it does."""
-
-    serial: int
-
-
-@dataclass(frozen=True)
-class StopAccepting:
-    """The service is stopping and no generation will accept again: release the
-    listeners the supervisor bound itself, so that new connections are refused at
-    once instead of waiting in a backlog nobody reads."""
-
-
-@dataclass(frozen=True)
-class StartTimer:
-    delay: float
-    event: Event
-
-
-@dataclass(frozen=True)
-class GenerationStarted:
-    """Generation ``number`` was started; ``first`` is True for the service's first one.
-    (A reload asked for before this runs this generation's code, or a later one's.)"""
-
-    number: int
-    first: bool
-
-
-@dataclass(frozen=True)
-class ReloadOutcome:
-    """How a reload ended: generation ``generation`` is ``serving``, or ``failed``
-    with ``cause``, ``seconds`` after it started; later ``rolled back`` (with
-    ``cause``) if its probation failed."""
-
-    #: 0 for a reload that never started (the service was stopping)
-    generation: int
-    outcome: str
-    cause: str | None
-    seconds: float
-    #: how the generation's probation ended, when that was waited for: "passed",
-    #: "rolled back", "cut short", "rollback failed" or "stopped"
-    probation: str | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        """The new code serves (and, if waited for, passed or outlived its probation)."""
-        return self.outcome == "serving" and self.probation in (None, "passed", "cut short")
-
-    def __str__(self) -> str:
-        if self.generation == 0:  # a reload that never started (a stop came first)
-            return f"reload {self.outcome}: {self.cause}"
-        if self.outcome == "serving":
-            return f"generation {self.generation} serving in {self.seconds:.3f}s"
-        return f"generation {self.generation} {self.outcome}: {self.cause}"
-
-
-@dataclass(frozen=True)
-class ReloadEnded:
-    """A reload ended, either way (never emitted for the first generation)."""
-
-    reload: ReloadOutcome
-
-
-@dataclass(frozen=True)
-class ProbationEnded:
-    """Generation ``generation``'s probation ended: ``outcome`` is ``"passed"``,
-    ``"rolled back"`` (``detail`` is the cause), ``"cut short"`` (a newer
-    generation was promoted) or ``"stopped"``."""
-
-    generation: int
-    outcome: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class RollbackEnded:
-    """A rollback (asked for, or automatic) ended, or a request for one was refused:
-    ``ok`` and one line saying what happened."""
-
-    ok: bool
-    detail: str
-
-
-@dataclass(frozen=True)
-class ScaleEnded:
-    """A request to scale was carried out (workers were spawned or told to drain),
-    or refused: ``ok`` and one line saying what happened; ``by`` as requested."""
-
-    ok: bool
-    detail: str
-    by: str
-
-
-@dataclass(frozen=True)
-class GenerationServing:
-    """Generation ``number`` now serves; ``first`` is True for the service's first one."""
-
-    number: int
-    first: bool
-
-
-class Phase(Enum):
-    """What an :class:`Announce` tells a service manager."""
-
-    #: generation 1 starts
-    STARTING = "starting"
-    #: a reload starts
-    RELOADING = "reloading"
-    #: a generation serves, or a reload ended either way
-    READY = "ready"
-    STOPPING = "stopping"
-    #: only the status line changed
-    STATUS = "status"
-
-
-@dataclass(frozen=True)
-class Announce:
-    """Something a service manager (systemd) should hear of: ``phase``, a one-line
-    ``status``, and ``extend``, how long in seconds the manager should wait for the
-    next :attr:`Phase.READY`."""
-
-    phase: Phase
-    status: str
-    extend: float | None = None
-
-
-@dataclass(frozen=True)
-class Log:
-    level: int
-    message: str
-    #: part of a reload's own story (its start, its end), which a development
-    #: terminal replaces with one status line per reload
-    narrative: bool = False
-
-
-@dataclass(frozen=True)
-class Exit:
-    code: int
-
-
-Action: TypeAlias = (
-    SpawnWorker
-    | ShutdownWorker
-    | KillWorker
-    | ParkWorker
-    | ResumeWorker
-    | StopAccepting
-    | StartTimer
-    | GenerationStarted
-    | ReloadEnded
-    | ProbationEnded
-    | RollbackEnded
-    | ScaleEnded
-    | GenerationServing
-    | Announce
-    | Log
-    | Exit
-)
+__all__ = [
+    "STOPPING",
+    "SUPERSEDED",
+    "Action",
+    "Announce",
+    "DrainTimeout",
+    "Event",
+    "Exit",
+    "GenerationServing",
+    "GenerationStarted",
+    "KillWorker",
+    "Log",
+    "ParkWorker",
+    "Phase",
+    "ProbationEnded",
+    "ProbationOver",
+    "ReadyTimeout",
+    "ReloadEnded",
+    "ReloadOutcome",
+    "ReloadRequested",
+    "RestartDue",
+    "ResumeWorker",
+    "RollbackEnded",
+    "RollbackRequested",
+    "ScaleEnded",
+    "ScaleRequested",
+    "ShutdownWorker",
+    "SpawnWorker",
+    "Start",
+    "StartTimer",
+    "StopAccepting",
+    "StopDelayOver",
+    "StopRequested",
+    "WorkerBroken",
+    "WorkerEvent",
+    "WorkerExited",
+    "WorkerFailed",
+    "WorkerMisbehaved",
+    "WorkerOrder",
+    "WorkerReady",
+]
 
 # --- state -------------------------------------------------------------------------
 
