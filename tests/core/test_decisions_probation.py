@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from test_decisions import SETTINGS, Sim, messages, of_type, shut_down, spawned, timers
+from sim import SETTINGS, Sim, messages, of_type, shut_down, spawned, timers
 
 from graceful.core.machine import (
     Action,

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 
 import pytest
-from test_decisions import SETTINGS, Sim, messages, of_type, shut_down, spawned, timers
+from sim import SETTINGS, Sim, messages, of_type, shut_down, spawned, timers
 
 from graceful.core.machine import (
     Action,
