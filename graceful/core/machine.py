@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from graceful.core import rollout, scaling, stop, trial
+from graceful.core import crashes, rollout, scaling, stop, trial
 from graceful.core.actions import (
     STOPPING,
     SUPERSEDED,
@@ -34,6 +34,7 @@ from graceful.core.actions import (
     StopAccepting,
     WorkerOrder,
 )
+from graceful.core.crashes import Crash
 from graceful.core.events import (
     DrainTimeout,
     Event,
@@ -282,7 +283,7 @@ class SupervisorStateMachine:
                 if isinstance(self.stop, StopAnnounced):
                     self._on_stop()
             case RestartDue(generation, worker_id):
-                self._on_restart_due(generation, worker_id)
+                crashes.restart_due(self.fleet, self.trial, generation, worker_id)
             case RollbackRequested(by):
                 self._on_rollback_requested(by)
             case ProbationOver(generation):
@@ -799,8 +800,8 @@ class SupervisorStateMachine:
                 fleet.log(logging.WARNING, f"{fleet.describe(worker)} {did} while resuming")
             if generation.role is Role.SERVING and not self._stop_begun:
                 # resumed after a failed rollout: its slot is refilled as for a crash
-                self.counters.worker_crashes += 1
-                self._restart_crashed(generation, worker, did)
+                crash = Crash(generation, worker, did)
+                self._on_crash(crash, handlers=(crashes.restart,))
         elif generation.role is Role.STARTING:
             when = (
                 "before it was ready"
@@ -814,109 +815,18 @@ class SupervisorStateMachine:
             )
             self._fail_generation(generation, worker, cause)
         elif generation.role is Role.SERVING and not self._stop_begun:
-            self.counters.worker_crashes += 1
-            for handler in CRASH_HANDLERS:
-                if handler(self, generation, worker, did):
-                    break
+            self._on_crash(Crash(generation, worker, did))
         fleet.forget_if_done(generation)
 
-    # -- the crash handlers (CRASH_HANDLERS) ----------------------------------------
-
-    def _crash_during_rollback(self, generation: Generation, worker: Worker, how: str) -> bool:
-        """During a rollback, nothing is restarted: the resumed generation replaces
-        the one the crashed worker belonged to (or, if the rollback fails, its empty
-        slots are refilled then)."""
-        if not isinstance(self.trial, RollingBack):
-            return False
-        self.fleet.log(
-            logging.WARNING, f"{self.fleet.describe(worker)} {how}; a rollback is under way"
-        )
-        return True
-
-    def _crash_on_probation(self, generation: Generation, worker: Worker, how: str) -> bool:
-        """A crash of the generation on probation rolls it back, if a parked worker
-        is left to resume."""
-        probation = self.trial
-        if not isinstance(probation, OnProbation) or probation.generation != generation.number:
-            return False
-        into = self.fleet.now - probation.started_at
-        cause = (
-            f"generation {generation.number} worker {worker.worker_id} {how} "
-            f"{into:.1f}s into its probation"
-        )
-        return self._roll_back(probation, cause)
-
-    def _crash_during_rollout(self, generation: Generation, worker: Worker, how: str) -> bool:
-        """An old worker that crashes during a rollout is not restarted: the rollout
-        fills the room it leaves (and if the rollout fails, its slot is refilled then,
-        see :func:`graceful.core.rollout.restore`)."""
-        starting = rollout.rolling_in(self.fleet)
-        if starting is None:
-            return False
-        self.fleet.log(
-            logging.WARNING,
-            f"{self.fleet.describe(worker)} {how}; generation {starting.number} is rolling in "
-            "to replace it",
-        )
-        return True
-
-    def _crash_with_rejected_code(self, generation: Generation, worker: Worker, how: str) -> bool:
-        """After a rollback, a crashed worker is not restarted from the rejected code
-        on disk, unless it was the last one (:func:`graceful.core.trial.may_respawn_from_disk`)."""
-        rejected = self.trial
-        if not isinstance(rejected, Rejected) or trial.may_respawn_from_disk(
-            self.fleet, rejected, generation, worker
-        ):
-            return False
-        self._announce(Phase.STATUS)
-        return True
-
-    def _restart_crashed(self, generation: Generation, worker: Worker, how: str) -> bool:
-        """Restart the crashed worker after an exponential backoff, which resets once a
-        replacement has stayed ready for ``backoff_reset`` seconds."""
-        settings = self.settings
-        crashes = generation.crashes.get(worker.worker_id, 0)
-        ready_at = worker.ready_at
-        if ready_at is not None and self.fleet.now - ready_at >= settings.backoff_reset:
-            crashes = 0
-        crashes += 1
-        generation.crashes[worker.worker_id] = crashes
-        generation.crash_causes[worker.worker_id] = how
-        delay = min(settings.backoff_initial * 2 ** (crashes - 1), settings.backoff_max)
-        self.fleet.log(
-            logging.WARNING, f"{self.fleet.describe(worker)} {how}; restarting it in {delay:.1f}s"
-        )
-        self.fleet.out.append(StartTimer(delay, RestartDue(generation.number, worker.worker_id)))
-        self._announce(Phase.STATUS)
-        return True
-
-    def _on_restart_due(self, number: int, worker_id: int) -> None:
-        fleet = self.fleet
-        generation = self.generations.get(number)
-        if generation is not None and worker_id >= self.size:
-            # scaled down since the crash: the replacement takes a slot within the count
-            worker_id = fleet.free_ids(generation, 1)[0]
-        if (
-            generation is None
-            or generation.role is not Role.SERVING
-            or self._stop_begun
-            or worker_id in generation.slots
-            or len(fleet.members(generation)) >= self.size  # scaled down meanwhile
-        ):
-            return
-        if rollout.rolling_in(fleet) is not None:
-            return  # the rollout replaces it (or refills it if it fails)
-        rejected = self.rejected
-        if rejected is not None and generation.slots:
-            fleet.log(
-                logging.ERROR,
-                f"generation {number} worker {worker_id} is not restarted: the code on disk "
-                f"was rolled back ({rejected.cause}); reload to deploy fixed code",
-            )
-            return
-        self.counters.worker_restarts += 1
-        replacement = fleet.spawn(generation, worker_id)
-        replacement.runs_rejected_code = rejected is not None
+    def _on_crash(
+        self, crash: Crash, handlers: Sequence[crashes.Handler] = crashes.HANDLERS
+    ) -> None:
+        """A serving worker exited unexpectedly: see :mod:`graceful.core.crashes`."""
+        handled = crashes.handle(self.fleet, self.trial, crash, handlers)
+        if handled.trial is not None:
+            self.trial = handled.trial
+        if handled.announce:
+            self._announce(Phase.STATUS)
 
 
 #: The state-triggered rules, tried in this order after every event until none fires:
@@ -927,16 +837,6 @@ STATE_RULES: tuple[Callable[[SupervisorStateMachine], bool], ...] = (
     SupervisorStateMachine._promote_ready,
     SupervisorStateMachine._start_queued_reload,
     SupervisorStateMachine._exit_once_stopped,
-)
-
-#: Who handles the unexpected exit of a serving worker, in this order: the first that
-#: takes it (returns True) has handled it (see "Crashes" in the module docstring).
-CRASH_HANDLERS: tuple[Callable[[SupervisorStateMachine, Generation, Worker, str], bool], ...] = (
-    SupervisorStateMachine._crash_during_rollback,
-    SupervisorStateMachine._crash_on_probation,
-    SupervisorStateMachine._crash_during_rollout,
-    SupervisorStateMachine._crash_with_rejected_code,
-    SupervisorStateMachine._restart_crashed,
 )
 
 
