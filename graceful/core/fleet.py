@@ -2,13 +2,12 @@
 and the orders over them that every rule uses.
 
 A :class:`Fleet` holds each worker's :class:`WorkerState` and each generation's
-:class:`Role` once (which generation serves or starts is read from the roles), and
-turns an order (spawn, drain, release, park, resume, kill, retire) into the state
-change and the actions it needs, appended to :attr:`Fleet.out`. It knows nothing of
-probation, rollouts, scaling or the stop: those are :mod:`graceful.core.trial`,
-:mod:`~graceful.core.rollout`, :mod:`~graceful.core.scaling` and
-:mod:`~graceful.core.stop`, which decide, and :mod:`graceful.core.machine`, which
-calls them.
+:class:`Role` once (which generation serves or starts is read from the roles; when
+each is entered and left: "The state" in :mod:`graceful.core.machine`). It turns an
+order (spawn, drain, release, park, resume, kill, retire) into the state change and
+the actions it takes, appended to :attr:`Fleet.out`. It knows nothing of probation,
+rollouts, scaling, crashes or the stop: the modules of those concerns decide, and
+:mod:`graceful.core.machine` calls them.
 """
 
 from __future__ import annotations

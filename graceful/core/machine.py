@@ -1,6 +1,223 @@
 """The supervisor's decisions: a state machine over events, with no I/O.
 
-(Theory of operation: written below once the split is settled.)
+Theory of operation
+-------------------
+Everything the supervisor learns arrives as an *event* (:mod:`graceful.core.events`):
+a signal, a command, a worker's control message or exit, a timer firing.
+:meth:`SupervisorStateMachine.handle` takes one event and the current monotonic time,
+updates the state, and returns the *actions* (:mod:`graceful.core.actions`) the
+supervisor must carry out, in order: spawn a worker, tell one to shut down, park,
+resume or kill one, start a timer, log a line, tell systemd, exit. The process, pipe,
+signal and timer plumbing lives in :mod:`graceful.supervisor.loop` and does nothing
+but translate between the world and these two vocabularies, so every rule is testable
+with plain function calls.
+
+Rule 1: everything that decides what the supervisor does next lives in
+:mod:`graceful.core`. Nothing there reads a clock, a socket or a process, and nothing
+there imports any of graceful but :mod:`graceful.base`.
+
+The modules
+~~~~~~~~~~~
+This module is the core: the state, :meth:`~SupervisorStateMachine.handle`, the
+handlers of the events, and the rules that combine concerns. Each concern is a module
+of its own, which states its contract; the core calls it, and it hands back a decision
+(a phase, whether it ordered anything) instead of calling back into the core
+(``lint-imports`` checks the layers):
+
+* :mod:`~graceful.core.fleet`: the workers, the generations, the :class:`Settings`,
+  and the orders over workers (spawn, drain, park, resume, kill, retire);
+* :mod:`~graceful.core.trial`: probation, rollback, and the rejected-code rule;
+* :mod:`~graceful.core.rollout`: rolling reloads;
+* :mod:`~graceful.core.scaling`: the number of workers per generation;
+* :mod:`~graceful.core.crashes`: who handles a serving worker's crash, and restarts;
+* :mod:`~graceful.core.stop`: the stop, announced, draining, killing.
+
+The state
+~~~~~~~~~
+Each piece of state is held once, and everything else is computed from it (the
+read-only properties :attr:`~SupervisorStateMachine.serving`,
+:attr:`~SupervisorStateMachine.probation`, :attr:`~SupervisorStateMachine.rejected`,
+:attr:`~SupervisorStateMachine.stop_announced`, ... that the loop, the control socket
+and the health endpoint read):
+
+=====================  ==============================================================
+field                  holds
+=====================  ==============================================================
+``fleet``              each worker's :class:`WorkerState` and each generation's
+                       :class:`Role` (:class:`~graceful.core.fleet.Fleet`)
+``trial``              the trial of the newest code, always one of
+                       :data:`graceful.core.trial.PHASES`
+``stop``               the service's stop, always one of :data:`graceful.core.stop.PHASES`
+``reload_queued``      a reload was asked for while one could not start
+``last_reload``,       what is reported: how the last reload ended, the exit status,
+``exit_code``,         and whether :class:`Exit` was given
+``exited``
+=====================  ==============================================================
+
+=========================  ===============================================  ====================
+worker state               entered when                                     left when
+=========================  ===============================================  ====================
+``STARTING``               spawned                                          ready, told to stop,
+                                                                            or exited
+``READY``                  it reported ready                                told to drain, or
+                                                                            exited
+``DRAINING``               told to shut down (its generation retired, or    exited (it is then
+                           the service stops)                               forgotten)
+``PARKED``                 told to park (its generation was replaced, with  told to resume, or
+                           probation on, and its server can be parked)      to shut down
+``RESUMING``               told to resume (a rollback)                      ready, or exited
+=========================  ===============================================  ====================
+
+=========================  ===============================================  ====================
+generation role            entered when                                     left when
+=========================  ===============================================  ====================
+``STARTING`` (at most 1)   started by ``Start`` or a reload                 promoted, or failed
+``SERVING`` (at most 1)    every one of its workers is ready                replaced by the next
+                                                                            one, or the stop
+``RETIRED``                replaced, failed, or the service stops           its last worker
+                                                                            exited (forgotten)
+``PARKED`` (at most 1)     replaced, with probation on and every ready      the probation ends,
+                           worker parkable                                  a rollback, the next
+                                                                            promotion, the stop
+``RESUMING`` (at most 1)   a rollback began                                 every worker resumed
+                                                                            (serving) or none
+                                                                            did (retired)
+=========================  ===============================================  ====================
+
+===============  ===============================================  ==========================
+trial            entered when                                     left when
+===============  ===============================================  ==========================
+``NoTrial``      the start; a promotion that parks nothing; a     a promotion parks the
+                 probation ends without a rollback (passed, cut   previous generation
+                 short, the stop); a rollback fails, or the stop
+                 ends it
+``OnProbation``  a promotion parks the previous generation        ``ProbationOver``, the next
+                                                                  promotion, the stop; a
+                                                                  rollback begins
+``RollingBack``  a crash, ``WorkerBroken`` or                     no worker still resumes;
+                 ``RollbackRequested`` during the probation       the stop
+``Rejected``     a rollback completed                             the next promotion
+===============  ===============================================  ==========================
+
+=================  ==============================================  ========================
+stop               entered when                                    left when
+=================  ==============================================  ========================
+``Running``        the start                                       the first stop request
+``StopAnnounced``  the first stop request, with ``stop_delay``     ``StopDelayOver``, or a
+                                                                   second request
+``Draining``       the stop begins (or the first generation        a stop request while
+                   failed: with its reason)                        draining
+``Killing``        a stop request while draining                   (the exit)
+=================  ==============================================  ========================
+
+One step
+~~~~~~~~
+:meth:`~SupervisorStateMachine.handle` takes three steps:
+
+1. **The event's own effect.** An event about a worker
+   (:class:`~graceful.core.events.WorkerEvent`) that has exited is ignored: its worker
+   is forgotten. Otherwise the event's handler does what the table below says.
+2. **The fixed point.** The state-triggered rules, :data:`STATE_RULES`, are tried in
+   order, over and over, until none fires (as h11's
+   ``_fire_state_triggered_transitions``). No handler calls them: whatever an event
+   changed, the rules see it.
+3. **The answer** to a scale request (:class:`~graceful.core.actions.ScaleEnded`, after
+   the status line it led to) comes last, so that it tells the state the request led
+   to.
+
+======================  ==========================================================
+event                   its own effect
+======================  ==========================================================
+``Start``               generation 1 starts
+``ReloadRequested``     a generation starts; while one is starting or a rollback
+                        runs, one follow-up is queued; while stopping, ignored. In
+                        development mode, a newer change first supersedes the
+                        generation still starting
+``WorkerReady``         the worker is ready (a starting generation is promoted by
+                        the rules); a replacement rejoins its serving generation; a
+                        worker of a retired generation is drained at once
+``WorkerFailed``        the cause is kept for the worker's exit; a parked worker that
+                        gives up its park is let go
+``WorkerMisbehaved``    the worker is killed (and a starting generation fails)
+``WorkerExited``        a starting generation fails; a serving worker's crash goes to
+                        :mod:`~graceful.core.crashes`; a draining one is forgotten
+``ReadyTimeout``        a starting generation fails; a late replacement, or a worker
+                        that does not resume, is killed
+``DrainTimeout``        the worker is killed
+``RestartDue``          the empty slot of the serving generation is filled
+``StopRequested``,      see :mod:`~graceful.core.stop`
+``StopDelayOver``
+``ProbationOver``,      see :mod:`~graceful.core.trial`
+``WorkerBroken``,
+``RollbackRequested``
+``ScaleRequested``      see :mod:`~graceful.core.scaling`
+======================  ==========================================================
+
+The fixed point
+~~~~~~~~~~~~~~~
+:data:`STATE_RULES`, in the order they are tried; each fires only when its condition
+holds, and its condition no longer holds once it has fired:
+
+1. **settle the rollback** (:func:`graceful.core.trial.settle`): no worker of the
+   resuming generation is still resuming: it serves again, or the rollback failed;
+2. **advance the rollout** (:func:`graceful.core.rollout.advance`): a rolling
+   generation starts and no rollback runs: an old worker is parked per new one ready,
+   and new ones start within ``size + max_surge``;
+3. **promote** the starting generation once its ``size`` workers are all ready, unless
+   a rollback runs (then the newer code wins once it has ended): it serves, the
+   previous one is parked for its probation (:func:`graceful.core.trial.park`) or
+   drains, and the reload ends;
+4. **start the queued reload**, once no generation starts, no rollback runs and no
+   stop was asked for;
+5. **exit** once the stop has begun and no worker is left: :class:`Exit`, once.
+
+Crashes
+~~~~~~~
+A worker of the serving generation that exits unexpectedly (it was not draining,
+parked or resuming, and the stop has not begun) is handled by the first of
+:data:`graceful.core.crashes.HANDLERS` that takes it, in this order: a rollback under
+way, the probation (a rollback), a rollout, the rejected-code rule, the restart with
+backoff. (A resumed worker of the serving generation that exits is refilled by the
+restart alone.)
+
+The rules of generations
+~~~~~~~~~~~~~~~~~~~~~~~~
+* A **generation** is the set of ``size`` worker processes started together. At most
+  one generation is *serving*, at most one is *starting*; any number may be
+  *retired* (draining, or failed and being cleaned up).
+* A reload starts a new generation. While one is starting, further reload requests
+  are coalesced into a single follow-up, started when the current one ends either
+  way, so that the newest code on disk wins.
+* A starting generation becomes the serving one when every worker has reported
+  ready. Only then is the previous serving generation told to shut down.
+* A starting generation *fails* if a worker exits, reports a failure, or misses
+  ``ready_timeout``. The culprit is killed; its siblings, which may already have
+  accepted connections, are drained like an old generation; the serving generation
+  is untouched. If there is no serving generation (the first start), the
+  supervisor stops, and exits with status 1 once everything is reaped (in
+  development mode, it waits for the next change instead).
+* A worker that writes anything but a control message on its channel is killed;
+  its exit is then handled like any other.
+* A draining worker that outlives ``drain_timeout`` (plus ``kill_grace`` for its
+  cancelled handlers to clean up) is killed. When the service stops, a worker that
+  never became ready is not waited for that long: it gets ``kill_grace`` to stop,
+  then it is killed, without making the exit status 1.
+* Every generation started is announced (:class:`GenerationStarted`), and every
+  reload's end, either way (:class:`ReloadEnded`), so that whoever asked for a
+  reload can be told how it ended. A reload still starting when the service stops
+  ends as failed ("the service is stopping").
+
+Invariants
+~~~~~~~~~~
+Checked by ``tests/core/test_decisions_properties.py`` over random event sequences:
+the trial and the stop are each in one of their phases; at most one generation serves
+and at most one starts; each slot names a live worker of its generation; no
+generation has more than ``size`` workers holding the listeners (those being killed
+aside); a rollout has at most ``size + max_surge``; once no reload or rollback runs,
+only the serving generation has ready workers (never a mixed fleet); a worker is told
+to shut down at most once and killed at most once, and never after its exit; nothing
+is spawned once the service stops; ``Exit`` comes once, and only when no worker is
+left.
 """
 
 from __future__ import annotations

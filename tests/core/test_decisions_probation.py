@@ -1,7 +1,7 @@
 """The supervisor's probation and rollback decisions, event by event (no processes).
 
-See "Probation and rollback" in :mod:`graceful.core.machine`. The integration tests
-with real processes, sockets and load are in ``tests/test_probation.py``.
+See :mod:`graceful.core.trial`. The integration tests with real processes, sockets and
+load are in ``tests/test_probation.py``.
 """
 
 from __future__ import annotations

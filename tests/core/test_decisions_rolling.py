@@ -1,6 +1,6 @@
 """The rolling strategy and live scaling, decided event by event (no processes).
 
-See ``_advance_rollout`` and "scaling" in :mod:`graceful.core.machine`. The
+See :mod:`graceful.core.rollout` and :mod:`graceful.core.scaling`. The
 integration tests with real processes, sockets and load are in
 ``tests/test_many_workers.py``.
 """
