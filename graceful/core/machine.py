@@ -754,16 +754,14 @@ class SupervisorStateMachine:
             self._start_generation()
 
     def _on_rollback_requested(self, by: str) -> None:
-        probation = self.trial
+        phase = self.trial
         if self._stop_begun:
             refused = "the service is stopping"
-        elif isinstance(probation, RollingBack):
+        elif isinstance(phase, RollingBack):
             return  # it is answered when the rollback under way ends
-        elif not isinstance(probation, OnProbation):
+        elif not isinstance(phase, OnProbation):
             refused = "no generation is parked (no reload on probation)"
-        elif not self._roll_back(
-            probation, f"generation {probation.generation} rolled back by {by}"
-        ):
+        elif not self._roll_back(phase, f"generation {phase.generation} rolled back by {by}"):
             refused = "no parked worker is left to resume"
         else:
             return
@@ -968,16 +966,16 @@ class SupervisorStateMachine:
         worker.declared_broken = True
         generation = self.generations[worker.generation]
         declared = f"worker {worker.worker_id} declared itself broken: {cause}"
-        probation = self.trial
+        phase = self.trial
         if generation.role is Role.STARTING:
             worker.cause = worker.cause or f"declared itself broken: {cause}"
             self._fail_generation(generation, worker, declared)
         elif (
             generation.role is Role.SERVING
-            and isinstance(probation, OnProbation)
-            and probation.generation == generation.number
+            and isinstance(phase, OnProbation)
+            and phase.generation == generation.number
         ):
-            self._roll_back(probation, f"generation {generation.number} {declared}")
+            self._roll_back(phase, f"generation {generation.number} {declared}")
         else:
             self.fleet.log(
                 logging.WARNING,
