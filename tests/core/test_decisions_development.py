@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from test_decisions import SETTINGS, Sim, exits, killed, of_type, shut_down, spawned
+from sim import SETTINGS, Sim, exits, killed, of_type, shut_down, spawned
 
 from graceful.core.machine import (
     SUPERSEDED,

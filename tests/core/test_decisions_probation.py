@@ -1,7 +1,7 @@
 """The supervisor's probation and rollback decisions, event by event (no processes).
 
-See "Probation and rollback" in :mod:`graceful.core.machine`. The integration tests
-with real processes, sockets and load are in ``tests/test_probation.py``.
+See :mod:`graceful.core.trial`. The integration tests with real processes, sockets and
+load are in ``tests/test_probation.py``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from test_decisions import SETTINGS, Sim, messages, of_type, shut_down, spawned, timers
+from sim import SETTINGS, Sim, messages, of_type, shut_down, spawned, timers
 
 from graceful.core.machine import (
     Action,

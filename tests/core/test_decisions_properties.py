@@ -20,6 +20,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from graceful.core import stop, trial
 from graceful.core.machine import (
     Action,
     Event,
@@ -261,6 +262,13 @@ class SupervisorWorld(RuleBasedStateMachine):
         assert roles.count(Role.SERVING) <= 1
         assert roles.count(Role.STARTING) <= 1
         assert roles.count(Role.PARKED) + roles.count(Role.RESUMING) <= 1
+
+    @invariant()
+    def the_trial_and_the_stop_are_each_in_one_of_their_phases(self) -> None:
+        if self.machine is None:
+            return
+        assert type(self.sm.trial) in trial.PHASES, f"trial is {self.sm.trial!r}"
+        assert type(self.sm.stop) in stop.PHASES, f"stop is {self.sm.stop!r}"
 
     @invariant()
     def probation_and_rollback_name_the_right_generations(self) -> None:

@@ -1,6 +1,6 @@
 """The rolling strategy and live scaling, decided event by event (no processes).
 
-See ``_advance_rollout`` and "scaling" in :mod:`graceful.core.machine`. The
+See :mod:`graceful.core.rollout` and :mod:`graceful.core.scaling`. The
 integration tests with real processes, sockets and load are in
 ``tests/test_many_workers.py``.
 """
@@ -11,7 +11,7 @@ import dataclasses
 import logging
 
 import pytest
-from test_decisions import SETTINGS, Sim, messages, of_type, shut_down, spawned, timers
+from sim import SETTINGS, Sim, messages, of_type, shut_down, spawned, timers
 
 from graceful.core.machine import (
     Action,
@@ -23,6 +23,8 @@ from graceful.core.machine import (
     RestartDue,
     ResumeWorker,
     Role,
+    RollbackEnded,
+    RollbackRequested,
     ScaleEnded,
     ScaleRequested,
     Settings,
@@ -270,3 +272,31 @@ def test_scaling_down_then_up_while_a_worker_drains_keeps_ids_below_the_count() 
     assert sorted(sim.machine.generations[1].slots) == [0, 1, 2, 3]
     sim.send(WorkerExited(old[3], 0))  # the drained one leaves nothing behind
     assert sim.machine.generations[1].slots[3] == added
+
+
+def test_a_rollout_paused_by_a_rollback_goes_on_once_the_rollback_has_ended() -> None:
+    """A rolling reload asked for during a probation takes no step while a rollback
+    runs; once the rollback has ended, the rollout goes on (the newer code wins),
+    as a generation starting all at once is promoted then. It used to stay paused
+    for good, and its reload never ended."""
+    sim, old = serving(dataclasses.replace(ROLLING, workers=2, probation=30.0))
+    second = spawned(sim.send(ReloadRequested()))
+    while sim.machine.serving != 2:
+        second += spawned(sim.send(WorkerReady(second[-1], parkable=True)))
+    third = spawned(sim.send(ReloadRequested()))
+    actions = sim.send(RollbackRequested("a test"))
+    resumed = [action.serial for action in of_type(actions, ResumeWorker)]
+    assert sorted(resumed) == sorted(old)
+    third += spawned(sim.send(WorkerReady(third[0], parkable=True)))
+    assert len(third) == 1, "a rollout takes no step during a rollback"
+
+    actions = sim.send_all(WorkerReady(serial, parkable=True) for serial in resumed)
+    assert [ended.ok for ended in of_type(actions, RollbackEnded)] == [True]
+    assert len(parked(actions)) == 1
+    third += spawned(actions)
+    assert len(third) == 2, "the rollout goes on once the rollback has ended"
+
+    actions = sim.send(WorkerReady(third[1], parkable=True))
+    assert sim.machine.serving == 3
+    [ended] = of_type(actions, ReloadEnded)
+    assert (ended.reload.generation, ended.reload.outcome) == (3, "serving")

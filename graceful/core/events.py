@@ -1,0 +1,146 @@
+"""What the supervisor learns: the events
+:meth:`~graceful.core.machine.SupervisorStateMachine.handle` takes, one at a time, in
+the order they happened.
+
+A signal or a command becomes a request (:class:`ReloadRequested`, :class:`StopRequested`,
+...); a worker's control message or exit, or a timer about one worker, becomes a
+:class:`WorkerEvent`; the other timers name the generation they are about. What each
+event does is told in :mod:`graceful.core.machine`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+
+@dataclass(frozen=True)
+class Start:
+    """The supervisor has bound its listeners and starts generation 1."""
+
+
+@dataclass(frozen=True)
+class ReloadRequested:
+    """SIGHUP, or a programmatic reload."""
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    """SIGTERM, SIGINT or ``graceful stop``. With ``stop_delay``, the first one only
+    announces the stop and the service keeps serving until :class:`StopDelayOver`;
+    another one drains at once. The one after the drain began means: stop now."""
+
+
+@dataclass(frozen=True)
+class StopDelayOver:
+    """``stop_delay`` seconds have passed since the first stop request."""
+
+
+@dataclass(frozen=True)
+class RollbackRequested:
+    """``graceful rollback`` or SIGUSR2: roll back the generation on probation."""
+
+    by: str
+
+
+@dataclass(frozen=True)
+class ScaleRequested:
+    """SIGTTIN (``step=1``), SIGTTOU (``step=-1``) or ``graceful scale N``
+    (``workers=N``): change the number of workers per generation."""
+
+    by: str
+    workers: int | None = None
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerEvent:
+    """Something worker ``serial`` did, or a timer about it. Once the worker has
+    exited, the supervisor has forgotten it, and an event about it is ignored."""
+
+    serial: int
+
+
+@dataclass(frozen=True)
+class WorkerReady(WorkerEvent):
+    """The worker accepts (again, after a resume). ``parkable``: its server can be
+    parked and resumed (see :class:`~graceful.core.actions.ParkWorker`)."""
+
+    parkable: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerBroken(WorkerEvent):
+    """The app declared this worker broken (``Context.declare_broken``): during its
+    generation's probation, a reason to roll back."""
+
+    cause: str
+
+
+@dataclass(frozen=True)
+class WorkerFailed(WorkerEvent):
+    """The worker reported why it is about to exit."""
+
+    cause: str
+
+
+@dataclass(frozen=True)
+class WorkerMisbehaved(WorkerEvent):
+    """The worker wrote something on its control channel that is not a control
+    message (``detail`` says what). Nothing more is read from it."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class WorkerExited(WorkerEvent):
+    """The worker's process has ended (``exitcode`` as :mod:`multiprocessing` gives
+    it: negative for a signal, None if it vanished)."""
+
+    exitcode: int | None
+
+
+@dataclass(frozen=True)
+class ReadyTimeout(WorkerEvent):
+    """The worker's time to report ready (``ready_timeout``, or ``resume_timeout``
+    after a resume) is over."""
+
+
+@dataclass(frozen=True)
+class DrainTimeout(WorkerEvent):
+    """The worker's time to drain (``drain_timeout`` plus ``kill_grace``) is over."""
+
+
+@dataclass(frozen=True)
+class RestartDue:
+    """The backoff of the crashed worker in slot ``worker_id`` of ``generation`` is
+    over."""
+
+    generation: int
+    worker_id: int
+
+
+@dataclass(frozen=True)
+class ProbationOver:
+    """``probation`` seconds have passed since generation ``generation`` was promoted."""
+
+    generation: int
+
+
+Event: TypeAlias = (
+    Start
+    | ReloadRequested
+    | StopRequested
+    | WorkerReady
+    | WorkerFailed
+    | WorkerMisbehaved
+    | WorkerExited
+    | ReadyTimeout
+    | DrainTimeout
+    | RestartDue
+    | StopDelayOver
+    | WorkerBroken
+    | RollbackRequested
+    | ProbationOver
+    | ScaleRequested
+)
