@@ -35,42 +35,11 @@ from graceful.base.errors import GracefulError, name_some, one_line
 from graceful.base.log import logger
 from graceful.control.pidfile import PidFile
 from graceful.control.server import ControlServer, ReloadWaiter
-from graceful.core.machine import (
-    Action,
-    Announce,
-    DrainTimeout,
-    Event,
-    Exit,
-    GenerationServing,
-    GenerationStarted,
-    KillWorker,
-    Log,
-    ParkWorker,
-    ProbationEnded,
-    ReadyTimeout,
-    ReloadEnded,
-    ReloadRequested,
-    ResumeWorker,
-    Role,
-    RollbackEnded,
-    RollbackRequested,
-    ScaleEnded,
-    ScaleRequested,
-    Settings,
-    ShutdownWorker,
-    SpawnWorker,
-    Start,
-    StartTimer,
-    StopAccepting,
-    Stopping,
-    StopRequested,
-    SupervisorStateMachine,
-    WorkerExited,
-    WorkerFailed,
-    WorkerReady,
-    WorkerState,
-)
+from graceful.core import actions, events
+from graceful.core.fleet import Role, Settings, WorkerState
+from graceful.core.machine import SupervisorStateMachine
 from graceful.core.snapshot import Snapshot
+from graceful.core.stop import Stopping
 from graceful.core.timeline import Timelines
 from graceful.dev.terminal import NARRATIVE, DevTerminal
 from graceful.dev.watch import SourceWatcher
@@ -138,7 +107,7 @@ class SupervisorLoop:
         self.pid_file = pid_file
         self.notifier = notifier or Notifier(None)
         self._follow_signals_too = follow_signals
-        self.events_in, self._events = anyio.create_memory_object_stream[Event](math.inf)
+        self.events_in, self._events = anyio.create_memory_object_stream[events.Event](math.inf)
         #: what each generation runs (its release, its graceful, its Python)
         self.runtimes = GenerationRuntimes()
         self.watcher = Watcher(
@@ -152,7 +121,7 @@ class SupervisorLoop:
         self.timelines = Timelines()
         self._tasks: TaskGroup | None = None
         #: pending timers by the event they will send
-        self._timers: dict[Event, anyio.CancelScope] = {}
+        self._timers: dict[events.Event, anyio.CancelScope] = {}
         #: workers being started (waiting for the bytecode check, or for the
         #: factory), by serial: told to shut down or die meanwhile, they are called
         #: off (cancelled) instead
@@ -201,7 +170,7 @@ class SupervisorLoop:
                     tasks.start_soon(self.sources.run, self._sources_changed)
                 if os.getpid() == 1 or self._reap_orphans_too:
                     await tasks.start(self._reap_orphans)
-                code = await self._decide(Start())
+                code = await self._decide(events.Start())
                 await self.watcher.finish_sweeps()
                 tasks.cancel_scope.cancel()
             return max(code, self._exit_at_least)
@@ -210,11 +179,11 @@ class SupervisorLoop:
             self.factory.close()
             self.guard.close()
 
-    async def _decide(self, first: Event) -> int:
-        event: Event = first
+    async def _decide(self, first: events.Event) -> int:
+        event: events.Event = first
         while True:
             for action in self.machine.handle(event, anyio.current_time()):
-                if isinstance(action, Exit):
+                if isinstance(action, actions.Exit):
                     return action.code
                 self._carry_out(action)
             self._tell_factory_of_ended_generations()
@@ -223,57 +192,57 @@ class SupervisorLoop:
             if self.machine.stop_announced:
                 self.waiters.stopping()
             event = await self._events.receive()
-            if isinstance(event, ReloadRequested):
+            if isinstance(event, events.ReloadRequested):
                 self.timelines.asked(anyio.current_time())
             self._drop_stale_timers(event)
 
-    def _carry_out(self, action: Action) -> None:
+    def _carry_out(self, action: actions.Action) -> None:
         match action:
-            case Log(level, message, narrative):
+            case actions.Log(level, message, narrative):
                 logger.log(level, "%s", message, extra={NARRATIVE: narrative})
-            case GenerationServing(number, first):
+            case actions.GenerationServing(number, first):
                 self.timelines.mark(number, "serving", anyio.current_time())
                 if first and self.pid_file is not None:
                     self._publish_pid_file(self.pid_file)
-            case SpawnWorker():
+            case actions.SpawnWorker():
                 self._spawning[action.serial] = anyio.CancelScope()
                 self._task_group.start_soon(self._spawn_worker, action)
-            case ShutdownWorker(serial, drain_timeout):
+            case actions.ShutdownWorker(serial, drain_timeout):
                 worker = self.watcher.live.get(serial)
                 if worker is not None:
                     self._tell(worker, _wire.Shutdown(drain_timeout))
                 elif serial in self._spawning:
                     self._spawning[serial].cancel()
-            case KillWorker(serial):
+            case actions.KillWorker(serial):
                 worker = self.watcher.live.get(serial)
                 if worker is not None:
                     worker.kill()
                 elif serial in self._spawning:
                     self._spawning[serial].cancel()
-            case ParkWorker(serial, drain_timeout):
+            case actions.ParkWorker(serial, drain_timeout):
                 worker = self.watcher.live.get(serial)
                 if worker is not None:
                     self._tell(worker, _wire.Park(drain_timeout))
-            case ResumeWorker(serial):
+            case actions.ResumeWorker(serial):
                 self._resume(serial)
-            case StopAccepting():
+            case actions.StopAccepting():
                 for listener in self.listeners:
                     if not listener.adopted:
                         listener.close()
                 self.waiters.stopping()
-            case GenerationStarted(number, first):
+            case actions.GenerationStarted(number, first):
                 self.timelines.started(number, anyio.current_time())
                 if self.terminal is not None:
                     self.terminal.started(number)
                 if not first:
                     self.waiters.generation_started(number)
-            case ReloadEnded() | ProbationEnded() | RollbackEnded():
+            case actions.ReloadEnded() | actions.ProbationEnded() | actions.RollbackEnded():
                 self._answer_waiters(action)
-            case ScaleEnded():
+            case actions.ScaleEnded():
                 self.waiters.scale_ended(action)
-            case StartTimer(delay, event):
+            case actions.StartTimer(delay, event):
                 self._task_group.start_soon(self._timer, delay, event)
-            case Announce():
+            case actions.Announce():
                 self.notifier.announce(action)
 
     def _progress(self, worker: WorkerProcess, phase: str) -> None:
@@ -316,10 +285,13 @@ class SupervisorLoop:
             self.factory.generation_ended(number)
         self._generations_known = live
 
-    def _answer_waiters(self, ended: ReloadEnded | ProbationEnded | RollbackEnded) -> None:
+    def _answer_waiters(
+        self,
+        ended: actions.ReloadEnded | actions.ProbationEnded | actions.RollbackEnded,
+    ) -> None:
         """Tell whoever waits for a reload, its probation, or a rollback how it ended."""
         match ended:
-            case ReloadEnded(outcome):
+            case actions.ReloadEnded(outcome):
                 if self.health is not None and self.health.metrics is not None:
                     self.health.metrics.observe_reload(outcome)
                 if self.terminal is not None:
@@ -327,9 +299,9 @@ class SupervisorLoop:
                 probation = self.machine.probation
                 on_probation = probation is not None and probation.generation == outcome.generation
                 self.waiters.reload_ended(outcome, on_probation)
-            case ProbationEnded():
+            case actions.ProbationEnded():
                 self.waiters.probation_ended(ended)
-            case RollbackEnded(ok, detail):
+            case actions.RollbackEnded(ok, detail):
                 if self.terminal is not None:
                     self.terminal.rollback_ended(ok, detail)
                 self.waiters.rollback_ended(ended)
@@ -369,23 +341,23 @@ class SupervisorLoop:
 
     def request_rollback(self, by: str) -> ReloadWaiter:
         """Ask for a rollback of the generation on probation; the waiter learns how it
-        ended (a :class:`RollbackEnded`)."""
+        ended (a :class:`~graceful.core.actions.RollbackEnded`)."""
         waiter = self.waiters.rollback()
-        self.events_in.send_nowait(RollbackRequested(by))
+        self.events_in.send_nowait(events.RollbackRequested(by))
         return waiter
 
     def request_scale(self, workers: int) -> ReloadWaiter:
         """Ask for ``workers`` workers per generation; the waiter learns what was done
-        (a :class:`ScaleEnded`)."""
+        (a :class:`~graceful.core.actions.ScaleEnded`)."""
         waiter = self.waiters.scale()
-        self.events_in.send_nowait(ScaleRequested(SCALE_REQUEST, workers=workers))
+        self.events_in.send_nowait(events.ScaleRequested(SCALE_REQUEST, workers=workers))
         return waiter
 
     def _sources_changed(self, paths: list[str]) -> None:
         logger.debug("changed: %s", name_some(paths, most=10))
         if self.terminal is not None:
             self.terminal.changed(paths)
-        self.events_in.send_nowait(ReloadRequested())
+        self.events_in.send_nowait(events.ReloadRequested())
 
     def request_reload(self, through_probation: bool = False) -> ReloadWaiter:
         """Ask for a reload; the waiter learns how the reload that runs code read
@@ -395,7 +367,7 @@ class SupervisorLoop:
         if self.machine.stop_announced:
             self.waiters.stopping()
             return waiter
-        self.events_in.send_nowait(ReloadRequested())
+        self.events_in.send_nowait(events.ReloadRequested())
         return waiter
 
     def _note_accepting(self) -> None:
@@ -410,7 +382,7 @@ class SupervisorLoop:
         it (an operator's decision), but a first one after a stop asked for through
         the control socket (``graceful stop``) only joins it."""
         if self._stop_signals or not self._stop_requested:
-            self.events_in.send_nowait(StopRequested())
+            self.events_in.send_nowait(events.StopRequested())
         else:
             logger.info("stop signal: the stop already asked for goes on")
         self._stop_signals += 1
@@ -423,7 +395,7 @@ class SupervisorLoop:
         must never turn a drain into a kill, nor cut ``stop_delay`` short."""
         if not self._stop_requested and not self.machine.stop_announced:
             self._stop_requested = True
-            self.events_in.send_nowait(StopRequested())
+            self.events_in.send_nowait(events.StopRequested())
 
     def snapshot(self) -> Snapshot:
         """The supervisor's state now: what ``status``, ``/ready``, ``/live`` and
@@ -451,7 +423,7 @@ class SupervisorLoop:
             logger.error("%s; stopping", exc)
             self._exit_at_least = 1
             self._stop_requested = True
-            self.events_in.send_nowait(StopRequested())
+            self.events_in.send_nowait(events.StopRequested())
 
     @property
     def _task_group(self) -> TaskGroup:
@@ -483,7 +455,7 @@ class SupervisorLoop:
         for pid in _processes.stray_zombies(exclude={*ours, tracker, self.guard.pid}):
             _processes.reap_zombie(pid)
 
-    async def _timer(self, delay: float, event: Event) -> None:
+    async def _timer(self, delay: float, event: events.Event) -> None:
         with anyio.CancelScope() as scope:
             self._timers[event] = scope
             try:
@@ -492,14 +464,14 @@ class SupervisorLoop:
             finally:
                 self._timers.pop(event, None)
 
-    def _drop_stale_timers(self, event: Event) -> None:
+    def _drop_stale_timers(self, event: events.Event) -> None:
         """Cancel the timers that ``event`` made pointless, so that frequent reloads do
         not pile up sleeping tasks. (The state machine ignores stale timers anyway.)"""
-        stale: list[Event] = []
-        if isinstance(event, WorkerReady):
-            stale = [ReadyTimeout(event.serial)]
-        elif isinstance(event, WorkerExited):
-            stale = [ReadyTimeout(event.serial), DrainTimeout(event.serial)]
+        stale: list[events.Event] = []
+        if isinstance(event, events.WorkerReady):
+            stale = [events.ReadyTimeout(event.serial)]
+        elif isinstance(event, events.WorkerExited):
+            stale = [events.ReadyTimeout(event.serial), events.DrainTimeout(event.serial)]
         for timer in stale:
             scope = self._timers.get(timer)
             if scope is not None:
@@ -507,7 +479,7 @@ class SupervisorLoop:
 
     # -- starting workers -----------------------------------------------------------
 
-    async def _spawn_worker(self, spawn: SpawnWorker) -> None:
+    async def _spawn_worker(self, spawn: actions.SpawnWorker) -> None:
         """Start the worker ``spawn`` names, once the application's bytecode has been
         checked. Any failure, at any step, is reported as that worker failing to
         start, never raised. A worker called off meanwhile (a stop, a missed
@@ -526,12 +498,12 @@ class SupervisorLoop:
                 self.timelines.mark(spawn.generation, "started", anyio.current_time())
         except Exception as exc:
             self.events_in.send_nowait(
-                WorkerFailed(spawn.serial, f"could not start a worker: {one_line(exc)}")
+                events.WorkerFailed(spawn.serial, f"could not start a worker: {one_line(exc)}")
             )
         finally:
             del self._spawning[spawn.serial]
         if worker is None:  # failed, or called off before it started
-            self.events_in.send_nowait(WorkerExited(spawn.serial, None))
+            self.events_in.send_nowait(events.WorkerExited(spawn.serial, None))
             return
         if called_off.cancel_called:
             # called off while the factory could not be interrupted (a template's
