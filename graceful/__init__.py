@@ -11,9 +11,12 @@ worker (which imports it again in every generation) only what its code uses.
 
 Finding your way in the source
 ------------------------------
-* **Where a reload is decided:** :mod:`graceful.core`, with no I/O: events in,
-  actions out (``SupervisorStateMachine.handle``). The supervisor's loop
-  (:mod:`graceful.supervisor.loop`) only carries the actions out.
+* **Where a reload is decided:** :mod:`graceful.core.machine`, with no I/O: events
+  in, actions out (``SupervisorStateMachine.handle``), its concerns beside it (a
+  trial's probation and rollback in :mod:`~graceful.core.trial`, rolling reloads
+  in :mod:`~graceful.core.rollout`, crashes in :mod:`~graceful.core.crashes`).
+  The supervisor's loop (:mod:`graceful.supervisor.loop`) only carries the actions
+  out.
 * **Where descriptors cross processes:** :mod:`graceful.wire.fds`, every one of them
   (listeners to a worker, a forked worker's channels to its template, a worker's
   pidfd to the orphan guard); the orphan guard's program, which imports nothing of
@@ -35,8 +38,8 @@ package                the process that runs it
 ``_boot``              every process graceful spawns, first (never moves)
 ``servers``, ``child`` workers, standbys, templates, the orphan guard
 ``code``, ``wire``     both sides
-``sockets``, ``core``  both sides
-``base``               both sides
+``sockets``, ``base``  both sides
+``core``               the supervisor (its decisions; the settings' checks)
 =====================  ======================================================
 """
 
