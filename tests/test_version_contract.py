@@ -111,6 +111,16 @@ def test_the_boot_entries_stay_where_running_supervisors_name_them() -> None:
         assert (target.__module__, target.__qualname__) == ("graceful._boot", name)
 
 
+def test_every_process_graceful_spawns_starts_at_a_boot_entry() -> None:
+    """The spawn target is pickled by module and name: the spawner and the template
+    factory must hand multiprocess the boot entries themselves, not a wrapper."""
+    from graceful.spawn import spawner, template  # noqa: PLC0415
+
+    assert vars(spawner)["start_worker"] is _boot.start_worker
+    assert vars(spawner)["start_standby"] is _boot.start_standby
+    assert vars(template)["start_template"] is _boot.start_template
+
+
 def test_hello_is_one_line_of_every_protocol() -> None:
     line = _version.hello_line()
     assert line.endswith(b"\n")
