@@ -1,27 +1,13 @@
-"""Health checks and metrics over HTTP, served by the supervisor itself.
-
-With ``health="HOST:PORT"`` (``--health``), the supervisor answers:
-
-* ``GET /ready``: 200 while a generation serves, at least one worker accepts
-  connections, and no stop was asked for; 503 from the first stop request on
-  (``stop_delay`` included), before the first generation serves, and whenever no
-  worker accepts connections (all crashed, and their replacements cannot start).
-  A 503's body says how many workers accept. Load balancers and Kubernetes readiness
-  probes take the instance out of rotation on 503.
-* ``GET /live``: 200 while the supervisor's event loop answers, unless no worker
-  has accepted connections for longer than ``ready_timeout`` while a generation
-  serves: the supervisor cannot start one (a release it cannot run, a machine out
-  of memory), and restarting the whole service is the remedy left, which is what
-  a liveness probe is for. A bad deploy never gets there: the old generation
-  keeps serving.
-* ``GET /metrics``: Prometheus text format, if ``prometheus_client`` is installed
-  (``pip install 'graceful[metrics]'``); 404 saying so otherwise.
+"""Health checks and metrics over HTTP, served by the supervisor itself
+(``--health``): what ``/ready``, ``/live`` and ``/metrics`` answer is written in
+docs/operations/control.md; each answer is rendered from a
+:class:`~graceful.core.snapshot.Snapshot`.
 
 The endpoint reads at most 8 KiB of request head within 5 s, answers
 ``HTTP/1.1`` with ``Connection: close``, and never blocks the supervisor: it runs
 as tasks of the supervisor's event loop, and every answer is computed from the
-state machine's state without waiting for anything. This is HTTP at its tiniest
-(one request line, one response), written by hand like sd_notify.
+snapshot without waiting for anything. This is HTTP at its tiniest (one request
+line, one response), written by hand like sd_notify.
 """
 
 from __future__ import annotations
