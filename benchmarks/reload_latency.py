@@ -13,7 +13,7 @@ under ``graceful serve`` (uvicorn), it measures, each in the same run:
   ``Process.start()`` to the report. This is what a reload would cost if graceful
   added nothing and started a new interpreter;
 * **phases**: the supervisor's own timeline of each reload (``graceful status``'s
-  ``last_reload.phases``: its monotonic clock, see ``graceful/_timeline.py``).
+  ``last_reload.phases``: its monotonic clock, see ``graceful/core/timeline.py``).
 
 Each service runs with the warm standby (the default) and without it
 (``--no-standby``), one after the other. Printed: medians (and p90 of the reload),

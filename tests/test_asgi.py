@@ -54,7 +54,7 @@ def reload(svc: ServiceProcess, generation: int) -> re.Match[str]:
     )
 
 
-#: The failures hypercorn cannot avoid (see graceful/_hypercorn.py): when its
+#: The failures hypercorn cannot avoid (see graceful/servers/hypercorn.py): when its
 #: shutdown trigger fires it closes every connection it considers idle, including
 #: one whose next request has just arrived. The client sees the connection closed
 #: or reset, never a wrong or non-2xx answer.

@@ -294,3 +294,58 @@ def test_graceful_serve_checks_what_it_can_before_spawning(
         assert len(svc.lines) == 1, svc.output
         assert message in svc.lines[0]
         poll_until(lambda: svc.processes() == [], 5, "nothing left running")
+
+
+SUPERVISION_ARGUMENTS = {
+    "Service.run pid_file=1": (
+        "import graceful\n\n"
+        "@graceful.service(listen=['127.0.0.1:0'])\n"
+        "async def main(ctx):\n"
+        "    await ctx.serve(lambda stream: stream.aclose())\n\n"
+        "if __name__ == '__main__':\n"
+        "    main.run(pid_file=1)\n",
+        "pid_file=1 must be a path",
+    ),
+    "Service.run release_link=b'current'": (
+        "import graceful\n\n"
+        "@graceful.service(listen=['127.0.0.1:0'])\n"
+        "async def main(ctx):\n"
+        "    await ctx.serve(lambda stream: stream.aclose())\n\n"
+        "if __name__ == '__main__':\n"
+        "    main.run(release_link=b'current')\n",
+        "release_link=b'current' must be a path",
+    ),
+    "serve_asgi release_link=1": (
+        "import graceful\n\n"
+        "async def app(scope, receive, send): ...\n\n"
+        "if __name__ == '__main__':\n"
+        "    graceful.serve_asgi('svc:app', listen=['127.0.0.1:0'], release_link=1)\n",
+        "release_link=1 must be a path",
+    ),
+    "serve_asgi pid_file=['app.pid']": (
+        "import graceful\n\n"
+        "async def app(scope, receive, send): ...\n\n"
+        "if __name__ == '__main__':\n"
+        "    graceful.serve_asgi('svc:app', listen=['127.0.0.1:0'], pid_file=['app.pid'])\n",
+        "pid_file=['app.pid'] must be a path",
+    ),
+    "serve_asgi app=123": (
+        "import graceful\n\n"
+        "if __name__ == '__main__':\n"
+        "    graceful.serve_asgi(123, listen=['127.0.0.1:0'])\n",
+        "app 123 must look like 'package.module:attribute'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SUPERVISION_ARGUMENTS))
+def test_a_value_of_the_wrong_type_for_a_path_or_the_app_is_one_line(
+    tmp_path: Path, case: str
+) -> None:
+    """Not a TypeError or an AttributeError from where the value is used."""
+    source, message = SUPERVISION_ARGUMENTS[case]
+    script = tmp_path / "svc.py"
+    script.write_text(source)
+    with running(script) as svc:
+        assert_refused(svc, message)
+    assert list(tmp_path.iterdir()) == [script]

@@ -108,7 +108,7 @@ def test_asgi_example_serves_reloads_and_stops(tmp_path: Path, example: str) -> 
                 return http_get(address).startswith(b"edited: ")
             except (http.client.RemoteDisconnected, ConnectionResetError):
                 # hypercorn closes a just-accepted connection when its drain starts
-                # (documented in graceful/_hypercorn.py); uvicorn never may.
+                # (documented in graceful/servers/hypercorn.py); uvicorn never may.
                 if not hypercorn:
                     raise
                 return False

@@ -458,6 +458,26 @@ def test_what_an_orphaned_worker_left_behind_is_stopped_and_releases_the_port(
         assert_port_is_free(host, port)
 
 
+def test_the_guard_outlives_its_supervisor_with_a_drain_timeout_of_weeks(
+    tmp_path: Path,
+) -> None:
+    """``drain_timeout`` takes any finite number of seconds. One of weeks (more than
+    ``poll()`` takes in milliseconds) must not crash the orphan guard when the
+    supervisor dies: it still stops what an exited worker left behind."""
+    record = tmp_path / "children"
+    script = write_service(tmp_path / "svc.py", before_serve=leaves_a_child("fork"))
+    env = leaving_env(record, drain_timeout=str(30 * 24 * 3600))
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        [worker] = svc.worker_pids()
+        [child] = left_behind(record)
+        svc.send(signal.SIGKILL)
+        poll_until(lambda: not is_alive(worker), 15, "the orphaned worker to exit")
+        poll_until(lambda: not is_alive(child), 15, "what it left behind to be stopped")
+        reap([worker, child])
+        assert "Traceback" not in svc.output
+
+
 def test_a_worker_hung_while_importing_is_gone_soon_after_its_supervisor_is_killed(
     tmp_path: Path,
 ) -> None:

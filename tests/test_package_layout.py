@@ -16,3 +16,27 @@ def test_no_module_of_graceful_imports_itself_through_others() -> None:
         if graph.find_shortest_chain(importer=imported, imported=importer) is not None
     )
     assert cycles == []
+
+
+def test_no_text_names_a_module_of_graceful_that_is_not_there() -> None:
+    """The modules moved into packages by process role: a comment, a docstring or a
+    page that still names one by its old place (the private ``_hypercorn.py`` or
+    ``_timeline`` at the package's top) sends its reader nowhere."""
+    import re  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parent.parent
+    named = re.compile(r"\bgraceful[./](_?[a-z][a-z_]*)(?:[./]([a-z_]+))?")
+    missing = []
+    for folder in ("graceful", "tests", "docs", "examples", "benchmarks"):
+        for path in sorted((root / folder).rglob("*")):
+            if path.suffix not in (".py", ".md", ".toml", ".yml") or not path.is_file():
+                continue
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                for match in named.finditer(line):
+                    module = match.group(1)
+                    if not module.startswith("_") or module in ("__init__", "__main__"):
+                        continue
+                    if not (root / "graceful" / f"{module}.py").exists():
+                        missing.append(f"{path.relative_to(root)}:{number}: {match.group(0)}")
+    assert missing == []

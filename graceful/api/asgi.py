@@ -122,7 +122,7 @@ def asgi_service(
             missing server, a backend the server cannot run on, or an option the
             server refuses.
     """
-    module, sep, attribute = app.partition(":")
+    module, sep, attribute = app.partition(":") if isinstance(app, str) else ("", "", "")
     if not sep or not module or not attribute:
         raise ConfigError(f"app {app!r} must look like 'package.module:attribute'")
     settings = service_settings(given, "serve_asgi")

@@ -67,7 +67,9 @@ def _outlive_the_supervisor(
         for worker in alive:
             poller.register(worker.pidfd, select.POLLIN)
         wait = min([deadline, *(when for when, _ in sweeps)]) - time.monotonic()
-        ready = {fd for fd, _ in poller.poll(max(0, int(wait * 1000)) + 1)}
+        # (poll takes at most a C int of milliseconds: a drain_timeout of weeks is
+        # waited for in steps)
+        ready = {fd for fd, _ in poller.poll(min(max(0, int(wait * 1000)) + 1, _MOST_MS))}
         now = time.monotonic()
         for worker in list(alive):
             if worker.pidfd in ready:
@@ -149,6 +151,9 @@ def _identity(pid: int) -> tuple[int, int] | None:
 
 
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+#: The longest wait ``poll()`` takes, in milliseconds (a C int).
+_MOST_MS = 2**31 - 1
 
 
 def _ticks() -> int:

@@ -143,7 +143,7 @@ def _seconds_or_zero(zero_means: str) -> Kind:
     """Seconds, or 0 (which ``zero_means``, as shown after the refusal)."""
 
     def check(name: str, value: object) -> float:
-        if value == 0:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
             return 0.0
         if not _is_seconds(value):
             raise ConfigError(
@@ -183,8 +183,17 @@ def _check_flag(name: str, value: object) -> bool:
     return value
 
 
-def _as_given(name: str, value: object) -> object:
-    """For a setting whose value is checked where it is used (a path)."""
+def _check_path(name: str, value: object) -> object:
+    """A path: None, or a string or path object naming one (what it names is checked
+    where it is used: a PID file's directory, a release link)."""
+    if value is None:
+        return None
+    try:
+        text = os.fspath(value) if isinstance(value, str | os.PathLike) else None
+    except TypeError:  # a path object that gives neither str nor bytes
+        text = None
+    if not isinstance(text, str) or "\x00" in text:
+        raise ConfigError(f"{name}={_short(value)} must be a path (a string)")
     return value
 
 
@@ -229,11 +238,12 @@ def _check_health(name: str, value: object) -> str | None:
 
 
 def _check_ready_hook(name: str, value: object) -> str | None:
-    if value is not None:
-        module, sep, function = str(value).partition(":")
-        if not sep or not module or not function:
-            raise ConfigError(f"ready hook {value!r} must look like 'package.module:function'")
-    return None if value is None else str(value)
+    if value is None:
+        return None
+    module, sep, function = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if not isinstance(value, str) or not sep or not module or not function:
+        raise ConfigError(f"ready hook {_short(value)} must look like 'package.module:function'")
+    return value
 
 
 def _check_words(name: str, value: object) -> tuple[str, ...]:
@@ -245,7 +255,7 @@ def _check_words(name: str, value: object) -> tuple[str, ...]:
 WHOLE = Kind("int (at least 1)", _check_whole, _parse_whole, metavar="N")
 SECONDS = Kind("float (seconds)", _check_seconds, _parse_seconds, metavar="S")
 SWITCH = Kind("bool", _check_flag, cli="switch")
-PATH = Kind("path", _as_given, metavar="PATH")
+PATH = Kind("path", _check_path, metavar="PATH")
 LISTEN = Kind("list of listen specs (or sockets)", _check_listen, cli="repeat", metavar="SPEC")
 WORDS = Kind("list of strings", _check_words, cli="repeat")
 

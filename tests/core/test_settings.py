@@ -123,3 +123,62 @@ def test_status_shows_the_settings_declared_for_it_from_either_side() -> None:
         "serve_asgi",
     )
     assert for_status(service) == shown
+
+
+@pytest.mark.parametrize(
+    ("group", "given", "message"),
+    [
+        (Supervision, {"pid_file": 1}, "pid_file=1 must be a path"),
+        (Supervision, {"pid_file": b"app.pid"}, "pid_file=b'app.pid' must be a path"),
+        (Supervision, {"pid_file": ["app.pid"]}, "pid_file=['app.pid'] must be a path"),
+        (Supervision, {"pid_file": "app\x00.pid"}, "pid_file='app\\x00.pid' must be a path"),
+        (Supervision, {"release_link": 1}, "release_link=1 must be a path"),
+        (Supervision, {"release_link": b"current"}, "release_link=b'current' must be a path"),
+    ],
+)
+def test_a_path_setting_of_another_type_is_refused_in_one_line(
+    group: type[object], given: dict[str, object], message: str
+) -> None:
+    """A path is checked further where it is used (its directory, its link), but a
+    value that is no path at all is refused here, not by a TypeError there."""
+    with pytest.raises(ConfigError) as refused:
+        checked(group, given, "Service.run")
+    assert str(refused.value).startswith(message)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_path_setting_takes_a_string_or_a_path_object() -> None:
+    from pathlib import Path  # noqa: PLC0415
+
+    supervision = checked(
+        Supervision, {"pid_file": Path("app.pid"), "release_link": "current"}, "Service.run"
+    )
+    assert supervision.pid_file == Path("app.pid")
+    assert supervision.release_link == "current"
+    assert checked(Supervision, {}, "Service.run").pid_file is None
+
+
+@pytest.mark.parametrize(
+    ("group", "given", "message"),
+    [
+        (ServiceSettings, {"listen": [":8080"], "probation": False}, "probation=False must be"),
+        (ServiceSettings, {"listen": [":8080"], "probation": 0j}, "probation=0j must be"),
+        (Supervision, {"stop_delay": False}, "stop_delay=False must be"),
+        (Supervision, {"stop_delay": 0j}, "stop_delay=0j must be"),
+    ],
+)
+def test_seconds_that_may_be_0_refuse_a_bool_or_a_complex_zero(
+    group: type[object], given: dict[str, object], message: str
+) -> None:
+    """``probation`` and ``stop_delay`` take 0 for "none", but False (or 0j) is not a
+    number of seconds, as ``ready_timeout=True`` is not."""
+    with pytest.raises(ConfigError) as refused:
+        checked(group, given, "serve_asgi")
+    assert str(refused.value).startswith(message)
+
+
+@pytest.mark.parametrize("hook", [["app:hook"], b"app:hook", ("app", "hook")])
+def test_a_ready_hook_that_is_not_a_string_is_refused_naming_it(hook: object) -> None:
+    with pytest.raises(ConfigError) as refused:
+        checked(ServerSettings, {"ready_hook": hook}, "serve_asgi")
+    assert str(refused.value) == f"ready hook {hook!r} must look like 'package.module:function'"
