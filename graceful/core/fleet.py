@@ -192,6 +192,13 @@ class Fleet:
         """``generation``'s workers in their slots (those leaving it aside)."""
         return [self.workers[serial] for serial in generation.slots.values()]
 
+    def complete(self, generation: Generation) -> bool:
+        """Every one of ``generation``'s :attr:`size` workers is ready."""
+        members = self.members(generation)
+        return len(members) == self.size and all(
+            worker.state is WorkerState.READY for worker in members
+        )
+
     def members(self, generation: Generation) -> list[Worker]:
         """``generation``'s workforce: its workers not draining (parked ones included:
         they return if a rollout fails; one being killed too: it is replaced once it

@@ -568,8 +568,7 @@ class SupervisorStateMachine:
         starting = self.fleet.with_role(Role.STARTING)
         if starting is None or isinstance(self.trial, RollingBack):
             return False
-        members = self.fleet.members(starting)
-        if len(members) != self.size or any(w.state is not WorkerState.READY for w in members):
+        if not self.fleet.complete(starting):
             return False
         self._promote(starting)
         return True
@@ -807,7 +806,7 @@ class SupervisorStateMachine:
         fleet.log(
             logging.INFO, f"scaling from {before} to {workers} workers (asked by {request.by})"
         )
-        scaling.resize(fleet, workers)
+        scaling.resize(fleet, workers, may_promote=not isinstance(self.trial, RollingBack))
         scaled = f"scaling from {before} to {workers} workers"
         self._answer = ScaleEnded(True, scaled, request.by), True
 

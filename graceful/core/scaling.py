@@ -44,9 +44,12 @@ def refusal(fleet: Fleet, workers: int, trial: Trial, *, stopping: bool) -> str 
     return None
 
 
-def resize(fleet: Fleet, workers: int) -> None:
+def resize(fleet: Fleet, workers: int, *, may_promote: bool) -> None:
     """Make ``workers`` the number per generation, and fit the serving generation and
-    one starting all at once to it (a rollout fits itself as it goes on)."""
+    one starting all at once to it (a rollout fits itself as it goes on). A starting
+    generation that the new size completes (``may_promote``: nothing holds its
+    promotion back) serves next, so the one it replaces is left as it is: grown, it
+    would start workers only to drain them."""
     fleet.size = workers
     starting = fleet.with_role(Role.STARTING)
     serving = fleet.with_role(Role.SERVING)
@@ -54,6 +57,8 @@ def resize(fleet: Fleet, workers: int) -> None:
         # a rollout grows by itself, and parks what the serving generation has
         # beyond the new size (see rollout.advance)
         fit(fleet, starting, grow=not starting.rolling)
+        if not starting.rolling and may_promote and fleet.complete(starting):
+            return
     if serving is not None and (starting is None or not starting.rolling):
         fit(fleet, serving, grow=True)
 

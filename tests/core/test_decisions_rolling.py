@@ -191,6 +191,24 @@ def test_a_crash_replacement_due_after_scaling_down_is_not_started() -> None:
     assert sim.machine.generations[1].role is Role.SERVING
 
 
+def test_scaling_down_to_a_reload_whose_workers_are_ready_starts_nothing_it_would_drain() -> None:
+    """Scaling a reload down to the workers it has ready makes it serve at once: the
+    serving generation it replaces is not grown to the new size first (a worker
+    started only to be drained). (Found by the property test.)"""
+    sim, [old] = serving(dataclasses.replace(SETTINGS, workers=1))
+    sim.send(WorkerExited(old, 0))  # the serving generation has no worker left
+    [new] = spawned(sim.send(ReloadRequested()))
+    grown = spawned(sim.send(ScaleRequested("SIGTTIN", step=1)))
+    extra = [s for s in grown if sim.machine.workers[s].generation == 2]
+    for serial in set(grown) - set(extra):  # the serving generation's new workers crash
+        sim.send(WorkerExited(serial, 1))
+    sim.send(WorkerReady(new))
+    actions = sim.send(ScaleRequested("SIGTTOU", step=-1))
+    assert spawned(actions) == []
+    assert shut_down(actions) >= set(extra)
+    assert of_type(actions, GenerationServing)[0].number == 2
+
+
 PRELOAD = dataclasses.replace(ROLLING, preload=True)
 
 
