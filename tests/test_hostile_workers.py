@@ -449,13 +449,21 @@ def test_what_an_orphaned_worker_left_behind_is_stopped_and_releases_the_port(
     with running(script, env=env) as svc:
         svc.wait_serving(1)
         host, _, port = svc.address().rpartition(":")
-        [worker] = svc.worker_pids()
-        [child] = left_behind(record)
-        svc.send(signal.SIGKILL)
-        poll_until(lambda: not is_alive(worker), 15, "the orphaned worker to exit")
-        poll_until(lambda: not is_alive(child), 15, "what it left behind to be stopped")
-        reap([worker, child])
+        kill_the_supervisor_and_see_the_guard_stop_what_was_left(svc, record)
         assert_port_is_free(host, port)
+
+
+def kill_the_supervisor_and_see_the_guard_stop_what_was_left(
+    svc: ServiceProcess, record: Path
+) -> None:
+    """SIGKILL the supervisor of one worker that left a child behind: the worker
+    drains and exits, and the orphan guard stops the child."""
+    [worker] = svc.worker_pids()
+    [child] = left_behind(record)
+    svc.send(signal.SIGKILL)
+    poll_until(lambda: not is_alive(worker), 15, "the orphaned worker to exit")
+    poll_until(lambda: not is_alive(child), 15, "what it left behind to be stopped")
+    reap([worker, child])
 
 
 def test_the_guard_outlives_its_supervisor_with_a_drain_timeout_of_weeks(
@@ -469,12 +477,7 @@ def test_the_guard_outlives_its_supervisor_with_a_drain_timeout_of_weeks(
     env = leaving_env(record, drain_timeout=str(30 * 24 * 3600))
     with running(script, env=env) as svc:
         svc.wait_serving(1)
-        [worker] = svc.worker_pids()
-        [child] = left_behind(record)
-        svc.send(signal.SIGKILL)
-        poll_until(lambda: not is_alive(worker), 15, "the orphaned worker to exit")
-        poll_until(lambda: not is_alive(child), 15, "what it left behind to be stopped")
-        reap([worker, child])
+        kill_the_supervisor_and_see_the_guard_stop_what_was_left(svc, record)
         assert "Traceback" not in svc.output
 
 
