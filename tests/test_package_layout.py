@@ -4,7 +4,12 @@ checked by ``lint-imports`` in the ``lint`` session)."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import grimp
+
+from graceful.child import standby
 
 
 def test_no_module_of_graceful_imports_itself_through_others() -> None:
@@ -40,3 +45,19 @@ def test_no_text_names_a_module_of_graceful_that_is_not_there() -> None:
                     if not (root / "graceful" / f"{module}.py").exists():
                         missing.append(f"{path.relative_to(root)}:{number}: {match.group(0)}")
     assert missing == []
+
+
+def test_a_standby_warms_up_nothing_of_the_supervisors_side() -> None:
+    """A standby imports ahead what the worker or the template it becomes will run
+    (by name, which no import graph sees): never a module of the supervisor's side."""
+    tree = ast.parse(Path(standby.__file__).read_text())
+    named = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value.startswith("graceful.")
+    ]
+    assert named, "the standby names no module to warm up any more: update this test"
+    supervisor_side = ("graceful.spawn", "graceful.supervisor", "graceful.control", "graceful.cli")
+    assert [name for name in named if name.startswith(supervisor_side)] == []

@@ -102,7 +102,7 @@ def warm_up(boot: StandbyBootstrap) -> None:
     if boot.options.backend_options.get("use_uvloop"):
         importlib.import_module("uvloop")
     if boot.template:
-        importlib.import_module("graceful.spawn.template")
+        importlib.import_module("graceful.child.template")
     if boot.entry.module.startswith("graceful."):  # graceful's own code, never the user's
         warm = traits_of(resolve_entry(boot.entry)).warm_up
         if warm is not None:
