@@ -610,18 +610,15 @@ def settings_of(group: type[Any]) -> tuple[Setting, ...]:
     )
 
 
-#: Every setting, in the order the reference lists them.
-SETTINGS: tuple[Setting, ...] = (
-    *settings_of(ServiceSettings),
-    *settings_of(ServerSettings),
-    *settings_of(Supervision),
-    *settings_of(CommandLine),
-)
-
 _BY_GROUP: dict[type[Any], tuple[Setting, ...]] = {
     group: settings_of(group)
     for group in (ServiceSettings, ServerSettings, Supervision, CommandLine)
 }
+
+#: Every setting, in the order the reference lists them.
+SETTINGS: tuple[Setting, ...] = tuple(
+    declared for settings in _BY_GROUP.values() for declared in settings
+)
 
 
 def taken_by(entry: Entry) -> tuple[Setting, ...]:

@@ -331,7 +331,7 @@ class SpawningFactory:
             on_failure.callback(standby.close)
             if control is None or fd_channel is None:
                 raise GracefulError("a template's standby cannot become a worker")
-            handed = self.hand_over(spawn, standby.pid, control, fd_channel, runtime.release)
+            handed = self.take_on(spawn, standby.pid, control, fd_channel, runtime.release)
             on_failure.pop_all()
         standby.link.close()
         return SpawnedWorker(process=standby.process, **handed)
@@ -422,11 +422,11 @@ class SpawningFactory:
                 )
                 self.start_process(process, environment, runtime)
                 on_failure.callback(kill_and_reap, process)
-            handed = self.hand_over(spawn, process.pid, channel, fd_channel, runtime.release)
+            handed = self.take_on(spawn, process.pid, channel, fd_channel, runtime.release)
             on_failure.pop_all()
         return SpawnedWorker(process=process, **handed)
 
-    def hand_over(
+    def take_on(
         self,
         spawn: SpawnWorker,
         pid: int,

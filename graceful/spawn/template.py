@@ -321,7 +321,7 @@ class TemplateFactory(SpawningFactory):
                     spawn.worker_id, [child_control.fileno(), child_fd_channel.fileno()]
                 )
             on_failure.callback(_kill_and_reap_pid, pid)
-            handed = self.hand_over(spawn, pid, channel, fd_channel, template.release)
+            handed = self.take_on(spawn, pid, channel, fd_channel, template.release)
             on_failure.pop_all()
         return ForkedWorker(process_id=pid, **handed)
 

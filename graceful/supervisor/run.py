@@ -33,7 +33,7 @@ from graceful.control.pidfile import PidFile
 from graceful.control.protocol import control_path
 from graceful.control.server import ControlServer, ControlSocket
 from graceful.core.machine import Settings, Strategy
-from graceful.core.settings import ServiceSettings, Supervision, Watch, settings_of
+from graceful.core.settings import ServiceSettings, Supervision, Watch
 from graceful.dev.terminal import DevTerminal, quiet_reload_narrative
 from graceful.dev.watch import SourceWatcher, with_paths
 from graceful.sockets.listeners import (
@@ -211,10 +211,10 @@ def _by_name(receiver: type[Any], groups: tuple[Any, ...], **computed: Any) -> d
     field of the same name for, then ``computed``."""
     fields = {field.name for field in dataclasses.fields(receiver)}
     named = {
-        setting.name: getattr(group, setting.name)
+        field.name: getattr(group, field.name)
         for group in groups
-        for setting in settings_of(type(group))
-        if setting.name in fields
+        for field in dataclasses.fields(group)
+        if field.name in fields
     }
     return {**named, **computed}
 
