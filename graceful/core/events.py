@@ -127,6 +127,29 @@ class ProbationOver:
     generation: int
 
 
+@dataclass(frozen=True)
+class HandOver:
+    """The successor supervisor serves (``graceful upgrade``): stop accepting, and
+    park the serving generation for the successor's probation (``park``) or drain
+    it and exit (see :mod:`graceful.core.succession`)."""
+
+    park: bool
+
+
+@dataclass(frozen=True)
+class TakeBack:
+    """The successor failed during its probation (``cause``): the parked generation
+    resumes and serves again."""
+
+    cause: str
+
+
+@dataclass(frozen=True)
+class SuccessorPassed:
+    """The successor's probation passed: the parked generation drains, and this
+    supervisor exits."""
+
+
 Event: TypeAlias = (
     Start
     | ReloadRequested
@@ -143,4 +166,7 @@ Event: TypeAlias = (
     | RollbackRequested
     | ProbationOver
     | ScaleRequested
+    | HandOver
+    | TakeBack
+    | SuccessorPassed
 )

@@ -226,7 +226,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from graceful.core import crashes, rollout, scaling, stop, trial
+from graceful.core import crashes, rollout, scaling, stop, succession, trial
 from graceful.core.actions import (
     STOPPING,
     SUPERSEDED,
@@ -255,6 +255,7 @@ from graceful.core.crashes import Crash
 from graceful.core.events import (
     DrainTimeout,
     Event,
+    HandOver,
     ProbationOver,
     ReadyTimeout,
     ReloadRequested,
@@ -264,6 +265,8 @@ from graceful.core.events import (
     Start,
     StopDelayOver,
     StopRequested,
+    SuccessorPassed,
+    TakeBack,
     WorkerBroken,
     WorkerEvent,
     WorkerExited,
@@ -282,6 +285,13 @@ from graceful.core.fleet import (
     WorkerState,
 )
 from graceful.core.stop import Draining, Killing, Running, Stop, StopAnnounced, Stopping
+from graceful.core.succession import (
+    NO_SUCCESSOR,
+    ParkedForSuccessor,
+    Succeeded,
+    Succession,
+    TakingBack,
+)
 from graceful.core.trial import NO_TRIAL, OnProbation, Rejected, RollingBack, Trial
 
 __all__ = [
@@ -296,6 +306,7 @@ __all__ = [
     "Generation",
     "GenerationServing",
     "GenerationStarted",
+    "HandOver",
     "KillWorker",
     "Log",
     "ParkWorker",
@@ -323,7 +334,9 @@ __all__ = [
     "StopRequested",
     "Stopping",
     "Strategy",
+    "SuccessorPassed",
     "SupervisorStateMachine",
+    "TakeBack",
     "Worker",
     "WorkerBroken",
     "WorkerEvent",
@@ -350,6 +363,9 @@ class SupervisorStateMachine:
         self.trial: Trial = NO_TRIAL
         #: the service's stop: always one of :data:`graceful.core.stop.PHASES`
         self.stop: Stop = stop.RUNNING
+        #: an upgrade's hand-over to a successor supervisor: always one of
+        #: :data:`graceful.core.succession.PHASES`
+        self.succession: Succession = NO_SUCCESSOR
         #: a reload was asked for while one could not start: it starts once one can
         self.reload_queued = False
         self.exit_code = 0
@@ -438,8 +454,11 @@ class SupervisorStateMachine:
         fleet = self.fleet
         serving = fleet.with_role(Role.SERVING)
         stopping = stop.describe(fleet, self.stop)
+        handed_over = succession.describe(self.succession)
         if stopping is not None:
             line = stopping
+        elif handed_over:
+            line = handed_over
         elif serving is None:
             line = "starting generation 1"
         else:
@@ -507,6 +526,15 @@ class SupervisorStateMachine:
                 self._on_probation_over(generation)
             case ScaleRequested():
                 self._on_scale(event)
+            case HandOver(park):
+                self._hand_over(park)
+            case TakeBack(cause):
+                self._take_back(cause)
+            case SuccessorPassed():
+                if isinstance(self.succession, ParkedForSuccessor):
+                    self.succession = Succeeded()
+                    self.fleet.log(logging.INFO, "upgrade: the successor passed its probation")
+                    self._begin_stop(Draining("handed over to the successor"), exit_code=0)
 
     def _dispatch_worker_event(
         self,
@@ -581,6 +609,20 @@ class SupervisorStateMachine:
         self._start_generation()
         return True
 
+    def _settle_take_back(self) -> bool:
+        """A take-back whose workers are no longer resuming ends: the resumed
+        generation serves again, or, if none resumed, a new one starts."""
+        if not isinstance(self.succession, TakingBack):
+            return False
+        settled = succession.settle(self.fleet, self.succession)
+        if settled is None:
+            return False
+        self.succession = NO_SUCCESSOR
+        if not settled:
+            self._start_generation()
+        self._announce(Phase.READY)
+        return True
+
     def _exit_once_stopped(self) -> bool:
         """The supervisor exits once it stops and no worker is left."""
         if self.exited or not stop.over(self.fleet, self.stop):
@@ -594,6 +636,7 @@ class SupervisorStateMachine:
     def _may_start_generation(self) -> bool:
         return (
             not self.stop_announced
+            and self.succession is NO_SUCCESSOR
             and self.starting is None
             and not isinstance(self.trial, RollingBack)
         )
@@ -791,10 +834,51 @@ class SupervisorStateMachine:
         self.trial = NO_TRIAL
         self._announce(Phase.STATUS)
 
+    def _hand_over(self, park: bool) -> None:
+        """The successor supervisor serves: see :mod:`graceful.core.succession`."""
+        if self.succession is not NO_SUCCESSOR or self.stop_announced:
+            return
+        fleet = self.fleet
+        starting = fleet.with_role(Role.STARTING)
+        if starting is not None:
+            self._retire_starting(starting)
+            self._reload_failed(starting, succession.UPGRADED)
+        if isinstance(self.trial, OnProbation):
+            trial.end_probation(fleet, self.trial, "cut short", succession.UPGRADED)
+            self.trial = NO_TRIAL
+        elif isinstance(self.trial, RollingBack):
+            self.fleet.out.append(RollbackEnded(False, succession.UPGRADED))
+            self.trial = NO_TRIAL
+        self.reload_queued = False
+        parked = succession.hand_over(fleet, fleet.with_role(Role.SERVING), park=park)
+        if parked is not None:
+            self.succession = parked
+            self._announce(Phase.STATUS)
+            return
+        self.succession = Succeeded()
+        fleet.log(
+            logging.INFO, f"upgrade: the successor serves; draining {len(self.workers)} workers"
+        )
+        self._begin_stop(Draining("handed over to the successor"), exit_code=0)
+
+    def _take_back(self, cause: str) -> None:
+        """The successor failed during its probation: resume the parked generation."""
+        if not isinstance(self.succession, ParkedForSuccessor) or self._stop_begun:
+            return
+        taking_back = succession.take_back(self.fleet, self.succession, cause)
+        if taking_back is not None:
+            self.succession = taking_back
+            self._announce(Phase.STATUS)
+            return
+        self.succession = NO_SUCCESSOR
+        self._start_generation()
+
     def _on_scale(self, request: ScaleRequested) -> None:
         fleet = self.fleet
         workers = scaling.target(fleet, request)
         refused = scaling.refusal(fleet, workers, self.trial, stopping=self.stop_announced)
+        if refused is None and self.succession is not NO_SUCCESSOR:
+            refused = "the service was handed over to a successor supervisor (graceful upgrade)"
         if refused is not None:
             fleet.log(logging.WARNING, f"scaling requested by {request.by} refused: {refused}")
             self._answer = ScaleEnded(False, f"not scaled: {refused}", request.by), False
@@ -1047,6 +1131,7 @@ class SupervisorStateMachine:
 #: each returns whether it fired (see "The fixed point" in the module docstring).
 STATE_RULES: tuple[Callable[[SupervisorStateMachine], bool], ...] = (
     SupervisorStateMachine._settle_rollback,
+    SupervisorStateMachine._settle_take_back,
     SupervisorStateMachine._advance_rollout,
     SupervisorStateMachine._promote_ready,
     SupervisorStateMachine._start_queued_reload,
