@@ -18,6 +18,9 @@ worker code before it has reported the interpreter up, so the supervisor can
 time both (see :mod:`graceful.core.timeline`). A standby's target is :func:`start_standby`,
 which takes the service's own directories off ``sys.path`` before it imports
 anything (see :mod:`graceful.spawn.standby`); a template's is :func:`start_template`.
+A successor supervisor's (``graceful upgrade``) is :func:`start_supervisor`, whose
+bootstrap is JSON under the succession contract (``_version.SUCCESSION``), never a
+pickle: it is taken from any version.
 """
 
 from __future__ import annotations
@@ -101,3 +104,14 @@ def start_template(bootstrap: bytes, forks: Any) -> None:
     from graceful.child.template import template_main  # noqa: PLC0415
 
     template_main(boot, forks)
+
+
+def start_supervisor(bootstrap: bytes, link: Any) -> None:
+    """The target of a successor supervisor (``graceful upgrade``): say hello on
+    ``link`` (a ``SOCK_SEQPACKET`` socket), then run the service's own command as
+    the supervisor that takes over from the running one; ``bootstrap`` is JSON (see
+    :mod:`graceful.spawn.successor`)."""
+    _say_hello(link)
+    from graceful.child.successor import successor_main  # noqa: PLC0415
+
+    successor_main(bootstrap, link)

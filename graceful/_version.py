@@ -31,6 +31,14 @@ VERSION = "0.1.0"
 #: each type by its module).
 PROTOCOL = 3
 
+#: The version of the *succession contract*: what a supervisor hands the successor it
+#: starts (``graceful upgrade``): the boot entry ``graceful._boot.start_supervisor``,
+#: its JSON bootstrap and the JSON datagrams between the two supervisors (see
+#: :mod:`graceful.spawn.successor`). Unlike :data:`PROTOCOL`, it is kept compatible
+#: between every pair of versions, since upgrading across versions is what it is
+#: for: fields are only ever added, and each side ignores what it does not know.
+SUCCESSION = 1
+
 #: What every bootstrap starts with, before its pickle.
 BOOTSTRAP_HEADER = b"graceful-bootstrap/%d\n" % PROTOCOL
 

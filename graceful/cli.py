@@ -5,6 +5,7 @@
     graceful reload --pid-file PATH [--wait [--through-probation] [--timeout S]]
     graceful rollback --pid-file PATH [--timeout S]
     graceful scale N --pid-file PATH [--wait [--timeout S]]
+    graceful upgrade --pid-file PATH [--wait [--through-probation] [--timeout S]]
     graceful stop --pid-file PATH [--wait [--timeout S]]
     graceful status --pid-file PATH [--json]
 
@@ -164,6 +165,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="with --wait: give up after S s",
     )
+    upgrade = commands.add_parser(
+        "upgrade",
+        help="replace the supervisor itself by a new one started from the release and "
+        "the configuration on disk now, with no connection refused",
+    )
+    upgrade.add_argument("--pid-file", required=True, metavar="PATH")
+    upgrade.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the successor serves: exit 0 if it does, 1 if it failed",
+    )
+    upgrade.add_argument(
+        "--through-probation",
+        action="store_true",
+        help="implies --wait: also wait for the successor's probation; exit 1 if it was "
+        "rolled back",
+    )
+    upgrade.add_argument(
+        "--timeout", type=_SECONDS, metavar="S", help="with --wait: give up after S s"
+    )
     status = commands.add_parser("status", help="show the state of the supervisor")
     status.add_argument("--pid-file", required=True, metavar="PATH")
     status.add_argument("--json", action="store_true", help="print it as JSON")
@@ -190,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _rollback(args)
         if args.command == "scale":
             return _scale(args)
+        if args.command == "upgrade":
+            return _upgrade(args)
         if args.command == "reload" and args.through_probation:
             args.wait = True
         if args.timeout is not None and not args.wait:
@@ -369,6 +392,21 @@ def _rollback(args: argparse.Namespace) -> int:
         print(f"timed out after {args.timeout:g}s (the rollback goes on)", file=sys.stderr)
         return 1
     return 0
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    wait = args.wait or args.through_probation
+    if args.timeout is not None and not wait:
+        raise ConfigError("--timeout needs --wait")
+    try:
+        ok, detail = Control(args.pid_file).upgrade(
+            wait=wait, through_probation=args.through_probation, timeout=args.timeout
+        )
+    except TimeoutError:
+        print(f"timed out after {args.timeout:g}s (the upgrade goes on)", file=sys.stderr)
+        return 1
+    print(detail, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def _scale(args: argparse.Namespace) -> int:

@@ -128,6 +128,26 @@ class Control:
             raise GracefulError(detail)
         return detail
 
+    def upgrade(
+        self,
+        *,
+        wait: bool = True,
+        through_probation: bool = False,
+        timeout: float | None = None,
+    ) -> tuple[bool, str]:
+        """Ask the supervisor to hand the service to a successor supervisor started
+        from the release and configuration on disk now (``graceful upgrade``; see
+        :mod:`graceful.supervisor.upgrade`). Returns whether it succeeded, and one
+        line saying what happened: at once without ``wait`` (``"requested"``), else
+        once the successor serves or failed, and with ``through_probation``, once its
+        probation has ended. A refusal is returned at once.
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds (the upgrade goes on).
+        """
+        answer = self.request("upgrade", wait=wait, timeout=timeout, probation=through_probation)
+        return bool(answer.get("ok", False)), str(answer.get("upgrade", answer.get("error")))
+
     def status(self, *, timeout: float | None = 10.0) -> dict[str, Any]:
         """The supervisor's state, as ``graceful status --json`` prints it."""
         status = self.request("status", timeout=timeout).get("status")

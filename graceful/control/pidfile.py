@@ -83,6 +83,40 @@ class PidFile:
         fd = _stage(text, directory, staged)
         return cls(absolute, fd, staged)
 
+    @classmethod
+    def succeed(cls, path: str | os.PathLike[str]) -> PidFile:
+        """For a successor supervisor (``graceful upgrade``): stage a marked file that
+        :meth:`publish` puts in place of the running supervisor's, which holds
+        ``path`` meanwhile.
+
+        Raises:
+            ConfigError: as :meth:`claim`, for what cannot be staged.
+        """
+        text = os.fspath(path)
+        absolute = os.path.abspath(text)
+        directory, name = os.path.split(absolute)
+        staged = os.path.join(directory, f".{name}.graceful-successor")
+        return cls(absolute, _stage(text, directory, staged), staged)
+
+    def reclaim(self) -> None:
+        """Put a newly marked file of this process in place again, after a successor
+        replaced it and gave the service back (an upgrade rolled back).
+
+        Raises:
+            GracefulError: if it cannot be staged or put in place.
+        """
+        if self._fd is None:
+            return
+        directory, name = os.path.split(self.path)
+        staged = os.path.join(directory, f".{name}.graceful-staged")
+        try:
+            fd = _stage(self.path, directory, staged)
+        except ConfigError as exc:
+            raise GracefulError(str(exc)) from None
+        os.close(self._fd)  # the lock on the replaced file, which nobody reads
+        self._fd, self._staged = fd, staged
+        self.publish()
+
     def _named(self, path: str) -> str:
         """``path`` as named through the directory descriptor (the path itself
         without one)."""

@@ -1,4 +1,5 @@
-"""The supervisor's control socket: ``graceful reload --wait``, ``status``, ``scale`` and ``stop``.
+"""The supervisor's control socket: ``graceful reload --wait``, ``status``, ``scale``,
+``upgrade`` and ``stop``.
 
 Where it is
 -----------
@@ -34,6 +35,14 @@ reads answers until the connection closes:
   generation, answered once the workers it takes were started or told to drain,
   with ``{"ok": true, "scale": "scaling from 2 to 4 workers"}``, or ``"ok": false``
   and why not.
+* ``{"graceful": 1, "command": "upgrade", "wait": false}``: upgrades the supervisor
+  itself (:mod:`graceful.supervisor.upgrade`): ``{"ok": true, "upgrade":
+  "requested"}`` at once. With ``"wait": true``, answered once the successor serves
+  and this supervisor has handed over, ``{"ok": true, "upgrade": "successor 4711
+  (graceful 0.3.0, Python 3.12.8) serving; ..."}``, or with ``"ok": false`` and the
+  cause (refused, or the successor failed). With ``"probation": true`` as well, the
+  answer waits until the successor's probation has ended (``"ok": false`` if the
+  upgrade was rolled back). A refusal is answered at once, whatever ``wait`` says.
 * ``{"graceful": 1, "command": "stop", "wait": false}``: ``{"ok": true, "stop":
   "requested", "pid": P}``. With ``"wait": true``, a second line, ``{"ok": true,
   "exited": STATUS}``, comes as the supervisor exits, after its clean-up.

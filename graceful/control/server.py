@@ -31,6 +31,10 @@ from graceful.control.protocol import (
 from graceful.core.machine import ReloadOutcome, RollbackEnded, ScaleEnded
 from graceful.core.snapshot import Snapshot
 
+#: The :attr:`ControlSocket.identity` of a socket whose file this process leaves to
+#: another (an upgrade's other supervisor): no file has it, so none is removed.
+DISOWNED = (-1, -1)
+
 
 @dataclass
 class ControlSocket:
@@ -114,18 +118,29 @@ def _answers(path: str) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class UpgradeEnded:
+    """How an upgrade (``graceful upgrade``) ended, as far as its request waits:
+    ``ok``, and one line saying what happened."""
+
+    ok: bool
+    detail: str
+
+
 @dataclass
 class ReloadWaiter:
     """One ``reload --wait`` (or ``rollback``) request, until what answers it ends."""
 
     done: anyio.Event = field(default_factory=anyio.Event)
-    result: ReloadOutcome | RollbackEnded | ScaleEnded | str | None = None
+    result: ReloadOutcome | RollbackEnded | ScaleEnded | UpgradeEnded | str | None = None
     #: wait until the promoted generation's probation has ended too
     through_probation: bool = False
     #: how the reload ended, while its probation goes on
     promoted: ReloadOutcome | None = None
 
-    def resolve(self, result: ReloadOutcome | RollbackEnded | ScaleEnded | str) -> None:
+    def resolve(
+        self, result: ReloadOutcome | RollbackEnded | ScaleEnded | UpgradeEnded | str
+    ) -> None:
         if self.result is None:
             self.result = result
             self.done.set()
@@ -167,6 +182,10 @@ class Steered(Protocol):
 
     def request_stop(self) -> None:
         """Ask for a stop, as the first SIGTERM does."""
+        ...
+
+    def request_upgrade(self, through_probation: bool) -> ReloadWaiter:
+        """Ask for an upgrade of the supervisor itself; the waiter learns how it ended."""
         ...
 
 
@@ -277,6 +296,20 @@ class ControlServer(ConnectionServer):
                 )
                 return False
             await _answer_when_decided(stream, self.supervisor.request_scale(workers), "scale")
+        elif command == "upgrade":
+            through_probation = request.get("probation", False)
+            if not isinstance(through_probation, bool):
+                await _answer(
+                    stream,
+                    ok=False,
+                    error=f"'probation' must be true or false, not {through_probation!r}",
+                )
+                return False
+            waiter = self.supervisor.request_upgrade(through_probation)
+            if not wait and waiter.result is None:
+                await _answer(stream, ok=True, upgrade="requested")
+                return False
+            await _answer_when_decided(stream, waiter, "upgrade")
         elif command == "stop":
             self.supervisor.request_stop()
             await _answer(stream, ok=True, stop="requested", pid=os.getpid())
@@ -355,7 +388,7 @@ async def _answer_when_decided(stream: SocketStream, waiter: ReloadWaiter, what:
     ``{"ok": ..., what: detail}`` (nothing if the client has gone meanwhile)."""
     if await _done_or_gone(stream, waiter.done):
         decided = waiter.result
-        assert isinstance(decided, RollbackEnded | ScaleEnded), decided
+        assert isinstance(decided, RollbackEnded | ScaleEnded | UpgradeEnded), decided
         await _answer(stream, ok=decided.ok, **{what: decided.detail})
 
 

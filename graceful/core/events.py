@@ -28,7 +28,13 @@ class ReloadRequested:
 class StopRequested:
     """SIGTERM, SIGINT or ``graceful stop``. With ``stop_delay``, the first one only
     announces the stop and the service keeps serving until :class:`StopDelayOver`;
-    another one drains at once. The one after the drain began means: stop now."""
+    another one drains at once. The one after the drain began means: stop now.
+
+    A successor supervisor that gives the service back (an upgrade rolled back)
+    stops without ``delay`` (it serves nothing any more), with ``exit_code``."""
+
+    delay: bool = True
+    exit_code: int = 0
 
 
 @dataclass(frozen=True)

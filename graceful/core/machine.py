@@ -513,8 +513,9 @@ class SupervisorStateMachine:
                 self._start_generation()
             case ReloadRequested():
                 self._on_reload()
-            case StopRequested():
-                self._on_stop_requested()
+            case StopRequested(delay, exit_code):
+                self.exit_code = max(self.exit_code, exit_code)
+                self._on_stop_requested(delay)
             case StopDelayOver():
                 if isinstance(self.stop, StopAnnounced):
                     self._on_stop()
@@ -894,9 +895,9 @@ class SupervisorStateMachine:
         scaled = f"scaling from {before} to {workers} workers"
         self._answer = ScaleEnded(True, scaled, request.by), True
 
-    def _on_stop_requested(self) -> None:
+    def _on_stop_requested(self, delayed: bool = True) -> None:
         delay = self.settings.stop_delay
-        if isinstance(self.stop, Running) and delay > 0:
+        if isinstance(self.stop, Running) and delay > 0 and delayed:
             self.stop = StopAnnounced(self.fleet.now + delay)
             self.reload_queued = False
             self.fleet.log(

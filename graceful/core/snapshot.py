@@ -135,6 +135,10 @@ class Snapshot:
     live_why: str
     #: worker processes by state value (every state, zeros included)
     workers_by_state: dict[str, int] = field(default_factory=dict)
+    #: an upgrade under way (``graceful upgrade``): this supervisor's ``role`` in it
+    #: ("predecessor" or "successor"), its ``phase``, and the other supervisor's
+    #: ``pid``, ``graceful`` and ``python`` versions (and ``state``); None for none
+    upgrade: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """What ``graceful status --json`` prints."""
@@ -145,6 +149,7 @@ class Snapshot:
             "python": self.python,
             "uptime": self.uptime,
             "state": "stopping" if self.stopping else "running",
+            "upgrade": self.upgrade,
             "status": self.status,
             "empty_slots": self.empty_slots,
             "workers": self.workers,

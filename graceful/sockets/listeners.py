@@ -194,8 +194,12 @@ class BoundListener:
                 os.unlink(path)
 
 
-def bind_listeners(specs: list[str | socket.socket]) -> list[BoundListener]:
-    """Bind (or adopt) every listener, or bind none.
+def bind_listeners(
+    specs: list[str | socket.socket], inherited: dict[str, list[BoundListener]] | None = None
+) -> list[BoundListener]:
+    """Bind (or adopt) every listener, or bind none. A spec found in ``inherited``
+    (what a predecessor handed over, by spec: ``graceful upgrade``) takes those
+    sockets, removed from it, instead of binding anew.
 
     Raises:
         ConfigError: naming the first spec that could not be used, or that names the
@@ -208,7 +212,8 @@ def bind_listeners(specs: list[str | socket.socket]) -> list[BoundListener]:
     bound: list[BoundListener] = []
     try:
         for spec in specs:
-            for listener in _bind_described(spec):
+            taken = inherited.pop(spec, None) if inherited and isinstance(spec, str) else None
+            for listener in taken or _bind_described(spec):
                 _refuse_shared_descriptor(listener, bound)
                 bound.append(listener)
     except BaseException:

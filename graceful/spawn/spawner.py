@@ -488,35 +488,44 @@ class SpawningFactory:
         )
 
     def start_process(self, process: Any, environment: dict[str, str], runtime: Runtime) -> None:
-        """``process.start()`` from ``runtime`` (its interpreter, working directory and
-        paths), with the terminal's signals blocked until the worker has set up its
-        own handlers, and in a process group of its own.
+        """:func:`start_from` ``runtime``, in a process group of its own."""
+        start_from(process, environment, runtime, own_group=True)
 
-        The supervisor itself moves into the runtime's working directory: where it
-        was may be a release that is deleted next.
-        """
-        try:
-            os.chdir(runtime.cwd)
-        except OSError as exc:
-            raise ReleaseError(
-                f"cannot enter the working directory {runtime.cwd}: {exc.strerror or exc}"
-            ) from None
-        multiprocess.spawn.set_executable(runtime.executable)
-        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_DURING_SPAWN)
-        saved = {name: os.environ.get(name) for name in environment}
-        os.environ.update(environment)
-        try:
-            with _prepared_from(runtime):
-                process.start()
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        # The worker does the same as its first step; whichever runs first wins (this
-        # one fails with EACCES once the child has exec'd).
+
+def start_from(
+    process: Any, environment: dict[str, str], runtime: Runtime, *, own_group: bool
+) -> None:
+    """``process.start()`` from ``runtime`` (its interpreter, working directory and
+    paths), with the terminal's signals blocked until the child has set up its own
+    handlers, with ``environment`` added to its environment, and, with
+    ``own_group``, in a process group of its own.
+
+    The supervisor itself moves into the runtime's working directory: where it was
+    may be a release that is deleted next.
+    """
+    try:
+        os.chdir(runtime.cwd)
+    except OSError as exc:
+        raise ReleaseError(
+            f"cannot enter the working directory {runtime.cwd}: {exc.strerror or exc}"
+        ) from None
+    multiprocess.spawn.set_executable(runtime.executable)
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_DURING_SPAWN)
+    saved = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    try:
+        with _prepared_from(runtime):
+            process.start()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+    # The worker does the same as its first step; whichever runs first wins (this
+    # one fails with EACCES once the child has exec'd).
+    if own_group:
         with contextlib.suppress(OSError):
             os.setpgid(process.pid, process.pid)
 

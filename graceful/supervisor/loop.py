@@ -24,7 +24,8 @@ import math
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 import multiprocess.resource_tracker
@@ -51,7 +52,9 @@ from graceful.supervisor import status
 from graceful.supervisor.health import HealthServer
 from graceful.supervisor.runtimes import GenerationRuntimes
 from graceful.supervisor.signals import follow_signals
+from graceful.supervisor.succession import Successor
 from graceful.supervisor.systemd import Notifier
+from graceful.supervisor.upgrade import Upgrader, Upgrades
 from graceful.supervisor.waiters import SCALE_REQUEST, Waiters
 from graceful.wire import messages as _wire
 
@@ -78,6 +81,11 @@ class SupervisorLoop:
             done as PID 1): this process is a child subreaper.
         watch: reload when these sources change (development mode, :mod:`graceful.dev.watch`),
             and report each reload on ``terminal``.
+        upgrades: starts a successor supervisor for ``graceful upgrade``, and leaves
+            the sockets' files to it or takes them back
+            (:mod:`graceful.supervisor.upgrade`); None: upgrades are refused.
+        successor: this supervisor was started by ``graceful upgrade``: its side of
+            the hand-over (:mod:`graceful.supervisor.succession`).
     """
 
     def __init__(
@@ -96,6 +104,8 @@ class SupervisorLoop:
         reap_orphans: bool = False,
         watch: SourceWatcher | None = None,
         terminal: DevTerminal | None = None,
+        upgrades: Upgrades | None = None,
+        successor: Successor | None = None,
     ) -> None:
         self.machine = SupervisorStateMachine(settings)
         self._reap_orphans_too = reap_orphans
@@ -144,6 +154,17 @@ class SupervisorLoop:
         #: since when no worker accepts connections while a generation serves (the
         #: loop's clock); None while one does (see :meth:`is_live`)
         self.unready_since: float | None = None
+        #: this supervisor's side of ``graceful upgrade``
+        self.upgrader = Upgrader(
+            self,
+            upgrades.start if upgrades is not None else None,
+            refused=upgrades.refused if upgrades is not None else "refused: not supported here",
+            busy=lambda: successor is not None and not successor.settled_in,
+        )
+        self.successor = successor
+        self._own_files = upgrades.own_files if upgrades is not None else None
+        #: serves the control socket and the health endpoint (see serve_own_sockets)
+        self._own_sockets: anyio.CancelScope | None = None
 
     async def run(self) -> int:
         """Run until the state machine says to exit; return its exit status.
@@ -157,10 +178,10 @@ class SupervisorLoop:
         try:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
-                if self.control is not None:
-                    tasks.start_soon(self.control.serve, tasks)
-                if self.health is not None:
-                    tasks.start_soon(self.health.serve, tasks)
+                if self.successor is None:
+                    self.serve_own_sockets(True)
+                else:
+                    tasks.start_soon(self.successor.follow, self)
                 if self._follow_signals_too:
                     await tasks.start(follow_signals, self.events_in, self._stop_signalled)
                 tasks.start_soon(self.notifier.run)
@@ -175,6 +196,7 @@ class SupervisorLoop:
                 tasks.cancel_scope.cancel()
             return max(code, self._exit_at_least)
         finally:
+            self.upgrader.close()
             self.watcher.kill_and_reap_all()
             self.factory.close()
             self.guard.close()
@@ -188,6 +210,9 @@ class SupervisorLoop:
                 self._carry_out(action)
             self._tell_factory_of_ended_generations()
             self.factory.set_quiet(self._quiet())
+            if self.successor is not None:
+                self.successor.after_event(self)
+            self.upgrader.step()
             self._note_accepting()
             if self.machine.stop_announced:
                 self.waiters.stopping()
@@ -202,8 +227,10 @@ class SupervisorLoop:
                 logger.log(level, "%s", message, extra={NARRATIVE: narrative})
             case actions.GenerationServing(number, first):
                 self.timelines.mark(number, "serving", anyio.current_time())
-                if first and self.pid_file is not None:
-                    self._publish_pid_file(self.pid_file)
+                if first and self.successor is not None:
+                    self.successor.first_generation_serving(self)
+                elif first:
+                    self.publish_pid_file()
             case actions.SpawnWorker():
                 self._spawning[action.serial] = anyio.CancelScope()
                 self._task_group.start_soon(self._spawn_worker, action)
@@ -343,8 +370,52 @@ class SupervisorLoop:
         """Ask for a rollback of the generation on probation; the waiter learns how it
         ended (a :class:`~graceful.core.actions.RollbackEnded`)."""
         waiter = self.waiters.rollback()
+        handed_back = (
+            self.successor.request_rollback(self, by) if self.successor is not None else None
+        )
+        if handed_back is not None:
+            self.waiters.rollback_ended(handed_back)
+            return waiter
         self.events_in.send_nowait(events.RollbackRequested(by))
         return waiter
+
+    def request_upgrade(self, through_probation: bool) -> ReloadWaiter:
+        """Ask for an upgrade of this supervisor (``graceful upgrade``); the waiter
+        learns how it ended (an :class:`~graceful.control.server.UpgradeEnded`)."""
+        return self.upgrader.request(through_probation)
+
+    # -- what the upgrade needs (graceful.supervisor.upgrade and .succession) --------
+
+    def send_event(self, event: events.Event) -> None:
+        self.events_in.send_nowait(event)
+
+    def start_task(self, function: Callable[[], Coroutine[Any, Any, object]]) -> None:
+        self._task_group.start_soon(function)
+
+    def serve_own_sockets(self, serving: bool) -> None:
+        """Serve the control socket and the health endpoint (listening anew, so that
+        the control socket's peer credentials name this process), or stop serving
+        them (connections already accepted are still answered)."""
+        if self._own_sockets is not None:
+            self._own_sockets.cancel()
+            self._own_sockets = None
+        if self._own_files is not None:
+            self._own_files(serving)
+        if not serving or (self.control is None and self.health is None):
+            return
+        scope = self._own_sockets = anyio.CancelScope()
+        tasks = self._task_group
+
+        async def serve() -> None:
+            with scope:
+                async with anyio.create_task_group() as servers:
+                    if self.control is not None:
+                        self.control.sock.listen(64)
+                        servers.start_soon(self.control.serve, tasks)
+                    if self.health is not None:
+                        servers.start_soon(self.health.serve, tasks)
+
+        tasks.start_soon(serve)
 
     def request_scale(self, workers: int) -> ReloadWaiter:
         """Ask for ``workers`` workers per generation; the waiter learns what was done
@@ -411,10 +482,20 @@ class SupervisorLoop:
                 timelines=self.timelines,
                 standby=self.factory.standby_status(),
                 listeners=self.listeners,
+                upgrade=(
+                    self.successor.status()
+                    if self.successor is not None and not self.successor.settled_in
+                    else self.upgrader.status()
+                ),
             ),
         )
 
-    def _publish_pid_file(self, pid_file: PidFile) -> None:
+    def publish_pid_file(self) -> None:
+        """Put the PID file in place (once the first generation serves), if there is
+        one; if it cannot be, stop."""
+        pid_file = self.pid_file
+        if pid_file is None:
+            return
         try:
             pid_file.publish()
         except GracefulError as exc:
@@ -451,6 +532,7 @@ class SupervisorLoop:
     def _reap_strays(self) -> None:
         self.factory.collect_exited()
         ours = {worker.pid for worker in self.watcher.live.values()} | self.factory.helper_pids()
+        ours |= self.upgrader.successor_pids()
         tracker: int | None = getattr(multiprocess.resource_tracker._resource_tracker, "_pid", None)
         for pid in _processes.stray_zombies(exclude={*ours, tracker, self.guard.pid}):
             _processes.reap_zombie(pid)

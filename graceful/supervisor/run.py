@@ -25,13 +25,14 @@ import multiprocess
 from graceful.base.errors import ConfigError
 from graceful.base.log import ensure_visible, logger, written_without_waiting
 from graceful.base.processes import become_subreaper
+from graceful.child.successor import Inheritance, inherited
 from graceful.code.bytecode import application_roots
 from graceful.code.entry import entry_ref_for
 from graceful.code.main_script import check_main_guard
 from graceful.code.release import ReleaseError, ReleaseLayout
-from graceful.control.pidfile import PidFile
+from graceful.control.pidfile import PidFile, open_directory
 from graceful.control.protocol import control_path
-from graceful.control.server import ControlServer, ControlSocket
+from graceful.control.server import DISOWNED, ControlServer, ControlSocket
 from graceful.core.machine import Settings, Strategy
 from graceful.core.settings import ServiceSettings, Supervision, Watch
 from graceful.dev.terminal import DevTerminal, quiet_reload_narrative
@@ -45,10 +46,13 @@ from graceful.sockets.listeners import (
 )
 from graceful.spawn.guard import OrphanGuard
 from graceful.spawn.spawner import BytecodeGate, Launch, SpawningFactory
+from graceful.spawn.successor import Handed, SuccessorProcess, handed_listeners, start_successor
 from graceful.spawn.template import TemplateFactory
 from graceful.supervisor.loop import SupervisorLoop
 from graceful.supervisor.signals import ROLLBACK_SIGNAL, SCALE_SIGNALS
+from graceful.supervisor.succession import Successor
 from graceful.supervisor.systemd import Notifier
+from graceful.supervisor.upgrade import Upgrades, refusal
 from graceful.wire.bootstrap import WorkerOptions
 
 
@@ -112,6 +116,8 @@ def _supervise(
     control: ControlSocket | None = None
     listeners: list[BoundListener] = []
     health_listeners: list[BoundListener] = []
+    # handed over by a running supervisor, if this one was started by graceful upgrade
+    inheritance = inherited()
 
     def clean_up() -> None:
         for listener in [*listeners, *health_listeners]:
@@ -125,15 +131,15 @@ def _supervise(
         entry = entry_ref_for(target, function)
         check_main_guard(caller)
         release = _adopt_release(supervision.release_link)
-        if supervision.pid_file is not None:
+        if inheritance is not None:
+            claimed, control = _succeed(inheritance, supervision.pid_file)
+        elif supervision.pid_file is not None:
             claimed = PidFile.claim(supervision.pid_file)
             control = ControlSocket.bind(control_path(claimed.path))
-        listeners = bind_listeners(list(settings.listen))
-        if supervision.health is not None:
-            try:
-                health_listeners = bind_listeners([supervision.health])
-            except ConfigError as exc:
-                raise ConfigError(f"health endpoint: {exc}") from None
+        listeners = bind_listeners(
+            list(settings.listen), inheritance.listeners if inheritance is not None else None
+        )
+        health_listeners = _bind_health(supervision, inheritance)
         check_descriptor_headroom(len(listeners), settings.workers)
         _check_preload(settings)
         watching = settings.watching
@@ -146,7 +152,7 @@ def _supervise(
     code = 1
     try:
         _announce(listeners, health_listeners, release)
-        notifier = Notifier.from_environment()
+        notifier = _notifier(inheritance)
         decided, options = _passed_on(settings, supervision, entry_options, backend_options)
         launch = Launch(entry, listeners, options, release, standby=settings.standby)
         terminal = _development_terminal(watch)
@@ -164,6 +170,14 @@ def _supervise(
             reap_orphans=settings.preload,
             watch=SourceWatcher(watch) if watch is not None else None,
             terminal=terminal,
+            upgrades=_upgrades(
+                SocketFiles.of(listeners + health_listeners, control, inheritance),
+                release,
+                claimed,
+                notifier,
+                (listeners, health_listeners, control),
+            ),
+            successor=Successor(inheritance) if inheritance is not None else None,
         )
         try:
             code = anyio.run(loop.run, backend="asyncio")
@@ -173,6 +187,136 @@ def _supervise(
         return code
     finally:
         _finish(loop.control if loop is not None else None, code, clean_up)
+
+
+def _bind_health(supervision: Supervision, inheritance: Inheritance | None) -> list[BoundListener]:
+    """The health endpoint's listener, if there is one (see :func:`bind_listeners`)."""
+    if supervision.health is None:
+        return []
+    try:
+        return bind_listeners(
+            [supervision.health], inheritance.health if inheritance is not None else None
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"health endpoint: {exc}") from None
+
+
+def _notifier(inheritance: Inheritance | None) -> Notifier:
+    """sd_notify; a successor's tells nothing until it takes over
+    (:mod:`graceful.supervisor.succession`)."""
+    if inheritance is None:
+        return Notifier.from_environment()
+    notifier = Notifier(inheritance.notify_socket)
+    notifier.muted = True
+    return notifier
+
+
+def _succeed(
+    inheritance: Inheritance, pid_file: str | os.PathLike[str] | None
+) -> tuple[PidFile | None, ControlSocket | None]:
+    """A successor's PID file (staged, to replace its predecessor's) and control
+    socket (the predecessor's, handed over).
+
+    Raises:
+        ConfigError: if the configuration names another PID file than the running
+            supervisor's (the control socket lives beside it).
+    """
+    given = os.path.abspath(os.fspath(pid_file)) if pid_file is not None else None
+    if given != inheritance.pid_file:
+        raise ConfigError(
+            f"graceful upgrade cannot change the PID file (the running supervisor's is "
+            f"{inheritance.pid_file!r}, the configuration now names {given!r}): stop and "
+            "start the service to change it"
+        )
+    if given is None:
+        return None, None
+    claimed = PidFile.succeed(given)
+    control = None
+    if inheritance.control is not None:
+        # its file is the predecessor's until this one takes over (SocketFiles)
+        control = ControlSocket(
+            control_path(given),
+            inheritance.control,
+            DISOWNED,
+            open_directory(os.path.dirname(given)),
+        )
+    return claimed, control
+
+
+class SocketFiles:
+    """The files of the listening sockets (unix listeners, the control socket) that
+    this supervisor removes at its exit, and which it leaves to the other supervisor
+    during an upgrade (see :mod:`graceful.supervisor.upgrade`)."""
+
+    def __init__(
+        self,
+        listeners: list[tuple[BoundListener, tuple[str, int, int] | None]],
+        control: ControlSocket | None,
+        control_identity: tuple[int, int],
+    ) -> None:
+        self._listeners = listeners
+        self._control = control
+        self.control_identity = control_identity
+
+    @classmethod
+    def of(
+        cls,
+        listeners: list[BoundListener],
+        control: ControlSocket | None,
+        inheritance: Inheritance | None,
+    ) -> SocketFiles:
+        """This supervisor's files; a successor's own those handed over only once it
+        has taken over."""
+        if inheritance is None:
+            owned = [(listener, listener.owned_path) for listener in listeners]
+            identity = control.identity if control is not None else DISOWNED
+            return cls(owned, control, identity)
+        handed = {id(listener) for listener, _ in inheritance.files}
+        files = [*inheritance.files]
+        files += [
+            (listener, listener.owned_path) for listener in listeners if id(listener) not in handed
+        ]
+        owned_control = inheritance.control_owned
+        identity = (owned_control[1], owned_control[2]) if owned_control else DISOWNED
+        return cls(files, control, identity)
+
+    def own(self, owned: bool) -> None:
+        """Remove the files at exit (``owned``), or leave them."""
+        for listener, path in self._listeners:
+            listener.owned_path = path if owned else None
+        if self._control is not None:
+            self._control.identity = self.control_identity if owned else DISOWNED
+
+
+def _upgrades(
+    files: SocketFiles,
+    release: ReleaseLayout,
+    pid_file: PidFile | None,
+    notifier: Notifier,
+    sockets: tuple[list[BoundListener], list[BoundListener], ControlSocket | None],
+) -> Upgrades:
+    """How this supervisor starts a successor (``graceful upgrade``), handing it
+    ``sockets``: the listeners, the health endpoint's, the control socket."""
+    listeners, health, control = sockets
+
+    def start() -> SuccessorProcess:
+        handed = handed_listeners(listeners, "listener") + handed_listeners(health, "health")
+        if control is not None:
+            owned = (control.path, *files.control_identity)
+            handed.append(Handed("control", control.path, control.sock, owned))
+        return start_successor(
+            release,
+            handed,
+            pid_file=pid_file.path if pid_file is not None else None,
+            notify_socket=notifier.address,
+            log_level=logger.getEffectiveLevel(),
+        )
+
+    return Upgrades(
+        start,
+        files.own,
+        refusal(pid_file=pid_file.path if pid_file else None, notify_socket=notifier.address),
+    )
 
 
 def _passed_on(

@@ -47,6 +47,8 @@ class Surroundings:
     timelines: Timelines
     standby: dict[str, Any] | None
     listeners: Sequence[BoundListener]
+    #: the upgrade under way (see :attr:`Snapshot.upgrade`)
+    upgrade: dict[str, Any] | None = None
 
 
 def take(machine: SupervisorStateMachine, now: float, around: Surroundings) -> Snapshot:
@@ -81,6 +83,7 @@ def take(machine: SupervisorStateMachine, now: float, around: Surroundings) -> S
         accepting=machine.accepting,
         **_health(machine, now, around.unready_since),
         workers_by_state=_by_state(machine.workers.values()),
+        upgrade=around.upgrade,
     )
 
 

@@ -53,6 +53,11 @@ class Notifier:
         self._warned = False
         self._pending: collections.deque[bytes] = collections.deque()
         self._wake: anyio.Event | None = None
+        #: the ``NOTIFY_SOCKET`` value, as read (a successor supervisor is given it)
+        self.address = address
+        #: announcements are not sent: another supervisor is the service's main
+        #: process (an upgrade; see :mod:`graceful.supervisor.upgrade`)
+        self.muted = False
         if not address:
             return
         if address.startswith("@"):
@@ -136,8 +141,16 @@ class Notifier:
 
     def announce(self, announce: Announce) -> None:
         """Send what the supervisor's state machine announced (see the module
-        docstring for the fields)."""
-        self.send(**notification(announce))
+        docstring for the fields), unless :attr:`muted`."""
+        if not self.muted:
+            self.send(**notification(announce))
+
+    def become_main(self, status: str) -> None:
+        """Tell the service manager that this process is the service's main process
+        now, and ready (``MAINPID=`` needs ``NotifyAccess=all``), and stop being
+        :attr:`muted`."""
+        self.muted = False
+        self.send(MAINPID=os.getpid(), READY=1, STATUS=status)
 
     def close(self) -> None:
         if self._socket is not None:
