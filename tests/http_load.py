@@ -38,13 +38,20 @@ class HttpLoad(Load):
 
     tally: HttpTally
 
-    def __init__(self, url: str, clients: int = 50, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, clients: int = 50, timeout: float = 10.0, *, keep_alive: bool = True
+    ) -> None:
         super().__init__(url, clients, timeout)
         self.url = url
         self.tally = HttpTally()
+        #: False: every request opens a new connection (what a refused or unanswered
+        #: connection shows up in)
+        self.keep_alive = keep_alive
 
     async def _http_client(self) -> None:
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        limits = httpx.Limits(
+            max_connections=1, max_keepalive_connections=1 if self.keep_alive else 0
+        )
         async with httpx.AsyncClient(limits=limits, timeout=self.timeout) as client:
             while not self._stopping.is_set():
                 started = time.monotonic()

@@ -16,96 +16,18 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import sysconfig
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from deploys import Deployment
 from harness import ROOT, ServiceProcess, ask, connect, graceful_cli, poll_until, running
 from http_load import HttpLoad
-from services import minimal_asgi_app, write_service
-
-#: What each release's app answers (``minimal_asgi_app``'s body): its release,
-#: ``relpkg``'s version, and the interpreter, environment and working directory.
-ANSWER = (
-    'json.dumps({"release": MESSAGE, "relpkg": relpkg.VERSION, "executable": sys.executable,'
-    ' "prefix": sys.prefix, "cwd": os.getcwd(), "relpkg_file": relpkg.__file__})'
-)
+from services import write_service
 
 #: How each start is made, as a user's shell or service manager makes it.
 INVOCATIONS = ("shell", "service_manager", "python_m")
-
-
-@dataclass
-class Deployment:
-    """``root/releases/rN`` and ``root/current`` pointing at one of them."""
-
-    root: Path
-
-    @property
-    def current(self) -> Path:
-        return self.root / "current"
-
-    def release(
-        self,
-        name: str,
-        relpkg_version: str,
-        *,
-        extra: str = "",
-        venv_link: bool = False,
-        graceful: bool = True,
-    ) -> Path:
-        """Make release ``name``: its app, its venv, its ``relpkg`` and console script.
-        With ``venv_link``, ``.venv`` is a link to a venv kept outside the release
-        (``venvs/NAME``, as tools that share a venv per requirements hash do); without
-        ``graceful``, graceful cannot be imported in it."""
-        release = self.root / "releases" / name
-        release.mkdir(parents=True)
-        (release / "app.py").write_text(
-            minimal_asgi_app(
-                name, header=f"import json\nimport sys\nimport relpkg\n{extra}", body=ANSWER
-            )
-        )
-        venv = release / ".venv"
-        if venv_link:
-            shared_venv = self.root / "venvs" / name
-            shared_venv.parent.mkdir(exist_ok=True)
-            venv.symlink_to(shared_venv)
-            venv = shared_venv
-        subprocess.run(
-            [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60
-        )
-        site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
-        package = site / "relpkg"
-        package.mkdir(parents=True)
-        (package / "__init__.py").write_text(f"VERSION = {relpkg_version!r}\n")
-        metadata = site / f"relpkg-{relpkg_version}.dist-info"
-        metadata.mkdir()
-        (metadata / "METADATA").write_text(
-            f"Metadata-Version: 2.1\nName: relpkg\nVersion: {relpkg_version}\n"
-        )
-        # the test environment's packages (graceful's dependencies, the servers) and
-        # this graceful, after the release's own site-packages
-        shared = sysconfig.get_path("purelib")
-        (site / "shared.pth").write_text(f"{shared}\n{ROOT}\n" if graceful else f"{shared}\n")
-        script = venv / "bin" / "graceful"
-        script.write_text(
-            f"#!{venv}/bin/python3\nimport re\nimport sys\nfrom graceful.cli import main\n"
-            "if __name__ == '__main__':\n"
-            "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
-            "    sys.exit(main())\n"
-        )
-        script.chmod(0o755)
-        return release
-
-    def switch(self, name: str) -> None:
-        """Point ``current`` at release ``name`` atomically (``ln -s`` + ``mv -T``)."""
-        staged = self.root / "current.staged"
-        staged.symlink_to(Path("releases") / name)
-        staged.replace(self.current)
 
 
 @pytest.fixture
