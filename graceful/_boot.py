@@ -112,6 +112,18 @@ def start_supervisor(bootstrap: bytes, link: Any) -> None:
     the supervisor that takes over from the running one; ``bootstrap`` is JSON (see
     :mod:`graceful.spawn.successor`)."""
     _say_hello(link)
-    from graceful.child.successor import successor_main  # noqa: PLC0415
-
+    try:
+        from graceful.child.successor import successor_main  # noqa: PLC0415
+    except BaseException as exc:
+        cause = f"the successor cannot import graceful: {type(exc).__name__}: {exc}"
+        try:
+            link.send(b'{"failed": ' + _json_string(cause) + b"}")
+        finally:
+            os._exit(1)
     successor_main(bootstrap, link)
+
+
+def _json_string(text: str) -> bytes:
+    import json  # noqa: PLC0415
+
+    return json.dumps(text.splitlines()[0] if text else text).encode()

@@ -394,6 +394,22 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upgrade_line(upgrade: dict[str, Any]) -> str:
+    """The ``status`` line of an upgrade under way: both supervisors."""
+    if upgrade.get("role") == "successor":
+        other = upgrade.get("predecessor") or {}
+        return (
+            f"upgrade: this supervisor is the successor ({upgrade.get('phase')}); "
+            f"supervisor {other.get('pid')} (graceful {other.get('graceful')}, Python "
+            f"{other.get('python')}) is {other.get('state')}"
+        )
+    other = upgrade.get("successor") or {}
+    return (
+        f"upgrade: successor {other.get('pid')} (graceful {other.get('graceful')}, Python "
+        f"{other.get('python')}) {upgrade.get('phase')}"
+    )
+
+
 def _upgrade(args: argparse.Namespace) -> int:
     wait = args.wait or args.through_probation
     if args.timeout is not None and not wait:
@@ -478,6 +494,9 @@ def _status(args: argparse.Namespace) -> int:
     print(f"supervisor {status['pid']}, up {status['uptime']:.1f}s: {status['status']}")
     if "graceful" in status:
         print(f"supervisor runs graceful {status['graceful']} on Python {status['python']}")
+    upgrade = status.get("upgrade")
+    if isinstance(upgrade, dict):
+        print(_upgrade_line(upgrade))
     if "workers" in status:
         print(
             f"workers: {status['workers']} per generation; reloads {status['strategy']}"

@@ -269,7 +269,7 @@ def test_a_successor_whose_workers_crash_during_its_probation_gives_the_service_
         )
         successor = pid_in(pid_file)
         mark = svc.mark()
-        with pytest.raises(OSError, match="closed|reset|Remote end"):  # no answer
+        with pytest.raises(OSError, match=r"closed|reset|Remote end"):  # no answer
             urllib.request.urlopen(f"http://{address}/crash", timeout=10)
         svc.wait_for(r"upgrade rolled back", after=mark)
         poll_until(lambda: pid_in(pid_file) == svc.pid, 15, "the PID file back")

@@ -13,6 +13,7 @@ import inspect
 import json
 import shutil
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -95,6 +96,50 @@ def current_shape() -> dict[str, list[str]]:
         shape[cls.__name__] = [field.name for field in dataclasses.fields(cls)]
     shape["modules"] = sorted({cls.__module__ for cls in classes})
     return shape
+
+
+#: What crosses to a successor supervisor (graceful upgrade), by succession version:
+#: kept between every pair of versions, so only ever added to.
+SUCCESSION_PINNED = {
+    1: {
+        "start_supervisor": ["bootstrap", "link"],
+        "bootstrap": [
+            "argv", "log_level", "main", "notify_socket", "pid_file", "predecessor",
+            "sockets", "succession",
+        ],
+        "main": ["module", "path", "sys_path"],
+        "predecessor": ["graceful", "pid", "python"],
+        "socket": ["owned", "role", "spec"],
+    },
+}  # fmt: skip
+
+
+def test_what_crosses_to_a_successor_supervisor_is_pinned() -> None:
+    from graceful.spawn import successor  # noqa: PLC0415
+
+    assert vars(successor)["start_supervisor"] is _boot.start_supervisor
+    assert (_boot.start_supervisor.__module__, _boot.start_supervisor.__qualname__) == (
+        "graceful._boot",
+        "start_supervisor",
+    )
+    one, other = socket.socketpair()
+    with one, other:
+        handed = [successor.Handed("listener", ":8080", one)]
+        boot = successor.successor_bootstrap(
+            bootstrap.MainScript(None, "/srv/app.py", []),
+            handed,
+            pid_file=None,
+            notify_socket=None,
+            log_level=20,
+        )
+    pinned = SUCCESSION_PINNED[_version.SUCCESSION]
+    assert list(inspect.signature(_boot.start_supervisor).parameters) == pinned["start_supervisor"]
+    assert sorted(boot) == pinned["bootstrap"]
+    assert sorted(boot["main"]) == pinned["main"]
+    assert sorted(boot["predecessor"]) == pinned["predecessor"]
+    assert sorted(boot["sockets"][0]) == pinned["socket"]
+    # JSON, whatever version reads it
+    assert json.loads(json.dumps(boot)) == boot
 
 
 def test_what_crosses_to_children_is_pinned_to_the_protocol() -> None:

@@ -35,6 +35,7 @@ from graceful.code.main_script import main_script_for
 from graceful.code.release import ReleaseLayout
 from graceful.sockets.listeners import BoundListener
 from graceful.spawn.spawner import start_from
+from graceful.wire.bootstrap import MainScript
 from graceful.wire.fds import send_with
 
 
@@ -113,6 +114,36 @@ class SuccessorProcess:
             self.pidfd = None
 
 
+def successor_bootstrap(
+    main: MainScript,
+    handed: list[Handed],
+    *,
+    pid_file: str | None,
+    notify_socket: str | None,
+    log_level: int,
+) -> dict[str, Any]:
+    """The successor's bootstrap (JSON; the keys are the succession contract's):
+
+    * ``succession``: :data:`~graceful._version.SUCCESSION`;
+    * ``argv``: the command line's arguments (``sys.argv[1:]``), run again;
+    * ``main``: the script or module the service was started with (``module``,
+      ``path``, and the application's ``sys_path`` entries), in the release now;
+    * ``predecessor``: this supervisor's ``pid``, ``graceful`` and ``python``;
+    * ``pid_file``, ``notify_socket`` (``NOTIFY_SOCKET``), ``log_level``;
+    * ``sockets``: what each descriptor sent after it is (:meth:`Handed.describe`).
+    """
+    return {
+        "succession": SUCCESSION,
+        "argv": sys.argv[1:],
+        "main": {"module": main.module, "path": main.path, "sys_path": main.sys_path},
+        "predecessor": {"pid": os.getpid(), "graceful": VERSION, "python": python_version()},
+        "pid_file": pid_file,
+        "notify_socket": notify_socket,
+        "log_level": log_level,
+        "sockets": [item.describe() for item in handed],
+    }
+
+
 def start_successor(
     release: ReleaseLayout,
     handed: list[Handed],
@@ -125,18 +156,14 @@ def start_successor(
     ``handed`` (see the module docstring). Raises on any failure, having killed and
     reaped whatever it started."""
     runtime = release.resolve()
-    main = main_script_for(runtime)
     context = multiprocess.get_context("spawn")
-    bootstrap = {
-        "succession": SUCCESSION,
-        "argv": sys.argv[1:],
-        "main": {"module": main.module, "path": main.path, "sys_path": main.sys_path},
-        "predecessor": {"pid": os.getpid(), "graceful": VERSION, "python": python_version()},
-        "pid_file": pid_file,
-        "notify_socket": notify_socket,
-        "log_level": log_level,
-        "sockets": [item.describe() for item in handed],
-    }
+    bootstrap = successor_bootstrap(
+        main_script_for(runtime),
+        handed,
+        pid_file=pid_file,
+        notify_socket=notify_socket,
+        log_level=log_level,
+    )
     with contextlib.ExitStack() as on_failure:
         link, child_link = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         on_failure.callback(link.close)

@@ -60,6 +60,12 @@ from graceful.wire.messages import LINK_MESSAGE_BYTES, printable
 TRACKING_MANAGERS = ("supervisord", "runsv", "s6-supervise", "tini", "dumb-init", "docker-init")
 
 
+def start_timeout(ready_timeout: float) -> float:
+    """How long a successor has to serve: twice ``ready_timeout`` (its own start, then
+    its first generation's) and 30 s more for its imports."""
+    return 2 * ready_timeout + 30
+
+
 def refusal(*, pid_file: str | None, notify_socket: str | None) -> str | None:
     """Why this supervisor cannot hand the service to another process, or None."""
     if os.getpid() == 1:
@@ -259,6 +265,15 @@ class Upgrader:
         attempt.phase = "starting"
         logger.info("upgrading: successor %d starting", attempt.successor.pid)
         self.host.start_task(lambda: self._follow(attempt))
+        self.host.start_task(lambda: self._deadline(attempt))
+
+    async def _deadline(self, attempt: Attempt) -> None:
+        """A successor that has not served within :func:`start_timeout` is killed."""
+        timeout = start_timeout(self.host.machine.settings.ready_timeout)
+        await anyio.sleep(timeout)
+        if attempt.phase == "starting" and attempt.successor is not None:
+            attempt.cause = f"the successor did not serve within {timeout:g}s"
+            attempt.successor.kill()
 
     async def _follow(self, attempt: Attempt) -> None:
         """Read the successor's messages until its link closes (it has exited)."""
