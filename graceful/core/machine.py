@@ -619,7 +619,7 @@ class SupervisorStateMachine:
         if settled is None:
             return False
         self.succession = NO_SUCCESSOR
-        if not settled:
+        if not settled and self._may_start_generation():
             self._start_generation()
         self._announce(Phase.READY)
         return True
@@ -778,6 +778,18 @@ class SupervisorStateMachine:
             self._supersede_starting()
         if self.stop_announced:
             self.fleet.log(logging.INFO, "reload ignored: the service is stopping")
+        elif isinstance(self.succession, ParkedForSuccessor | Succeeded):
+            self.fleet.log(
+                logging.INFO,
+                "reload ignored: a successor supervisor serves (graceful upgrade); "
+                "ask it, through the PID file",
+            )
+        elif isinstance(self.succession, TakingBack):
+            if not self.reload_queued:
+                self.fleet.log(
+                    logging.INFO, "reload requested while an upgrade is rolled back; it will follow"
+                )
+            self.reload_queued = True
         elif isinstance(self.trial, RollingBack):
             if not self.reload_queued:
                 self.fleet.log(
@@ -848,6 +860,11 @@ class SupervisorStateMachine:
             trial.end_probation(fleet, self.trial, "cut short", succession.UPGRADED)
             self.trial = NO_TRIAL
         elif isinstance(self.trial, RollingBack):
+            # (the loop hands over only once no rollback runs; one may have begun
+            # since): the generation resuming will not serve
+            resuming = fleet.generations.get(self.trial.to_generation)
+            if resuming is not None:
+                fleet.retire(resuming)
             self.fleet.out.append(RollbackEnded(False, succession.UPGRADED))
             self.trial = NO_TRIAL
         self.reload_queued = False
@@ -872,7 +889,8 @@ class SupervisorStateMachine:
             self._announce(Phase.STATUS)
             return
         self.succession = NO_SUCCESSOR
-        self._start_generation()
+        if self._may_start_generation():
+            self._start_generation()
 
     def _on_scale(self, request: ScaleRequested) -> None:
         fleet = self.fleet
@@ -936,6 +954,8 @@ class SupervisorStateMachine:
                 trial.end_probation(self.fleet, self.trial, "stopped", STOPPING)
             if not isinstance(self.trial, Rejected):
                 self.trial = NO_TRIAL
+            if isinstance(self.succession, TakingBack):
+                self.succession = NO_SUCCESSOR
         self.stop = phase
         self.exit_code = max(self.exit_code, exit_code)
         self.reload_queued = False

@@ -20,12 +20,13 @@ from hypothesis.stateful import (
     rule,
 )
 
-from graceful.core import stop, trial
+from graceful.core import stop, succession, trial
 from graceful.core.machine import (
     Action,
     Event,
     Exit,
     GenerationServing,
+    HandOver,
     KillWorker,
     ParkWorker,
     ReloadRequested,
@@ -41,7 +42,9 @@ from graceful.core.machine import (
     Stopping,
     StopRequested,
     Strategy,
+    SuccessorPassed,
     SupervisorStateMachine,
+    TakeBack,
     WorkerBroken,
     WorkerExited,
     WorkerFailed,
@@ -100,6 +103,9 @@ class SupervisorWorld(RuleBasedStateMachine):
             case SpawnWorker(serial, generation, worker_id):
                 assert serial not in self.ever_spawned, f"serial {serial} spawned twice"
                 assert self.sm.stopping is Stopping.NO, "spawned while stopping"
+                assert not isinstance(self.sm.succession, succession.ParkedForSuccessor), (
+                    "spawned while parked for a successor"
+                )
                 role = self.sm.generations[generation].role
                 assert role in (Role.STARTING, Role.SERVING), f"spawned into a {role} generation"
                 # ids stay within 0 .. size-1, one process per slot
@@ -199,6 +205,18 @@ class SupervisorWorld(RuleBasedStateMachine):
     def worker_declares_itself_broken(self, data: st.DataObject) -> None:
         self.send(WorkerBroken(data.draw(st.sampled_from(sorted(self.alive))), "bad"))
 
+    @rule(park=st.booleans())
+    def a_successor_serves(self, park: bool) -> None:
+        self.send(HandOver(park))
+
+    @rule()
+    def the_successor_fails(self) -> None:
+        self.send(TakeBack("a test"))
+
+    @rule()
+    def the_successor_passes(self) -> None:
+        self.send(SuccessorPassed())
+
     @rule()
     def reload(self) -> None:
         self.send(ReloadRequested())
@@ -269,6 +287,7 @@ class SupervisorWorld(RuleBasedStateMachine):
             return
         assert type(self.sm.trial) in trial.PHASES, f"trial is {self.sm.trial!r}"
         assert type(self.sm.stop) in stop.PHASES, f"stop is {self.sm.stop!r}"
+        assert type(self.sm.succession) in succession.PHASES, self.sm.succession
 
     @invariant()
     def probation_and_rollback_name_the_right_generations(self) -> None:
@@ -284,8 +303,14 @@ class SupervisorWorld(RuleBasedStateMachine):
             resuming = self.sm.generations.get(rollback.to_generation)
             assert resuming is not None
             assert resuming.role is Role.RESUMING
+        handed = self.sm.succession
         for generation in self.sm.generations.values():
-            if generation.role is Role.PARKED:
+            if generation.role is Role.RESUMING:
+                assert rollback is not None or isinstance(handed, succession.TakingBack)
+            if generation.role is Role.PARKED and isinstance(handed, succession.ParkedForSuccessor):
+                assert handed.generation == generation.number
+                assert self.sm.serving is None
+            elif generation.role is Role.PARKED:
                 assert probation is not None
                 assert probation.parked == generation.number
                 states = {
@@ -351,6 +376,8 @@ class SupervisorWorld(RuleBasedStateMachine):
     def one_generation_serves_once_no_reload_runs(self) -> None:
         # never a mixed fleet: a failed rollout leaves no new worker serving
         if self.machine is None or self.sm.starting is not None or self.sm.rollback is not None:
+            return
+        if isinstance(self.sm.succession, succession.TakingBack):
             return
         holding = {
             w.generation
