@@ -24,6 +24,10 @@ Finding your way in the source
 * **Where user code is resolved:** :mod:`graceful.code`: the entry point named
   and found again (:mod:`~graceful.code.entry`), the script the user ran, the
   release directory it runs from.
+* **Where the supervisor itself is replaced** (``graceful upgrade``): the old
+  supervisor's side in :mod:`graceful.supervisor.upgrade` (its docstring is the
+  hand-over protocol), the successor's start in :mod:`graceful.child.successor`, and
+  its side in :mod:`graceful.supervisor.succession`.
 
 Which process runs a file, by package (each imports only from those below it;
 ``lint-imports`` checks it):
@@ -36,7 +40,8 @@ package                the process that runs it
 ``control``, ``dev``   the supervisor (``control.client``: the command line)
 ``spawn``              the supervisor: its side of each process it starts
 ``_boot``              every process graceful spawns, first (never moves)
-``servers``, ``child`` workers, standbys, templates, the orphan guard
+``servers``, ``child`` workers, standbys, templates, the orphan guard; a
+                       successor supervisor's start (``child.successor``)
 ``code``, ``wire``     both sides
 ``sockets``, ``base``  both sides
 ``core``               the supervisor (its decisions; the settings' checks)
