@@ -6,6 +6,7 @@ successor failing at each step it can fail at."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 import urllib.request
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from deploys import Deployment
-from harness import ROOT, ServiceProcess, graceful_cli, poll_until, running
+from harness import ROOT, ServiceProcess, ask, connect, graceful_cli, poll_until, running
 from http_load import HttpLoad
+from services import pid_service, write_service
 
 #: The version string of the second install.
 NEW_VERSION = "0.1.0+upgrade"
@@ -288,3 +290,64 @@ def test_a_successor_whose_workers_crash_during_its_probation_gives_the_service_
         poll_until(lambda: not only_processes_of(svc, svc.pid), 15, "its workers gone")
         svc.send(15)
         assert svc.wait_exit() == 0, svc.output
+
+
+def ask_unix(path: Path, line: str) -> bytes:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        return ask(sock, line)
+
+
+def test_a_script_service_comes_back_with_its_new_code_on_both_listeners(
+    tmp_path: Path,
+) -> None:
+    """``python svc.py``, listening on TCP and on a unix socket: the successor runs the
+    script as it is on disk now, on the same sockets; the unix socket's file stays
+    until the successor stops, and then goes."""
+    unix = tmp_path / "echo.sock"
+    script, pid_file = pid_service(tmp_path, prefix="v1")
+    env = {"LISTEN": f"127.0.0.1:0,unix:{unix}", "PROBATION": "0"}
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        assert ask(connect(address), "hello") == b"v1: hello\n"
+        write_service(script, pid_file=pid_file, prefix="v2")
+        result = upgrade(pid_file, "--wait")
+        assert result.returncode == 0, result.stderr + svc.output
+        assert svc.wait_exit() == 0, svc.output
+        assert ask(connect(address), "hello") == b"v2: hello\n"
+        assert ask_unix(unix, "hello") == b"v2: hello\n"
+        stopped = graceful_cli("stop", "--wait", "--pid-file", str(pid_file))
+        assert stopped.returncode == 0, stopped.stderr + svc.output
+        poll_until(lambda: not svc.processes(), 15, "every process gone")
+        assert not unix.exists()
+        assert not pid_file.exists()
+
+
+def test_an_upgrade_that_would_move_the_pid_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    script, pid_file = pid_service(tmp_path)
+    with running(script, env={"LISTEN": "127.0.0.1:0", "PROBATION": "0"}) as svc:
+        svc.wait_serving(1)
+        write_service(script, pid_file=tmp_path / "elsewhere.pid")
+        result = upgrade(pid_file, "--wait")
+        assert result.returncode == 1, result.stdout + svc.output
+        assert "cannot change the PID file" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert pid_in(pid_file) == svc.pid
+        assert ask(connect(svc.address()), "hello").endswith(b"hello\n")
+        poll_until(lambda: not only_processes_of(svc, svc.pid), 15, "the successor gone")
+        assert not (tmp_path / "elsewhere.pid").exists()
+
+
+def test_an_upgrade_is_refused_under_systemd_without_notify(tmp_path: Path) -> None:
+    """systemd would take the supervisor's exit for the service's end."""
+    script, pid_file = pid_service(tmp_path)
+    env = {"LISTEN": "127.0.0.1:0", "INVOCATION_ID": "0123456789abcdef"}
+    with running(script, env=env) as svc:
+        svc.wait_serving(1)
+        result = upgrade(pid_file)  # refused at once, even without --wait
+        assert result.returncode == 1, result.stdout + svc.output
+        assert "refused: under systemd without Type=notify" in result.stderr, result.stderr
+        assert pid_in(pid_file) == svc.pid
+        assert not only_processes_of(svc, svc.pid)
