@@ -73,7 +73,8 @@ def test_a_take_back_resumes_the_parked_workers_and_they_serve_again() -> None:
     assert isinstance(sim.machine.succession, TakingBack)
     assert any("the successor crashed" in line for line in messages(actions))
     sim.send_all(WorkerReady(serial, parkable=True) for serial in workers)
-    assert sim.machine.succession is NO_SUCCESSOR
+    after: object = sim.machine.succession  # (not narrowed by the assertion above)
+    assert after is NO_SUCCESSOR
     assert sim.machine.serving == 1
     # and it goes on as before: a reload starts a generation
     assert spawned(sim.send(ReloadRequested()))
