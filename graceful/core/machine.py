@@ -443,6 +443,11 @@ class SupervisorStateMachine:
         included."""
         return not isinstance(self.stop, Running)
 
+    def can_park_for_successor(self) -> bool:
+        """Whether a hand-over now could park the serving generation (see
+        :func:`graceful.core.succession.can_park`)."""
+        return succession.can_park(self.fleet, self.fleet.with_role(Role.SERVING))
+
     def empty_slots(self) -> int:
         """How many of the serving generation's slots have no worker, not even one
         starting (after a rollback, the rejected-code rule leaves them so)."""

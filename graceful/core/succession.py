@@ -64,13 +64,23 @@ NO_SUCCESSOR = NoSuccessor()
 UPGRADED = "the supervisor was upgraded"
 
 
+def can_park(fleet: Fleet, serving: Generation | None) -> bool:
+    """Whether ``serving`` can be parked for a successor's probation: it has ready
+    workers, and every one of them can be parked."""
+    if serving is None:
+        return False
+    ready = fleet.workers_in(serving, WorkerState.READY)
+    return bool(ready) and all(worker.parkable for worker in ready)
+
+
 def hand_over(fleet: Fleet, serving: Generation | None, *, park: bool) -> ParkedForSuccessor | None:
     """Stop accepting: park ``serving`` for the successor's probation if ``park`` and
-    it can be parked, and return the phase; None if it cannot (the caller stops)."""
+    it can be parked (:func:`can_park`), and return the phase; None if it cannot (the
+    caller stops)."""
     if not park or serving is None:
         return None
     ready = fleet.workers_in(serving, WorkerState.READY)
-    if not ready or not all(worker.parkable for worker in ready):
+    if not can_park(fleet, serving):
         fleet.log(
             logging.INFO,
             f"generation {serving.number} cannot be parked (its server does not take part "

@@ -12,7 +12,20 @@ kept between every pair of versions, since the successor runs whatever graceful 
 installed there: the boot entry's arguments, a bootstrap of plain JSON (never a
 pickle: keys are only ever added, and a successor ignores those it does not know),
 the descriptors, and JSON datagrams on one ``SOCK_SEQPACKET`` link. The protocol, step
-by step, is :mod:`graceful.supervisor.upgrade`.
+by step, is :mod:`graceful.supervisor.upgrade`; the datagrams, each a JSON object
+with one key (a side ignores keys it does not know, and fields within them):
+
+* running supervisor to successor: ``{"sockets": N}`` with the N descriptors, first
+  (:func:`successor_bootstrap` says what each is); ``{"go": {"reload": bool,
+  "parked": bool}}``: take over now (and reload: the running supervisor ran a newer
+  generation meanwhile; ``parked``: it keeps its generation parked for the
+  successor's probation);
+* successor to running supervisor: ``{"hello": {...}}`` first (as every process
+  graceful starts says it: its graceful and Python versions); ``{"serving":
+  {"probation": S}}`` once its first generation serves; ``{"failed": "cause"}``
+  before it exits without having taken over; then, during its probation,
+  ``{"passed": true}``, ``{"rollback": "cause"}`` (take the service back) or
+  ``{"stop": true}`` (the service is being stopped: stop too).
 """
 
 from __future__ import annotations

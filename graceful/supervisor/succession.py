@@ -131,8 +131,9 @@ class Successor:
                 continue
             go = message.get("go") if isinstance(message, dict) else None
             if isinstance(go, dict) and self.phase == "serving":
-                probation = host.machine.settings.probation > 0
-                self._take_over(host, parked=probation, reload=go.get("reload") is True)
+                # parked: the predecessor waits for this one's probation to end
+                parked = go.get("parked") is True and host.machine.settings.probation > 0
+                self._take_over(host, parked=parked, reload=go.get("reload") is True)
         self.predecessor = "gone"
         if self.phase == "serving":
             logger.warning(

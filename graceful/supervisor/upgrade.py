@@ -329,13 +329,14 @@ class Upgrader:
     def _hand_over(self, attempt: Attempt) -> None:
         successor = attempt.successor
         assert successor is not None
-        reload = self.host.machine.serving != attempt.serving_at_start
-        if not successor.send(go={"reload": reload}):
+        machine = self.host.machine
+        reload = machine.serving != attempt.serving_at_start
+        park = attempt.probation > 0 and machine.can_park_for_successor()
+        if not successor.send(go={"reload": reload, "parked": park}):
             return  # gone: its exit is on its way
         successor.let_go()
         self.host.serve_own_sockets(False)
         self.host.notifier.muted = True
-        park = attempt.probation > 0
         attempt.phase = "handed over" if park else "draining"
         self.host.send_event(events.HandOver(park))
         line = self._handed_over_line(attempt)
