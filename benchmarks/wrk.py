@@ -75,9 +75,16 @@ def parse(output: str) -> WrkResult:
 
 
 def start(
-    url: str, seconds: float, *, keep_alive: bool = True, connections: int = 50
+    url: str,
+    seconds: float,
+    *,
+    keep_alive: bool = True,
+    connections: int = 50,
+    timeout: float = 5.0,
 ) -> subprocess.Popen[str]:
-    """Start ``wrk -t2 -cN -dS --latency`` (with ``Connection: close`` unless keep-alive)."""
+    """Start ``wrk -t2 -cN -dS --latency --timeout T`` (with ``Connection: close``
+    unless keep-alive). wrk counts a request that takes ``timeout`` or longer as a
+    timeout, and leaves it out of the latencies."""
     command = [
         "wrk",
         "-t2",
@@ -85,7 +92,7 @@ def start(
         f"-d{math.ceil(seconds)}s",
         "--latency",
         "--timeout",
-        "5s",
+        f"{math.ceil(timeout)}s",
     ]
     if not keep_alive:
         command += ["-H", "Connection: close"]
