@@ -213,6 +213,16 @@ def test_an_upgrade_to_another_install_under_load_loses_nothing(
         assert stream.wait(40).endswith(b"chunk 19\nend\n")
         assert svc.wait_exit(40) == 0, svc.output
         assert "Traceback" not in svc.output, svc.output
+        # nothing of the old supervisor's is left (its resource tracker included)
+        poll_until(lambda: not only_processes_of(svc, new), 15, "only the successor's processes")
+
+        # the successor follows the release link too, though it was started by the
+        # physical paths of r2
+        deployment.release("r3", "3.0", app=app("r3"), graceful_version=NEW_VERSION)
+        deployment.switch("r3")
+        reloaded = graceful_cli("reload", "--wait", "--pid-file", str(pid_file))
+        assert reloaded.returncode == 0, reloaded.stderr + svc.output
+        poll_until(lambda: answer(address)["release"] == "r3", 15, "answers from r3")
 
         stopped = graceful_cli("stop", "--wait", "--pid-file", str(pid_file))
         assert stopped.returncode == 0, stopped.stderr + svc.output

@@ -105,7 +105,7 @@ SUCCESSION_PINNED = {
         "start_supervisor": ["bootstrap", "link"],
         "bootstrap": [
             "argv", "log_level", "main", "notify_socket", "pid_file", "predecessor",
-            "sockets", "succession",
+            "release_link", "sockets", "succession",
         ],
         "main": ["module", "path", "sys_path"],
         "predecessor": ["graceful", "pid", "python"],

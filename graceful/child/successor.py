@@ -56,6 +56,9 @@ class Inheritance:
     pid_file: str | None
     #: ``NOTIFY_SOCKET`` of the service (the successor becomes its main process)
     notify_socket: str | None
+    #: the predecessor's release link (absolute, logical), which this process, started
+    #: by its physical paths, cannot see itself
+    release_link: str | None = None
     #: the listeners, by the spec they were bound from
     listeners: dict[str, list[BoundListener]] = field(default_factory=dict)
     health: dict[str, list[BoundListener]] = field(default_factory=dict)
@@ -116,6 +119,7 @@ def successor_main(bootstrap: bytes, link: socket.socket) -> None:
     global _inherited  # noqa: PLW0603 - one per process, read by run_supervisor
     # blocked by the supervisor around the spawn; the command sets its own handlers
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGHUP})
+    _leave_the_predecessors_resource_tracker()
     boot = json.loads(bootstrap)
     inheritance = _receive(boot, link)
     _inherited = inheritance
@@ -142,6 +146,25 @@ def successor_main(bootstrap: bytes, link: socket.socket) -> None:
     sys.exit(code)
 
 
+def _leave_the_predecessors_resource_tracker() -> None:
+    """Close the predecessor's resource tracker pipe, which spawn handed this process
+    as every child's, so that this supervisor and its workers start a tracker of
+    their own: the predecessor's ends once its own processes have, and the
+    predecessor, whose interpreter waits for it at exit (multiprocess on Python
+    3.12 and later), can exit."""
+    from multiprocess import resource_tracker  # noqa: PLC0415
+
+    tracker = resource_tracker._resource_tracker
+    fd = getattr(tracker, "_fd", None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    tracker._fd = None
+    if hasattr(tracker, "_pid"):
+        tracker._pid = None
+
+
 def _receive(boot: dict[str, Any], link: socket.socket) -> Inheritance:
     """The descriptors the predecessor sent, matched with the bootstrap's list."""
     described = boot.get("sockets") or []
@@ -156,6 +179,7 @@ def _receive(boot: dict[str, Any], link: socket.socket) -> Inheritance:
         predecessor_python=str(predecessor.get("python", "?")),
         pid_file=boot.get("pid_file"),
         notify_socket=boot.get("notify_socket"),
+        release_link=boot.get("release_link"),
     )
     for item, fd in zip(described, fds, strict=False):
         sock = socket.socket(fileno=fd)

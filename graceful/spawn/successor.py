@@ -134,6 +134,7 @@ def successor_bootstrap(
     pid_file: str | None,
     notify_socket: str | None,
     log_level: int,
+    release_link: str | None = None,
 ) -> dict[str, Any]:
     """The successor's bootstrap (JSON; the keys are the succession contract's):
 
@@ -143,6 +144,8 @@ def successor_bootstrap(
       ``path``, and the application's ``sys_path`` entries), in the release now;
     * ``predecessor``: this supervisor's ``pid``, ``graceful`` and ``python``;
     * ``pid_file``, ``notify_socket`` (``NOTIFY_SOCKET``), ``log_level``;
+    * ``release_link``: the release link the service follows (None for none), which
+      the successor, started by physical paths, cannot find itself;
     * ``sockets``: what each descriptor sent after it is (:meth:`Handed.describe`).
     """
     return {
@@ -154,6 +157,7 @@ def successor_bootstrap(
         "notify_socket": notify_socket,
         "log_level": log_level,
         "sockets": [item.describe() for item in handed],
+        "release_link": release_link,
     }
 
 
@@ -176,6 +180,7 @@ def start_successor(
         pid_file=pid_file,
         notify_socket=notify_socket,
         log_level=log_level,
+        release_link=release.link,
     )
     with contextlib.ExitStack() as on_failure:
         link, child_link = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -130,7 +130,11 @@ def _supervise(
     try:
         entry = entry_ref_for(target, function)
         check_main_guard(caller)
-        release = _adopt_release(supervision.release_link)
+        release = _adopt_release(
+            supervision.release_link
+            if supervision.release_link is not None or inheritance is None
+            else inheritance.release_link
+        )
         if inheritance is not None:
             claimed, control = _succeed(inheritance, supervision.pid_file)
         elif supervision.pid_file is not None:

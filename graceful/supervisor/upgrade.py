@@ -257,6 +257,9 @@ class Upgrader:
     def _spawn(self, attempt: Attempt) -> None:
         assert self._start is not None
         attempt.serving_at_start = self.host.machine.serving
+        # The successor's MAINPID= comes from a process that is not the main one yet:
+        # systemd (254 and later) takes it under NotifyAccess=all only.
+        self.host.notifier.send(NOTIFYACCESS="all")
         try:
             attempt.successor = self._start()
         except (GracefulError, OSError, ValueError) as exc:
