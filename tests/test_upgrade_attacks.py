@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from harness import ROOT, ServiceProcess, graceful_cli, poll_until, running
 from services import write_service
 
@@ -377,3 +378,27 @@ def test_a_socket_activated_service_can_be_upgraded(tmp_path: Path) -> None:
             assert echo(f"unix:{path}") == b"v1: hi\n"
             stopped = cli(pid_file, "stop", "--wait")
             assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+@pytest.mark.parametrize("init", ["catatonit", "tini-static"])
+def test_an_upgrade_is_refused_under_a_container_init_that_ends_with_its_child(
+    tmp_path: Path, init: str
+) -> None:
+    """The upgrade is refused under ``docker-init``, ``tini`` and ``dumb-init``
+    (``TRACKING_MANAGERS``, matched on ``/proc/PPID/comm``), which end the container
+    when their child, the supervisor, exits. Podman's ``--init`` runs the supervisor
+    under ``catatonit``, and Debian's tini package also ships ``tini-static``: the
+    upgrade proceeds, A exits after the hand-over, the init exits with it and the
+    container's PID namespace (B and every worker) is killed. (The init here is a
+    shell script of that name that waits for its child.)"""
+    script, pid_file, env = service(tmp_path, PROBATION="0")
+    wrapper = tmp_path / init
+    wrapper.write_text('#!/bin/sh\n"$@" &\nwait $!\n')
+    wrapper.chmod(0o755)
+    with running(script, env=env, wrapper=(str(wrapper),)) as svc:
+        svc.wait_serving(1)
+        with open(f"/proc/{svc.pid}/comm") as comm:
+            assert comm.read().strip() == init
+        result = cli(pid_file, "upgrade", "--wait")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"refused: the parent process is {init}" in result.stderr
