@@ -246,7 +246,7 @@ def test_a_successor_that_fails_at_import_changes_nothing(
         deployment.switch(broken.name)
         result = upgrade(pid_file, "--wait")
         assert result.returncode == 1, result.stdout + svc.output
-        assert "release r3 is broken" in result.stderr, result.stderr
+        assert "release r3 is broken" in result.stderr, result.stderr + svc.output
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "Traceback" not in result.stderr
         assert pid_in(pid_file) == svc.pid

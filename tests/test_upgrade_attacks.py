@@ -183,7 +183,7 @@ def test_a_first_sigterm_to_the_draining_predecessor_lets_its_requests_finish(
     every process of the unit; so does Ctrl-C in a terminal) is taken as a *second*
     stop signal: "stopping now: killing 1 workers", the request is cut and A exits
     with status 1. A first stop signal drains everywhere else."""
-    script, pid_file, svc = start(tmp_path, PROBATION="0")
+    _script, pid_file, svc = start(tmp_path, PROBATION="0")
     with svc:
         svc.wait_serving(1)
         host, _, port = svc.address().rpartition(":")
@@ -212,7 +212,7 @@ def test_the_exiting_predecessor_does_not_answer_requests_meant_for_its_successo
     SO_PEERCRED names B) is answered "stop requested" by A, which exits anyway, and
     B never stops. (Here B is held with SIGSTOP so that the request waits in the
     backlog when A exits; a busy B on a loaded host opens the same window.)"""
-    script, pid_file, svc = start(tmp_path, PROBATION="0")
+    _script, pid_file, svc = start(tmp_path, PROBATION="0")
     with svc:
         svc.wait_serving(1)
         host, _, port = svc.address().rpartition(":")
@@ -237,8 +237,7 @@ def test_the_exiting_predecessor_does_not_answer_requests_meant_for_its_successo
             lambda: not alive(successor),
             30,
             f"the successor stopped by `graceful stop` (which exited {stop.returncode}, "
-            f"saying {output.strip()!r}):\n"
-            + svc.output,
+            f"saying {output.strip()!r}):\n" + svc.output,
         )
 
 

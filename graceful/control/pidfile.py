@@ -94,9 +94,20 @@ class PidFile:
         """
         text = os.fspath(path)
         absolute = os.path.abspath(text)
-        directory, name = os.path.split(absolute)
-        staged = os.path.join(directory, f".{name}.graceful-successor")
-        return cls(absolute, _stage(text, directory, staged), staged)
+        staged = cls.successor_staged(absolute)
+        return cls(absolute, _stage(text, os.path.dirname(absolute), staged), staged)
+
+    @staticmethod
+    def successor_staged(path: str | os.PathLike[str]) -> str:
+        """Where a successor of the supervisor of ``path`` stages its PID file."""
+        directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+        return os.path.join(directory, f".{name}.graceful-successor")
+
+    def remove_stale_successor_file(self) -> None:
+        """Remove the staged file a successor that died before taking over left (if
+        nobody marks it: a live one's is left alone)."""
+        with contextlib.suppress(ConfigError):
+            _remove_stale_staged(self.path, self.successor_staged(self.path))
 
     def reclaim(self) -> None:
         """Put a newly marked file of this process in place again, after a successor

@@ -202,6 +202,9 @@ class ControlServer(ConnectionServer):
         #: connections whose request was being read or carried out as the supervisor
         #: ended, with what arrived of it (see last_words)
         self._unfinished: list[tuple[socket.socket, bytes]] = []
+        #: this supervisor serves the socket (not while another one does, in an
+        #: upgrade): what waits in its backlog is this supervisor's to answer
+        self.serving = True
 
     async def handle(self, stream: SocketStream) -> None:
         keep_open = False
@@ -329,6 +332,8 @@ class ControlServer(ConnectionServer):
         unfinished, self._unfinished = self._unfinished, []
         for conn, received in unfinished:
             self._last_word(conn, received)
+        if not self.serving:
+            return  # the backlog is the other supervisor's (graceful upgrade)
         for _ in range(MAX_OPEN_CONNECTIONS):
             try:
                 conn, _ = self.sock.accept()

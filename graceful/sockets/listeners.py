@@ -212,7 +212,7 @@ def bind_listeners(
     bound: list[BoundListener] = []
     try:
         for spec in specs:
-            taken = inherited.pop(spec, None) if inherited and isinstance(spec, str) else None
+            taken = _take_inherited(spec, inherited) if inherited else None
             for listener in taken or _bind_described(spec):
                 _refuse_shared_descriptor(listener, bound)
                 bound.append(listener)
@@ -221,6 +221,22 @@ def bind_listeners(
             listener.close()
         raise
     return bound
+
+
+def _take_inherited(
+    spec: str | socket.socket, inherited: dict[str, list[BoundListener]]
+) -> list[BoundListener] | None:
+    """What a predecessor handed over for ``spec``, removed from ``inherited``: by the
+    spec's text; for ``systemd``, every socket systemd passed it (each named
+    ``systemd:NAME``)."""
+    if not isinstance(spec, str):
+        return None
+    if spec in inherited:
+        return inherited.pop(spec)
+    if spec == "systemd":
+        names = [name for name in inherited if name.startswith("systemd:")]
+        return [listener for name in names for listener in inherited.pop(name)] or None
+    return None
 
 
 def _bind_described(spec: str | socket.socket) -> list[BoundListener]:

@@ -102,9 +102,13 @@ class SuccessorProcess:
             return False
         return True
 
+    #: reaped: its process ID may belong to another process now
+    reaped: bool = False
+
     def kill(self) -> None:
-        """SIGKILL the successor (its workers see their channel close, and stop)."""
-        if self.process.exitcode is None:
+        """SIGKILL the successor (its workers see their channel close, and stop); once
+        it has been reaped, nothing."""
+        if not self.reaped and self.process.exitcode is None:
             with contextlib.suppress(OSError):
                 os.kill(self.pid, 9)
 
@@ -117,6 +121,8 @@ class SuccessorProcess:
         """Once it has exited: its exit status; the descriptors are closed."""
         self.process.join()
         exitcode: int | None = self.process.exitcode
+        self.reaped = True
+        self.process.close()
         self.close()
         return exitcode
 

@@ -41,6 +41,7 @@ from graceful.core.fleet import Role, Settings, WorkerState
 from graceful.core.machine import SupervisorStateMachine
 from graceful.core.snapshot import Snapshot
 from graceful.core.stop import Stopping
+from graceful.core.succession import Succeeded
 from graceful.core.timeline import Timelines
 from graceful.dev.terminal import NARRATIVE, DevTerminal
 from graceful.dev.watch import SourceWatcher
@@ -81,9 +82,9 @@ class SupervisorLoop:
             done as PID 1): this process is a child subreaper.
         watch: reload when these sources change (development mode, :mod:`graceful.dev.watch`),
             and report each reload on ``terminal``.
-        upgrades: starts a successor supervisor for ``graceful upgrade``, and leaves
-            the sockets' files to it or takes them back
-            (:mod:`graceful.supervisor.upgrade`); None: upgrades are refused.
+        upgrades: starts a successor supervisor for ``graceful upgrade``, and says
+            who removes the sockets' files (:mod:`graceful.supervisor.upgrade`);
+            None: upgrades are refused.
         successor: this supervisor was started by ``graceful upgrade``: its side of
             the hand-over (:mod:`graceful.supervisor.succession`).
     """
@@ -143,6 +144,8 @@ class SupervisorLoop:
         #: stops the workers if this process dies (see :mod:`graceful.spawn.guard`)
         self.guard = GuardKeeper(start_guard, self.watcher.live.values)
         self.control = ControlServer(control, self) if control is not None else None
+        if self.control is not None and successor is not None:
+            self.control.serving = False  # until it takes over
         self.health = HealthServer(health, self) if health is not None else None
         #: the requests through the control socket, until answered
         self.waiters = Waiters()
@@ -162,7 +165,8 @@ class SupervisorLoop:
             busy=lambda: successor is not None and not successor.settled_in,
         )
         self.successor = successor
-        self._own_files = upgrades.own_files if upgrades is not None else None
+        #: who removes the sockets' files (see graceful.supervisor.socket_files)
+        self.files = upgrades.files if upgrades is not None else None
         #: serves the control socket and the health endpoint (see serve_own_sockets)
         self._own_sockets: anyio.CancelScope | None = None
 
@@ -399,8 +403,8 @@ class SupervisorLoop:
         if self._own_sockets is not None:
             self._own_sockets.cancel()
             self._own_sockets = None
-        if self._own_files is not None:
-            self._own_files(serving)
+        if self.control is not None:
+            self.control.serving = serving
         if not serving or (self.control is None and self.health is None):
             return
         scope = self._own_sockets = anyio.CancelScope()
@@ -452,7 +456,8 @@ class SupervisorLoop:
         """SIGTERM or SIGINT: a stop, if none was asked for; a second signal escalates
         it (an operator's decision), but a first one after a stop asked for through
         the control socket (``graceful stop``) only joins it."""
-        if self._stop_signals or not self._stop_requested:
+        handed_over = isinstance(self.machine.succession, Succeeded)
+        if self._stop_signals or not (self._stop_requested or handed_over):
             self.events_in.send_nowait(events.StopRequested())
         else:
             logger.info("stop signal: the stop already asked for goes on")

@@ -50,6 +50,7 @@ from graceful.spawn.successor import Handed, SuccessorProcess, handed_listeners,
 from graceful.spawn.template import TemplateFactory
 from graceful.supervisor.loop import SupervisorLoop
 from graceful.supervisor.signals import ROLLBACK_SIGNAL, SCALE_SIGNALS
+from graceful.supervisor.socket_files import SocketFiles
 from graceful.supervisor.succession import Successor
 from graceful.supervisor.systemd import Notifier
 from graceful.supervisor.upgrade import Upgrades, refusal
@@ -247,51 +248,6 @@ def _succeed(
     return claimed, control
 
 
-class SocketFiles:
-    """The files of the listening sockets (unix listeners, the control socket) that
-    this supervisor removes at its exit, and which it leaves to the other supervisor
-    during an upgrade (see :mod:`graceful.supervisor.upgrade`)."""
-
-    def __init__(
-        self,
-        listeners: list[tuple[BoundListener, tuple[str, int, int] | None]],
-        control: ControlSocket | None,
-        control_identity: tuple[int, int],
-    ) -> None:
-        self._listeners = listeners
-        self._control = control
-        self.control_identity = control_identity
-
-    @classmethod
-    def of(
-        cls,
-        listeners: list[BoundListener],
-        control: ControlSocket | None,
-        inheritance: Inheritance | None,
-    ) -> SocketFiles:
-        """This supervisor's files; a successor's own those handed over only once it
-        has taken over."""
-        if inheritance is None:
-            owned = [(listener, listener.owned_path) for listener in listeners]
-            identity = control.identity if control is not None else DISOWNED
-            return cls(owned, control, identity)
-        handed = {id(listener) for listener, _ in inheritance.files}
-        files = [*inheritance.files]
-        files += [
-            (listener, listener.owned_path) for listener in listeners if id(listener) not in handed
-        ]
-        owned_control = inheritance.control_owned
-        identity = (owned_control[1], owned_control[2]) if owned_control else DISOWNED
-        return cls(files, control, identity)
-
-    def own(self, owned: bool) -> None:
-        """Remove the files at exit (``owned``), or leave them."""
-        for listener, path in self._listeners:
-            listener.owned_path = path if owned else None
-        if self._control is not None:
-            self._control.identity = self.control_identity if owned else DISOWNED
-
-
 def _upgrades(
     files: SocketFiles,
     release: ReleaseLayout,
@@ -318,7 +274,7 @@ def _upgrades(
 
     return Upgrades(
         start,
-        files.own,
+        files,
         refusal(pid_file=pid_file.path if pid_file else None, notify_socket=notifier.address),
     )
 

@@ -36,6 +36,7 @@ from graceful.control.server import ReloadWaiter
 from graceful.core import events
 from graceful.core.actions import RollbackEnded
 from graceful.core.machine import SupervisorStateMachine
+from graceful.supervisor.socket_files import SocketFiles
 from graceful.supervisor.systemd import Notifier
 from graceful.wire.messages import LINK_MESSAGE_BYTES
 
@@ -46,6 +47,7 @@ class Host(Protocol):
     machine: SupervisorStateMachine
     notifier: Notifier
     pid_file: PidFile | None
+    files: SocketFiles | None
 
     def send_event(self, event: events.Event) -> None: ...
     def start_task(self, function: Callable[[], Coroutine[Any, Any, object]]) -> None: ...
@@ -67,6 +69,7 @@ class Successor:
         self.predecessor = "serving"
         self._crashes_at_take_over = 0
         self._probation_scope: anyio.CancelScope | None = None
+        self._files: SocketFiles | None = None
 
     @property
     def took_over(self) -> bool:
@@ -127,7 +130,7 @@ class Successor:
                 break
             try:
                 message = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             go = message.get("go") if isinstance(message, dict) else None
             if isinstance(go, dict) and self.phase == "serving":
@@ -160,6 +163,11 @@ class Successor:
         if not gone:
             self.predecessor = "parked" if parked else "draining"
         self._crashes_at_take_over = host.machine.counters.worker_crashes
+        self._files = host.files
+        if host.files is not None:
+            host.files.take_over()
+            if not parked:
+                host.files.drop_unused()
         host.publish_pid_file()
         host.serve_own_sockets(True)
         pid = self.inheritance.predecessor_pid
@@ -193,7 +201,7 @@ class Successor:
                 )
                 self._send(passed=True)
                 self.predecessor = "draining"
-                self.phase = "serving alone"
+                self._end_probation()
 
     def after_event(self, host: Host) -> None:
         """During the probation, a crashed worker gives the service back; a stop
@@ -219,22 +227,35 @@ class Successor:
             return None
         pid = self.inheritance.predecessor_pid
         self.give_back(host, f"rolled back by {by}")
+        if self.phase != "gave back":
+            return RollbackEnded(False, f"nothing to roll back to: supervisor {pid} is gone")
         return RollbackEnded(True, f"upgrade rolled back: supervisor {pid} serves again")
 
     def give_back(self, host: Host, cause: str) -> None:
         """Hand the service back to the parked predecessor, and drain."""
         pid = self.inheritance.predecessor_pid
+        if not self._send(rollback=cause):
+            logger.error(
+                "%s, but supervisor %d is gone: nothing to roll back to; serving on", cause, pid
+            )
+            self.predecessor = "gone"
+            self._end_probation()
+            return
         logger.error("upgrade rolled back: %s; supervisor %d serves again", cause, pid)
         self.phase = "gave back"
         self.predecessor = "serving"
         self._end_probation()
         host.serve_own_sockets(False)
+        if host.files is not None:
+            host.files.give_back()
         host.notifier.muted = True
-        self._send(rollback=cause)
         host.send_event(events.StopRequested(delay=False, exit_code=1))
 
     def _end_probation(self) -> None:
+        """The predecessor will not take the service back."""
         if self.phase == "probation":
             self.phase = "serving alone"
+            if self._files is not None:
+                self._files.drop_unused()
         if self._probation_scope is not None:
             self._probation_scope.cancel()

@@ -52,12 +52,23 @@ from graceful.core.machine import SupervisorStateMachine
 from graceful.core.succession import NO_SUCCESSOR
 from graceful.core.trial import NO_TRIAL, Rejected
 from graceful.spawn.successor import SuccessorProcess
+from graceful.supervisor.socket_files import SocketFiles
 from graceful.supervisor.systemd import Notifier
 from graceful.wire.messages import LINK_MESSAGE_BYTES, printable
 
-#: Service managers that track the supervisor's process ID as their child, with no
-#: way to hand the service to another process (``/proc/PPID/comm``).
-TRACKING_MANAGERS = ("supervisord", "runsv", "s6-supervise", "tini", "dumb-init", "docker-init")
+#: Service managers, and container inits, that track the supervisor's process ID as
+#: their child, with no way to hand the service to another process: the start of the
+#: parent's name (``/proc/PPID/comm``, at most 15 characters).
+TRACKING_MANAGERS = (
+    "supervisord",
+    "runsv",
+    "s6-supervise",
+    "tini",
+    "dumb-init",
+    "docker-init",
+    "catatonit",
+    "podman-init",
+)
 
 
 def start_timeout(ready_timeout: float) -> float:
@@ -100,7 +111,7 @@ def _tracking_parent() -> str | None:
             name = comm.read().strip()
     except OSError:
         return None
-    return name if name in TRACKING_MANAGERS else None
+    return name if name.startswith(TRACKING_MANAGERS) else None
 
 
 @dataclass(frozen=True)
@@ -109,10 +120,8 @@ class Upgrades:
 
     #: starts a successor, handing it the sockets
     start: Callable[[], SuccessorProcess]
-    #: ``own_files(False)`` leaves the files of the sockets (unix listeners, the
-    #: control socket) to another supervisor, which removes them at its exit;
-    #: ``own_files(True)`` makes them this one's again
-    own_files: Callable[[bool], None]
+    #: who removes the sockets' files
+    files: SocketFiles
     #: why upgrades are refused here (:func:`refusal`), or None
     refused: str | None = None
 
@@ -123,6 +132,7 @@ class Host(Protocol):
     machine: SupervisorStateMachine
     notifier: Notifier
     pid_file: PidFile | None
+    files: SocketFiles | None
 
     def send_event(self, event: events.Event) -> None: ...
     def start_task(self, function: Callable[[], Coroutine[Any, Any, object]]) -> None: ...
@@ -148,6 +158,8 @@ class Attempt:
     cause: str | None = None
     #: the serving generation when it started (another one since: it reloads)
     serving_at_start: int | None = None
+    #: cancels its start deadline once it has served or ended
+    deadline: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
     def describe(self) -> str:
         pid = self.successor.pid if self.successor is not None else "?"
@@ -267,13 +279,30 @@ class Upgrader:
             return
         attempt.phase = "starting"
         logger.info("upgrading: successor %d starting", attempt.successor.pid)
-        self.host.start_task(lambda: self._follow(attempt))
-        self.host.start_task(lambda: self._deadline(attempt))
+        self.host.start_task(lambda: self._guarded(attempt, self._follow))
+        self.host.start_task(lambda: self._guarded(attempt, self._deadline))
+
+    async def _guarded(
+        self, attempt: Attempt, task: Callable[[Attempt], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Run one of an attempt's tasks: a fault in it fails the upgrade (the
+        successor is killed), never the running supervisor."""
+        try:
+            await task(attempt)
+        except Exception as exc:
+            logger.exception("upgrade: %s", one_line(exc))
+            if attempt.phase in ("queued", "starting", "serving"):
+                self._fail(
+                    attempt, f"the upgrade failed in the running supervisor: {one_line(exc)}"
+                )
 
     async def _deadline(self, attempt: Attempt) -> None:
         """A successor that has not served within :func:`start_timeout` is killed."""
         timeout = start_timeout(self.host.machine.settings.ready_timeout)
-        await anyio.sleep(timeout)
+        with attempt.deadline:
+            await anyio.sleep(timeout)
+        if attempt.deadline.cancel_called:
+            return  # it served, or ended
         if attempt.phase == "starting" and attempt.successor is not None:
             attempt.cause = f"the successor did not serve within {timeout:g}s"
             attempt.successor.kill()
@@ -294,7 +323,7 @@ class Upgrader:
                 break
             try:
                 message = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 message = None
             if not isinstance(message, dict):
                 logger.error("upgrade: the successor sent %r; killing it", data[:80])
@@ -317,6 +346,7 @@ class Upgrader:
             probation = message["serving"].get("probation", 0)
             attempt.probation = float(probation) if isinstance(probation, int | float) else 0.0
             attempt.phase = "serving"
+            attempt.deadline.cancel()
             self.step()
         elif "passed" in message and attempt.phase == "handed over":
             attempt.phase = "draining"
@@ -339,6 +369,8 @@ class Upgrader:
             return  # gone: its exit is on its way
         successor.let_go()
         self.host.serve_own_sockets(False)
+        if self.host.files is not None:
+            self.host.files.hand_over()
         self.host.notifier.muted = True
         attempt.phase = "handed over" if park else "draining"
         self.host.send_event(events.HandOver(park))
@@ -357,6 +389,8 @@ class Upgrader:
     def _take_back(self, attempt: Attempt, cause: str) -> None:
         """The successor failed during its probation: take the service back."""
         attempt.phase = "taken back"
+        if self.host.files is not None:
+            self.host.files.take_back()
         pid_file = self.host.pid_file
         if pid_file is not None:
             try:
@@ -376,6 +410,9 @@ class Upgrader:
             with anyio.move_on_after(5):
                 await anyio.wait_readable(successor.pidfd)
         exitcode = await anyio.to_thread.run_sync(successor.reap, abandon_on_cancel=True)
+        attempt.deadline.cancel()
+        if self.host.pid_file is not None and attempt.phase != "draining":
+            self.host.pid_file.remove_stale_successor_file()
         if attempt.phase in ("queued", "starting", "serving"):
             how = f"exited with status {exitcode}" if exitcode != 0 else "exited"
             cause = attempt.cause or f"the successor {how} before it served"
@@ -387,7 +424,9 @@ class Upgrader:
         if attempt.successor is not None and attempt.phase != "failed":
             attempt.successor.kill()
         attempt.phase = "failed"
-        line = f"upgrade failed: {cause}; supervisor {os.getpid()} keeps serving"
+        attempt.deadline.cancel()
+        then = "stops" if self.host.machine.stop_announced else "keeps serving"
+        line = f"upgrade failed: {cause}; supervisor {os.getpid()} {then}"
         logger.error("%s", line)
         self.host.notifier.send(STATUS=line)
         self._answer(attempt, False, line, every=True)
