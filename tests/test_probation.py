@@ -201,9 +201,13 @@ def test_new_code_that_crashes_after_ready_is_rolled_back_to_the_parked_processe
 def test_a_worker_that_declares_itself_broken_is_rolled_back_without_a_failed_request(
     tmp_path: Path, script: Path
 ) -> None:
+    # (declared once generation 2 serves: declared while it starts, it fails the
+    # reload instead, which a busy machine makes likely with any fixed delay)
+    serving = tmp_path / "generation-2-serves"
     broken = PID_IN_PREFIX + textwrap.indent(
         "async def declare():\n"
-        "    await anyio.sleep(0.5)\n"
+        f"    while not __import__('os').path.exists({str(serving)!r}):\n"
+        "        await anyio.sleep(0.05)\n"
         "    await ctx.declare_broken('the schema is newer than this code')\n"
         "TASK = __import__('asyncio').get_running_loop().create_task(declare())\n",
         "    ",
@@ -216,6 +220,7 @@ def test_a_worker_that_declares_itself_broken_is_rolled_back_without_a_failed_re
             script.write_text(service_source(prefix="new", before_serve=broken))
             mark = hup(svc)
             svc.wait_serving(2, after=mark)
+            serving.touch()
             svc.wait_for(
                 r"rolling back: generation 2 worker \d declared itself broken: "
                 r"the schema is newer than this code",
