@@ -1,8 +1,8 @@
 """graceful: zero-downtime restarts for Python network services.
 
-A supervisor process (the one you start; its PID never changes) binds the
-listeners once and runs generations of worker processes, each importing your code
-fresh from disk. SIGHUP starts a new generation; the old one keeps serving until
+A supervisor process (the one you start; its PID never changes across reloads)
+binds the listeners once and runs generations of worker processes, each importing
+your code fresh from disk. SIGHUP starts a new generation; the old one keeps serving until
 the new one is ready, then drains. The public names are the ones below (and
 :mod:`graceful.testing`); the documentation site tells the whole contract.
 
