@@ -7,6 +7,8 @@ Two entry points, one module:
 
   - ``settings``: the settings table, from ``graceful.core.settings.SETTINGS``;
   - ``cli``: every command of ``graceful.cli.build_parser()``, its arguments and help;
+  - ``spellings``: every flag of ``graceful serve`` that another server spells so
+    (the settings' aliases, uvicorn's own options), and the options it refuses;
   - ``docstring MODULE``: the module's docstring (reStructuredText sections,
     simple tables and roles turned into Markdown);
   - ``constants MODULE``: the module's public constants documented with ``#:``;
@@ -210,12 +212,31 @@ def settings_table() -> str:
             f"`{s.name}`",
             _cell(s.type_label),
             f"`{s.default_label}`" if s.default_label else "",
-            f"`{s.flag}`" if s.flag else "",
+            ", ".join(f"`{flag}`" for flag in (s.flag, *s.aliases)) if s.flag else "",
             f"`{s.env}`" if s.env else "",
             s.scope,
             _cell(s.help),
         ]
         rows.append("| " + " | ".join(c or "—" for c in cells) + " |")
+    return "\n".join(rows)
+
+
+def spellings_table() -> str:
+    """The options other servers' users know: the settings' other spellings,
+    uvicorn's options, and what ``graceful serve`` refuses, with why."""
+    settings = _import("graceful.core.settings")
+    refused = _import("graceful.cli").REFUSED_SERVER_OPTIONS
+    rows = ["| their option | `graceful serve` | what it does |", "| --- | --- | --- |"]
+    for s in settings.SETTINGS:
+        if "graceful serve" not in s.entries or s.flag is None:
+            continue
+        uvicorns = s in settings.settings_of(settings.UvicornSettings)
+        if not s.aliases and not uvicorns:
+            continue
+        theirs = ", ".join(f"`{flag}`" for flag in ((s.flag,) if uvicorns else ()) + s.aliases)
+        rows.append(f"| {theirs} | `{s.flag}` | {_cell(s.help)} |")
+    for flag, why in refused.items():
+        rows.append(f"| `{flag}` | refused | {_cell(why)} |")
     return "\n".join(rows)
 
 
@@ -365,6 +386,7 @@ def include(path: str, page_uri: str = "") -> str:
 _GENERATORS: dict[str, Callable[..., str]] = {
     "settings": settings_table,
     "cli": cli_reference,
+    "spellings": spellings_table,
     "docstring": docstring,
     "constants": constants,
     "include": include,

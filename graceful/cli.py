@@ -33,6 +33,7 @@ from graceful.code.entry import import_module, module_exists, walk
 from graceful.control.client import Control, NoControlSocket
 from graceful.control.pidfile import signal_supervisor
 from graceful.core.settings import (
+    GROUPS,
     SECONDS,
     WHOLE,
     CommandLine,
@@ -40,6 +41,7 @@ from graceful.core.settings import (
     ServerSettings,
     ServiceSettings,
     Setting,
+    UvicornSettings,
     Watch,
     checked,
     settings_of,
@@ -54,6 +56,38 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+#: Options of uvicorn, gunicorn or hypercorn that ``graceful serve`` refuses, and why.
+REFUSED_SERVER_OPTIONS = {
+    "--reload-delay": "graceful reloads as soon as a change is seen, and a broken save "
+    "keeps the running code serving: there is nothing to wait for",
+    "--limit-max-requests": "a worker that exits by itself is a crash to the supervisor "
+    "(restarted with backoff), not a recycling",
+    "--max-requests": "a worker that exits by itself is a crash to the supervisor "
+    "(restarted with backoff), not a recycling",
+    "--timeout-worker-healthcheck": "the supervisor watches its workers itself "
+    "(--ready-timeout, and each worker's exit)",
+    "--daemon": "graceful runs in the foreground; use a service manager (see "
+    "docs/guides/deployment.md)",
+}
+
+
+class _Refused(argparse.Action):
+    """An option ``graceful serve`` knows from another server and refuses, saying why."""
+
+    def __init__(self, *args: Any, why: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.why = why
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(f"{option_string} is not supported: {self.why}")
 
 
 def _argument(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -77,30 +111,53 @@ def _add_settings(command: argparse.ArgumentParser, entry: Entry) -> None:
     (:mod:`graceful.core.settings`). Every default is None, for "not given": the
     declared default applies then, or for ``graceful run``, the service's own."""
     overrides = settings_of(ServiceSettings) if entry == "graceful run" else ()
-    for setting in taken_by(entry):
-        if setting.flag is None:
-            continue
-        how: dict[str, Any] = {}
-        kind = setting.kind
-        if kind.cli == "switch":
-            how["action"] = "store_false" if setting.default is True else "store_true"
-        else:
-            how["metavar"] = None if kind.choices else setting.metavar
-            how["choices"] = kind.choices or None
-            how["type"] = _argument(setting.parse)
-            if kind.cli == "repeat":
-                how["action"] = "append"
-        command.add_argument(
-            setting.flag,
-            dest=setting.name,
-            default=None,
-            help=_help(setting, overridden=setting in overrides).replace("%", "%%"),
-            **how,
-        )
+    titled = {group: command.add_argument_group(title) for group, title in GROUPS.items()}
+    for group in GROUPS:
+        for setting in settings_of(group):
+            if entry in setting.entries and setting.flag is not None:
+                _add_setting(titled[group], setting, overridden=setting in overrides)
+
+
+def _add_setting(command: Any, setting: Setting, *, overridden: bool) -> None:
+    """The option of ``setting`` (``command``: a parser or an argument group)."""
+    flag = setting.flag
+    assert flag is not None
+    help_text = _help(setting, overridden=overridden).replace("%", "%%")
+    kind = setting.kind
+    if kind.cli == "toggle":
+        for spelling, value, shown_help in (
+            ((flag, *setting.aliases), True, help_text),
+            (("--no-" + flag.removeprefix("--"),), False, argparse.SUPPRESS),
+        ):
+            command.add_argument(
+                *spelling,
+                dest=setting.name,
+                default=None,
+                action="store_const",
+                const=value,
+                help=shown_help,
+            )
+        return
+    how: dict[str, Any] = {}
+    if kind.cli == "switch":
+        how["action"] = "store_false" if setting.default is True else "store_true"
+    else:
+        how["metavar"] = None if kind.choices else setting.metavar
+        how["choices"] = kind.choices or None
+        how["type"] = _argument(setting.parse)
+        if kind.cli == "repeat":
+            how["action"] = "append"
+    command.add_argument(
+        flag, *setting.aliases, dest=setting.name, default=None, help=help_text, **how
+    )
 
 
 def _help(setting: Setting, *, overridden: bool) -> str:
     text = setting.help
+    if setting.kind.cli == "toggle":
+        negation = "--no-" + (setting.flag or "").removeprefix("--")
+        state = "on" if setting.default is True else "off"
+        return f"{text} ({state} by default; {negation} turns it off)"
     if setting.kind.cli == "switch" and setting.default is True:
         text = f"turn off: {text}"
     if setting.kind.cli == "repeat":
@@ -119,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve an ASGI or WSGI app (uvicorn or hypercorn)")
     serve.add_argument("app", help="the app as package.module:attribute")
     _add_settings(serve, "graceful serve")
+    for flag, why in REFUSED_SERVER_OPTIONS.items():
+        serve.add_argument(flag, nargs="?", action=_Refused, why=why, help=argparse.SUPPRESS)
     run = commands.add_parser("run", help="run an @graceful.service entry point")
     run.add_argument("entry", help="the service as package.module:name")
     _add_settings(run, "graceful run")
@@ -285,10 +344,52 @@ def _serve(args: argparse.Namespace) -> int:
     command = checked(CommandLine, given, "graceful serve")
     _use_app_dir(command.app_dir)
     given["watch"] = _watch(command, given, args.app.partition(":")[0])
+    listen = _listen_of(command)
+    if listen is not None:
+        if "listen" in given:
+            raise ConfigError("give --listen (or --bind), or --host/--port/--uds/--fd, not both")
+        given["listen"] = [listen]
     uvicorn = checked(ServerSettings, given, "graceful serve").server == "uvicorn"
-    server_options = {} if command.access_log or not uvicorn else {"access_log": False}
+    server_options = _uvicorn_options(given, uvicorn)
+    if not command.access_log and uvicorn:
+        server_options["access_log"] = False
     service = asgi_service(args.app, given, server_options)
     return supervise(service, given, "graceful serve", caller=sys._getframe())
+
+
+def _listen_of(command: CommandLine) -> str | None:
+    """The listen spec that uvicorn's --host, --port, --uds or --fd describe (uvicorn's
+    defaults: 127.0.0.1 and 8000), or None if none of them is given."""
+    if command.uds is not None and command.fd is not None:
+        raise ConfigError("give --uds or --fd, not both")
+    if command.uds is not None or command.fd is not None:
+        if command.host is not None or command.port is not None:
+            raise ConfigError("give --host/--port, or --uds, or --fd: one of them")
+        return f"unix:{command.uds}" if command.uds is not None else f"fd:{command.fd}"
+    if command.host is None and command.port is None:
+        return None
+    host = command.host if command.host is not None else "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    return f"{host}:{command.port if command.port is not None else 8000}"
+
+
+def _uvicorn_options(given: dict[str, object], uvicorn: bool) -> dict[str, Any]:
+    """uvicorn's options given on the command line, as ``uvicorn.Config`` takes them.
+
+    Raises:
+        ConfigError: for an option given with another server.
+    """
+    options = checked(UvicornSettings, given, "graceful serve")
+    named = [setting for setting in settings_of(UvicornSettings) if setting.name in given]
+    if named and not uvicorn:
+        raise ConfigError(f"{named[0].flag} is uvicorn's: it needs --server uvicorn")
+    taken: dict[str, Any] = {setting.name: getattr(options, setting.name) for setting in named}
+    if "headers" in taken:
+        taken["headers"] = [
+            [part.strip() for part in header.split(":", 1)] for header in options.headers
+        ]
+    return taken
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import pytest
 
 import graceful
 from graceful.api.service import Service
-from graceful.cli import build_parser
+from graceful.cli import REFUSED_SERVER_OPTIONS, build_parser
 from graceful.core.machine import Strategy
 from graceful.core.settings import SETTINGS, Entry, ServiceSettings, Supervision, checked, taken_by
 from graceful.supervisor.run import _passed_on
@@ -66,7 +66,14 @@ def options(command: str) -> set[str]:
     ("command", "entry"), [("serve", "graceful serve"), ("run", "graceful run")]
 )
 def test_the_commands_options_are_the_declared_flags(command: str, entry: Entry) -> None:
-    assert options(command) == {s.flag for s in taken_by(entry) if s.flag is not None}
+    declared = set()
+    for setting in taken_by(entry):
+        if setting.flag is not None:
+            declared |= {setting.flag, *setting.aliases}
+            if setting.kind.cli == "toggle":
+                declared.add("--no-" + setting.flag.removeprefix("--"))
+    refused = set(REFUSED_SERVER_OPTIONS) if command == "serve" else set()
+    assert options(command) == declared | refused
 
 
 def test_every_setting_is_taken_somewhere() -> None:

@@ -80,13 +80,15 @@ class Kind:
     in one line naming ``name=value``. ``parse(text)`` turns a command-line word into
     a value, or raises :class:`ConfigError` in one line naming the word. ``cli`` is
     how a flag takes it: ``"value"`` (one word, or one of ``choices``), ``"switch"``
-    (no word: the flag turns the default around), ``"repeat"`` (one word per use).
+    (no word: the flag turns the default around), ``"toggle"`` (no word: ``--NAME``
+    turns it on, ``--no-NAME`` off, as uvicorn's flags do), ``"repeat"`` (one word
+    per use).
     """
 
     label: str
     check: Callable[[str, Any], Any]
     parse: Callable[[str], Any] = str
-    cli: Literal["value", "switch", "repeat"] = "value"
+    cli: Literal["value", "switch", "toggle", "repeat"] = "value"
     choices: tuple[str, ...] = ()
     metavar: str | None = None
 
@@ -162,14 +164,16 @@ def _seconds_or_zero(zero_means: str) -> Kind:
     return Kind("float (seconds; 0: off)" if zero_means else "float (seconds, or 0)", check, parse)
 
 
-def _choice(*choices: str, quoted: bool = False) -> Kind:
-    """One of ``choices``, named in the refusal as ``'a' or 'b'`` (``quoted``) or as
-    ``one of a, b``."""
+def _choice(*choices: str, quoted: bool = False, optional: bool = False) -> Kind:
+    """One of ``choices`` (or None, if ``optional``: not given), named in the refusal
+    as ``'a' or 'b'`` (``quoted``) or as ``one of a, b``."""
     names = [repr(choice) for choice in choices]
     label = ", ".join(names[:-1]) + " or " + names[-1]
     expected = label if quoted else "one of " + ", ".join(choices)
 
     def check(name: str, value: object) -> object:
+        if value is None and optional:
+            return None
         if value not in choices:
             raise ConfigError(f"{name}={_short(value)} must be {expected}")
         return value
@@ -252,12 +256,61 @@ def _check_words(name: str, value: object) -> tuple[str, ...]:
     return tuple(str(word) for word in value)
 
 
+def _check_text(name: str, value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{name}={_short(value)} must be a string")
+    return value
+
+
+def _check_optional_whole(name: str, value: object) -> int | None:
+    return None if value is None else _check_whole(name, value)
+
+
+def _check_port(name: str, value: object) -> int | None:
+    if value is not None and not (
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535
+    ):
+        raise ConfigError(f"{name}={_short(value)} must be a port number, 0 to 65535")
+    return value
+
+
+def _parse_port(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) > 65535:
+        raise ConfigError(f"{text!r} must be a port number, 0 to 65535")
+    return int(text)
+
+
+def _parse_fd(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise ConfigError(f"{text!r} must be a file descriptor number")
+    return int(text)
+
+
+def _check_fd(name: str, value: object) -> int | None:
+    if value is not None and not (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    ):
+        raise ConfigError(f"{name}={_short(value)} must be a file descriptor number")
+    return value
+
+
+def _check_headers(name: str, value: object) -> tuple[str, ...]:
+    words = _check_words(name, value)
+    for word in words:
+        field, sep, _ = word.partition(":")
+        if not sep or not field.strip():
+            raise ConfigError(f"header {word!r} must look like 'Name: value'")
+    return words
+
+
 WHOLE = Kind("int (at least 1)", _check_whole, _parse_whole, metavar="N")
 SECONDS = Kind("float (seconds)", _check_seconds, _parse_seconds, metavar="S")
 SWITCH = Kind("bool", _check_flag, cli="switch")
 PATH = Kind("path", _check_path, metavar="PATH")
 LISTEN = Kind("list of listen specs (or sockets)", _check_listen, cli="repeat", metavar="SPEC")
 WORDS = Kind("list of strings", _check_words, cli="repeat")
+TOGGLE = Kind("bool", _check_flag, cli="toggle")
+TEXT = Kind("string", _check_text, metavar="TEXT")
 
 
 # -- the declaration ------------------------------------------------------------------
@@ -288,6 +341,8 @@ class Setting:
     metavar: str | None = None
     #: shown by ``graceful status`` (:func:`for_status`)
     status: bool = False
+    #: other spellings of the flag, as uvicorn, hypercorn or gunicorn name it
+    aliases: tuple[str, ...] = ()
 
     def check(self, value: object) -> Any:
         """``value``, normalised; raises :class:`ConfigError` in one line naming it."""
@@ -316,6 +371,7 @@ def setting(
     metavar: str | None = None,
     status: bool = False,
     default_label: str | None = None,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
     """Declare the field it is assigned to as a setting, taken by ``entries`` (its
     group's when empty). A setting that the entry points ``required_in`` require has
@@ -339,6 +395,7 @@ def setting(
         required_in=required_in,
         metavar=metavar or kind.metavar,
         status=status,
+        aliases=aliases,
     )
     if required_in:
         return dataclasses.field(metadata={_DECLARED: declared})
@@ -378,6 +435,7 @@ class ServiceSettings:
         otherwise=("127.0.0.1:8000",),
         default_label="127.0.0.1:8000 (required by @graceful.service)",
         flag="--listen",
+        aliases=("-b", "--bind"),
     )
     workers: int = setting(
         WHOLE,
@@ -385,6 +443,7 @@ class ServiceSettings:
         scope="supervisor",
         default=1,
         flag="--workers",
+        aliases=("-w",),
     )
     ready_timeout: float = setting(
         SECONDS,
@@ -399,6 +458,7 @@ class ServiceSettings:
         scope="supervisor",
         default=30.0,
         flag="--drain-timeout",
+        aliases=("--timeout-graceful-shutdown", "--graceful-timeout"),
     )
     backend: Backend = setting(
         _choice("asyncio", "trio"),
@@ -457,6 +517,7 @@ class ServiceSettings:
         scope="supervisor",
         default=False,
         flag="--watch",
+        aliases=("--reload",),
     )
 
     @property
@@ -551,11 +612,204 @@ class Supervision:
 
 
 @_group
+class UvicornSettings:
+    """uvicorn's own options, under uvicorn's names and flags, for ``graceful serve``
+    (``serve_asgi`` takes them as keyword arguments of ``uvicorn.Config`` already).
+    Only the options given are passed on: uvicorn's defaults apply otherwise, and the
+    defaults shown are uvicorn's."""
+
+    ENTRIES: ClassVar[tuple[Entry, ...]] = ("graceful serve",)
+
+    proxy_headers: bool = setting(
+        TOGGLE,
+        "trust X-Forwarded-Proto, X-Forwarded-For from --forwarded-allow-ips (uvicorn)",
+        scope="supervisor",
+        default=True,
+        flag="--proxy-headers",
+    )
+    forwarded_allow_ips: str | None = setting(
+        TEXT,
+        "comma-separated addresses (or *) whose proxy headers are trusted (uvicorn; "
+        "default: $FORWARDED_ALLOW_IPS or 127.0.0.1)",
+        scope="supervisor",
+        default=None,
+        flag="--forwarded-allow-ips",
+        metavar="IPS",
+    )
+    root_path: str | None = setting(
+        TEXT,
+        "the ASGI root_path, for an app mounted below a path by a proxy (uvicorn)",
+        scope="supervisor",
+        default=None,
+        flag="--root-path",
+        metavar="PATH",
+    )
+    ssl_keyfile: str | None = setting(
+        PATH,
+        "TLS: the private key file (uvicorn); read by each new generation",
+        scope="supervisor",
+        default=None,
+        flag="--ssl-keyfile",
+        aliases=("--keyfile",),
+    )
+    ssl_certfile: str | None = setting(
+        PATH,
+        "TLS: the certificate chain file (uvicorn); read by each new generation",
+        scope="supervisor",
+        default=None,
+        flag="--ssl-certfile",
+        aliases=("--certfile",),
+    )
+    ssl_keyfile_password: str | None = setting(
+        TEXT,
+        "TLS: the private key's password (uvicorn)",
+        scope="supervisor",
+        default=None,
+        flag="--ssl-keyfile-password",
+    )
+    ssl_ca_certs: str | None = setting(
+        PATH,
+        "TLS: the CA certificates file (uvicorn)",
+        scope="supervisor",
+        default=None,
+        flag="--ssl-ca-certs",
+        aliases=("--ca-certs",),
+    )
+    ssl_ciphers: str | None = setting(
+        TEXT,
+        "TLS: the ciphers (uvicorn; default TLSv1)",
+        scope="supervisor",
+        default=None,
+        flag="--ssl-ciphers",
+        aliases=("--ciphers",),
+    )
+    timeout_keep_alive: int | None = setting(
+        Kind("int (seconds, at least 1)", _check_optional_whole, _parse_whole, metavar="S"),
+        "close a keep-alive connection idle this long (uvicorn; default 5)",
+        scope="supervisor",
+        default=None,
+        flag="--timeout-keep-alive",
+        aliases=("--keep-alive",),
+    )
+    limit_concurrency: int | None = setting(
+        Kind("int (at least 1)", _check_optional_whole, _parse_whole, metavar="N"),
+        "answer 503 beyond this many connections and tasks, per worker (uvicorn)",
+        scope="supervisor",
+        default=None,
+        flag="--limit-concurrency",
+    )
+    http: str | None = setting(
+        _choice("auto", "h11", "httptools", optional=True),
+        "the HTTP protocol implementation (uvicorn; default auto)",
+        scope="supervisor",
+        default=None,
+        flag="--http",
+    )
+    ws: str | None = setting(
+        _choice("auto", "none", "websockets", "websockets-sansio", "wsproto", optional=True),
+        "the WebSocket protocol implementation (uvicorn; default auto)",
+        scope="supervisor",
+        default=None,
+        flag="--ws",
+    )
+    loop: str | None = setting(
+        _choice("auto", "asyncio", "uvloop", optional=True),
+        "the event loop (uvicorn; default auto: uvloop if installed)",
+        scope="supervisor",
+        default=None,
+        flag="--loop",
+    )
+    lifespan: str | None = setting(
+        _choice("auto", "on", "off", optional=True),
+        "the ASGI lifespan protocol (uvicorn; default auto)",
+        scope="supervisor",
+        default=None,
+        flag="--lifespan",
+    )
+    headers: tuple[str, ...] = setting(
+        Kind("list of 'Name: value'", _check_headers, cli="repeat", metavar="'NAME: VALUE'"),
+        "a response header every response gets (uvicorn)",
+        scope="supervisor",
+        default=(),
+        flag="--header",
+    )
+    server_header: bool = setting(
+        TOGGLE,
+        "send the Server header (uvicorn)",
+        scope="supervisor",
+        default=True,
+        flag="--server-header",
+    )
+    date_header: bool = setting(
+        TOGGLE,
+        "send the Date header (uvicorn)",
+        scope="supervisor",
+        default=True,
+        flag="--date-header",
+    )
+    log_level: str | None = setting(
+        _choice("critical", "error", "warning", "info", "debug", "trace", optional=True),
+        "uvicorn's log level in the workers (default info)",
+        scope="supervisor",
+        default=None,
+        flag="--log-level",
+    )
+    log_config: str | None = setting(
+        PATH,
+        "a logging configuration file for the workers: .json, .yaml or .ini (uvicorn)",
+        scope="supervisor",
+        default=None,
+        flag="--log-config",
+    )
+    env_file: str | None = setting(
+        PATH,
+        "environment variables for the workers, from a .env file (uvicorn)",
+        scope="supervisor",
+        default=None,
+        flag="--env-file",
+    )
+
+
+@_group
 class CommandLine:
     """The settings of the ``graceful serve`` and ``graceful run`` commands alone."""
 
     ENTRIES: ClassVar[tuple[Entry, ...]] = _COMMANDS
 
+    host: str | None = setting(
+        TEXT,
+        "listen on this address (with --port: the listen spec HOST:PORT, as uvicorn's "
+        "--host; default 127.0.0.1)",
+        scope="supervisor",
+        default=None,
+        flag="--host",
+        metavar="HOST",
+        entries=("graceful serve",),
+    )
+    port: int | None = setting(
+        Kind("port number", _check_port, _parse_port, metavar="PORT"),
+        "listen on this port (with --host, as uvicorn's --port; default 8000)",
+        scope="supervisor",
+        default=None,
+        flag="--port",
+        entries=("graceful serve",),
+    )
+    uds: str | None = setting(
+        PATH,
+        "listen on this unix socket (the listen spec unix:PATH, as uvicorn's --uds)",
+        scope="supervisor",
+        default=None,
+        flag="--uds",
+        entries=("graceful serve",),
+    )
+    fd: int | None = setting(
+        Kind("file descriptor", _check_fd, _parse_fd, metavar="N"),
+        "listen on this inherited socket (the listen spec fd:N, as uvicorn's --fd)",
+        scope="supervisor",
+        default=None,
+        flag="--fd",
+        entries=("graceful serve",),
+    )
     app_dir: str = setting(
         PATH,
         "put this directory first on sys.path",
@@ -578,6 +832,7 @@ class CommandLine:
         scope="supervisor",
         default=(),
         flag="--watch-dir",
+        aliases=("--reload-dir",),
         metavar="DIR",
     )
     watch_include: tuple[str, ...] = setting(
@@ -586,6 +841,7 @@ class CommandLine:
         scope="supervisor",
         default=("*.py",),
         flag="--watch-include",
+        aliases=("--reload-include",),
         metavar="GLOB",
     )
     watch_exclude: tuple[str, ...] = setting(
@@ -594,6 +850,7 @@ class CommandLine:
         scope="supervisor",
         default=(),
         flag="--watch-exclude",
+        aliases=("--reload-exclude",),
         metavar="GLOB",
     )
 
@@ -610,10 +867,17 @@ def settings_of(group: type[Any]) -> tuple[Setting, ...]:
     )
 
 
-_BY_GROUP: dict[type[Any], tuple[Setting, ...]] = {
-    group: settings_of(group)
-    for group in (ServiceSettings, ServerSettings, Supervision, CommandLine)
+#: The groups, in the order the reference and ``--help`` list them, each with its
+#: title there.
+GROUPS: dict[type[Any], str] = {
+    ServiceSettings: "the service",
+    ServerSettings: "the server",
+    Supervision: "the supervisor",
+    UvicornSettings: "uvicorn's options (under uvicorn's names, with uvicorn's meanings)",
+    CommandLine: "this command",
 }
+
+_BY_GROUP: dict[type[Any], tuple[Setting, ...]] = {group: settings_of(group) for group in GROUPS}
 
 #: Every setting, in the order the reference lists them.
 SETTINGS: tuple[Setting, ...] = tuple(
