@@ -6,7 +6,7 @@ Copies ``echo_asyncio.py`` into a temporary directory, starts it as a supervisor
 puts the echo load on it, then edits the copy's ``PREFIX`` and sends SIGHUP,
 again and again. At the end it stops the service with SIGTERM and prints how many
 requests were answered, how many failed, and how long each reload took. It drives
-the service with ``graceful.testing`` (``pip install graceful[testing]``).
+the service with ``graceful.testing`` (``pip install graceful-restarts[testing]``).
 """
 
 from __future__ import annotations

@@ -25,6 +25,16 @@ import sys
 #: graceful's version (the package's metadata is read from here).
 VERSION = "0.1.0"
 
+#: The name graceful is installed by (``pip install graceful-restarts``): ``graceful``
+#: on PyPI is another project. The import name and the command stay ``graceful``.
+DISTRIBUTION = "graceful-restarts"
+
+
+def pip_install(extra: str) -> str:
+    """The command that installs graceful with ``extra``, for a one-line error."""
+    return f"pip install '{DISTRIBUTION}[{extra}]'"
+
+
 #: The version of the contract between a supervisor and the processes it starts.
 #: 1 was graceful before the contract was written down (no hello); 3 moved the
 #: bootstrap types into one module, :mod:`graceful.wire.bootstrap` (a pickle names

@@ -21,7 +21,7 @@ test fails half-way::
         assert svc.wait_exit() == 0
         poll_until(lambda: svc.processes() == [], 10, "every process to exit")
 
-Process inspection goes through psutil: ``pip install graceful[testing]``. Only
+Process inspection goes through psutil: ``pip install 'graceful-restarts[testing]'``. Only
 this module needs it; the rest of graceful does not import it. Linux only, as
 graceful is.
 
@@ -51,7 +51,7 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise ImportError(
         "graceful.testing inspects processes with psutil, which is not installed: "
-        "pip install graceful[testing]"
+        "pip install 'graceful-restarts[testing]'"
     ) from error
 
 from graceful.base.processes import WORKER_NAME

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from graceful._version import pip_install
 from graceful.api.service import Service, service_settings, supervise
 from graceful.base.errors import ConfigError
 from graceful.base.log import ensure_visible, logger
@@ -35,12 +36,6 @@ from graceful.core.settings import (
 )
 from graceful.servers.asgi import asgi_worker
 from graceful.sockets.listeners import parse_listen_spec
-
-_EXTRAS = {
-    "uvicorn": "graceful[uvicorn]",
-    "hypercorn": "graceful[hypercorn]",
-    "trio": "graceful[trio]",
-}
 
 
 def serve_asgi(
@@ -135,7 +130,7 @@ def asgi_service(
         raise ConfigError("uvicorn runs on asyncio only; use server='hypercorn' for trio")
     for needed in (server, backend if backend == "trio" else None):
         if needed and importlib.util.find_spec(needed) is None:
-            raise ConfigError(f"{needed} is not installed: pip install '{_EXTRAS[needed]}'")
+            raise ConfigError(f"{needed} is not installed: {pip_install(needed)}")
     if not module_exists(module):
         raise ConfigError(
             f"cannot find module {module!r} for app {app!r} (is the app directory on "

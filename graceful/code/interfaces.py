@@ -27,6 +27,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+from graceful._version import pip_install
 from graceful.base.errors import ConfigError
 from graceful.core.settings import Interface
 
@@ -38,7 +39,7 @@ def need_adapter(interface: Interface) -> None:
         ConfigError: saying what to install.
     """
     if interface == "wsgi" and importlib.util.find_spec("a2wsgi") is None:
-        raise ConfigError("interface='wsgi' needs a2wsgi: pip install 'graceful[wsgi]'")
+        raise ConfigError(f"interface='wsgi' needs a2wsgi: {pip_install('wsgi')}")
 
 
 def detect(app: Any) -> Literal["asgi3", "asgi2", "wsgi"]:
@@ -87,9 +88,7 @@ def as_asgi3(app: Any, interface: Interface, threads: int) -> tuple[ASGIApp, str
     kind = detect(app) if interface == "auto" else interface
     if kind == "wsgi":
         if importlib.util.find_spec("a2wsgi") is None:
-            raise ConfigError(
-                "the app is a WSGI app, which needs a2wsgi: pip install 'graceful[wsgi]'"
-            )
+            raise ConfigError(f"the app is a WSGI app, which needs a2wsgi: {pip_install('wsgi')}")
         from a2wsgi import WSGIMiddleware  # noqa: PLC0415 - optional
 
         return WSGIMiddleware(app, workers=threads), kind

@@ -28,6 +28,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
+from graceful._version import pip_install
 from graceful.base.errors import ConfigError, one_line
 from graceful.base.log import logger
 from graceful.core.settings import Watch
@@ -49,7 +50,7 @@ def need_watchfiles(watch: Watch | None) -> None:
         ConfigError: saying what to install.
     """
     if watch is not None and importlib.util.find_spec("watchfiles") is None:
-        raise ConfigError("watch needs watchfiles: pip install 'graceful[watch]'")
+        raise ConfigError(f"watch needs watchfiles: {pip_install('watch')}")
 
 
 def with_paths(watch: Watch, defaults: Sequence[str]) -> Watch:

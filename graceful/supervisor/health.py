@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import SocketStream
 
+from graceful._version import pip_install
 from graceful.base.log import logger
 from graceful.base.tasks import ConnectionServer
 from graceful.core.machine import ReloadOutcome
@@ -44,7 +45,7 @@ _REASONS = {
     405: "Method Not Allowed",
     503: "Service Unavailable",
 }
-_NO_METRICS = b"metrics need prometheus_client: pip install 'graceful[metrics]'\n"
+_NO_METRICS = f"metrics need prometheus_client: {pip_install('metrics')}\n".encode()
 #: The reload durations histogram's upper bounds, in seconds.
 RELOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -208,11 +209,7 @@ class HealthServer(ConnectionServer):
             return 503, f"not ready: {snapshot.not_ready_because()}\n".encode(), text
         if target == b"/metrics":
             if self.metrics is None:
-                return (
-                    404,
-                    b"metrics need prometheus_client: pip install 'graceful[metrics]'\n",
-                    text,
-                )
+                return 404, _NO_METRICS, text
             return 200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"
         return 404, b"not found: try /ready, /live or /metrics\n", text
 
