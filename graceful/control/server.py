@@ -260,18 +260,14 @@ class ControlServer(ConnectionServer):
         """Carry out ``request``; True if the connection must outlive this call."""
         command, wait = request.get("command"), request.get("wait", False)
         if not isinstance(wait, bool):
-            await _answer(stream, ok=False, error=f"'wait' must be true or false, not {wait!r}")
+            await _answer(stream, ok=False, error=_not_a_flag("wait", wait))
             return False
         if command == "status":
             await _answer(stream, ok=True, status=self.supervisor.snapshot().as_json())
         elif command == "reload":
             through_probation = request.get("probation", False)
             if not isinstance(through_probation, bool):
-                await _answer(
-                    stream,
-                    ok=False,
-                    error=f"'probation' must be true or false, not {through_probation!r}",
-                )
+                await _answer(stream, ok=False, error=_not_a_flag("probation", through_probation))
                 return False
             waiter = self.supervisor.request_reload(through_probation)
             if not wait:
@@ -302,11 +298,7 @@ class ControlServer(ConnectionServer):
         elif command == "upgrade":
             through_probation = request.get("probation", False)
             if not isinstance(through_probation, bool):
-                await _answer(
-                    stream,
-                    ok=False,
-                    error=f"'probation' must be true or false, not {through_probation!r}",
-                )
+                await _answer(stream, ok=False, error=_not_a_flag("probation", through_probation))
                 return False
             waiter = self.supervisor.request_upgrade(through_probation)
             if not wait and waiter.result is None:
@@ -376,6 +368,10 @@ class ControlServer(ConnectionServer):
                 waiter.send(line, socket.MSG_DONTWAIT)
             waiter.close()
         self.exit_waiters.clear()
+
+
+def _not_a_flag(name: str, value: object) -> str:
+    return f"{name!r} must be true or false, not {value!r}"
 
 
 def _outcome(outcome: ReloadOutcome) -> dict[str, Any]:

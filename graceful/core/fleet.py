@@ -312,6 +312,17 @@ class Fleet:
         self.out.append(ResumeWorker(worker.serial))
         self.out.append(StartTimer(self.resume_timeout, ReadyTimeout(worker.serial)))
 
+    def resume_parked(self, generation: Generation, parked: list[Worker]) -> None:
+        """``generation`` resumes: its ``parked`` workers are told to resume, as many
+        as the workers per generation (by slot), and those beyond (scaled down since
+        they were parked) drain."""
+        generation.role = Role.RESUMING
+        parked = sorted(parked, key=lambda worker: worker.worker_id)
+        for worker in parked[self.size :]:
+            self.release(worker)
+        for worker in parked[: self.size]:
+            self.resume(worker)
+
     def kill(self, worker: Worker) -> None:
         if worker.killed or worker.serial not in self.workers:
             # already killed, or already exited: there is nothing left to kill

@@ -118,12 +118,7 @@ def take_back(fleet: Fleet, parked: ParkedForSuccessor, cause: str) -> TakingBac
         if generation is not None:
             fleet.retire(generation)
         return None
-    generation.role = Role.RESUMING
-    resumable.sort(key=lambda worker: worker.worker_id)
-    for worker in resumable[fleet.size :]:  # scaled down since it was parked
-        fleet.release(worker)
-    for worker in resumable[: fleet.size]:
-        fleet.resume(worker)
+    fleet.resume_parked(generation, resumable)
     return TakingBack(parked.generation, cause, fleet.now)
 
 

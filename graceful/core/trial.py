@@ -140,12 +140,7 @@ def roll_back(fleet: Fleet, probation: OnProbation, cause: str) -> RollingBack |
             f"cannot roll back ({cause}): parked generation {probation.parked} has no worker left",
         )
         return None
-    parked.role = Role.RESUMING
-    resumable.sort(key=lambda worker: worker.worker_id)
-    for worker in resumable[fleet.size :]:  # scaled down since it was parked
-        fleet.release(worker)
-    for worker in resumable[: fleet.size]:
-        fleet.resume(worker)
+    fleet.resume_parked(parked, resumable)
     fleet.log(
         logging.ERROR,
         f"rolling back: {cause}; parked generation {parked.number} resumes",

@@ -24,34 +24,24 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 import anyio
 
 from graceful.base.log import logger
 from graceful.child.successor import Inheritance
-from graceful.control.pidfile import PidFile
 from graceful.control.server import ReloadWaiter
 from graceful.core import events
 from graceful.core.actions import RollbackEnded
-from graceful.core.machine import SupervisorStateMachine
+from graceful.supervisor import upgrade
 from graceful.supervisor.socket_files import SocketFiles
-from graceful.supervisor.systemd import Notifier
 from graceful.wire.messages import LINK_MESSAGE_BYTES
 
 
-class Host(Protocol):
-    """What the successor's side needs of the supervisor's loop."""
+class Host(upgrade.Host, Protocol):
+    """What the successor's side needs of the supervisor's loop: what the upgrade's
+    running side needs, and more."""
 
-    machine: SupervisorStateMachine
-    notifier: Notifier
-    pid_file: PidFile | None
-    files: SocketFiles | None
-
-    def send_event(self, event: events.Event) -> None: ...
-    def start_task(self, function: Callable[[], Coroutine[Any, Any, object]]) -> None: ...
-    def serve_own_sockets(self, serving: bool) -> None: ...
     def publish_pid_file(self) -> None: ...
     def request_reload(self, through_probation: bool = False) -> ReloadWaiter: ...
 
