@@ -26,12 +26,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
 from graceful.api.asgi import asgi_service
+from graceful.api.configuration import Sources, environment_of, gather, read_again
 from graceful.api.service import Service, service_settings, supervise
 from graceful.base.errors import ConfigError, GracefulError
 from graceful.base.log import ensure_visible, logger
 from graceful.code.entry import import_module, module_exists, walk
 from graceful.control.client import Control, NoControlSocket
 from graceful.control.pidfile import signal_supervisor
+from graceful.core.configured import Configured
 from graceful.core.settings import (
     GROUPS,
     SECONDS,
@@ -340,21 +342,57 @@ def _use_app_dir(app_dir: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    given = _given(args, "graceful serve")
+    sources = gather("graceful serve", _given(args, "graceful serve"), os.environ, os.getcwd())
+    environ = dict(os.environ)  # as the supervisor started: what each reload compares with
+    configured, service = _serve_configured(args.app, sources, environ)
+    return supervise(
+        service,
+        configured.given,
+        "graceful serve",
+        caller=sys._getframe(),
+        environment=configured.environment,
+        given=configured.given,
+        reread=lambda: _serve_configured(
+            args.app, read_again(sources, "graceful serve"), environ, again=True
+        )[0],
+    )
+
+
+def _serve_configured(
+    app: str, sources: Sources, environ: dict[str, str], *, again: bool = False
+) -> tuple[Configured, Service[Any]]:
+    """How ``graceful serve`` serves ``app`` with the settings of ``sources``: what
+    each generation is started with, and the service. Read ``again`` (a reload):
+    nothing is changed in this process.
+
+    Raises:
+        ConfigError: for the first setting that can never work.
+    """
+    given = sources.merged()
     command = checked(CommandLine, given, "graceful serve")
-    _use_app_dir(command.app_dir)
-    given["watch"] = _watch(command, given, args.app.partition(":")[0])
+    if not again:
+        _use_app_dir(command.app_dir)
+    given["watch"] = _watch(command, given, app.partition(":")[0])
     listen = _listen_of(command)
     if listen is not None:
-        if "listen" in given:
+        named = max(sources.rank(name) for name in ("host", "port", "uds", "fd"))
+        if "listen" in given and sources.rank("listen") == named:
             raise ConfigError("give --listen (or --bind), or --host/--port/--uds/--fd, not both")
-        given["listen"] = [listen]
+        if "listen" not in given or sources.rank("listen") < named:
+            given["listen"] = [listen]
     uvicorn = checked(ServerSettings, given, "graceful serve").server == "uvicorn"
     server_options = _uvicorn_options(given, uvicorn)
     if not command.access_log and uvicorn:
         server_options["access_log"] = False
-    service = asgi_service(args.app, given, server_options)
-    return supervise(service, given, "graceful serve", caller=sys._getframe())
+    service = asgi_service(app, given, server_options)
+    configured = Configured(
+        service.settings,
+        service.entry_options,
+        service.backend_options,
+        environment_of(given, environ),
+        given,
+    )
+    return configured, service
 
 
 def _listen_of(command: CommandLine) -> str | None:
@@ -393,7 +431,8 @@ def _uvicorn_options(given: dict[str, object], uvicorn: bool) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    given = _given(args, "graceful run")
+    sources = gather("graceful run", _given(args, "graceful run"), os.environ, os.getcwd())
+    given = sources.merged()
     command = checked(CommandLine, given, "graceful run")
     _use_app_dir(command.app_dir)
     module_name, sep, name = args.entry.partition(":")
@@ -404,13 +443,29 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"module {module_name!r} has no {name!r}")
     if not isinstance(target, Service):
         raise ConfigError(f"{args.entry} is not a @graceful.service (got {type(target).__name__})")
-    overrides = {s.name: given[s.name] for s in settings_of(ServiceSettings) if s.name in given}
-    watch = _watch(command, given, module_name)
-    overrides.pop("watch", None)  # the switch: what it watches is ``watch``
-    if watch is not None:
-        overrides["watch"] = watch
-    settings = service_settings(overrides, "graceful run", base=target.settings)
-    return supervise(target, given, "graceful run", caller=sys._getframe(), settings=settings)
+    environ = dict(os.environ)  # as the supervisor started: what each reload compares with
+
+    def configured(sources: Sources) -> Configured:
+        given = sources.merged()
+        overrides = {s.name: given[s.name] for s in settings_of(ServiceSettings) if s.name in given}
+        watch = _watch(checked(CommandLine, given, "graceful run"), given, module_name)
+        overrides.pop("watch", None)  # the switch: what it watches is ``watch``
+        if watch is not None:
+            overrides["watch"] = watch
+        settings = service_settings(overrides, "graceful run", base=target.settings)
+        return Configured(settings, {}, {}, environment_of(given, environ), given)
+
+    first = configured(sources)
+    return supervise(
+        target,
+        given,
+        "graceful run",
+        caller=sys._getframe(),
+        settings=first.settings,
+        environment=first.environment,
+        given=first.given,
+        reread=lambda: configured(read_again(sources, "graceful run")),
+    )
 
 
 def _given(args: argparse.Namespace, entry: Entry) -> dict[str, object]:

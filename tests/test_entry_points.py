@@ -16,9 +16,10 @@ import pytest
 import graceful
 from graceful.api.service import Service
 from graceful.cli import REFUSED_SERVER_OPTIONS, build_parser
+from graceful.core.configured import Configured
 from graceful.core.machine import Strategy
 from graceful.core.settings import SETTINGS, Entry, ServiceSettings, Supervision, checked, taken_by
-from graceful.supervisor.run import _passed_on
+from graceful.supervisor.run import _decided, _worker_options
 
 
 def keyword_defaults(function: Callable[..., Any]) -> dict[str, object]:
@@ -96,7 +97,10 @@ def test_the_state_machine_and_the_workers_are_told_the_checked_settings() -> No
         "serve_asgi",
     )
     supervision = checked(Supervision, {"stop_delay": 6}, "serve_asgi")
-    decided, options = _passed_on(settings, supervision, {"app": "x:y"}, {})
+    decided = _decided(settings, supervision)
+    options = _worker_options(
+        Configured(settings, {"app": "x:y"}, {}, {}, {}), development=decided.development
+    )
     assert (decided.workers, decided.ready_timeout, decided.drain_timeout) == (3, 4.0, 5.0)
     assert (decided.probation, decided.stop_delay) == (0.0, 6.0)
     assert (decided.strategy, decided.max_surge, decided.preload) == (Strategy.ROLLING, 2, True)

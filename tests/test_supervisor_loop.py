@@ -33,7 +33,7 @@ from graceful.core.machine import (
 )
 from graceful.spawn import guard as orphan_guard
 from graceful.spawn.guard import OrphanGuard
-from graceful.spawn.spawner import Reaped
+from graceful.spawn.spawner import Reaped, WorkerSetup
 from graceful.supervisor.loop import SupervisorLoop
 from graceful.wire import messages as _wire
 
@@ -134,7 +134,7 @@ class StandInFactory:
         #: how many workers had been started at each call of quiet()
         self.quiet_at: list[int] = []
 
-    async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> StandIn:
+    async def start(self, spawn: SpawnWorker, setup: WorkerSetup) -> StandIn:
         if self.uninterruptible is not None:
             # as a template's fork: once asked, the start runs to its end
             with anyio.CancelScope(shield=True):

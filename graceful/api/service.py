@@ -11,7 +11,7 @@ import os
 import sys
 import types
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, NoReturn, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, Protocol, TypeVar, overload
 
 import multiprocess
 
@@ -27,6 +27,9 @@ from graceful.core.settings import (
     taken_by,
 )
 from graceful.dev.watch import need_watchfiles
+
+if TYPE_CHECKING:
+    from graceful.core.configured import Reread
 
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
@@ -110,11 +113,16 @@ def supervise(
     *,
     caller: types.FrameType | None,
     settings: ServiceSettings | None = None,
+    environment: dict[str, str] | None = None,
+    given: dict[str, object] | None = None,
+    reread: Reread | None = None,
 ) -> int:
     """Supervise ``service`` in this process, with the settings of
     :class:`~graceful.core.settings.Supervision` in ``supervision`` (as ``entry`` took
     them) and ``settings`` in place of its own; the exit status, 2 for a setting
-    that can never work (logged in one line).
+    that can never work (logged in one line). The workers get ``environment`` on top
+    of the supervisor's; ``reread`` reads the configuration again at each reload
+    (:mod:`graceful.supervisor.reconfigure`; ``given``: every setting given).
 
     Raises:
         ConfigError: if called in a worker that imported the main script.
@@ -143,6 +151,9 @@ def supervise(
         target=service,
         entry_options=service.entry_options,
         backend_options=service.backend_options,
+        environment=environment,
+        given=given,
+        reread=reread,
     )
 
 

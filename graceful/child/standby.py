@@ -29,7 +29,7 @@ STANDBY_NAME = "graceful-warm"
 
 #: Set in a standby's environment (and removed once it has work), so that tools can
 #: tell a standby that has not named itself yet from a worker.
-STANDBY_VARIABLE = "GRACEFUL_STANDBY"
+STANDBY_VARIABLE = "GRACEFUL_STANDBY_PROCESS"
 
 
 def standby_main(

@@ -91,6 +91,9 @@ class Kind:
     cli: Literal["value", "switch", "toggle", "repeat"] = "value"
     choices: tuple[str, ...] = ()
     metavar: str | None = None
+    #: what separates a list's values in an environment variable: None for any
+    #: whitespace (as uvicorn's ``UVICORN_*`` variables, read by click, do)
+    split: str | None = None
 
 
 def _short(value: object) -> str:
@@ -303,6 +306,38 @@ def _check_headers(name: str, value: object) -> tuple[str, ...]:
     return words
 
 
+def _check_environment(name: str, value: object) -> dict[str, str]:
+    """Environment variables: a table (a mapping) of names to strings (or numbers), or
+    a list of ``NAME=VALUE`` pairs (the command line's)."""
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, list | tuple) and all(
+        isinstance(pair, tuple) and len(pair) == 2 for pair in value
+    ):
+        pairs = list(value)
+    else:
+        raise ConfigError(f"{name}={_short(value)} must be a table of NAME = 'value'")
+    environment: dict[str, str] = {}
+    for variable, text in pairs:
+        if not isinstance(variable, str) or not variable or "=" in variable or "\x00" in variable:
+            raise ConfigError(f"{name}: {_short(variable)} is not an environment variable's name")
+        if (
+            isinstance(text, bool)
+            or not isinstance(text, str | int | float)
+            or (isinstance(text, str) and "\x00" in text)
+        ):
+            raise ConfigError(f"{name}: {variable}={_short(text)} must be a string")
+        environment[variable] = str(text)
+    return environment
+
+
+def _parse_assignment(text: str) -> tuple[str, str]:
+    variable, sep, value = text.partition("=")
+    if not sep or not variable:
+        raise ConfigError(f"{text!r} must look like NAME=VALUE")
+    return variable, value
+
+
 WHOLE = Kind("int (at least 1)", _check_whole, _parse_whole, metavar="N")
 SECONDS = Kind("float (seconds)", _check_seconds, _parse_seconds, metavar="S")
 SWITCH = Kind("bool", _check_flag, cli="switch")
@@ -343,6 +378,9 @@ class Setting:
     status: bool = False
     #: other spellings of the flag, as uvicorn, hypercorn or gunicorn name it
     aliases: tuple[str, ...] = ()
+    #: an environment variable other tools read for it, which sets it when nothing
+    #: else does (``WEB_CONCURRENCY``, the worker count of uvicorn, gunicorn, Heroku)
+    env_fallback: str | None = None
 
     def check(self, value: object) -> Any:
         """``value``, normalised; raises :class:`ConfigError` in one line naming it."""
@@ -352,9 +390,25 @@ class Setting:
         """The value a command-line word gives; raises :class:`ConfigError` in one line."""
         return self.kind.parse(text)
 
+    def from_text(self, text: str) -> Any:
+        """The value its environment variable's ``text`` gives (not checked yet): a
+        switch's ``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``, a
+        list's values separated as its kind says, or what the command line's word
+        would give; raises :class:`ConfigError` in one line."""
+        kind = self.kind
+        if kind.cli in ("switch", "toggle"):
+            word = text.strip().lower()
+            if word in _TRUE or word in _FALSE:
+                return word in _TRUE
+            raise ConfigError(f"{text!r} must be one of 1, true, yes, on, 0, false, no, off")
+        if kind.cli == "repeat":
+            return [kind.parse(word.strip()) for word in text.split(kind.split) if word.strip()]
+        return kind.parse(text)
+
 
 _DECLARED = "graceful.setting"
 _NONE: Any = object()  # no default given
+_AUTO: Any = object()  # the environment variable named after the setting
 
 
 def setting(
@@ -364,7 +418,7 @@ def setting(
     scope: Scope,
     default: Any = _NONE,
     flag: str | None = None,
-    env: str | None = None,
+    env: str | None = _AUTO,
     entries: tuple[Entry, ...] = (),
     required_in: tuple[Entry, ...] = (),
     otherwise: Any = _NONE,
@@ -372,6 +426,7 @@ def setting(
     status: bool = False,
     default_label: str | None = None,
     aliases: tuple[str, ...] = (),
+    env_fallback: str | None = None,
 ) -> Any:
     """Declare the field it is assigned to as a setting, taken by ``entries`` (its
     group's when empty). A setting that the entry points ``required_in`` require has
@@ -396,6 +451,7 @@ def setting(
         metavar=metavar or kind.metavar,
         status=status,
         aliases=aliases,
+        env_fallback=env_fallback,
     )
     if required_in:
         return dataclasses.field(metadata={_DECLARED: declared})
@@ -444,6 +500,7 @@ class ServiceSettings:
         default=1,
         flag="--workers",
         aliases=("-w",),
+        env_fallback="WEB_CONCURRENCY",
     )
     ready_timeout: float = setting(
         SECONDS,
@@ -542,21 +599,21 @@ class ServerSettings:
     factory: bool = setting(
         SWITCH,
         "the app is a factory: call it with no arguments to build the app",
-        scope="supervisor",
+        scope="generation",
         default=False,
         flag="--factory",
     )
     interface: Interface = setting(
         _choice(*INTERFACES),
         "the app's kind; auto recognises WSGI apps (Flask, Django's wsgi.py) too",
-        scope="supervisor",
+        scope="generation",
         default="auto",
         flag="--interface",
     )
     threads: int = setting(
         WHOLE,
         "threads that run a WSGI app, per worker",
-        scope="supervisor",
+        scope="generation",
         default=DEFAULT_THREADS,
         flag="--threads",
     )
@@ -564,7 +621,7 @@ class ServerSettings:
         Kind("'module:function'", _check_ready_hook),
         "called in each worker after the app is imported (awaited, or run in a thread), "
         "before it is ready; if it raises, the reload fails",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--ready-hook",
         metavar="MODULE:FUNCTION",
@@ -623,7 +680,7 @@ class UvicornSettings:
     proxy_headers: bool = setting(
         TOGGLE,
         "trust X-Forwarded-Proto, X-Forwarded-For from --forwarded-allow-ips (uvicorn)",
-        scope="supervisor",
+        scope="generation",
         default=True,
         flag="--proxy-headers",
     )
@@ -631,7 +688,7 @@ class UvicornSettings:
         TEXT,
         "comma-separated addresses (or *) whose proxy headers are trusted (uvicorn; "
         "default: $FORWARDED_ALLOW_IPS or 127.0.0.1)",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--forwarded-allow-ips",
         metavar="IPS",
@@ -639,7 +696,7 @@ class UvicornSettings:
     root_path: str | None = setting(
         TEXT,
         "the ASGI root_path, for an app mounted below a path by a proxy (uvicorn)",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--root-path",
         metavar="PATH",
@@ -647,7 +704,7 @@ class UvicornSettings:
     ssl_keyfile: str | None = setting(
         PATH,
         "TLS: the private key file (uvicorn); read by each new generation",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--ssl-keyfile",
         aliases=("--keyfile",),
@@ -655,7 +712,7 @@ class UvicornSettings:
     ssl_certfile: str | None = setting(
         PATH,
         "TLS: the certificate chain file (uvicorn); read by each new generation",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--ssl-certfile",
         aliases=("--certfile",),
@@ -663,14 +720,14 @@ class UvicornSettings:
     ssl_keyfile_password: str | None = setting(
         TEXT,
         "TLS: the private key's password (uvicorn)",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--ssl-keyfile-password",
     )
     ssl_ca_certs: str | None = setting(
         PATH,
         "TLS: the CA certificates file (uvicorn)",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--ssl-ca-certs",
         aliases=("--ca-certs",),
@@ -678,7 +735,7 @@ class UvicornSettings:
     ssl_ciphers: str | None = setting(
         TEXT,
         "TLS: the ciphers (uvicorn; default TLSv1)",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--ssl-ciphers",
         aliases=("--ciphers",),
@@ -686,7 +743,7 @@ class UvicornSettings:
     timeout_keep_alive: int | None = setting(
         Kind("int (seconds, at least 1)", _check_optional_whole, _parse_whole, metavar="S"),
         "close a keep-alive connection idle this long (uvicorn; default 5)",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--timeout-keep-alive",
         aliases=("--keep-alive",),
@@ -694,79 +751,78 @@ class UvicornSettings:
     limit_concurrency: int | None = setting(
         Kind("int (at least 1)", _check_optional_whole, _parse_whole, metavar="N"),
         "answer 503 beyond this many connections and tasks, per worker (uvicorn)",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--limit-concurrency",
     )
     http: str | None = setting(
         _choice("auto", "h11", "httptools", optional=True),
         "the HTTP protocol implementation (uvicorn; default auto)",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--http",
     )
     ws: str | None = setting(
         _choice("auto", "none", "websockets", "websockets-sansio", "wsproto", optional=True),
         "the WebSocket protocol implementation (uvicorn; default auto)",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--ws",
     )
     loop: str | None = setting(
         _choice("auto", "asyncio", "uvloop", optional=True),
         "the event loop (uvicorn; default auto: uvloop if installed)",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--loop",
     )
     lifespan: str | None = setting(
         _choice("auto", "on", "off", optional=True),
         "the ASGI lifespan protocol (uvicorn; default auto)",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--lifespan",
     )
     headers: tuple[str, ...] = setting(
-        Kind("list of 'Name: value'", _check_headers, cli="repeat", metavar="'NAME: VALUE'"),
+        Kind(
+            "list of 'Name: value'",
+            _check_headers,
+            cli="repeat",
+            metavar="'NAME: VALUE'",
+            split="\n",  # a header's value may hold spaces, commas and semicolons
+        ),
         "a response header every response gets (uvicorn)",
-        scope="supervisor",
+        scope="generation",
         default=(),
         flag="--header",
     )
     server_header: bool = setting(
         TOGGLE,
         "send the Server header (uvicorn)",
-        scope="supervisor",
+        scope="generation",
         default=True,
         flag="--server-header",
     )
     date_header: bool = setting(
         TOGGLE,
         "send the Date header (uvicorn)",
-        scope="supervisor",
+        scope="generation",
         default=True,
         flag="--date-header",
     )
     log_level: str | None = setting(
         _choice("critical", "error", "warning", "info", "debug", "trace", optional=True),
         "uvicorn's log level in the workers (default info)",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--log-level",
     )
     log_config: str | None = setting(
         PATH,
         "a logging configuration file for the workers: .json, .yaml or .ini (uvicorn)",
-        scope="supervisor",
+        scope="generation",
         default=None,
         flag="--log-config",
-    )
-    env_file: str | None = setting(
-        PATH,
-        "environment variables for the workers, from a .env file (uvicorn)",
-        scope="supervisor",
-        default=None,
-        flag="--env-file",
     )
 
 
@@ -810,6 +866,37 @@ class CommandLine:
         flag="--fd",
         entries=("graceful serve",),
     )
+    config: str | None = setting(
+        PATH,
+        "the configuration file (TOML): graceful.toml's keys, or pyproject.toml's "
+        "[tool.graceful] table (default: ./graceful.toml, if there is one); re-read by "
+        "each reload",
+        scope="supervisor",
+        default=None,
+        flag="--config",
+        aliases=("-c",),
+        metavar="FILE",
+    )
+    env: dict[str, str] = setting(
+        Kind("table of NAME = 'value'", _check_environment, _parse_assignment, cli="repeat"),
+        "an environment variable of the workers, over the supervisor's own (the file's "
+        "[env] table; gunicorn's --env)",
+        scope="generation",
+        default=(),
+        default_label="none",
+        flag="--env",
+        aliases=("-e",),
+        env=None,
+        metavar="NAME=VALUE",
+    )
+    env_file: str | None = setting(
+        PATH,
+        "environment variables of the workers, from a .env file, read by each reload: "
+        "a variable the supervisor's environment has wins, as with uvicorn",
+        scope="generation",
+        default=None,
+        flag="--env-file",
+    )
     app_dir: str = setting(
         PATH,
         "put this directory first on sys.path",
@@ -821,7 +908,7 @@ class CommandLine:
     access_log: bool = setting(
         SWITCH,
         "log each request (uvicorn)",
-        scope="supervisor",
+        scope="generation",
         default=True,
         flag="--no-access-log",
         entries=("graceful serve",),
@@ -855,16 +942,24 @@ class CommandLine:
     )
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
 def settings_of(group: type[Any]) -> tuple[Setting, ...]:
-    """The settings ``group`` declares, in order, each named after its field."""
-    return tuple(
-        dataclasses.replace(
-            field.metadata[_DECLARED],
-            name=field.name,
-            entries=field.metadata[_DECLARED].entries or group.ENTRIES,
-        )
-        for field in dataclasses.fields(group)
-    )
+    """The settings ``group`` declares, in order, each named after its field (and its
+    environment variable, unless declared otherwise: ``GRACEFUL_<NAME>`` for a setting
+    of the commands)."""
+    named = []
+    for field in dataclasses.fields(group):
+        declared: Setting = field.metadata[_DECLARED]
+        entries = declared.entries or group.ENTRIES
+        env = declared.env
+        if env is _AUTO:
+            commands = declared.flag is not None and set(entries) & set(_COMMANDS)
+            env = f"GRACEFUL_{field.name.upper()}" if commands else None
+        named.append(dataclasses.replace(declared, name=field.name, entries=entries, env=env))
+    return tuple(named)
 
 
 #: The groups, in the order the reference and ``--help`` list them, each with its

@@ -51,6 +51,9 @@ class GenerationView:
     #: its release directory, interpreter, graceful and Python versions
     runtime: dict[str, Any]
     workers: tuple[WorkerView, ...]
+    #: the settings of scope ``generation`` it was started with, by name (None: not
+    #: read from a configuration: see :mod:`graceful.supervisor.reconfigure`)
+    settings: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -183,5 +186,6 @@ def _generation_json(generation: GenerationView) -> dict[str, Any]:
             for worker_id, (count, cause) in generation.crashes.items()
         },
         **generation.runtime,
+        **({"settings": generation.settings} if generation.settings is not None else {}),
         "workers": [asdict(worker) for worker in generation.workers],
     }

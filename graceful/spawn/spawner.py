@@ -47,7 +47,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
@@ -141,9 +141,9 @@ class WorkerProcess(Protocol):
 class ProcessFactory(Protocol):
     """Starts workers for the supervisor's loop."""
 
-    async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
-        """Start the worker ``spawn`` describes, with ``environment`` added to its
-        environment, and hand it the listeners. Raises on any failure, having
+    async def start(self, spawn: SpawnWorker, setup: WorkerSetup) -> WorkerProcess:
+        """Start the worker ``spawn`` describes, as ``setup`` says, and hand it the
+        listeners. Raises on any failure, having
         cleaned up whatever it had started. If cancelled, nothing is left started."""
 
     def generation_ended(self, number: int) -> None:
@@ -282,11 +282,28 @@ class Launch:
     entry: EntryRef
     #: handed to each worker
     listeners: list[BoundListener]
+    #: what the first generation's workers are told (each generation's own come
+    #: with its :class:`WorkerSetup`)
     options: WorkerOptions
     #: where each start finds its release (its interpreter, paths, directory)
     release: ReleaseLayout
     #: keep a warm standby for the next start
     standby: bool = True
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What one generation's workers are started with (each reload may read it anew:
+    :mod:`graceful.supervisor.reconfigure`)."""
+
+    #: what each is told (None: the :class:`Launch`'s)
+    options: WorkerOptions | None = None
+    #: added to the supervisor's environment: the configured variables, and any
+    #: ``bypass``
+    environment: dict[str, str] = field(default_factory=dict)
+    #: the environment holds the stale-bytecode bypass (:class:`BytecodeGate`): no
+    #: standby can take the start
+    bypass: bool = False
 
 
 class SpawningFactory:
@@ -295,33 +312,42 @@ class SpawningFactory:
     def __init__(self, launch: Launch) -> None:
         self.entry = launch.entry
         self.listeners = launch.listeners
+        #: the newest generation's options and configured environment: a standby is
+        #: started with them, and can take the start of a generation with the same
         self.options = launch.options
+        self.environment: dict[str, str] = {}
         self.release = launch.release
         self._context = multiprocess.get_context("spawn")
         #: keeps the warm standby (:mod:`graceful.spawn.standby`); None when turned off
         self.standbys = StandbyKeeper(self.start_standby) if launch.standby else None
 
-    async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
+    async def start(self, spawn: SpawnWorker, setup: WorkerSetup) -> WorkerProcess:
         runtime = self.release.resolve()
         standby = await self.take_standby(
-            environment,
+            setup,
             runtime,
-            lambda: Assignment(runtime.cwd, worker=self.bootstrap(spawn, runtime)),
+            lambda: Assignment(
+                runtime.cwd, worker=self.bootstrap(spawn, setup.options or self.options, runtime)
+            ),
         )
         if standby is not None:
             return self.adopt(spawn, standby, runtime)
-        return self.spawn(spawn, environment, runtime)
+        return self.spawn(spawn, setup, runtime)
 
     async def take_standby(
-        self, environment: dict[str, str], runtime: Runtime, assignment: Callable[[], Assignment]
+        self, setup: WorkerSetup, runtime: Runtime, assignment: Callable[[], Assignment]
     ) -> Standby | None:
         """The warm standby, given ``assignment()``; None if there is none, or it
         cannot be used (the start is then cold): it was started from another
-        ``runtime`` (the release link was switched since), or the start needs an
-        ``environment`` of its own (the stale-bytecode bypass)."""
-        if self.standbys is None or environment:
+        ``runtime`` (the release link was switched since) or with another configured
+        environment, or the start needs the stale-bytecode bypass. The next standby
+        is started with ``setup``'s options and environment."""
+        if not setup.bypass:
+            self.options = setup.options or self.options
+            self.environment = setup.environment
+        if self.standbys is None or setup.bypass:
             return None
-        return await self.standbys.take(assignment, runtime)
+        return await self.standbys.take(assignment, runtime, setup.environment)
 
     def adopt(self, spawn: SpawnWorker, standby: Standby, runtime: Runtime) -> SpawnedWorker:
         """The worker ``spawn`` describes, from a standby that has taken the work:
@@ -378,9 +404,10 @@ class SpawningFactory:
                     ),
                     name="graceful standby",
                 )
-                self.start_process(process, {STANDBY_VARIABLE: "1"}, runtime)
+                environment = dict(self.environment)
+                self.start_process(process, {**environment, STANDBY_VARIABLE: "1"}, runtime)
             on_failure.pop_all()
-        return Standby(process, link, control, fd_channel, runtime=runtime)
+        return Standby(process, link, control, fd_channel, runtime=runtime, environment=environment)
 
     def generation_ended(self, number: int) -> None:
         pass
@@ -407,9 +434,7 @@ class SpawningFactory:
         if self.standbys is not None:
             self.standbys.close()
 
-    def spawn(
-        self, spawn: SpawnWorker, environment: dict[str, str], runtime: Runtime
-    ) -> SpawnedWorker:
+    def spawn(self, spawn: SpawnWorker, setup: WorkerSetup, runtime: Runtime) -> SpawnedWorker:
         """Start the worker ``spawn`` describes, from ``runtime`` (see the module
         docstring)."""
         with contextlib.ExitStack() as on_failure:
@@ -417,10 +442,14 @@ class SpawningFactory:
             with contextlib.closing(child_control), child_fd_channel:
                 process = self._context.Process(
                     target=start_worker,
-                    args=(child_control, child_fd_channel, wrap(self.bootstrap(spawn, runtime))),
+                    args=(
+                        child_control,
+                        child_fd_channel,
+                        wrap(self.bootstrap(spawn, setup.options or self.options, runtime)),
+                    ),
                     name=f"graceful gen {spawn.generation} worker {spawn.worker_id}",
                 )
-                self.start_process(process, environment, runtime)
+                self.start_process(process, setup.environment, runtime)
                 on_failure.callback(kill_and_reap, process)
             handed = self.take_on(spawn, process.pid, channel, fd_channel, runtime.release)
             on_failure.pop_all()
@@ -468,13 +497,17 @@ class SpawningFactory:
         fd_channel.setblocking(False)
         return channel, fd_channel, child_control, child_fd_channel
 
-    def bootstrap(self, spawn: SpawnWorker, runtime: Runtime) -> WorkerBootstrap:
+    def bootstrap(
+        self, spawn: SpawnWorker, options: WorkerOptions, runtime: Runtime
+    ) -> WorkerBootstrap:
         """What the worker ``spawn`` describes is told at its start."""
         return WorkerBootstrap.of(
-            self.generation_bootstrap(spawn.generation, runtime), spawn.worker_id
+            self.generation_bootstrap(spawn.generation, options, runtime), spawn.worker_id
         )
 
-    def generation_bootstrap(self, generation: int, runtime: Runtime) -> TemplateBootstrap:
+    def generation_bootstrap(
+        self, generation: int, options: WorkerOptions, runtime: Runtime
+    ) -> TemplateBootstrap:
         """What every worker of ``generation`` started from ``runtime`` is told (and
         its template, with ``preload``)."""
         return TemplateBootstrap(
@@ -482,7 +515,7 @@ class SpawningFactory:
             generation=generation,
             supervisor_pid=os.getpid(),
             listeners=[(listener.spec, listener.address) for listener in self.listeners],
-            options=self.options,
+            options=options,
             log_level=logger.getEffectiveLevel(),
             main=main_script_for(runtime),
         )

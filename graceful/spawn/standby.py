@@ -97,10 +97,14 @@ class Standby:
         fd_channel: socket.socket | None,
         *,
         runtime: Runtime,
+        environment: dict[str, str] | None = None,
     ) -> None:
         self.process = process
         #: what it was started from: it becomes a process of that release only
         self.runtime = runtime
+        #: the configured environment it was started with: it becomes a process of a
+        #: generation configured with the same only
+        self.environment = dict(environment or {})
         #: (kept: the process object forgets it once closed)
         self.pid: int = process.pid
         self.link = link
@@ -311,11 +315,17 @@ class StandbyKeeper:
         if self._wake is not None:
             self._wake.set()
 
-    async def take(self, assignment: Callable[[], Assignment], runtime: Runtime) -> Standby | None:
+    async def take(
+        self,
+        assignment: Callable[[], Assignment],
+        runtime: Runtime,
+        environment: dict[str, str] | None = None,
+    ) -> Standby | None:
         """The warm standby, given the work ``assignment()`` describes (called once it
         is sure to be sent); None if there is none, it was started from another
-        ``runtime`` (another release), or it could not take the work (it is then
-        discarded, and the caller starts the process cold)."""
+        ``runtime`` (another release) or with another configured ``environment``, or
+        it could not take the work (it is then discarded, and the caller starts the
+        process cold)."""
         standby = self._standby
         if standby is None or not standby.warm:
             return None
@@ -327,6 +337,8 @@ class StandbyKeeper:
                     await self._watch_ended.wait()
                 if standby.runtime != runtime:
                     why: str | None = _runtime_changed(standby.runtime, runtime)
+                elif standby.environment != (environment or {}):
+                    why = "the workers' configured environment changed since it started"
                 else:
                     why = await standby.assign(assignment())
         except BaseException:

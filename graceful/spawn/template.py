@@ -57,6 +57,7 @@ from graceful.spawn.spawner import (
     Launch,
     SpawningFactory,
     WorkerProcess,
+    WorkerSetup,
 )
 from graceful.spawn.standby import Standby
 from graceful.wire import messages as _wire
@@ -301,7 +302,7 @@ class TemplateFactory(SpawningFactory):
         #: generations that have ended: no template is started for them again
         self._ended: set[int] = set()
 
-    async def start(self, spawn: SpawnWorker, environment: dict[str, str]) -> WorkerProcess:
+    async def start(self, spawn: SpawnWorker, setup: WorkerSetup) -> WorkerProcess:
         self.collect_exited()
         if spawn.generation in self._ended:
             raise TemplateFailed(f"generation {spawn.generation} has ended: no more workers")
@@ -311,7 +312,7 @@ class TemplateFactory(SpawningFactory):
                 # (only a new template needs the release: a generation's template forks
                 # its workers whatever the link names meanwhile)
                 template = self._templates[spawn.generation] = await self._start_template(
-                    spawn.generation, environment, self.release.resolve()
+                    spawn.generation, setup, self.release.resolve()
                 )
         await template.wait_imported()
         with contextlib.ExitStack() as on_failure:
@@ -326,15 +327,17 @@ class TemplateFactory(SpawningFactory):
         return ForkedWorker(process_id=pid, **handed)
 
     async def _start_template(
-        self, generation: int, environment: dict[str, str], runtime: Runtime
+        self, generation: int, setup: WorkerSetup, runtime: Runtime
     ) -> Template:
-        """Generation ``generation``'s template, from ``runtime``: the warm standby if
-        it can take the work, else a new process."""
+        """Generation ``generation``'s template, from ``runtime``, as ``setup`` says:
+        the warm standby if it can take the work, else a new process."""
+        options = setup.options or self.options
         standby = await self.take_standby(
-            environment,
+            setup,
             runtime,
             lambda: Assignment(
-                runtime.cwd, template=self.generation_bootstrap(generation, runtime)
+                runtime.cwd,
+                template=self.generation_bootstrap(generation, options, runtime),
             ),
         )
         if standby is not None:
@@ -344,11 +347,14 @@ class TemplateFactory(SpawningFactory):
         with child_forks:
             process = self._context.Process(
                 target=start_template,
-                args=(wrap(self.generation_bootstrap(generation, runtime)), child_forks),
+                args=(
+                    wrap(self.generation_bootstrap(generation, options, runtime)),
+                    child_forks,
+                ),
                 name=f"graceful gen {generation} template",
             )
             try:
-                self.start_process(process, environment, runtime)
+                self.start_process(process, setup.environment, runtime)
             except BaseException:
                 forks.close()
                 raise

@@ -32,7 +32,7 @@ import multiprocess.resource_tracker
 from anyio.abc import TaskGroup, TaskStatus
 
 from graceful.base import processes as _processes
-from graceful.base.errors import GracefulError, name_some, one_line
+from graceful.base.errors import ConfigError, GracefulError, name_some, one_line
 from graceful.base.log import logger
 from graceful.control.pidfile import PidFile
 from graceful.control.server import ControlServer, ReloadWaiter
@@ -47,10 +47,11 @@ from graceful.dev.terminal import NARRATIVE, DevTerminal
 from graceful.dev.watch import SourceWatcher
 from graceful.sockets.listeners import BoundListener
 from graceful.spawn.guard import GuardKeeper, OrphanGuard
-from graceful.spawn.spawner import BytecodeGate, ProcessFactory, WorkerProcess
+from graceful.spawn.spawner import BytecodeGate, ProcessFactory, WorkerProcess, WorkerSetup
 from graceful.spawn.watcher import Watcher
 from graceful.supervisor import status
 from graceful.supervisor.health import HealthServer
+from graceful.supervisor.reconfigure import Configurations
 from graceful.supervisor.runtimes import GenerationRuntimes
 from graceful.supervisor.signals import follow_signals
 from graceful.supervisor.succession import Successor
@@ -107,8 +108,11 @@ class SupervisorLoop:
         terminal: DevTerminal | None = None,
         upgrades: Upgrades | None = None,
         successor: Successor | None = None,
+        configurations: Configurations | None = None,
     ) -> None:
         self.machine = SupervisorStateMachine(settings)
+        #: how each generation is started (read again for each: None for as launched)
+        self.configurations = configurations
         self._reap_orphans_too = reap_orphans
         self.sources = watch
         self.terminal = terminal
@@ -314,6 +318,8 @@ class SupervisorLoop:
         }
         for number in sorted(self._generations_known - live):
             self.factory.generation_ended(number)
+            if self.configurations is not None:
+                self.configurations.ended(number)
         self._generations_known = live
 
     def _answer_waiters(
@@ -492,6 +498,11 @@ class SupervisorLoop:
                     if self.successor is not None and not self.successor.settled_in
                     else self.upgrader.status()
                 ),
+                settings_of=(
+                    self.configurations.describe
+                    if self.configurations is not None
+                    else lambda _: None
+                ),
             ),
         )
 
@@ -575,14 +586,23 @@ class SupervisorLoop:
         called_off = self._spawning[spawn.serial]
         try:
             with called_off:
-                environment = (
+                setup = (
+                    await self.configurations.setup_for(spawn.generation)
+                    if self.configurations is not None
+                    else WorkerSetup()
+                )
+                bypass = (
                     await self.bytecode.environment_for(spawn.generation)
                     if self.bytecode is not None
                     else {}
                 )
+                if bypass:
+                    setup = WorkerSetup(setup.options, {**setup.environment, **bypass}, True)
                 self.timelines.mark(spawn.generation, "spawn", anyio.current_time())
-                worker = await self.factory.start(spawn, environment)
+                worker = await self.factory.start(spawn, setup)
                 self.timelines.mark(spawn.generation, "started", anyio.current_time())
+        except ConfigError as exc:  # the configuration, read again: said as it is
+            self.events_in.send_nowait(events.WorkerFailed(spawn.serial, str(exc)))
         except Exception as exc:
             self.events_in.send_nowait(
                 events.WorkerFailed(spawn.serial, f"could not start a worker: {one_line(exc)}")

@@ -33,6 +33,7 @@ from graceful.code.release import ReleaseError, ReleaseLayout
 from graceful.control.pidfile import PidFile, open_directory
 from graceful.control.protocol import control_path
 from graceful.control.server import DISOWNED, ControlServer, ControlSocket
+from graceful.core.configured import Configured, Reread
 from graceful.core.machine import Settings, Strategy
 from graceful.core.settings import ServiceSettings, Supervision, Watch
 from graceful.dev.terminal import DevTerminal, quiet_reload_narrative
@@ -49,6 +50,7 @@ from graceful.spawn.spawner import BytecodeGate, Launch, SpawningFactory
 from graceful.spawn.successor import Handed, SuccessorProcess, handed_listeners, start_successor
 from graceful.spawn.template import TemplateFactory
 from graceful.supervisor.loop import SupervisorLoop
+from graceful.supervisor.reconfigure import Configurations
 from graceful.supervisor.signals import ROLLBACK_SIGNAL, SCALE_SIGNALS
 from graceful.supervisor.socket_files import SocketFiles
 from graceful.supervisor.succession import Successor
@@ -66,6 +68,9 @@ def run_supervisor(
     target: object = None,
     entry_options: dict[str, Any] | None = None,
     backend_options: dict[str, Any] | None = None,
+    environment: dict[str, str] | None = None,
+    given: dict[str, object] | None = None,
+    reread: Reread | None = None,
 ) -> int:
     """Supervise workers that run ``function`` in this process; return the exit status.
 
@@ -73,7 +78,10 @@ def run_supervisor(
     ``target`` is what the entry's name must lead to in a fresh import (the
     ``@graceful.service`` object; ``function`` itself when None); every worker passes
     ``entry_options`` to ``function`` as keyword arguments, and ``backend_options`` to
-    ``anyio.run``. ``caller`` is the frame that started the supervisor (for the
+    ``anyio.run``, and each gets ``environment`` on top of the supervisor's. Each
+    reload calls ``reread`` (when given) for the new generation's (see
+    :mod:`graceful.supervisor.reconfigure`; ``given`` is every setting the command was
+    given). ``caller`` is the frame that started the supervisor (for the
     ``__main__`` guard). Configuration errors are logged as one line and give status 2
     before anything is spawned or left bound.
     """
@@ -95,8 +103,14 @@ def run_supervisor(
                 settings,
                 supervision,
                 caller=caller,
-                entry_options=dict(entry_options or {}),
-                backend_options=dict(backend_options or {}),
+                first=Configured(
+                    settings,
+                    dict(entry_options or {}),
+                    dict(backend_options or {}),
+                    dict(environment or {}),
+                    dict(given or {}),
+                ),
+                reread=reread,
             )
     finally:
         for signum, handler in stop_handlers.items():
@@ -110,8 +124,8 @@ def _supervise(
     supervision: Supervision,
     *,
     caller: types.FrameType | None,
-    entry_options: dict[str, Any],
-    backend_options: dict[str, Any],
+    first: Configured,
+    reread: Reread | None,
 ) -> int:
     claimed: PidFile | None = None
     control: ControlSocket | None = None
@@ -158,8 +172,12 @@ def _supervise(
     try:
         _announce(listeners, health_listeners, release)
         notifier = _notifier(inheritance)
-        decided, options = _passed_on(settings, supervision, entry_options, backend_options)
-        launch = Launch(entry, listeners, options, release, standby=settings.standby)
+        decided = _decided(settings, supervision)
+
+        def options_of(configured: Configured) -> WorkerOptions:
+            return _worker_options(configured, development=decided.development)
+
+        launch = Launch(entry, listeners, options_of(first), release, standby=settings.standby)
         terminal = _development_terminal(watch)
         loop = SupervisorLoop(
             decided,
@@ -183,6 +201,7 @@ def _supervise(
                 (listeners, health_listeners, control),
             ),
             successor=Successor(inheritance) if inheritance is not None else None,
+            configurations=Configurations(first, reread, options_of),
         )
         try:
             code = anyio.run(loop.run, backend="asyncio")
@@ -279,35 +298,33 @@ def _upgrades(
     )
 
 
-def _passed_on(
-    settings: ServiceSettings,
-    supervision: Supervision,
-    entry_options: dict[str, Any],
-    backend_options: dict[str, Any],
-) -> tuple[Settings, WorkerOptions]:
-    """What the state machine and every worker are told: each checked setting that
-    they have a field of the same name for, and what is computed here (after the
-    listeners are bound: the descriptor limit's reckoning counts them)."""
-    development = settings.watching is not None
-    decided = Settings(
+def _decided(settings: ServiceSettings, supervision: Supervision) -> Settings:
+    """What the state machine is told: each checked setting that it has a field of
+    the same name for, and what is computed here (after the listeners are bound: the
+    descriptor limit's reckoning counts them)."""
+    return Settings(
         **_by_name(
             Settings,
             (settings, supervision),
             strategy=Strategy(settings.strategy),
             max_workers=most_workers(),
-            development=development,
+            development=settings.watching is not None,
         )
     )
-    options = WorkerOptions(
+
+
+def _worker_options(configured: Configured, *, development: bool) -> WorkerOptions:
+    """What every worker of a generation ``configured`` so is told: each setting
+    that it has a field of the same name for, and the entry's and backend's options."""
+    return WorkerOptions(
         **_by_name(
             WorkerOptions,
-            (settings,),
-            entry_options=entry_options,
-            backend_options=backend_options,
+            (configured.settings,),
+            entry_options=configured.entry_options,
+            backend_options=configured.backend_options,
             report_only=development,
         )
     )
-    return decided, options
 
 
 def _by_name(receiver: type[Any], groups: tuple[Any, ...], **computed: Any) -> dict[str, Any]:

@@ -49,6 +49,8 @@ class Surroundings:
     listeners: Sequence[BoundListener]
     #: the upgrade under way (see :attr:`Snapshot.upgrade`)
     upgrade: dict[str, Any] | None = None
+    #: the settings each generation was started with, by its number (None: none)
+    settings_of: Callable[[int], dict[str, Any] | None] = lambda _: None
 
 
 def take(machine: SupervisorStateMachine, now: float, around: Surroundings) -> Snapshot:
@@ -144,6 +146,7 @@ def _generations(
                 },
                 runtime=around.runtimes.describe(generation.number),
                 workers=workers,
+                settings=around.settings_of(generation.number),
             )
         )
     return views
