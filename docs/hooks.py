@@ -9,6 +9,8 @@ Two entry points, one module:
   - ``cli``: every command of ``graceful.cli.build_parser()``, its arguments and help;
   - ``spellings``: every flag of ``graceful serve`` that another server spells so
     (the settings' aliases, uvicorn's own options), and the options it refuses;
+  - ``scopes SCOPE``: the commands' settings of that scope (``generation`` or
+    ``supervisor``), by name;
   - ``docstring MODULE``: the module's docstring (reStructuredText sections,
     simple tables and roles turned into Markdown);
   - ``constants MODULE``: the module's public constants documented with ``#:``;
@@ -221,6 +223,19 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+def scopes_list(scope: str) -> str:
+    """The settings of the commands of one scope (``generation``: what a reload
+    applies; ``supervisor``: what needs ``graceful upgrade``), as a list of names."""
+    settings = _import("graceful.core.settings")
+    commands = ("graceful serve", "graceful run")
+    names = [
+        f"`{s.name}`"
+        for s in settings.SETTINGS
+        if s.scope == scope and any(entry in s.entries for entry in commands)
+    ]
+    return ", ".join(names) + "."
+
+
 def spellings_table() -> str:
     """The options other servers' users know: the settings' other spellings,
     uvicorn's options, and what ``graceful serve`` refuses, with why."""
@@ -387,6 +402,7 @@ _GENERATORS: dict[str, Callable[..., str]] = {
     "settings": settings_table,
     "cli": cli_reference,
     "spellings": spellings_table,
+    "scopes": scopes_list,
     "docstring": docstring,
     "constants": constants,
     "include": include,

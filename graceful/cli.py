@@ -1,6 +1,7 @@
 """The ``graceful`` command line (also ``python -m graceful``).
 
     graceful serve pkg.module:app --listen 127.0.0.1:8080 [--workers N] [--watch] ...
+    graceful check pkg.module:app [serve's options]
     graceful run pkg.module:main [--pid-file PATH] [--watch]
     graceful reload --pid-file PATH [--wait [--through-probation] [--timeout S]]
     graceful rollback --pid-file PATH [--timeout S]
@@ -20,6 +21,7 @@ import importlib.util
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -180,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(serve, "graceful serve")
     for flag, why in REFUSED_SERVER_OPTIONS.items():
         serve.add_argument(flag, nargs="?", action=_Refused, why=why, help=argparse.SUPPRESS)
+    check = commands.add_parser(
+        "check",
+        help="check what graceful serve would run, without starting it: the configuration, "
+        "and the app's module, imported as a worker would; exit 0 or 2",
+    )
+    check.add_argument("app", help="the app as package.module:attribute")
+    _add_settings(check, "graceful serve")
     run = commands.add_parser("run", help="run an @graceful.service entry point")
     run.add_argument("entry", help="the service as package.module:name")
     _add_settings(run, "graceful run")
@@ -266,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # nothing but the printing
         if sys.stdout is not None:
             sys.stdout = _PipeSafe(sys.stdout)
+        if args.command == "check":
+            return _check(args)
         if args.command == "status":
             return _status(args)
         if args.command == "rollback":
@@ -393,6 +404,68 @@ def _serve_configured(
         given,
     )
     return configured, service
+
+
+def _check(args: argparse.Namespace) -> int:
+    """``graceful check``: the effective settings of ``graceful serve`` with these
+    options, each with where it comes from, then the app loaded in a fresh
+    interpreter with the workers' environment, as a worker loads it."""
+    sources = gather("graceful serve", _given(args, "graceful serve"), os.environ, os.getcwd())
+    configured, _ = _serve_configured(args.app, sources, dict(os.environ))
+    given = configured.given
+    print(f"configuration file: {sources.path or 'none'}")
+    rows = []
+    for setting in taken_by("graceful serve"):
+        value = given.get(setting.name, setting.default)
+        if setting.name == "env":
+            value = tuple(sorted(configured.environment)) or ()
+            rows.append(("environment", shown(value) + " (names only)", "command line, file"))
+            continue
+        origin = sources.origin(setting.name)
+        if setting.name == "listen" and setting.name not in sources.merged():
+            derived = [name for name in ("host", "port", "uds", "fd") if name in given]
+            if derived:  # (uvicorn's spelling of it)
+                origin = sources.origin(derived[0])
+        rows.append((setting.name, _shown_value(value), origin))
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, origin in rows:
+        print(f"  {name.ljust(width)} = {value}  ({origin})")
+    command = checked(CommandLine, given, "graceful serve")
+    server = checked(ServerSettings, given, "graceful serve")
+    code = (
+        f"import sys; sys.path.insert(0, {os.path.abspath(command.app_dir)!r}); "
+        "from graceful.servers.asgi import check_main; check_main(*sys.argv[1:])"
+    )
+    timeout = configured.settings.ready_timeout
+    loader = [sys.executable, "-c", code, args.app, "1" if server.factory else "0"]
+    try:
+        loaded = subprocess.run(
+            [*loader, server.interface, str(server.threads)],
+            env={**os.environ, **configured.environment},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError(
+            f"app {args.app!r} did not load within ready_timeout={timeout:g}s"
+        ) from None
+    said = (loaded.stdout if loaded.returncode == 0 else loaded.stderr).strip().splitlines()
+    if loaded.returncode != 0:
+        raise ConfigError(said[-1] if said else f"loading the app exited with {loaded.returncode}")
+    print(f"app {args.app}: {said[-1] if said else 'loaded'}, imported as a worker imports it")
+    return 0
+
+
+def _shown_value(value: object) -> str:
+    if isinstance(value, Watch):
+        return ", ".join(value.paths) or "on"
+    if value is None:
+        return "not set"
+    if isinstance(value, list):
+        value = tuple(value)
+    return shown(value) if not isinstance(value, bool) else str(value).lower()
 
 
 def _listen_of(command: CommandLine) -> str | None:
@@ -677,6 +750,12 @@ def _status(args: argparse.Namespace) -> int:
                 f"generation {generation['generation']} runs "
                 + ", ".join(part for part in runs if part)
                 + (f" ({interpreter})" if interpreter else "")
+            )
+        settings = generation.get("settings")
+        if settings:
+            print(
+                f"generation {generation['generation']} configured with "
+                + "; ".join(f"{name} {_shown_value(value)}" for name, value in settings.items())
             )
         if generation.get("may_be_mixed"):
             print(

@@ -123,6 +123,11 @@ def test_the_precedence_and_what_a_reload_reads_again(tmp_path: Path) -> None:
         [serving] = [g for g in status["generations"] if g["state"] == "serving"]
         assert serving["settings"]["headers"] == ["X-Config: two"]
         assert serving["settings"]["environment"] == ["DATABASE_URL", "FROM_ENV_FILE"]
+        shown = graceful_cli("status", "--pid-file", str(pid_file)).stdout
+        assert (
+            f"generation {serving['generation']} configured with root_path /command-line; "
+            "env_file .env; headers X-Config: two; environment DATABASE_URL, FROM_ENV_FILE"
+        ) in shown, shown
 
         # a broken file fails that reload only: the running generation serves on
         for broken, said_in_it in (
@@ -282,3 +287,46 @@ def test_graceful_serve_refuses_a_bad_configuration_before_starting_anything(
     assert result.returncode == 2, result.stdout + result.stderr
     assert said in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+NEEDS_ITS_ENVIRONMENT = """\
+import os
+
+DATABASE_URL = os.environ["DATABASE_URL"]  # read at import, as settings modules do
+
+
+async def app(scope, receive, send):
+    pass
+"""
+
+
+def test_graceful_check_prints_the_effective_settings_and_loads_the_app_as_a_worker(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "app.py").write_text(NEEDS_ITS_ENVIRONMENT)
+    (tmp_path / "graceful.toml").write_text("workers = 3\nroot_path = '/file'\n")
+    # without the variable the workers need, the app's import fails: one line, 2
+    result = graceful_cli("check", "app:app", "--port", "9", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "KeyError: 'DATABASE_URL' (app.py, line 3)" in result.stderr, result.stderr
+    # with it, in the file's [env]: loaded; each setting with where it comes from
+    (tmp_path / "graceful.toml").write_text(
+        "workers = 3\nroot_path = '/file'\n[env]\nDATABASE_URL = 'x'\n"
+    )
+    result = graceful_cli("check", "app:app", "--port", "9", "--root-path", "/cli", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = {line.split("=")[0].strip(): line for line in result.stdout.splitlines()}
+    assert lines["workers"].endswith("= 3  (graceful.toml)")
+    assert lines["root_path"].endswith("= /cli  (command line)")
+    assert lines["listen"].endswith("= 127.0.0.1:9  (command line)")
+    assert lines["environment"].endswith("= DATABASE_URL (names only)  (command line, file)")
+    assert "app app:app: an ASGI 3 app, imported as a worker imports it" in result.stdout
+    # a missing attribute, a bad value: one line, 2, nothing started
+    result = graceful_cli("check", "app:nothing", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "module 'app' has no 'nothing'" in result.stderr
+    (tmp_path / "graceful.toml").write_text("workers = -1\n")
+    result = graceful_cli("check", "app:app", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "graceful.toml, line 1: workers: workers=-1" in result.stderr

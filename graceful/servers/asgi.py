@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
 import anyio
@@ -116,6 +117,30 @@ async def asgi_worker(
         from graceful.servers.hypercorn import serve_hypercorn  # noqa: PLC0415
 
         await serve_hypercorn(context, application, backend, drain_timeout, options)
+
+
+def check_app(app: str, factory: bool, interface: Interface, threads: int) -> str:
+    """Load ``app`` as a worker does (``graceful check``, in a fresh interpreter): what
+    it is, in a few words.
+
+    Raises:
+        ConfigError: one line, as a worker would report it.
+    """
+    _, kind = as_asgi3(load_app(app, factory), interface, threads)
+    return {"asgi3": "an ASGI 3 app", "asgi2": "an ASGI 2 app"}.get(kind, "a WSGI app")
+
+
+def check_main(app: str, factory: str, interface: str, threads: str) -> None:
+    """``graceful check``'s fresh interpreter (``python -c``): :func:`check_app`, said
+    on standard output, or its one-line refusal on standard error and exit status 2."""
+    try:
+        print(check_app(app, factory == "1", interface, int(threads)))  # type: ignore[arg-type]
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as exc:  # what the app's own code raised, as a worker says it
+        print(f"app {app!r}: {one_line(exc, where=True)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 # the worker reports the user's code imported once the app is (not the main script)
