@@ -28,7 +28,7 @@ from typing import Any, NoReturn, TextIO
 from graceful.api.asgi import asgi_service
 from graceful.api.service import Service, service_settings, supervise
 from graceful.base.errors import ConfigError, GracefulError
-from graceful.base.log import ensure_visible, logger
+from graceful.base.log import configure, ensure_visible, logger
 from graceful.code.entry import import_module, module_exists, walk
 from graceful.control.client import Control, NoControlSocket
 from graceful.control.pidfile import signal_supervisor
@@ -253,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command in ("serve", "run"):
+        # before the first line: the format goes to every process the supervisor
+        # starts through its environment, the level through their bootstrap
+        configure(args.log_format, args.log_level)
     # this process is the supervisor for serve and run, a client for the rest
     ensure_visible("supervisor" if args.command in ("serve", "run") else "client")
     try:
@@ -353,6 +357,8 @@ def _serve(args: argparse.Namespace) -> int:
     server_options = _uvicorn_options(given, uvicorn)
     if not command.access_log and uvicorn:
         server_options["access_log"] = False
+    if command.log_level is not None:
+        server_options.update(_server_log_level(command.log_level, uvicorn))
     service = asgi_service(args.app, given, server_options)
     return supervise(service, given, "graceful serve", caller=sys._getframe())
 
@@ -390,6 +396,14 @@ def _uvicorn_options(given: dict[str, object], uvicorn: bool) -> dict[str, Any]:
             [part.strip() for part in header.split(":", 1)] for header in options.headers
         ]
     return taken
+
+
+def _server_log_level(level: str, uvicorn: bool) -> dict[str, str]:
+    """``--log-level`` as the server's option: uvicorn's ``log_level``, hypercorn's
+    ``loglevel`` (which has no trace: debug)."""
+    if uvicorn:
+        return {"log_level": level}
+    return {"loglevel": "DEBUG" if level == "trace" else level.upper()}
 
 
 def _run(args: argparse.Namespace) -> int:
