@@ -245,7 +245,8 @@ def spellings_table() -> str:
     for s in settings.SETTINGS:
         if "graceful serve" not in s.entries or s.flag is None:
             continue
-        uvicorns = s in settings.settings_of(settings.UvicornSettings)
+        # (--log-level is uvicorn's too, though it is graceful's own setting)
+        uvicorns = s in settings.settings_of(settings.UvicornSettings) or s.name == "log_level"
         if not s.aliases and not uvicorns:
             continue
         theirs = ", ".join(f"`{flag}`" for flag in ((s.flag,) if uvicorns else ()) + s.aliases)

@@ -31,7 +31,7 @@ from graceful.api.asgi import asgi_service
 from graceful.api.configuration import Sources, environment_of, gather, read_again
 from graceful.api.service import Service, service_settings, supervise
 from graceful.base.errors import ConfigError, GracefulError
-from graceful.base.log import ensure_visible, logger
+from graceful.base.log import configure, ensure_visible, logger
 from graceful.code.entry import import_module, module_exists, walk
 from graceful.control.client import Control, NoControlSocket
 from graceful.control.pidfile import signal_supervisor
@@ -264,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command in ("serve", "run"):
+        # before the first line: the format goes to every process the supervisor
+        # starts through its environment, the level through their bootstrap
+        configure(args.log_format, args.log_level)
     # this process is the supervisor for serve and run, a client for the rest
     ensure_visible("supervisor" if args.command in ("serve", "run") else "client")
     try:
@@ -354,6 +358,7 @@ def _use_app_dir(app_dir: str) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     sources = gather("graceful serve", _given(args, "graceful serve"), os.environ, os.getcwd())
+    _log_as(sources.merged())
     environ = dict(os.environ)  # as the supervisor started: what each reload compares with
     configured, service = _serve_configured(args.app, sources, environ)
     return supervise(
@@ -395,6 +400,8 @@ def _serve_configured(
     server_options = _uvicorn_options(given, uvicorn)
     if not command.access_log and uvicorn:
         server_options["access_log"] = False
+    if command.log_level is not None:
+        server_options.update(_server_log_level(command.log_level, uvicorn))
     service = asgi_service(app, given, server_options)
     configured = Configured(
         service.settings,
@@ -468,6 +475,17 @@ def _shown_value(value: object) -> str:
     return shown(value) if not isinstance(value, bool) else str(value).lower()
 
 
+def _log_as(given: dict[str, object]) -> None:
+    """The log format and level the configuration file or the environment gives (the
+    command line's were applied before the first line)."""
+    log_format, level = given.get("log_format"), given.get("log_level")
+    configure(
+        log_format if isinstance(log_format, str) else None,
+        level if isinstance(level, str) else None,
+    )
+    ensure_visible("supervisor")
+
+
 def _listen_of(command: CommandLine) -> str | None:
     """The listen spec that uvicorn's --host, --port, --uds or --fd describe (uvicorn's
     defaults: 127.0.0.1 and 8000), or None if none of them is given."""
@@ -503,9 +521,18 @@ def _uvicorn_options(given: dict[str, object], uvicorn: bool) -> dict[str, Any]:
     return taken
 
 
+def _server_log_level(level: str, uvicorn: bool) -> dict[str, str]:
+    """``--log-level`` as the server's option: uvicorn's ``log_level``, hypercorn's
+    ``loglevel`` (which has no trace: debug)."""
+    if uvicorn:
+        return {"log_level": level}
+    return {"loglevel": "DEBUG" if level == "trace" else level.upper()}
+
+
 def _run(args: argparse.Namespace) -> int:
     sources = gather("graceful run", _given(args, "graceful run"), os.environ, os.getcwd())
     given = sources.merged()
+    _log_as(given)
     command = checked(CommandLine, given, "graceful run")
     _use_app_dir(command.app_dir)
     module_name, sep, name = args.entry.partition(":")

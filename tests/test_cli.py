@@ -137,4 +137,4 @@ def test_pid_file_in_a_missing_directory_is_refused_before_starting(tmp_path: Pa
 def test_a_client_commands_error_line_names_the_client_not_the_supervisor(tmp_path: Path) -> None:
     result = graceful_cli("status", "--pid-file", str(tmp_path / "nope.pid"))
     assert result.returncode == 1
-    assert re.fullmatch(r"graceful\[\d+\] client: ERROR no PID file at .*\n", result.stderr)
+    assert re.fullmatch(r"\S+Z graceful\[\d+\] client: ERROR no PID file at .*\n", result.stderr)

@@ -330,3 +330,14 @@ def test_graceful_check_prints_the_effective_settings_and_loads_the_app_as_a_wor
     result = graceful_cli("check", "app:app", cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "graceful.toml, line 1: workers: workers=-1" in result.stderr
+
+
+def test_the_log_format_and_level_come_from_the_file_too(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(ENVIRONMENT_APP)
+    (tmp_path / "graceful.toml").write_text("log_format = 'json'\nlog_level = 'info'\n")
+    command = ["serve", "app:app", "--listen", "127.0.0.1:0", "--no-access-log"]
+    with ServiceProcess(tmp_path / "app.py", module="graceful", args=command) as svc:
+        svc.wait_serving(1)
+        serving = [json.loads(line) for line in svc.output.splitlines() if "is serving" in line]
+        assert serving[0]["role"] == "supervisor", serving
+        assert serving[0]["level"] == "INFO", serving

@@ -72,7 +72,7 @@ def test_a_uvicorn_command_line_serves_with_only_its_first_word_changed(tmp_path
     command = [
         "serve", "app:app", "--host", "127.0.0.1", "--port", "0", "--workers", "2",
         "--proxy-headers", "--forwarded-allow-ips", "*", "--ssl-keyfile", "k.pem",
-        "--ssl-certfile", "c.pem", "--log-level", "warning", "--root-path", "/api",
+        "--ssl-certfile", "c.pem", "--log-level", "info", "--root-path", "/api",
         "--header", "X-Served-By: graceful", "--timeout-keep-alive", "5",
         "--limit-concurrency", "100", "--http", "h11", "--lifespan", "off",
     ]  # fmt: skip

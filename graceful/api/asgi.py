@@ -145,9 +145,10 @@ def asgi_service(
             )
     backend_options: dict[str, Any] = {}
     if server == "uvicorn":
-        from graceful.servers.uvicorn import uvicorn_config  # noqa: PLC0415 - uvicorn is optional
+        from graceful.servers.uvicorn import check_options as check_uvicorn  # noqa: PLC0415 - uvicorn is optional
 
-        uvicorn_config(app, settings.drain_timeout, server_options)  # refuses bad options now
+        # refuses bad options now, without applying a log_config here: the workers'
+        check_uvicorn(app, settings.drain_timeout, server_options)
         loop = server_options.get("loop", "auto")
         uvloop = importlib.util.find_spec("uvloop") is not None
         if loop == "uvloop" and not uvloop:

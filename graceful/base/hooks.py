@@ -37,6 +37,9 @@ class Hook:
     needed_for: str
 
 
+#: uvicorn's access log call, its arguments in this order (the text a hook looks for)
+_ACCESS_LINE = '"' + """'%s - "%s %s HTTP/%s" %d'""" + '"'
+
 HOOKS = (
     # -- uvicorn: the server ------------------------------------------------------------
     Hook("uvicorn", "uvicorn:Config(http=)", True, "our HTTP protocol class (a class is accepted)"),
@@ -55,6 +58,17 @@ HOOKS = (
     Hook("uvicorn", 'uvicorn:Config.load"self.ssl"', False, "resuming: the same TLS context"),
     Hook("uvicorn", 'uvicorn:Config.__init__"self.backlog"', False, "resuming: the backlog"),
     Hook("uvicorn", 'uvicorn.server:ServerState.__init__"self.tasks"', False, "parked deadline"),
+    Hook("uvicorn", "uvicorn:Config(log_config=)", True, "building a Config that logs nothing"),
+    Hook("uvicorn", 'uvicorn:Config.configure_logging"self.log_config"', False, "logging, later"),
+    Hook("uvicorn", "uvicorn.config:LOGGING_CONFIG", False, "its formats, with the time"),
+    Hook("uvicorn", "uvicorn.logging:DefaultFormatter", False, "its lines, with the time"),
+    Hook("uvicorn", "uvicorn.logging:AccessFormatter", False, "its access lines, with the time"),
+    Hook(
+        "uvicorn",
+        "uvicorn.protocols.http.h11_impl:RequestResponseCycle.send" + _ACCESS_LINE,
+        False,
+        "an access line's arguments: client, method, path, HTTP version, status (JSON lines)",
+    ),
     # -- uvicorn: the HTTP protocols ----------------------------------------------------
     Hook("uvicorn", "uvicorn.protocols.http.flow_control:CLOSE_HEADER", False, "announcing close"),
     Hook("uvicorn", "uvicorn.protocols.http.h11_impl:H11Protocol.shutdown", False, "the drain"),

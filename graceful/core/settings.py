@@ -810,13 +810,6 @@ class UvicornSettings:
         default=True,
         flag="--date-header",
     )
-    log_level: str | None = setting(
-        _choice("critical", "error", "warning", "info", "debug", "trace", optional=True),
-        "uvicorn's log level in the workers (default info)",
-        scope="generation",
-        default=None,
-        flag="--log-level",
-    )
     log_config: str | None = setting(
         PATH,
         "a logging configuration file for the workers: .json, .yaml or .ini (uvicorn)",
@@ -912,6 +905,23 @@ class CommandLine:
         default=True,
         flag="--no-access-log",
         entries=("graceful serve",),
+    )
+    log_level: str | None = setting(
+        _choice("critical", "error", "warning", "info", "debug", "trace", optional=True),
+        "the least severe lines logged: graceful's own, in the supervisor and the "
+        "workers, and the server's (uvicorn's, hypercorn's); default info",
+        scope="supervisor",
+        default=None,
+        flag="--log-level",
+    )
+    log_format: str | None = setting(
+        _choice("text", "json", optional=True),
+        "the log lines: text (each starting with the time, UTC), or one JSON object "
+        "per line; the supervisor's, the workers' and uvicorn's alike (default text)",
+        scope="supervisor",
+        default=None,
+        flag="--log-format",
+        env="GRACEFUL_LOG_FORMAT",
     )
     watch_dir: tuple[str, ...] = setting(
         WORDS,

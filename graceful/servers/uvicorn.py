@@ -23,6 +23,13 @@ protocol tests run against these classes too (``nox -s uvicorn_suite``).
   ``Connection: close``, and the connection closes after it. A connection that
   stays idle is closed by uvicorn's keep-alive timeout, as it is outside a
   reload, or when the drain deadline cancels what is left.
+* Logging: ``Config`` is built with ``log_config=None`` (so that building it
+  configures nothing), then given the logging configuration and told to apply it
+  with ``configure_logging()`` (a public method, though undocumented), which is
+  what ``Config`` itself does. Without a ``log_config`` of the user's, it is
+  uvicorn's ``LOGGING_CONFIG`` with graceful's formatters (:func:`logging_config`).
+  In the supervisor the options are only checked (:func:`check_options`): the
+  user's configuration is never applied there.
 * The WebSocket protocol classes (subclasses of uvicorn's internal ones) are
   passed as ``Config(ws=...)``. uvicorn closes every WebSocket at the start of a
   drain. Ours stay open until just before the drain deadline and are then closed
@@ -32,10 +39,14 @@ protocol tests run against these classes too (``nox -s uvicorn_suite``).
 from __future__ import annotations
 
 import asyncio
+import configparser
 import contextlib
+import copy
 import importlib
 import importlib.util
+import json
 import logging
+import os
 import re
 import socket
 from collections.abc import Callable, Iterator
@@ -43,11 +54,13 @@ from typing import Any
 
 import anyio
 import uvicorn
+import uvicorn.config
+import uvicorn.logging
 from uvicorn.protocols.http.flow_control import CLOSE_HEADER
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from graceful.base.errors import ConfigError, one_line, shown_path
-from graceful.base.log import start_failures_logged
+from graceful.base.log import JsonFormatter, Timestamped, log_format, start_failures_logged
 from graceful.base.tasks import run_beside
 from graceful.child.context import Context
 
@@ -327,7 +340,39 @@ def warm_up(options: dict[str, Any]) -> None:
 
 
 def uvicorn_config(app: Any, drain_timeout: float, options: dict[str, Any]) -> uvicorn.Config:
-    """A uvicorn ``Config`` for one worker, with graceful's draining protocol."""
+    """A uvicorn ``Config`` for one worker, with graceful's draining protocol, its
+    logging configured (the user's ``log_config``, else :func:`logging_config`).
+
+    Whatever the user's logging configuration does to existing loggers, graceful's
+    stay enabled: its warnings and errors (a failed reload, a worker's crash) are
+    never silenced by it.
+
+    Raises:
+        ConfigError: for an option uvicorn refuses, or a ``log_config`` it cannot apply.
+    """
+    log_config = options.get("log_config", _OURS)
+    config = _config(app, drain_timeout, {**options, "log_config": None})
+    config.log_config = logging_config() if log_config is _OURS else log_config
+    try:
+        config.configure_logging()
+    except Exception as exc:
+        raise ConfigError(
+            f"uvicorn cannot apply log_config={_shown(log_config)}: {one_line(exc)}"
+        ) from None
+    finally:
+        keep_graceful_loggers_enabled()
+    return config
+
+
+def check_options(app: str, drain_timeout: float, options: dict[str, Any]) -> None:
+    """Refuse, in the supervisor, the options a worker's :func:`uvicorn_config` would,
+    without configuring the supervisor's logging: a ``log_config`` file must exist and
+    parse, but is not applied (it is the workers')."""
+    _config(app, drain_timeout, {**options, "log_config": None})
+    check_log_config(options.get("log_config"))
+
+
+def _config(app: Any, drain_timeout: float, options: dict[str, Any]) -> uvicorn.Config:
     clash = sorted(RESERVED_OPTIONS & options.keys())
     if clash:
         raise ConfigError(
@@ -342,6 +387,85 @@ def uvicorn_config(app: Any, drain_timeout: float, options: dict[str, Any]) -> u
         return uvicorn.Config(app, **settings)
     except TypeError as exc:
         raise ConfigError(f"uvicorn does not accept these options: {exc}") from None
+
+
+#: no ``log_config`` given: graceful's (:func:`logging_config`)
+_OURS: Any = object()
+
+
+def _shown(log_config: object) -> str:
+    if isinstance(log_config, str | os.PathLike):
+        return repr(os.fspath(log_config))
+    return f"<{type(log_config).__name__}>"
+
+
+def logging_config() -> dict[str, Any]:
+    """uvicorn's default logging configuration with graceful's formats: in ``text``,
+    uvicorn's own lines prefixed with the time as graceful's are; in ``json``, one
+    JSON object per line (:class:`graceful.base.log.JsonFormatter`)."""
+    config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    formatters: dict[str, Any] = config["formatters"]
+    if log_format() == "json":
+        for name in formatters:
+            formatters[name] = {"()": JsonFormatter}
+        return config
+    for name, base in (
+        ("default", uvicorn.logging.DefaultFormatter),
+        ("access", uvicorn.logging.AccessFormatter),
+    ):
+        formatters[name]["()"] = type(f"Timestamped{base.__name__}", (Timestamped, base), {})
+    return config
+
+
+def keep_graceful_loggers_enabled() -> None:
+    """Enable again the ``graceful`` loggers that a logging configuration disabled
+    (``disable_existing_loggers``, true by default in a dictionary configuration):
+    their handlers are left as they are."""
+    for name in ("graceful", *logging.root.manager.loggerDict):
+        if name == "graceful" or name.startswith("graceful."):
+            logging.getLogger(name).disabled = False
+
+
+def check_log_config(log_config: object) -> None:
+    """Refuse a ``log_config`` file uvicorn could not read: missing, unreadable, or
+    not JSON, YAML or an INI file as its name says (what it configures is checked
+    when a worker applies it). Other kinds (a dictionary, a parser) pass.
+
+    Raises:
+        ConfigError: naming the file and why.
+    """
+    if not isinstance(log_config, str | os.PathLike):
+        return
+    path = os.fspath(log_config)
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"log_config {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        if path.endswith(".json"):
+            loaded = json.loads(text)
+        elif path.endswith((".yaml", ".yml")):
+            try:
+                yaml = importlib.import_module("yaml")  # only for a YAML file
+            except ImportError:
+                raise ConfigError(
+                    f"log_config {path!r} is YAML: it needs PyYAML (pip install pyyaml)"
+                ) from None
+            loaded = yaml.safe_load(text)
+        else:
+            parser = configparser.ConfigParser()
+            parser.read_string(text, source=path)
+            loaded = dict.fromkeys(parser.sections(), True)
+            missing = [key for key in ("formatters", "handlers", "loggers") if key not in loaded]
+            if missing:
+                raise ConfigError(f"log_config {path!r} has no [{missing[0]}] section")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"log_config {path!r} cannot be read: {one_line(exc)}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"log_config {path!r} must hold a mapping (a logging dictConfig)")
 
 
 async def serve_uvicorn(
