@@ -7,10 +7,11 @@ Two entry points, one module:
 
   - ``settings``: the settings table, from ``graceful.core.settings.SETTINGS``;
   - ``cli``: every command of ``graceful.cli.build_parser()``, its arguments and help;
-  - ``spellings``: every flag of ``graceful serve`` that another server spells so
-    (the settings' aliases, uvicorn's own options), and the options it refuses;
   - ``scopes SCOPE``: the commands' settings of that scope (``generation`` or
     ``supervisor``), by name;
+  - ``spellings PROGRAM``: each option of uvicorn's, hypercorn's or gunicorn's
+    command line, and what ``graceful serve`` makes of it: the setting, the
+    attribute of each server's ``Config`` it reaches, or why it is refused;
   - ``docstring MODULE``: the module's docstring (reStructuredText sections,
     simple tables and roles turned into Markdown);
   - ``constants MODULE``: the module's public constants documented with ``#:``;
@@ -236,23 +237,41 @@ def scopes_list(scope: str) -> str:
     return ", ".join(names) + "."
 
 
-def spellings_table() -> str:
-    """The options other servers' users know: the settings' other spellings,
-    uvicorn's options, and what ``graceful serve`` refuses, with why."""
+def spellings_table(program: str) -> str:
+    """What ``graceful serve`` makes of each option of ``program``'s command line
+    (``graceful.cli.THEIR_OPTIONS``): the setting it is, the attribute of each
+    server's ``Config`` it reaches (or why a server refuses it), or why it is refused."""
     settings = _import("graceful.core.settings")
-    refused = _import("graceful.cli").REFUSED_SERVER_OPTIONS
-    rows = ["| their option | `graceful serve` | what it does |", "| --- | --- | --- |"]
-    for s in settings.SETTINGS:
-        if "graceful serve" not in s.entries or s.flag is None:
-            continue
-        # (--log-level is uvicorn's too, though it is graceful's own setting)
-        uvicorns = s in settings.settings_of(settings.UvicornSettings) or s.name == "log_level"
-        if not s.aliases and not uvicorns:
-            continue
-        theirs = ", ".join(f"`{flag}`" for flag in ((s.flag,) if uvicorns else ()) + s.aliases)
-        rows.append(f"| {theirs} | `{s.flag}` | {_cell(s.help)} |")
-    for flag, why in refused.items():
-        rows.append(f"| `{flag}` | refused | {_cell(why)} |")
+    cli = _import("graceful.cli")
+    spelled: dict[str, Any] = {}
+    for s in settings.taken_by("graceful serve"):
+        if s.flag is not None:
+            for flag in (s.flag, *s.aliases):
+                spelled[flag] = s
+            if s.kind.cli == "toggle":
+                spelled["--no-" + s.flag.removeprefix("--")] = s
+    servers = settings.ServerOptions
+    rows = [
+        f"| {program}'s | `graceful serve` | with uvicorn | with hypercorn |",
+        "| --- | --- | --- | --- |",
+    ]
+    for flag in cli.THEIR_OPTIONS[program]:
+        s = spelled.get(flag)
+        if flag in cli.REFUSED_SERVER_OPTIONS:
+            cells = [f"refused: {_cell(cli.REFUSED_SERVER_OPTIONS[flag])}", "—", "—"]
+        elif s is None:
+            python = " (from Python: `serve_asgi(..., **options)`)" if program == "uvicorn" else ""
+            cells = [f"not taken{python}", "—", "—"]
+        elif s in settings.settings_of(servers):
+            cells = [f"`{s.flag}`"]
+            for server in ("uvicorn", "hypercorn"):
+                try:
+                    cells.append(f"`{s.server_attribute(server)}`")
+                except settings.ConfigError as exc:
+                    cells.append(f"refused: {_cell(str(exc).partition(': ')[2])}")
+        else:
+            cells = [f"`{s.flag}`: {_cell(s.help)}", "graceful's own", "graceful's own"]
+        rows.append(f"| `{flag}` | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

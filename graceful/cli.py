@@ -42,10 +42,11 @@ from graceful.core.settings import (
     WHOLE,
     CommandLine,
     Entry,
+    Server,
+    ServerOptions,
     ServerSettings,
     ServiceSettings,
     Setting,
-    UvicornSettings,
     Watch,
     checked,
     settings_of,
@@ -62,19 +63,94 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+_RECYCLING = (
+    "a worker that exits by itself is a crash to the supervisor (restarted with "
+    "backoff), not a recycling"
+)
+_SERVICE_MANAGER = "the service manager sets the user, group and umask (systemd's User=, ...)"
+
 #: Options of uvicorn, gunicorn or hypercorn that ``graceful serve`` refuses, and why.
 REFUSED_SERVER_OPTIONS = {
     "--reload-delay": "graceful reloads as soon as a change is seen, and a broken save "
     "keeps the running code serving: there is nothing to wait for",
-    "--limit-max-requests": "a worker that exits by itself is a crash to the supervisor "
-    "(restarted with backoff), not a recycling",
-    "--max-requests": "a worker that exits by itself is a crash to the supervisor "
-    "(restarted with backoff), not a recycling",
+    "--limit-max-requests": _RECYCLING,
+    "--max-requests": _RECYCLING,
+    "--max-requests-jitter": _RECYCLING,
+    "--limit-max-requests-jitter": _RECYCLING,
     "--timeout-worker-healthcheck": "the supervisor watches its workers itself "
     "(--ready-timeout, and each worker's exit)",
+    "-t": "graceful never kills a busy worker (--ready-timeout bounds a start, "
+    "--drain-timeout a drain)",
+    "--timeout": "graceful never kills a busy worker (--ready-timeout bounds a start, "
+    "--drain-timeout a drain)",
+    "-D": "graceful runs in the foreground; use a service manager (see docs/guides/deployment.md)",
     "--daemon": "graceful runs in the foreground; use a service manager (see "
     "docs/guides/deployment.md)",
+    "--backlog": "the supervisor binds the listeners, once, with its own backlog",
+    "--reuse-port": "every worker of every generation shares one socket on purpose: a "
+    "reload binds nothing",
+    "-k": "graceful runs the server itself: choose it with --server uvicorn|hypercorn, "
+    "and hypercorn's loop with --backend asyncio|trio",
+    "--worker-class": "graceful runs the server itself: choose it with --server "
+    "uvicorn|hypercorn, and hypercorn's loop with --backend asyncio|trio",
+    "--insecure-bind": "graceful binds every listener (--listen), each served with the "
+    "same TLS options",
+    "--quic-bind": "graceful does not serve HTTP/3",
+    "-u": _SERVICE_MANAGER,
+    "--user": _SERVICE_MANAGER,
+    "-g": _SERVICE_MANAGER,
+    "--group": _SERVICE_MANAGER,
+    "-m": _SERVICE_MANAGER,
+    "--umask": _SERVICE_MANAGER,
+    "--statsd-host": "graceful sets hypercorn's logger itself; the supervisor serves "
+    "Prometheus metrics at --health's /metrics",
+    "--statsd-prefix": "graceful sets hypercorn's logger itself; the supervisor serves "
+    "Prometheus metrics at --health's /metrics",
+    "--error-log": "hypercorn's deprecated spelling: use --error-logfile",
 }
+
+#: The command-line options of the servers' own commands (uvicorn 0.54, hypercorn
+#: 0.18, gunicorn 23: each one's spelling, without ``--help`` and ``--version``), for
+#: the tables of what ``graceful serve`` makes of each (docs/guides/coming-from.md).
+THEIR_OPTIONS: dict[str, tuple[str, ...]] = {
+    "uvicorn": (
+        "--host", "--port", "--uds", "--fd", "--reload", "--reload-dir",
+        "--reload-include", "--reload-exclude", "--reload-delay", "--workers", "--loop",
+        "--http", "--http2", "--ws", "--ws-max-size", "--ws-max-queue", "--ws-ping-interval",
+        "--ws-ping-timeout", "--ws-per-message-deflate", "--lifespan", "--interface",
+        "--env-file", "--log-config", "--log-level", "--access-log", "--no-access-log",
+        "--use-colors", "--proxy-headers", "--no-proxy-headers", "--server-header",
+        "--no-server-header", "--date-header", "--no-date-header", "--forwarded-allow-ips",
+        "--root-path", "--limit-concurrency", "--backlog", "--limit-max-requests",
+        "--limit-max-requests-jitter", "--timeout-keep-alive", "--timeout-graceful-shutdown",
+        "--timeout-worker-healthcheck", "--ssl-keyfile", "--ssl-certfile",
+        "--ssl-keyfile-password", "--ssl-version", "--ssl-cert-reqs", "--ssl-ca-certs",
+        "--ssl-ciphers", "--header", "--app-dir", "--h11-max-incomplete-event-size",
+        "--reset-contextvars", "--factory",
+    ),
+    "hypercorn": (
+        "--access-log", "--access-logfile", "--access-logformat", "--backlog", "-b",
+        "--bind", "--ca-certs", "--certfile", "--cert-reqs", "--ciphers", "-D", "--daemon",
+        "--debug", "--error-log", "--error-logfile", "--log-file", "--graceful-timeout",
+        "--read-timeout", "--max-requests", "--max-requests-jitter", "-g", "--group", "-k",
+        "--worker-class", "--keep-alive", "--keyfile", "--keyfile-password",
+        "--insecure-bind", "--log-config", "--log-level", "-p", "--pid", "--quic-bind",
+        "--reload", "--root-path", "--server-name", "--statsd-host", "--statsd-prefix",
+        "-m", "--umask", "-u", "--user", "--verify-mode", "--websocket-ping-interval",
+        "-w", "--workers",
+    ),
+    "gunicorn": (
+        "-b", "--bind", "--backlog", "-w", "--workers", "-k", "--worker-class",
+        "--threads", "--worker-connections", "--max-requests", "--max-requests-jitter",
+        "-t", "--timeout", "--graceful-timeout", "--keep-alive", "--reload", "--preload",
+        "--reuse-port", "--chdir", "--pythonpath", "-D", "--daemon", "-e", "--env", "-p",
+        "--pid", "-u", "--user", "-g", "--group", "-m", "--umask", "--forwarded-allow-ips",
+        "--access-logfile", "--access-logformat", "--error-logfile", "--log-file",
+        "--log-level", "--log-config", "--certfile", "--keyfile", "--ca-certs",
+        "--cert-reqs", "--ciphers", "--ssl-version", "--statsd-host", "--statsd-prefix",
+        "-n", "--name", "--check-config", "--worker-tmp-dir",
+    ),
+}  # fmt: skip
 
 
 class _Refused(argparse.Action):
@@ -356,6 +432,28 @@ def _use_app_dir(app_dir: str) -> None:
         sys.path.insert(0, path)
 
 
+def _enter(directory: str | None) -> None:
+    """gunicorn's ``--chdir``: make ``directory`` the working directory (the workers
+    start there too) and put it first on sys.path. ``$PWD`` follows, so that a
+    release link in its path is still seen as one.
+
+    Raises:
+        ConfigError: naming the directory, if it cannot be entered.
+    """
+    if directory is None:
+        return
+    here = os.environ.get("PWD", "")
+    try:
+        if not (os.path.isabs(here) and os.path.samefile(here, ".")):
+            here = os.getcwd()
+        target = os.path.normpath(os.path.join(here, directory))
+        os.chdir(target)
+    except OSError as exc:
+        raise ConfigError(f"--chdir {directory}: {exc.strerror or exc}") from None
+    os.environ["PWD"] = target
+    _use_app_dir(target)
+
+
 def _serve(args: argparse.Namespace) -> int:
     sources = gather("graceful serve", _given(args, "graceful serve"), os.environ, os.getcwd())
     _log_as(sources.merged())
@@ -387,6 +485,7 @@ def _serve_configured(
     given = sources.merged()
     command = checked(CommandLine, given, "graceful serve")
     if not again:
+        _enter(command.chdir)
         _use_app_dir(command.app_dir)
     given["watch"] = _watch(command, given, app.partition(":")[0])
     listen = _listen_of(command)
@@ -396,12 +495,12 @@ def _serve_configured(
             raise ConfigError("give --listen (or --bind), or --host/--port/--uds/--fd, not both")
         if "listen" not in given or sources.rank("listen") < named:
             given["listen"] = [listen]
-    uvicorn = checked(ServerSettings, given, "graceful serve").server == "uvicorn"
-    server_options = _uvicorn_options(given, uvicorn)
-    if not command.access_log and uvicorn:
+    server = checked(ServerSettings, given, "graceful serve").server
+    server_options = _server_options(given, server)
+    if not command.access_log and server == "uvicorn":
         server_options["access_log"] = False
     if command.log_level is not None:
-        server_options.update(_server_log_level(command.log_level, uvicorn))
+        server_options.update(_server_log_level(command.log_level, server == "uvicorn"))
     service = asgi_service(app, given, server_options)
     configured = Configured(
         service.settings,
@@ -503,21 +602,25 @@ def _listen_of(command: CommandLine) -> str | None:
     return f"{host}:{command.port if command.port is not None else 8000}"
 
 
-def _uvicorn_options(given: dict[str, object], uvicorn: bool) -> dict[str, Any]:
-    """uvicorn's options given on the command line, as ``uvicorn.Config`` takes them.
+def _server_options(given: dict[str, object], server: Server) -> dict[str, Any]:
+    """The server's options given on the command line, as ``server``'s ``Config``
+    takes them (:class:`ServerOptions` tells each option's attribute).
 
     Raises:
-        ConfigError: for an option given with another server.
+        ConfigError: for an option ``server`` does not have, naming it.
     """
-    options = checked(UvicornSettings, given, "graceful serve")
-    named = [setting for setting in settings_of(UvicornSettings) if setting.name in given]
-    if named and not uvicorn:
-        raise ConfigError(f"{named[0].flag} is uvicorn's: it needs --server uvicorn")
-    taken: dict[str, Any] = {setting.name: getattr(options, setting.name) for setting in named}
-    if "headers" in taken:
-        taken["headers"] = [
-            [part.strip() for part in header.split(":", 1)] for header in options.headers
-        ]
+    options = checked(ServerOptions, given, "graceful serve")
+    taken: dict[str, Any] = {}
+    for setting in settings_of(ServerOptions):
+        if setting.name in given:
+            value = getattr(options, setting.name)
+            if setting.name == "headers":
+                value = [[part.strip() for part in header.split(":", 1)] for header in value]
+            elif setting.name == "log_config" and server == "hypercorn":
+                value = _hypercorn_log_config(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            taken[setting.server_attribute(server)] = value
     return taken
 
 
@@ -529,11 +632,23 @@ def _server_log_level(level: str, uvicorn: bool) -> dict[str, str]:
     return {"loglevel": "DEBUG" if level == "trace" else level.upper()}
 
 
+def _hypercorn_log_config(path: str) -> str:
+    """A logging configuration file as hypercorn's ``logconfig`` names it: a .json or
+    .toml file with its format as a prefix (an .ini file is hypercorn's default)."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in (".json", ".toml"):
+        return f"{suffix[1:]}:{path}"
+    if suffix in (".yaml", ".yml"):
+        raise ConfigError(f"--log-config {path}: hypercorn reads .ini, .json or .toml, not YAML")
+    return path
+
+
 def _run(args: argparse.Namespace) -> int:
     sources = gather("graceful run", _given(args, "graceful run"), os.environ, os.getcwd())
     given = sources.merged()
     _log_as(given)
     command = checked(CommandLine, given, "graceful run")
+    _enter(command.chdir)
     _use_app_dir(command.app_dir)
     module_name, sep, name = args.entry.partition(":")
     if not sep or not module_name or not name:

@@ -15,7 +15,7 @@ import pytest
 
 import graceful
 from graceful.api.service import Service
-from graceful.cli import REFUSED_SERVER_OPTIONS, build_parser
+from graceful.cli import REFUSED_SERVER_OPTIONS, THEIR_OPTIONS, build_parser
 from graceful.core.configured import Configured
 from graceful.core.machine import Strategy
 from graceful.core.settings import SETTINGS, Entry, ServiceSettings, Supervision, checked, taken_by
@@ -111,3 +111,14 @@ def test_the_state_machine_and_the_workers_are_told_the_checked_settings() -> No
         {"app": "x:y"},
     )
     assert not options.report_only
+
+
+def test_a_hypercorn_command_line_has_an_answer_for_each_of_its_options() -> None:
+    """Each option of hypercorn's command line is taken by ``graceful serve`` (under
+    the same meaning) or refused with why: none is an unknown option."""
+    taken = options("serve")
+    assert set(THEIR_OPTIONS["hypercorn"]) <= taken
+    assert set(THEIR_OPTIONS["gunicorn"]) - taken <= {
+        "--worker-connections", "--pythonpath", "-e", "--env", "--ssl-version", "-n",
+        "--name", "--check-config", "--worker-tmp-dir",
+    }  # fmt: skip

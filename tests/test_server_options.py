@@ -12,6 +12,9 @@ import pytest
 import trustme
 from harness import ServiceProcess, graceful_cli, hup, poll_until
 
+from graceful.cli import REFUSED_SERVER_OPTIONS
+from graceful.core.settings import ServerOptions, Setting, settings_of
+
 #: An ASGI app that answers what it was told of the request.
 ECHO_SCOPE_APP = """\
 import json
@@ -107,7 +110,20 @@ def test_a_uvicorn_command_line_serves_with_only_its_first_word_changed(tmp_path
         (["--host", "127.0.0.1", "--listen", "127.0.0.1:0"], "not both"),
         (["--uds", "/tmp/x.sock", "--port", "8000"], "one of them"),
         (["--port", "70000"], "must be a port number"),
-        (["--server", "hypercorn", "--root-path", "/api"], "--root-path is uvicorn's"),
+        (["--server", "hypercorn", "--limit-concurrency", "9"], "--limit-concurrency is uvicorn's"),
+        (["--server", "hypercorn", "--proxy-headers"], "ProxyFixMiddleware"),
+        (["--server", "hypercorn", "--forwarded-allow-ips", "*"], "ProxyFixMiddleware"),
+        (["--server", "hypercorn", "--header", "X-A: b"], "--header is uvicorn's: hypercorn"),
+        (["--server", "hypercorn", "--log-config", "l.yaml"], "not YAML"),
+        (["--server-name", "example.test"], "--server-name is hypercorn's: uvicorn has no"),
+        (["--access-logfile", "-"], "--access-logfile is hypercorn's: uvicorn has no"),
+        (["--debug"], "--debug is hypercorn's"),
+        (["-k", "trio"], "-k is not supported: graceful runs the server itself"),
+        (["--backlog", "2048"], "--backlog is not supported"),
+        (["--reuse-port"], "--reuse-port is not supported"),
+        (["--quic-bind", "127.0.0.1:4433"], "--quic-bind is not supported"),
+        (["--user", "1000"], "--user is not supported"),
+        (["--ssl-cert-reqs", "3"], "must be 0, 1 or 2"),
         (["--header", "no colon"], "must look like 'Name: value'"),
     ],
 )
@@ -135,3 +151,154 @@ def test_uvicorns_spellings_of_graceful_settings_are_the_same_settings(tmp_path:
         svc.send(15)
         svc.wait_for(r"draining 2 workers \(up to drain_timeout=7s\)")
         assert svc.wait_exit() == 0, svc.output
+
+
+@pytest.mark.parametrize("flag", sorted(REFUSED_SERVER_OPTIONS))
+def test_each_refused_option_says_why_in_one_line_and_starts_nothing(
+    tmp_path: Path, flag: str
+) -> None:
+    (tmp_path / "app.py").write_text(ECHO_SCOPE_APP)
+    pid_file = tmp_path / "pid"
+    result = graceful_cli("serve", "app:app", "--pid-file", str(pid_file), flag, "1", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{flag} is not supported: " in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not pid_file.exists()
+
+
+@pytest.mark.parametrize(("server", "other"), [("uvicorn", "hypercorn"), ("hypercorn", "uvicorn")])
+def test_an_option_the_server_lacks_is_refused_in_one_line_naming_both(
+    tmp_path: Path, server: str, other: str
+) -> None:
+    """Every declared option one server has and the other lacks is refused with the
+    other, naming the option and the server, before anything starts."""
+    (tmp_path / "app.py").write_text(ECHO_SCOPE_APP)
+    lacking = [s for s in settings_of(ServerOptions) if server not in dict(s.servers)]
+    assert lacking
+    for setting in lacking:
+        assert setting.flag is not None
+        word = [] if setting.kind.cli in ("switch", "toggle") else [_a_value(setting)]
+        result = graceful_cli(
+            "serve", "app:app", "--server", server, setting.flag, *word, cwd=tmp_path
+        )
+        assert result.returncode == 2, result.stdout + result.stderr
+        said = f"{setting.flag} is {other}'s: {server} has no such option"
+        assert said in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def _a_value(setting: Setting) -> str:
+    """A word ``setting`` takes."""
+    if setting.kind.choices:
+        return setting.kind.choices[0]
+    return "X-A: b" if setting.name == "headers" else "1"
+
+
+def response(
+    address: str, authority: trustme.CA, host: str | None = None
+) -> http.client.HTTPResponse:
+    context = ssl.create_default_context()
+    authority.configure_trust(context)
+    name, _, port = address.rpartition(":")
+    connection = http.client.HTTPSConnection(name, int(port), context=context, timeout=10)
+    connection.request("GET", "/", headers={"Host": host} if host else {})
+    answer = connection.getresponse()
+    answer.read()
+    connection.close()
+    return answer
+
+
+def test_a_hypercorn_command_line_serves_https_on_two_workers_through_a_reload(
+    tmp_path: Path,
+) -> None:
+    """hypercorn's and gunicorn's spellings reach hypercorn under its own Config names:
+    TLS files, keep-alive, workers, bind; the Server header off, the host names."""
+    (tmp_path / "app.py").write_text(ECHO_SCOPE_APP)
+    authority = issue(tmp_path)
+    pid_file = tmp_path / "graceful.pid"
+    # hypercorn app:app --bind 127.0.0.1:0 --certfile c.pem --keyfile k.pem ...
+    command = [
+        "serve", "app:app", "--server", "hypercorn", "--bind", "127.0.0.1:0",
+        "--certfile", "c.pem", "--keyfile", "k.pem", "--keep-alive", "5", "-w", "2",
+        "--root-path", "/api", "--no-server-header", "--server-name", "example.test",
+        "--websocket-ping-interval", "10", "--read-timeout", "30",
+        "--h11-max-incomplete-event-size", "32768", "--pid", str(pid_file),
+    ]  # fmt: skip
+    with ServiceProcess(tmp_path / "app.py", module="graceful", args=command) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        assert response(address, authority).status == 404  # not example.test
+        pids: set[int] = set()
+
+        def both_workers() -> bool:
+            answer = get(address, authority, Host="example.test")
+            assert (answer["scheme"], answer["root_path"]) == ("https", "/api")
+            pids.add(int(str(answer["pid"])))
+            return len(pids) == 2
+
+        poll_until(both_workers, 15, "both workers answering over TLS")
+        assert response(address, authority, "example.test").getheader("server") is None
+
+        reloaded = graceful_cli("reload", "--pid-file", str(pid_file), "--wait")
+        assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+        assert "generation 2 serving" in reloaded.stdout
+        answer = get(address, authority, Host="example.test")
+        assert answer["scheme"] == "https"
+        assert int(str(answer["pid"])) not in pids
+
+
+APP_SERVING_ITS_DIRECTORY = """import os
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": os.getcwd().encode()})
+"""
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "hypercorn"])
+def test_chdir_runs_the_workers_in_the_directory_and_imports_from_it(
+    tmp_path: Path, server: str
+) -> None:
+    """gunicorn's --chdir: the app is found there (nothing else puts it on sys.path)
+    and each worker, of the first generation and after a reload, runs there."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "app.py").write_text(APP_SERVING_ITS_DIRECTORY)
+    command = [
+        "serve", "app:app", "--server", server, "--chdir", "../site",
+        "--listen", "127.0.0.1:0",
+    ]  # fmt: skip
+    with ServiceProcess(
+        tmp_path / "site" / "app.py",
+        module="graceful",
+        args=command,
+        cwd=tmp_path / "elsewhere",
+    ) as svc:
+        svc.wait_serving(1)
+        host, _, port = svc.address().rpartition(":")
+
+        def directory() -> str:
+            connection = http.client.HTTPConnection(host, int(port), timeout=10)
+            try:
+                connection.request("GET", "/")
+                return connection.getresponse().read().decode()
+            finally:
+                connection.close()
+
+        assert directory() == str(tmp_path / "site")
+        svc.wait_serving(2, after=hup(svc))
+        assert directory() == str(tmp_path / "site")
+
+
+def test_chdir_to_a_missing_directory_is_one_line_and_starts_nothing(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(ECHO_SCOPE_APP)
+    result = graceful_cli(
+        "serve", "app:app", "--chdir", "missing", "--pid-file", "pid", cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--chdir missing: No such file or directory" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "pid").exists()

@@ -381,6 +381,25 @@ class Setting:
     #: an environment variable other tools read for it, which sets it when nothing
     #: else does (``WEB_CONCURRENCY``, the worker count of uvicorn, gunicorn, Heroku)
     env_fallback: str | None = None
+    #: a server's option (:class:`ServerOptions`): by server, the attribute of its
+    #: ``Config`` it is; a server not named has no such option
+    servers: tuple[tuple[Server, str], ...] = ()
+    #: by server that has no such option, what to use instead (its refusal says it)
+    instead: tuple[tuple[Server, str], ...] = ()
+
+    def server_attribute(self, server: Server) -> str:
+        """The attribute of ``server``'s ``Config`` this option is.
+
+        Raises:
+            ConfigError: in one line naming the option, if ``server`` has no such option.
+        """
+        attribute = dict(self.servers).get(server)
+        if attribute is None:
+            owners = " and ".join(f"{name}'s" for name, _ in self.servers)
+            why = f"{self.flag} is {owners}: {server} has no such option"
+            advice = dict(self.instead).get(server)
+            raise ConfigError(f"{why}; {advice}" if advice else why)
+        return attribute
 
     def check(self, value: object) -> Any:
         """``value``, normalised; raises :class:`ConfigError` in one line naming it."""
@@ -427,11 +446,15 @@ def setting(
     default_label: str | None = None,
     aliases: tuple[str, ...] = (),
     env_fallback: str | None = None,
+    servers: Mapping[Server, str] | None = None,
+    instead: Mapping[Server, str] | None = None,
 ) -> Any:
     """Declare the field it is assigned to as a setting, taken by ``entries`` (its
     group's when empty). A setting that the entry points ``required_in`` require has
     no ``default`` (its field is a required keyword), and the ``otherwise`` default
-    of the other entry points."""
+    of the other entry points. A server's option (:class:`ServerOptions`) names the
+    ``Config`` attribute it is for each server that has it (``servers``), and what
+    to use instead with the others (``instead``)."""
     if required_in:
         if default is not _NONE or otherwise is _NONE:
             raise TypeError("a required setting has no default, and a default otherwise")
@@ -452,6 +475,8 @@ def setting(
         status=status,
         aliases=aliases,
         env_fallback=env_fallback,
+        servers=tuple((servers or {}).items()),
+        instead=tuple((instead or {}).items()),
     )
     if required_in:
         return dataclasses.field(metadata={_DECLARED: declared})
@@ -641,6 +666,7 @@ class Supervision:
         scope="supervisor",
         default=None,
         flag="--pid-file",
+        aliases=("-p", "--pid"),
     )
     health: str | None = setting(
         Kind("listen spec", _check_health),
@@ -668,12 +694,47 @@ class Supervision:
     )
 
 
+def _check_optional_seconds(name: str, value: object) -> float | None:
+    return None if value is None else _check_seconds(name, value)
+
+
+#: ``ssl.VerifyMode``'s names, by value, as uvicorn's --ssl-cert-reqs and hypercorn's
+#: --verify-mode take them
+_CERT_REQS = ("CERT_NONE", "CERT_OPTIONAL", "CERT_REQUIRED")
+
+
+def _check_cert_reqs(name: str, value: object) -> int | None:
+    if value is not None and (
+        not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2
+    ):
+        raise ConfigError(f"{name}={_short(value)} must be 0, 1 or 2 (CERT_NONE, ...)")
+    return value
+
+
+def _parse_cert_reqs(text: str) -> int:
+    if text in _CERT_REQS:
+        return _CERT_REQS.index(text)
+    if text not in ("0", "1", "2"):
+        raise ConfigError(f"{text!r} must be 0, 1 or 2, or {', '.join(_CERT_REQS)}")
+    return int(text)
+
+
+OPTIONAL_WHOLE = Kind("int (at least 1)", _check_optional_whole, _parse_whole, metavar="N")
+OPTIONAL_SECONDS = Kind("float (seconds)", _check_optional_seconds, _parse_seconds, metavar="S")
+
+#: what hypercorn has instead of uvicorn's proxy-header trust
+_PROXY_FIX = "wrap the app in hypercorn.middleware.ProxyFixMiddleware"
+
+
 @_group
-class UvicornSettings:
-    """uvicorn's own options, under uvicorn's names and flags, for ``graceful serve``
-    (``serve_asgi`` takes them as keyword arguments of ``uvicorn.Config`` already).
-    Only the options given are passed on: uvicorn's defaults apply otherwise, and the
-    defaults shown are uvicorn's."""
+class ServerOptions:
+    """The options of the server each worker runs, for ``graceful serve``, under the
+    server's own flags (``serve_asgi`` takes them as keyword arguments of
+    ``uvicorn.Config`` or ``hypercorn.Config`` already). Each declares, by server,
+    the ``Config`` attribute it reaches (``servers``): an option both servers have
+    means the same with either; one that ``--server`` has not is refused in one line.
+    Only the options given are passed on: the server's defaults apply otherwise, and
+    the defaults shown are the servers'."""
 
     ENTRIES: ClassVar[tuple[Entry, ...]] = ("graceful serve",)
 
@@ -683,6 +744,8 @@ class UvicornSettings:
         scope="generation",
         default=True,
         flag="--proxy-headers",
+        servers={"uvicorn": "proxy_headers"},
+        instead={"hypercorn": _PROXY_FIX},
     )
     forwarded_allow_ips: str | None = setting(
         TEXT,
@@ -692,68 +755,108 @@ class UvicornSettings:
         default=None,
         flag="--forwarded-allow-ips",
         metavar="IPS",
+        servers={"uvicorn": "forwarded_allow_ips"},
+        instead={"hypercorn": _PROXY_FIX},
     )
     root_path: str | None = setting(
         TEXT,
-        "the ASGI root_path, for an app mounted below a path by a proxy (uvicorn)",
+        "the ASGI root_path, for an app mounted below a path by a proxy",
         scope="generation",
         default=None,
         flag="--root-path",
         metavar="PATH",
+        servers={"uvicorn": "root_path", "hypercorn": "root_path"},
     )
     ssl_keyfile: str | None = setting(
         PATH,
-        "TLS: the private key file (uvicorn); read by each new generation",
+        "TLS: the private key file; read by each new generation",
         scope="generation",
         default=None,
         flag="--ssl-keyfile",
         aliases=("--keyfile",),
+        servers={"uvicorn": "ssl_keyfile", "hypercorn": "keyfile"},
     )
     ssl_certfile: str | None = setting(
         PATH,
-        "TLS: the certificate chain file (uvicorn); read by each new generation",
+        "TLS: the certificate chain file; read by each new generation",
         scope="generation",
         default=None,
         flag="--ssl-certfile",
         aliases=("--certfile",),
+        servers={"uvicorn": "ssl_certfile", "hypercorn": "certfile"},
     )
     ssl_keyfile_password: str | None = setting(
         TEXT,
-        "TLS: the private key's password (uvicorn)",
+        "TLS: the private key's password",
         scope="generation",
         default=None,
         flag="--ssl-keyfile-password",
+        aliases=("--keyfile-password",),
+        servers={"uvicorn": "ssl_keyfile_password", "hypercorn": "keyfile_password"},
     )
     ssl_ca_certs: str | None = setting(
         PATH,
-        "TLS: the CA certificates file (uvicorn)",
+        "TLS: the CA certificates file (to verify clients' certificates)",
         scope="generation",
         default=None,
         flag="--ssl-ca-certs",
         aliases=("--ca-certs",),
+        servers={"uvicorn": "ssl_ca_certs", "hypercorn": "ca_certs"},
+    )
+    ssl_cert_reqs: int | None = setting(
+        Kind("0, 1 or 2 (or CERT_NONE, ...)", _check_cert_reqs, _parse_cert_reqs, metavar="MODE"),
+        "TLS: whether a client certificate is required: 0, 1, 2 or CERT_NONE, "
+        "CERT_OPTIONAL, CERT_REQUIRED (default: none)",
+        scope="generation",
+        default=None,
+        flag="--ssl-cert-reqs",
+        aliases=("--cert-reqs", "--verify-mode"),
+        servers={"uvicorn": "ssl_cert_reqs", "hypercorn": "verify_mode"},
     )
     ssl_ciphers: str | None = setting(
         TEXT,
-        "TLS: the ciphers (uvicorn; default TLSv1)",
+        "TLS: the ciphers (uvicorn's default TLSv1, hypercorn's ECDHE+AESGCM)",
         scope="generation",
         default=None,
         flag="--ssl-ciphers",
         aliases=("--ciphers",),
+        servers={"uvicorn": "ssl_ciphers", "hypercorn": "ciphers"},
     )
     timeout_keep_alive: int | None = setting(
         Kind("int (seconds, at least 1)", _check_optional_whole, _parse_whole, metavar="S"),
-        "close a keep-alive connection idle this long (uvicorn; default 5)",
+        "close a keep-alive connection idle this long (default 5)",
         scope="generation",
         default=None,
         flag="--timeout-keep-alive",
         aliases=("--keep-alive",),
+        servers={"uvicorn": "timeout_keep_alive", "hypercorn": "keep_alive_timeout"},
+    )
+    read_timeout: int | None = setting(
+        Kind("int (seconds, at least 1)", _check_optional_whole, _parse_whole, metavar="S"),
+        "close a connection that sends nothing for this long (hypercorn; default: never)",
+        scope="generation",
+        default=None,
+        flag="--read-timeout",
+        servers={"hypercorn": "read_timeout"},
     )
     limit_concurrency: int | None = setting(
-        Kind("int (at least 1)", _check_optional_whole, _parse_whole, metavar="N"),
+        OPTIONAL_WHOLE,
         "answer 503 beyond this many connections and tasks, per worker (uvicorn)",
         scope="generation",
         default=None,
         flag="--limit-concurrency",
+        servers={"uvicorn": "limit_concurrency"},
+    )
+    h11_max_incomplete_event_size: int | None = setting(
+        Kind("int (bytes, at least 1)", _check_optional_whole, _parse_whole, metavar="BYTES"),
+        "HTTP/1.1: the largest request head, in bytes (default 16384)",
+        scope="generation",
+        default=None,
+        flag="--h11-max-incomplete-event-size",
+        servers={
+            "uvicorn": "h11_max_incomplete_event_size",
+            "hypercorn": "h11_max_incomplete_size",
+        },
     )
     http: str | None = setting(
         _choice("auto", "h11", "httptools", optional=True),
@@ -761,6 +864,7 @@ class UvicornSettings:
         scope="generation",
         default=None,
         flag="--http",
+        servers={"uvicorn": "http"},
     )
     ws: str | None = setting(
         _choice("auto", "none", "websockets", "websockets-sansio", "wsproto", optional=True),
@@ -768,6 +872,24 @@ class UvicornSettings:
         scope="generation",
         default=None,
         flag="--ws",
+        servers={"uvicorn": "ws"},
+    )
+    ws_max_size: int | None = setting(
+        Kind("int (bytes, at least 1)", _check_optional_whole, _parse_whole, metavar="BYTES"),
+        "the largest WebSocket message, in bytes (default 16 MiB)",
+        scope="generation",
+        default=None,
+        flag="--ws-max-size",
+        servers={"uvicorn": "ws_max_size", "hypercorn": "websocket_max_message_size"},
+    )
+    ws_ping_interval: float | None = setting(
+        OPTIONAL_SECONDS,
+        "send a WebSocket ping this often (uvicorn's default 20, hypercorn's: never)",
+        scope="generation",
+        default=None,
+        flag="--ws-ping-interval",
+        aliases=("--websocket-ping-interval",),
+        servers={"uvicorn": "ws_ping_interval", "hypercorn": "websocket_ping_interval"},
     )
     loop: str | None = setting(
         _choice("auto", "asyncio", "uvloop", optional=True),
@@ -775,6 +897,8 @@ class UvicornSettings:
         scope="generation",
         default=None,
         flag="--loop",
+        servers={"uvicorn": "loop"},
+        instead={"hypercorn": "choose its loop with --backend asyncio|trio"},
     )
     lifespan: str | None = setting(
         _choice("auto", "on", "off", optional=True),
@@ -782,6 +906,7 @@ class UvicornSettings:
         scope="generation",
         default=None,
         flag="--lifespan",
+        servers={"uvicorn": "lifespan"},
     )
     headers: tuple[str, ...] = setting(
         Kind(
@@ -795,27 +920,81 @@ class UvicornSettings:
         scope="generation",
         default=(),
         flag="--header",
+        servers={"uvicorn": "headers"},
+        instead={"hypercorn": "add the header in the app (or an ASGI middleware)"},
     )
     server_header: bool = setting(
         TOGGLE,
-        "send the Server header (uvicorn)",
+        "send the Server header",
         scope="generation",
         default=True,
         flag="--server-header",
+        servers={"uvicorn": "server_header", "hypercorn": "include_server_header"},
     )
     date_header: bool = setting(
         TOGGLE,
-        "send the Date header (uvicorn)",
+        "send the Date header",
         scope="generation",
         default=True,
         flag="--date-header",
+        servers={"uvicorn": "date_header", "hypercorn": "include_date_header"},
+    )
+    server_names: tuple[str, ...] = setting(
+        Kind("list of host names", _check_words, cli="repeat", metavar="HOST"),
+        "answer only requests for this host name, 404 to others (hypercorn)",
+        scope="generation",
+        default=(),
+        flag="--server-name",
+        servers={"hypercorn": "server_names"},
+    )
+    debug: bool = setting(
+        SWITCH,
+        "asyncio's debug mode, with hypercorn's own checks (hypercorn)",
+        scope="generation",
+        default=False,
+        flag="--debug",
+        servers={"hypercorn": "debug"},
+        instead={"uvicorn": "set PYTHONASYNCIODEBUG=1"},
     )
     log_config: str | None = setting(
         PATH,
-        "a logging configuration file for the workers: .json, .yaml or .ini (uvicorn)",
+        "a logging configuration file for the workers: .json, .yaml or .ini (uvicorn), "
+        ".json, .toml or .ini (hypercorn)",
         scope="generation",
         default=None,
         flag="--log-config",
+        servers={"uvicorn": "log_config", "hypercorn": "logconfig"},
+    )
+    access_logfile: str | None = setting(
+        TEXT,
+        "write the access log there, - for standard output (hypercorn; default: none)",
+        scope="generation",
+        default=None,
+        flag="--access-logfile",
+        metavar="FILE",
+        servers={"hypercorn": "accesslog"},
+        instead={"uvicorn": "its access log goes to standard error (see --log-config)"},
+    )
+    access_log_format: str | None = setting(
+        TEXT,
+        "the access log's format, in gunicorn's %(h)s notation (hypercorn)",
+        scope="generation",
+        default=None,
+        flag="--access-logformat",
+        metavar="FORMAT",
+        servers={"hypercorn": "access_log_format"},
+        instead={"uvicorn": "use --log-config"},
+    )
+    error_logfile: str | None = setting(
+        TEXT,
+        "write the error log there, - for standard error (hypercorn; default -)",
+        scope="generation",
+        default=None,
+        flag="--error-logfile",
+        aliases=("--log-file",),
+        metavar="FILE",
+        servers={"hypercorn": "errorlog"},
+        instead={"uvicorn": "use --log-config"},
     )
 
 
@@ -890,6 +1069,15 @@ class CommandLine:
         default=None,
         flag="--env-file",
     )
+    chdir: str | None = setting(
+        PATH,
+        "change to this directory before loading the app, and put it first on sys.path "
+        "(gunicorn's --chdir; the workers start there too)",
+        scope="supervisor",
+        default=None,
+        flag="--chdir",
+        metavar="DIR",
+    )
     app_dir: str = setting(
         PATH,
         "put this directory first on sys.path",
@@ -899,11 +1087,11 @@ class CommandLine:
         metavar="DIR",
     )
     access_log: bool = setting(
-        SWITCH,
+        TOGGLE,
         "log each request (uvicorn)",
         scope="generation",
         default=True,
-        flag="--no-access-log",
+        flag="--access-log",
         entries=("graceful serve",),
     )
     log_level: str | None = setting(
@@ -978,7 +1166,7 @@ GROUPS: dict[type[Any], str] = {
     ServiceSettings: "the service",
     ServerSettings: "the server",
     Supervision: "the supervisor",
-    UvicornSettings: "uvicorn's options (under uvicorn's names, with uvicorn's meanings)",
+    ServerOptions: "the server's options (uvicorn's and hypercorn's, under their own flags)",
     CommandLine: "this command",
 }
 
