@@ -466,25 +466,25 @@ def _serve(args: argparse.Namespace) -> int:
         caller=sys._getframe(),
         environment=configured.environment,
         given=configured.given,
-        reread=lambda: _serve_configured(
-            args.app, read_again(sources, "graceful serve"), environ, again=True
+        reread=lambda cwd: _serve_configured(
+            args.app, read_again(sources, "graceful serve", cwd), environ, again=cwd
         )[0],
     )
 
 
 def _serve_configured(
-    app: str, sources: Sources, environ: dict[str, str], *, again: bool = False
+    app: str, sources: Sources, environ: dict[str, str], *, again: str | None = None
 ) -> tuple[Configured, Service[Any]]:
     """How ``graceful serve`` serves ``app`` with the settings of ``sources``: what
-    each generation is started with, and the service. Read ``again`` (a reload):
-    nothing is changed in this process.
+    each generation is started with, and the service. Read ``again`` (a reload, from
+    that working directory): nothing is changed in this process.
 
     Raises:
         ConfigError: for the first setting that can never work.
     """
     given = sources.merged()
     command = checked(CommandLine, given, "graceful serve")
-    if not again:
+    if again is None:
         _enter(command.chdir)
         _use_app_dir(command.app_dir)
     given["watch"] = _watch(command, given, app.partition(":")[0])
@@ -501,12 +501,12 @@ def _serve_configured(
         server_options["access_log"] = False
     if command.log_level is not None:
         server_options.update(_server_log_level(command.log_level, server == "uvicorn"))
-    service = asgi_service(app, given, server_options)
+    service = asgi_service(app, given, server_options, again=again is not None)
     configured = Configured(
         service.settings,
         service.entry_options,
         service.backend_options,
-        environment_of(given, environ),
+        environment_of(given, environ, os.getcwd() if again is None else again),
         given,
     )
     return configured, service
@@ -660,7 +660,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.entry} is not a @graceful.service (got {type(target).__name__})")
     environ = dict(os.environ)  # as the supervisor started: what each reload compares with
 
-    def configured(sources: Sources) -> Configured:
+    def configured(sources: Sources, cwd: str) -> Configured:
         given = sources.merged()
         overrides = {s.name: given[s.name] for s in settings_of(ServiceSettings) if s.name in given}
         watch = _watch(checked(CommandLine, given, "graceful run"), given, module_name)
@@ -668,9 +668,9 @@ def _run(args: argparse.Namespace) -> int:
         if watch is not None:
             overrides["watch"] = watch
         settings = service_settings(overrides, "graceful run", base=target.settings)
-        return Configured(settings, {}, {}, environment_of(given, environ), given)
+        return Configured(settings, {}, {}, environment_of(given, environ, cwd), given)
 
-    first = configured(sources)
+    first = configured(sources, os.getcwd())
     return supervise(
         target,
         given,
@@ -679,7 +679,7 @@ def _run(args: argparse.Namespace) -> int:
         settings=first.settings,
         environment=first.environment,
         given=first.given,
-        reread=lambda: configured(read_again(sources, "graceful run")),
+        reread=lambda cwd: configured(read_again(sources, "graceful run", cwd), cwd),
     )
 
 

@@ -264,7 +264,7 @@ def test_a_reload_reads_the_file_again_and_not_the_environment(tmp_path: Path) -
     (tmp_path / "graceful.toml").write_text("workers = 3\n")
     sources = gather("graceful serve", {}, {"GRACEFUL_PROBATION": "4"}, str(tmp_path))
     (tmp_path / "graceful.toml").write_text("workers = 5\n")
-    again = read_again(sources, "graceful serve").merged()
+    again = read_again(sources, "graceful serve", str(tmp_path)).merged()
     assert (again["workers"], again["probation"]) == (5, 4.0)
 
 
@@ -341,3 +341,44 @@ def test_the_log_format_and_level_come_from_the_file_too(tmp_path: Path) -> None
         serving = [json.loads(line) for line in svc.output.splitlines() if "is serving" in line]
         assert serving[0]["role"] == "supervisor", serving
         assert serving[0]["level"] == "INFO", serving
+
+
+def test_a_reload_reads_the_files_of_the_release_the_link_names_now(tmp_path: Path) -> None:
+    """A deploy switches the release link: the reload reads the new release's
+    configuration file and env file (relative paths, from its directory), even once
+    the old release is deleted."""
+    releases = tmp_path / "releases"
+    for name in ("r1", "r2"):
+        release = releases / name
+        release.mkdir(parents=True)
+        (release / "app.py").write_text(ENVIRONMENT_APP)
+        (release / "graceful.toml").write_text(
+            f"env_file = '.env'\n[env]\nDATABASE_URL = '{name}'\n"
+        )
+        (release / ".env").write_text(f"FROM_ENV_FILE={name}\n")
+    current = tmp_path / "current"
+    current.symlink_to(releases / "r1")
+    pid_file = tmp_path / "graceful.pid"
+    command = [
+        "serve", "app:app", "--listen", "127.0.0.1:0", "--pid-file", str(pid_file),
+        "--release-link", str(current), "--probation", "0",
+    ]  # fmt: skip
+    app = current / "app.py"
+    with ServiceProcess(app, module="graceful", args=command, env={"PWD": str(current)}) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        first = get(address)
+        assert (first["DATABASE_URL"], first["FROM_ENV_FILE"]) == ("r1", "r1")
+        switched = tmp_path / "current.new"
+        switched.symlink_to(releases / "r2")
+        switched.rename(current)
+        code, said = reload_and_wait(pid_file)
+        assert code == 0, said
+        second = get(address)
+        assert (second["DATABASE_URL"], second["FROM_ENV_FILE"]) == ("r2", "r2")
+        for path in sorted((releases / "r1").iterdir()):
+            path.unlink()
+        (releases / "r1").rmdir()
+        code, said = reload_and_wait(pid_file)
+        assert code == 0, said
+        assert get(address)["DATABASE_URL"] == "r2"

@@ -106,11 +106,13 @@ def serve_asgi(
 
 
 def asgi_service(
-    app: str, given: Mapping[str, object], server_options: dict[str, Any]
+    app: str, given: Mapping[str, object], server_options: dict[str, Any], *, again: bool = False
 ) -> Service[Any]:
     """The :class:`Service` that serves ``app``, with the settings ``given`` (as
     ``serve_asgi`` takes them), after checking everything that can be checked without
-    importing the app.
+    importing the app. Built ``again`` (a reload), the app's and the ready hook's
+    modules are left for the workers to find, in the release they start from (this
+    process's ``sys.path`` is its start's).
 
     Raises:
         ConfigError: for a malformed app string, a setting that can never work, a
@@ -131,13 +133,13 @@ def asgi_service(
     for needed in (server, backend if backend == "trio" else None):
         if needed and importlib.util.find_spec(needed) is None:
             raise ConfigError(f"{needed} is not installed: {pip_install(needed)}")
-    if not module_exists(module):
+    if not again and not module_exists(module):
         raise ConfigError(
             f"cannot find module {module!r} for app {app!r} (is the app directory on "
             "sys.path? see --app-dir)"
         )
     need_adapter(hosting.interface)
-    if hosting.ready_hook is not None:
+    if hosting.ready_hook is not None and not again:
         hook_module = hosting.ready_hook.partition(":")[0]
         if not module_exists(hook_module):
             raise ConfigError(

@@ -64,6 +64,8 @@ class Sources:
     path: str | None = None
     #: ``workers`` from ``WEB_CONCURRENCY``, when that is set
     web_concurrency: int | None = None
+    #: the file as ``--config`` named it (None: the default file, if there is one)
+    named: str | None = None
 
     def merged(self) -> dict[str, object]:
         """Every setting given, by name, each from the source that wins (see the
@@ -126,27 +128,32 @@ def gather(
     """
     environment = from_environment(entry, environ)
     named = command_line.get("config", environment.get("config"))
-    path = config_path(named, cwd)
-    web_concurrency = _web_concurrency(entry, environ)
-    sources = Sources(command_line, environment, path=path, web_concurrency=web_concurrency)
-    return read_again(sources, entry)
+    sources = Sources(
+        command_line,
+        environment,
+        web_concurrency=_web_concurrency(entry, environ),
+        named=os.fspath(named) if isinstance(named, str | os.PathLike) else None,
+    )
+    return read_again(sources, entry, cwd)
 
 
-def read_again(sources: Sources, entry: Entry) -> Sources:
-    """``sources`` with its configuration file read again (as a reload does); the
-    command line and the environment are those the supervisor started with.
+def read_again(sources: Sources, entry: Entry, cwd: str) -> Sources:
+    """``sources`` with its configuration file read again (as a reload does), found
+    from ``cwd`` as at the start (a relative name, or the default file, from the
+    working directory of the release the service points to now); the command line
+    and the environment are those the supervisor started with.
 
     Raises:
         ConfigError: one line naming the file, and the key and line where it can.
     """
-    if sources.path is None:
-        return sources
+    path = config_path(sources.named, cwd)
     return Sources(
         sources.command_line,
         sources.environment,
-        read_file(sources.path, entry),
-        sources.path,
+        read_file(path, entry) if path is not None else {},
+        path,
         sources.web_concurrency,
+        sources.named,
     )
 
 
@@ -306,7 +313,7 @@ def _line_of(text: str, table: tuple[str, ...], key: str) -> int | None:
     return None
 
 
-def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+def read_env_file(path: str | os.PathLike[str], cwd: str) -> dict[str, str]:
     """The variables a ``.env`` file sets (as python-dotenv reads it, ``${VAR}``
     expanded), checked whole.
 
@@ -321,7 +328,7 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
         raise ConfigError(f"--env-file needs python-dotenv: {pip_install('dotenv')}") from None
     shown = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as file:
+        with open(os.path.join(cwd, path), encoding="utf-8") as file:
             text = file.read(_MOST_BYTES + 1)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
@@ -338,18 +345,20 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     return {name: value for name, value in values.items() if value is not None}
 
 
-def environment_of(values: Mapping[str, object], environ: Mapping[str, str]) -> dict[str, str]:
+def environment_of(
+    values: Mapping[str, object], environ: Mapping[str, str], cwd: str
+) -> dict[str, str]:
     """The environment variables a generation's workers get on top of the
-    supervisor's (``environ``): the env file's that ``environ`` does not set (as
-    uvicorn loads it), then ``env``'s, over everything.
+    supervisor's (``environ``): the env file's (a relative path from ``cwd``) that
+    ``environ`` does not set (as uvicorn loads it), then ``env``'s, over everything.
 
     Raises:
         ConfigError: for an env file that cannot be read.
     """
     environment: dict[str, str] = {}
     env_file = values.get("env_file")
-    if env_file is not None:
-        from_file = read_env_file(env_file)  # type: ignore[arg-type]
+    if isinstance(env_file, str | os.PathLike):
+        from_file = read_env_file(env_file, cwd)
         environment.update(
             {name: value for name, value in from_file.items() if name not in environ}
         )

@@ -27,5 +27,7 @@ class Configured:
     given: dict[str, object]
 
 
-#: Reads the configuration again; raises :class:`ConfigError` in one line.
-Reread = Callable[[], Configured]
+#: Reads the configuration again, from the working directory the new generation
+#: starts in (a relative path is read from the release the service points to now);
+#: raises :class:`ConfigError` in one line.
+Reread = Callable[[str], Configured]

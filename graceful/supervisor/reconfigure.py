@@ -3,7 +3,9 @@
 A command (``graceful serve``, ``graceful run``) starts the supervisor with its
 configuration as read then, and with a way to read it again (a :data:`Reread`): the
 configuration file and the env file, with the command line and the environment the
-supervisor started with (:mod:`graceful.api.configuration`). The first generation is
+supervisor started with (:mod:`graceful.api.configuration`), a relative path from the
+working directory of the release the service points to then (a deploy that switches
+the release link reloads with the new release's files). The first generation is
 started as configured at the start. Each later generation, the first time one of
 its workers is started, reads the configuration again, once, in a thread (a file on
 a stalled disk must not stall the loop; the reading is given up after
@@ -21,6 +23,7 @@ as needing ``graceful upgrade``.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 
@@ -50,10 +53,13 @@ class Configurations:
         first: Configured,
         reread: Reread | None,
         options: Callable[[Configured], WorkerOptions],
+        where: Callable[[], str] = os.getcwd,
     ) -> None:
         self._first = first
         self._reread = reread
         self._options = options
+        #: the working directory a generation started now starts in
+        self._where = where
         #: by generation: its setup and what it was configured with, or why not
         self._setups: dict[int, tuple[WorkerSetup, Configured] | ConfigError] = {}
         self._reading: dict[int, anyio.Event] = {}
@@ -87,9 +93,10 @@ class Configurations:
             configured = self._first
         else:
             try:
+                cwd = self._where()
                 with anyio.fail_after(READ_TIMEOUT):
                     configured = await anyio.to_thread.run_sync(
-                        _in_thread, self._reread, abandon_on_cancel=True
+                        _in_thread, self._reread, cwd, abandon_on_cancel=True
                     )
             except ConfigError as exc:
                 return ConfigError(f"the configuration cannot be applied: {exc}")
@@ -145,10 +152,10 @@ class Configurations:
         return shown
 
 
-def _in_thread(reread: Reread) -> Configured:
+def _in_thread(reread: Reread, cwd: str) -> Configured:
     # signals are the main thread's (see BytecodeGate)
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-    return reread()
+    return reread(cwd)
 
 
 def _shown(value: object) -> str:

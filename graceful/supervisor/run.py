@@ -201,7 +201,9 @@ def _supervise(
                 (listeners, health_listeners, control),
             ),
             successor=Successor(inheritance) if inheritance is not None else None,
-            configurations=Configurations(first, reread, options_of),
+            configurations=Configurations(
+                first, reread, options_of, where=lambda: release.resolve().cwd
+            ),
         )
         try:
             code = anyio.run(loop.run, backend="asyncio")
