@@ -71,6 +71,7 @@ _SERVICE_MANAGER = "the service manager sets the user, group and umask (systemd'
 
 #: Options of uvicorn, gunicorn or hypercorn that ``graceful serve`` refuses, and why.
 REFUSED_SERVER_OPTIONS = {
+    "--check-config": "graceful check APP [options] checks the configuration and loads the app",
     "--reload-delay": "graceful reloads as soon as a change is seen, and a broken save "
     "keeps the running code serving: there is nothing to wait for",
     "--limit-max-requests": _RECYCLING,
@@ -148,7 +149,7 @@ THEIR_OPTIONS: dict[str, tuple[str, ...]] = {
         "--access-logfile", "--access-logformat", "--error-logfile", "--log-file",
         "--log-level", "--log-config", "--certfile", "--keyfile", "--ca-certs",
         "--cert-reqs", "--ciphers", "--ssl-version", "--statsd-host", "--statsd-prefix",
-        "-n", "--name", "--check-config", "--worker-tmp-dir",
+        "-n", "--name", "-c", "--config", "--check-config", "--worker-tmp-dir",
     ),
 }  # fmt: skip
 
@@ -603,8 +604,9 @@ def _listen_of(command: CommandLine) -> str | None:
 
 
 def _server_options(given: dict[str, object], server: Server) -> dict[str, Any]:
-    """The server's options given on the command line, as ``server``'s ``Config``
-    takes them (:class:`ServerOptions` tells each option's attribute).
+    """The server's options given (on the command line, in the environment or in the
+    configuration file), as ``server``'s ``Config`` takes them (:class:`ServerOptions`
+    tells each option's attribute).
 
     Raises:
         ConfigError: for an option ``server`` does not have, naming it.

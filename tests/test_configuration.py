@@ -275,6 +275,8 @@ def test_a_reload_reads_the_file_again_and_not_the_environment(tmp_path: Path) -
         ({}, ["-c", "nowhere.toml"], "configuration file nowhere.toml: cannot read it"),
         ({"e.env": "A='x\n"}, ["--env-file", "e.env"], "env file e.env, line 1: cannot parse"),
         ({}, ["--env", "NOEQUALS"], "'NOEQUALS' must look like NAME=VALUE"),
+        ({"gunicorn.conf.py": "workers = 2\n"}, ["-c", "gunicorn.conf.py"], "reads TOML, not"),
+        ({}, ["--check-config"], "--check-config is not supported: graceful check APP"),
     ],
 )
 def test_graceful_serve_refuses_a_bad_configuration_before_starting_anything(

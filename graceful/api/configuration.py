@@ -206,6 +206,11 @@ def read_file(path: str, entry: Entry) -> dict[str, object]:
             file that cannot be read or parsed, an unknown key, a bad value.
     """
     shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
+    if path.endswith(".py"):
+        raise ConfigError(
+            f"configuration file {shown}: graceful reads TOML, not Python (a gunicorn.conf.py "
+            "becomes a graceful.toml of the same settings: docs/guides/coming-from.md)"
+        )
     try:
         with open(path, "rb") as file:
             data = file.read(_MOST_BYTES + 1)
