@@ -30,7 +30,7 @@ from collections.abc import Callable
 import anyio
 import anyio.to_thread
 
-from graceful.base.errors import ConfigError, one_line
+from graceful.base.errors import ConfigError, GracefulError, one_line
 from graceful.base.log import logger
 from graceful.core.configured import Configured, Reread
 from graceful.core.settings import SETTINGS
@@ -98,13 +98,13 @@ class Configurations:
                     configured = await anyio.to_thread.run_sync(
                         _in_thread, self._reread, cwd, abandon_on_cancel=True
                     )
-            except ConfigError as exc:
-                return ConfigError(f"the configuration cannot be applied: {exc}")
             except TimeoutError:
                 return ConfigError(
                     f"the configuration cannot be applied: reading it took more than "
                     f"{READ_TIMEOUT:g}s"
                 )
+            except GracefulError as exc:  # a bad value, or a broken release to read it from
+                return ConfigError(f"the configuration cannot be applied: {exc}")
             except Exception as exc:  # a bug in reading it: still one reload failed
                 logger.exception("reading the configuration again failed")
                 return ConfigError(f"the configuration cannot be applied: {one_line(exc)}")
