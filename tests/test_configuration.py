@@ -384,3 +384,34 @@ def test_a_reload_reads_the_files_of_the_release_the_link_names_now(tmp_path: Pa
         code, said = reload_and_wait(pid_file)
         assert code == 0, said
         assert get(address)["DATABASE_URL"] == "r2"
+
+
+def toml_value(value: object) -> str:
+    """``value`` written as TOML (the kinds of values settings take)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    assert isinstance(value, list | tuple), value
+    return "[" + ", ".join(toml_value(item) for item in value) + "]"
+
+
+def test_every_setting_of_the_commands_reads_its_default_back_from_a_file(
+    tmp_path: Path,
+) -> None:
+    """Each declaration's default, written under its name, reads back as itself: the
+    file takes every setting, under the name the reference gives it."""
+    from graceful.core.settings import Watch, taken_by  # noqa: PLC0415
+
+    for entry in ("graceful serve", "graceful run"):
+        for declared in taken_by(entry):
+            default = declared.default
+            if default is None or declared.name == "config" or isinstance(default, Watch):
+                continue
+            (tmp_path / "graceful.toml").write_text(f"{declared.name} = {toml_value(default)}\n")
+            merged = gather(entry, {}, {}, str(tmp_path)).merged()
+            assert merged[declared.name] == declared.check(default), declared.name
