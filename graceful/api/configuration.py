@@ -37,6 +37,7 @@ import difflib
 import io
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -146,7 +147,10 @@ def read_again(sources: Sources, entry: Entry, cwd: str) -> Sources:
     Raises:
         ConfigError: one line naming the file, and the key and line where it can.
     """
-    path = config_path(sources.named, cwd)
+    # the default file found at the start is read again as if named: gone (or not
+    # a file) at a reload, it fails the reload rather than dropping the configuration
+    named = sources.named if sources.named is not None or sources.path is None else DEFAULT_FILE
+    path = config_path(named, cwd)
     return Sources(
         sources.command_line,
         sources.environment,
@@ -206,13 +210,7 @@ def read_file(path: str, entry: Entry) -> dict[str, object]:
             file that cannot be read or parsed, an unknown key, a bad value.
     """
     shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
-    try:
-        with open(path, "rb") as file:
-            data = file.read(_MOST_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(
-            f"configuration file {shown}: cannot read it: {exc.strerror or exc}"
-        ) from None
+    data = _read_regular(path, f"configuration file {shown}")
     if len(data) > _MOST_BYTES:
         raise ConfigError(f"configuration file {shown}: larger than {_MOST_BYTES} bytes")
     try:
@@ -222,6 +220,10 @@ def read_file(path: str, entry: Entry) -> dict[str, object]:
         raise ConfigError(f"configuration file {shown}: not UTF-8 text ({exc.reason})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"configuration file {shown}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"configuration file {shown}: not valid TOML: nested too deeply"
+        ) from None
     prefix: tuple[str, ...] = ()
     if os.path.basename(path) == "pyproject.toml":
         prefix = PYPROJECT_TABLE
@@ -234,6 +236,27 @@ def read_file(path: str, entry: Entry) -> dict[str, object]:
 
 #: The largest configuration file read (a configuration is a page, not a megabyte).
 _MOST_BYTES = 1 << 20
+
+
+def _read_regular(path: str, what: str) -> bytes:
+    """Up to :data:`_MOST_BYTES` + 1 bytes of the regular file at ``path``. Anything
+    else is refused without waiting for it: a FIFO would block the reading until a
+    writer comes, and a reload reads the file again.
+
+    Raises:
+        ConfigError: ``what``, and why it cannot be read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read it: {exc.strerror or exc}") from None
+    with open(fd, "rb") as file:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"{what}: cannot read it: not a regular file")
+            return file.read(_MOST_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot read it: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -327,22 +350,34 @@ def read_env_file(path: str | os.PathLike[str], cwd: str) -> dict[str, str]:
     except ImportError:
         raise ConfigError(f"--env-file needs python-dotenv: {pip_install('dotenv')}") from None
     shown = os.fspath(path)
+    data = _read_regular(os.path.join(cwd, path), f"env file {shown}")
     try:
-        with open(os.path.join(cwd, path), encoding="utf-8") as file:
-            text = file.read(_MOST_BYTES + 1)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"env file {shown}: cannot read it: {reason or exc}") from None
-    if len(text) > _MOST_BYTES:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"env file {shown}: cannot read it: not UTF-8 text") from None
+    if len(data) > _MOST_BYTES:
         raise ConfigError(f"env file {shown}: larger than {_MOST_BYTES} bytes")
+    lines: dict[str, int] = {}
     for binding in dotenv.parser.parse_stream(io.StringIO(text)):
         if binding.error:
             line = binding.original.string.strip()
             raise ConfigError(
                 f"env file {shown}, line {binding.original.line}: cannot parse {line[:60]!r}"
             )
+        if binding.key is not None:
+            lines.setdefault(binding.key, binding.original.line)
     values = dotenv.dotenv_values(stream=io.StringIO(text))
-    return {name: value for name, value in values.items() if value is not None}
+    environment = {name: value for name, value in values.items() if value is not None}
+    for name, value in environment.items():
+        # the names and values a process's environment can hold (as [env]'s)
+        if not name or "=" in name or "\x00" in name:
+            said = f"{name!r} is not an environment variable's name"
+        elif "\x00" in value:
+            said = f"{name}: its value holds a NUL character"
+        else:
+            continue
+        raise ConfigError(f"env file {shown}, line {lines.get(name, '?')}: {said}")
+    return environment
 
 
 def environment_of(
