@@ -4,6 +4,7 @@ fault once found, kept so that it stays fixed."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import threading
@@ -15,6 +16,7 @@ from test_configuration import ENVIRONMENT_APP, get, reload_and_wait
 
 from graceful.api.configuration import environment_of, gather
 from graceful.base.errors import ConfigError
+from graceful.control.client import Control
 from graceful.core.configured import Configured
 
 
@@ -164,3 +166,37 @@ def test_a_reading_stuck_for_good_is_given_up_and_keeps_no_one_from_exiting(
         assert reader.daemon
     finally:
         never.set()
+
+
+def server_header(address: str) -> str | None:
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        response.read()
+        return response.getheader("server")
+    finally:
+        connection.close()
+
+
+def test_a_setting_that_needs_an_upgrade_is_not_applied_by_a_reload(tmp_path: Path) -> None:
+    """``server`` and ``drain_timeout`` are the supervisor's: a reload logs that
+    they need graceful upgrade, and the new generation runs as before (it did run
+    the other server, under a supervisor that said it did not)."""
+    pytest.importorskip("hypercorn")
+    (tmp_path / "graceful.toml").write_text("server = 'uvicorn'\n")
+    with serve(tmp_path) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        assert server_header(address) == "uvicorn"
+        (tmp_path / "graceful.toml").write_text("server = 'hypercorn'\ndrain_timeout = 3\n")
+        mark = svc.mark()
+        code, said = reload_and_wait(tmp_path / "graceful.pid")
+        assert code == 0, said
+        svc.wait_for(r"server changed in the configuration \(hypercorn, was uvicorn\)", after=mark)
+        svc.wait_for(r"generation 2 is serving", after=mark)
+        assert server_header(address) == "uvicorn"
+        status = Control(tmp_path / "graceful.pid").status()
+        [serving] = [g for g in status["generations"] if g["state"] == "serving"]
+        assert "server" not in serving["settings"], serving

@@ -45,7 +45,7 @@ from typing import Any
 
 from graceful._version import pip_install
 from graceful.base.errors import ConfigError
-from graceful.core.settings import Entry, Setting, taken_by
+from graceful.core.settings import SETTINGS, Entry, Setting, taken_by
 
 #: the file read when none is named, in the working directory
 DEFAULT_FILE = "graceful.toml"
@@ -159,6 +159,17 @@ def read_again(sources: Sources, entry: Entry, cwd: str) -> Sources:
         sources.web_concurrency,
         sources.named,
     )
+
+
+def as_reloaded(given: dict[str, object], first: Mapping[str, object]) -> dict[str, object]:
+    """What a reload applies of ``given`` (every setting, as read again): the
+    settings of scope ``generation``; those of scope ``supervisor`` stay as
+    ``first`` (the reading the supervisor started with) had them, until
+    ``graceful upgrade``."""
+    supervisor = {declared.name for declared in SETTINGS if declared.scope == "supervisor"}
+    applied = {name: value for name, value in given.items() if name not in supervisor}
+    applied.update({name: value for name, value in first.items() if name in supervisor})
+    return applied
 
 
 def config_path(named: object, cwd: str) -> str | None:
