@@ -29,6 +29,9 @@ and the command exits with status 2 before anything is started.
 
 A reload reads the file again (:func:`read_again`), and the env file: what it
 applies, and what needs ``graceful upgrade``, is in docs/guides/configuration.md.
+Both must be regular files (a FIFO or a device is refused: each reload reads them
+again), and a default file found at the start is required by each reload: gone, it
+fails the reload rather than leave the next generation without its configuration.
 """
 
 from __future__ import annotations
