@@ -28,7 +28,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
 from graceful.api.asgi import asgi_service
-from graceful.api.configuration import Sources, environment_of, gather, read_again
+from graceful.api.configuration import (
+    Sources,
+    as_reloaded,
+    environment_of,
+    gather,
+    read_again,
+)
 from graceful.api.service import Service, service_settings, supervise
 from graceful.base.errors import ConfigError, GracefulError
 from graceful.base.log import configure, ensure_visible, logger
@@ -468,17 +474,27 @@ def _serve(args: argparse.Namespace) -> int:
         environment=configured.environment,
         given=configured.given,
         reread=lambda cwd: _serve_configured(
-            args.app, read_again(sources, "graceful serve", cwd), environ, again=cwd
+            args.app,
+            read_again(sources, "graceful serve", cwd),
+            environ,
+            again=cwd,
+            first=configured.given,
         )[0],
     )
 
 
 def _serve_configured(
-    app: str, sources: Sources, environ: dict[str, str], *, again: str | None = None
+    app: str,
+    sources: Sources,
+    environ: dict[str, str],
+    *,
+    again: str | None = None,
+    first: dict[str, object] | None = None,
 ) -> tuple[Configured, Service[Any]]:
     """How ``graceful serve`` serves ``app`` with the settings of ``sources``: what
     each generation is started with, and the service. Read ``again`` (a reload, from
-    that working directory): nothing is changed in this process.
+    that working directory): nothing is changed in this process, and the settings of
+    scope ``supervisor`` are applied as ``first`` (the first reading's) gave them.
 
     Raises:
         ConfigError: for the first setting that can never work.
@@ -496,18 +512,22 @@ def _serve_configured(
             raise ConfigError("give --listen (or --bind), or --host/--port/--uds/--fd, not both")
         if "listen" not in given or sources.rank("listen") < named:
             given["listen"] = [listen]
-    server = checked(ServerSettings, given, "graceful serve").server
-    server_options = _server_options(given, server)
+    # what is read is compared with the first reading; what is applied is only what
+    # a reload can apply
+    applied = given if first is None else as_reloaded(given, first)
+    command = checked(CommandLine, applied, "graceful serve")
+    server = checked(ServerSettings, applied, "graceful serve").server
+    server_options = _server_options(applied, server)
     if not command.access_log and server == "uvicorn":
         server_options["access_log"] = False
     if command.log_level is not None:
         server_options.update(_server_log_level(command.log_level, server == "uvicorn"))
-    service = asgi_service(app, given, server_options, again=again is not None)
+    service = asgi_service(app, applied, server_options, again=again is not None)
     configured = Configured(
         service.settings,
         service.entry_options,
         service.backend_options,
-        environment_of(given, environ, os.getcwd() if again is None else again),
+        environment_of(applied, environ, os.getcwd() if again is None else again),
         given,
     )
     return configured, service
@@ -662,15 +682,19 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.entry} is not a @graceful.service (got {type(target).__name__})")
     environ = dict(os.environ)  # as the supervisor started: what each reload compares with
 
-    def configured(sources: Sources, cwd: str) -> Configured:
-        given = sources.merged()
+    def configured(
+        sources: Sources, cwd: str, first: dict[str, object] | None = None
+    ) -> Configured:
+        read = sources.merged()
+        # a reload applies what it can (see as_reloaded), and is compared with the first
+        given = read if first is None else as_reloaded(read, first)
         overrides = {s.name: given[s.name] for s in settings_of(ServiceSettings) if s.name in given}
         watch = _watch(checked(CommandLine, given, "graceful run"), given, module_name)
         overrides.pop("watch", None)  # the switch: what it watches is ``watch``
         if watch is not None:
             overrides["watch"] = watch
         settings = service_settings(overrides, "graceful run", base=target.settings)
-        return Configured(settings, {}, {}, environment_of(given, environ, cwd), given)
+        return Configured(settings, {}, {}, environment_of(given, environ, cwd), read)
 
     first = configured(sources, os.getcwd())
     return supervise(
@@ -681,7 +705,9 @@ def _run(args: argparse.Namespace) -> int:
         settings=first.settings,
         environment=first.environment,
         given=first.given,
-        reread=lambda cwd: configured(read_again(sources, "graceful run", cwd), cwd),
+        reread=lambda cwd: configured(
+            read_again(sources, "graceful run", cwd), cwd, first=first.given
+        ),
     )
 
 

@@ -29,6 +29,9 @@ and the command exits with status 2 before anything is started.
 
 A reload reads the file again (:func:`read_again`), and the env file: what it
 applies, and what needs ``graceful upgrade``, is in docs/guides/configuration.md.
+Both must be regular files (a FIFO or a device is refused: each reload reads them
+again), and a default file found at the start is required by each reload: gone, it
+fails the reload rather than leave the next generation without its configuration.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import difflib
 import io
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,7 +48,7 @@ from typing import Any
 
 from graceful._version import pip_install
 from graceful.base.errors import ConfigError
-from graceful.core.settings import Entry, Setting, taken_by
+from graceful.core.settings import SETTINGS, Entry, Setting, taken_by
 
 #: the file read when none is named, in the working directory
 DEFAULT_FILE = "graceful.toml"
@@ -146,7 +150,10 @@ def read_again(sources: Sources, entry: Entry, cwd: str) -> Sources:
     Raises:
         ConfigError: one line naming the file, and the key and line where it can.
     """
-    path = config_path(sources.named, cwd)
+    # the default file found at the start is read again as if named: gone (or not
+    # a file) at a reload, it fails the reload rather than dropping the configuration
+    named = sources.named if sources.named is not None or sources.path is None else DEFAULT_FILE
+    path = config_path(named, cwd)
     return Sources(
         sources.command_line,
         sources.environment,
@@ -155,6 +162,17 @@ def read_again(sources: Sources, entry: Entry, cwd: str) -> Sources:
         sources.web_concurrency,
         sources.named,
     )
+
+
+def as_reloaded(given: dict[str, object], first: Mapping[str, object]) -> dict[str, object]:
+    """What a reload applies of ``given`` (every setting, as read again): the
+    settings of scope ``generation``; those of scope ``supervisor`` stay as
+    ``first`` (the reading the supervisor started with) had them, until
+    ``graceful upgrade``."""
+    supervisor = {declared.name for declared in SETTINGS if declared.scope == "supervisor"}
+    applied = {name: value for name, value in given.items() if name not in supervisor}
+    applied.update({name: value for name, value in first.items() if name in supervisor})
+    return applied
 
 
 def config_path(named: object, cwd: str) -> str | None:
@@ -211,13 +229,7 @@ def read_file(path: str, entry: Entry) -> dict[str, object]:
             f"configuration file {shown}: graceful reads TOML, not Python (a gunicorn.conf.py "
             "becomes a graceful.toml of the same settings: docs/guides/coming-from.md)"
         )
-    try:
-        with open(path, "rb") as file:
-            data = file.read(_MOST_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(
-            f"configuration file {shown}: cannot read it: {exc.strerror or exc}"
-        ) from None
+    data = _read_regular(path, f"configuration file {shown}")
     if len(data) > _MOST_BYTES:
         raise ConfigError(f"configuration file {shown}: larger than {_MOST_BYTES} bytes")
     try:
@@ -227,6 +239,10 @@ def read_file(path: str, entry: Entry) -> dict[str, object]:
         raise ConfigError(f"configuration file {shown}: not UTF-8 text ({exc.reason})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"configuration file {shown}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"configuration file {shown}: not valid TOML: nested too deeply"
+        ) from None
     prefix: tuple[str, ...] = ()
     if os.path.basename(path) == "pyproject.toml":
         prefix = PYPROJECT_TABLE
@@ -239,6 +255,27 @@ def read_file(path: str, entry: Entry) -> dict[str, object]:
 
 #: The largest configuration file read (a configuration is a page, not a megabyte).
 _MOST_BYTES = 1 << 20
+
+
+def _read_regular(path: str, what: str) -> bytes:
+    """Up to :data:`_MOST_BYTES` + 1 bytes of the regular file at ``path``. Anything
+    else is refused without waiting for it: a FIFO would block the reading until a
+    writer comes, and a reload reads the file again.
+
+    Raises:
+        ConfigError: ``what``, and why it cannot be read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read it: {exc.strerror or exc}") from None
+    with open(fd, "rb") as file:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"{what}: cannot read it: not a regular file")
+            return file.read(_MOST_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot read it: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -332,22 +369,34 @@ def read_env_file(path: str | os.PathLike[str], cwd: str) -> dict[str, str]:
     except ImportError:
         raise ConfigError(f"--env-file needs python-dotenv: {pip_install('dotenv')}") from None
     shown = os.fspath(path)
+    data = _read_regular(os.path.join(cwd, path), f"env file {shown}")
     try:
-        with open(os.path.join(cwd, path), encoding="utf-8") as file:
-            text = file.read(_MOST_BYTES + 1)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"env file {shown}: cannot read it: {reason or exc}") from None
-    if len(text) > _MOST_BYTES:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"env file {shown}: cannot read it: not UTF-8 text") from None
+    if len(data) > _MOST_BYTES:
         raise ConfigError(f"env file {shown}: larger than {_MOST_BYTES} bytes")
+    lines: dict[str, int] = {}
     for binding in dotenv.parser.parse_stream(io.StringIO(text)):
         if binding.error:
             line = binding.original.string.strip()
             raise ConfigError(
                 f"env file {shown}, line {binding.original.line}: cannot parse {line[:60]!r}"
             )
+        if binding.key is not None:
+            lines.setdefault(binding.key, binding.original.line)
     values = dotenv.dotenv_values(stream=io.StringIO(text))
-    return {name: value for name, value in values.items() if value is not None}
+    environment = {name: value for name, value in values.items() if value is not None}
+    for name, value in environment.items():
+        # the names and values a process's environment can hold (as [env]'s)
+        if not name or "=" in name or "\x00" in name:
+            said = f"{name!r} is not an environment variable's name"
+        elif "\x00" in value:
+            said = f"{name}: its value holds a NUL character"
+        else:
+            continue
+        raise ConfigError(f"env file {shown}, line {lines.get(name, '?')}: {said}")
+    return environment
 
 
 def environment_of(

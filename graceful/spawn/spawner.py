@@ -545,8 +545,10 @@ def start_from(
     multiprocess.spawn.set_executable(runtime.executable)
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_DURING_SPAWN)
     saved = {name: os.environ.get(name) for name in environment}
-    os.environ.update(environment)
     try:
+        # inside: a variable the environment cannot hold must not leave the others
+        # set here, or the signals blocked
+        os.environ.update(environment)
         with _prepared_from(runtime):
             process.start()
     finally:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Callable
 
 import anyio
@@ -94,10 +95,9 @@ class Configurations:
         else:
             try:
                 cwd = self._where()
-                with anyio.fail_after(READ_TIMEOUT):
-                    configured = await anyio.to_thread.run_sync(
-                        _in_thread, self._reread, cwd, abandon_on_cancel=True
-                    )
+                configured = await anyio.to_thread.run_sync(
+                    _in_thread, self._reread, cwd, abandon_on_cancel=True
+                )
             except TimeoutError:
                 return ConfigError(
                     f"the configuration cannot be applied: reading it took more than "
@@ -153,9 +153,30 @@ class Configurations:
 
 
 def _in_thread(reread: Reread, cwd: str) -> Configured:
-    # signals are the main thread's (see BytecodeGate)
+    """``reread(cwd)``, given up after :data:`READ_TIMEOUT` seconds (TimeoutError).
+
+    It runs in a daemon thread of its own: a reading stuck for good (a disk that
+    never answers) is left behind, and must not keep the supervisor from exiting,
+    as a stuck worker thread of anyio's would (the interpreter joins those at exit).
+    """
+    # signals are the main thread's (see BytecodeGate); the reader inherits the mask
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-    return reread(cwd)
+    outcome: list[Configured | BaseException] = []
+
+    def read() -> None:
+        try:
+            outcome.append(reread(cwd))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, name="graceful configuration reader", daemon=True)
+    reader.start()
+    reader.join(READ_TIMEOUT)
+    if not outcome:
+        raise TimeoutError
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def _shown(value: object) -> str:
