@@ -244,6 +244,7 @@ def test_a_pyproject_is_read_from_its_tool_graceful_table_and_only_when_named(
         ("entry = 1\n[env]\nA = true\n", {}, "line 1: entry: unknown setting"),
         ("[env]\nA = true\n", {}, "graceful.toml, line 2: env.A: A=True must be a string"),
         ("config = 'other.toml'\n", {}, "a configuration file cannot name another"),
+        ("[env]\nNOTIFY_SOCKET = '/x'\n", {}, "line 2: env.NOTIFY_SOCKET: NOTIFY_SOCKET is"),
         ("workers = [\n", {}, "graceful.toml: not valid TOML: "),
         ("", {"GRACEFUL_WORKERS": "two"}, "environment variable GRACEFUL_WORKERS='two': 'two'"),
         ("", {"WEB_CONCURRENCY": "0"}, "environment variable WEB_CONCURRENCY='0'"),

@@ -32,7 +32,7 @@ def serve(tmp_path: Path, *options: str) -> ServiceProcess:
 @pytest.mark.parametrize(
     ("text", "said"),
     [
-        ("A=x\x00y\n", "env file .env, line 1: A: "),
+        ("A=x\x00y\n", "env file .env, line 1: A='x\\x00y' holds a NUL character"),
         ("'B=C'=1\n", "env file .env, line 1: 'B=C' is not an environment variable's name"),
     ],
 )

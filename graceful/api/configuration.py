@@ -387,15 +387,13 @@ def read_env_file(path: str | os.PathLike[str], cwd: str) -> dict[str, str]:
             lines.setdefault(binding.key, binding.original.line)
     values = dotenv.dotenv_values(stream=io.StringIO(text))
     environment = {name: value for name, value in values.items() if value is not None}
+    [env] = [declared for declared in SETTINGS if declared.name == "env"]
     for name, value in environment.items():
-        # the names and values a process's environment can hold (as [env]'s)
-        if not name or "=" in name or "\x00" in name:
-            said = f"{name!r} is not an environment variable's name"
-        elif "\x00" in value:
-            said = f"{name}: its value holds a NUL character"
-        else:
-            continue
-        raise ConfigError(f"env file {shown}, line {lines.get(name, '?')}: {said}")
+        try:  # what the workers' environment can hold, as for [env]
+            env.check({name: value})
+        except ConfigError as exc:
+            said = str(exc).removeprefix("env: ")
+            raise ConfigError(f"env file {shown}, line {lines.get(name, '?')}: {said}") from None
     return environment
 
 

@@ -321,14 +321,27 @@ def _check_environment(name: str, value: object) -> dict[str, str]:
     for variable, text in pairs:
         if not isinstance(variable, str) or not variable or "=" in variable or "\x00" in variable:
             raise ConfigError(f"{name}: {_short(variable)} is not an environment variable's name")
-        if (
-            isinstance(text, bool)
-            or not isinstance(text, str | int | float)
-            or (isinstance(text, str) and "\x00" in text)
-        ):
+        if isinstance(text, bool) or not isinstance(text, str | int | float):
             raise ConfigError(f"{name}: {variable}={_short(text)} must be a string")
+        if isinstance(text, str) and "\x00" in text:
+            raise ConfigError(f"{name}: {variable}={_short(text)} holds a NUL character")
+        if variable in RESERVED_VARIABLES:
+            raise ConfigError(
+                f"{name}: {variable} is graceful's to set or keep from the workers "
+                f"({RESERVED_VARIABLES[variable]})"
+            )
         environment[variable] = str(text)
     return environment
+
+
+#: Variables the workers' environment (``env``, an env file) may not set, and why.
+RESERVED_VARIABLES = {
+    "NOTIFY_SOCKET": "the supervisor alone speaks to systemd",
+    "LISTEN_FDS": "the supervisor takes systemd's sockets and hands them to the workers",
+    "LISTEN_PID": "the supervisor takes systemd's sockets and hands them to the workers",
+    "LISTEN_FDNAMES": "the supervisor takes systemd's sockets and hands them to the workers",
+    "GRACEFUL_STANDBY_PROCESS": "it marks a warm standby",
+}
 
 
 def _parse_assignment(text: str) -> tuple[str, str]:
