@@ -159,8 +159,15 @@ def test_a_reading_stuck_for_good_is_given_up_and_keeps_no_one_from_exiting(
         never.wait()
         raise AssertionError("unblocked")
 
-    with pytest.raises(TimeoutError):
-        reconfigure._in_thread(stuck, "/")
+    # (it blocks every signal in the calling thread, as the supervisor's reading
+    # threads must: the test's own is given its mask back, or every process it
+    # starts later would inherit SIGHUP blocked)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    try:
+        with pytest.raises(TimeoutError):
+            reconfigure._in_thread(stuck, "/")
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
         [reader] = [t for t in threading.enumerate() if t.name == "graceful configuration reader"]
         assert reader.daemon

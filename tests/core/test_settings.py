@@ -33,7 +33,7 @@ def test_every_setting_says_what_the_reference_shows() -> None:
         assert "\n" not in setting.help
         assert setting.scope in ("supervisor", "generation")
         assert setting.flag is None or setting.flag.startswith("--")
-        assert setting.env is None
+        assert setting.env in (None, f"GRACEFUL_{setting.name.upper()}")
         assert setting.entries
 
 
