@@ -8,7 +8,8 @@ the same settings from a ``graceful.toml`` with an ``[env]`` table and an env fi
 which each reload reads again (``graceful/supervisor/reconfigure.py``). They are
 reloaded in turn, ``N`` times each (default 20), with ``graceful reload --wait``; the
 median and the 90th percentile of the time each reload took until the new
-generation served (as the supervisor reports it) are printed side by side, with
+generation served (as the supervisor reports it; each reload waits for the warm
+standby first, as a reload between deploys finds it) are printed side by side, with
 their ratio. Turns alternate, so that the machine's noise falls on both alike.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from graceful import Control
 
 APP = """\
 import os
@@ -67,18 +69,18 @@ def wait_for_pid_file(directory: Path, timeout: float = 60) -> None:
 
 
 def reload(directory: Path) -> float:
-    """One reload: the seconds until the new generation served, as reported."""
-    pid_file = str(directory / "pid")
-    result = subprocess.run(
-        [sys.executable, "-m", "graceful", "reload", "--pid-file", pid_file, "--wait"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    found = re.search(r"ready in ([0-9.]+)s", result.stdout)
-    if result.returncode != 0 or found is None:
-        raise SystemExit(f"reload failed: {result.stdout}{result.stderr}")
-    return float(found.group(1))
+    """One reload, once the warm standby is ready (as between deploys): the seconds
+    until the new generation served, as the supervisor reports it."""
+    control = Control(directory / "pid")
+    deadline = time.monotonic() + 30
+    while not (control.status().get("standby") or {}).get("warm"):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the standby of {directory} never became warm")
+        time.sleep(0.05)
+    outcome = control.reload(timeout=60)
+    if outcome.outcome != "serving" or outcome.seconds is None:
+        raise SystemExit(f"reload failed: {outcome}")
+    return float(outcome.seconds)
 
 
 def main() -> None:
