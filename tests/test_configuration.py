@@ -416,3 +416,32 @@ def test_every_setting_of_the_commands_reads_its_default_back_from_a_file(
             (tmp_path / "graceful.toml").write_text(f"{declared.name} = {toml_value(default)}\n")
             merged = gather(entry, {}, {}, str(tmp_path)).merged()
             assert merged[declared.name] == declared.check(default), declared.name
+
+
+def test_graceful_upgrade_applies_what_a_reload_cannot(tmp_path: Path) -> None:
+    """The reload logs a changed worker count as needing graceful upgrade; the
+    upgrade's new supervisor reads the file anew and runs it."""
+    (tmp_path / "app.py").write_text(ENVIRONMENT_APP)
+    config = tmp_path / "graceful.toml"
+    config.write_text("workers = 1\n[env]\nDATABASE_URL = 'one'\n")
+    pid_file = tmp_path / "graceful.pid"
+    command = [
+        "serve", "app:app", "--listen", "127.0.0.1:0", "--pid-file", str(pid_file),
+        "--probation", "0",
+    ]  # fmt: skip
+    with ServiceProcess(tmp_path / "app.py", module="graceful", args=command) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        config.write_text("workers = 2\n[env]\nDATABASE_URL = 'two'\n")
+        mark = svc.mark()
+        code, said = reload_and_wait(pid_file)
+        assert code == 0, said
+        svc.wait_for(r"workers changed in the configuration \(2, was 1\)", after=mark)
+        assert Control(pid_file).status()["workers"] == 1
+        assert get(address)["DATABASE_URL"] == "two"
+        result = graceful_cli("upgrade", "--pid-file", str(pid_file), "--wait", "--timeout", "90")
+        assert result.returncode == 0, result.stdout + result.stderr
+        status = Control(pid_file).status()
+        assert status["pid"] != svc.pid
+        assert status["workers"] == 2
+        assert get(address)["DATABASE_URL"] == "two"
