@@ -38,8 +38,9 @@ def pip_install(extra: str) -> str:
 #: The version of the contract between a supervisor and the processes it starts.
 #: 1 was graceful before the contract was written down (no hello); 3 moved the
 #: bootstrap types into one module, :mod:`graceful.wire.bootstrap` (a pickle names
-#: each type by its module).
-PROTOCOL = 3
+#: each type by its module); 4 sends each worker its vitals page after the listeners
+#: (:mod:`graceful.wire.vitals`) and tells it its heartbeat (``WorkerOptions``).
+PROTOCOL = 4
 
 #: The version of the *succession contract*: what a supervisor hands the successor it
 #: starts (``graceful upgrade``): the boot entry ``graceful._boot.start_supervisor``,

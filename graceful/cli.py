@@ -69,10 +69,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-_RECYCLING = (
-    "a worker that exits by itself is a crash to the supervisor (restarted with "
-    "backoff), not a recycling"
-)
 _SERVICE_MANAGER = "the service manager sets the user, group and umask (systemd's User=, ...)"
 
 #: Options of uvicorn, gunicorn or hypercorn that ``graceful serve`` refuses, and why.
@@ -80,16 +76,9 @@ REFUSED_SERVER_OPTIONS = {
     "--check-config": "graceful check APP [options] checks the configuration and loads the app",
     "--reload-delay": "graceful reloads as soon as a change is seen, and a broken save "
     "keeps the running code serving: there is nothing to wait for",
-    "--limit-max-requests": _RECYCLING,
-    "--max-requests": _RECYCLING,
-    "--max-requests-jitter": _RECYCLING,
-    "--limit-max-requests-jitter": _RECYCLING,
-    "--timeout-worker-healthcheck": "the supervisor watches its workers itself "
-    "(--ready-timeout, and each worker's exit)",
-    "-t": "graceful never kills a busy worker (--ready-timeout bounds a start, "
-    "--drain-timeout a drain)",
-    "--timeout": "graceful never kills a busy worker (--ready-timeout bounds a start, "
-    "--drain-timeout a drain)",
+    "--timeout-worker-healthcheck": "the heartbeat comes from each worker's event loop "
+    "itself, not from a side thread that still answers while the loop is blocked: "
+    "--timeout S",
     "-D": "graceful runs in the foreground; use a service manager (see docs/guides/deployment.md)",
     "--daemon": "graceful runs in the foreground; use a service manager (see "
     "docs/guides/deployment.md)",
@@ -935,21 +924,7 @@ def _status(args: argparse.Namespace) -> int:
     for listener in status["listeners"]:
         state = "listening on" if listener.get("open", True) else "released"
         print(f"{state} {listener['address']}")
-    rows = [("generation", "state", "worker", "pid", "worker state", "ready in", "restarts")]
-    for generation in status["generations"]:
-        for worker in generation["workers"] or [{}]:
-            ready_in = worker.get("ready_in")
-            rows.append(
-                (
-                    str(generation["generation"]),
-                    generation["state"],
-                    str(worker.get("worker_id", "-")),
-                    str(worker.get("pid") or "-"),
-                    worker.get("state", "-"),
-                    "-" if ready_in is None else f"{ready_in:.3f}s",
-                    str(worker.get("restarts", "-")),
-                )
-            )
+    rows = _worker_rows(status["generations"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print(
@@ -986,9 +961,63 @@ def _status(args: argparse.Namespace) -> int:
                 + ", ".join(f"{phase} {ms:.1f}" for phase, ms in phases.items() if phase != "asked")
             )
     counters = status["counters"]
+    recycles = counters.get("recycles") or {}
     print(
         f"reloads: {counters['reloads_serving']} serving, {counters['reloads_failed']} failed; "
         f"worker crashes: {counters['worker_crashes']}; "
-        f"rollbacks: {counters.get('rollbacks', 0)}"
+        f"rollbacks: {counters.get('rollbacks', 0)}; "
+        f"hung workers: {counters.get('workers_hung', 0)}; "
+        "recycles: "
+        + (", ".join(f"{count} by {limit}" for limit, count in recycles.items()) or "none")
     )
     return 0
+
+
+def _worker_rows(generations: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The table of ``status``: a row per worker (a dash row for a generation with none)."""
+    rows: list[tuple[str, ...]] = [
+        (
+            "generation",
+            "state",
+            "worker",
+            "pid",
+            "worker state",
+            "ready in",
+            "restarts",
+            "age",
+            "heartbeat",
+            "requests",
+            "memory",
+        )
+    ]
+    for generation in generations:
+        for worker in generation["workers"] or [{}]:
+            ready_in = worker.get("ready_in")
+            vitals = worker.get("vitals") or {}
+            state = worker.get("state", "-")
+            if worker.get("hung"):
+                state += " (hung)"
+            elif worker.get("recycling"):
+                state += f" (recycling: {worker['recycling']})"
+            rows.append(
+                (
+                    str(generation["generation"]),
+                    generation["state"],
+                    str(worker.get("worker_id", "-")),
+                    str(worker.get("pid") or "-"),
+                    state,
+                    "-" if ready_in is None else f"{ready_in:.3f}s",
+                    str(worker.get("restarts", "-")),
+                    _seconds_or_dash(worker.get("age")),
+                    _seconds_or_dash(vitals.get("heartbeat_age"), ago=True),
+                    str(vitals.get("requests", "-")),
+                    f"{vitals['memory_mib']:,.1f} MiB" if "memory_mib" in vitals else "-",
+                )
+            )
+    return rows
+
+
+def _seconds_or_dash(seconds: float | None, *, ago: bool = False) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f}s ago" if ago else f"{seconds:.0f}s"

@@ -99,7 +99,9 @@ def test_the_state_machine_and_the_workers_are_told_the_checked_settings() -> No
     supervision = checked(Supervision, {"stop_delay": 6}, "serve_asgi")
     decided = _decided(settings, supervision)
     options = _worker_options(
-        Configured(settings, {"app": "x:y"}, {}, {}, {}), development=decided.development
+        Configured(settings, {"app": "x:y"}, {}, {}, {}),
+        development=decided.development,
+        heartbeat=0.2,
     )
     assert (decided.workers, decided.ready_timeout, decided.drain_timeout) == (3, 4.0, 5.0)
     assert (decided.probation, decided.stop_delay) == (0.0, 6.0)

@@ -131,7 +131,10 @@ def listening_address(pid: int) -> str | None:
 @pytest.mark.parametrize(
     ("options", "said"),
     [
-        (["--limit-max-requests", "1000"], "--limit-max-requests is not supported: a worker"),
+        (
+            ["--timeout-worker-healthcheck", "5"],
+            "--timeout-worker-healthcheck is not supported: the heartbeat comes from each",
+        ),
         (["--reload-delay", "0.5"], "--reload-delay is not supported"),
         (["--host", "127.0.0.1", "--listen", "127.0.0.1:0"], "not both"),
         (["--uds", "/tmp/x.sock", "--port", "8000"], "one of them"),

@@ -49,6 +49,7 @@ class StandIn:
         self.worker_id = spawn.worker_id
         self.release: str | None = None
         self.says_hello = False
+        self.vitals = None
         ours, theirs = socket.socketpair()
         self.channel = _wire.ControlChannel(ours)
         #: the worker's own end

@@ -74,6 +74,32 @@ PINNED = {
         # a pickle names each type by its module: moving one is a new protocol
         "modules": ["graceful.wire.bootstrap", "graceful.wire.messages"],
     },
+    # the vitals page follows the listeners on the fd channel at a worker's start
+    4: {
+        "start_worker": ["control", "fd_channel", "bootstrap"],
+        "start_standby": ["bootstrap", "hidden", "link", "control", "fd_channel"],
+        "start_template": ["bootstrap", "forks"],
+        "WorkerBootstrap": [
+            "entry", "generation", "supervisor_pid", "listeners", "options", "log_level",
+            "main", "worker_id",
+        ],
+        "TemplateBootstrap": [
+            "entry", "generation", "supervisor_pid", "listeners", "options", "log_level",
+            "main",
+        ],
+        "StandbyBootstrap": [
+            "entry", "options", "log_level", "started_ns", "template", "sys_path",
+        ],
+        "Assignment": ["cwd", "worker", "template"],
+        "WorkerOptions": [
+            "drain_timeout", "backend", "entry_options", "backend_options", "report_only",
+            "heartbeat",
+        ],
+        "MainScript": ["module", "path", "sys_path"],
+        "EntryRef": ["module", "qualname"],
+        "Hello": ["graceful", "protocol", "python", "executable"],
+        "modules": ["graceful.wire.bootstrap", "graceful.wire.messages"],
+    },
 }  # fmt: skip
 
 

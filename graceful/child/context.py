@@ -20,6 +20,7 @@ from anyio.abc import SocketStream, TaskGroup
 from graceful.child.shutdown import ShutdownRequest
 from graceful.sockets.listeners import Listener
 from graceful.wire import messages as _wire
+from graceful.wire.vitals import VitalsPage
 
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal
@@ -50,6 +51,7 @@ class Context:
         worker_id: int,
         control: _wire.ControlChannel,
         shutdown: ShutdownRequest,
+        vitals: VitalsPage | None = None,
     ) -> None:
         self.listeners: Sequence[Listener] = tuple(listeners)
         self.generation = generation
@@ -61,6 +63,42 @@ class Context:
         #: the cancel scopes of the connections :meth:`serve` runs
         self._connections: set[anyio.CancelScope] = set()
         self._listeners_sent_again: tuple[Listener, ...] | None = None
+        self._vitals = vitals
+        self._requests = 0
+        self._requests_source: Callable[[], int] | None = None
+
+    # -- liveness and requests (see docs/guides/liveness.md) -------------------------
+
+    def heartbeat(self) -> None:
+        """Tell the supervisor this worker's loop is alive. An ``async def`` entry
+        need not call it: a task on its event loop beats by itself. A plain ``def``
+        entry calls it (through :meth:`SyncContext.heartbeat`) from its server loop;
+        from its first call on, the worker is judged hung once ``timeout`` seconds
+        pass without one. A store to shared memory: cheap enough to call per request."""
+        if self._vitals is not None:
+            self._vitals.beat()
+            if self._requests_source is not None:
+                self._vitals.set_requests(self._requests_source())
+
+    def count_request(self) -> None:
+        """Count one request served, for ``max_requests`` and ``status``. :meth:`serve`
+        counts each connection, and ``graceful serve`` each HTTP request, by
+        themselves; a hand-written server calls it once per request."""
+        self._requests += 1
+        if self._vitals is not None:
+            self._vitals.set_requests(self._requests)
+
+    def count_requests_with(self, source: Callable[[], int]) -> None:
+        """Have the heartbeat publish ``source()`` as the requests served (a server's
+        own counter), instead of :meth:`count_request`'s count."""
+        self._requests_source = source
+
+    async def keep_beating(self, interval: float) -> None:
+        """Beat every ``interval`` seconds, on this event loop, until cancelled (the
+        worker runs it beside an ``async def`` entry)."""
+        while True:
+            self.heartbeat()
+            await anyio.sleep(interval)
 
     # -- readiness and shutdown -----------------------------------------------------
 
@@ -239,6 +277,7 @@ class Context:
                 logger.warning("accept() failed: %s; retrying in 0.1s", exc.strerror)
                 await anyio.sleep(0.1)
                 continue
+            self.count_request()
             connections.start_soon(_run_handler, conn, handler, self._connections)
 
 
@@ -299,6 +338,19 @@ class SyncContext:
     def declare_broken(self, reason: str) -> None:
         """As :meth:`Context.declare_broken`."""
         self._portal.call(self._context.declare_broken, reason)
+
+    def heartbeat(self) -> None:
+        """Tell the supervisor this worker is alive: call it from the server loop,
+        at least every ``timeout`` seconds (a loop that waits for connections with a
+        timeout, as ``socketserver``'s ``serve_forever(poll_interval)`` does, can call
+        it on each turn). Until the first call the worker is never judged hung; from
+        then on, ``timeout`` seconds without one make it hung (see
+        :meth:`Context.heartbeat`). Safe from any thread."""
+        self._context.heartbeat()
+
+    def count_request(self) -> None:
+        """As :meth:`Context.count_request`. Safe from any thread."""
+        self._context.count_request()
 
     def wait_shutdown(self, timeout: float | None = None) -> bool:
         """Block until this worker is asked to stop, or ``timeout`` seconds pass.

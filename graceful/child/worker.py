@@ -12,11 +12,15 @@ context. It:
    from doing it: see :mod:`graceful.spawn.spawner`), so that an exception there is reported
    like any other, and whatever it starts is in the worker's process group;
 4. receives the listeners' descriptors over the fd channel (kept open: a rollback
-   sends them again to a parked worker);
+   sends them again to a parked worker), and its vitals page
+   (:mod:`graceful.wire.vitals`), on whose memory file :mod:`faulthandler` dumps
+   every thread's stack when the supervisor finds the worker hung;
 5. looks the entry point up by name in the fresh code;
 6. runs it with a :class:`Context` on the entry's anyio backend, or with a
    :class:`SyncContext` for a plain function, while a control task follows the
-   supervisor's messages.
+   supervisor's messages. For an ``async def`` entry, a task on the same event loop
+   beats the heartbeat (:meth:`Context.keep_beating`), so that a blocked loop stops
+   beating; a plain function beats by calling :meth:`SyncContext.heartbeat`.
 
 A failure before or during the entry function is reported to the supervisor as one
 line (:class:`graceful.wire.messages.Failed`) before the process exits with status 1.
@@ -27,6 +31,7 @@ imported) are one line on stderr too; anything else also leaves its traceback.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import functools
 import os
 import signal
@@ -56,6 +61,7 @@ from graceful.sockets.listeners import Listener
 from graceful.wire import messages as _wire
 from graceful.wire.bootstrap import WorkerBootstrap, WorkerOptions
 from graceful.wire.fds import receive_all
+from graceful.wire.vitals import DUMP_SIGNAL, VitalsPage
 
 
 def worker_main(boot: WorkerBootstrap, connection: Any, fd_channel: socket.socket) -> None:
@@ -112,7 +118,7 @@ def run_worker(
     options = boot.options
     log = start_failures_logged()
     try:
-        listeners = _receive_listeners(boot, fd_channel)
+        listeners, vitals = _receive_start(boot, fd_channel)
     except (OSError, ConnectionError) as exc:
         _fail(control, f"could not receive the listeners: {exc}")
     try:
@@ -129,7 +135,9 @@ def run_worker(
         worker_id=boot.worker_id,
         control=control,
         shutdown=shutdown,
+        vitals=vitals,
     )
+    beating = options.heartbeat if vitals is not None else 0.0
 
     def take_listeners_back() -> None:
         context.listeners_sent_again(_receive_listeners(boot, fd_channel))
@@ -143,6 +151,7 @@ def run_worker(
                 context,
                 lambda: follow_supervisor(control, shutdown, take_listeners_back),
                 shutdown,
+                beating,
                 backend=runnable.backend,
                 backend_options=options.backend_options if runnable.backend == "asyncio" else None,
             )
@@ -162,15 +171,47 @@ def run_worker(
         raise
 
 
+def _receive_start(
+    boot: WorkerBootstrap, fd_channel: socket.socket
+) -> tuple[list[Listener], VitalsPage | None]:
+    """What the supervisor sends on the fd channel at the start: the listeners, then
+    the vitals page, on whose memory file faulthandler dumps the stacks on
+    :data:`~graceful.wire.vitals.DUMP_SIGNAL`.
+
+    Raises:
+        ConnectionError: if they did not all arrive (see :func:`graceful.wire.fds.receive_all`).
+        OSError: if the page cannot be mapped.
+    """
+    fds = _receive_fds(fd_channel)
+    listeners, extra = fds[: len(boot.listeners)], fds[len(boot.listeners) :]
+    if len(extra) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise ConnectionError(
+            f"received {len(fds)} descriptors, expected {len(boot.listeners)} listeners "
+            "and a vitals page"
+        )
+    vitals = VitalsPage.attach(extra[0])
+    faulthandler.register(DUMP_SIGNAL, os.fdopen(vitals.dump_to(), "wb", 0), all_threads=True)
+    return _listeners(boot, listeners), vitals
+
+
 def _receive_listeners(boot: WorkerBootstrap, fd_channel: socket.socket) -> list[Listener]:
-    """The listeners the supervisor sends on the fd channel: at start, and before each
-    resume (they are already there: sent before the message that announces them).
+    """The listeners the supervisor sends again before a resume (they are already
+    there: sent before the message that announces them).
 
     Raises:
         ConnectionError: if they did not all arrive (see :func:`graceful.wire.fds.receive_all`).
     """
+    return _listeners(boot, _receive_fds(fd_channel))
+
+
+def _receive_fds(fd_channel: socket.socket) -> list[int]:
     fd_channel.settimeout(_LISTENERS_TIMEOUT)
-    fds = receive_all(fd_channel)
+    return receive_all(fd_channel)
+
+
+def _listeners(boot: WorkerBootstrap, fds: list[int]) -> list[Listener]:
     return [
         Listener(socket.socket(fileno=fd), spec, address)
         for fd, (spec, address) in zip(fds, boot.listeners, strict=True)
@@ -193,15 +234,15 @@ async def _run_async(
     context: Context,
     follow: Callable[[], Coroutine[Any, Any, None]],
     shutdown: ShutdownRequest,
+    beating: float,
 ) -> None:
     context.report_progress("loop")
+    helpers = [follow, lambda: drain_on_sigterm(shutdown)]
+    if beating > 0:
+        helpers.append(lambda: context.keep_beating(beating))
     # The entry's own exception reaches the process as itself (a SystemExit keeps
     # its exit status) rather than wrapped in an exception group.
-    await run_beside(
-        lambda: function(context),
-        follow,
-        lambda: drain_on_sigterm(shutdown),
-    )
+    await run_beside(lambda: function(context), *helpers)
 
 
 def _run_sync(

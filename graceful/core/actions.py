@@ -50,6 +50,13 @@ class ShutdownWorker(WorkerOrder):
 
 
 @dataclass(frozen=True)
+class DumpStack(WorkerOrder):
+    """Have the worker (found hung) write the stack of every thread, and log it
+    (see :mod:`graceful.wire.vitals`). A kill ordered after it waits for the dump,
+    a moment at most."""
+
+
+@dataclass(frozen=True)
 class ResumeWorker(WorkerOrder):
     """Hand a parked worker the listeners again and tell it to accept; it reports
     ready once it does."""
@@ -201,6 +208,7 @@ Action: TypeAlias = (
     SpawnWorker
     | ShutdownWorker
     | KillWorker
+    | DumpStack
     | ParkWorker
     | ResumeWorker
     | StopAccepting

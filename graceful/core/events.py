@@ -84,6 +84,25 @@ class WorkerBroken(WorkerEvent):
 
 
 @dataclass(frozen=True)
+class WorkerHung(WorkerEvent):
+    """The worker's event loop has not beaten for ``silent`` seconds, more than
+    ``timeout`` (see :mod:`graceful.wire.vitals`)."""
+
+    silent: float
+
+
+@dataclass(frozen=True)
+class WorkerWornOut(WorkerEvent):
+    """The worker reached one of its recycling limits: ``limit`` is the setting's
+    name (``max_requests``, ``max_worker_lifetime``, ``max_worker_memory``), and
+    ``detail`` says how far it went ("after 1,043 requests"). Sent again while it
+    holds, until the worker is recycled."""
+
+    limit: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class WorkerFailed(WorkerEvent):
     """The worker reported why it is about to exit."""
 
@@ -163,6 +182,8 @@ Event: TypeAlias = (
     | WorkerReady
     | WorkerFailed
     | WorkerMisbehaved
+    | WorkerHung
+    | WorkerWornOut
     | WorkerExited
     | ReadyTimeout
     | DrainTimeout

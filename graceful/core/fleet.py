@@ -73,6 +73,18 @@ class Settings:
     #: starting, and a generation that fails with nothing serving waits for the next
     #: change instead of stopping the service
     development: bool = False
+    #: a ready worker whose loop misses its heartbeat this long is hung (0: never).
+    #: This and the recycling limits are judged by the supervisor's loop, which
+    #: reads the workers' vitals and sends :class:`~graceful.core.events.WorkerHung`
+    #: and :class:`~graceful.core.events.WorkerWornOut`
+    timeout: float = 30.0
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    max_worker_lifetime: float = 0.0
+    max_worker_lifetime_jitter: float = 0.0
+    max_worker_memory: int = 0
+    #: workers of a generation recycled at once, each beside its replacement
+    max_recycling: int = 1
 
 
 class WorkerState(Enum):
@@ -118,6 +130,18 @@ class Worker:
     runs_rejected_code: bool = False
     #: it declared itself broken (only the first declaration counts)
     declared_broken: bool = False
+    #: its heartbeat stopped (:class:`~graceful.core.events.WorkerHung`)
+    hung: bool = False
+    #: the recycling limit it reached, and how far it went (see :mod:`graceful.core.recycling`)
+    worn_out: tuple[str, str] | None = None
+    #: the serial of the worker started to take its place, while that one starts
+    replaced_by: int | None = None
+    #: the serial of the worker whose place it takes once it is ready (a hung or
+    #: recycled worker of the same slot)
+    replaces: int | None = None
+    #: replacements that failed to start for a recycle, and when the next may start
+    recycle_failures: int = 0
+    recycle_not_before: float = 0.0
 
 
 @dataclass
@@ -132,6 +156,11 @@ class Counters:
     worker_restarts: int = 0
     #: rollbacks to a parked generation that completed
     rollbacks: int = 0
+    #: workers found hung (their heartbeat stopped for ``timeout``)
+    workers_hung: int = 0
+    #: workers recycled (replaced once their replacement was ready), by the limit
+    #: they reached
+    recycles: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -297,9 +326,19 @@ class Fleet:
             generation.leaving.add(worker.serial)
 
     def release(self, worker: Worker) -> None:
-        """Drain ``worker`` out of its generation, which goes on without it."""
+        """Drain ``worker`` out of its generation, which goes on without it (and the
+        worker it was to replace, if it was starting to: see
+        :mod:`graceful.core.replacement`)."""
         self.drain(worker)
         self.vacate(worker)
+        replaced = self.workers.get(worker.replaces or 0)
+        worker.replaces = None
+        if replaced is not None and replaced.replaced_by == worker.serial:
+            replaced.replaced_by = None
+            if replaced.hung:
+                self.put_down(replaced)
+            elif replaced.state is WorkerState.READY and not replaced.killed:
+                self.drain(replaced)
 
     def park(self, worker: Worker) -> None:
         """Tell a ready worker to stop accepting and wait, code loaded, to be resumed."""
@@ -336,7 +375,32 @@ class Fleet:
         for worker in self.in_slots(generation):
             if not worker.killed:
                 self.drain(worker)
+        self.let_go_of_replaced(generation)
         self.forget_if_done(generation)
+
+    def let_go_of_replaced(self, generation: Generation) -> None:
+        """The workers that left ``generation``'s slots for a replacement (a recycle,
+        a hang) and still serve: the generation no longer needs them. A hung one is
+        killed, the others drain."""
+        for serial in sorted(generation.leaving):
+            worker = self.workers[serial]
+            if worker.state is not WorkerState.READY or worker.killed:
+                continue
+            replacement = self.workers.get(worker.replaced_by or 0)
+            if replacement is not None:
+                replacement.replaces = None
+            worker.replaced_by = None
+            if worker.hung:
+                self.put_down(worker)
+            else:
+                self.drain(worker)
+
+    def put_down(self, worker: Worker) -> None:
+        """Kill a hung worker, out of its slot: it serves nothing any more, and its
+        exit is no crash."""
+        self.vacate(worker)
+        worker.state = WorkerState.DRAINING
+        self.kill(worker)
 
     def forget_if_done(self, generation: Generation) -> None:
         """Forget a generation that will not serve and has no worker left."""

@@ -226,12 +226,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from graceful.core import crashes, rollout, scaling, stop, succession, trial
+from graceful.core import crashes, replacement, rollout, scaling, stop, succession, trial
 from graceful.core.actions import (
     STOPPING,
     SUPERSEDED,
     Action,
     Announce,
+    DumpStack,
     Exit,
     GenerationServing,
     GenerationStarted,
@@ -271,8 +272,10 @@ from graceful.core.events import (
     WorkerEvent,
     WorkerExited,
     WorkerFailed,
+    WorkerHung,
     WorkerMisbehaved,
     WorkerReady,
+    WorkerWornOut,
 )
 from graceful.core.fleet import (
     Counters,
@@ -301,6 +304,7 @@ __all__ = [
     "Announce",
     "Counters",
     "DrainTimeout",
+    "DumpStack",
     "Event",
     "Exit",
     "Generation",
@@ -342,10 +346,12 @@ __all__ = [
     "WorkerEvent",
     "WorkerExited",
     "WorkerFailed",
+    "WorkerHung",
     "WorkerMisbehaved",
     "WorkerOrder",
     "WorkerReady",
     "WorkerState",
+    "WorkerWornOut",
 ]
 
 
@@ -551,7 +557,9 @@ class SupervisorStateMachine:
         | WorkerExited
         | ReadyTimeout
         | DrainTimeout
-        | WorkerBroken,
+        | WorkerBroken
+        | WorkerHung
+        | WorkerWornOut,
     ) -> None:
         match event:
             case WorkerReady(parkable=parkable):
@@ -568,6 +576,11 @@ class SupervisorStateMachine:
                 self._on_drain_timeout(worker)
             case WorkerBroken(cause=cause):
                 self._on_broken(worker, cause)
+            case WorkerHung(silent=silent):
+                self._on_hung(worker, silent)
+            case WorkerWornOut(limit=limit, detail=detail):
+                if worker.worn_out is None and worker.state is WorkerState.READY:
+                    worker.worn_out = (limit, detail)
 
     # -- the state-triggered rules (STATE_RULES) ------------------------------------
 
@@ -606,6 +619,20 @@ class SupervisorStateMachine:
             return False
         self._promote(starting)
         return True
+
+    def _recycle(self) -> bool:
+        """The next worn-out worker of the serving generation is replaced, while the
+        serving generation is alone (see :mod:`graceful.core.replacement`)."""
+        serving = self.fleet.with_role(Role.SERVING)
+        if (
+            serving is None
+            or self.starting is not None
+            or isinstance(self.trial, RollingBack)
+            or self.stop_announced
+            or self.succession is not NO_SUCCESSOR
+        ):
+            return False
+        return replacement.recycle_next(self.fleet, serving)
 
     def _start_queued_reload(self) -> bool:
         """A reload queued behind a start or a rollback starts once neither runs."""
@@ -650,6 +677,10 @@ class SupervisorStateMachine:
     def _start_generation(self) -> None:
         fleet = self.fleet
         first = self.serving is None
+        serving = fleet.with_role(Role.SERVING)
+        for serial in sorted(serving.leaving) if serving is not None else ():
+            if fleet.workers[serial].hung:  # new workers come: it need not wait for one
+                fleet.put_down(fleet.workers[serial])
         generation = fleet.add_generation(Role.STARTING)
         fleet.out.append(GenerationStarted(generation.number, first))
         generation.rolling = rollout.may_roll(fleet)
@@ -859,7 +890,9 @@ class SupervisorStateMachine:
         fleet = self.fleet
         starting = fleet.with_role(Role.STARTING)
         if starting is not None:
-            self._retire_starting(starting)
+            # (not _retire_starting: the workers a rollout parked are not resumed, they
+            # go with the rest of the serving generation)
+            fleet.retire(starting)
             self._reload_failed(starting, succession.UPGRADED)
         if isinstance(self.trial, OnProbation):
             trial.end_probation(fleet, self.trial, "cut short", succession.UPGRADED)
@@ -991,7 +1024,10 @@ class SupervisorStateMachine:
         worker.state = WorkerState.READY
         worker.ready_at = fleet.now
         worker.parkable = parkable
-        if generation.role is Role.SERVING:
+        if generation.role is Role.SERVING and worker.replaces is not None:
+            replacement.ready(fleet, worker)
+            self._announce(Phase.STATUS)
+        elif generation.role is Role.SERVING:
             if generation.crashes.get(worker.worker_id):
                 fleet.log(logging.INFO, f"{fleet.describe(worker)} is back in service")
             else:  # scaled up, or refilled after a failed rollout
@@ -1092,6 +1128,70 @@ class SupervisorStateMachine:
                 "probation to roll back from, so it goes on",
             )
 
+    def _on_hung(self, worker: Worker, silent: float) -> None:
+        """``worker``'s heartbeat stopped: its stack is dumped, then it is replaced
+        first (serving), rolled back from (on probation), fails its generation
+        (starting), or is killed (parked). See :mod:`graceful.core.replacement`."""
+        fleet = self.fleet
+        if (
+            worker.hung
+            or worker.killed
+            or worker.state
+            not in (
+                WorkerState.READY,
+                WorkerState.PARKED,
+            )
+        ):
+            return
+        worker.hung = True
+        fleet.counters.workers_hung += 1
+        generation = self.generations[worker.generation]
+        hung = (
+            f"hung: its event loop has not beaten for {silent:.1f}s "
+            f"(timeout={self.settings.timeout:g}s)"
+        )
+        fleet.log(logging.ERROR, f"{fleet.describe(worker)} is {hung}; its stack follows")
+        fleet.out.append(DumpStack(worker.serial))
+        phase = self.trial
+        if worker.state is WorkerState.PARKED:
+            fleet.log(logging.WARNING, f"parked {fleet.describe(worker)} is hung; killing it")
+            fleet.put_down(worker)
+        elif generation.role is Role.STARTING:
+            worker.cause = worker.cause or hung
+            self._fail_generation(generation, worker, f"worker {worker.worker_id} {hung}")
+        elif (
+            generation.role is Role.SERVING
+            and isinstance(phase, OnProbation)
+            and phase.generation == generation.number
+            and self._roll_back(
+                phase, f"generation {generation.number} worker {worker.worker_id} {hung}"
+            )
+        ):
+            fleet.put_down(worker)
+        elif generation.role is Role.SERVING and self.starting is not None:
+            # a reload brings new workers already: this one goes now, and its slot is
+            # refilled as a crashed one's (unless a rollout fills it)
+            fleet.put_down(worker)
+            if rollout.rolling_in(fleet) is None:
+                fleet.out.append(
+                    StartTimer(
+                        self.settings.backoff_initial,
+                        RestartDue(generation.number, worker.worker_id),
+                    )
+                )
+        elif (
+            generation.role is Role.SERVING
+            and not self.stop_announced
+            and self.succession is NO_SUCCESSOR
+            and not isinstance(phase, RollingBack)
+        ):
+            if worker.replaced_by is None:  # (else its replacement is starting already)
+                fleet.log(logging.INFO, f"starting a replacement for {fleet.describe(worker)}")
+                if replacement.start(fleet, worker) is None:
+                    fleet.put_down(worker)  # the generation has its workers without it
+        else:
+            fleet.put_down(worker)
+
     def _on_exit(self, worker: Worker, exitcode: int | None) -> None:
         fleet = self.fleet
         del self.workers[worker.serial]
@@ -1102,6 +1202,18 @@ class SupervisorStateMachine:
         how = worker.cause or _exit_description(exitcode)
         # what it did, as a verb phrase ("generation 1 worker 2 failed: RuntimeError...")
         did = f"failed: {how}" if worker.reported else how
+        if worker.replaced_by is not None:
+            # it leaves before its replacement is ready: that one simply takes the slot
+            taking_over = self.workers.get(worker.replaced_by)
+            if taking_over is not None:
+                taking_over.replaces = None
+        if (
+            worker.replaces is not None
+            and worker.ready_at is None
+            and replacement.failed(fleet, worker, did)
+        ):
+            fleet.forget_if_done(generation)
+            return
         if worker.state is WorkerState.DRAINING:
             if worker.killed or exitcode in (0, None):
                 pass
@@ -1160,6 +1272,7 @@ STATE_RULES: tuple[Callable[[SupervisorStateMachine], bool], ...] = (
     SupervisorStateMachine._settle_take_back,
     SupervisorStateMachine._advance_rollout,
     SupervisorStateMachine._promote_ready,
+    SupervisorStateMachine._recycle,
     SupervisorStateMachine._start_queued_reload,
     SupervisorStateMachine._exit_once_stopped,
 )

@@ -126,6 +126,20 @@ def _parse_whole(text: str) -> int:
     return int(text)
 
 
+def _check_whole_or_zero(name: str, value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value == 0:
+        return 0
+    if not _is_whole(value):
+        raise ConfigError(f"{name}={_short(value)} must be a whole number (0: off)")
+    return value
+
+
+def _parse_whole_or_zero(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise ConfigError(f"{text!r} must be a whole number (0: off)")
+    return int(text)
+
+
 def _check_seconds(name: str, value: object) -> float:
     if not _is_seconds(value):
         raise ConfigError(f"{name}={_short(value)} must be a finite number of seconds above 0")
@@ -352,6 +366,7 @@ def _parse_assignment(text: str) -> tuple[str, str]:
 
 
 WHOLE = Kind("int (at least 1)", _check_whole, _parse_whole, metavar="N")
+WHOLE_OR_ZERO = Kind("int (0: off)", _check_whole_or_zero, _parse_whole_or_zero, metavar="N")
 SECONDS = Kind("float (seconds)", _check_seconds, _parse_seconds, metavar="S")
 SWITCH = Kind("bool", _check_flag, cli="switch")
 PATH = Kind("path", _check_path, metavar="PATH")
@@ -554,6 +569,71 @@ class ServiceSettings:
         default=30.0,
         flag="--drain-timeout",
         aliases=("--timeout-graceful-shutdown", "--graceful-timeout"),
+    )
+    timeout: float = setting(
+        _seconds_or_zero(" (0 to turn it off)"),
+        "a ready worker whose event loop misses its heartbeat this long is hung: its "
+        "stack is logged, a replacement starts, and it is killed once that is ready",
+        scope="supervisor",
+        default=30.0,
+        flag="--timeout",
+        aliases=("-t",),
+        metavar="S",
+        status=True,
+    )
+    max_requests: int = setting(
+        WHOLE_OR_ZERO,
+        "recycle a worker after this many requests: its replacement starts first, and "
+        "it drains once that is ready (0: never)",
+        scope="supervisor",
+        default=0,
+        flag="--max-requests",
+        aliases=("--limit-max-requests",),
+        status=True,
+    )
+    max_requests_jitter: int = setting(
+        WHOLE_OR_ZERO,
+        "add 0 to this many requests at random to each worker's max_requests, so that "
+        "workers are not recycled together",
+        scope="supervisor",
+        default=0,
+        flag="--max-requests-jitter",
+        aliases=("--limit-max-requests-jitter",),
+    )
+    max_worker_lifetime: float = setting(
+        _seconds_or_zero(" (0 to turn it off)"),
+        "recycle a worker this many seconds after it became ready",
+        scope="supervisor",
+        default=0.0,
+        flag="--max-worker-lifetime",
+        metavar="S",
+        status=True,
+    )
+    max_worker_lifetime_jitter: float = setting(
+        _seconds_or_zero(""),
+        "add 0 to this many seconds at random to each worker's max_worker_lifetime",
+        scope="supervisor",
+        default=0.0,
+        flag="--max-worker-lifetime-jitter",
+        metavar="S",
+    )
+    max_worker_memory: int = setting(
+        WHOLE_OR_ZERO,
+        "recycle a worker whose unique memory (USS: what it alone holds) exceeds this "
+        "many MiB, sampled every second (0: never)",
+        scope="supervisor",
+        default=0,
+        flag="--max-worker-memory",
+        metavar="MIB",
+        status=True,
+    )
+    max_recycling: int = setting(
+        WHOLE,
+        "workers of a generation recycled at the same time, each beside its replacement",
+        scope="supervisor",
+        default=1,
+        flag="--max-recycling",
+        metavar="K",
     )
     backend: Backend = setting(
         _choice("asyncio", "trio"),

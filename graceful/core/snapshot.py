@@ -32,6 +32,16 @@ class WorkerView:
     #: its slot's crashes in a row
     restarts: int
     runs_rejected_code: bool
+    #: seconds since it became ready (None before)
+    age: float | None = None
+    #: found hung (its heartbeat stopped), and being replaced or killed
+    hung: bool = False
+    #: the recycling limit it reached ("max_requests", ...), while it is replaced
+    recycling: str | None = None
+    #: what the supervisor last read of it: ``heartbeat_age`` (seconds, None if it
+    #: does not beat), ``requests``, ``memory_mib`` (its USS, when sampled) and its
+    #: ``max_requests`` with the jitter drawn (see :mod:`graceful.supervisor.vitals`)
+    vitals: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ def begin(fleet: Fleet, stop: Draining | Killing) -> None:
     for worker in list(fleet.workers.values()):
         if isinstance(stop, Killing):
             fleet.kill(worker)
+        elif worker.hung and not worker.killed:
+            fleet.put_down(worker)  # it would not drain
         elif not worker.killed:
             fleet.drain(worker, stopping=True)
 

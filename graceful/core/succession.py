@@ -79,6 +79,7 @@ def hand_over(fleet: Fleet, serving: Generation | None, *, park: bool) -> Parked
     caller stops)."""
     if not park or serving is None:
         return None
+    fleet.let_go_of_replaced(serving)
     ready = fleet.workers_in(serving, WorkerState.READY)
     if not can_park(fleet, serving):
         fleet.log(

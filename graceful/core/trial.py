@@ -86,6 +86,7 @@ def park(fleet: Fleet, previous: Generation, promoted: Generation) -> OnProbatio
     and every ready worker's server takes part), and return the probation; else
     retire it and return None."""
     settings = fleet.settings
+    fleet.let_go_of_replaced(previous)
     ready = fleet.workers_in(previous, WorkerState.READY)
     # a rolling reload parked them already, as it replaced them
     parked = fleet.workers_in(previous, WorkerState.PARKED)

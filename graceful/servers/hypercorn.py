@@ -71,7 +71,8 @@ def check_options(options: dict[str, Any]) -> None:
 
 
 class CloseWhenDraining:
-    """ASGI wrapper: once shutdown is requested, responses say ``Connection: close``."""
+    """ASGI wrapper: counts each HTTP request (:meth:`Context.count_request`), and
+    once shutdown is requested, responses say ``Connection: close``."""
 
     def __init__(self, app: ASGIApp, context: Context) -> None:
         self.app = app
@@ -81,6 +82,7 @@ class CloseWhenDraining:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        self.context.count_request()
 
         async def send_announcing_close(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start" and self.context.shutdown_requested:

@@ -478,6 +478,8 @@ async def serve_uvicorn(
     """
     config = uvicorn_config(app, drain_timeout, options)
     server = GracefulUvicornServer(config, context)
+    # uvicorn counts every request it reads (for its own --limit-max-requests)
+    context.count_requests_with(lambda: server.server_state.total_requests)
     if not start_failures_logged() and "log_level" not in options:
         # development mode: the supervisor's one line per reload replaces uvicorn's
         # start and stop narrative (its warnings, errors and access log stay)

@@ -30,8 +30,10 @@ exception, and whatever was already open or started is closed, killed and reaped
    any graceful code runs in the child, so an exception there could not be
    reported, and what it started would be outside the worker's process group;
 3. a pidfd for it, so that its exit is noticed whatever its children hold;
-4. the listeners sent over the socketpair (:func:`graceful.wire.fds.send_all`), non-blocking. The
-   socketpair stays open: a rollback sends them again to a parked worker
+4. the listeners sent over the socketpair (:func:`graceful.wire.fds.send_all`), non-blocking,
+   followed by the worker's vitals page (:mod:`graceful.wire.vitals`), which the
+   supervisor keeps mapped for the worker's life. The socketpair stays open: a
+   rollback sends the listeners again to a parked worker
    (:meth:`WorkerProcess.hand_listeners`).
 
 Before a batch of spawns, :class:`BytecodeGate` checks the application's
@@ -76,6 +78,7 @@ from graceful.wire.bootstrap import (
     WorkerOptions,
 )
 from graceful.wire.fds import send_all
+from graceful.wire.vitals import VitalsPage
 
 #: Signals a worker must not receive between fork and its own setup: the terminal's
 #: Ctrl-C reaches the whole foreground process group, and SIGHUP may too.
@@ -110,6 +113,8 @@ class WorkerProcess(Protocol):
     #: its first message is a ``Hello`` (every process graceful starts; not the
     #: stand-ins of tests)
     says_hello: bool
+    #: its heartbeat, request count and stack dumps (None: stand-ins of tests)
+    vitals: VitalsPage | None
 
     @property
     def pid(self) -> int: ...
@@ -191,6 +196,7 @@ class ChildWorker:
     #: the release directory it was started from (None: the service has no link)
     release: str | None = None
     says_hello: bool = True
+    vitals: VitalsPage | None = None
 
     @property
     def pid(self) -> int:
@@ -238,6 +244,9 @@ class ChildWorker:
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
+        if self.vitals is not None:
+            self.vitals.close()
+            self.vitals = None
 
 
 @dataclass(kw_only=True)
@@ -464,9 +473,22 @@ class SpawningFactory:
         release: str | None,
     ) -> dict[str, Any]:
         """Watch the worker ``spawn`` describes, now running as ``pid``, and hand it the
-        listeners: the fields of its :class:`ChildWorker`. Raises if either fails."""
+        listeners and its vitals page: the fields of its :class:`ChildWorker`. Raises
+        if any of it fails (having closed what it opened)."""
         pidfd = _processes.open_pidfd(pid)
-        hand_over(fd_channel, self.listeners)
+        try:
+            vitals = VitalsPage.create()
+        except BaseException:
+            if pidfd is not None:
+                os.close(pidfd)
+            raise
+        try:
+            hand_over(fd_channel, self.listeners, vitals)
+        except BaseException:
+            vitals.close()
+            if pidfd is not None:
+                os.close(pidfd)
+            raise
         return {
             "serial": spawn.serial,
             "generation": spawn.generation,
@@ -476,6 +498,7 @@ class SpawningFactory:
             "fd_channel": fd_channel,
             "listeners": self.listeners,
             "release": release,
+            "vitals": vitals,
         }
 
     def open_channels(
@@ -565,13 +588,17 @@ def start_from(
             os.setpgid(process.pid, process.pid)
 
 
-def hand_over(fd_channel: socket.socket, listeners: list[BoundListener]) -> None:
-    """Send ``listeners`` on a worker's fd channel."""
+def hand_over(
+    fd_channel: socket.socket, listeners: list[BoundListener], vitals: VitalsPage | None = None
+) -> None:
+    """Send ``listeners`` on a worker's fd channel, and at its start, its ``vitals``
+    page after them."""
     # A generation may have made the shared listeners blocking (the flag lives on the
     # open file description): hand them over non-blocking.
     for listener in listeners:
         os.set_blocking(listener.socket.fileno(), False)
-    send_all(fd_channel, [listener.socket.fileno() for listener in listeners])
+    fds = [listener.socket.fileno() for listener in listeners]
+    send_all(fd_channel, fds if vitals is None else [*fds, vitals.fd])
 
 
 def own_directories(runtime: Runtime) -> list[str]:

@@ -123,6 +123,20 @@ class _StateCollector:
             value=counters.worker_restarts,
         )
         yield CounterMetricFamily(
+            "graceful_workers_hung",
+            "Workers found hung: their event loop missed its heartbeat for timeout seconds.",
+            value=counters.workers_hung,
+        )
+        recycles = CounterMetricFamily(
+            "graceful_worker_recycles",
+            "Workers recycled (replaced once their replacement was ready), by the limit reached.",
+            labels=["limit"],
+        )
+        for limit in ("max_requests", "max_worker_lifetime", "max_worker_memory"):
+            recycles.add_metric([limit], counters.recycles.get(limit, 0))
+        yield recycles
+        yield from _worker_gauges(snapshot, GaugeMetricFamily)
+        yield CounterMetricFamily(
             "graceful_rollbacks",
             "Rollbacks to a parked generation that completed.",
             value=counters.rollbacks,
@@ -158,6 +172,35 @@ class _StateCollector:
             "1 while /ready answers 200, else 0.",
             value=1 if snapshot.ready else 0,
         )
+
+
+def _worker_gauges(snapshot: Snapshot, gauge: Any) -> Any:
+    """Each live worker's heartbeat age, requests, memory and age, labelled by its
+    generation and worker id."""
+    labels = ["generation", "worker"]
+    beats = gauge(
+        "graceful_worker_heartbeat_age_seconds", "Seconds since its last heartbeat.", labels=labels
+    )
+    requests = gauge("graceful_worker_requests", "Requests it has served.", labels=labels)
+    memory = gauge(
+        "graceful_worker_unique_memory_bytes",
+        "Its unique memory (USS), when sampled.",
+        labels=labels,
+    )
+    ages = gauge("graceful_worker_age_seconds", "Seconds since it became ready.", labels=labels)
+    for generation in snapshot.generations:
+        for worker in generation.workers:
+            key = [str(generation.generation), str(worker.worker_id)]
+            vitals = worker.vitals
+            if vitals.get("heartbeat_age") is not None:
+                beats.add_metric(key, vitals["heartbeat_age"])
+            if "requests" in vitals:
+                requests.add_metric(key, vitals["requests"])
+            if "memory_mib" in vitals:
+                memory.add_metric(key, vitals["memory_mib"] * 1024 * 1024)
+            if worker.age is not None:
+                ages.add_metric(key, worker.age)
+    yield from (beats, requests, memory, ages)
 
 
 class HealthServer(ConnectionServer):

@@ -57,6 +57,7 @@ from graceful.supervisor.signals import follow_signals
 from graceful.supervisor.succession import Successor
 from graceful.supervisor.systemd import Notifier
 from graceful.supervisor.upgrade import Upgrader, Upgrades
+from graceful.supervisor.vitals import DUMP_WAIT, VitalsMonitor, dump_stack
 from graceful.supervisor.waiters import SCALE_REQUEST, Waiters
 from graceful.wire import messages as _wire
 
@@ -134,6 +135,15 @@ class SupervisorLoop:
         )
         #: the phases of the newest reloads (see :mod:`graceful.core.timeline`)
         self.timelines = Timelines()
+        #: finds hung and worn-out workers (see :mod:`graceful.supervisor.vitals`)
+        self.vitals = VitalsMonitor(
+            settings,
+            lambda: self.watcher.live,
+            lambda: self.machine.workers,
+            self.events_in.send_nowait,
+        )
+        #: stack dumps under way, by serial: a kill waits for the dump
+        self._dumps: dict[int, anyio.Event] = {}
         self._tasks: TaskGroup | None = None
         #: pending timers by the event they will send
         self._timers: dict[events.Event, anyio.CancelScope] = {}
@@ -195,6 +205,7 @@ class SupervisorLoop:
                 tasks.start_soon(self.notifier.run)
                 tasks.start_soon(self.guard.keep)
                 tasks.start_soon(self.factory.run)
+                tasks.start_soon(self.vitals.run)
                 if self.sources is not None:
                     tasks.start_soon(self.sources.run, self._sources_changed)
                 if os.getpid() == 1 or self._reap_orphans_too:
@@ -249,11 +260,9 @@ class SupervisorLoop:
                 elif serial in self._spawning:
                     self._spawning[serial].cancel()
             case actions.KillWorker(serial):
-                worker = self.watcher.live.get(serial)
-                if worker is not None:
-                    worker.kill()
-                elif serial in self._spawning:
-                    self._spawning[serial].cancel()
+                self._kill(serial)
+            case actions.DumpStack(serial):
+                self._dump_stack(serial)
             case actions.ParkWorker(serial, drain_timeout):
                 worker = self.watcher.live.get(serial)
                 if worker is not None:
@@ -360,6 +369,40 @@ class SupervisorLoop:
             worker.kill()
             return
         self._tell(worker, _wire.Resume())
+
+    def _kill(self, serial: int) -> None:
+        """Kill worker ``serial`` with its process group (once its stack dump, if one
+        was asked for, is logged), or call off its start."""
+        worker = self.watcher.live.get(serial)
+        if worker is not None and serial in self._dumps:
+            self._task_group.start_soon(self._kill_after_dump, serial)
+        elif worker is not None:
+            worker.kill()
+        elif serial in self._spawning:
+            self._spawning[serial].cancel()
+
+    def _dump_stack(self, serial: int) -> None:
+        """Have hung worker ``serial`` dump its stacks, and log them."""
+        worker = self.watcher.live.get(serial)
+        if worker is None:
+            return
+        self._dumps[serial] = anyio.Event()
+        self._task_group.start_soon(
+            dump_stack,
+            worker,
+            f"{self.watcher.describe(worker)} (PID {worker.pid})",
+            self._dumps[serial],
+            lambda text: logger.error("%s", text),
+        )
+
+    async def _kill_after_dump(self, serial: int) -> None:
+        """Kill worker ``serial`` once its stack dump is logged (or has had its time)."""
+        with anyio.move_on_after(DUMP_WAIT * 2):
+            await self._dumps[serial].wait()
+        self._dumps.pop(serial, None)
+        worker = self.watcher.live.get(serial)
+        if worker is not None:
+            worker.kill()
 
     def _tell(self, worker: WorkerProcess, message: _wire.Message) -> None:
         """Send ``message`` to ``worker`` without waiting; a live worker that does not
@@ -503,6 +546,7 @@ class SupervisorLoop:
                     if self.configurations is not None
                     else lambda _: None
                 ),
+                vitals_of=self.vitals.describe,
             ),
         )
 

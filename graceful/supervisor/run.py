@@ -56,6 +56,7 @@ from graceful.supervisor.socket_files import SocketFiles
 from graceful.supervisor.succession import Successor
 from graceful.supervisor.systemd import Notifier
 from graceful.supervisor.upgrade import Upgrades, refusal
+from graceful.supervisor.vitals import heartbeat_interval
 from graceful.wire.bootstrap import WorkerOptions
 
 
@@ -175,7 +176,11 @@ def _supervise(
         decided = _decided(settings, supervision)
 
         def options_of(configured: Configured) -> WorkerOptions:
-            return _worker_options(configured, development=decided.development)
+            return _worker_options(
+                configured,
+                development=decided.development,
+                heartbeat=heartbeat_interval(decided),
+            )
 
         launch = Launch(entry, listeners, options_of(first), release, standby=settings.standby)
         terminal = _development_terminal(watch)
@@ -315,7 +320,9 @@ def _decided(settings: ServiceSettings, supervision: Supervision) -> Settings:
     )
 
 
-def _worker_options(configured: Configured, *, development: bool) -> WorkerOptions:
+def _worker_options(
+    configured: Configured, *, development: bool, heartbeat: float
+) -> WorkerOptions:
     """What every worker of a generation ``configured`` so is told: each setting
     that it has a field of the same name for, and the entry's and backend's options."""
     return WorkerOptions(
@@ -325,6 +332,7 @@ def _worker_options(configured: Configured, *, development: bool) -> WorkerOptio
             entry_options=configured.entry_options,
             backend_options=configured.backend_options,
             report_only=development,
+            heartbeat=heartbeat,
         )
     )
 

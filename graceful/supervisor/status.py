@@ -51,6 +51,8 @@ class Surroundings:
     upgrade: dict[str, Any] | None = None
     #: the settings each generation was started with, by its number (None: none)
     settings_of: Callable[[int], dict[str, Any] | None] = lambda _: None
+    #: what the supervisor last read of each worker's vitals, by serial
+    vitals_of: Callable[[int], dict[str, Any]] = lambda _: {}
 
 
 def take(machine: SupervisorStateMachine, now: float, around: Surroundings) -> Snapshot:
@@ -128,6 +130,12 @@ def _generations(
                 else round(worker.ready_at - worker.started_at, 6),
                 restarts=generation.crashes.get(worker.worker_id, 0),
                 runs_rejected_code=worker.runs_rejected_code,
+                age=None if worker.ready_at is None else round(now - worker.ready_at, 3),
+                hung=worker.hung,
+                recycling=worker.worn_out[0]
+                if worker.worn_out is not None and worker.replaced_by is not None
+                else None,
+                vitals=around.vitals_of(worker.serial),
             )
             for worker in sorted(machine.workers.values(), key=lambda w: w.serial)
             if worker.generation == generation.number

@@ -54,6 +54,9 @@ class WorkerOptions:
     #: development mode: a failure before the worker is ready is only reported to
     #: the supervisor, which prints it in one line, not logged here as well
     report_only: bool = False
+    #: seconds between two heartbeats of an ``async def`` entry's event loop, which
+    #: also publish its request count (:mod:`graceful.wire.vitals`); 0: none
+    heartbeat: float = 0.0
 
 
 @dataclass

@@ -4,7 +4,8 @@ Descriptors travel as ``SCM_RIGHTS`` ancillary data (``socket.send_fds``) on uni
 sockets, in two framings, one per kind of link:
 
 * **a worker's fd channel** (a stream socket pair): the listeners, at a worker's
-  start and again before it resumes. :func:`send_all` sends their count first, then
+  start followed by its vitals page (:mod:`graceful.wire.vitals`), and again
+  (the listeners alone) before it resumes. :func:`send_all` sends their count first, then
   the descriptors in as many messages as ``SCM_MAX_FD`` requires;
   :func:`receive_all` reads them all back.
 * **a datagram link** (``SOCK_SEQPACKET``): one message with its descriptors.

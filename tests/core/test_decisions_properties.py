@@ -23,6 +23,7 @@ from hypothesis.stateful import (
 from graceful.core import stop, succession, trial
 from graceful.core.machine import (
     Action,
+    DumpStack,
     Event,
     Exit,
     GenerationServing,
@@ -48,9 +49,11 @@ from graceful.core.machine import (
     WorkerBroken,
     WorkerExited,
     WorkerFailed,
+    WorkerHung,
     WorkerMisbehaved,
     WorkerReady,
     WorkerState,
+    WorkerWornOut,
 )
 
 
@@ -71,6 +74,10 @@ class SupervisorWorld(RuleBasedStateMachine):
         #: events of timers started and not yet fired
         self.timers: list[Event] = []
         self.exit_codes: list[int] = []
+        #: workers told to dump their stack (found hung)
+        self.dumped: set[int] = set()
+        #: crashes and restarts counted before the event being handled
+        self.counted: tuple[int, int] = (0, 0)
 
     # -- driving the machine --------------------------------------------------------
 
@@ -121,7 +128,13 @@ class SupervisorWorld(RuleBasedStateMachine):
             case KillWorker(serial):
                 assert serial in self.alive, f"kill sent to {serial}, which has exited"
                 assert serial not in self.killed, f"{serial} killed twice"
+                if self.sm.workers[serial].hung:
+                    assert serial in self.dumped, f"hung {serial} killed before its stack dump"
                 self.killed.add(serial)
+            case DumpStack(serial):
+                assert serial in self.alive, f"stack dump asked of {serial}, which has exited"
+                assert serial not in self.dumped, f"{serial} asked for its stack twice"
+                self.dumped.add(serial)
             case ParkWorker(serial, _):
                 assert serial in self.alive, f"park sent to {serial}, which has exited"
                 assert serial not in self.parked, f"{serial} parked twice"
@@ -139,10 +152,13 @@ class SupervisorWorld(RuleBasedStateMachine):
             case GenerationServing(number, _):
                 promoted = self.sm.generations[number]
                 assert promoted.role is Role.SERVING
+                # (a worker being recycled since counts, not its replacement: the
+                # rules that ran after the promotion may have started one)
                 serving = [
                     self.sm.workers[s]
-                    for s in promoted.slots.values()
+                    for s in [*promoted.slots.values(), *promoted.leaving]
                     if self.sm.workers[s].state is not WorkerState.DRAINING
+                    and self.sm.workers[s].replaces is None
                 ]
                 assert len(serving) == self.sm.size
                 assert all(w.state is WorkerState.READY for w in serving)
@@ -163,6 +179,7 @@ class SupervisorWorld(RuleBasedStateMachine):
         max_surge=st.integers(min_value=1, max_value=2),
         preload=st.booleans(),
         development=st.booleans(),
+        max_recycling=st.integers(min_value=1, max_value=2),
     )
     def start(  # noqa: PLR0917 - one per setting drawn
         self,
@@ -172,6 +189,7 @@ class SupervisorWorld(RuleBasedStateMachine):
         max_surge: int,
         preload: bool,
         development: bool,
+        max_recycling: int,
     ) -> None:
         self.machine = SupervisorStateMachine(
             Settings(
@@ -184,6 +202,7 @@ class SupervisorWorld(RuleBasedStateMachine):
                 max_surge=max_surge,
                 preload=preload,
                 development=development,
+                max_recycling=max_recycling,
             )
         )
         self.send(Start())
@@ -204,6 +223,22 @@ class SupervisorWorld(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.alive))
     def worker_declares_itself_broken(self, data: st.DataObject) -> None:
         self.send(WorkerBroken(data.draw(st.sampled_from(sorted(self.alive))), "bad"))
+
+    @rule(data=st.data())
+    @precondition(lambda self: bool(self.alive))
+    def worker_hangs(self, data: st.DataObject) -> None:
+        self.send(WorkerHung(data.draw(st.sampled_from(sorted(self.alive))), 31.0))
+
+    @rule(data=st.data(), limit=st.sampled_from(["max_requests", "max_worker_memory"]))
+    @precondition(lambda self: bool(self.alive))
+    def worker_wears_out(self, data: st.DataObject, limit: str) -> None:
+        counters = self.sm.counters
+        before = (counters.worker_crashes, counters.worker_restarts, counters.rollbacks)
+        trial_before = self.sm.trial
+        self.send(WorkerWornOut(data.draw(st.sampled_from(sorted(self.alive))), limit, "far"))
+        # wearing out is no crash: nothing is counted, nothing rolled back
+        assert (counters.worker_crashes, counters.worker_restarts, counters.rollbacks) == before
+        assert not isinstance(self.sm.trial, trial.RollingBack) or trial_before == self.sm.trial
 
     @rule(park=st.booleans())
     def a_successor_serves(self, park: bool) -> None:
@@ -353,8 +388,15 @@ class SupervisorWorld(RuleBasedStateMachine):
                 if w.generation == generation.number
                 and w.state not in (WorkerState.DRAINING, WorkerState.PARKED)
                 and not w.killed  # SIGKILLed: gone in a moment, whatever is spawned
+                and w.replaced_by is None  # its replacement, starting, is counted
             ]
             assert len(holding) <= self.sm.size
+            recycling = [
+                w
+                for w in self.sm.workers.values()
+                if w.generation == generation.number and w.replaced_by is not None and not w.hung
+            ]
+            assert len(recycling) <= self.sm.settings.max_recycling
 
     @invariant()
     def a_rollout_holds_no_more_than_size_plus_max_surge(self) -> None:
@@ -369,6 +411,7 @@ class SupervisorWorld(RuleBasedStateMachine):
             if w.generation in (self.sm.starting, self.sm.serving)
             and w.state in (WorkerState.STARTING, WorkerState.READY, WorkerState.RESUMING)
             and not w.killed
+            and w.replaced_by is None  # being recycled: its replacement is counted
         ]
         assert len(holding) <= self.sm.size + self.sm.settings.max_surge
 

@@ -114,7 +114,15 @@ def test_an_override_is_checked_as_the_decorator_checks_it() -> None:
 
 
 def test_status_shows_the_settings_declared_for_it_from_either_side() -> None:
-    shown = {"strategy": "rolling", "max_surge": 2, "preload": True}
+    shown = {
+        "strategy": "rolling",
+        "max_surge": 2,
+        "preload": True,
+        "timeout": 30.0,
+        "max_requests": 0,
+        "max_worker_lifetime": 0.0,
+        "max_worker_memory": 0,
+    }
     machine = Settings(strategy=Strategy.ROLLING, max_surge=2, preload=True)
     assert for_status(machine) == shown
     service = checked(

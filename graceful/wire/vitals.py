@@ -1,0 +1,126 @@
+"""A worker's vitals: a page of shared memory the worker writes and the supervisor
+reads, and where the worker's stack is dumped when it hangs.
+
+The supervisor creates one memory file (``memfd_create``) per worker and sends it on
+the worker's fd channel after the listeners, at the worker's start only (protocol 4,
+see :mod:`graceful.wire.fds`). Both map its first page:
+
+=========  ======  ===============================================================
+offset     bytes   what the worker writes there
+=========  ======  ===============================================================
+0          8       the last heartbeat: ``time.monotonic_ns()`` (0: it does not
+                   beat, and is never judged hung)
+8          8       requests served so far
+=========  ======  ===============================================================
+
+All little-endian, aligned, each written whole. ``CLOCK_MONOTONIC`` is the same clock
+in every process of the machine, so the supervisor compares the heartbeat with its own
+``time.monotonic_ns()``.
+
+Writing a heartbeat is a store to memory: no system call, no wake-up of the
+supervisor, and no message on the control channel (which a worker may only use a few
+thousand times in its life: :data:`graceful.wire.messages.MAX_MESSAGES`).
+
+From :data:`DUMP_OFFSET` on, the file is where the worker's :mod:`faulthandler`
+writes the stack of every thread when it receives :data:`DUMP_SIGNAL`. faulthandler
+writes from its signal handler, in C, without taking the GIL, so the dump comes even
+while the event loop is blocked and another thread holds the GIL. The supervisor
+reads at most :data:`DUMP_LIMIT` bytes of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import signal
+import time
+
+#: The size of the shared page.
+PAGE = 4096
+#: Where the stack dump starts in the memory file.
+DUMP_OFFSET = PAGE
+#: The most bytes of a dump the supervisor reads.
+DUMP_LIMIT = 65536
+#: What a worker dumps its threads' stacks on: a real-time signal, which no server,
+#: event loop or library graceful runs with uses.
+DUMP_SIGNAL = signal.SIGRTMIN + 6
+
+_BEAT = slice(0, 8)
+_REQUESTS = slice(8, 16)
+
+
+class VitalsPage:
+    """One worker's page, mapped: the supervisor's side (:meth:`create`) or the
+    worker's (:meth:`attach`). Closing it unmaps it and closes the descriptor."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._map = mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    @classmethod
+    def create(cls) -> VitalsPage:
+        """A new, zeroed page in a memory file of its own (the supervisor's side).
+
+        Raises:
+            OSError: if no memory file can be made (out of descriptors or memory).
+        """
+        fd = os.memfd_create("graceful-vitals", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, PAGE)
+            return cls(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def attach(cls, fd: int) -> VitalsPage:
+        """The page in the memory file ``fd`` the supervisor sent (the worker's side).
+
+        Raises:
+            OSError: if ``fd`` is not a memory file of at least a page.
+        """
+        if os.fstat(fd).st_size < PAGE:
+            raise OSError(f"descriptor {fd} is not a vitals page")
+        return cls(fd)
+
+    # -- the worker writes ----------------------------------------------------------
+
+    def beat(self) -> None:
+        """Record a heartbeat now."""
+        self._map[_BEAT] = time.monotonic_ns().to_bytes(8, "little")
+
+    def set_requests(self, count: int) -> None:
+        self._map[_REQUESTS] = (count & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")
+
+    def dump_to(self) -> int:
+        """A descriptor of the same memory file, positioned at :data:`DUMP_OFFSET`,
+        for :func:`faulthandler.register` (the caller keeps it open)."""
+        fd = os.dup(self.fd)
+        os.lseek(fd, DUMP_OFFSET, os.SEEK_SET)
+        return fd
+
+    # -- the supervisor reads -------------------------------------------------------
+
+    @property
+    def last_beat_ns(self) -> int:
+        """The last heartbeat (``time.monotonic_ns()``), 0 if none yet."""
+        return int.from_bytes(self._map[_BEAT], "little")
+
+    @property
+    def requests(self) -> int:
+        return int.from_bytes(self._map[_REQUESTS], "little")
+
+    def dump(self) -> str:
+        """What the worker has dumped so far (at most :data:`DUMP_LIMIT` bytes)."""
+        try:
+            data = os.pread(self.fd, DUMP_LIMIT, DUMP_OFFSET)
+        except OSError:
+            return ""
+        return data.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError, ValueError):
+            self._map.close()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)

@@ -1,0 +1,234 @@
+"""Hung workers (``--timeout``): a worker whose event loop blocks is found by its
+stopped heartbeat, its stack is logged, a replacement starts, and it is killed once
+the replacement is ready. For each server graceful runs: a raw ``ctx.serve()``
+service on asyncio and on trio, an ASGI app on uvicorn, a WSGI app on uvicorn.
+
+Each test runs 2 workers under keep-alive load, then one request blocks its
+worker's loop for an hour. Every client remembers which worker (PID) its connection
+was served by, so that each failed request is charged to the worker that held its
+connection: only the hung worker's may fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import textwrap
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from harness import ServiceProcess, graceful_cli, graceful_serve, is_alive, poll_until
+
+#: the function every app blocks in, which the logged stack must name
+BLOCKER = "block_the_loop_for_an_hour"
+
+#: Blocks for an hour. ``time.sleep`` releases the GIL (the event loop's thread is
+#: blocked, the others run); the WSGI app's handler runs in a thread, so it must
+#: hold the GIL to block the loop: a C call through ``ctypes.PyDLL`` does.
+BLOCKERS = {
+    "loop": f"""
+import time
+
+def {BLOCKER}():
+    time.sleep(3600)
+""",
+    "gil": f"""
+import ctypes
+
+_LIBC = ctypes.PyDLL(None)
+
+def {BLOCKER}():
+    while True:  # (a signal ends sleep() early)
+        _LIBC.sleep(3600)
+""",
+}
+
+SERVICE = """
+import os
+import graceful
+{blocker}
+
+async def answer(stream, request):
+    if b"/hang" in request.split(b"\\r\\n", 1)[0]:
+        {blocker_name}()
+    body = f"{{os.getpid()}}".encode()
+    await stream.send(
+        b"HTTP/1.1 200 OK\\r\\ncontent-length: %d\\r\\n\\r\\n%s" % (len(body), body)
+    )
+
+async def keep_alive(stream):
+    data = b""
+    while True:
+        while b"\\r\\n\\r\\n" not in data:
+            chunk = await stream.receive()
+            data += chunk
+        request, _, data = data.partition(b"\\r\\n\\r\\n")
+        await answer(stream, request)
+
+@graceful.service(listen=["127.0.0.1:0"], workers=2, timeout=2, backend={backend!r})
+async def main(ctx):
+    await ctx.serve(keep_alive)
+
+if __name__ == "__main__":
+    main.run(pid_file={pid_file!r})
+"""
+
+ASGI = """
+import os
+{blocker}
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/hang":
+        {blocker_name}()
+    body = f"{{os.getpid()}}".encode()
+    await send({{"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]}})
+    await send({{"type": "http.response.body", "body": body}})
+"""
+
+WSGI = """
+import os
+{blocker}
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/hang":
+        {blocker_name}()
+    body = f"{{os.getpid()}}".encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+class ChargedLoad:
+    """``clients`` keep-alive HTTP clients in a thread; each failed request is charged
+    to the PID that last answered on its client's connection (None: a connection
+    that had not been answered yet)."""
+
+    def __init__(self, url: str, clients: int = 16) -> None:
+        self.url = url
+        self.clients = clients
+        self.ok = 0
+        self.answered_by: Counter[str] = Counter()
+        self.failed_on: Counter[str | None] = Counter()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> ChargedLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopping.set()
+        self._thread.join(30)
+
+    async def _run(self) -> None:
+        await asyncio.gather(*(self._client() for _ in range(self.clients)))
+
+    async def _client(self) -> None:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(limits=limits, timeout=15.0) as client:
+            held_by: str | None = None
+            while not self._stopping.is_set():
+                try:
+                    response = await client.get(self.url)
+                except httpx.HTTPError:
+                    self.failed_on[held_by] += 1
+                    held_by = None  # the next request opens a new connection
+                    continue
+                held_by = response.text.strip()
+                self.ok += 1
+                self.answered_by[held_by] += 1
+
+    def served(self, at_least: int, timeout: float = 30.0) -> None:
+        target = self.ok + at_least
+        poll_until(lambda: self.ok >= target, timeout, f"{at_least} more answers")
+
+
+def hang_one(address: str) -> socket.socket:
+    """Send the request that blocks its worker's loop; the socket stays open."""
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(b"GET /hang HTTP/1.1\r\nhost: test\r\n\r\n")
+    return sock
+
+
+def check_hung_worker_replaced(svc: ServiceProcess, pid_file: Path) -> None:
+    address = svc.address()
+    with ChargedLoad(f"http://{address}/") as load:
+        load.served(200)
+        workers = {str(pid) for pid in svc.worker_pids()}
+        assert len(workers) == 2, workers
+        mark = svc.mark()
+        started = time.monotonic()
+        with hang_one(address):
+            hung = svc.wait_for(
+                r"worker \d is hung: its event loop has not beaten for [\d.]+s \(timeout=2s\)",
+                after=mark,
+                timeout=20,
+            )
+            found_in = time.monotonic() - started
+            stack = svc.wait_for(r"\(PID (\d+)\) hung here:", after=mark, timeout=5)
+            hung_pid = int(stack.group(1))
+            # the logged stack names the function the loop is blocked in
+            svc.wait_for(rf"File .*, line \d+ in {BLOCKER}$", after=mark, timeout=5)
+            poll_until(lambda: not is_alive(hung_pid), 15, f"hung worker {hung_pid} killed")
+            load.served(300)
+            # the keep-alive clients stay where they are: new connections find the
+            # replacement beside the other worker
+            poll_until(
+                lambda: httpx.get(f"http://{address}/", timeout=5).text not in workers,
+                15,
+                "an answer from the replacement",
+            )
+    # found within --timeout, plus a heartbeat, the supervisor's tick and a busy machine
+    assert found_in < 2 + 3, (found_in, hung.group(0))
+    assert str(hung_pid) in workers
+    # every failed request was on a connection the hung worker held
+    assert set(load.failed_on) <= {str(hung_pid)}, load.failed_on
+    assert load.ok > 500
+    status = json.loads(graceful_cli("status", "--json", "--pid-file", str(pid_file)).stdout)
+    assert status["counters"]["workers_hung"] == 1
+    svc.send(signal.SIGTERM)
+    assert svc.wait_exit() == 0
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_service_whose_loop_blocks_is_replaced_and_killed(tmp_path: Path, backend: str) -> None:
+    app = tmp_path / "app.py"
+    pid_file = tmp_path / "app.pid"
+    app.write_text(
+        SERVICE.format(
+            blocker=textwrap.dedent(BLOCKERS["loop"]),
+            blocker_name=BLOCKER,
+            backend=backend,
+            pid_file=str(pid_file),
+        )
+    )
+    with ServiceProcess(app) as svc:
+        svc.wait_serving(1)
+        check_hung_worker_replaced(svc, pid_file)
+
+
+@pytest.mark.parametrize(
+    ("interface", "source", "blocker"),
+    [("asgi3", ASGI, "loop"), ("wsgi", WSGI, "gil")],
+    ids=["asgi-uvicorn", "wsgi-uvicorn"],
+)
+def test_an_app_whose_loop_blocks_is_replaced_and_killed(
+    tmp_path: Path, interface: str, source: str, blocker: str
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(source.format(blocker=BLOCKERS[blocker], blocker_name=BLOCKER))
+    options = ["--workers", "2", "--timeout", "2", "--interface", interface]
+    pid_file = tmp_path / "app.pid"
+    with graceful_serve(app, *options, "--pid-file", str(pid_file)) as svc:
+        svc.wait_serving(1)
+        check_hung_worker_replaced(svc, pid_file)
