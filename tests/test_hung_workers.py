@@ -12,7 +12,9 @@ connection: only the hung worker's may fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import socket
 import textwrap
@@ -232,3 +234,171 @@ def test_an_app_whose_loop_blocks_is_replaced_and_killed(
     with graceful_serve(app, *options, "--pid-file", str(pid_file)) as svc:
         svc.wait_serving(1)
         check_hung_worker_replaced(svc, pid_file)
+
+
+SYNC_SERVICE = """
+import os
+import select
+import graceful
+{blocker}
+
+@graceful.service(listen=["127.0.0.1:0"], workers=2, timeout=2)
+def main(ctx):
+    listener = ctx.listeners[0].socket
+    ctx.ready()
+    while not ctx.shutdown_requested:
+        if {beats}:
+            ctx.heartbeat()
+        if not select.select([listener], [], [], 0.1)[0]:
+            continue
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            continue
+        with conn:
+            conn.setblocking(True)
+            request = conn.recv(65536)
+            if b"/hang" in request.split(b"\\r\\n", 1)[0]:
+                {blocker_name}()
+            body = f"{{os.getpid()}}".encode()
+            head = b"HTTP/1.1 200 OK\\r\\nconnection: close\\r\\ncontent-length: %d\\r\\n\\r\\n"
+            conn.sendall(head % len(body) + body)
+
+if __name__ == "__main__":
+    main.run(pid_file={pid_file!r})
+"""
+
+
+def sync_service(tmp_path: Path, *, beats: bool) -> tuple[ServiceProcess, Path]:
+    pid_file = tmp_path / "app.pid"
+    app = tmp_path / "app.py"
+    app.write_text(
+        SYNC_SERVICE.format(
+            blocker=BLOCKERS["loop"], blocker_name=BLOCKER, beats=beats, pid_file=str(pid_file)
+        )
+    )
+    return ServiceProcess(app), pid_file
+
+
+def test_a_plain_function_that_beats_is_found_hung_when_it_stops(tmp_path: Path) -> None:
+    svc, _ = sync_service(tmp_path, beats=True)
+    with svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        workers = set(svc.worker_pids())
+        mark = svc.mark()
+        with hang_one(address):
+            stack = svc.wait_for(r"\(PID (\d+)\) hung here:", after=mark, timeout=20)
+            svc.wait_for(rf"File .*, line \d+ in {BLOCKER}$", after=mark, timeout=5)
+            hung_pid = int(stack.group(1))
+            assert hung_pid in workers
+            poll_until(lambda: not is_alive(hung_pid), 15, f"hung worker {hung_pid} killed")
+        poll_until(
+            lambda: int(httpx.get(f"http://{address}/", timeout=5).text) not in workers,
+            15,
+            "an answer from the replacement",
+        )
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+def test_a_plain_function_that_never_beats_is_never_judged_hung(tmp_path: Path) -> None:
+    svc, _ = sync_service(tmp_path, beats=False)
+    with svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        workers = set(svc.worker_pids())
+        with hang_one(address):
+            # twice the timeout, and the other worker answers all along
+            deadline = time.monotonic() + 4.5
+            while time.monotonic() < deadline:
+                assert int(httpx.get(f"http://{address}/", timeout=5).text) in workers
+            assert "is hung" not in svc.output
+            assert set(svc.worker_pids()) == workers
+        # (its blocked worker would hold a stop for drain_timeout: the harness kills it)
+
+
+def test_a_stopped_worker_is_found_hung_replaced_and_killed_without_a_stack(
+    tmp_path: Path,
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(ASGI.format(blocker=BLOCKERS["loop"], blocker_name=BLOCKER))
+    pid_file = tmp_path / "app.pid"
+    options = ["--workers", "2", "--timeout", "2", "--pid-file", str(pid_file)]
+    with graceful_serve(app, *options) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        stopped, other = svc.worker_pids()
+        mark = svc.mark()
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            svc.wait_for(r"worker \d is hung", after=mark, timeout=20)
+            svc.wait_for(
+                rf"\(PID {stopped}\) wrote no stack within 1s of being asked",
+                after=mark,
+                timeout=10,
+            )
+            poll_until(lambda: not is_alive(stopped), 15, f"stopped worker {stopped} killed")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGCONT)
+        poll_until(
+            lambda: int(httpx.get(f"http://{address}/", timeout=5).text) not in (stopped, other),
+            15,
+            "an answer from the replacement",
+        )
+        assert is_alive(other)
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+
+
+TRUNCATING_APP = """
+import os
+
+def _vitals_fds():
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if "graceful-vitals" in os.readlink(f"/proc/self/fd/{name}"):
+                yield int(name)
+        except OSError:
+            pass
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        message = await receive()
+        for fd in _vitals_fds():
+            try:
+                os.ftruncate(fd, 0)
+                print("TRUNCATED", flush=True)
+            except OSError as exc:
+                print(f"REFUSED {exc.strerror}", flush=True)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_a_worker_cannot_shrink_its_vitals_page_under_the_supervisor(tmp_path: Path) -> None:
+    # A shrunk memory file would make the supervisor's next read of its mapping a
+    # SIGBUS, which kills it: the file is sealed against shrinking.
+    app = tmp_path / "app.py"
+    app.write_text(TRUNCATING_APP)
+    pid_file = tmp_path / "app.pid"
+    with graceful_serve(app, "--timeout", "2", "--pid-file", str(pid_file)) as svc:
+        svc.wait_serving(1)
+        svc.wait_for(r"REFUSED Operation not permitted")
+        assert httpx.get(f"http://{svc.address()}/", timeout=5).text == "ok"
+
+        def read_since() -> bool:
+            shown = graceful_cli("status", "--json", "--pid-file", str(pid_file)).stdout
+            (worker,) = json.loads(shown)["generations"][0]["workers"]
+            return bool(worker["vitals"].get("requests"))
+
+        # the supervisor has read the page since the worker tried, and lives on
+        poll_until(read_since, 15, "a reading of the page that counts the request")
+        assert "TRUNCATED" not in svc.output
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0

@@ -30,6 +30,8 @@ of its own, which states its contract; the core calls it, and it hands back a de
 * :mod:`~graceful.core.rollout`: rolling reloads;
 * :mod:`~graceful.core.scaling`: the number of workers per generation;
 * :mod:`~graceful.core.crashes`: who handles a serving worker's crash, and restarts;
+* :mod:`~graceful.core.replacement`: a hung or worn-out worker replaced in its slot
+  first (the hang and recycling);
 * :mod:`~graceful.core.stop`: the stop, announced, draining, killing.
 
 The state
@@ -144,6 +146,10 @@ event                   its own effect
 ``ReadyTimeout``        a starting generation fails; a late replacement, or a worker
                         that does not resume, is killed
 ``DrainTimeout``        the worker is killed
+``WorkerHung``          its stack is dumped; then a replacement starts in its slot
+                        (serving), its generation rolls back (on probation) or fails
+                        (starting), or it is killed (parked, or a reload is starting)
+``WorkerWornOut``       it is marked for recycling (the rules start it)
 ``RestartDue``          the empty slot of the serving generation is filled
 ``StopRequested``,      see :mod:`~graceful.core.stop`
 ``StopDelayOver``
@@ -167,9 +173,12 @@ holds, and its condition no longer holds once it has fired:
    a rollback runs (then the newer code wins once it has ended): it serves, the
    previous one is parked for its probation (:func:`graceful.core.trial.park`) or
    drains, and the reload ends;
-4. **start the queued reload**, once no generation starts, no rollback runs and no
+4. **recycle** the next worn-out worker of the serving generation
+   (:func:`graceful.core.replacement.recycle_next`), while fewer than
+   ``max_recycling`` are under way and no reload, rollback, stop or hand-over is;
+5. **start the queued reload**, once no generation starts, no rollback runs and no
    stop was asked for;
-5. **exit** once the stop has begun and no worker is left: :class:`Exit`, once.
+6. **exit** once the stop has begun and no worker is left: :class:`Exit`, once.
 
 Crashes
 ~~~~~~~

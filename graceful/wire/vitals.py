@@ -26,11 +26,17 @@ writes the stack of every thread when it receives :data:`DUMP_SIGNAL`. faulthand
 writes from its signal handler, in C, without taking the GIL, so the dump comes even
 while the event loop is blocked and another thread holds the GIL. The supervisor
 reads at most :data:`DUMP_LIMIT` bytes of it.
+
+The file is sealed against shrinking (``F_SEAL_SHRINK``): a worker that truncated it
+would make the supervisor's next read of its mapping a SIGBUS. What a worker writes
+in its page is only ever taken as numbers: a lie costs it, not the supervisor (a
+heartbeat in the past gets it replaced, one in the future only hides its own hang).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
 import os
 import signal
@@ -65,9 +71,12 @@ class VitalsPage:
         Raises:
             OSError: if no memory file can be made (out of descriptors or memory).
         """
-        fd = os.memfd_create("graceful-vitals", os.MFD_CLOEXEC)
+        fd = os.memfd_create("graceful-vitals", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, PAGE)
+            # A worker that could shrink the file under the supervisor's mapping would
+            # kill the supervisor with SIGBUS at its next read: sealed against it.
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
             return cls(fd)
         except BaseException:
             os.close(fd)
