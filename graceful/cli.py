@@ -987,7 +987,7 @@ def _worker_rows(generations: list[dict[str, Any]]) -> list[tuple[str, ...]]:
             "age",
             "heartbeat",
             "requests",
-            "memory",
+            "rss",
         )
     ]
     for generation in generations:
@@ -1011,7 +1011,7 @@ def _worker_rows(generations: list[dict[str, Any]]) -> list[tuple[str, ...]]:
                     _seconds_or_dash(worker.get("age")),
                     _seconds_or_dash(vitals.get("heartbeat_age"), ago=True),
                     str(vitals.get("requests", "-")),
-                    f"{vitals['memory_mib']:,.1f} MiB" if "memory_mib" in vitals else "-",
+                    f"{vitals['rss_mib']:,.1f} MiB" if "rss_mib" in vitals else "-",
                 )
             )
     return rows

@@ -10,10 +10,13 @@ import re
 import signal
 from pathlib import Path
 
+import httpx
+import pytest
 from harness import ServiceProcess, graceful_cli, graceful_serve, hup, poll_until
 from http_load import HttpLoad
 
 APP = """
+import asyncio
 import os
 
 LEAK = []
@@ -23,6 +26,7 @@ async def app(scope, receive, send):
         return
     if os.environ.get("LEAK_MIB"):
         LEAK.append(b"x" * (int(os.environ["LEAK_MIB"]) << 20))
+        await asyncio.sleep(0.02)  # a leak of about 50 MiB a second per client
     body = f"{os.getpid()}".encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", str(len(body)).encode())]})
@@ -42,13 +46,14 @@ def recycled(svc: ServiceProcess, pattern: str = RECYCLED) -> list[re.Match[str]
     return [match for line in svc.lines if (match := re.search(pattern, line))]
 
 
+@pytest.mark.parametrize("preload", [[], ["--preload"]], ids=["spawned", "preload"])
 def test_max_requests_recycles_workers_start_first_with_no_failed_request(
-    tmp_path: Path,
+    tmp_path: Path, preload: list[str]
 ) -> None:
     app = tmp_path / "app.py"
     app.write_text(APP)
     pid_file = tmp_path / "app.pid"
-    options = ["--workers", "2", "--max-requests", "200", "--max-requests-jitter", "50"]
+    options = ["--workers", "2", "--max-requests", "200", "--max-requests-jitter", "50", *preload]
     options += ["--probation", "120", "--pid-file", str(pid_file)]
     with graceful_serve(app, *options) as svc:
         svc.wait_serving(1)
@@ -65,11 +70,11 @@ def test_max_requests_recycles_workers_start_first_with_no_failed_request(
             )
         finally:
             tally = load.stop()
-        seen = status(pid_file)
+        recycles = recycled(svc)
+        seen = status(pid_file)  # (after the lines: it counts at least as many)
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
     assert tally.failed == 0, tally.as_dict()
-    recycles = recycled(svc)
     print(f"{len(recycles)} recycles, {tally.ok} answers, {tally.failed} failed")
     counters = seen["counters"]
     assert isinstance(counters, dict)
@@ -93,9 +98,10 @@ def test_max_worker_memory_recycles_a_leaking_worker_with_no_failed_request(
     app.write_text(APP)
     pid_file = tmp_path / "app.pid"
     options = ["--workers", "2", "--max-worker-memory", "80", "--pid-file", str(pid_file)]
-    with graceful_serve(app, *options, env={"LEAK_MIB": "1"}) as svc:
+    with graceful_serve(app, *options, "--health", "127.0.0.1:0", env={"LEAK_MIB": "1"}) as svc:
         svc.wait_serving(1)
-        load = HttpLoad(f"http://{svc.address()}/", clients=4)
+        health = svc.wait_for(r"health endpoint on http://([\d.]+:\d+)/ready").group(1)
+        load = HttpLoad(f"http://{svc.address()}/", clients=2)
         load.start()
         try:
             poll_until(
@@ -105,15 +111,44 @@ def test_max_worker_memory_recycles_a_leaking_worker_with_no_failed_request(
             )
         finally:
             tally = load.stop()
-        seen = status(pid_file)
+        recycles = recycled(svc, r"recycled at ([\d.,]+) MiB of unique memory")
+        seen = status(pid_file)  # (after the lines: it counts at least as many)
+        # once the load has stopped, each ready worker's vitals are read within 0.5 s
+        vitals: list[dict[str, float]] = []
+
+        def read_all() -> bool:
+            vitals[:] = [
+                worker["vitals"]
+                for generation in status(pid_file)["generations"]  # type: ignore[attr-defined]
+                for worker in generation["workers"]
+                if worker["state"] == "ready"
+            ]
+            return len(vitals) == 2 and all(
+                v.get("heartbeat_age") is not None and "rss_mib" in v for v in vitals
+            )
+
+        poll_until(read_all, 15, f"both workers' vitals read (saw {vitals})")
+        metrics = httpx.get(f"http://{health}/metrics", timeout=10).text
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
     assert tally.failed == 0, tally.as_dict()
-    recycles = recycled(svc, r"recycled at ([\d.,]+) MiB of unique memory")
     counters = seen["counters"]
     assert isinstance(counters, dict)
     assert counters["recycles"].get("max_worker_memory", 0) >= len(recycles) >= 3
-    # caught within a few MiB of the limit: the leak is 1 MiB a request, sampled each second
+    # caught soon after the limit: the leak is 1 MiB a request (at most 50 a second per
+    # client, 2 clients), sampled every 0.5 s
     sizes = [float(m.group(1).replace(",", "")) for m in recycles]
-    assert all(80 < size < 80 + 400 for size in sizes), sizes
+    assert all(80 < size < 80 + 150 for size in sizes), sizes
     assert (counters["worker_crashes"], counters["worker_restarts"]) == (0, 0)
+    # status shows each worker's vitals, and the metrics the recycles by limit
+    for shown in vitals:
+        assert shown["heartbeat_age"] < 2.0, vitals
+        assert shown["rss_mib"] > 0, vitals
+        assert shown["requests"] >= 0, vitals
+    recycled_total = re.search(
+        r'graceful_worker_recycles_total\{limit="max_worker_memory"\} (\d+)', metrics
+    )
+    assert recycled_total is not None, metrics
+    assert int(recycled_total.group(1)) >= 3
+    assert "graceful_workers_hung_total 0.0" in metrics
+    assert "graceful_worker_resident_memory_bytes{" in metrics

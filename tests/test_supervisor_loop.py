@@ -36,6 +36,7 @@ from graceful.spawn.guard import OrphanGuard
 from graceful.spawn.spawner import Reaped, WorkerSetup
 from graceful.supervisor.loop import SupervisorLoop
 from graceful.wire import messages as _wire
+from graceful.wire.vitals import VitalsPage
 
 Script = Callable[["StandIn"], Coroutine[Any, Any, None]]
 
@@ -49,7 +50,7 @@ class StandIn:
         self.worker_id = spawn.worker_id
         self.release: str | None = None
         self.says_hello = False
-        self.vitals = None
+        self.vitals: VitalsPage | None = None
         ours, theirs = socket.socketpair()
         self.channel = _wire.ControlChannel(ours)
         #: the worker's own end

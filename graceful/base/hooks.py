@@ -58,6 +58,12 @@ HOOKS = (
     Hook("uvicorn", 'uvicorn:Config.load"self.ssl"', False, "resuming: the same TLS context"),
     Hook("uvicorn", 'uvicorn:Config.__init__"self.backlog"', False, "resuming: the backlog"),
     Hook("uvicorn", 'uvicorn.server:ServerState.__init__"self.tasks"', False, "parked deadline"),
+    Hook(
+        "uvicorn",
+        'uvicorn.server:ServerState.__init__"self.total_requests"',
+        False,
+        "the requests served, for max_requests and status",
+    ),
     Hook("uvicorn", "uvicorn:Config(log_config=)", True, "building a Config that logs nothing"),
     Hook("uvicorn", 'uvicorn:Config.configure_logging"self.log_config"', False, "logging, later"),
     Hook("uvicorn", "uvicorn.config:LOGGING_CONFIG", False, "its formats, with the time"),

@@ -620,7 +620,7 @@ class ServiceSettings:
     max_worker_memory: int = setting(
         WHOLE_OR_ZERO,
         "recycle a worker whose unique memory (USS: what it alone holds) exceeds this "
-        "many MiB, sampled every second (0: never)",
+        "many MiB, sampled every 0.5 s (0: never)",
         scope="supervisor",
         default=0,
         flag="--max-worker-memory",

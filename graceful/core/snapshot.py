@@ -39,8 +39,9 @@ class WorkerView:
     #: the recycling limit it reached ("max_requests", ...), while it is replaced
     recycling: str | None = None
     #: what the supervisor last read of it: ``heartbeat_age`` (seconds, None if it
-    #: does not beat), ``requests``, ``memory_mib`` (its USS, when sampled) and its
-    #: ``max_requests`` with the jitter drawn (see :mod:`graceful.supervisor.vitals`)
+    #: does not beat), ``requests``, ``rss_mib`` and ``uss_mib`` (with
+    #: ``max_worker_memory``: its USS is read once its RSS is above the limit), and
+    #: its ``max_requests`` with the jitter drawn (see :mod:`graceful.supervisor.vitals`)
     vitals: dict[str, Any] = field(default_factory=dict)
 
 

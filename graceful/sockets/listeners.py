@@ -36,9 +36,9 @@ BACKLOG = socket.SOMAXCONN
 MAX_FD = 2**31 - 1
 
 #: Descriptors the supervisor keeps per live worker (its control channel, its fd
-#: channel, its exit sentinel and pidfd), and the most one start uses on top while
-#: it runs.
-_FDS_PER_WORKER = 4
+#: channel, its exit sentinel, its pidfd and its vitals page), and the most one start
+#: uses on top while it runs.
+_FDS_PER_WORKER = 5
 _FDS_PER_START = 8
 #: What the supervisor and a worker need beyond that: the interpreter, the event
 #: loop, the resource tracker, systemd's socket, a worker's own imports.

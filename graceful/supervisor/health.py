@@ -183,8 +183,8 @@ def _worker_gauges(snapshot: Snapshot, gauge: Any) -> Any:
     )
     requests = gauge("graceful_worker_requests", "Requests it has served.", labels=labels)
     memory = gauge(
-        "graceful_worker_unique_memory_bytes",
-        "Its unique memory (USS), when sampled.",
+        "graceful_worker_resident_memory_bytes",
+        "Its resident memory (RSS), sampled with max_worker_memory.",
         labels=labels,
     )
     ages = gauge("graceful_worker_age_seconds", "Seconds since it became ready.", labels=labels)
@@ -196,8 +196,8 @@ def _worker_gauges(snapshot: Snapshot, gauge: Any) -> Any:
                 beats.add_metric(key, vitals["heartbeat_age"])
             if "requests" in vitals:
                 requests.add_metric(key, vitals["requests"])
-            if "memory_mib" in vitals:
-                memory.add_metric(key, vitals["memory_mib"] * 1024 * 1024)
+            if "rss_mib" in vitals:
+                memory.add_metric(key, vitals["rss_mib"] * 1024 * 1024)
             if worker.age is not None:
                 ages.add_metric(key, worker.age)
     yield from (beats, requests, memory, ages)

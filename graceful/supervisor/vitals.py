@@ -19,10 +19,13 @@ what the state machine cannot see:
 Memory is the worker's USS, the memory it alone holds (``Private_Clean`` plus
 ``Private_Dirty`` in ``/proc/PID/smaps_rollup``): what recycling it gives back, where
 RSS would also count what it shares with its siblings. It is sampled every
-:data:`MEMORY_EVERY` seconds in a worker thread (``smaps_rollup`` walks the process's
-mappings, a fraction of a millisecond, but a read of another process's ``/proc`` must
-never hold the supervisor's loop), so a worker that leaks is recycled within about a
-second of crossing the limit, plus its replacement's start.
+:data:`MEMORY_EVERY` seconds in a worker thread (a read of another process's
+``/proc`` must never hold the supervisor's loop). ``smaps_rollup`` walks the
+process's mappings (about 1 ms for a uvicorn worker), so each sample first reads
+the RSS from ``/proc/PID/statm`` (microseconds), and reads the USS only when the
+RSS is above the limit (the USS never is above the RSS). A worker that leaks is
+recycled within about :data:`MEMORY_EVERY` seconds of crossing the limit, plus its
+replacement's start.
 
 The requests count arrives with each heartbeat (every :data:`HEARTBEAT` seconds) for
 uvicorn, at once for the others: a busy worker may serve a few more than
@@ -52,7 +55,7 @@ TICK = 0.1
 #: Seconds between two heartbeats of a worker's event loop (told to each worker).
 HEARTBEAT = 0.2
 #: Seconds between two samples of each worker's memory.
-MEMORY_EVERY = 1.0
+MEMORY_EVERY = 0.5
 #: Seconds between two reports of the same worn-out worker.
 RESEND = 1.0
 #: Seconds a hung worker has to write its stack once signalled.
@@ -68,7 +71,9 @@ class Reading:
     #: seconds since its last heartbeat (None: it has not beaten)
     heartbeat_age: float | None = None
     requests: int = 0
-    #: its unique memory in bytes (None: not sampled)
+    #: its resident memory in bytes (None: not sampled)
+    rss: int | None = None
+    #: its unique memory in bytes, read when its RSS is above the limit (else None)
     memory: int | None = None
     #: its limits, with their jitter drawn
     max_requests: int = 0
@@ -81,6 +86,20 @@ def heartbeat_interval(settings: Settings) -> float:
     """The heartbeat each worker is told to beat (0: none is needed)."""
     needed = settings.timeout > 0 or settings.max_requests > 0
     return HEARTBEAT if needed else 0.0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_memory(pid: int) -> int | None:
+    """Process ``pid``'s RSS in bytes, from ``/proc/PID/statm`` (None if it cannot be
+    read)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            fields = statm.read(256).split()
+        return int(fields[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def unique_memory(pid: int) -> int | None:
@@ -217,13 +236,14 @@ class VitalsMonitor:
         return Reading(max_requests=requests, max_lifetime=lifetime)
 
     async def _sample_memory(self) -> None:
+        limit = self.settings.max_worker_memory * _MIB
         while True:
             pids = {serial: process.pid for serial, process in self._live().items()}
-            sampled = await anyio.to_thread.run_sync(_sample, pids, abandon_on_cancel=True)
-            for serial, memory in sampled.items():
+            sampled = await anyio.to_thread.run_sync(_sample, pids, limit, abandon_on_cancel=True)
+            for serial, (rss, uss) in sampled.items():
                 reading = self.readings.get(serial)
                 if reading is not None:
-                    reading.memory = memory
+                    reading.rss, reading.memory = rss, uss
             await anyio.sleep(MEMORY_EVERY)
 
     def describe(self, serial: int) -> dict[str, object]:
@@ -237,17 +257,24 @@ class VitalsMonitor:
             else round(reading.heartbeat_age, 3),
             "requests": reading.requests,
         }
+        if reading.rss is not None:
+            shown["rss_mib"] = round(reading.rss / _MIB, 1)
         if reading.memory is not None:
-            shown["memory_mib"] = round(reading.memory / _MIB, 1)
+            shown["uss_mib"] = round(reading.memory / _MIB, 1)
         if reading.max_requests:
             shown["max_requests"] = reading.max_requests
         return shown
 
 
-def _sample(pids: dict[int, int]) -> dict[int, int | None]:
+def _sample(pids: dict[int, int], limit: int) -> dict[int, tuple[int | None, int | None]]:
+    """By serial: the RSS of each process, and its USS if the RSS is above ``limit``."""
     # in a worker thread, which must never take a signal meant for the loop
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-    return {serial: unique_memory(pid) for serial, pid in pids.items()}
+    sampled: dict[int, tuple[int | None, int | None]] = {}
+    for serial, pid in pids.items():
+        rss = resident_memory(pid)
+        sampled[serial] = rss, unique_memory(pid) if rss is not None and rss > limit else None
+    return sampled
 
 
 async def dump_stack(
