@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import wrk
@@ -219,6 +220,35 @@ def heartbeat_cost(workdir: Path, rounds: int, seconds: float) -> dict[str, obje
     return {"rounds": figures, "median_on": on, "median_off": off, "ratio": round(on / off, 3)}
 
 
+def markdown(results: dict[str, Any], seconds: float, granian_seconds: float) -> str:
+    """The results as the table ``docs/benchmarks.md`` includes."""
+    cost = results["heartbeat"]
+    lines = [
+        f"Heartbeat on (`--timeout 30`) against off (`--timeout 0`), `graceful serve "
+        f"--workers 2`, wrk keep-alive, {len(cost['rounds']['on'])} alternating rounds of "
+        f"10 s: {cost['median_on']:,.0f} against {cost['median_off']:,.0f} requests/s at "
+        f"the median, a ratio of **{cost['ratio']}** (rounds on: "
+        f"{', '.join(f'{x:,.0f}' for x in cost['rounds']['on'])}; off: "
+        f"{', '.join(f'{x:,.0f}' for x in cost['rounds']['off'])}).",
+        "",
+        f"Recycling 2 workers under wrk (`-t2 -c50`), {seconds:g} s per row "
+        f"({granian_seconds:g} s for Granian), `--max-requests {MAX_REQUESTS}` "
+        f"with a jitter of {JITTER} where the contender has one:",
+        "",
+        "| contender | connections | recycles | requests | failed | failed per recycle "
+        "| p99 ms | max ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in results["recycling"]:
+        per = row["failed_per_recycle"]
+        lines.append(
+            f"| {row['contender']} | {'keep-alive' if row['keep_alive'] else 'close'} "
+            f"| {row['recycles']} | {row['requests']:,} | {row['failed']:,} "
+            f"| {'-' if per is None else per} | {row['p99_ms']:.1f} | {row['max_ms']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="wrk time per row")
@@ -226,6 +256,12 @@ def main() -> None:
                         help="wrk time for Granian, whose lifetime is at least 60 s")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="heartbeat rounds")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "recycling.md",
+        help="where the table goes (default: benchmarks/results/recycling.md)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("benchmarks/recycling.py needs wrk (apt-get install wrk)")
@@ -256,6 +292,7 @@ def main() -> None:
     results["recycling"] = rows
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
+    args.markdown.write_text(markdown(results, args.seconds, args.granian_seconds))
     shutil.rmtree(workdir, ignore_errors=True)
 
 
