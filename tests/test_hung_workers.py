@@ -402,3 +402,63 @@ def test_a_worker_cannot_shrink_its_vitals_page_under_the_supervisor(tmp_path: P
         assert "TRUNCATED" not in svc.output
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
+
+
+VERSIONED_ASGI = """
+import os
+{blocker}
+
+VERSION = {version!r}
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/hang":
+        {blocker_name}()
+    body = f"{{VERSION}} {{os.getpid()}}".encode()
+    await send({{"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]}})
+    await send({{"type": "http.response.body", "body": body}})
+"""
+
+
+def test_a_hang_during_the_probation_rolls_the_reload_back(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+
+    def write(version: str) -> None:
+        app.write_text(
+            VERSIONED_ASGI.format(blocker=BLOCKERS["loop"], blocker_name=BLOCKER, version=version)
+        )
+
+    write("v1")
+    options = ["--workers", "2", "--timeout", "2", "--probation", "60"]
+    with graceful_serve(app, *options) as svc:
+        svc.wait_serving(1)
+        address = svc.address()
+        write("v2")
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        svc.wait_serving(2, after=mark)
+        poll_until(
+            lambda: httpx.get(f"http://{address}/", timeout=5).text.startswith("v2"),
+            15,
+            "an answer from v2",
+        )
+        with hang_one(address):
+            svc.wait_for(
+                r"rolling back: generation 2 worker \d hung: its event loop has not beaten",
+                after=mark,
+                timeout=20,
+            )
+            svc.wait_for(rf"File .*, line \d+ in {BLOCKER}$", after=mark, timeout=5)
+            # the parked generation serves again, and only it
+            poll_until(
+                lambda: all(
+                    httpx.get(f"http://{address}/", timeout=5).text.startswith("v1")
+                    for _ in range(10)
+                ),
+                15,
+                "v1 answering alone",
+            )
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0

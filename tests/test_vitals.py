@@ -1,0 +1,119 @@
+"""What the supervisor judges from a worker's vitals (:func:`graceful.supervisor.vitals.judge`),
+the page both sides map, and the memory readings: pure checks, no supervisor."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+from graceful.core.events import WorkerHung, WorkerWornOut
+from graceful.core.fleet import Settings, Worker, WorkerState
+from graceful.supervisor.vitals import (
+    RESEND,
+    Reading,
+    VitalsMonitor,
+    judge,
+    resident_memory,
+    unique_memory,
+)
+from graceful.wire.vitals import PAGE, VitalsPage
+
+MIB = 1024 * 1024
+
+
+def ready_worker(ready_at: float = 100.0) -> Worker:
+    return Worker(7, 1, 0, started_at=99.0, state=WorkerState.READY, ready_at=ready_at)
+
+
+def test_a_silent_ready_worker_is_hung_once_past_the_timeout() -> None:
+    settings = Settings(timeout=2.0)
+    worker = ready_worker()
+    assert judge(worker, Reading(heartbeat_age=1.9), settings, now=200.0) is None
+    assert judge(worker, Reading(heartbeat_age=2.5), settings, now=200.0) == WorkerHung(7, 2.5)
+    # counted from when it became ready, if that is later than its last beat
+    assert judge(worker, Reading(heartbeat_age=50.0), settings, now=101.0) is None
+    # never when it does not beat, nor with the timeout off, nor twice
+    assert judge(worker, Reading(heartbeat_age=None), settings, now=200.0) is None
+    off = Settings(timeout=0.0)
+    assert judge(worker, Reading(heartbeat_age=50.0), off, now=200.0) is None
+    told = Reading(heartbeat_age=50.0, hung_reported=True)
+    assert judge(worker, told, settings, now=200.0) is None
+
+
+@pytest.mark.parametrize("state", [WorkerState.STARTING, WorkerState.DRAINING])
+def test_a_starting_or_draining_worker_is_not_judged_hung(state: WorkerState) -> None:
+    worker = dataclasses.replace(ready_worker(), state=state)
+    assert judge(worker, Reading(heartbeat_age=99.0), Settings(timeout=2.0), now=300.0) is None
+
+
+def test_the_limits_wear_a_worker_out_and_are_said_again_no_sooner_than_resend() -> None:
+    settings = Settings(timeout=0.0, max_worker_memory=80)
+    worker = ready_worker()
+    reading = Reading(requests=1043, max_requests=1000)
+    assert judge(worker, reading, settings, now=150.0) == WorkerWornOut(
+        7, "max_requests", "after 1,043 requests"
+    )
+    reading.worn_out_reported_at = 150.0
+    assert judge(worker, reading, settings, now=150.0 + RESEND / 2) is None
+    assert judge(worker, reading, settings, now=150.0 + RESEND) is not None
+    lifetime = Reading(max_lifetime=3600.0)
+    assert judge(worker, lifetime, settings, now=100.0 + 3599.0) is None
+    assert judge(worker, lifetime, settings, now=100.0 + 3600.5) == WorkerWornOut(
+        7, "max_worker_lifetime", "after 3,600.5s"
+    )
+    memory = Reading(memory=81 * MIB)
+    assert judge(worker, memory, settings, now=150.0) == WorkerWornOut(
+        7, "max_worker_memory", "at 81.0 MiB of unique memory (limit 80 MiB)"
+    )
+    assert judge(worker, Reading(memory=80 * MIB), settings, now=150.0) is None
+
+
+def test_a_worker_being_replaced_is_not_worn_out_again() -> None:
+    worker = dataclasses.replace(ready_worker(), replaced_by=9)
+    reading = Reading(requests=5000, max_requests=1000)
+    assert judge(worker, reading, Settings(), now=150.0) is None
+
+
+def test_each_worker_draws_its_own_jitter_within_the_bounds() -> None:
+    settings = Settings(
+        max_requests=200,
+        max_requests_jitter=50,
+        max_worker_lifetime=60.0,
+        max_worker_lifetime_jitter=30.0,
+    )
+    monitor = VitalsMonitor(settings, dict, dict, lambda _: None)
+    drawn = [monitor._limits() for _ in range(300)]
+    assert {reading.max_requests for reading in drawn} <= set(range(200, 251))
+    assert len({reading.max_requests for reading in drawn}) > 10
+    assert all(60.0 <= reading.max_lifetime <= 90.0 for reading in drawn)
+
+
+def test_the_page_carries_beats_and_requests_and_refuses_to_shrink() -> None:
+    supervisor = VitalsPage.create()
+    try:
+        worker = VitalsPage.attach(os.dup(supervisor.fd))
+        try:
+            assert (supervisor.last_beat_ns, supervisor.requests) == (0, 0)
+            worker.beat()
+            worker.set_requests(2**64 + 5)  # wraps, as a counter would
+            assert supervisor.last_beat_ns > 0
+            assert supervisor.requests == 5
+            with pytest.raises(PermissionError):
+                os.ftruncate(worker.fd, 0)
+            assert os.fstat(supervisor.fd).st_size == PAGE
+        finally:
+            worker.close()
+    finally:
+        supervisor.close()
+
+
+def test_the_memory_of_a_process_is_read_and_a_missing_one_is_none() -> None:
+    rss = resident_memory(os.getpid())
+    uss = unique_memory(os.getpid())
+    assert rss is not None
+    assert uss is not None
+    assert 0 < uss <= rss
+    assert resident_memory(2**22 + 12345) is None
+    assert unique_memory(2**22 + 12345) is None
