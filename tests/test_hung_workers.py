@@ -190,6 +190,10 @@ def check_hung_worker_replaced(svc: ServiceProcess, pid_file: Path) -> None:
                 15,
                 "an answer from the replacement",
             )
+    print(
+        f"found hung {found_in:.2f}s after the blocking request; {load.ok} answers; failed "
+        f"requests by the worker that held their connection: {dict(load.failed_on)}"
+    )
     # found within --timeout, plus a heartbeat, the supervisor's tick and a busy machine
     assert found_in < 2 + 3, (found_in, hung.group(0))
     assert str(hung_pid) in workers
