@@ -466,3 +466,35 @@ def test_a_hang_during_the_probation_rolls_the_reload_back(tmp_path: Path) -> No
             )
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
+
+
+BUSY_ASGI = """
+import asyncio
+import time
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/busy":
+        # CPU work for 5 s, more than twice the timeout, yielding to the loop often
+        until = time.monotonic() + 5
+        while time.monotonic() < until:
+            sum(range(10_000))
+            await asyncio.sleep(0)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"done"})
+"""
+
+
+def test_a_worker_busy_with_cpu_work_that_yields_is_not_hung(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(BUSY_ASGI)
+    with graceful_serve(app, "--timeout", "2") as svc:
+        svc.wait_serving(1)
+        (worker,) = svc.worker_pids()
+        answer = httpx.get(f"http://{svc.address()}/busy", timeout=30)
+        assert answer.text == "done"
+        assert "is hung" not in svc.output
+        assert svc.worker_pids() == [worker]
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
