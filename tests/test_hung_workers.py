@@ -496,5 +496,76 @@ def test_a_worker_busy_with_cpu_work_that_yields_is_not_hung(tmp_path: Path) -> 
         assert answer.text == "done"
         assert "is hung" not in svc.output
         assert svc.worker_pids() == [worker]
+
+
+PARKABLE_SYNC_SERVICE = """
+import os
+import select
+import graceful
+
+@graceful.service(listen=["127.0.0.1:0"], workers=1, timeout=1, probation=60)
+def main(ctx):
+    while True:
+        listener = ctx.listeners[0].socket
+        ctx.ready(parkable=True)
+        while not ctx.shutdown_requested:
+            ctx.heartbeat()
+            if not select.select([listener], [], [], 0.05)[0]:
+                continue
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                continue
+            with conn:
+                conn.setblocking(True)
+                conn.recv(65536)
+                body = f"{{os.getpid()}}".encode()
+                head = b"HTTP/1.1 200 OK\\r\\nconnection: close\\r\\ncontent-length: %d\\r\\n\\r\\n"
+                conn.sendall(head % len(body) + body)
+        listener.close()
+        if not ctx.wait_resume():
+            break
+
+if __name__ == "__main__":
+    main.run(pid_file={pid_file!r})
+"""
+
+
+def test_a_parked_plain_function_that_beats_is_not_judged_hung_while_it_waits_to_resume(
+    tmp_path: Path,
+) -> None:
+    # A plain def that beats from its server loop parks in ctx.wait_resume(), a
+    # blocking call of graceful's own: it cannot beat there, and must not be found
+    # hung (and killed) for it, or no rollback could bring it back.
+    pid_file = tmp_path / "app.pid"
+    app = tmp_path / "app.py"
+    app.write_text(PARKABLE_SYNC_SERVICE.format(pid_file=str(pid_file)))
+    with ServiceProcess(app) as svc:
+        svc.wait_serving(1)
+        (parked,) = svc.worker_pids()
+        mark = svc.mark()
+        svc.send(signal.SIGHUP)
+        svc.wait_serving(2, after=mark)
+
+        def parked_vitals() -> dict[str, object]:
+            shown = graceful_cli("status", "--json", "--pid-file", str(pid_file)).stdout
+            for generation in json.loads(shown)["generations"]:
+                for worker in generation["workers"]:
+                    if worker["pid"] == parked:
+                        return dict(worker["vitals"], state=worker["state"])
+            return {}
+
+        # parked for three times the timeout, beating all along
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            vitals = parked_vitals()
+            assert vitals.get("state") == "parked", (vitals, svc.output)
+            assert (vitals.get("heartbeat_age") or 0) < 1.0, vitals
+        assert "is hung" not in svc.output
+        mark = svc.mark()
+        rolled = graceful_cli("rollback", "--pid-file", str(pid_file))
+        assert rolled.returncode == 0, rolled.stderr
+        svc.wait_for(r"rolled back: generation 1 serves again", after=mark)
+        assert int(httpx.get(f"http://{svc.address()}/", timeout=5).text) == parked
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0

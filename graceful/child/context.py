@@ -66,6 +66,8 @@ class Context:
         self._vitals = vitals
         self._requests = 0
         self._requests_source: Callable[[], int] | None = None
+        #: True once the worker has beaten (see :func:`graceful.child.worker._run_sync`)
+        self._beaten = False
 
     # -- liveness and requests (see docs/guides/liveness.md) -------------------------
 
@@ -76,6 +78,7 @@ class Context:
         from its first call on, the worker is judged hung once ``timeout`` seconds
         pass without one. A store to shared memory: cheap enough to call per request."""
         if self._vitals is not None:
+            self._beaten = True
             self._vitals.beat()
             if self._requests_source is not None:
                 self._vitals.set_requests(self._requests_source())

@@ -161,6 +161,7 @@ def run_worker(
                 context,
                 lambda: follow_supervisor(control, shutdown, take_listeners_back),
                 shutdown,
+                beating,
             )
     except ConfigError as exc:
         _fail(control, str(exc), log=log or context.ready_sent)
@@ -250,10 +251,18 @@ def _run_sync(
     context: Context,
     follow: Callable[[], Coroutine[Any, Any, None]],
     shutdown: ShutdownRequest,
+    beating: float,
 ) -> None:
     with anyio.from_thread.start_blocking_portal() as portal:
         context.report_progress("loop")
         following = portal.start_task_soon(follow)
+        # A plain def parked (draining, then in wait_resume) cannot beat from its
+        # server loop: graceful beats for it, if it beats at all, until it resumes.
+        parked_beats = (
+            portal.start_task_soon(_beat_while_parked, context, shutdown, beating)
+            if beating > 0
+            else None
+        )
         previous = signal.signal(
             signal.SIGTERM, lambda *_: portal.start_task_soon(_request_soon, shutdown)
         )
@@ -262,6 +271,17 @@ def _run_sync(
         finally:
             signal.signal(signal.SIGTERM, previous)
             following.cancel()
+            if parked_beats is not None:
+                parked_beats.cancel()
+
+
+async def _beat_while_parked(context: Context, shutdown: ShutdownRequest, interval: float) -> None:
+    """Beat every ``interval`` seconds for a plain ``def`` entry that has beaten,
+    while it is parked (until a resume is taken: then its own loop beats again)."""
+    while True:
+        if shutdown.parked and context._beaten:
+            context.heartbeat()
+        await anyio.sleep(interval)
 
 
 async def _request_soon(shutdown: ShutdownRequest) -> None:
