@@ -569,3 +569,41 @@ def test_a_parked_plain_function_that_beats_is_not_judged_hung_while_it_waits_to
         assert int(httpx.get(f"http://{svc.address()}/", timeout=5).text) == parked
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
+
+
+#: 80 idle threads, each 60 calls deep: their stacks alone are far more than the
+#: supervisor logs of a dump
+MANY_THREADS = """
+import threading
+
+_IDLE = threading.Event()
+
+def _deep(depth):
+    if depth:
+        _deep(depth - 1)
+    else:
+        _IDLE.wait()
+
+for _ in range(80):
+    threading.Thread(target=_deep, args=(60,), daemon=True).start()
+"""
+
+
+def test_the_stack_of_the_hung_loop_is_logged_however_many_threads_the_worker_has(
+    tmp_path: Path,
+) -> None:
+    # faulthandler dumps the newest thread first and the main thread, whose event
+    # loop hung, last: a dump cut at its first DUMP_LIMIT bytes would show only idle
+    # threads
+    app = tmp_path / "app.py"
+    source = ASGI.format(blocker=BLOCKERS["loop"], blocker_name=BLOCKER)
+    app.write_text(source + MANY_THREADS)
+    with graceful_serve(app, "--workers", "1", "--timeout", "1") as svc:
+        svc.wait_serving(1)
+        mark = svc.mark()
+        with hang_one(svc.address()):
+            svc.wait_for(r"\(PID (\d+)\) hung here:", after=mark, timeout=20)
+            svc.wait_for(rf"File .*, line \d+ in {BLOCKER}$", after=mark, timeout=5)
+            svc.wait_for(r"replaced after it hung", after=mark, timeout=20)
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0

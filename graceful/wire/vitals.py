@@ -25,7 +25,8 @@ From :data:`DUMP_OFFSET` on, the file is where the worker's :mod:`faulthandler`
 writes the stack of every thread when it receives :data:`DUMP_SIGNAL`. faulthandler
 writes from its signal handler, in C, without taking the GIL, so the dump comes even
 while the event loop is blocked and another thread holds the GIL. The supervisor
-reads at most :data:`DUMP_LIMIT` bytes of it.
+reads at most about :data:`DUMP_LIMIT` bytes of it: of a longer dump, its first and
+last halves (the main thread's stack comes last).
 
 The file is sealed against shrinking (``F_SEAL_SHRINK``): a worker that truncated it
 would make the supervisor's next read of its mapping a SIGBUS. What a worker writes
@@ -121,12 +122,26 @@ class VitalsPage:
         return int.from_bytes(self._map[_REQUESTS], "little")
 
     def dump(self) -> str:
-        """What the worker has dumped so far (at most :data:`DUMP_LIMIT` bytes)."""
+        """What the worker has dumped so far, in at most about :data:`DUMP_LIMIT`
+        bytes: a longer dump keeps its first and last halves, cut at line ends.
+        faulthandler writes the newest thread first and the main thread (where the
+        event loop runs) last, so the end of a dump is what matters most."""
         try:
-            data = os.pread(self.fd, DUMP_LIMIT, DUMP_OFFSET)
+            size = os.fstat(self.fd).st_size - DUMP_OFFSET
+            if size <= DUMP_LIMIT:
+                data = os.pread(self.fd, max(size, 0), DUMP_OFFSET)
+            else:
+                half = DUMP_LIMIT // 2
+                head = os.pread(self.fd, half, DUMP_OFFSET)
+                tail = os.pread(self.fd, half, DUMP_OFFSET + size - half)
+                head = head[: head.rfind(b"\n") + 1]
+                tail = tail[tail.find(b"\n") + 1 :]
+                left_out = size - len(head) - len(tail)
+                data = head + b"... (%d bytes left out)\n" % left_out + tail
         except OSError:
             return ""
-        return data.decode("utf-8", "replace")
+        # (a worker may have grown the file: what it never wrote reads as zeros)
+        return data.replace(b"\0", b"").decode("utf-8", "replace")
 
     def close(self) -> None:
         with contextlib.suppress(BufferError, ValueError):
