@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import pytest
 
@@ -117,3 +118,49 @@ def test_the_memory_of_a_process_is_read_and_a_missing_one_is_none() -> None:
     assert 0 < uss <= rss
     assert resident_memory(2**22 + 12345) is None
     assert unique_memory(2**22 + 12345) is None
+
+
+@dataclasses.dataclass
+class PagedProcess:
+    """What the monitor reads of a worker process: its PID and its page."""
+
+    pid: int
+    vitals: VitalsPage | None
+
+
+def test_a_hang_report_dropped_by_the_machine_is_made_again_once_it_beats_and_stops() -> None:
+    # reported while parked, say, and resumed before the machine handled it: the
+    # report is dropped, and a later hang must be reported all the same
+    page = VitalsPage.create()
+    try:
+        sent: list[object] = []
+        worker = ready_worker(ready_at=0.0)
+        monitor = VitalsMonitor(
+            Settings(timeout=2.0),
+            lambda: {7: PagedProcess(os.getpid(), page)},  # type: ignore[dict-item]
+            lambda: {7: worker},
+            sent.append,
+        )
+        page.beat()
+        now = time.monotonic()
+        monitor.tick(now + 3.0)  # (judged as of 3 s later: the beat is old by then)
+        assert sent == []  # the page's own clock says it beat just now
+        page._map[0:8] = (time.monotonic_ns() - 5 * 10**9).to_bytes(8, "little")
+        monitor.tick(now + 3.0)
+        assert [type(event) for event in sent] == [WorkerHung]
+        monitor.tick(now + 3.1)
+        assert len(sent) == 1  # once
+        page.beat()
+        monitor.tick(now + 3.2)  # it beats again, and the machine never marked it
+        page._map[0:8] = (time.monotonic_ns() - 5 * 10**9).to_bytes(8, "little")
+        monitor.tick(now + 3.3)
+        assert [type(event) for event in sent] == [WorkerHung, WorkerHung]
+    finally:
+        page.close()
+
+
+def test_a_closed_page_reads_as_nothing_whatever_its_number_became() -> None:
+    page = VitalsPage.create()
+    page.close()
+    page.close()  # (twice is harmless)
+    assert (page.last_beat_ns, page.requests, page.dump()) == (0, 0, "")

@@ -238,6 +238,8 @@ class SupervisorLoop:
             event = await self._events.receive()
             if isinstance(event, events.ReloadRequested):
                 self.timelines.asked(anyio.current_time())
+            elif isinstance(event, events.WorkerExited):
+                self._dumps.pop(event.serial, None)
             self._drop_stale_timers(event)
 
     def _carry_out(self, action: actions.Action) -> None:
@@ -397,8 +399,10 @@ class SupervisorLoop:
 
     async def _kill_after_dump(self, serial: int) -> None:
         """Kill worker ``serial`` once its stack dump is logged (or has had its time)."""
-        with anyio.move_on_after(DUMP_WAIT * 2):
-            await self._dumps[serial].wait()
+        done = self._dumps.get(serial)
+        if done is not None:
+            with anyio.move_on_after(DUMP_WAIT * 2):
+                await done.wait()
         self._dumps.pop(serial, None)
         worker = self.watcher.live.get(serial)
         if worker is not None:

@@ -217,6 +217,15 @@ class VitalsMonitor:
             beat = page.last_beat_ns
             reading.heartbeat_age = None if beat == 0 else max(0.0, (now_ns - beat) / 1e9)
             reading.requests = page.requests
+            if (
+                reading.hung_reported
+                and not worker.hung
+                and reading.heartbeat_age is not None
+                and reading.heartbeat_age < self.settings.timeout
+            ):
+                # reported while it could not be judged (resumed meanwhile), and it
+                # beats again: it may be judged again
+                reading.hung_reported = False
             judged = judge(worker, reading, self.settings, now)
             if isinstance(judged, events.WorkerHung):
                 reading.hung_reported = True
@@ -293,13 +302,14 @@ async def dump_stack(
         except OSError as exc:
             log(f"{described}: could not ask it for its stack: {exc.strerror or exc}")
             return
-        seen = ""
+        # complete once it has stopped growing for two polls in a row (a worker
+        # descheduled in the middle of its dump must not be cut short)
+        seen, same = "", 0
         deadline = anyio.current_time() + DUMP_WAIT
-        while anyio.current_time() < deadline:
-            await anyio.sleep(0.02)
+        while anyio.current_time() < deadline and same < 2:
+            await anyio.sleep(0.025)
             dumped = page.dump()
-            if dumped and dumped == seen:
-                break
+            same = same + 1 if dumped and dumped == seen else 0
             seen = dumped
         if seen:
             log(f"{described} hung here:\n{seen.rstrip()}")

@@ -114,18 +114,20 @@ class VitalsPage:
 
     @property
     def last_beat_ns(self) -> int:
-        """The last heartbeat (``time.monotonic_ns()``), 0 if none yet."""
-        return int.from_bytes(self._map[_BEAT], "little")
+        """The last heartbeat (``time.monotonic_ns()``), 0 if none yet (or closed)."""
+        return 0 if self.fd < 0 else int.from_bytes(self._map[_BEAT], "little")
 
     @property
     def requests(self) -> int:
-        return int.from_bytes(self._map[_REQUESTS], "little")
+        return 0 if self.fd < 0 else int.from_bytes(self._map[_REQUESTS], "little")
 
     def dump(self) -> str:
         """What the worker has dumped so far, in at most about :data:`DUMP_LIMIT`
         bytes: a longer dump keeps its first and last halves, cut at line ends.
         faulthandler writes the newest thread first and the main thread (where the
         event loop runs) last, so the end of a dump is what matters most."""
+        if self.fd < 0:
+            return ""
         try:
             size = os.fstat(self.fd).st_size - DUMP_OFFSET
             if size <= DUMP_LIMIT:
@@ -144,7 +146,11 @@ class VitalsPage:
         return data.replace(b"\0", b"").decode("utf-8", "replace")
 
     def close(self) -> None:
+        """Unmap the page and close the file (once: the number may be reused after)."""
+        if self.fd < 0:
+            return
         with contextlib.suppress(BufferError, ValueError):
             self._map.close()
         with contextlib.suppress(OSError):
             os.close(self.fd)
+        self.fd = -1
