@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -547,7 +548,7 @@ def test_a_parked_plain_function_that_beats_is_not_judged_hung_while_it_waits_to
         svc.send(signal.SIGHUP)
         svc.wait_serving(2, after=mark)
 
-        def parked_vitals() -> dict[str, object]:
+        def parked_vitals() -> dict[str, Any]:
             shown = graceful_cli("status", "--json", "--pid-file", str(pid_file)).stdout
             for generation in json.loads(shown)["generations"]:
                 for worker in generation["workers"]:
