@@ -225,16 +225,20 @@ def test_a_service_whose_loop_blocks_is_replaced_and_killed(tmp_path: Path, back
 
 
 @pytest.mark.parametrize(
-    ("interface", "source", "blocker"),
-    [("asgi3", ASGI, "loop"), ("wsgi", WSGI, "gil")],
-    ids=["asgi-uvicorn", "wsgi-uvicorn"],
+    ("server", "interface", "source", "blocker"),
+    [
+        ("uvicorn", "asgi3", ASGI, "loop"),
+        ("uvicorn", "wsgi", WSGI, "gil"),
+        ("hypercorn", "asgi3", ASGI, "loop"),
+    ],
+    ids=["asgi-uvicorn", "wsgi-uvicorn", "asgi-hypercorn"],
 )
 def test_an_app_whose_loop_blocks_is_replaced_and_killed(
-    tmp_path: Path, interface: str, source: str, blocker: str
+    tmp_path: Path, server: str, interface: str, source: str, blocker: str
 ) -> None:
     app = tmp_path / "app.py"
     app.write_text(source.format(blocker=BLOCKERS[blocker], blocker_name=BLOCKER))
-    options = ["--workers", "2", "--timeout", "2", "--interface", interface]
+    options = ["--workers", "2", "--timeout", "2", "--interface", interface, "--server", server]
     pid_file = tmp_path / "app.pid"
     with graceful_serve(app, *options, "--pid-file", str(pid_file)) as svc:
         svc.wait_serving(1)

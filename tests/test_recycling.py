@@ -152,3 +152,29 @@ def test_max_worker_memory_recycles_a_leaking_worker_with_no_failed_request(
     assert int(recycled_total.group(1)) >= 3
     assert "graceful_workers_hung_total 0.0" in metrics
     assert "graceful_worker_resident_memory_bytes{" in metrics
+
+
+def test_max_worker_lifetime_recycles_each_worker_in_turn_with_no_failed_request(
+    tmp_path: Path,
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    options = ["--workers", "2", "--max-worker-lifetime", "1.5"]
+    options += ["--max-worker-lifetime-jitter", "0.5"]
+    with graceful_serve(app, *options) as svc:
+        svc.wait_serving(1)
+        load = HttpLoad(f"http://{svc.address()}/", clients=8)
+        load.start()
+        try:
+            lifetime = r"generation 1 worker (\d) recycled after ([\d.]+)s; replacement ready"
+            poll_until(lambda: len(recycled(svc, lifetime)) >= 4, 60, "4 recycles for age")
+        finally:
+            tally = load.stop()
+        recycles = recycled(svc, lifetime)
+        svc.send(signal.SIGTERM)
+        assert svc.wait_exit() == 0
+    assert tally.failed == 0, tally.as_dict()
+    # both slots, each after its lifetime and its jitter (1.5 to 2 s), at the earliest
+    assert {m.group(1) for m in recycles} == {"0", "1"}
+    ages = [float(m.group(2)) for m in recycles]
+    assert all(age >= 1.5 for age in ages), ages
