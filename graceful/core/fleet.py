@@ -132,7 +132,7 @@ class Worker:
     declared_broken: bool = False
     #: its heartbeat stopped (:class:`~graceful.core.events.WorkerHung`)
     hung: bool = False
-    #: the recycling limit it reached, and how far it went (see :mod:`graceful.core.recycling`)
+    #: the recycling limit it reached, and how far it went (see :mod:`graceful.core.replacement`)
     worn_out: tuple[str, str] | None = None
     #: the serial of the worker started to take its place, while that one starts
     replaced_by: int | None = None
@@ -332,13 +332,9 @@ class Fleet:
         self.drain(worker)
         self.vacate(worker)
         replaced = self.workers.get(worker.replaces or 0)
-        worker.replaces = None
         if replaced is not None and replaced.replaced_by == worker.serial:
-            replaced.replaced_by = None
-            if replaced.hung:
-                self.put_down(replaced)
-            elif replaced.state is WorkerState.READY and not replaced.killed:
-                self.drain(replaced)
+            self.let_go(replaced)
+        worker.replaces = None
 
     def park(self, worker: Worker) -> None:
         """Tell a ready worker to stop accepting and wait, code loaded, to be resumed."""
@@ -384,16 +380,21 @@ class Fleet:
         killed, the others drain."""
         for serial in sorted(generation.leaving):
             worker = self.workers[serial]
-            if worker.state is not WorkerState.READY or worker.killed:
-                continue
-            replacement = self.workers.get(worker.replaced_by or 0)
-            if replacement is not None:
-                replacement.replaces = None
-            worker.replaced_by = None
-            if worker.hung:
-                self.put_down(worker)
-            else:
-                self.drain(worker)
+            if worker.state is WorkerState.READY and not worker.killed:
+                self.let_go(worker)
+
+    def let_go(self, worker: Worker) -> None:
+        """``worker`` left its slot for a replacement and is no longer needed: it and
+        its replacement are unlinked, and it is killed if hung, else drained (if it
+        still serves)."""
+        replacement = self.workers.get(worker.replaced_by or 0)
+        if replacement is not None:
+            replacement.replaces = None
+        worker.replaced_by = None
+        if worker.hung:
+            self.put_down(worker)
+        elif worker.state is WorkerState.READY and not worker.killed:
+            self.drain(worker)
 
     def put_down(self, worker: Worker) -> None:
         """Kill a hung worker, out of its slot: it serves nothing any more, and its

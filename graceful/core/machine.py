@@ -1142,15 +1142,8 @@ class SupervisorStateMachine:
         first (serving), rolled back from (on probation), fails its generation
         (starting), or is killed (parked). See :mod:`graceful.core.replacement`."""
         fleet = self.fleet
-        if (
-            worker.hung
-            or worker.killed
-            or worker.state
-            not in (
-                WorkerState.READY,
-                WorkerState.PARKED,
-            )
-        ):
+        judged = worker.state in (WorkerState.READY, WorkerState.PARKED)
+        if worker.hung or worker.killed or not judged:
             return
         worker.hung = True
         fleet.counters.workers_hung += 1
