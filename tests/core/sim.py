@@ -17,8 +17,10 @@ from graceful.core.machine import (
     Settings,
     ShutdownWorker,
     SpawnWorker,
+    Start,
     StartTimer,
     SupervisorStateMachine,
+    WorkerReady,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +67,15 @@ class Sim:
         for event in events:
             actions += self.send(event)
         return actions
+
+
+def first_generation_serving(sim: Sim, *, parkable: bool = True) -> list[int]:
+    """Start generation 1 and make every worker ready (``parkable``, as
+    ``ctx.serve()`` reports); return their serials."""
+    serials = spawned(sim.send(Start()))
+    sim.send_all(WorkerReady(serial, parkable=parkable) for serial in serials)
+    assert sim.machine.serving == 1
+    return serials
 
 
 # --- helpers over actions ---------------------------------------------------------

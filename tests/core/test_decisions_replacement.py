@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from sim import SETTINGS, Sim, killed, messages, of_type, shut_down, spawned
+from sim import (
+    SETTINGS,
+    Sim,
+    first_generation_serving,
+    killed,
+    messages,
+    of_type,
+    shut_down,
+    spawned,
+)
 
 from graceful.core.machine import (
     DumpStack,
     ProbationOver,
     ReloadRequested,
-    Start,
     WorkerExited,
     WorkerHung,
     WorkerReady,
@@ -20,18 +28,9 @@ from graceful.core.machine import (
 )
 
 
-def serving(sim: Sim) -> list[int]:
-    """Start generation 1 and make it serve; its serials."""
-    serials = spawned(sim.send(Start()))
-    for serial in serials:
-        sim.send(WorkerReady(serial, parkable=True))
-    assert sim.machine.serving == 1
-    return serials
-
-
 def test_a_hung_worker_is_dumped_then_replaced_and_killed_once_its_replacement_is_ready() -> None:
     sim = Sim()
-    first, second = serving(sim)
+    first, second = first_generation_serving(sim)
     actions = sim.send(WorkerHung(first, 31.0))
     assert of_type(actions, DumpStack) == [DumpStack(first)]
     (replacement,) = spawned(actions)
@@ -50,7 +49,7 @@ def test_a_hung_worker_is_dumped_then_replaced_and_killed_once_its_replacement_i
 
 def test_a_hung_worker_whose_replacement_fails_is_killed_at_once() -> None:
     sim = Sim()
-    first, _ = serving(sim)
+    first, _ = first_generation_serving(sim)
     (replacement,) = spawned(sim.send(WorkerHung(first, 31.0)))
     actions = sim.send(WorkerExited(replacement, 1))
     assert killed(actions) == {first}
@@ -59,7 +58,7 @@ def test_a_hung_worker_whose_replacement_fails_is_killed_at_once() -> None:
 
 def test_a_hung_worker_during_its_generations_probation_rolls_it_back() -> None:
     sim = Sim(dataclasses.replace(SETTINGS, probation=30.0))
-    old = serving(sim)
+    old = first_generation_serving(sim)
     new = spawned(sim.send(ReloadRequested()))
     for serial in new:
         sim.send(WorkerReady(serial, parkable=True))
@@ -73,7 +72,7 @@ def test_a_hung_worker_during_its_generations_probation_rolls_it_back() -> None:
 
 def test_a_worn_out_worker_drains_only_once_its_replacement_is_ready() -> None:
     sim = Sim()
-    first, _ = serving(sim)
+    first, _ = first_generation_serving(sim)
     actions = sim.send(WorkerWornOut(first, "max_requests", "after 1,043 requests"))
     (replacement,) = spawned(actions)
     assert not shut_down(actions)
@@ -89,7 +88,7 @@ def test_a_worn_out_worker_drains_only_once_its_replacement_is_ready() -> None:
 
 def test_one_recycle_at_a_time_and_the_next_once_it_is_done() -> None:
     sim = Sim()
-    first, second = serving(sim)
+    first, second = first_generation_serving(sim)
     (replacement,) = spawned(sim.send(WorkerWornOut(first, "max_requests", "after 200 requests")))
     assert not spawned(sim.send(WorkerWornOut(second, "max_requests", "after 210 requests")))
     actions = sim.send(WorkerReady(replacement, parkable=True))
@@ -100,7 +99,7 @@ def test_one_recycle_at_a_time_and_the_next_once_it_is_done() -> None:
 
 def test_a_failed_recycle_replacement_is_no_crash_and_the_worker_keeps_serving() -> None:
     sim = Sim()
-    first, _ = serving(sim)
+    first, _ = first_generation_serving(sim)
     (replacement,) = spawned(sim.send(WorkerWornOut(first, "max_worker_memory", "at 90 MiB")))
     actions = sim.send(WorkerExited(replacement, 1))
     assert not killed(actions)
@@ -117,7 +116,7 @@ def test_a_failed_recycle_replacement_is_no_crash_and_the_worker_keeps_serving()
 
 def test_recycling_waits_for_a_reload_and_never_rolls_back() -> None:
     sim = Sim(dataclasses.replace(SETTINGS, probation=30.0))
-    serving(sim)
+    first_generation_serving(sim)
     new = spawned(sim.send(ReloadRequested()))
     for serial in new:
         sim.send(WorkerReady(serial, parkable=True))

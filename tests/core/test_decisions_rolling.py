@@ -11,7 +11,16 @@ import dataclasses
 import logging
 
 import pytest
-from sim import SETTINGS, Sim, messages, of_type, shut_down, spawned, timers
+from sim import (
+    SETTINGS,
+    Sim,
+    first_generation_serving,
+    messages,
+    of_type,
+    shut_down,
+    spawned,
+    timers,
+)
 
 from graceful.core.machine import (
     Action,
@@ -28,7 +37,6 @@ from graceful.core.machine import (
     ScaleEnded,
     ScaleRequested,
     Settings,
-    Start,
     StopRequested,
     Strategy,
     WorkerExited,
@@ -42,10 +50,7 @@ ROLLING = dataclasses.replace(SETTINGS, workers=4, strategy=Strategy.ROLLING, ma
 
 def serving(settings: Settings, *, parkable: bool = True) -> tuple[Sim, list[int]]:
     sim = Sim(settings)
-    first = spawned(sim.send(Start()))
-    sim.send_all(WorkerReady(serial, parkable=parkable) for serial in first)
-    assert sim.machine.serving == 1
-    return sim, first
+    return sim, first_generation_serving(sim, parkable=parkable)
 
 
 def parked(actions: list[Action]) -> list[int]:

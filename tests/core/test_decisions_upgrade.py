@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from sim import SETTINGS, Sim, exits, messages, of_type, shut_down, spawned
+from sim import (
+    SETTINGS,
+    Sim,
+    exits,
+    first_generation_serving,
+    messages,
+    of_type,
+    shut_down,
+    spawned,
+)
 
 from graceful.core.machine import (
     HandOver,
@@ -14,7 +23,6 @@ from graceful.core.machine import (
     ReloadRequested,
     ResumeWorker,
     Role,
-    Start,
     StopAccepting,
     StopRequested,
     SuccessorPassed,
@@ -25,16 +33,9 @@ from graceful.core.machine import (
 from graceful.core.succession import NO_SUCCESSOR, ParkedForSuccessor, Succeeded, TakingBack
 
 
-def serving(sim: Sim, *, parkable: bool = True) -> list[int]:
-    serials = spawned(sim.send(Start()))
-    sim.send_all(WorkerReady(serial, parkable=parkable) for serial in serials)
-    assert sim.machine.serving == 1
-    return serials
-
-
 def test_a_hand_over_with_probation_parks_the_serving_generation_and_keeps_the_listeners() -> None:
     sim = Sim()
-    workers = serving(sim)
+    workers = first_generation_serving(sim)
     actions = sim.send(HandOver(park=True))
     assert {action.serial for action in of_type(actions, ParkWorker)} == set(workers)
     assert not of_type(actions, StopAccepting)  # kept for a take-back
@@ -46,7 +47,7 @@ def test_a_hand_over_with_probation_parks_the_serving_generation_and_keeps_the_l
 
 def test_a_hand_over_without_probation_drains_and_exits_0() -> None:
     sim = Sim()
-    workers = serving(sim)
+    workers = first_generation_serving(sim)
     actions = sim.send(HandOver(park=False))
     assert of_type(actions, StopAccepting)
     assert shut_down(actions) == set(workers)
@@ -57,7 +58,7 @@ def test_a_hand_over_without_probation_drains_and_exits_0() -> None:
 
 def test_workers_that_cannot_be_parked_are_drained_at_the_hand_over() -> None:
     sim = Sim()
-    workers = serving(sim, parkable=False)
+    workers = first_generation_serving(sim, parkable=False)
     actions = sim.send(HandOver(park=True))
     assert shut_down(actions) == set(workers)
     assert isinstance(sim.machine.succession, Succeeded)
@@ -66,7 +67,7 @@ def test_workers_that_cannot_be_parked_are_drained_at_the_hand_over() -> None:
 
 def test_a_take_back_resumes_the_parked_workers_and_they_serve_again() -> None:
     sim = Sim()
-    workers = serving(sim)
+    workers = first_generation_serving(sim)
     sim.send(HandOver(park=True))
     actions = sim.send(TakeBack("the successor crashed"))
     assert {action.serial for action in of_type(actions, ResumeWorker)} == set(workers)
@@ -82,7 +83,7 @@ def test_a_take_back_resumes_the_parked_workers_and_they_serve_again() -> None:
 
 def test_a_take_back_with_no_parked_worker_left_starts_a_generation() -> None:
     sim = Sim()
-    workers = serving(sim)
+    workers = first_generation_serving(sim)
     sim.send(HandOver(park=True))
     sim.send_all(WorkerExited(serial, -9) for serial in workers)
     actions = sim.send(TakeBack("the successor crashed"))
@@ -92,7 +93,7 @@ def test_a_take_back_with_no_parked_worker_left_starts_a_generation() -> None:
 
 def test_a_passed_successor_drains_the_parked_generation_and_exits_0() -> None:
     sim = Sim()
-    workers = serving(sim)
+    workers = first_generation_serving(sim)
     sim.send(HandOver(park=True))
     actions = sim.send(SuccessorPassed())
     assert shut_down(actions) == set(workers)
@@ -101,7 +102,7 @@ def test_a_passed_successor_drains_the_parked_generation_and_exits_0() -> None:
 
 def test_nothing_starts_while_parked_for_a_successor() -> None:
     sim = Sim()
-    workers = serving(sim)
+    workers = first_generation_serving(sim)
     sim.send(HandOver(park=True))
     actions = sim.send(ReloadRequested())
     assert not spawned(actions)
@@ -112,7 +113,7 @@ def test_nothing_starts_while_parked_for_a_successor() -> None:
 
 def test_a_stop_while_parked_drains_everything() -> None:
     sim = Sim()
-    workers = serving(sim)
+    workers = first_generation_serving(sim)
     sim.send(HandOver(park=True))
     actions = sim.send(StopRequested())
     assert shut_down(actions) == set(workers)
@@ -121,7 +122,7 @@ def test_a_stop_while_parked_drains_everything() -> None:
 
 def test_a_given_back_service_stops_without_its_delay_and_with_status_1() -> None:
     sim = Sim(dataclasses.replace(SETTINGS, stop_delay=5.0))
-    workers = serving(sim)
+    workers = first_generation_serving(sim)
     actions = sim.send(StopRequested(delay=False, exit_code=1))
     assert shut_down(actions) == set(workers)
     assert exits(sim.send_all(WorkerExited(serial, 0) for serial in workers)) == [1]
