@@ -82,16 +82,19 @@ if __name__ == "__main__":
     main.run(pid_file={pid_file!r})
 """
 
+#: answers ``VERSION`` (given as ``version``, empty by default) then its PID
 ASGI = """
 import os
 {blocker}
+
+VERSION = {version!r}
 
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     if scope["path"] == "/hang":
         {blocker_name}()
-    body = f"{{os.getpid()}}".encode()
+    body = f"{{VERSION}}{{os.getpid()}}".encode()
     await send({{"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", str(len(body)).encode())]}})
     await send({{"type": "http.response.body", "body": body}})
@@ -237,7 +240,7 @@ def test_an_app_whose_loop_blocks_is_replaced_and_killed(
     tmp_path: Path, server: str, interface: str, source: str, blocker: str
 ) -> None:
     app = tmp_path / "app.py"
-    app.write_text(source.format(blocker=BLOCKERS[blocker], blocker_name=BLOCKER))
+    app.write_text(source.format(blocker=BLOCKERS[blocker], blocker_name=BLOCKER, version=""))
     options = ["--workers", "2", "--timeout", "2", "--interface", interface, "--server", server]
     pid_file = tmp_path / "app.pid"
     with graceful_serve(app, *options, "--pid-file", str(pid_file)) as svc:
@@ -331,7 +334,7 @@ def test_a_stopped_worker_is_found_hung_replaced_and_killed_without_a_stack(
     tmp_path: Path,
 ) -> None:
     app = tmp_path / "app.py"
-    app.write_text(ASGI.format(blocker=BLOCKERS["loop"], blocker_name=BLOCKER))
+    app.write_text(ASGI.format(blocker=BLOCKERS["loop"], blocker_name=BLOCKER, version=""))
     pid_file = tmp_path / "app.pid"
     options = ["--workers", "2", "--timeout", "2", "--pid-file", str(pid_file)]
     with graceful_serve(app, *options) as svc:
@@ -413,30 +416,12 @@ def test_a_worker_cannot_shrink_its_vitals_page_under_the_supervisor(tmp_path: P
         assert svc.wait_exit() == 0
 
 
-VERSIONED_ASGI = """
-import os
-{blocker}
-
-VERSION = {version!r}
-
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    if scope["path"] == "/hang":
-        {blocker_name}()
-    body = f"{{VERSION}} {{os.getpid()}}".encode()
-    await send({{"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", str(len(body)).encode())]}})
-    await send({{"type": "http.response.body", "body": body}})
-"""
-
-
 def test_a_hang_during_the_probation_rolls_the_reload_back(tmp_path: Path) -> None:
     app = tmp_path / "app.py"
 
     def write(version: str) -> None:
         app.write_text(
-            VERSIONED_ASGI.format(blocker=BLOCKERS["loop"], blocker_name=BLOCKER, version=version)
+            ASGI.format(blocker=BLOCKERS["loop"], blocker_name=BLOCKER, version=f"{version} ")
         )
 
     write("v1")
@@ -606,7 +591,7 @@ def test_the_stack_of_the_hung_loop_is_logged_however_many_threads_the_worker_ha
     # loop hung, last: a dump cut at its first DUMP_LIMIT bytes would show only idle
     # threads
     app = tmp_path / "app.py"
-    source = ASGI.format(blocker=BLOCKERS["loop"], blocker_name=BLOCKER)
+    source = ASGI.format(blocker=BLOCKERS["loop"], blocker_name=BLOCKER, version="")
     app.write_text(source + MANY_THREADS)
     with graceful_serve(app, "--workers", "1", "--timeout", "1") as svc:
         svc.wait_serving(1)
