@@ -88,11 +88,11 @@ class Contender:
 
     def stop(self) -> None:
         if self.process is not None:
-            _stop(self.process)
+            stop_group(self.process)
             self.process = None
 
 
-def _stop(process: subprocess.Popen[bytes], grace: float = 40.0) -> None:
+def stop_group(process: subprocess.Popen[bytes], grace: float = 40.0) -> None:
     """SIGTERM to the process group, SIGKILL after ``grace`` seconds; raises
     subprocess.TimeoutExpired if the process has not exited 10 s after that."""
     with contextlib.suppress(ProcessLookupError):
@@ -198,7 +198,7 @@ class NaiveUvicorn(Contender):
 
     def restart(self) -> None:
         assert self.process is not None
-        _stop(self.process)
+        stop_group(self.process)
         self.process = self._launch(self.command(self.port))
 
 
@@ -216,7 +216,7 @@ class ReuseportUvicorn(Contender):
         new = self._launch(self.command(self.port))
         wait_answering(self.port, pid=_worker_pid(new))
         old, self.process = self.process, new
-        _stop(old)
+        stop_group(old)
 
 
 def _worker_pid(process: subprocess.Popen[bytes]) -> int:

@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -32,12 +31,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import wrk
+from contenders import stop_group, wait_answering
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -54,15 +55,24 @@ def free_port() -> int:
         return port
 
 
-def wait_answering(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            if s.recv(64).startswith(b"HTTP/1.1 200"):
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not answer within {timeout}s")
+@contextlib.contextmanager
+def launched(command: list[str], workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` started in ``workdir`` as a process group of its own, with the
+    benchmark's apps on its path; SIGTERM to the group at the end (SIGKILL if it
+    outlives the grace)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(workdir)]))
+    process = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        stop_group(process)
 
 
 @dataclass
@@ -147,16 +157,7 @@ def graceful_recycles(pid_file: Path) -> int:
 def recycle_row(
     contender: Contender, port: int, workdir: Path, seconds: float, *, keep_alive: bool
 ) -> dict[str, object]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(workdir)]))
-    process = subprocess.Popen(
-        contender.command,
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+    with launched(contender.command, workdir) as process:
         wait_answering(port)
         time.sleep(1.0)  # workers settled (gunicorn and uvicorn start theirs one by one)
         before = graceful_recycles(contender.pid_file) if contender.pid_file else 0
@@ -169,14 +170,6 @@ def recycle_row(
             recycles = graceful_recycles(contender.pid_file) - before
         else:
             recycles = len(watch.seen - initial)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(40)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
     return {
         "contender": contender.name,
         "keep_alive": keep_alive,
@@ -192,7 +185,6 @@ def recycle_row(
 
 def heartbeat_cost(workdir: Path, rounds: int, seconds: float) -> dict[str, object]:
     """Requests per second with heartbeats on and off, in alternating rounds."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(workdir)]))
     figures: dict[str, list[float]] = {"on": [], "off": []}
     for _ in range(rounds):
         for label, timeout in (("on", "30"), ("off", "0")):
@@ -200,22 +192,11 @@ def heartbeat_cost(workdir: Path, rounds: int, seconds: float) -> dict[str, obje
             command = [str(BIN / "graceful"), "serve", "bench_app:app", "--listen",
                        f"127.0.0.1:{port}", "--workers", "2", "--no-access-log",
                        "--timeout", timeout]  # fmt: skip
-            process = subprocess.Popen(
-                command,
-                cwd=workdir,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            try:
+            with launched(command, workdir):
                 wait_answering(port)
                 time.sleep(0.5)
                 load = wrk.start(f"http://127.0.0.1:{port}/", seconds)
                 figures[label].append(wrk.finish(load, seconds + 60).requests_per_s)
-            finally:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(40)
     on, off = statistics.median(figures["on"]), statistics.median(figures["off"])
     return {"rounds": figures, "median_on": on, "median_off": off, "ratio": round(on / off, 3)}
 
