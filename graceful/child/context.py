@@ -66,7 +66,6 @@ class Context:
         self._vitals = vitals
         self._requests = 0
         self._requests_source: Callable[[], int] | None = None
-        #: True once the worker has beaten (see :func:`graceful.child.worker._run_sync`)
         self._beaten = False
 
     # -- liveness and requests (see docs/guides/liveness.md) -------------------------
@@ -82,6 +81,13 @@ class Context:
             self._vitals.beat()
             if self._requests_source is not None:
                 self._vitals.set_requests(self._requests_source())
+
+    @property
+    def has_beaten(self) -> bool:
+        """True once :meth:`heartbeat` was called (a plain ``def`` entry that never
+        calls it is never judged hung; graceful beats for one that does while it is
+        parked: see :func:`graceful.child.worker._run_sync`)."""
+        return self._beaten
 
     def count_request(self) -> None:
         """Count one request served, for ``max_requests`` and ``status``. :meth:`serve`

@@ -279,7 +279,7 @@ async def _beat_while_parked(context: Context, shutdown: ShutdownRequest, interv
     """Beat every ``interval`` seconds for a plain ``def`` entry that has beaten,
     while it is parked (until a resume is taken: then its own loop beats again)."""
     while True:
-        if shutdown.parked and context._beaten:
+        if shutdown.parked and context.has_beaten:
             context.heartbeat()
         await anyio.sleep(interval)
 
