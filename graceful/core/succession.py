@@ -93,7 +93,8 @@ def hand_over(fleet: Fleet, serving: Generation | None, *, park: bool) -> Parked
         if worker in ready:
             fleet.park(worker)
         elif not worker.killed:
-            fleet.drain(worker)  # a replacement still starting: not worth keeping
+            # still starting: not worth keeping; its slot is free for a take-back
+            fleet.release(worker)
     fleet.log(
         logging.INFO,
         f"upgrade: the successor serves; generation {serving.number} parked for its probation",
@@ -137,6 +138,7 @@ def settle(fleet: Fleet, taking_back: TakingBack) -> bool | None:
         fleet.log(logging.ERROR, "upgrade rolled back, but no parked worker resumed: starting anew")
         return False
     generation.role = Role.SERVING
+    fleet.refill(generation)  # the slots of workers that were still starting
     took = fleet.now - taking_back.started_at
     fleet.log(
         logging.WARNING,
