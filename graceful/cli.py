@@ -41,6 +41,7 @@ from graceful.base.log import configure, ensure_visible, logger
 from graceful.code.entry import import_module, module_exists, walk
 from graceful.control.client import Control, NoControlSocket
 from graceful.control.pidfile import signal_supervisor
+from graceful.core.answers import OUTCOMES
 from graceful.core.configured import Configured
 from graceful.core.settings import (
     GROUPS,
@@ -782,6 +783,45 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _answer_lines(status: dict[str, Any]) -> list[str]:
+    """What the newest generations answered, and the canary being judged."""
+    lines = [_answers_line(n, counted) for n, counted in (status.get("answers") or {}).items()]
+    canary = status.get("canary")
+    return [*lines, _canary_line(canary)] if canary else lines
+
+
+def _answers_line(number: str, counted: dict[str, Any]) -> str:
+    """``generation 4 answered 1,204: 2xx 1,180, 4xx 20, 5xx 4 (0.3% 5xx), p99 0.012s``"""
+    outcomes = ", ".join(
+        f"{outcome} {counted[outcome]:,}" for outcome in OUTCOMES if counted.get(outcome)
+    )
+    p99 = counted.get("p99")
+    return (
+        f"generation {number} answered {counted['total']:,}: {outcomes} "
+        f"({counted['error_rate']:.1%} 5xx)" + (f", p99 {p99:.3f}s" if p99 is not None else "")
+    )
+
+
+def _canary_line(canary: dict[str, Any]) -> str:
+    """The canary being judged, beside the generation it runs with."""
+    line = (
+        f"CANARY (a mixed fleet): generation {canary['generation']}, {canary['workers']} "
+        f"worker(s) beside generation {canary['beside']}'s"
+    )
+    if canary["seconds_left"] is None:
+        return line + "; starting"
+    answers = canary.get("answers") or {}
+    beside = canary.get("beside_answers") or {}
+    line += (
+        f"; {canary['seconds_left']:.0f}s left; {answers.get('total', 0):,} answers, "
+        f"{answers.get('error_rate', 0):.1%} 5xx (generation {canary['beside']}: "
+        f"{beside.get('error_rate', 0):.1%})"
+    )
+    if canary.get("share") is not None:
+        line += f", {canary['share']:.1%} of the traffic"
+    return line
+
+
 def _upgrade_line(upgrade: dict[str, Any]) -> str:
     """The ``status`` line of an upgrade under way: both supervisors."""
     if upgrade.get("role") == "successor":
@@ -942,6 +982,8 @@ def _status(args: argparse.Namespace) -> int:
                 else "nothing left to roll back to (the parked workers are gone)"
             )
         )
+    for line in _answer_lines(status):
+        print(line)
     if status.get("rolled_back"):
         rolled = status["rolled_back"]
         print(

@@ -11,6 +11,8 @@ import logging
 import math
 import os
 import socket
+import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,7 @@ import anyio
 from anyio.abc import SocketStream, TaskGroup
 
 from graceful.child.shutdown import ShutdownRequest
+from graceful.core.answers import bucket_of, outcome_of
 from graceful.sockets.listeners import Listener
 from graceful.wire import messages as _wire
 from graceful.wire.vitals import VitalsPage
@@ -67,6 +70,8 @@ class Context:
         self._requests = 0
         self._requests_source: Callable[[], int] | None = None
         self._beaten = False
+        #: answers may be counted from several threads (a plain ``def`` entry's)
+        self._counting = threading.Lock()
 
     # -- liveness and requests (see docs/guides/liveness.md) -------------------------
 
@@ -96,6 +101,28 @@ class Context:
         self._requests += 1
         if self._vitals is not None:
             self._vitals.set_requests(self._requests)
+
+    def count_answer(self, ok: bool = True, seconds: float = 0.0) -> None:
+        """Count one answer of this worker's: ``ok``, or failed (a server error), and
+        how many ``seconds`` it took. The judged probation and the canary judge a new
+        generation by its failed share and its p99 (docs/guides/verdicts.md), and
+        ``status`` and the metrics show them. :meth:`serve` counts each connection
+        by itself (failed when its handler raised), and ``graceful serve`` each HTTP
+        request (by its status: :meth:`count_http_answer`); a hand-written server
+        calls it once per request. Safe from any thread."""
+        self._count(0 if ok else 4, seconds)
+
+    def count_http_answer(self, status: int | None, seconds: float) -> None:
+        """As :meth:`count_answer`, for an HTTP response with ``status`` (None: the
+        request ended without one), counted by its class: a 5xx is a server error."""
+        self._count(outcome_of(status), seconds)
+
+    def _count(self, outcome: int, seconds: float) -> None:
+        if self._vitals is None:
+            return
+        seconds = max(0.0, seconds)
+        with self._counting:
+            self._vitals.count_answer(outcome, bucket_of(seconds), int(seconds * 1e6))
 
     def count_requests_with(self, source: Callable[[], int]) -> None:
         """Have the heartbeat publish ``source()`` as the requests served (a server's
@@ -287,14 +314,16 @@ class Context:
                 await anyio.sleep(0.1)
                 continue
             self.count_request()
-            connections.start_soon(_run_handler, conn, handler, self._connections)
+            connections.start_soon(_run_handler, conn, handler, self)
 
 
-async def _run_handler(
-    conn: socket.socket, handler: Handler, scopes: set[anyio.CancelScope]
-) -> None:
+async def _run_handler(conn: socket.socket, handler: Handler, context: Context) -> None:
+    """Run ``handler`` on ``conn`` and count the connection as an answer: failed if
+    the handler raised or was cancelled (its drain deadline passed)."""
+    began = time.perf_counter()
+    ok = False
     with anyio.CancelScope() as scope:
-        scopes.add(scope)
+        context._connections.add(scope)
         try:
             try:
                 stream = await SocketStream.from_socket(conn)
@@ -304,10 +333,12 @@ async def _run_handler(
             async with stream:
                 try:
                     await handler(stream)
+                    ok = True
                 except Exception:
                     logger.exception("connection handler failed")
         finally:
-            scopes.discard(scope)
+            context._connections.discard(scope)
+            context.count_answer(ok, time.perf_counter() - began)
 
 
 class SyncContext:
@@ -360,6 +391,10 @@ class SyncContext:
     def count_request(self) -> None:
         """As :meth:`Context.count_request`. Safe from any thread."""
         self._context.count_request()
+
+    def count_answer(self, ok: bool = True, seconds: float = 0.0) -> None:
+        """As :meth:`Context.count_answer`. Safe from any thread."""
+        self._context.count_answer(ok, seconds)
 
     def wait_shutdown(self, timeout: float | None = None) -> bool:
         """Block until this worker is asked to stop, or ``timeout`` seconds pass.

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from graceful.core.answers import Answers
+
 
 @dataclass(frozen=True)
 class Start:
@@ -153,6 +155,26 @@ class ProbationOver:
 
 
 @dataclass(frozen=True)
+class AnswersCounted:
+    """Generation ``generation`` (on probation, or a canary) has given ``answers``
+    in all; ``baseline`` is what the old generation answered to compare them with:
+    before the reload (probation), or over the same time (a canary). Sent by the
+    supervisor's loop when the count changed (see :mod:`graceful.core.verdict`)."""
+
+    generation: int
+    answers: Answers
+    baseline: Answers
+
+
+@dataclass(frozen=True)
+class CanaryOver:
+    """``canary_seconds`` have passed since generation ``generation``'s canary
+    workers were all ready (see :mod:`graceful.core.canary`)."""
+
+    generation: int
+
+
+@dataclass(frozen=True)
 class HandOver:
     """The successor supervisor serves (``graceful upgrade``): stop accepting, and
     park the serving generation for the successor's probation (``park``) or drain
@@ -192,6 +214,8 @@ Event: TypeAlias = (
     | WorkerBroken
     | RollbackRequested
     | ProbationOver
+    | AnswersCounted
+    | CanaryOver
     | ScaleRequested
     | HandOver
     | TakeBack

@@ -85,6 +85,16 @@ class Settings:
     max_worker_memory: int = 0
     #: workers of a generation recycled at once, each beside its replacement
     max_recycling: int = 1
+    #: a generation on probation (or a canary) is judged by its answers (see
+    #: :mod:`graceful.core.verdict`): server errors above this share (0: never),
+    #: a p99 above this many seconds (0: never), once it answered this many
+    rollback_on_error_rate: float = 0.05
+    rollback_on_p99: float = 0.0
+    rollback_min_requests: int = 100
+    #: a reload first starts this many new workers beside the serving generation,
+    #: judged for ``canary_seconds`` (see :mod:`graceful.core.canary`; 0: no canary)
+    canary: int = 0
+    canary_seconds: float = 30.0
 
 
 class WorkerState(Enum):
@@ -161,6 +171,8 @@ class Counters:
     #: workers recycled (replaced once their replacement was ready), by the limit
     #: they reached
     recycles: dict[str, int] = field(default_factory=dict)
+    #: canaries judged, by how it ended ("passed", "failed")
+    canaries: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -235,7 +235,17 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from graceful.core import crashes, replacement, rollout, scaling, stop, succession, trial
+from graceful.core import (
+    canary,
+    crashes,
+    replacement,
+    rollout,
+    scaling,
+    stop,
+    succession,
+    trial,
+    verdict,
+)
 from graceful.core.actions import (
     STOPPING,
     SUPERSEDED,
@@ -261,8 +271,11 @@ from graceful.core.actions import (
     StopAccepting,
     WorkerOrder,
 )
+from graceful.core.canary import Canary
 from graceful.core.crashes import Crash
 from graceful.core.events import (
+    AnswersCounted,
+    CanaryOver,
     DrainTimeout,
     Event,
     HandOver,
@@ -311,6 +324,8 @@ __all__ = [
     "SUPERSEDED",
     "Action",
     "Announce",
+    "AnswersCounted",
+    "CanaryOver",
     "Counters",
     "DrainTimeout",
     "DumpStack",
@@ -387,6 +402,9 @@ class SupervisorStateMachine:
         self.exited = False
         #: how the last reload ended, for status reporting
         self.last_reload: ReloadOutcome | None = None
+        #: the starting generation's canary, while it is one (see
+        #: :mod:`graceful.core.canary`)
+        self.canary: Canary | None = None
         #: the answer to the scale request being handled, given once the rules have
         #: settled (with a status line, if it scaled)
         self._answer: tuple[ScaleEnded, bool] | None = None
@@ -486,7 +504,9 @@ class SupervisorStateMachine:
             line = f"generation {serving.number} serving, {ready}/{self.size} workers ready"
             line += trial.describe(fleet, self.trial, serving)
             starting = fleet.with_role(Role.STARTING)
-            if starting is not None and starting.rolling:
+            if self.canary is not None:
+                line += canary.describe(self.canary, self.settings.canary_seconds, fleet.now)
+            elif starting is not None and starting.rolling:
                 done = len(fleet.workers_in(starting, WorkerState.READY))
                 line += f"; generation {starting.number} rolling in, {done}/{self.size} ready"
             elif starting is not None:
@@ -545,6 +565,10 @@ class SupervisorStateMachine:
                 self._on_rollback_requested(by)
             case ProbationOver(generation):
                 self._on_probation_over(generation)
+            case AnswersCounted():
+                self._on_answers(event)
+            case CanaryOver(generation):
+                self._on_canary_over(generation)
             case ScaleRequested():
                 self._on_scale(event)
             case HandOver(park):
@@ -612,6 +636,21 @@ class SupervisorStateMachine:
         self._announce(Phase.READY)
         return True
 
+    def _forget_canary(self) -> bool:
+        """A canary is forgotten once its generation no longer starts (promoted,
+        failed, superseded, retired by the stop or a hand-over)."""
+        if self.canary is None:
+            return False
+        starting = self.fleet.with_role(Role.STARTING)
+        if starting is not None and starting.number == self.canary.generation:
+            return False
+        self.canary = None
+        return True
+
+    def _start_canary_clock(self) -> bool:
+        """A canary is judged from when all its workers are ready."""
+        return self.canary is not None and canary.start_clock(self.fleet, self.canary)
+
     def _advance_rollout(self) -> bool:
         """A rolling reload takes its next step (none during a rollback)."""
         if isinstance(self.trial, RollingBack) or self._stop_begun:
@@ -622,7 +661,7 @@ class SupervisorStateMachine:
         """The starting generation serves once all its workers are ready; during a
         rollback, only once the rollback has ended (then the newer code wins)."""
         starting = self.fleet.with_role(Role.STARTING)
-        if starting is None or isinstance(self.trial, RollingBack):
+        if starting is None or isinstance(self.trial, RollingBack) or self.canary is not None:
             return False
         if not self.fleet.complete(starting):
             return False
@@ -692,8 +731,15 @@ class SupervisorStateMachine:
                 fleet.put_down(fleet.workers[serial])
         generation = fleet.add_generation(Role.STARTING)
         fleet.out.append(GenerationStarted(generation.number, first))
-        generation.rolling = rollout.may_roll(fleet)
         batches = 1
+        if serving is not None and canary.wanted(fleet, serving):
+            # the rest start once it passed (see graceful.core.canary)
+            self.canary = canary.start(fleet, generation, serving)
+            batches = 1 + -(-self.size // self.settings.max_surge)
+            wait = batches * self.settings.ready_timeout + self.settings.canary_seconds
+            self._announce(Phase.RELOADING, extend=wait + self.settings.kill_grace)
+            return
+        generation.rolling = rollout.may_roll(fleet)
         if generation.rolling:
             # its workers come from the rollout (a state-triggered rule)
             surge = self.settings.max_surge
@@ -882,15 +928,72 @@ class SupervisorStateMachine:
         probation = self.trial
         if not isinstance(probation, OnProbation) or probation.generation != number:
             return
-        passed = f"{self.settings.probation:g}s"
+        passed = f"passed {self.settings.probation:g}s of probation"
+        unjudged = verdict.unjudged(probation.answers, self.settings)
+        if unjudged:
+            passed += f" ({unjudged})"
         self.fleet.log(
             logging.INFO,
-            f"generation {number} passed its probation ({passed}); "
-            f"parked generation {probation.parked} exits",
+            f"generation {number} {passed}; parked generation {probation.parked} exits",
         )
-        trial.end_probation(self.fleet, probation, "passed", f"passed {passed} of probation")
+        trial.end_probation(self.fleet, probation, "passed", passed)
         self.trial = NO_TRIAL
         self._announce(Phase.STATUS)
+
+    def _on_answers(self, counted: AnswersCounted) -> None:
+        """A judged generation's answers: a verdict rolls back the one on probation,
+        or fails the canary (see :mod:`graceful.core.verdict`)."""
+        phase = self.trial
+        if (
+            isinstance(phase, OnProbation)
+            and phase.generation == counted.generation
+            and phase.verdict is None
+        ):
+            cause = verdict.judge(
+                counted.answers,
+                counted.baseline,
+                self.settings,
+                old=phase.parked,
+                when="before the reload",
+            )
+            self.trial = replace(phase, answers=counted.answers, verdict=cause)
+            if cause is not None:
+                self._roll_back(self.trial, f"generation {counted.generation}'s {cause}")
+            return
+        run = self.canary
+        if run is not None and run.generation == counted.generation:
+            cause = canary.count(self.fleet, run, counted.answers, counted.baseline)
+            if cause is not None:
+                self._fail_canary(run, cause)
+
+    def _on_canary_over(self, number: int) -> None:
+        run = self.canary
+        if run is None or run.generation != number or run.judged_from is None:
+            return
+        starting = self.fleet.generations[number]
+        detail = canary.passed(self.fleet, run)
+        self.fleet.log(logging.INFO, f"generation {number}: {detail}", narrative=True)
+        self.counters.canaries["passed"] = self.counters.canaries.get("passed", 0) + 1
+        self.canary = None
+        canary.proceed(self.fleet, starting)
+        self._announce(Phase.STATUS)
+
+    def _fail_canary(self, run: Canary, cause: str) -> None:
+        """The canary failed: its workers drain, the serving generation goes on, and
+        the reload fails with ``cause``."""
+        starting = self.fleet.generations[run.generation]
+        self.canary = None
+        self.counters.canaries["failed"] = self.counters.canaries.get("failed", 0) + 1
+        self._retire_starting(starting)
+        failed = f"canary failed: {cause}"
+        self._reload_failed(starting, failed)
+        self.fleet.log(
+            logging.ERROR,
+            f"reload failed: generation {run.generation}'s {failed}; its workers drain, "
+            f"generation {run.beside} keeps serving",
+            narrative=True,
+        )
+        self._announce(Phase.READY)
 
     def _hand_over(self, park: bool) -> None:
         """The successor supervisor serves: see :mod:`graceful.core.succession`."""
@@ -943,6 +1046,8 @@ class SupervisorStateMachine:
         fleet = self.fleet
         workers = scaling.target(fleet, request)
         refused = scaling.refusal(fleet, workers, self.trial, stopping=self.stop_announced)
+        if refused is None and self.canary is not None:
+            refused = f"generation {self.canary.generation}'s canary is being judged"
         if refused is None and self.succession is not NO_SUCCESSOR:
             refused = "the service was handed over to a successor supervisor (graceful upgrade)"
         if refused is not None:
@@ -1270,8 +1375,10 @@ class SupervisorStateMachine:
 #: The state-triggered rules, tried in this order after every event until none fires:
 #: each returns whether it fired (see "The fixed point" in the module docstring).
 STATE_RULES: tuple[Callable[[SupervisorStateMachine], bool], ...] = (
+    SupervisorStateMachine._forget_canary,
     SupervisorStateMachine._settle_rollback,
     SupervisorStateMachine._settle_take_back,
+    SupervisorStateMachine._start_canary_clock,
     SupervisorStateMachine._advance_rollout,
     SupervisorStateMachine._promote_ready,
     SupervisorStateMachine._recycle,

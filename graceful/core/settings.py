@@ -181,6 +181,31 @@ def _seconds_or_zero(zero_means: str) -> Kind:
     return Kind("float (seconds; 0: off)" if zero_means else "float (seconds, or 0)", check, parse)
 
 
+def _check_rate(name: str, value: object) -> float:
+    """A share: a number from 0 to 1 (0: off)."""
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 <= value <= 1
+    ):
+        raise ConfigError(f"{name}={_short(value)} must be a share from 0 to 1, as 0.05 (0: off)")
+    return float(value)
+
+
+def _parse_rate(text: str) -> float:
+    """A share from the command line: ``0.05``, or ``5%``."""
+    word = text.strip()
+    percent = word.endswith("%")
+    try:
+        value = float(word[:-1] if percent else word) / (100 if percent else 1)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a share, as 0.05 or 5%") from None
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise ConfigError(f"{text!r} must be a share from 0 to 1, as 0.05 or 5% (0: off)")
+    return value
+
+
 def _choice(*choices: str, quoted: bool = False, optional: bool = False) -> Kind:
     """One of ``choices`` (or None, if ``optional``: not given), named in the refusal
     as ``'a' or 'b'`` (``quoted``) or as ``one of a, b``."""
@@ -374,6 +399,7 @@ LISTEN = Kind("list of listen specs (or sockets)", _check_listen, cli="repeat", 
 WORDS = Kind("list of strings", _check_words, cli="repeat")
 TOGGLE = Kind("bool", _check_flag, cli="toggle")
 TEXT = Kind("string", _check_text, metavar="TEXT")
+RATE = Kind("float (a share, 0 to 1, or N%; 0: off)", _check_rate, _parse_rate, metavar="R")
 
 
 # -- the declaration ------------------------------------------------------------------
@@ -652,6 +678,54 @@ class ServiceSettings:
         flag="--probation",
         metavar="S",
     )
+    rollback_on_error_rate: float = setting(
+        RATE,
+        "during the probation (and a canary), roll back a new generation whose share of "
+        "server errors (5xx, or no answer) is, with 99% confidence, above this and above "
+        "the old generation's",
+        scope="supervisor",
+        default=0.05,
+        flag="--rollback-on-error-rate",
+        metavar="R",
+        status=True,
+    )
+    rollback_min_requests: int = setting(
+        WHOLE,
+        "answers a new generation gives before its rates are judged",
+        scope="supervisor",
+        default=100,
+        flag="--rollback-min-requests",
+        status=True,
+    )
+    rollback_on_p99: float = setting(
+        _seconds_or_zero(" (0 to turn it off)"),
+        "during the probation (and a canary), roll back a new generation whose p99 "
+        "answer time is above this many seconds",
+        scope="supervisor",
+        default=0.0,
+        flag="--rollback-on-p99",
+        metavar="S",
+        status=True,
+    )
+    canary: int = setting(
+        WHOLE_OR_ZERO,
+        "a reload first starts this many new workers beside the serving generation, "
+        "judged for canary_seconds before the rest start (0: no canary)",
+        scope="supervisor",
+        default=0,
+        flag="--canary",
+        metavar="K",
+        status=True,
+    )
+    canary_seconds: float = setting(
+        SECONDS,
+        "how long a canary is judged",
+        scope="supervisor",
+        default=30.0,
+        flag="--canary-seconds",
+        metavar="S",
+        status=True,
+    )
     strategy: StrategyName = setting(
         _choice("all-at-once", "rolling", quoted=True),
         "how a reload replaces the workers: all at once, or rolling, max_surge at a time",
@@ -743,6 +817,14 @@ class ServerSettings:
         default=None,
         flag="--ready-hook",
         metavar="MODULE:FUNCTION",
+    )
+    count_answers: bool = setting(
+        TOGGLE,
+        "count each answer's status class and duration, for the judged probation, the "
+        "canary, status and metrics",
+        scope="generation",
+        default=True,
+        flag="--count-answers",
     )
 
 

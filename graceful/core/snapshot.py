@@ -100,6 +100,24 @@ class ProbationView:
 
 
 @dataclass(frozen=True)
+class CanaryView:
+    """The canary being judged (see :mod:`graceful.core.canary`)."""
+
+    generation: int
+    #: the serving generation it runs beside: a mixed fleet
+    beside: int
+    workers: int
+    #: None until all its workers are ready (then it is judged)
+    seconds_left: float | None
+    #: its answers, and the serving generation's, since it is judged (as
+    #: :attr:`GenerationView.answers`)
+    answers: dict[str, Any] | None
+    beside_answers: dict[str, Any] | None
+    #: its share of the answers since it is judged
+    share: float | None
+
+
+@dataclass(frozen=True)
 class RolledBackView:
     """The code on disk was rolled back (until the next reload)."""
 
@@ -133,6 +151,14 @@ class Snapshot:
     last_reload: ReloadView | None
     probation: ProbationView | None
     rolled_back: RolledBackView | None
+    canary: CanaryView | None
+    #: what the newest generations answered (their live and exited workers, also
+    #: once the generation is gone), by number: ``total``, a count per outcome of
+    #: :data:`graceful.core.answers.OUTCOMES`, ``error_rate`` (5xx and failed),
+    #: ``p99`` (seconds), ``seconds`` (their durations' total) and ``buckets`` (a
+    #: count per duration bucket of :data:`graceful.core.answers.BUCKETS`, then
+    #: above them)
+    answers: dict[int, dict[str, Any]]
     #: a copy of the state machine's
     counters: Counters
     #: the number of the generation that serves, None for none
@@ -174,6 +200,8 @@ class Snapshot:
             "last_reload": None if self.last_reload is None else asdict(self.last_reload),
             "probation": None if self.probation is None else asdict(self.probation),
             "rolled_back": None if self.rolled_back is None else asdict(self.rolled_back),
+            "canary": None if self.canary is None else asdict(self.canary),
+            "answers": {str(number): counted for number, counted in self.answers.items()},
             "counters": asdict(self.counters),
         }
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from graceful.core.actions import ProbationEnded, RollbackEnded, StartTimer
+from graceful.core.answers import NO_ANSWERS, Answers
 from graceful.core.events import ProbationOver
 from graceful.core.fleet import Fleet, Generation, Role, Worker, WorkerState
 
@@ -51,6 +52,10 @@ class OnProbation:
     parked: int
     started_at: float
     until: float
+    #: its answers so far, and the verdict on them once there is one (the cause),
+    #: see :mod:`graceful.core.verdict`
+    answers: Answers = NO_ANSWERS
+    verdict: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,8 @@ def park(fleet: Fleet, previous: Generation, promoted: Generation) -> OnProbatio
         elif worker in parked:
             continue  # parked by the rollout as it replaced it: kept for the rollback
         elif not worker.killed:
-            fleet.drain(worker)  # a replacement still starting: not worth keeping
+            # still starting: not worth keeping; its slot is free for a rollback
+            fleet.release(worker)
     fleet.out.append(StartTimer(settings.probation, ProbationOver(promoted.number)))
     now = fleet.now
     return OnProbation(promoted.number, previous.number, now, now + settings.probation)
@@ -242,14 +248,19 @@ def may_respawn_from_disk(
 def describe(fleet: Fleet, trial: Trial, serving: Generation) -> str:
     """What the status line says of ``trial`` (nothing without one)."""
     match trial:
-        case OnProbation(until=until, parked=parked):
+        case OnProbation(until=until, parked=parked, answers=answers):
             left = max(0.0, until - fleet.now)
             kept = (
                 f"generation {parked} parked"
                 if parked in fleet.generations
                 else "nothing left to roll back to"
             )
-            return f" (probation, {left:.0f}s left; {kept})"
+            counted = (
+                f"; {answers.total:,} answers, {answers.error_rate:.1%} 5xx"
+                if answers.total
+                else ""
+            )
+            return f" (probation, {left:.0f}s left; {kept}{counted})"
         case RollingBack(to_generation=number):
             return f"; rolling back to generation {number}"
         case Rejected(generation=number, cause=cause):

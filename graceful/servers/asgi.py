@@ -16,6 +16,7 @@ from graceful.child.context import Context
 from graceful.code.entry import EntryTraits, declare_traits, import_module, walk
 from graceful.code.interfaces import as_asgi3
 from graceful.core.settings import DEFAULT_THREADS, Interface
+from graceful.servers.answers import CountAnswers
 
 
 def load_app(app: str, factory: bool) -> Any:
@@ -100,10 +101,13 @@ async def asgi_worker(
     interface: Interface = "auto",
     threads: int = DEFAULT_THREADS,
     ready_hook: str | None = None,
+    count_answers: bool = True,
 ) -> None:
     """The worker entry of :func:`serve_asgi`: load the app, run the ready hook, serve
-    the app, drain, return."""
+    the app (counting its answers: :mod:`graceful.servers.answers`), drain, return."""
     application, kind = as_asgi3(load_app(app, factory), interface, threads)
+    if count_answers:
+        application = CountAnswers(application, context)
     context.report_progress("code")
     if interface == "auto" and kind != "asgi3":
         logger.debug("app %r is a %s app", app, kind)

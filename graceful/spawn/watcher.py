@@ -59,6 +59,8 @@ class Watcher:
         stopping_now: Callable[[], bool],
         progress: Callable[[WorkerProcess, str], None] = lambda worker, phase: None,
         hello: Callable[[WorkerProcess, _wire.Hello], str | None] = lambda worker, hello: None,
+        *,
+        last_words: Callable[[WorkerProcess], None] = lambda worker: None,
     ) -> None:
         self.events = events
         #: told when a worker reaches a phase of its start (:mod:`graceful.core.timeline`)
@@ -66,6 +68,9 @@ class Watcher:
         #: told what a worker runs (:mod:`graceful.supervisor.runtimes`); a cause
         #: means it is refused
         self._hello = hello
+        #: told of each worker once it has exited, before it is reaped (its vitals
+        #: page is still open: :mod:`graceful.supervisor.answers`)
+        self._last_words = last_words
         self.kill_grace = kill_grace
         #: True once the service stops at once: sweeps kill without waiting
         self._stopping_now = stopping_now
@@ -91,6 +96,7 @@ class Watcher:
             # What it wrote before it exited is in the channel's buffer by now.
             for item in worker.channel.receive_all_available():
                 self._forward(worker, item)
+            self._last_words(worker)
             reaped = worker.reap()
             self.live.pop(worker.serial, None)
             exitcode = reaped.exitcode

@@ -13,6 +13,7 @@ line, one response), written by hand like sd_notify.
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ from anyio.abc import SocketStream
 from graceful._version import pip_install
 from graceful.base.log import logger
 from graceful.base.tasks import ConnectionServer
+from graceful.core.answers import BUCKETS, OUTCOMES
 from graceful.core.machine import ReloadOutcome
 from graceful.core.snapshot import Snapshot
 
@@ -102,6 +104,7 @@ class _StateCollector:
         from prometheus_client.core import (  # noqa: PLC0415
             CounterMetricFamily,
             GaugeMetricFamily,
+            HistogramMetricFamily,
         )
 
         snapshot = self.supervisor.snapshot()
@@ -136,6 +139,13 @@ class _StateCollector:
             recycles.add_metric([limit], counters.recycles.get(limit, 0))
         yield recycles
         yield from _worker_gauges(snapshot, GaugeMetricFamily)
+        yield from _answers(snapshot, CounterMetricFamily, HistogramMetricFamily)
+        canaries = CounterMetricFamily(
+            "graceful_canaries", "Canaries judged to the end, by verdict.", labels=["outcome"]
+        )
+        for outcome in ("passed", "failed"):
+            canaries.add_metric([outcome], counters.canaries.get(outcome, 0))
+        yield canaries
         yield CounterMetricFamily(
             "graceful_rollbacks",
             "Rollbacks to a parked generation that completed.",
@@ -201,6 +211,30 @@ def _worker_gauges(snapshot: Snapshot, gauge: Any) -> Any:
             if worker.age is not None:
                 ages.add_metric(key, worker.age)
     yield from (beats, requests, memory, ages)
+
+
+def _answers(snapshot: Snapshot, counter: Any, histogram: Any) -> Any:
+    """The newest generations' answers by outcome, and their durations."""
+    labels = ["generation", "outcome"]
+    requests = counter(
+        "graceful_requests",
+        "Answers, by generation and outcome (2xx..5xx, or failed: no response).",
+        labels=labels,
+    )
+    durations = histogram(
+        "graceful_request_duration_seconds",
+        "How long answers took, by generation.",
+        labels=["generation"],
+    )
+    for number, counted in snapshot.answers.items():
+        for outcome in OUTCOMES:
+            requests.add_metric([str(number), outcome], counted[outcome])
+        cumulative, buckets = 0, []
+        for bound, count in zip((*BUCKETS, math.inf), counted["buckets"], strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if math.isinf(bound) else f"{bound:g}", cumulative))
+        durations.add_metric([str(number)], buckets, counted["seconds"])
+    yield from (requests, durations)
 
 
 class HealthServer(ConnectionServer):

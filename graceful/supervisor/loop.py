@@ -50,6 +50,7 @@ from graceful.spawn.guard import GuardKeeper, OrphanGuard
 from graceful.spawn.spawner import BytecodeGate, ProcessFactory, WorkerProcess, WorkerSetup
 from graceful.spawn.watcher import Watcher
 from graceful.supervisor import status
+from graceful.supervisor.answers import AnswerBook
 from graceful.supervisor.health import HealthServer
 from graceful.supervisor.reconfigure import Configurations
 from graceful.supervisor.runtimes import GenerationRuntimes
@@ -126,12 +127,17 @@ class SupervisorLoop:
         self.events_in, self._events = anyio.create_memory_object_stream[events.Event](math.inf)
         #: what each generation runs (its release, its graceful, its Python)
         self.runtimes = GenerationRuntimes()
+        #: every generation's answers (see :mod:`graceful.supervisor.answers`)
+        self.answers = AnswerBook(
+            lambda: self.watcher.live, lambda: self.machine, self.events_in.send_nowait
+        )
         self.watcher = Watcher(
             self.events_in,
             settings.kill_grace,
             self._stopping_now,
             self._progress,
             lambda worker, hello: self.runtimes.hello(worker.generation, worker.release, hello),
+            last_words=self.answers.last_words,
         )
         #: the phases of the newest reloads (see :mod:`graceful.core.timeline`)
         self.timelines = Timelines()
@@ -141,6 +147,7 @@ class SupervisorLoop:
             lambda: self.watcher.live,
             lambda: self.machine.workers,
             self.events_in.send_nowait,
+            self.answers,
         )
         #: stack dumps under way, by serial: a kill waits for the dump
         self._dumps: dict[int, anyio.Event] = {}
@@ -551,6 +558,7 @@ class SupervisorLoop:
                     else lambda _: None
                 ),
                 vitals_of=self.vitals.describe,
+                answers=self.answers.recent,
             ),
         )
 

@@ -13,6 +13,7 @@ from graceful._version import PROTOCOL, VERSION, python_version
 from graceful.core.machine import Role, SupervisorStateMachine, Worker, WorkerState
 from graceful.core.settings import for_status
 from graceful.core.snapshot import (
+    CanaryView,
     GenerationView,
     ListenerView,
     ProbationView,
@@ -23,6 +24,7 @@ from graceful.core.snapshot import (
 )
 from graceful.core.timeline import Timelines
 from graceful.sockets.listeners import BoundListener, format_address
+from graceful.supervisor.answers import shown
 from graceful.supervisor.runtimes import GenerationRuntimes
 
 _STATES = {
@@ -53,6 +55,8 @@ class Surroundings:
     settings_of: Callable[[int], dict[str, Any] | None] = lambda _: None
     #: what the supervisor last read of each worker's vitals, by serial
     vitals_of: Callable[[int], dict[str, Any]] = lambda _: {}
+    #: what the newest generations answered, by number
+    answers: Callable[[], dict[int, dict[str, Any]]] = dict
 
 
 def take(machine: SupervisorStateMachine, now: float, around: Surroundings) -> Snapshot:
@@ -82,6 +86,8 @@ def take(machine: SupervisorStateMachine, now: float, around: Surroundings) -> S
         last_reload=_last_reload(machine, around.timelines),
         probation=_probation(machine, now),
         rolled_back=_rolled_back(machine),
+        canary=_canary(machine, now),
+        answers=around.answers(),
         counters=replace(machine.counters),
         serving=machine.serving,
         accepting=machine.accepting,
@@ -106,6 +112,25 @@ def _probation(machine: SupervisorStateMachine, now: float) -> ProbationView | N
         return None
     parked = probation.parked if probation.parked in machine.generations else None
     return ProbationView(probation.generation, parked, round(max(0.0, probation.until - now), 3))
+
+
+def _canary(machine: SupervisorStateMachine, now: float) -> CanaryView | None:
+    canary = machine.canary
+    if canary is None:
+        return None
+    left = None
+    if canary.judged_from is not None:
+        left = round(max(0.0, canary.judged_from + machine.settings.canary_seconds - now), 3)
+    share = canary.share
+    return CanaryView(
+        generation=canary.generation,
+        beside=canary.beside,
+        workers=canary.workers,
+        seconds_left=left,
+        answers=shown(canary.answers),
+        beside_answers=shown(canary.baseline),
+        share=None if share is None else round(share, 4),
+    )
 
 
 def _rolled_back(machine: SupervisorStateMachine) -> RolledBackView | None:

@@ -45,9 +45,10 @@ from dataclasses import dataclass
 import anyio
 import anyio.to_thread
 
-from graceful.core import events
+from graceful.core import events, verdict
 from graceful.core.fleet import Settings, Worker, WorkerState
 from graceful.spawn.spawner import WorkerProcess
+from graceful.supervisor.answers import AnswerBook
 from graceful.wire.vitals import DUMP_SIGNAL
 
 #: Seconds between two readings of the vitals pages.
@@ -171,8 +172,11 @@ class VitalsMonitor:
         live: Callable[[], Mapping[int, WorkerProcess]],
         machine: Callable[[], Mapping[int, Worker]],
         send: Callable[[events.Event], None],
+        answers: AnswerBook | None = None,
     ) -> None:
         self.settings = settings
+        #: the generations' answers, sent while one is judged
+        self.answers = answers
         self._live = live
         self._machine = machine
         self._send = send
@@ -186,6 +190,7 @@ class VitalsMonitor:
             or settings.max_requests
             or settings.max_worker_lifetime
             or settings.max_worker_memory
+            or (self.answers is not None and (verdict.judged(settings) or settings.canary))
         )
 
     async def run(self) -> None:
@@ -201,6 +206,8 @@ class VitalsMonitor:
                 await anyio.sleep(TICK)
 
     def tick(self, now: float) -> None:
+        if self.answers is not None:
+            self.answers.tick()
         live = self._live()
         workers = self._machine()
         for serial in [serial for serial in self.readings if serial not in live]:

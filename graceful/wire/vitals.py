@@ -11,11 +11,19 @@ offset     bytes   what the worker writes there
 0          8       the last heartbeat: ``time.monotonic_ns()`` (0: it does not
                    beat, and is never judged hung)
 8          8       requests served so far
+16         40      answers by outcome, one count each, in the order of
+                   :data:`graceful.core.answers.OUTCOMES`
+56         8       the total of those answers' durations, in microseconds
+64         96      answers by duration, one count per bucket of
+                   :data:`graceful.core.answers.BUCKETS`, then the unbounded one
 =========  ======  ===============================================================
 
-All little-endian, aligned, each written whole. ``CLOCK_MONOTONIC`` is the same clock
-in every process of the machine, so the supervisor compares the heartbeat with its own
-``time.monotonic_ns()``.
+All unsigned, aligned, each written whole, in the machine's byte order (both ends
+run on one machine; little-endian on every machine graceful runs on). Fields are
+only ever added where the page held zeros, so the page is read the same by every
+version of protocol 4: what a worker does not write reads as nothing counted.
+``CLOCK_MONOTONIC`` is the same clock in every process of the machine, so the
+supervisor compares the heartbeat with its own ``time.monotonic_ns()``.
 
 Writing a heartbeat is a store to memory: no system call, no wake-up of the
 supervisor, and no message on the control channel (which a worker may only use a few
@@ -43,6 +51,8 @@ import os
 import signal
 import time
 
+from graceful.core.answers import BUCKETS, OUTCOMES, Answers
+
 #: The size of the shared page.
 PAGE = 4096
 #: Where the stack dump starts in the memory file.
@@ -55,6 +65,12 @@ DUMP_SIGNAL = signal.SIGRTMIN + 6
 
 _BEAT = slice(0, 8)
 _REQUESTS = slice(8, 16)
+#: the word (8 bytes) where the answers by outcome start, their durations' total, and
+#: the duration buckets
+_OUTCOMES_AT = 2
+_SECONDS_AT = _OUTCOMES_AT + len(OUTCOMES)
+_BUCKETS_AT = _SECONDS_AT + 1
+_WORDS = _BUCKETS_AT + len(BUCKETS) + 1
 
 
 class VitalsPage:
@@ -64,6 +80,7 @@ class VitalsPage:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._map = mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._words = memoryview(self._map).cast("Q")[:_WORDS]
 
     @classmethod
     def create(cls) -> VitalsPage:
@@ -103,6 +120,16 @@ class VitalsPage:
     def set_requests(self, count: int) -> None:
         self._map[_REQUESTS] = (count & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")
 
+    def count_answer(self, outcome: int, bucket: int, microseconds: int) -> None:
+        """Count one answer: its outcome (an index in
+        :data:`~graceful.core.answers.OUTCOMES`), its duration's bucket (an index in
+        :data:`~graceful.core.answers.BUCKETS`, or one past them) and its duration.
+        One writer at a time (the caller serialises threads)."""
+        words = self._words
+        words[_OUTCOMES_AT + outcome] += 1
+        words[_BUCKETS_AT + bucket] += 1
+        words[_SECONDS_AT] = (words[_SECONDS_AT] + microseconds) & 0xFFFF_FFFF_FFFF_FFFF
+
     def dump_to(self) -> int:
         """A descriptor of the same memory file, positioned at :data:`DUMP_OFFSET`,
         for :func:`faulthandler.register` (the caller keeps it open)."""
@@ -120,6 +147,18 @@ class VitalsPage:
     @property
     def requests(self) -> int:
         return 0 if self.fd < 0 else int.from_bytes(self._map[_REQUESTS], "little")
+
+    def answers(self) -> Answers:
+        """The answers the worker has counted so far (nothing, once closed). A worker
+        may write anything here: the numbers are only ever added up and shown."""
+        if self.fd < 0:
+            return Answers()
+        words = self._words
+        return Answers(
+            tuple(words[_OUTCOMES_AT : _OUTCOMES_AT + len(OUTCOMES)]),
+            tuple(words[_BUCKETS_AT:_WORDS]),
+            words[_SECONDS_AT] / 1e6,
+        )
 
     def dump(self) -> str:
         """What the worker has dumped so far, in at most about :data:`DUMP_LIMIT`
@@ -149,6 +188,7 @@ class VitalsPage:
         """Unmap the page and close the file (once: the number may be reused after)."""
         if self.fd < 0:
             return
+        self._words.release()
         with contextlib.suppress(BufferError, ValueError):
             self._map.close()
         with contextlib.suppress(OSError):

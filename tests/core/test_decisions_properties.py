@@ -20,9 +20,13 @@ from hypothesis.stateful import (
     rule,
 )
 
-from graceful.core import stop, succession, trial
+from graceful.core import stop, succession, trial, verdict
+from graceful.core.answers import NO_ANSWERS, Answers
+from graceful.core.canary import Canary
 from graceful.core.machine import (
     Action,
+    AnswersCounted,
+    CanaryOver,
     DumpStack,
     Event,
     Exit,
@@ -78,6 +82,10 @@ class SupervisorWorld(RuleBasedStateMachine):
         self.dumped: set[int] = set()
         #: crashes and restarts counted before the event being handled
         self.counted: tuple[int, int] = (0, 0)
+        #: generations started as canaries, and those whose canary time was over
+        #: while it was judged (the only way one passes)
+        self.canaries: set[int] = set()
+        self.canaries_over: set[int] = set()
 
     # -- driving the machine --------------------------------------------------------
 
@@ -89,7 +97,20 @@ class SupervisorWorld(RuleBasedStateMachine):
     def send(self, event: Event) -> list[Action]:
         before_exit = bool(self.exit_codes)
         parked_before = {n for n, g in self.sm.generations.items() if g.role is Role.PARKED}
+        canary = self.sm.canary
+        if (
+            isinstance(event, CanaryOver)
+            and canary is not None
+            and canary.generation == event.generation
+            and canary.judged_from is not None
+        ):
+            self.canaries_over.add(event.generation)
+        on_probation = self.sm.probation
         actions = self.sm.handle(event, self.now)
+        if self.sm.canary is not None:
+            self.canaries.add(self.sm.canary.generation)
+        if isinstance(event, AnswersCounted):
+            self.check_verdict(event, on_probation, canary)
         if before_exit:
             assert actions == [], f"{event} after Exit gave {actions}"
         for action in actions:
@@ -104,6 +125,36 @@ class SupervisorWorld(RuleBasedStateMachine):
                 ]
                 assert kept, f"generation {number} parked with no parked worker after {event}"
         return actions
+
+    def check_verdict(
+        self,
+        counted: AnswersCounted,
+        on_probation: trial.OnProbation | None,
+        canary: Canary | None,
+    ) -> None:
+        """A judged rollback never fires before ``rollback_min_requests`` answers, and
+        a canary never outlives a failed verdict."""
+        settings = self.sm.settings
+        if (
+            self.sm.rollback is not None
+            and on_probation is not None
+            and on_probation.generation == counted.generation
+        ):
+            assert counted.answers.total >= settings.rollback_min_requests, counted
+        if canary is None or canary.generation != counted.generation:
+            return
+        failed = verdict.judge(counted.answers, counted.baseline, settings, old=0, when="")
+        if failed is not None and canary.judged_from is not None:
+            # (a queued reload may have started the next canary at once)
+            assert self.sm.canary is None or self.sm.canary.generation != counted.generation, (
+                "a canary outlived its failed verdict"
+            )
+            assert self.sm.starting != counted.generation
+            for worker in self.sm.workers.values():
+                if worker.generation == counted.generation:
+                    assert worker.state is WorkerState.DRAINING or worker.killed, worker
+        elif self.sm.starting == counted.generation:
+            assert self.sm.canary is canary, "a canary ended without a verdict"
 
     def check_action(self, action: Action) -> None:
         match action:
@@ -150,6 +201,8 @@ class SupervisorWorld(RuleBasedStateMachine):
             case StartTimer(_, event):
                 self.timers.append(event)
             case GenerationServing(number, _):
+                if number in self.canaries:
+                    assert number in self.canaries_over, f"canary {number} promoted unjudged"
                 promoted = self.sm.generations[number]
                 assert promoted.role is Role.SERVING
                 # (a worker being recycled since counts, not its replacement: the
@@ -174,12 +227,13 @@ class SupervisorWorld(RuleBasedStateMachine):
 
     @initialize(
         workers=st.integers(min_value=1, max_value=4),
-        probation=st.sampled_from([0, 10]),
+        probation=st.sampled_from([0, 10, 10]),
         strategy=st.sampled_from(Strategy),
         max_surge=st.integers(min_value=1, max_value=2),
         preload=st.booleans(),
         development=st.booleans(),
         max_recycling=st.integers(min_value=1, max_value=2),
+        canary=st.sampled_from([0, 0, 1, 2]),
     )
     def start(  # noqa: PLR0917 - one per setting drawn
         self,
@@ -190,6 +244,7 @@ class SupervisorWorld(RuleBasedStateMachine):
         preload: bool,
         development: bool,
         max_recycling: int,
+        canary: int,
     ) -> None:
         self.machine = SupervisorStateMachine(
             Settings(
@@ -203,6 +258,10 @@ class SupervisorWorld(RuleBasedStateMachine):
                 preload=preload,
                 development=development,
                 max_recycling=max_recycling,
+                canary=canary,
+                canary_seconds=5.0,
+                rollback_min_requests=20,
+                rollback_on_p99=0.5,
             )
         )
         self.send(Start())
@@ -300,6 +359,42 @@ class SupervisorWorld(RuleBasedStateMachine):
         # in any order: the loop delivers timers late when it is busy
         event = self.timers.pop(data.draw(st.integers(0, len(self.timers) - 1)))
         self.send(event)
+
+    @rule(canary_over=st.booleans())
+    @precondition(lambda self: self.machine is not None and self.sm.starting is not None)
+    def the_starting_workers_report_ready(self, canary_over: bool) -> None:
+        # a shortcut to the judged phases (a canary, a probation), which single
+        # steps reach rarely
+        for serial in sorted(self.alive):
+            worker = self.sm.workers.get(serial)
+            if worker is not None and worker.state is WorkerState.STARTING:
+                self.send(WorkerReady(serial, parkable=True))
+        canary = self.sm.canary
+        if canary_over and canary is not None and canary.judged_from is not None:
+            over = CanaryOver(canary.generation)
+            if over in self.timers:
+                self.timers.remove(over)
+            self.send(over)
+
+    @rule(
+        data=st.data(),
+        total=st.sampled_from([0, 5, 19, 20, 100, 1000]),
+        failed=st.sampled_from([0.0, 0.02, 0.3, 1.0]),
+        slow=st.booleans(),
+    )
+    @precondition(lambda self: self.machine is not None and bool(self.sm.generations))
+    def answers_are_counted(
+        self, data: st.DataObject, total: int, failed: float, slow: bool
+    ) -> None:
+        # mostly about the generation being judged, sometimes about any other
+        judged = [self.sm.probation.generation] if self.sm.probation is not None else []
+        judged += [self.sm.canary.generation] if self.sm.canary is not None else []
+        number = data.draw(st.sampled_from(judged or sorted(self.sm.generations)))
+        errors = int(total * failed)
+        bucket = 8 if slow else 0
+        buckets = tuple(total if i == bucket else 0 for i in range(12))
+        answers = Answers((total - errors, 0, 0, errors, 0), buckets, 0.0)
+        self.send(AnswersCounted(number, answers, NO_ANSWERS))
 
     @rule(seconds=st.sampled_from([0.1, 1.0, 20.0]))
     def time_passes(self, seconds: float) -> None:

@@ -122,6 +122,11 @@ def test_status_shows_the_settings_declared_for_it_from_either_side() -> None:
         "max_requests": 0,
         "max_worker_lifetime": 0.0,
         "max_worker_memory": 0,
+        "rollback_on_error_rate": 0.05,
+        "rollback_min_requests": 100,
+        "rollback_on_p99": 0.0,
+        "canary": 0,
+        "canary_seconds": 30.0,
     }
     machine = Settings(strategy=Strategy.ROLLING, max_surge=2, preload=True)
     assert for_status(machine) == shown

@@ -1,0 +1,130 @@
+"""What a generation answered: its answers counted by outcome, and their durations.
+
+Workers count each answer in their vitals page (:mod:`graceful.wire.vitals`); the
+supervisor adds up a generation's workers, the live and the exited ones
+(:mod:`graceful.supervisor.answers`), into one :class:`Answers`, which the state
+machine judges (:mod:`graceful.core.verdict`) and ``status`` and the metrics show.
+
+An answer's *outcome* is one of :data:`OUTCOMES`: the class of the HTTP status it
+sent, or ``failed`` when the request ended without a response (the app raised, or
+its handler was cancelled) or the app counted a failure itself
+(:meth:`graceful.Context.count_answer`). *Server errors* are ``5xx`` and ``failed``.
+Durations are counted in the buckets of :data:`BUCKETS` (Prometheus's default
+buckets), from which :meth:`Answers.quantile` estimates the p99.
+
+Pure values: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: What an answer can be, in the order a vitals page holds them.
+OUTCOMES = ("2xx", "3xx", "4xx", "5xx", "failed")
+#: The outcomes that are the server's fault.
+SERVER_ERRORS = ("5xx", "failed")
+#: The upper bounds, in seconds, of the duration buckets (the last bucket, above
+#: them all, is unbounded).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def outcome_of(status: int | None) -> int:
+    """The index in :data:`OUTCOMES` of an answer with HTTP ``status``: None (no
+    response was sent) and nonsense above 599 are ``failed``, anything below 300 is
+    ``2xx``."""
+    if status is None or status >= 600:
+        return 4
+    if status >= 500:
+        return 3
+    if status >= 400:
+        return 2
+    if status >= 300:
+        return 1
+    return 0
+
+
+def bucket_of(seconds: float) -> int:
+    """The index of the duration bucket that holds ``seconds``."""
+    for index, bound in enumerate(BUCKETS):
+        if seconds <= bound:
+            return index
+    return len(BUCKETS)
+
+
+@dataclass(frozen=True)
+class Answers:
+    """Answers counted: ``counts`` by outcome (as :data:`OUTCOMES`), ``buckets`` by
+    duration (as :data:`BUCKETS`, then the unbounded one), and the total of their
+    durations in seconds."""
+
+    counts: tuple[int, ...] = (0,) * len(OUTCOMES)
+    buckets: tuple[int, ...] = (0,) * (len(BUCKETS) + 1)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def server_errors(self) -> int:
+        return self.counts[3] + self.counts[4]
+
+    @property
+    def error_rate(self) -> float:
+        """The share of server errors among the answers (0 with none)."""
+        total = self.total
+        return self.server_errors / total if total else 0.0
+
+    def by_outcome(self) -> dict[str, int]:
+        return dict(zip(OUTCOMES, self.counts, strict=True))
+
+    def __add__(self, other: Answers) -> Answers:
+        return Answers(
+            tuple(a + b for a, b in zip(self.counts, other.counts, strict=True)),
+            tuple(a + b for a, b in zip(self.buckets, other.buckets, strict=True)),
+            self.seconds + other.seconds,
+        )
+
+    def __sub__(self, other: Answers) -> Answers:
+        """What was answered since ``other`` (an earlier count of the same workers);
+        never below 0."""
+        return Answers(
+            tuple(max(0, a - b) for a, b in zip(self.counts, other.counts, strict=True)),
+            tuple(max(0, a - b) for a, b in zip(self.buckets, other.buckets, strict=True)),
+            max(0.0, self.seconds - other.seconds),
+        )
+
+    def quantile(self, q: float) -> float | None:
+        """An estimate of the ``q`` quantile of the durations (0.99: the p99), in
+        seconds, interpolated within its bucket; None without answers. Above the last
+        bound it is that bound (10 s): "at least"."""
+        counted = sum(self.buckets)
+        if not counted:
+            return None
+        rank = q * counted
+        seen = 0
+        lower = 0.0
+        for index, count in enumerate(self.buckets):
+            if index == len(BUCKETS):
+                return BUCKETS[-1]
+            upper = BUCKETS[index]
+            if count and seen + count >= rank:
+                return lower + (upper - lower) * (rank - seen) / count
+            seen += count
+            lower = upper
+        return BUCKETS[-1]  # pragma: no cover - the loop returns
+
+
+NO_ANSWERS = Answers()
+
+
+def lower_bound(errors: int, total: int, z: float = 2.576) -> float:
+    """The lower end of the Wilson score interval of a rate of ``errors`` in
+    ``total`` (by default at 99% confidence, two-sided): the rate is above it with
+    little doubt, however few the answers. 0 without answers."""
+    if total <= 0:
+        return 0.0
+    rate = errors / total
+    spread = z * math.sqrt(rate * (1 - rate) / total + z * z / (4 * total * total))
+    return max(0.0, (rate + z * z / (2 * total) - spread) / (1 + z * z / total))

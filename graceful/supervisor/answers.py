@@ -1,0 +1,119 @@
+"""Each generation's answers, added up by the supervisor, and sent to the state
+machine while a generation is judged (docs/guides/verdicts.md).
+
+Every worker counts its answers in its vitals page (:mod:`graceful.wire.vitals`).
+A generation's answers are its live workers' pages plus what each of its exited
+workers had written last (read from its page after its exit, before the page is
+closed: :meth:`AnswerBook.last_words`), so no answer is lost to a worker's exit and
+none is counted twice. The exited workers' sums are kept for the newest
+:data:`KEPT` generations.
+
+Every tick of the vitals monitor (:mod:`graceful.supervisor.vitals`),
+:meth:`AnswerBook.tick` sends :class:`~graceful.core.events.AnswersCounted` for the
+generation on probation (beside what the parked one answered before the reload) and
+for a canary (beside what the serving generation answered since the canary is
+judged), when the count changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from graceful.core import events
+from graceful.core.answers import NO_ANSWERS, OUTCOMES, Answers
+from graceful.core.machine import SupervisorStateMachine
+from graceful.spawn.spawner import WorkerProcess
+
+#: How many generations' exited workers' answers are kept.
+KEPT = 16
+
+
+class AnswerBook:
+    """The answers of every generation (see the module docstring). ``live`` gives
+    the live workers' processes by serial, ``machine`` the state machine, ``send``
+    takes the events."""
+
+    def __init__(
+        self,
+        live: Callable[[], Mapping[int, WorkerProcess]],
+        machine: Callable[[], SupervisorStateMachine],
+        send: Callable[[events.Event], None],
+    ) -> None:
+        self._live = live
+        self._machine = machine
+        self._send = send
+        #: by generation: what its exited workers had counted
+        self._exited: dict[int, Answers] = {}
+        #: the last count sent, by generation judged
+        self._sent: dict[int, Answers] = {}
+        #: by canary generation: its own and the serving generation's count when its
+        #: judging began
+        self._canary_from: dict[int, tuple[Answers, Answers]] = {}
+
+    def last_words(self, process: WorkerProcess) -> None:
+        """Keep what ``process`` (exited, not yet reaped) counted."""
+        page = process.vitals
+        if page is None:
+            return
+        counted = page.answers()
+        if not counted.total:
+            return
+        number = process.generation
+        self._exited[number] = self._exited.get(number, NO_ANSWERS) + counted
+        for old in sorted(self._exited)[:-KEPT]:
+            del self._exited[old]
+
+    def of(self, generation: int) -> Answers:
+        """Everything ``generation`` answered so far."""
+        total = self._exited.get(generation, NO_ANSWERS)
+        for process in self._live().values():
+            if process.generation == generation and process.vitals is not None:
+                total = total + process.vitals.answers()
+        return total
+
+    def tick(self) -> None:
+        """Send the judged generations' counts, if they changed."""
+        machine = self._machine()
+        judged: dict[int, tuple[Answers, Answers]] = {}
+        probation = machine.probation
+        if probation is not None and probation.verdict is None:
+            judged[probation.generation] = (
+                self.of(probation.generation),
+                self.of(probation.parked),
+            )
+        canary = machine.canary
+        if canary is not None and canary.judged_from is not None:
+            own, beside = self.of(canary.generation), self.of(canary.beside)
+            since = self._canary_from.setdefault(canary.generation, (own, beside))
+            judged[canary.generation] = (own - since[0], beside - since[1])
+        for number in [n for n in self._canary_from if canary is None or n != canary.generation]:
+            del self._canary_from[number]
+        for number in [n for n in self._sent if n not in judged]:
+            del self._sent[number]
+        for number, (answers, baseline) in judged.items():
+            if self._sent.get(number) != answers:
+                self._sent[number] = answers
+                self._send(events.AnswersCounted(number, answers, baseline))
+
+    def recent(self) -> dict[int, dict[str, Any]]:
+        """What the newest :data:`KEPT` generations that answered anything answered,
+        by number, as ``status`` shows it."""
+        numbers = set(self._exited) | {process.generation for process in self._live().values()}
+        counted = {number: shown(self.of(number)) for number in sorted(numbers)[-KEPT:]}
+        return {number: answers for number, answers in counted.items() if answers is not None}
+
+
+def shown(answers: Answers) -> dict[str, Any] | None:
+    """``answers`` as ``status --json`` shows them (None: none)."""
+    if not answers.total:
+        return None
+    p99 = answers.quantile(0.99)
+    return {
+        "total": answers.total,
+        **dict(zip(OUTCOMES, answers.counts, strict=True)),
+        "error_rate": round(answers.error_rate, 6),
+        "p99": None if p99 is None else round(p99, 6),
+        "seconds": round(answers.seconds, 6),
+        "buckets": list(answers.buckets),
+    }
