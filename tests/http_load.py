@@ -25,6 +25,8 @@ class HttpTally(Tally):
     ``bodies`` (``prefixes`` and ``failed_on`` stay empty)."""
 
     bodies: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: the bodies of the answers that were not 2xx, by status and body
+    error_bodies: collections.Counter[tuple[int, str]] = field(default_factory=collections.Counter)
 
     def as_dict(self) -> dict[str, object]:
         figures = super().as_dict()
@@ -66,6 +68,7 @@ class HttpLoad(Load):
                     self.tally.bodies[response.text.strip()] += 1
                 else:
                     self.tally.failures[f"HTTP {response.status_code}"] += 1
+                    self.tally.error_bodies[response.status_code, response.text.strip()] += 1
 
     async def run(self) -> HttpTally:
         """Run every client until :meth:`stop`; return the tally."""

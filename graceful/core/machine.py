@@ -928,14 +928,15 @@ class SupervisorStateMachine:
         probation = self.trial
         if not isinstance(probation, OnProbation) or probation.generation != number:
             return
-        passed = f"passed {self.settings.probation:g}s of probation"
+        seconds = f"{self.settings.probation:g}s"
         unjudged = verdict.unjudged(probation.answers, self.settings)
-        if unjudged:
-            passed += f" ({unjudged})"
+        also = f"; {unjudged}" if unjudged else ""
         self.fleet.log(
             logging.INFO,
-            f"generation {number} {passed}; parked generation {probation.parked} exits",
+            f"generation {number} passed its probation ({seconds}{also}); "
+            f"parked generation {probation.parked} exits",
         )
+        passed = f"passed {seconds} of probation" + (f" ({unjudged})" if unjudged else "")
         trial.end_probation(self.fleet, probation, "passed", passed)
         self.trial = NO_TRIAL
         self._announce(Phase.STATUS)
@@ -987,10 +988,12 @@ class SupervisorStateMachine:
         self._retire_starting(starting)
         failed = f"canary failed: {cause}"
         self._reload_failed(starting, failed)
+        share = run.share
+        had = f"; it had {share:.1%} of the traffic" if share is not None else ""
         self.fleet.log(
             logging.ERROR,
-            f"reload failed: generation {run.generation}'s {failed}; its workers drain, "
-            f"generation {run.beside} keeps serving",
+            f"reload failed: generation {run.generation}'s {failed}{had}; its workers "
+            f"drain, generation {run.beside} keeps serving",
             narrative=True,
         )
         self._announce(Phase.READY)
