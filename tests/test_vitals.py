@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from graceful.child.context import Context
+from graceful.child.shutdown import ShutdownRequest
 from graceful.core.events import WorkerHung, WorkerWornOut
 from graceful.core.fleet import Settings, Worker, WorkerState
 from graceful.supervisor.vitals import (
@@ -164,3 +166,36 @@ def test_a_closed_page_reads_as_nothing_whatever_its_number_became() -> None:
     page.close()
     page.close()  # (twice is harmless)
     assert (page.last_beat_ns, page.requests, page.dump()) == (0, 0, "")
+
+
+def test_answers_counted_in_a_worker_s_page_are_read_whole_by_the_supervisor() -> None:
+    supervisor = VitalsPage.create()
+    try:
+        worker_side = VitalsPage.attach(os.dup(supervisor.fd))
+        context = Context(
+            listeners=[],
+            generation=1,
+            worker_id=0,
+            control=None,  # type: ignore[arg-type]  # (not used by the counting)
+            shutdown=ShutdownRequest(5.0),
+            vitals=worker_side,
+        )
+        try:
+            context.count_http_answer(200, 0.001)
+            context.count_http_answer(503, 0.3)
+            context.count_http_answer(None, 2.0)
+            context.count_answer(ok=True, seconds=0.02)
+            # what a caller may pass is clamped, never raised on in its thread
+            for odd in (float("nan"), float("inf"), -1.0, 10**400):
+                context.count_answer(ok=False, seconds=odd)
+            answers = supervisor.answers()
+            assert answers.by_outcome() == {"2xx": 2, "3xx": 0, "4xx": 0, "5xx": 1, "failed": 5}
+            assert answers.total == sum(answers.buckets) == 8
+            assert answers.buckets[-1] == 2  # inf and 10**400: above the last bound
+        finally:
+            worker_side.close()
+        # once the worker's side is gone, the supervisor still reads its last words
+        assert supervisor.answers().total == 8
+    finally:
+        supervisor.close()
+    assert supervisor.answers().total == 0

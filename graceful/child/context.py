@@ -114,13 +114,24 @@ class Context:
 
     def count_http_answer(self, status: int | None, seconds: float) -> None:
         """As :meth:`count_answer`, for an HTTP response with ``status`` (None: the
-        request ended without one), counted by its class: a 5xx is a server error."""
-        self._count(outcome_of(status), seconds)
+        request ended without one), counted by its class: a 5xx is a server error.
+        Called on this worker's event loop only (``graceful serve`` calls it for
+        each request): it takes no lock."""
+        vitals = self._vitals
+        if vitals is None:
+            return
+        if not 0.0 <= seconds < 3e7:  # (NaN too)
+            seconds = 3e7 if seconds >= 3e7 else 0.0
+        vitals.count_answer(outcome_of(status), bucket_of(seconds), int(seconds * 1e6))
 
     def _count(self, outcome: int, seconds: float) -> None:
         if self._vitals is None:
             return
-        seconds = max(0.0, seconds)
+        # (what a caller passes is clamped: NaN and negatives as 0, at most a year)
+        try:
+            seconds = min(float(seconds), 3e7) if seconds > 0 else 0.0
+        except OverflowError:  # an int beyond any float
+            seconds = 3e7
         with self._counting:
             self._vitals.count_answer(outcome, bucket_of(seconds), int(seconds * 1e6))
 

