@@ -102,9 +102,11 @@ def test_a_deploy_that_answers_500s_is_rolled_back_by_itself_and_a_good_one_pass
         with HttpLoad(f"http://{svc.address()}/", clients=16) as load:
             poll_until(lambda: load.tally.ok > 200, 15, "answers from generation 1")
             write_app(app, interface, "v2", bad=3)
-            mark = hup(svc)
+            mark = svc.mark()
+            waited = graceful_cli(
+                "reload", "--wait", "--through-probation", "--pid-file", str(pid_file)
+            )
             svc.wait_serving(2, after=mark)
-            new = sorted(set(svc.worker_pids()) - set(old))
             # within its probation (8 s), by itself: nobody asked for the rollback
             svc.wait_for(r"rolling back: generation 2's 5xx rate", after=mark, timeout=8)
             svc.wait_for(r"rolled back: generation 1 serves again", after=mark)
@@ -127,10 +129,17 @@ def test_a_deploy_that_answers_500s_is_rolled_back_by_itself_and_a_good_one_pass
         tally = load.tally
         svc.send(signal.SIGTERM)
         assert svc.wait_exit() == 0
+    # reload --wait --through-probation told the cause
+    assert waited.returncode == 1, waited
+    assert waited.stderr.startswith("rolled back: generation 2's 5xx rate "), waited.stderr
+    assert "generation 1 served 0.0% before the reload" in waited.stderr
     # the 500s: all from generation 2's own processes, and counted exactly
     assert set(tally.failures) == {"HTTP 500"}, tally.as_dict()
+    new = {pid_of(body) for body in tally.bodies if body.startswith("v2 ")}
+    assert new
+    assert not new & set(old)
     by_pid = errors_by_pid(tally)
-    assert set(by_pid) <= set(new), (by_pid, new)
+    assert set(by_pid) <= new, (by_pid, new)
     assert counted["5xx"] == tally.failures["HTTP 500"] > 0
     assert counted["total"] >= 100  # judged on at least rollback_min_requests
     assert all(body.startswith("v2 ") for _, body in tally.error_bodies)

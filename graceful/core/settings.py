@@ -709,8 +709,8 @@ class ServiceSettings:
     )
     canary: int = setting(
         WHOLE_OR_ZERO,
-        "a reload first starts this many new workers beside the serving generation, "
-        "judged for canary_seconds before the rest start (0: no canary)",
+        "a reload first starts this many new workers (at most workers) beside the serving "
+        "generation, judged for canary_seconds before the rest start (0: no canary)",
         scope="supervisor",
         default=0,
         flag="--canary",
