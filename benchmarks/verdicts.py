@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -39,6 +40,8 @@ import wrk
 from contenders import wait_answering
 from recycling import BIN, free_port, launched
 
+from graceful.control.client import Control
+
 APP = """\
 # {version} code (the two versions differ in size: an edit within the second of
 # the last one must not be taken for the same file by a bytecode cache)
@@ -47,6 +50,7 @@ import os
 
 VERSION = {version!r}
 BAD = {bad}  # answers 500 to this many of every 10 requests
+FLAG = {flag!r}  # ... once this file exists, if one is named (it breaks once promoted)
 answered = itertools.count()
 
 
@@ -59,7 +63,8 @@ async def app(scope, receive, send):
             else:
                 await send({{"type": "lifespan.shutdown.complete"}})
                 return
-    status = 500 if next(answered) % 10 < BAD else 200
+    bad = next(answered) % 10 < BAD and (FLAG is None or os.path.exists(FLAG))
+    status = 500 if bad else 200
     await send({{"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain"),
                             (b"content-length", str(len(VERSION)).encode()),
@@ -106,10 +111,23 @@ async def load(port: int, seconds: float, answers: Answers, began: float) -> Non
 
 
 def bad_deploy(
-    name: str, command: list[str], workdir: Path, port: int, reload: Any
+    name: str,
+    command: list[str],
+    workdir: Path,
+    port: int,
+    reload: Any,
+    *,
+    pid_file: Path | None = None,
+    breaks_late: bool = False,
 ) -> dict[str, Any]:
-    """Run the load, deploy the bad code after :data:`BEFORE` seconds, and measure."""
-    (workdir / "verdict_app.py").write_text(APP.format(version="old", bad=0))
+    """Run the load, deploy the bad code after :data:`BEFORE` seconds, and measure.
+    ``pid_file``: a graceful service's, to ask how its reload ended. With
+    ``breaks_late``, the new code breaks only once its generation serves: what its
+    probation judges."""
+    flag = str(workdir / "failing") if breaks_late else None
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(workdir / "failing")
+    (workdir / "verdict_app.py").write_text(APP.format(version="old", bad=0, flag=flag))
     os.utime(workdir / "verdict_app.py", (time.time() - 10, time.time() - 10))
     with launched(command, workdir) as process:
         wait_answering(port)
@@ -120,14 +138,38 @@ def bad_deploy(
         async def run() -> float:
             loading = asyncio.ensure_future(load(port, BEFORE + AFTER, answers, began))
             await asyncio.sleep(BEFORE)
-            (workdir / "verdict_app.py").write_text(APP.format(version="new", bad=3) + "\n")
+            new = APP.format(version="new", bad=3, flag=flag)
+            (workdir / "verdict_app.py").write_text(new + "\n")
             deployed = time.monotonic() - began
             reload(process)
+            if breaks_late and pid_file is not None:
+                control = Control(pid_file)
+
+                def new_serving() -> bool:
+                    generations = control.status()["generations"]
+                    return any(
+                        g["generation"] == 2 and g["state"] == "serving" for g in generations
+                    )
+
+                while not await asyncio.to_thread(new_serving):
+                    await asyncio.sleep(0.01)
+                (workdir / "failing").touch()
             await loading
             return deployed
 
         deployed = asyncio.run(run())
-    return summary(name, answers, deployed)
+        row = summary(name, answers, deployed)
+        if pid_file is not None:
+            last = Control(pid_file).status()["last_reload"]
+            row["reload"] = f"{last['outcome']}: {last['cause']}"
+            cause = last["cause"] or ""
+            row["ended"] = (
+                "reload failed: the canary" if cause.startswith("canary failed")
+                else "reload failed: judged as it started" if cause.startswith("judged as")
+                else "rolled back on probation" if last["outcome"] == "rolled back"
+                else last["outcome"]
+            )  # fmt: skip
+    return row
 
 
 def summary(name: str, answers: Answers, deployed: float) -> dict[str, Any]:
@@ -187,22 +229,31 @@ def hup(pid_file: Path) -> Any:
     return send
 
 
-def contenders(workdir: Path) -> list[tuple[str, list[str], int, Any]]:
-    rows = []
-    for name, extra in (
-        ("graceful serve --workers 2 (judged probation, the defaults)", ["--workers", "2"]),
-        ("graceful serve --workers 4 --canary 1", ["--workers", "4", "--canary", "1"]),
+def contenders(workdir: Path) -> list[tuple[str, list[str], int, Any, Path | None, bool]]:
+    rows: list[tuple[str, list[str], int, Any, Path | None, bool]] = []
+    for name, extra, breaks_late in (
+        (
+            "graceful serve --workers 2: judged as it starts (bad at once)",
+            ["--workers", "2"],
+            False,
+        ),
+        (
+            "graceful serve --workers 2: judged probation (bad once promoted)",
+            ["--workers", "2"],
+            True,
+        ),
+        ("graceful serve --workers 4 --canary 1", ["--workers", "4", "--canary", "1"], False),
     ):
         port = free_port()
         pid_file = workdir / f"graceful-{port}.pid"
         command = [str(BIN / "graceful"), "serve", "verdict_app:app", "--listen",
                    f"127.0.0.1:{port}", "--no-access-log", "--pid-file", str(pid_file), *extra]  # fmt: skip
-        rows.append((name, command, port, hup(pid_file)))
+        rows.append((name, command, port, hup(pid_file), pid_file, breaks_late))
     port = free_port()
     command = [str(BIN / "gunicorn"), "verdict_app:app", "-k", "uvicorn.workers.UvicornWorker",
                "-b", f"127.0.0.1:{port}", "-w", "2"]  # fmt: skip
     rows.append(("gunicorn -w 2 (UvicornWorker), HUP", command, port,
-                 lambda process: os.kill(process.pid, signal.SIGHUP)))  # fmt: skip
+                 lambda process: os.kill(process.pid, signal.SIGHUP), None, False))  # fmt: skip
     return rows
 
 
@@ -221,7 +272,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "| contender | answers | by the new code | bad answers | first bad answer to the last "
         "| first bad answer to the old code answering all again | the old code's longest "
-        "silence | taken back |",
+        "silence | how it was taken back |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in results["deploys"]:
@@ -232,7 +283,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {row['bad_answers']:,} | {window} "
             f"| {'never' if again is None else again if again == '-' else f'{again:,.1f} ms'} "
             f"| {'-' if silent in (None, '-') else f'{silent:,.1f} ms'} "
-            f"| {'yes, by itself' if row.get('judged') else 'no: until a person acts'} |"
+            f"| {row.get('ended') or ('-' if row.get('judged') else 'never: until a person acts')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -257,8 +308,8 @@ def main() -> None:
     print(f"counting on/off, requests/s medians: {cost['median_on']:.0f} / "
           f"{cost['median_off']:.0f} = {cost['ratio']}  (rounds: {cost['rounds']})", flush=True)  # fmt: skip
     results["deploys"] = []
-    for name, command, port, reload in contenders(workdir):
-        row = bad_deploy(name, command, workdir, port, reload)
+    for name, command, port, reload, pid_file, late in contenders(workdir):
+        row = bad_deploy(name, command, workdir, port, reload, pid_file=pid_file, breaks_late=late)
         print(json.dumps(row), flush=True)
         results["deploys"].append(row)
     args.markdown.write_text(markdown(results))

@@ -14,6 +14,8 @@ import collections
 import re
 import signal
 import socket
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,13 @@ import os
 
 VERSION = {version!r}
 BAD = {bad}  # answers 500 to this many of every 10 requests
+# ... once this file exists, if it is given: the code breaks after it was promoted
+FAIL_FLAG = os.environ.get("FAIL_FLAG")
 answered = itertools.count()
+
+
+def failing():
+    return BAD and (FAIL_FLAG is None or os.path.exists(FAIL_FLAG))
 
 
 async def app(scope, receive, send):
@@ -40,7 +48,7 @@ async def app(scope, receive, send):
             await send({{"type": done.replace(".shutdown", ".shutdown.complete")}})
             if message["type"] == "lifespan.shutdown":
                 return
-    status = 500 if next(answered) % 10 < BAD else 200
+    status = 500 if next(answered) % 10 < BAD and failing() else 200
     await send({{"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain")]}})
     await send({{"type": "http.response.body", "body": f"{{VERSION}} {{os.getpid()}}".encode()}})
@@ -52,11 +60,18 @@ import os
 
 VERSION = {version!r}
 BAD = {bad}  # answers 500 to this many of every 10 requests
+# ... once this file exists, if it is given: the code breaks after it was promoted
+FAIL_FLAG = os.environ.get("FAIL_FLAG")
 answered = itertools.count()
 
 
+def failing():
+    return BAD and (FAIL_FLAG is None or os.path.exists(FAIL_FLAG))
+
+
 def app(environ, start_response):
-    status = "500 Internal Server Error" if next(answered) % 10 < BAD else "200 OK"
+    bad = next(answered) % 10 < BAD and failing()
+    status = "500 Internal Server Error" if bad else "200 OK"
     start_response(status, [("Content-Type", "text/plain")])
     return [f"{{VERSION}} {{os.getpid()}}".encode()]
 """
@@ -93,23 +108,38 @@ def wait_until_only(svc: ServiceProcess, pids: list[int]) -> None:
 def test_a_deploy_that_answers_500s_is_rolled_back_by_itself_and_a_good_one_passes(
     tmp_path: Path, interface: str
 ) -> None:
-    app, pid_file = tmp_path / "app.py", tmp_path / "pid"
+    app, pid_file, flag = tmp_path / "app.py", tmp_path / "pid", tmp_path / "failing"
     write_app(app, interface, "v1")
     options = ["--workers", "2", "--probation", "8", "--drain-timeout", "5"]
-    with graceful_serve(app, *options, "--pid-file", str(pid_file)) as svc:
+    env = {"FAIL_FLAG": str(flag)}
+    with graceful_serve(app, *options, "--pid-file", str(pid_file), env=env) as svc:
         svc.wait_serving(1)
         old = sorted(svc.worker_pids())
         with HttpLoad(f"http://{svc.address()}/", clients=16) as load:
             poll_until(lambda: load.tally.ok > 200, 15, "answers from generation 1")
+            # the new code breaks once it serves (judged as it started, it would fail
+            # its reload before the probation: tests/core/test_decisions_verdicts.py)
             write_app(app, interface, "v2", bad=3)
             mark = svc.mark()
-            waited = graceful_cli(
-                "reload", "--wait", "--through-probation", "--pid-file", str(pid_file)
+            ended: dict[str, subprocess.CompletedProcess[str]] = {}
+            waiting = threading.Thread(
+                target=lambda: ended.setdefault(
+                    "reload",
+                    graceful_cli(
+                        "reload", "--wait", "--through-probation", "--pid-file", str(pid_file)
+                    ),
+                )
             )
-            svc.wait_serving(2, after=mark)
-            # within its probation (8 s), by itself: nobody asked for the rollback
-            svc.wait_for(r"rolling back: generation 2's 5xx rate", after=mark, timeout=8)
-            svc.wait_for(r"rolled back: generation 1 serves again", after=mark)
+            waiting.start()
+            try:
+                svc.wait_serving(2, after=mark)
+                flag.touch()
+                # within its probation (8 s), by itself: nobody asked for the rollback
+                svc.wait_for(r"rolling back: generation 2's 5xx rate", after=mark, timeout=8)
+                svc.wait_for(r"rolled back: generation 1 serves again", after=mark)
+            finally:
+                waiting.join(60)
+            waited = ended["reload"]
             wait_until_only(svc, old)  # generation 2 has exited: counted in full
             counted = answers_of(pid_file, 2)
             poll_until(

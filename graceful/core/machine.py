@@ -960,7 +960,9 @@ class SupervisorStateMachine:
 
     def _on_answers(self, counted: AnswersCounted) -> None:
         """A judged generation's answers: a verdict rolls back the one on probation,
-        or fails the canary (see :mod:`graceful.core.verdict`)."""
+        fails the canary, or fails a generation that answers as it starts (its
+        first workers accept before the others are ready) before it is promoted (see
+        :mod:`graceful.core.verdict`)."""
         phase = self.trial
         if (
             isinstance(phase, OnProbation)
@@ -982,7 +984,26 @@ class SupervisorStateMachine:
         if run is not None and run.generation == counted.generation:
             cause = canary.count(self.fleet, run, counted.answers, counted.baseline)
             if cause is not None:
-                self._fail_canary(run, cause)
+                self.counters.canaries["failed"] = self.counters.canaries.get("failed", 0) + 1
+                self._fail_on_answers(
+                    run.generation, run.beside, f"canary failed: {cause}", run.share
+                )
+            return
+        starting = self.fleet.with_role(Role.STARTING)
+        serving = self.fleet.with_role(Role.SERVING)
+        if (
+            starting is None
+            or serving is None
+            or starting.number != counted.generation
+            or isinstance(self.trial, RollingBack)
+            or self.stop_announced
+        ):
+            return
+        cause = verdict.judge(
+            counted.answers, counted.baseline, self.settings, old=serving.number, when="meanwhile"
+        )
+        if cause is not None:
+            self._fail_on_answers(starting.number, serving.number, f"judged as it started: {cause}")
 
     def _on_canary_over(self, number: int) -> None:
         run = self.canary
@@ -996,21 +1017,21 @@ class SupervisorStateMachine:
         canary.proceed(self.fleet, starting)
         self._announce(Phase.STATUS)
 
-    def _fail_canary(self, run: Canary, cause: str) -> None:
-        """The canary failed: its workers drain, the serving generation goes on, and
-        the reload fails with ``cause``."""
-        starting = self.fleet.generations[run.generation]
+    def _fail_on_answers(
+        self, number: int, beside: int, failed: str, share: float | None = None
+    ) -> None:
+        """Starting generation ``number`` (a canary, or not) failed on its answers:
+        its workers drain, generation ``beside`` goes on serving, and the reload
+        fails with ``failed``."""
+        starting = self.fleet.generations[number]
         self.canary = None
-        self.counters.canaries["failed"] = self.counters.canaries.get("failed", 0) + 1
         self._retire_starting(starting)
-        failed = f"canary failed: {cause}"
         self._reload_failed(starting, failed)
-        share = run.share
         had = f"; it had {share:.1%} of the traffic" if share is not None else ""
         self.fleet.log(
             logging.ERROR,
-            f"reload failed: generation {run.generation}'s {failed}{had}; its workers "
-            f"drain, generation {run.beside} keeps serving",
+            f"reload failed: generation {number}'s {failed}{had}; its workers drain, "
+            f"generation {beside} keeps serving",
             narrative=True,
         )
         self._announce(Phase.READY)

@@ -1,5 +1,12 @@
 """The verdict on a new generation's answers: whether it is worse enough than the old
-one to be rolled back (on probation) or to fail its canary.
+one to be rolled back (on probation), or for its reload to fail (a canary, or a
+generation still starting).
+
+Judged are: the generation on probation, beside what the old one answered before
+the reload; a canary, once all its workers are ready; and a generation that answers
+while it starts (its first workers accept before the others are ready). Each of the
+last two is judged beside what the serving generation answers meanwhile, and a
+verdict fails its reload before the old generation ever stops serving.
 
 The supervisor's loop adds up each judged generation's answers
 (:class:`~graceful.core.answers.Answers`) and sends them as

@@ -10,9 +10,10 @@ none is counted twice. The exited workers' sums are kept for the newest
 
 Every tick of the vitals monitor (:mod:`graceful.supervisor.vitals`),
 :meth:`AnswerBook.tick` sends :class:`~graceful.core.events.AnswersCounted` for the
-generation on probation (beside what the parked one answered before the reload) and
-for a canary (beside what the serving generation answered since the canary is
-judged), when the count changed.
+generation on probation (beside what the parked one answered before the reload), for
+a canary (once all its workers are ready), and for a generation that answers as it
+starts (its first workers accept before the others are ready), each of these two
+beside what the serving generation answered since, when the count changed.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ class AnswerBook:
         self._exited: dict[int, Answers] = {}
         #: the last count sent, by generation judged
         self._sent: dict[int, Answers] = {}
-        #: by canary generation: its own and the serving generation's count when its
-        #: judging began
-        self._canary_from: dict[int, tuple[Answers, Answers]] = {}
+        #: by generation judged beside the serving one (a canary, or one starting):
+        #: the serving generation's count when its judging began
+        self._beside_from: dict[int, Answers] = {}
 
     def last_words(self, process: WorkerProcess) -> None:
         """Keep what ``process`` (exited, not yet reaped) counted."""
@@ -82,13 +83,19 @@ class AnswerBook:
                 self.of(probation.generation),
                 self.of(probation.parked),
             )
+        # a canary (once it is judged), or a generation that answers as it starts:
+        # beside what the serving generation answered since it was first seen so
+        beside_of: dict[int, int] = {}
         canary = machine.canary
         if canary is not None and canary.judged_from is not None:
-            own, beside = self.of(canary.generation), self.of(canary.beside)
-            since = self._canary_from.setdefault(canary.generation, (own, beside))
-            judged[canary.generation] = (own - since[0], beside - since[1])
-        for number in [n for n in self._canary_from if canary is None or n != canary.generation]:
-            del self._canary_from[number]
+            beside_of[canary.generation] = canary.beside
+        elif canary is None and machine.starting is not None and machine.serving is not None:
+            beside_of[machine.starting] = machine.serving
+        for number, beside in beside_of.items():
+            since = self._beside_from.setdefault(number, self.of(beside))
+            judged[number] = (self.of(number), self.of(beside) - since)
+        for number in [n for n in self._beside_from if n not in beside_of]:
+            del self._beside_from[number]
         for number in [n for n in self._sent if n not in judged]:
             del self._sent[number]
         for number, (answers, baseline) in judged.items():

@@ -106,11 +106,17 @@ class SupervisorWorld(RuleBasedStateMachine):
         ):
             self.canaries_over.add(event.generation)
         on_probation = self.sm.probation
+        starting = self.sm.starting
+        # (a generation is judged as it starts beside one that serves, and neither
+        # during a rollback nor once the service stops)
+        judged_safely = (
+            self.sm.serving is not None and not self.sm.rollback and not self.sm.stop_announced
+        )
         actions = self.sm.handle(event, self.now)
         if self.sm.canary is not None:
             self.canaries.add(self.sm.canary.generation)
         if isinstance(event, AnswersCounted):
-            self.check_verdict(event, on_probation, canary)
+            self.check_verdict(event, on_probation, canary, starting if judged_safely else None)
         if before_exit:
             assert actions == [], f"{event} after Exit gave {actions}"
         for action in actions:
@@ -131,6 +137,7 @@ class SupervisorWorld(RuleBasedStateMachine):
         counted: AnswersCounted,
         on_probation: trial.OnProbation | None,
         canary: Canary | None,
+        starting: int | None,
     ) -> None:
         """A judged rollback never fires before ``rollback_min_requests`` answers, and
         a canary never outlives a failed verdict."""
@@ -141,9 +148,12 @@ class SupervisorWorld(RuleBasedStateMachine):
             and on_probation.generation == counted.generation
         ):
             assert counted.answers.total >= settings.rollback_min_requests, counted
-        if canary is None or canary.generation != counted.generation:
-            return
         failed = verdict.judge(counted.answers, counted.baseline, settings, old=0, when="")
+        if canary is None or canary.generation != counted.generation:
+            # a generation judged as it starts: a failing verdict ends its start
+            if failed is not None and starting == counted.generation and canary is None:
+                assert self.sm.starting != counted.generation, "judged, and still starting"
+            return
         if failed is not None and canary.judged_from is not None:
             # (a queued reload may have started the next canary at once)
             assert self.sm.canary is None or self.sm.canary.generation != counted.generation, (

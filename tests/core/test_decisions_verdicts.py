@@ -310,3 +310,45 @@ def test_no_canary_for_the_first_generation_or_in_development_mode() -> None:
     sim.send_all(WorkerReady(serial, parkable=True) for serial in first)
     assert len(spawned(sim.send(ReloadRequested()))) == 4
     assert sim.machine.canary is None
+
+
+# -- a generation judged as it starts -------------------------------------------------
+
+
+def test_a_generation_that_answers_badly_as_it_starts_fails_its_reload_unpromoted() -> None:
+    # all at once: its first worker accepts before the other is ready
+    sim = Sim(JUDGED)
+    first = spawned(sim.send(Start()))
+    sim.send_all(WorkerReady(serial, parkable=True) for serial in first)
+    second = spawned(sim.send(ReloadRequested()))
+    sim.send(WorkerReady(second[0], parkable=True))
+    # good answers so far, or too few: nothing
+    assert sim.send(AnswersCounted(2, answered(99, 0), answered(99))) == []
+    assert sim.send(AnswersCounted(2, answered(0, 99), answered(99))) == []
+    actions = sim.send(AnswersCounted(2, answered(70, 30), answered(300)))
+    assert shut_down(actions) == set(second)
+    assert not of_type(actions, ParkWorker)
+    assert not of_type(actions, GenerationServing)
+    ended = of_type(actions, ReloadEnded)[0].reload
+    assert ended.outcome == "failed"
+    assert ended.cause == (
+        "judged as it started: 5xx rate 30.0% (30 of 100 answers; limit 5%); "
+        "generation 1 served 0.0% meanwhile"
+    )
+    assert sim.machine.serving == 1
+    assert sim.machine.probation is None
+    assert all(sim.machine.workers[serial].state is WorkerState.READY for serial in first)
+
+
+def test_a_rolling_generation_that_answers_badly_gives_back_the_slots_it_took() -> None:
+    rolling = dataclasses.replace(JUDGED, strategy=Strategy.ROLLING, max_surge=1)
+    sim = Sim(rolling)
+    first = spawned(sim.send(Start()))
+    sim.send_all(WorkerReady(serial, parkable=True) for serial in first)
+    (new,) = spawned(sim.send(ReloadRequested()))
+    actions = sim.send(WorkerReady(new, parkable=True))
+    (parked,) = (action.serial for action in of_type(actions, ParkWorker))
+    actions = sim.send(AnswersCounted(2, answered(50, 50), answered(100)))
+    assert {action.serial for action in of_type(actions, ResumeWorker)} == {parked}
+    assert new in shut_down(actions)
+    assert of_type(actions, ReloadEnded)[0].reload.outcome == "failed"
