@@ -155,9 +155,10 @@ event                   its own effect
                         (serving), its generation rolls back (on probation) or fails
                         (starting), or it is killed (parked, or a reload is starting)
 ``WorkerWornOut``       it is marked for recycling (the rules start it)
-``AnswersCounted``      the generation on probation rolls back, or the canary
-                        fails (its workers drain, the reload fails), if the verdict
-                        says so (:mod:`~graceful.core.verdict`)
+``AnswersCounted``      the generation on probation rolls back, or the canary or
+                        the generation starting fails (its workers drain, the
+                        reload fails), if the verdict says so
+                        (:mod:`~graceful.core.verdict`)
 ``CanaryOver``          the canary passed: the reload goes on as configured (see
                         :mod:`~graceful.core.canary`)
 ``RestartDue``          the empty slot of the serving generation is filled
