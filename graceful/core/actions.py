@@ -104,7 +104,8 @@ class ReloadOutcome:
     cause: str | None
     seconds: float
     #: how the generation's probation ended, when that was waited for: "passed",
-    #: "rolled back", "cut short", "rollback failed" or "stopped"
+    #: "rolled back", "cut short", "rollback failed", "failed" (its answers failed
+    #: it, and nothing was left to roll back to) or "stopped"
     probation: str | None = None
 
     @property
@@ -130,8 +131,9 @@ class ReloadEnded:
 @dataclass(frozen=True)
 class ProbationEnded:
     """Generation ``generation``'s probation ended: ``outcome`` is ``"passed"``,
-    ``"rolled back"`` (``detail`` is the cause), ``"cut short"`` (a newer
-    generation was promoted) or ``"stopped"``."""
+    ``"rolled back"`` (``detail`` is the cause), ``"rollback failed"``, ``"failed"``
+    (its answers failed it and nothing was left to roll back to: ``detail`` says
+    why), ``"cut short"`` (a newer generation was promoted) or ``"stopped"``."""
 
     generation: int
     outcome: str

@@ -162,7 +162,7 @@ def restart_due(fleet: Fleet, phase: Trial, number: int, worker_id: int) -> None
         fleet.log(
             logging.ERROR,
             f"generation {number} worker {worker_id} is not restarted: the code on disk "
-            f"was rolled back ({rejected.cause}); reload to deploy fixed code",
+            f"was {rejected.how} ({rejected.cause}); reload to deploy fixed code",
         )
         return
     fleet.counters.worker_restarts += 1

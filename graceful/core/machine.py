@@ -335,7 +335,7 @@ from graceful.core.succession import (
     Succession,
     TakingBack,
 )
-from graceful.core.trial import NO_TRIAL, OnProbation, Rejected, RollingBack, Trial
+from graceful.core.trial import NO_TRIAL, NoTrial, OnProbation, Rejected, RollingBack, Trial
 
 __all__ = [
     "STOPPING",
@@ -919,6 +919,19 @@ class SupervisorStateMachine:
 
     def _on_rollback_requested(self, by: str) -> None:
         phase = self.trial
+        run = self.canary
+        if run is not None and not self._stop_begun:
+            # the newest code is the canary's: it is what a rollback takes back
+            self.counters.canaries["failed"] = self.counters.canaries.get("failed", 0) + 1
+            self._fail_on_answers(run.generation, run.beside, f"canary stopped by {by}", None)
+            self.fleet.out.append(
+                RollbackEnded(
+                    True,
+                    f"generation {run.generation}'s canary stopped; generation "
+                    f"{run.beside} serves on",
+                )
+            )
+            return
         if self._stop_begun:
             refused = "the service is stopping"
         elif isinstance(phase, RollingBack):
@@ -934,17 +947,28 @@ class SupervisorStateMachine:
 
     def _roll_back(self, probation: OnProbation, cause: str) -> bool:
         """Begin a rollback from ``probation``; False (and the probation goes on) if
-        no parked worker is left."""
+        no parked worker is left. A canary judged beside the generation rolled back
+        is judged beside the one resuming from now on."""
         rollback = trial.roll_back(self.fleet, probation, cause)
         if rollback is None:
             return False
         self.trial = rollback
+        if self.canary is not None and self.canary.beside == probation.generation:
+            self.canary.beside = rollback.to_generation
         self._announce(Phase.STATUS)
         return True
 
     def _on_probation_over(self, number: int) -> None:
         probation = self.trial
         if not isinstance(probation, OnProbation) or probation.generation != number:
+            return
+        if probation.verdict is not None:
+            # its answers failed it, and nothing was left to roll back to
+            failed = f"generation {number}'s {probation.verdict}; nothing was left to roll back to"
+            self.fleet.log(logging.ERROR, f"generation {number} failed its probation: {failed}")
+            trial.end_probation(self.fleet, probation, "failed", failed)
+            self.trial = NO_TRIAL
+            self._announce(Phase.STATUS)
             return
         seconds = f"{self.settings.probation:g}s"
         unjudged = verdict.unjudged(probation.answers, self.settings)
@@ -965,11 +989,10 @@ class SupervisorStateMachine:
         first workers accept before the others are ready) before it is promoted (see
         :mod:`graceful.core.verdict`)."""
         phase = self.trial
-        if (
-            isinstance(phase, OnProbation)
-            and phase.generation == counted.generation
-            and phase.verdict is None
-        ):
+        if isinstance(phase, OnProbation) and phase.generation == counted.generation:
+            if phase.verdict is not None:  # judged: only its count is kept up to date
+                self.trial = replace(phase, answers=counted.answers)
+                return
             cause = verdict.judge(
                 counted.answers,
                 counted.baseline,
@@ -1028,6 +1051,10 @@ class SupervisorStateMachine:
         self.canary = None
         self._retire_starting(starting)
         self._reload_failed(starting, failed)
+        if isinstance(self.trial, NoTrial | Rejected):
+            # the code on disk was judged bad: a scale-up or a restart must not run
+            # it (during another generation's probation, that probation goes on)
+            self.trial = Rejected(number, failed, beside, rolled_back=False)
         had = f"; it had {share:.1%} of the traffic" if share is not None else ""
         self.fleet.log(
             logging.ERROR,

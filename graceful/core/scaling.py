@@ -38,7 +38,7 @@ def refusal(fleet: Fleet, workers: int, trial: Trial, *, stopping: bool) -> str 
         return "a rollback is under way; scale once it has ended"
     if workers > fleet.size and isinstance(trial, Rejected):
         return (
-            f"the code on disk was rolled back ({trial.cause}), and new workers "
+            f"the code on disk was {trial.how} ({trial.cause}), and new workers "
             "would run it; reload to deploy fixed code first"
         )
     return None

@@ -183,12 +183,9 @@ def _seconds_or_zero(zero_means: str) -> Kind:
 
 def _check_rate(name: str, value: object) -> float:
     """A share: a number from 0 to 1 (0: off)."""
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or not 0 <= value <= 1
-    ):
+    # (the range first: an int too large for a float is out of it, and isfinite()
+    # would raise on it)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
         raise ConfigError(f"{name}={_short(value)} must be a share from 0 to 1, as 0.05 (0: off)")
     return float(value)
 
@@ -204,6 +201,24 @@ def _parse_rate(text: str) -> float:
     if not math.isfinite(value) or not 0 <= value <= 1:
         raise ConfigError(f"{text!r} must be a share from 0 to 1, as 0.05 or 5% (0: off)")
     return value
+
+
+def _below(kind: Kind, bound: float, why: str) -> Kind:
+    """``kind``, refusing values from ``bound`` up (``why``: what the bound is)."""
+
+    def check(name: str, value: object) -> Any:
+        checked = kind.check(name, value)
+        if checked >= bound:
+            raise ConfigError(f"{name}={_short(value)} must be below {bound:g} ({why})")
+        return checked
+
+    def parse(text: str) -> Any:
+        parsed = kind.parse(text)
+        if parsed >= bound:
+            raise ConfigError(f"{text!r} must be below {bound:g} ({why})")
+        return parsed
+
+    return dataclasses.replace(kind, check=check, parse=parse)
 
 
 def _choice(*choices: str, quoted: bool = False, optional: bool = False) -> Kind:
@@ -698,7 +713,8 @@ class ServiceSettings:
         status=True,
     )
     rollback_on_p99: float = setting(
-        _seconds_or_zero(" (0 to turn it off)"),
+        # (a p99 is estimated from the duration buckets, the last of which ends at 10 s)
+        _below(_seconds_or_zero(" (0 to turn it off)"), 10.0, "the p99 is measured up to 10 s"),
         "during the probation (and a canary), roll back a new generation whose p99 "
         "answer time is above this many seconds",
         scope="supervisor",

@@ -73,11 +73,19 @@ class RollingBack:
 class Rejected:
     """Generation ``generation`` was rolled back because of ``cause``, and generation
     ``serving`` serves again: the code on disk is the rejected one until the next
-    promotion."""
+    promotion. Not ``rolled_back``: its reload failed on its answers before it was
+    promoted (a canary, or judged as it started: see :mod:`graceful.core.verdict`),
+    and the code on disk is rejected all the same."""
 
     generation: int
     cause: str
     serving: int
+    rolled_back: bool = True
+
+    @property
+    def how(self) -> str:
+        """How its code was rejected, as a past participle."""
+        return "rolled back" if self.rolled_back else "rejected on its answers"
 
 
 Trial: TypeAlias = NoTrial | OnProbation | RollingBack | Rejected
@@ -231,7 +239,7 @@ def may_respawn_from_disk(
         fleet.log(
             logging.ERROR,
             f"{fleet.describe(worker)} is gone; not restarting it: the code on disk is "
-            f"generation {rejected.generation}'s, which was rolled back "
+            f"generation {rejected.generation}'s, which was {rejected.how} "
             f"({rejected.cause}). Serving with {left}/{fleet.size} workers "
             "until the next reload",
         )
@@ -239,7 +247,7 @@ def may_respawn_from_disk(
     fleet.log(
         logging.ERROR,
         f"{fleet.describe(worker)} was the last worker: restarting it from the code on "
-        f"disk, although generation {rejected.generation}'s code was rolled back "
+        f"disk, although generation {rejected.generation}'s code was {rejected.how} "
         f"({rejected.cause})",
     )
     return True
@@ -263,8 +271,12 @@ def describe(fleet: Fleet, trial: Trial, serving: Generation) -> str:
             return f" (probation, {left:.0f}s left; {kept}{counted})"
         case RollingBack(to_generation=number):
             return f"; rolling back to generation {number}"
-        case Rejected(generation=number, cause=cause):
-            line = f"; rolled back from generation {number}: {cause}"
+        case Rejected(generation=number, cause=cause, rolled_back=rolled_back):
+            line = (
+                f"; rolled back from generation {number}: {cause}"
+                if rolled_back
+                else f"; the code on disk (generation {number}'s) was rejected: {cause}"
+            )
             empty = fleet.empty_slots(serving)
             if empty:
                 line += f"; {empty} slot(s) empty until the next reload"
