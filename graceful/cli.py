@@ -783,6 +783,24 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rejected_line(rolled: dict[str, Any]) -> str:
+    """What ``status`` says of the code on disk after a rollback, or a reload that
+    failed on its answers."""
+    if rolled.get("how", "rolled back") != "rolled back":
+        return (
+            f"REJECTED: generation {rolled['generation']}'s reload failed "
+            f"({rolled['cause']}); generation {rolled['serving_generation']} serves on. "
+            "The code on disk is the rejected code: crashed workers are not restarted "
+            "from it, nor is scaling up, until the next reload"
+        )
+    return (
+        f"ROLLED BACK: generation {rolled['serving_generation']} serves again; "
+        f"generation {rolled['generation']} was rolled back: {rolled['cause']}. "
+        "The code on disk is the rolled-back code: crashed workers are not restarted "
+        "from it until the next reload"
+    )
+
+
 def _answer_lines(status: dict[str, Any]) -> list[str]:
     """What the newest generations answered, and the canary being judged."""
     lines = [_answers_line(n, counted) for n, counted in (status.get("answers") or {}).items()]
@@ -985,13 +1003,7 @@ def _status(args: argparse.Namespace) -> int:
     for line in _answer_lines(status):
         print(line)
     if status.get("rolled_back"):
-        rolled = status["rolled_back"]
-        print(
-            f"ROLLED BACK: generation {rolled['serving_generation']} serves again; "
-            f"generation {rolled['generation']} was rolled back: {rolled['cause']}. "
-            "The code on disk is the rolled-back code: crashed workers are not restarted "
-            "from it until the next reload"
-        )
+        print(_rejected_line(status["rolled_back"]))
     last = status["last_reload"]
     if last is not None:
         print(f"last reload: generation {last['generation']} {last['outcome']}", end="")

@@ -283,6 +283,7 @@ def test_a_manual_rollback_brings_the_parked_processes_back(
             "generation": 2,
             "cause": f"generation 2 rolled back by {'graceful rollback' if how == 'cli' else how}",
             "serving_generation": 1,
+            "how": "rolled back",
         }
         assert status["last_reload"]["outcome"] == "rolled back"
         assert status["counters"]["rollbacks"] == 1

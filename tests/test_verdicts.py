@@ -231,6 +231,8 @@ def test_a_canary_that_answers_500s_fails_the_reload_while_the_old_generation_se
     assert int(at_verdict.group(1)) <= counted["5xx"]
     assert 100 <= int(at_verdict.group(2)) <= counted["total"]
     assert status["counters"]["canaries"] == {"failed": 1}
+    # the code on disk is the canary's, rejected: no scale-up runs it
+    assert status["rolled_back"]["how"] == "rejected on its answers"
     assert status["last_reload"]["outcome"] == "failed"
     share = float(failed.group(1))
     assert 0 < share < 100

@@ -124,6 +124,9 @@ class RolledBackView:
     generation: int
     cause: str
     serving_generation: int | None
+    #: "rolled back", or "rejected on its answers" (a canary, or a generation judged
+    #: as it started, whose reload failed: see graceful.core.verdict)
+    how: str = "rolled back"
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ def _rolled_back(machine: SupervisorStateMachine) -> RolledBackView | None:
     rejected = machine.rejected
     if rejected is None:
         return None
-    return RolledBackView(rejected.generation, rejected.cause, rejected.serving)
+    return RolledBackView(rejected.generation, rejected.cause, rejected.serving, rejected.how)
 
 
 def _generations(
