@@ -183,22 +183,35 @@ def recycle_row(
     }
 
 
-def heartbeat_cost(workdir: Path, rounds: int, seconds: float) -> dict[str, object]:
-    """Requests per second with heartbeats on and off, in alternating rounds."""
+def on_and_off(
+    workdir: Path, rounds: int, seconds: float, on: list[str], off: list[str]
+) -> dict[str, Any]:
+    """Requests per second of ``graceful serve --workers 2`` with the flags ``on`` and
+    ``off``, in alternating rounds of wrk with keep-alive; the medians and their
+    ratio."""
     figures: dict[str, list[float]] = {"on": [], "off": []}
     for _ in range(rounds):
-        for label, timeout in (("on", "30"), ("off", "0")):
+        for label, flags in (("on", on), ("off", off)):
             port = free_port()
             command = [str(BIN / "graceful"), "serve", "bench_app:app", "--listen",
-                       f"127.0.0.1:{port}", "--workers", "2", "--no-access-log",
-                       "--timeout", timeout]  # fmt: skip
+                       f"127.0.0.1:{port}", "--workers", "2", "--no-access-log", *flags]  # fmt: skip
             with launched(command, workdir):
                 wait_answering(port)
                 time.sleep(0.5)
                 load = wrk.start(f"http://127.0.0.1:{port}/", seconds)
                 figures[label].append(wrk.finish(load, seconds + 60).requests_per_s)
-    on, off = statistics.median(figures["on"]), statistics.median(figures["off"])
-    return {"rounds": figures, "median_on": on, "median_off": off, "ratio": round(on / off, 3)}
+    median_on, median_off = statistics.median(figures["on"]), statistics.median(figures["off"])
+    return {
+        "rounds": figures,
+        "median_on": median_on,
+        "median_off": median_off,
+        "ratio": round(median_on / median_off, 3),
+    }
+
+
+def heartbeat_cost(workdir: Path, rounds: int, seconds: float) -> dict[str, Any]:
+    """Requests per second with heartbeats on and off, in alternating rounds."""
+    return on_and_off(workdir, rounds, seconds, ["--timeout", "30"], ["--timeout", "0"])
 
 
 def markdown(results: dict[str, Any], seconds: float, granian_seconds: float) -> str:

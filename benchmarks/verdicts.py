@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -36,9 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import wrk
 from contenders import wait_answering
-from recycling import BIN, free_port, launched
+from recycling import BIN, free_port, launched, on_and_off
 
 from graceful.control.client import Control
 
@@ -207,19 +205,7 @@ def summary(name: str, answers: Answers, deployed: float) -> dict[str, Any]:
 
 def counting_cost(workdir: Path, rounds: int, seconds: float) -> dict[str, Any]:
     """Requests per second with answers counted and not, in alternating rounds."""
-    figures: dict[str, list[float]] = {"on": [], "off": []}
-    for _ in range(rounds):
-        for label, flag in (("on", "--count-answers"), ("off", "--no-count-answers")):
-            port = free_port()
-            command = [str(BIN / "graceful"), "serve", "bench_app:app", "--listen",
-                       f"127.0.0.1:{port}", "--workers", "2", "--no-access-log", flag]  # fmt: skip
-            with launched(command, workdir):
-                wait_answering(port)
-                time.sleep(0.5)
-                started = wrk.start(f"http://127.0.0.1:{port}/", seconds)
-                figures[label].append(wrk.finish(started, seconds + 60).requests_per_s)
-    on, off = statistics.median(figures["on"]), statistics.median(figures["off"])
-    return {"rounds": figures, "median_on": on, "median_off": off, "ratio": round(on / off, 3)}
+    return on_and_off(workdir, rounds, seconds, ["--count-answers"], ["--no-count-answers"])
 
 
 def hup(pid_file: Path) -> Any:

@@ -25,7 +25,9 @@ from services import pid_service
 
 from graceful.control.client import Control
 
-ASGI_APP = """\
+#: What both apps begin with: their version, and how they fail (``failing()``, called
+#: once per request, says whether this one gets a 500).
+PRELUDE = """\
 import itertools
 import os
 
@@ -37,7 +39,12 @@ answered = itertools.count()
 
 
 def failing():
-    return BAD and (FAIL_FLAG is None or os.path.exists(FAIL_FLAG))
+    return next(answered) % 10 < BAD and (FAIL_FLAG is None or os.path.exists(FAIL_FLAG))
+"""
+
+ASGI_APP = (
+    PRELUDE
+    + """
 
 
 async def app(scope, receive, send):
@@ -48,33 +55,24 @@ async def app(scope, receive, send):
             await send({{"type": done.replace(".shutdown", ".shutdown.complete")}})
             if message["type"] == "lifespan.shutdown":
                 return
-    status = 500 if next(answered) % 10 < BAD and failing() else 200
+    status = 500 if failing() else 200
     await send({{"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain")]}})
     await send({{"type": "http.response.body", "body": f"{{VERSION}} {{os.getpid()}}".encode()}})
 """
+)
 
-WSGI_APP = """\
-import itertools
-import os
-
-VERSION = {version!r}
-BAD = {bad}  # answers 500 to this many of every 10 requests
-# ... once this file exists, if it is given: the code breaks after it was promoted
-FAIL_FLAG = os.environ.get("FAIL_FLAG")
-answered = itertools.count()
-
-
-def failing():
-    return BAD and (FAIL_FLAG is None or os.path.exists(FAIL_FLAG))
+WSGI_APP = (
+    PRELUDE
+    + """
 
 
 def app(environ, start_response):
-    bad = next(answered) % 10 < BAD and failing()
-    status = "500 Internal Server Error" if bad else "200 OK"
+    status = "500 Internal Server Error" if failing() else "200 OK"
     start_response(status, [("Content-Type", "text/plain")])
     return [f"{{VERSION}} {{os.getpid()}}".encode()]
 """
+)
 
 
 def write_app(path: Path, interface: str, version: str, bad: int = 0) -> None:
