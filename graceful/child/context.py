@@ -117,23 +117,22 @@ class Context:
         request ended without one), counted by its class: a 5xx is a server error.
         Called on this worker's event loop only (``graceful serve`` calls it for
         each request): it takes no lock."""
+        self._record(outcome_of(status), seconds)
+
+    def _count(self, outcome: int, seconds: float) -> None:
+        with self._counting:
+            self._record(outcome, seconds)
+
+    def _record(self, outcome: int, seconds: float) -> None:
+        """Write one answer into the vitals page (one writer at a time)."""
         vitals = self._vitals
         if vitals is None:
             return
-        if not 0.0 <= seconds < 3e7:  # (NaN too)
+        # what a caller passes is clamped: NaN and negatives as 0, at most a year (an
+        # int beyond any float compares exactly, and is clamped too)
+        if not 0.0 <= seconds < 3e7:
             seconds = 3e7 if seconds >= 3e7 else 0.0
-        vitals.count_answer(outcome_of(status), bucket_of(seconds), int(seconds * 1e6))
-
-    def _count(self, outcome: int, seconds: float) -> None:
-        if self._vitals is None:
-            return
-        # (what a caller passes is clamped: NaN and negatives as 0, at most a year)
-        try:
-            seconds = min(float(seconds), 3e7) if seconds > 0 else 0.0
-        except OverflowError:  # an int beyond any float
-            seconds = 3e7
-        with self._counting:
-            self._vitals.count_answer(outcome, bucket_of(seconds), int(seconds * 1e6))
+        vitals.count_answer(outcome, bucket_of(seconds), int(seconds * 1e6))
 
     def count_requests_with(self, source: Callable[[], int]) -> None:
         """Have the heartbeat publish ``source()`` as the requests served (a server's
