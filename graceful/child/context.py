@@ -20,7 +20,7 @@ import anyio
 from anyio.abc import SocketStream, TaskGroup
 
 from graceful.child.shutdown import ShutdownRequest
-from graceful.core.answers import bucket_of, outcome_of
+from graceful.core.answers import FAILED, OK, bucket_of, outcome_of
 from graceful.sockets.listeners import Listener
 from graceful.wire import messages as _wire
 from graceful.wire.vitals import VitalsPage
@@ -110,7 +110,7 @@ class Context:
         by itself (failed when its handler raised), and ``graceful serve`` each HTTP
         request (by its status: :meth:`count_http_answer`); a hand-written server
         calls it once per request. Safe from any thread."""
-        self._count(0 if ok else 4, seconds)
+        self._count(OK if ok else FAILED, seconds)
 
     def count_http_answer(self, status: int | None, seconds: float) -> None:
         """As :meth:`count_answer`, for an HTTP response with ``status`` (None: the

@@ -25,6 +25,10 @@ from dataclasses import dataclass
 OUTCOMES = ("2xx", "3xx", "4xx", "5xx", "failed")
 #: The outcomes that are the server's fault.
 SERVER_ERRORS = ("5xx", "failed")
+#: The indices in :data:`OUTCOMES` of an answer that went well (a plain ``ok``), of
+#: one that failed, and of the server errors.
+OK, FAILED = OUTCOMES.index("2xx"), OUTCOMES.index("failed")
+_SERVER_ERRORS = tuple(OUTCOMES.index(outcome) for outcome in SERVER_ERRORS)
 #: The upper bounds, in seconds, of the duration buckets (the last bucket, above
 #: them all, is unbounded).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -39,7 +43,7 @@ def outcome_of(status: int | None) -> int:
     response was sent) and nonsense outside 0..599 are ``failed``, anything below
     300 is ``2xx``."""
     if status is None or not 0 <= status < 600:
-        return 4
+        return FAILED
     return _CLASSES[status]
 
 
@@ -65,7 +69,7 @@ class Answers:
 
     @property
     def server_errors(self) -> int:
-        return self.counts[3] + self.counts[4]
+        return sum(self.counts[index] for index in _SERVER_ERRORS)
 
     @property
     def error_rate(self) -> float:
