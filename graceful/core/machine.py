@@ -922,7 +922,6 @@ class SupervisorStateMachine:
         run = self.canary
         if run is not None and not self._stop_begun:
             # the newest code is the canary's: it is what a rollback takes back
-            self.counters.canaries["failed"] = self.counters.canaries.get("failed", 0) + 1
             self._fail_on_answers(run.generation, run.beside, f"canary stopped by {by}", None)
             self.fleet.out.append(
                 RollbackEnded(
@@ -1008,7 +1007,6 @@ class SupervisorStateMachine:
         if run is not None and run.generation == counted.generation:
             cause = canary.count(self.fleet, run, counted.answers, counted.baseline)
             if cause is not None:
-                self.counters.canaries["failed"] = self.counters.canaries.get("failed", 0) + 1
                 self._fail_on_answers(
                     run.generation, run.beside, f"canary failed: {cause}", run.share
                 )
@@ -1048,6 +1046,8 @@ class SupervisorStateMachine:
         its workers drain, generation ``beside`` goes on serving, and the reload
         fails with ``failed``."""
         starting = self.fleet.generations[number]
+        if self.canary is not None and self.canary.generation == number:
+            self.counters.canaries["failed"] = self.counters.canaries.get("failed", 0) + 1
         self.canary = None
         self._retire_starting(starting)
         self._reload_failed(starting, failed)
