@@ -33,6 +33,7 @@ from graceful.core.machine import (
     Strategy,
     WorkerBroken,
     WorkerExited,
+    WorkerHung,
     WorkerReady,
     WorkerState,
 )
@@ -283,6 +284,12 @@ def test_a_crash_or_a_broken_canary_fails_it_at_once() -> None:
     assert "declared itself broken" in str(of_type(actions, ReloadEnded)[0].reload.cause)
     assert sim.machine.canary is None
     assert not of_type(actions, ResumeWorker)
+    # a canary worker whose loop stopped beating (SIGSTOP, a blocked loop)
+    sim, _, canary = canary_started()
+    actions = sim.send(WorkerHung(canary[0], 31.0))
+    assert "hung" in str(of_type(actions, ReloadEnded)[0].reload.cause)
+    assert sim.machine.canary is None
+    assert sim.machine.serving == 1
 
 
 def test_a_canary_is_judged_only_once_its_workers_are_ready_and_too_few_pass() -> None:
